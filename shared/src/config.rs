@@ -1,0 +1,190 @@
+//! Flags that both the worker and the supervisor take: which handler runs a video, and
+//! how jobs are retried and timed out. The supervisor passes them through to each worker
+//! with `to_args`, so the two binaries cannot disagree on a name.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::units::{DurationRange, Rate, duration_arg, format_duration};
+
+/// Exactly one handler runs every video.
+#[derive(Args, Debug, Clone, PartialEq)]
+#[group(required = true, multiple = false)]
+pub struct HandlerArgs {
+    /// Run CMD for each video. CMD is split into words once (shell quoting rules);
+    /// {video_id}, {source}, {attempt} and {worker_id} are replaced inside words, and no
+    /// shell ever sees them. The payload JSON goes to stdin; stdout becomes the result;
+    /// exit 0 is success.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+
+    /// POST each video as JSON to URL; a 2xx answer is success and its body the result.
+    /// 429, 503 and connection errors are retried, honouring Retry-After.
+    #[arg(long, value_name = "URL")]
+    pub http: Option<String>,
+
+    /// Built-in handler for demos and benchmarks: sleep DURATION (or a random time in a
+    /// range such as 50ms..200ms) and succeed.
+    #[arg(long, value_name = "DURATION")]
+    pub sleep: Option<DurationRange>,
+}
+
+impl HandlerArgs {
+    /// The flags that recreate this choice on another command line.
+    pub fn to_args(&self) -> Vec<String> {
+        match (&self.exec, &self.http, &self.sleep) {
+            (Some(cmd), _, _) => vec!["--exec".into(), cmd.clone()],
+            (_, Some(url), _) => vec!["--http".into(), url.clone()],
+            (_, _, Some(range)) => vec!["--sleep".into(), range.to_string()],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The handler in words, for status output.
+    pub fn describe(&self) -> String {
+        match (&self.exec, &self.http, &self.sleep) {
+            (Some(cmd), _, _) => format!("exec: {cmd}"),
+            (_, Some(url), _) => format!("http: {url}"),
+            (_, _, Some(range)) => format!("sleep: {range}"),
+            _ => "none".into(),
+        }
+    }
+}
+
+/// How jobs run: concurrency, retries, timeouts, leases and pacing.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct JobArgs {
+    /// Videos run at once by each worker.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub concurrency: u32,
+
+    /// Attempts per video before it is marked failed.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_attempts: u32,
+
+    /// Delay before the first retry; it doubles with each further attempt (with jitter).
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = duration_arg)]
+    pub backoff: Duration,
+
+    /// Longest delay between two attempts.
+    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = duration_arg)]
+    pub backoff_max: Duration,
+
+    /// Kill a handler (its whole process group) that runs longer than DUR; the attempt
+    /// fails with a timeout error.
+    #[arg(long, value_name = "DUR", value_parser = duration_arg)]
+    pub job_timeout: Option<Duration>,
+
+    /// How long a claim holds without renewal. Leases are renewed every third of it; a
+    /// worker that dies loses its videos to the next sweep once it lapses.
+    #[arg(long, value_name = "DUR", default_value = "15s", value_parser = duration_arg)]
+    pub lease: Duration,
+
+    /// On SIGTERM, how long jobs in flight may run before they are killed and their
+    /// videos handed back.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = duration_arg)]
+    pub grace: Duration,
+
+    /// With --http: at most this many calls per period per worker, e.g. 5/s or 300/m.
+    #[arg(long, value_name = "N/PERIOD")]
+    pub rate: Option<Rate>,
+
+    /// With --http: at least this long between two calls of one worker.
+    #[arg(long, value_name = "DUR", value_parser = duration_arg)]
+    pub min_delay: Option<Duration>,
+}
+
+impl JobArgs {
+    /// The flags that recreate these settings on another command line.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut a = vec![
+            "--concurrency".to_string(),
+            self.concurrency.to_string(),
+            "--max-attempts".into(),
+            self.max_attempts.to_string(),
+            "--backoff".into(),
+            format_duration(self.backoff),
+            "--backoff-max".into(),
+            format_duration(self.backoff_max),
+            "--lease".into(),
+            format_duration(self.lease),
+            "--grace".into(),
+            format_duration(self.grace),
+        ];
+        if let Some(t) = self.job_timeout {
+            a.extend(["--job-timeout".into(), format_duration(t)]);
+        }
+        if let Some(r) = self.rate {
+            a.extend(["--rate".into(), r.to_string()]);
+        }
+        if let Some(d) = self.min_delay {
+            a.extend(["--min-delay".into(), format_duration(d)]);
+        }
+        a
+    }
+
+    /// Checks what clap cannot: relations between values.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.lease < Duration::from_millis(300) {
+            return Err(format!("--lease {} is too short; use at least 300ms", format_duration(self.lease)));
+        }
+        if self.backoff > self.backoff_max {
+            return Err("--backoff must not be longer than --backoff-max".into());
+        }
+        if self.job_timeout.is_some_and(|t| t.is_zero()) {
+            return Err("--job-timeout must be longer than zero".into());
+        }
+        Ok(())
+    }
+
+    /// When attempt `attempt` (from 1) has failed: the delay before the next one.
+    /// `backoff * 2^(attempt-1)`, capped, with ±20% jitter so a burst of failures does not
+    /// come back as a burst.
+    pub fn retry_delay(&self, attempt: u32, jitter: f64) -> Duration {
+        let exp = attempt.saturating_sub(1).min(30);
+        let base = self.backoff.saturating_mul(1u32 << exp).min(self.backoff_max);
+        base.mul_f64(jitter.clamp(0.8, 1.2))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        handler: HandlerArgs,
+        #[command(flatten)]
+        job: JobArgs,
+    }
+
+    #[test]
+    fn flags_survive_a_round_trip_through_to_args() {
+        let cli = Cli::parse_from([
+            "x", "--sleep", "50ms..200ms", "--concurrency", "7", "--job-timeout", "2s", "--rate", "5/s",
+        ]);
+        let mut argv = vec!["x".to_string()];
+        argv.extend(cli.handler.to_args());
+        argv.extend(cli.job.to_args());
+        let again = Cli::parse_from(argv);
+        assert_eq!(again.handler, cli.handler);
+        assert_eq!(again.job, cli.job);
+    }
+
+    #[test]
+    fn retry_delays_double_from_the_base_up_to_the_cap() {
+        let cli = Cli::parse_from(["x", "--sleep", "0"]);
+        let d: Vec<u64> = (1..=4).map(|a| cli.job.retry_delay(a, 1.0).as_secs()).collect();
+        assert_eq!(d, [60, 120, 240, 480]);
+        assert_eq!(cli.job.retry_delay(40, 1.0), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn two_handlers_at_once_are_refused() {
+        assert!(Cli::try_parse_from(["x", "--sleep", "0", "--exec", "true"]).is_err());
+        assert!(Cli::try_parse_from(["x"]).is_err());
+    }
+}

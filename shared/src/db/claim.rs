@@ -1,0 +1,132 @@
+//! Claiming: taking a batch of due, pending videos of one shard in one statement.
+//!
+//! The statement is `UPDATE ... WHERE video_id IN (SELECT ... LIMIT n) RETURNING ...`,
+//! never a read followed by a write (a deferred transaction that reads and then writes
+//! gets SQLITE_BUSY at once, without waiting). It reads a partial index on
+//! `(video_id % N, run_after)` over pending rows only, built for this fleet's N, so a
+//! claim seeks straight to its own shard's due rows instead of scanning past the other
+//! shards' rows in a shared status index.
+
+use std::time::Duration;
+
+use rand::RngExt;
+use sqlx::{AssertSqlSafe, Executor, Row, SqliteConnection};
+
+use crate::error::DbError;
+
+/// Largest batch one claim takes. Beyond a few hundred rows a bigger statement buys
+/// little and holds the write lock longer.
+pub const MAX_BATCH: usize = 512;
+
+/// A video this worker now holds a lease on.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub video_id: i64,
+    pub source: String,
+    pub payload: Option<String>,
+    /// The attempt this claim starts, from 1.
+    pub attempt: u32,
+    /// The token of this claim; finishing is fenced on it.
+    pub token: i64,
+}
+
+/// Claims for one shard. The SQL text carries N, K and the batch size as literals: the
+/// expression index only matches a literal `video_id % N`, and SQLite re-prepares a
+/// statement whose bound LIMIT changes. Batch sizes are powers of two, so a handful of
+/// statements stay in the connection's statement cache.
+#[derive(Debug, Clone)]
+pub struct Claimer {
+    workers: u32,
+    worker_id: u32,
+    owner: String,
+    /// `statements[i]` claims `2^i` rows.
+    statements: Vec<String>,
+}
+
+impl Claimer {
+    pub fn new(workers: u32, worker_id: u32, owner: impl Into<String>) -> Claimer {
+        assert!(workers > 0 && worker_id < workers, "config validation guarantees 0 <= worker_id < workers");
+        let statements = (0..=MAX_BATCH.trailing_zeros())
+            .map(|i| {
+                format!(
+                    "UPDATE videos SET status = 'running', attempts = attempts + 1, lease_owner = ?1, \
+                     lease_token = ?2, lease_expires_at = ?3, started_at = ?4, finished_at = NULL, duration_ms = NULL \
+                     WHERE video_id IN (SELECT video_id FROM videos INDEXED BY {index} \
+                     WHERE status = 'pending' AND video_id % {workers} = {worker_id} AND run_after <= ?4 \
+                     ORDER BY run_after, video_id LIMIT {limit}) \
+                     RETURNING video_id, source, payload, attempts",
+                    index = shard_index_name(workers),
+                    limit = 1usize << i,
+                )
+            })
+            .collect();
+        Claimer { workers, worker_id, owner: owner.into(), statements }
+    }
+
+    /// The lease owner this claimer writes: unique to the worker process.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    pub fn workers(&self) -> u32 {
+        self.workers
+    }
+
+    pub fn worker_id(&self) -> u32 {
+        self.worker_id
+    }
+
+    /// Builds the fleet's pending-shard index if it is not there yet.
+    pub async fn ensure_index(&self, conn: &mut SqliteConnection) -> Result<(), DbError> {
+        let sql = format!(
+            "CREATE INDEX IF NOT EXISTS {} ON videos ((video_id % {}), run_after) WHERE status = 'pending'",
+            shard_index_name(self.workers),
+            self.workers
+        );
+        let mut busy = super::BusyRetry::new();
+        loop {
+            match conn.execute(AssertSqlSafe(sql.as_str())).await {
+                Err(e) => busy.wait(e.into()).await?,
+                Ok(_) => return Ok(()),
+            }
+        }
+    }
+
+    /// Claims up to `want` due videos (rounded down to a power of two, at most
+    /// `MAX_BATCH`), leasing them until `now + lease`.
+    pub async fn claim(
+        &self,
+        conn: &mut SqliteConnection,
+        want: usize,
+        now: i64,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, DbError> {
+        if want == 0 {
+            return Ok(Vec::new());
+        }
+        let i = (want.min(MAX_BATCH)).ilog2() as usize;
+        let token: i64 = rand::rng().random_range(1..i64::MAX);
+        let rows = sqlx::query(AssertSqlSafe(self.statements[i].as_str()))
+            .bind(&self.owner)
+            .bind(token)
+            .bind(now + lease.as_millis() as i64)
+            .bind(now)
+            .fetch_all(&mut *conn)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Claimed {
+                video_id: r.get(0),
+                source: r.get(1),
+                payload: r.get(2),
+                attempt: r.get::<i64, _>(3) as u32,
+                token,
+            })
+            .collect())
+    }
+}
+
+/// The pending-shard index for a fleet of `workers`.
+pub fn shard_index_name(workers: u32) -> String {
+    format!("videos_pending_mod{workers}")
+}

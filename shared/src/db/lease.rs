@@ -1,0 +1,89 @@
+//! Leases: renewing the ones a live worker holds, taking back the ones whose worker
+//! stopped renewing, and handing back the ones a stopping (or dead) worker held.
+
+use sqlx::{Row, SqliteConnection};
+
+use crate::error::DbError;
+use crate::status::{Outcome, VideoStatus};
+
+/// Extends every lease `owner` holds to `expires_at`. One statement however many videos
+/// the worker runs; returns how many it renewed.
+pub async fn renew_owner(conn: &mut SqliteConnection, owner: &str, expires_at: i64) -> Result<u64, DbError> {
+    let r = sqlx::query(
+        "UPDATE videos SET lease_expires_at = ?1 WHERE status = 'running' AND lease_owner = ?2 AND lease_expires_at < ?1",
+    )
+    .bind(expires_at)
+    .bind(owner)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Takes back the videos of shard `worker_id` whose lease lapsed before `now`. The lapsed
+/// attempt counts: the video goes back to pending (due at once) or, if that was its last
+/// attempt, to failed. Returns each video taken back with its new status.
+pub async fn reclaim_expired(
+    conn: &mut SqliteConnection,
+    workers: u32,
+    worker_id: u32,
+    now: i64,
+    max_attempts: u32,
+) -> Result<Vec<(i64, VideoStatus)>, DbError> {
+    let rows = sqlx::query(
+        "UPDATE videos SET \
+           status = CASE WHEN attempts >= ?3 THEN 'failed' ELSE 'pending' END, \
+           last_outcome = 'expired', \
+           last_error = 'lease expired: ' || COALESCE(lease_owner, '?') || ' stopped renewing it', \
+           finished_at = ?1, duration_ms = ?1 - started_at, run_after = ?1, \
+           lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+         WHERE status = 'running' AND lease_expires_at < ?1 AND video_id % ?4 = ?2 \
+         RETURNING video_id, status",
+    )
+    .bind(now)
+    .bind(worker_id)
+    .bind(max_attempts)
+    .bind(workers)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.get(0), parse_status(r.get(1)))).collect())
+}
+
+/// Hands back every video `owner` holds.
+///
+/// `Outcome::Released` (a worker stopping on request) gives the attempt back: the video
+/// is pending again with its attempt count as before the claim. Any other outcome (the
+/// supervisor cleaning up after a worker that died) counts the attempt and fails the
+/// video if it was its last.
+pub async fn release_owner(
+    conn: &mut SqliteConnection,
+    owner: &str,
+    now: i64,
+    outcome: Outcome,
+    error: &str,
+    max_attempts: u32,
+) -> Result<Vec<(i64, VideoStatus)>, DbError> {
+    let burn = outcome != Outcome::Released;
+    let rows = sqlx::query(
+        "UPDATE videos SET \
+           status = CASE WHEN ?5 AND attempts >= ?6 THEN 'failed' ELSE 'pending' END, \
+           attempts = CASE WHEN ?5 THEN attempts ELSE attempts - 1 END, \
+           last_outcome = ?3, last_error = ?4, \
+           finished_at = ?1, duration_ms = ?1 - started_at, run_after = ?1, \
+           lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+         WHERE status = 'running' AND lease_owner = ?2 \
+         RETURNING video_id, status",
+    )
+    .bind(now)
+    .bind(owner)
+    .bind(outcome.as_str())
+    .bind(error)
+    .bind(burn)
+    .bind(max_attempts)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.get(0), parse_status(r.get(1)))).collect())
+}
+
+pub(crate) fn parse_status(s: &str) -> VideoStatus {
+    s.parse().unwrap_or(VideoStatus::Pending)
+}

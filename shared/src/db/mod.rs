@@ -1,0 +1,18 @@
+//! The shared SQLite database: opening it, its schema, and the statements that move a
+//! video through its life. Each state change that must be atomic is one statement.
+
+mod busy;
+mod claim;
+mod counts;
+mod finish;
+mod lease;
+mod migrate;
+mod open;
+
+pub use busy::{BUSY_RETRIES, BusyRetry, retry_busy};
+pub use claim::{Claimed, Claimer};
+pub use counts::shard_counts;
+pub use finish::{Finish, finish_batch};
+pub use lease::{reclaim_expired, release_owner, renew_owner};
+pub use migrate::{MIGRATIONS, Migration};
+pub use open::{Db, now_ms};

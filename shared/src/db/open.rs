@@ -1,0 +1,166 @@
+//! Opening the fleet database: refusing files that are not SQLite, creating and
+//! migrating a new one (and setting WAL once, at creation), and a pool whose connections
+//! all wait for locks with the polling busy handler.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Executor, Row};
+
+use super::{busy, migrate};
+use crate::error::DbError;
+
+/// Milliseconds since the Unix epoch: the clock every time column uses.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// An open, migrated fleet database.
+#[derive(Clone, Debug)]
+pub struct Db {
+    path: PathBuf,
+    pool: SqlitePool,
+}
+
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+impl Db {
+    /// Opens the database at `path`, creating and migrating it if it is new, and checks
+    /// that it can be written. `max_connections` bounds the pool.
+    pub async fn open(path: &Path, max_connections: u32) -> Result<Db, DbError> {
+        let is_new = inspect(path)?;
+        let mut options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(|e| DbError::Open { path: path.into(), reason: e.to_string() })?
+            .filename(path)
+            .create_if_missing(true)
+            .busy_timeout(Duration::from_secs(5));
+        // Creating the file is the one moment the journal mode is chosen: WAL lets
+        // readers (status, monitor) run beside the writers. Later opens keep whatever the
+        // file has, so a wrangler-made database is not switched under wrangler's feet.
+        if is_new {
+            options = options.journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .min_connections(0)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    busy::install(conn).await?;
+                    // NORMAL is durable across crashes in WAL mode (only a power loss can
+                    // undo the last commits); in rollback mode keep SQLite's FULL.
+                    let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut *conn).await?;
+                    if mode.eq_ignore_ascii_case("wal") {
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options.synchronous(SqliteSynchronous::Full))
+            .await
+            .map_err(|e| open_error(path, e))?;
+        let db = Db { path: path.to_path_buf(), pool };
+        migrate::run(&db).await?;
+        db.check_writable().await?;
+        Ok(db)
+    }
+
+    /// Opens an existing database; refuses to create one. For commands that only read
+    /// or change rows (status, export, retry), where a typo in `--db` must not leave an
+    /// empty database behind.
+    pub async fn open_existing(path: &Path, max_connections: u32) -> Result<Db, DbError> {
+        match std::fs::metadata(path) {
+            Ok(m) if m.len() > 0 => Db::open(path, max_connections).await,
+            Ok(_) | Err(_) => Err(DbError::Open {
+                path: path.into(),
+                reason: "no such database (run `supervisor import` or `supervisor start` first)".into(),
+            }),
+        }
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The journal mode the file is in (`wal`, `delete`, ...).
+    pub async fn journal_mode(&self) -> Result<String, DbError> {
+        Ok(sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&self.pool).await?)
+    }
+
+    /// A cheap round trip through the pool, for `/health`.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        sqlx::query("SELECT 1").fetch_one(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Takes the write lock and lets it go, so an unwritable database is reported at
+    /// start, not as a failure of the first video.
+    async fn check_writable(&self) -> Result<(), DbError> {
+        let result = super::retry_busy(|| async {
+            let mut conn = self.pool.acquire().await?;
+            conn.execute("BEGIN IMMEDIATE").await?;
+            conn.execute("ROLLBACK").await?;
+            Ok(())
+        })
+        .await;
+        match result {
+            Err(DbError::Sql(sqlx::Error::Database(e))) if matches!(e.code().as_deref(), Some("8") | Some("1032")) => {
+                Err(DbError::ReadOnly { path: self.path.clone() })
+            }
+            other => other,
+        }
+    }
+
+    /// Closes every connection, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Number of rows in the videos table (a full count; not for hot paths).
+    pub async fn count_videos(&self) -> Result<i64, DbError> {
+        let row = sqlx::query("SELECT count(*) AS n FROM videos").fetch_one(&self.pool).await?;
+        Ok(row.get("n"))
+    }
+}
+
+/// Returns whether `path` is a new database, or why it cannot be one.
+fn inspect(path: &Path) -> Result<bool, DbError> {
+    use std::io::Read;
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+            if let Some(dir) = parent
+                && !dir.is_dir()
+            {
+                return Err(DbError::Open { path: path.into(), reason: format!("directory {} does not exist", dir.display()) });
+            }
+            Ok(true)
+        }
+        Err(e) => Err(DbError::Open { path: path.into(), reason: e.to_string() }),
+        Ok(m) if m.is_dir() => Err(DbError::Open { path: path.into(), reason: "it is a directory".into() }),
+        Ok(m) if m.len() == 0 => Ok(true),
+        Ok(_) => {
+            let mut header = [0u8; 16];
+            let mut file = std::fs::File::open(path).map_err(|e| DbError::Open { path: path.into(), reason: e.to_string() })?;
+            match file.read_exact(&mut header) {
+                Ok(()) if &header == SQLITE_MAGIC => Ok(false),
+                _ => Err(DbError::NotSqlite { path: path.into() }),
+            }
+        }
+    }
+}
+
+fn open_error(path: &Path, e: sqlx::Error) -> DbError {
+    match &e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("26") => DbError::NotSqlite { path: path.into() },
+        sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("8") | Some("14")) => {
+            DbError::Open { path: path.into(), reason: db.message().to_string() }
+        }
+        _ => DbError::Sql(e),
+    }
+}

@@ -1,0 +1,64 @@
+//! Typed errors of the shared crate. Messages are lowercase sentences a user can act on;
+//! the binaries add context at their edges and map them to exit codes.
+
+use std::path::PathBuf;
+
+/// A flag or config value that could not be understood.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("invalid size {input:?}: {reason} (examples: 250M, 250MiB, 1G, 1.5GiB, 1048576)")]
+    Size { input: String, reason: &'static str },
+    #[error("invalid duration {input:?}: {reason} (examples: 500ms, 30s, 5m, 1h, 1.5s)")]
+    Duration { input: String, reason: &'static str },
+    #[error("invalid duration range {input:?}: {reason} (example: 50ms..200ms)")]
+    Range { input: String, reason: &'static str },
+    #[error("invalid rate {input:?}: {reason} (examples: 5/s, 300/m, 2/100ms)")]
+    Rate { input: String, reason: &'static str },
+}
+
+/// Anything that went wrong talking to the database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("{path} is not a SQLite database")]
+    NotSqlite { path: PathBuf },
+    #[error("cannot open database {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("database {path} is read-only or its directory cannot be written")]
+    ReadOnly { path: PathBuf },
+    #[error(
+        "database {path} has a partial schema: migration {migration} is neither recorded nor fully present (found {found} of its objects)"
+    )]
+    PartialSchema { path: PathBuf, migration: String, found: String },
+    #[error("database {path} was migrated by a newer shardfleet: it records migration {migration}, which this build does not know")]
+    UnknownMigration { path: PathBuf, migration: String },
+    #[error("migration {migration} failed: {source}")]
+    Migration { migration: String, source: sqlx::Error },
+    #[error("database is locked: gave up after {attempts} tries")]
+    Busy { attempts: u32 },
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+}
+
+impl DbError {
+    /// SQLite's SQLITE_BUSY (5) and SQLITE_BUSY_SNAPSHOT (517): another connection holds
+    /// the lock, or our read snapshot went stale. Both are retried, never surfaced as a
+    /// failed video.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            DbError::Sql(e) => is_busy(e),
+            DbError::Busy { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// Whether an sqlx error is SQLite telling us the database is locked.
+pub fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            matches!(code.as_deref(), Some("5") | Some("517") | Some("261") | Some("6"))
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,10 @@
+//! What the shardfleet binaries share: units on the command line, the database and its
+//! statements, the handler and retry flags, and the `/status` types.
+
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod status;
+pub mod units;
+
+pub use error::{DbError, ParseError};

@@ -1,0 +1,243 @@
+//! The JSON a worker serves on `/status`, defined once so the monitor and supervisor
+//! read exactly what workers write.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a video is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VideoStatus {
+    Pending,
+    Running,
+    Done,
+    Failed,
+}
+
+impl VideoStatus {
+    pub const ALL: [VideoStatus; 4] = [VideoStatus::Pending, VideoStatus::Running, VideoStatus::Done, VideoStatus::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VideoStatus::Pending => "pending",
+            VideoStatus::Running => "running",
+            VideoStatus::Done => "done",
+            VideoStatus::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for VideoStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for VideoStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        VideoStatus::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unknown status {s:?}; expected pending, running, done or failed"))
+    }
+}
+
+/// How one attempt ended, as the history table records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The handler succeeded.
+    Done,
+    /// The handler failed (non-zero exit, HTTP error, ...).
+    Error,
+    /// The handler ran past `--job-timeout` and was killed.
+    Timeout,
+    /// The handler was killed for exceeding the memory limit.
+    Memory,
+    /// The lease lapsed (its worker stopped renewing) and the video was taken back.
+    Expired,
+    /// The worker shut down before the job finished; the attempt is not counted.
+    Released,
+    /// The worker died and the supervisor took its videos back.
+    Crashed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Done => "done",
+            Outcome::Error => "error",
+            Outcome::Timeout => "timeout",
+            Outcome::Memory => "memory",
+            Outcome::Expired => "expired",
+            Outcome::Released => "released",
+            Outcome::Crashed => "crashed",
+        }
+    }
+}
+
+/// Videos of one shard by status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardCounts {
+    pub pending: u64,
+    pub running: u64,
+    pub done: u64,
+    pub failed: u64,
+}
+
+impl ShardCounts {
+    pub fn total(&self) -> u64 {
+        self.pending + self.running + self.done + self.failed
+    }
+
+    /// Nothing left to do: no pending or running video.
+    pub fn finished(&self) -> bool {
+        self.pending == 0 && self.running == 0
+    }
+
+    pub fn get_mut(&mut self, status: VideoStatus) -> &mut u64 {
+        match status {
+            VideoStatus::Pending => &mut self.pending,
+            VideoStatus::Running => &mut self.running,
+            VideoStatus::Done => &mut self.done,
+            VideoStatus::Failed => &mut self.failed,
+        }
+    }
+
+    /// Moves `n` videos from one status to another, never below zero.
+    pub fn shift(&mut self, from: VideoStatus, to: VideoStatus, n: u64) {
+        let f = self.get_mut(from);
+        *f = f.saturating_sub(n);
+        *self.get_mut(to) += n;
+    }
+}
+
+impl std::ops::AddAssign for ShardCounts {
+    fn add_assign(&mut self, o: ShardCounts) {
+        self.pending += o.pending;
+        self.running += o.running;
+        self.done += o.done;
+        self.failed += o.failed;
+    }
+}
+
+/// What a worker is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    /// Opening the database, not yet claiming.
+    Starting,
+    /// Claiming and running videos.
+    Running,
+    /// Nothing is due in its shard; polling for more.
+    Idle,
+    /// Told to stop claiming by `POST /pause`; jobs in flight carry on.
+    Paused,
+    /// Shutting down: no new claims, waiting for jobs in flight.
+    Draining,
+}
+
+impl WorkerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Running => "running",
+            WorkerState::Idle => "idle",
+            WorkerState::Paused => "paused",
+            WorkerState::Draining => "draining",
+        }
+    }
+}
+
+impl fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A video a worker is running now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InFlight {
+    pub video_id: i64,
+    pub attempt: u32,
+    /// Unix milliseconds.
+    pub started_at: i64,
+}
+
+/// A recent failed attempt, newest first in `WorkerStatus::recent_errors`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecentError {
+    pub video_id: i64,
+    pub attempt: u32,
+    /// Unix milliseconds.
+    pub at: i64,
+    pub outcome: Outcome,
+    pub error: String,
+}
+
+/// `GET /status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub worker_id: u32,
+    pub workers: u32,
+    pub pid: u32,
+    pub port: u16,
+    pub state: WorkerState,
+    /// The handler in words, e.g. `exec: ./analyse {source}` or `sleep: 50ms..200ms`.
+    pub handler: String,
+    pub concurrency: u32,
+    /// The shard's videos by status, as of the worker's last write or resync.
+    pub shard: ShardCounts,
+    pub in_flight: Vec<InFlight>,
+    /// Videos this process finished (done or failed) since it started.
+    pub processed: u64,
+    /// Finished videos per second over the last minute.
+    pub throughput_per_sec: f64,
+    /// Mean handler time of the last jobs, in milliseconds.
+    pub avg_job_ms: Option<f64>,
+    pub rss_bytes: u64,
+    /// The memory limit the supervisor enforces on this worker's process tree, if any.
+    pub mem_limit_bytes: Option<u64>,
+    pub uptime_seconds: f64,
+    /// Unix milliseconds.
+    pub started_at: i64,
+    /// Restarts of this worker slot, as the supervisor told it when it started it.
+    pub restarts: u32,
+    pub last_restart_reason: Option<String>,
+    pub recent_errors: Vec<RecentError>,
+    pub version: String,
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub ok: bool,
+    pub worker_id: u32,
+    pub pid: u32,
+    pub state: WorkerState,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shifting_counts_never_goes_below_zero() {
+        let mut c = ShardCounts { pending: 1, ..Default::default() };
+        c.shift(VideoStatus::Pending, VideoStatus::Running, 3);
+        assert_eq!(c, ShardCounts { pending: 0, running: 3, done: 0, failed: 0 });
+    }
+
+    #[test]
+    fn statuses_round_trip_through_their_names() {
+        for s in VideoStatus::ALL {
+            assert_eq!(s.as_str().parse::<VideoStatus>().unwrap(), s);
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
+        }
+    }
+}
