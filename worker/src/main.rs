@@ -1,1 +1,77 @@
-fn main(){}
+//! `worker`: parse flags, bind the port, run. Everything else is in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use worker::{Cli, RunEnd};
+
+/// Exit codes: 0 stopped or done; 1 a runtime failure (database, ...); 2 bad usage.
+const EXIT_FAILURE: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match cli.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("worker: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("worker: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    runtime.block_on(async {
+        // Bind before touching the database, so a busy port changes nothing.
+        let addr = std::net::SocketAddr::new(config.bind, config.port);
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                eprintln!(
+                    "worker: port {} on {} is already in use",
+                    config.port, config.bind
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
+            Err(e) => {
+                eprintln!("worker: cannot listen on {addr}: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
+        if let Ok(local) = listener.local_addr() {
+            tracing::info!("listening on {local}");
+        }
+        let (shutdown, hurry) = (CancellationToken::new(), CancellationToken::new());
+        if let Err(e) = worker::shutdown::on_signals(shutdown.clone(), hurry.clone()) {
+            eprintln!("worker: cannot install signal handlers: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+        match worker::run(config, listener, shutdown, hurry).await {
+            Ok(RunEnd::Stopped) => ExitCode::SUCCESS,
+            Ok(RunEnd::ShardDone(c)) => {
+                println!("shard finished: {} done, {} failed", c.done, c.failed);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("worker: {e:#}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+    })
+}

@@ -45,7 +45,10 @@ pub struct Claimer {
 
 impl Claimer {
     pub fn new(workers: u32, worker_id: u32, owner: impl Into<String>) -> Claimer {
-        assert!(workers > 0 && worker_id < workers, "config validation guarantees 0 <= worker_id < workers");
+        assert!(
+            workers > 0 && worker_id < workers,
+            "config validation guarantees 0 <= worker_id < workers"
+        );
         let statements = (0..=MAX_BATCH.trailing_zeros())
             .map(|i| {
                 format!(
@@ -60,7 +63,12 @@ impl Claimer {
                 )
             })
             .collect();
-        Claimer { workers, worker_id, owner: owner.into(), statements }
+        Claimer {
+            workers,
+            worker_id,
+            owner: owner.into(),
+            statements,
+        }
     }
 
     /// The lease owner this claimer writes: unique to the worker process.
@@ -92,8 +100,18 @@ impl Claimer {
         }
     }
 
-    /// Claims up to `want` due videos (rounded down to a power of two, at most
-    /// `MAX_BATCH`), leasing them until `now + lease`.
+    /// The batch one `claim(want)` asks for: `want` rounded down to a power of two, at
+    /// most `MAX_BATCH`.
+    pub fn batch_size(want: usize) -> usize {
+        if want == 0 {
+            0
+        } else {
+            1 << want.min(MAX_BATCH).ilog2()
+        }
+    }
+
+    /// Claims up to `want` due videos (`batch_size(want)` of them at most), leasing them
+    /// until `now + lease`. Fewer than that means nothing more is due now.
     pub async fn claim(
         &self,
         conn: &mut SqliteConnection,

@@ -27,11 +27,15 @@ pub struct Finish {
 
 /// Writes a batch of finished attempts in one statement. Returns the videos whose write
 /// took effect, with their new status; any other video of the batch had lost its lease.
-pub async fn finish_batch(conn: &mut SqliteConnection, batch: &[Finish]) -> Result<Vec<(i64, VideoStatus)>, DbError> {
+pub async fn finish_batch(
+    conn: &mut SqliteConnection,
+    batch: &[Finish],
+) -> Result<Vec<(i64, VideoStatus)>, DbError> {
     if batch.is_empty() {
         return Ok(Vec::new());
     }
-    let json = serde_json::to_string(batch).map_err(|e| DbError::Sql(sqlx::Error::Encode(Box::new(e))))?;
+    let json =
+        serde_json::to_string(batch).map_err(|e| DbError::Sql(sqlx::Error::Encode(Box::new(e))))?;
     let rows = sqlx::query(
         "UPDATE videos SET \
            status = j.status, last_outcome = j.outcome, result = j.result, \
@@ -50,5 +54,8 @@ pub async fn finish_batch(conn: &mut SqliteConnection, batch: &[Finish]) -> Resu
     .bind(json)
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().map(|r| (r.get(0), parse_status(r.get(1)))).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.get(0), parse_status(r.get(1))))
+        .collect())
 }

@@ -1,6 +1,7 @@
 //! The shared SQLite database: opening it, its schema, and the statements that move a
 //! video through its life. Each state change that must be atomic is one statement.
 
+mod admin;
 mod busy;
 mod claim;
 mod counts;
@@ -9,6 +10,7 @@ mod lease;
 mod migrate;
 mod open;
 
+pub use admin::{RequeueOutcome, requeue_video};
 pub use busy::{BUSY_RETRIES, BusyRetry, retry_busy};
 pub use claim::{Claimed, Claimer};
 pub use counts::shard_counts;

@@ -1,0 +1,248 @@
+//! `--exec CMD`: runs a program per video, in its own process group.
+//!
+//! The command line is split into words once, at start; placeholders are replaced inside
+//! each word, so a source like `x; rm -rf /` is one argument and no shell ever parses
+//! it. The process group lets a timeout or shutdown kill everything the handler started,
+//! grandchildren included.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use super::{Job, JobResult};
+use shared::status::Outcome;
+use shared::units::format_duration;
+
+/// Most a handler may write to stdout; its stdout becomes the stored result.
+pub const STDOUT_LIMIT: usize = 1 << 20;
+/// How much of stderr's end is kept as the error of a failed attempt.
+const STDERR_TAIL: usize = 2048;
+
+#[derive(Debug)]
+pub struct ExecHandler {
+    words: Vec<String>,
+}
+
+impl ExecHandler {
+    pub fn new(cmd: &str) -> Result<ExecHandler, String> {
+        let words = shell_words::split(cmd)
+            .map_err(|e| format!("--exec {cmd:?} cannot be split into words: {e}"))?;
+        if words.is_empty() {
+            return Err("--exec needs a command".into());
+        }
+        Ok(ExecHandler { words })
+    }
+
+    /// The argv for one job, placeholders replaced.
+    pub fn argv(&self, job: &Job) -> Vec<String> {
+        self.words
+            .iter()
+            .map(|w| {
+                w.replace("{video_id}", &job.video_id.to_string())
+                    .replace("{attempt}", &job.attempt.to_string())
+                    .replace("{worker_id}", &job.worker_id.to_string())
+                    // Last, so a source containing "{attempt}" stays literal.
+                    .replace("{source}", &job.source)
+            })
+            .collect()
+    }
+
+    pub async fn run(
+        &self,
+        job: &Job,
+        timeout: Option<Duration>,
+        cancel: &CancellationToken,
+    ) -> JobResult {
+        let argv = self.argv(job);
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .env("VIDEO_ID", job.video_id.to_string())
+            .env("VIDEO_SOURCE", &job.source)
+            .env("ATTEMPT", job.attempt.to_string())
+            .env("WORKER_ID", job.worker_id.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => return JobResult::error(format!("cannot start {:?}: {e}", argv[0])),
+        };
+        // From here on, whatever happens to this task, the group dies with it.
+        let _group = child.id().map(GroupGuard);
+
+        let payload = job.payload.clone().unwrap_or_default();
+        let mut stdin = child.stdin.take();
+        let feed = async move {
+            if let Some(s) = stdin.as_mut() {
+                // A handler that does not read stdin closes it: not an error.
+                let _ = s.write_all(payload.as_bytes()).await;
+            }
+            drop(stdin);
+        };
+        let stdout = read_capped(child.stdout.take(), STDOUT_LIMIT);
+        let stderr = read_tail(child.stderr.take(), STDERR_TAIL);
+        let pgid = child.id();
+        let run = async {
+            let readers = async { tokio::join!(feed, stdout, stderr) };
+            let exited = async {
+                let status = child.wait().await;
+                // Stray background processes die with the handler; that also closes
+                // the pipes they inherited, so the readers reach EOF.
+                if let Some(pgid) = pgid {
+                    kill_group(pgid);
+                }
+                status
+            };
+            let ((_, out, err), status) = tokio::join!(readers, exited);
+            (status, out, err)
+        };
+
+        let deadline = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let (status, out, err) = tokio::select! {
+            r = run => r,
+            _ = deadline => {
+                let t = timeout.unwrap_or_default();
+                return JobResult::Failure { outcome: Outcome::Timeout, error: format!("timed out after {}; killed its process group", format_duration(t)) };
+            }
+            _ = cancel.cancelled() => return JobResult::Cancelled,
+        };
+        let status = match status {
+            Ok(s) => s,
+            Err(e) => return JobResult::error(format!("waiting for the handler failed: {e}")),
+        };
+        let stderr_tail = String::from_utf8_lossy(&err).trim().to_string();
+        let (stdout, overflow) = out;
+        if status.success() {
+            if overflow {
+                return JobResult::error(format!(
+                    "handler wrote more than {} bytes to stdout",
+                    STDOUT_LIMIT
+                ));
+            }
+            return JobResult::Success(String::from_utf8_lossy(&stdout).trim_end().to_string());
+        }
+        let how = match (status.code(), status.signal()) {
+            (Some(code), _) => format!("exit code {code}"),
+            (_, Some(sig)) => format!(
+                "killed by signal {}",
+                Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("?")
+            ),
+            _ => "ended abnormally".to_string(),
+        };
+        let error = if stderr_tail.is_empty() {
+            how
+        } else {
+            format!("{how}: {stderr_tail}")
+        };
+        JobResult::error(error)
+    }
+}
+
+/// Kills a handler's whole process group when dropped: on success (stray background
+/// processes), on timeout, on cancellation, and if the job task is aborted.
+struct GroupGuard(u32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        kill_group(self.0);
+    }
+}
+
+fn kill_group(pgid: u32) {
+    // ESRCH (nothing left in the group) is the common, harmless answer.
+    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
+}
+
+/// Reads up to `limit` bytes; returns them and whether more was written. Keeps draining
+/// past the limit so the handler does not block on a full pipe.
+async fn read_capped(r: Option<impl AsyncRead + Unpin>, limit: usize) -> (Vec<u8>, bool) {
+    let Some(mut r) = r else {
+        return (Vec::new(), false);
+    };
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let mut overflow = false;
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if out.len() + n > limit {
+                    overflow = true;
+                    let room = limit - out.len();
+                    out.extend_from_slice(&buf[..room]);
+                } else {
+                    out.extend_from_slice(&buf[..n]);
+                }
+            }
+        }
+    }
+    (out, overflow)
+}
+
+/// Reads everything, keeping the last `keep` bytes.
+async fn read_tail(r: Option<impl AsyncRead + Unpin>, keep: usize) -> Vec<u8> {
+    let Some(mut r) = r else { return Vec::new() };
+    let mut tail = std::collections::VecDeque::with_capacity(keep);
+    let mut buf = [0u8; 4096];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                for &b in &buf[..n] {
+                    if tail.len() == keep {
+                        tail.pop_front();
+                    }
+                    tail.push_back(b);
+                }
+            }
+        }
+    }
+    tail.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(source: &str) -> Job {
+        Job {
+            video_id: 7,
+            source: source.into(),
+            payload: None,
+            attempt: 2,
+            worker_id: 1,
+        }
+    }
+
+    #[test]
+    fn placeholders_are_replaced_inside_words_and_sources_stay_one_word() {
+        let h = ExecHandler::new("echo v={video_id} '{source}' a{attempt}w{worker_id}").unwrap();
+        assert_eq!(
+            h.argv(&job("x; rm -rf /")),
+            ["echo", "v=7", "x; rm -rf /", "a2w1"]
+        );
+        assert_eq!(
+            h.argv(&job("{attempt}")),
+            ["echo", "v=7", "{attempt}", "a2w1"]
+        );
+    }
+
+    #[test]
+    fn an_unbalanced_quote_is_a_clear_error() {
+        let e = ExecHandler::new("echo 'oops").unwrap_err();
+        assert!(e.contains("cannot be split"), "{e}");
+    }
+}

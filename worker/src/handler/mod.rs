@@ -1,0 +1,115 @@
+//! Handlers: what runs one video. Exactly one is configured per worker.
+
+mod exec;
+mod http;
+mod pacer;
+mod sleep;
+
+use std::time::Duration;
+
+use shared::config::{HandlerArgs, JobArgs};
+use shared::db::Claimed;
+use shared::status::Outcome;
+use tokio_util::sync::CancellationToken;
+
+pub use exec::{ExecHandler, STDOUT_LIMIT};
+pub use http::HttpHandler;
+pub use pacer::Pacer;
+pub use sleep::SleepHandler;
+
+/// One video as a handler sees it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub video_id: i64,
+    pub source: String,
+    pub payload: Option<String>,
+    pub attempt: u32,
+    pub worker_id: u32,
+}
+
+impl Job {
+    pub fn new(c: &Claimed, worker_id: u32) -> Job {
+        Job {
+            video_id: c.video_id,
+            source: c.source.clone(),
+            payload: c.payload.clone(),
+            attempt: c.attempt,
+            worker_id,
+        }
+    }
+}
+
+/// How a handler run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobResult {
+    /// Success, with the result to store.
+    Success(String),
+    /// A failed attempt: it is retried while attempts are left.
+    Failure { outcome: Outcome, error: String },
+    /// The worker stopped the job (shutdown past its grace). The video is handed back
+    /// without counting the attempt.
+    Cancelled,
+}
+
+impl JobResult {
+    pub fn error(msg: impl Into<String>) -> JobResult {
+        JobResult::Failure {
+            outcome: Outcome::Error,
+            error: msg.into(),
+        }
+    }
+}
+
+/// The configured handler.
+#[derive(Debug)]
+pub enum Handler {
+    Exec(ExecHandler),
+    Http(HttpHandler),
+    Sleep(SleepHandler),
+}
+
+impl Handler {
+    /// Builds the handler the flags ask for, or says what is wrong with them.
+    pub fn from_args(h: &HandlerArgs, job: &JobArgs) -> Result<Handler, String> {
+        match (&h.exec, &h.http, &h.sleep) {
+            (Some(cmd), _, _) => Ok(Handler::Exec(ExecHandler::new(cmd)?)),
+            (_, Some(url), _) => Ok(Handler::Http(HttpHandler::new(
+                url,
+                Pacer::new(job.rate, job.min_delay),
+            )?)),
+            (_, _, Some(range)) => Ok(Handler::Sleep(SleepHandler::new(*range))),
+            _ => Err("choose a handler: --exec CMD, --http URL or --sleep DURATION".into()),
+        }
+    }
+
+    /// Runs one video, giving up after `timeout` and when `cancel` fires.
+    pub async fn run(
+        &self,
+        job: &Job,
+        timeout: Option<Duration>,
+        cancel: &CancellationToken,
+    ) -> JobResult {
+        match self {
+            // The exec handler enforces the timeout itself: it must kill a process group.
+            Handler::Exec(h) => h.run(job, timeout, cancel).await,
+            Handler::Http(h) => with_timeout(h.run(job, cancel), timeout).await,
+            Handler::Sleep(h) => with_timeout(h.run(cancel), timeout).await,
+        }
+    }
+}
+
+async fn with_timeout(
+    fut: impl Future<Output = JobResult>,
+    timeout: Option<Duration>,
+) -> JobResult {
+    match timeout {
+        None => fut.await,
+        Some(t) => match tokio::time::timeout(t, fut).await {
+            Ok(r) => r,
+            Err(_) => JobResult::Failure {
+                outcome: Outcome::Timeout,
+                error: format!("timed out after {}", shared::units::format_duration(t)),
+            },
+        },
+    }
+}

@@ -1,0 +1,192 @@
+//! The worker's HTTP surface: health, status and metrics for anyone on the bind
+//! address; pause, resume and retry only for callers with the control token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use shared::db::{Db, RequeueOutcome};
+use shared::status::{Health, VideoStatus};
+
+use crate::live::Live;
+use crate::metrics::Metrics;
+
+/// Requests larger than this are refused; no endpoint takes a body worth more.
+const BODY_LIMIT: usize = 16 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub live: Arc<Live>,
+    pub metrics: Arc<Metrics>,
+    pub db: Db,
+    pub control_token: Option<String>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/pause", post(pause))
+        .route("/resume", post(resume))
+        .route("/videos/{id}/retry", post(retry))
+        .fallback(|| async {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; try /health, /status or /metrics".into(),
+            )
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// An error answer: a status and one sentence, as JSON. Internal causes are logged,
+/// not shown.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+async fn health(State(s): State<AppState>) -> Response {
+    let base = |ok, error| Health {
+        ok,
+        worker_id: s.live.id.worker_id,
+        pid: std::process::id(),
+        state: s.live.state(),
+        error,
+    };
+    match tokio::time::timeout(Duration::from_secs(2), s.db.ping()).await {
+        Ok(Ok(())) => Json(base(true, None)).into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!("health check: database unreachable: {e}");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(base(false, Some("database unreachable".into()))),
+            )
+                .into_response()
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(base(
+                false,
+                Some("database did not answer within 2s".into()),
+            )),
+        )
+            .into_response(),
+    }
+}
+
+async fn status(State(s): State<AppState>) -> Response {
+    Json(s.live.snapshot()).into_response()
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let snap = s.live.snapshot();
+    let body = s.metrics.render(snap.shard, snap.rss_bytes);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Lets a request through only with `Authorization: Bearer <the configured token>`.
+fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = s.control_token.as_deref() else {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "control endpoints are disabled: start the worker with --control-token (or FLEET_CONTROL_TOKEN)".into(),
+        ));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token".into(),
+        ))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn pause(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&s, &headers)?;
+    s.live.set_paused(true);
+    tracing::info!("paused: no new claims until /resume");
+    Ok(Json(json!({ "state": "paused" })).into_response())
+}
+
+async fn resume(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&s, &headers)?;
+    s.live.set_paused(false);
+    tracing::info!("resumed");
+    Ok(Json(json!({ "state": s.live.snapshot().state })).into_response())
+}
+
+async fn retry(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&s, &headers)?;
+    let id: i64 = id.parse().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("video id {id:?} is not an integer"),
+        )
+    })?;
+    let (n, k) = (s.live.id.workers as i64, s.live.id.worker_id as i64);
+    if id.rem_euclid(n) != k {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!(
+                "video {id} belongs to worker {}, not worker {k}",
+                id.rem_euclid(n)
+            ),
+        ));
+    }
+    let outcome = shared::db::requeue_video(s.db.pool(), id)
+        .await
+        .map_err(|e| {
+            tracing::error!("retry of video {id} failed: {e}");
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the database refused the change; see the worker's log".into(),
+            )
+        })?;
+    match outcome {
+        RequeueOutcome::Requeued => {
+            s.live.shift(VideoStatus::Failed, VideoStatus::Pending, 1);
+            s.live.wake.notify_one();
+            Ok(Json(json!({ "video_id": id, "status": "pending" })).into_response())
+        }
+        RequeueOutcome::Missing => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("there is no video {id}"),
+        )),
+        RequeueOutcome::NotFailed(status) => Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("video {id} is {status}; only failed videos can be retried"),
+        )),
+    }
+}

@@ -1,0 +1,121 @@
+//! The shardfleet worker as a library: `run` takes a validated config, a bound listener
+//! and a cancellation token, so tests drive it in-process or as the real binary.
+//!
+//! Where things are:
+//! - claiming, finishing, leases: `runner.rs` (the loop) over `shared::db` (the SQL);
+//! - running one video: `handler/` (`exec.rs`, `http.rs`, `sleep.rs`);
+//! - HTTP endpoints: `http.rs`; what they report: `live.rs`, `metrics.rs`.
+
+pub mod config;
+pub mod handler;
+pub mod http;
+pub mod live;
+pub mod metrics;
+pub mod runner;
+pub mod shutdown;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use shared::db::Db;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Cli, WorkerConfig};
+pub use runner::RunEnd;
+
+use crate::handler::Handler;
+use crate::live::{Identity, Live};
+use crate::metrics::Metrics;
+use crate::runner::Runner;
+
+/// How often the worker samples its own memory for `/status`.
+const RSS_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs the worker until `shutdown` fires (or its shard is done, with
+/// `--exit-when-done`). The HTTP server on `listener` serves until the runner has
+/// drained.
+pub async fn run(
+    config: WorkerConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    hurry: CancellationToken,
+) -> anyhow::Result<RunEnd> {
+    let handler =
+        Arc::new(Handler::from_args(&config.handler, &config.job).map_err(anyhow::Error::msg)?);
+    let db = Db::open(&config.db, 4)
+        .await
+        .context("cannot use the database")?;
+    let port = listener.local_addr()?.port();
+    let live = Arc::new(Live::new(Identity {
+        worker_id: config.worker_id,
+        workers: config.workers,
+        port,
+        handler: config.handler.describe(),
+        concurrency: config.job.concurrency,
+        mem_limit_bytes: config.mem_limit.map(|b| b.bytes()),
+        restarts: config.restarts,
+        last_restart_reason: config.last_restart_reason.clone(),
+    }));
+    let metrics = Arc::new(Metrics::new(config.worker_id));
+    let control_token = config.control_token.clone();
+    let config = Arc::new(config);
+
+    let stop_serving = CancellationToken::new();
+    let app = http::router(http::AppState {
+        live: live.clone(),
+        metrics: metrics.clone(),
+        db: db.clone(),
+        control_token,
+    });
+    let server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop_serving.clone().cancelled_owned())
+            .into_future(),
+    );
+    let sampler = tokio::spawn(sample_rss(live.clone(), stop_serving.clone()));
+
+    tracing::info!(
+        worker_id = config.worker_id,
+        workers = config.workers,
+        db = %config.db.display(),
+        handler = %config.handler.describe(),
+        concurrency = config.job.concurrency,
+        "worker started"
+    );
+    let runner = Runner::new(config.clone(), &db, handler, live.clone(), metrics).await?;
+    let end = runner.run(shutdown, hurry).await;
+
+    stop_serving.cancel();
+    let _ = sampler.await;
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("http server ended with an error: {e}"),
+        Err(e) => tracing::warn!("http server task failed: {e}"),
+    }
+    db.close().await;
+    end
+}
+
+/// Keeps `/status`'s `rss_bytes` current without reading /proc per request.
+async fn sample_rss(live: Arc<Live>, stop: CancellationToken) {
+    use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+    let pid = Pid::from_u32(std::process::id());
+    let Ok(mut sys) = System::new() else {
+        tracing::warn!("cannot read process memory on this system; rss_bytes stays 0");
+        return;
+    };
+    let mut tick = tokio::time::interval(RSS_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                sys.refresh_processes_specifics(ProcessesToUpdate::Some(&[pid]), true, ProcessRefreshKind::nothing().with_memory());
+                if let Some(p) = sys.process(pid) {
+                    live.set_rss(p.memory());
+                }
+            }
+        }
+    }
+}

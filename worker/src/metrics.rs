@@ -1,0 +1,131 @@
+//! Prometheus metrics of one worker, served on `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use shared::status::ShardCounts;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: String,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Attempts written, by outcome (done, error, timeout, expired, ...).
+    pub attempts: Family<OutcomeLabel, Counter>,
+    pub job_seconds: Histogram,
+    pub in_flight: Gauge,
+    /// Claim statements that took at least one video.
+    pub claims: Counter,
+    pub claimed: Counter,
+    pub lease_reclaims: Counter,
+    /// Results discarded because the lease had been taken over.
+    pub fenced: Counter,
+    busy_retries: Counter,
+    shard: Family<StatusLabel, Gauge>,
+    rss: Gauge,
+}
+
+impl Metrics {
+    pub fn new(worker_id: u32) -> Metrics {
+        let mut registry = Registry::with_prefix_and_labels(
+            "shardfleet",
+            [(
+                std::borrow::Cow::Borrowed("worker"),
+                std::borrow::Cow::Owned(worker_id.to_string()),
+            )]
+            .into_iter(),
+        );
+        let m = Metrics {
+            attempts: Family::default(),
+            job_seconds: Histogram::new([
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+            ]),
+            in_flight: Gauge::default(),
+            claims: Counter::default(),
+            claimed: Counter::default(),
+            lease_reclaims: Counter::default(),
+            fenced: Counter::default(),
+            busy_retries: Counter::default(),
+            shard: Family::default(),
+            rss: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "attempts",
+            "Attempts finished, by outcome",
+            m.attempts.clone(),
+        );
+        registry.register(
+            "job_duration_seconds",
+            "Handler run time",
+            m.job_seconds.clone(),
+        );
+        registry.register("in_flight", "Videos running now", m.in_flight.clone());
+        registry.register(
+            "claims",
+            "Claim statements that took at least one video",
+            m.claims.clone(),
+        );
+        registry.register("videos_claimed", "Videos claimed", m.claimed.clone());
+        registry.register(
+            "lease_reclaims",
+            "Videos taken back after their lease lapsed",
+            m.lease_reclaims.clone(),
+        );
+        registry.register(
+            "fenced_results",
+            "Results discarded because the lease had been taken over",
+            m.fenced.clone(),
+        );
+        registry.register(
+            "db_busy_retries",
+            "Statements retried because the database was locked",
+            m.busy_retries.clone(),
+        );
+        registry.register(
+            "shard_videos",
+            "Videos of this worker's shard by status",
+            m.shard.clone(),
+        );
+        registry.register(
+            "rss_bytes",
+            "Resident memory of the worker process",
+            m.rss.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Prometheus text format, with the gauges that mirror other state brought up to date.
+    pub fn render(&self, counts: ShardCounts, rss: u64) -> String {
+        let busy = shared::db::BUSY_RETRIES.load(std::sync::atomic::Ordering::Relaxed);
+        self.busy_retries
+            .inner()
+            .store(busy, std::sync::atomic::Ordering::Relaxed);
+        for (s, n) in [
+            ("pending", counts.pending),
+            ("running", counts.running),
+            ("done", counts.done),
+            ("failed", counts.failed),
+        ] {
+            self.shard
+                .get_or_create(&StatusLabel { status: s.into() })
+                .set(n as i64);
+        }
+        self.rss.set(rss as i64);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

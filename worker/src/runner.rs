@@ -1,0 +1,514 @@
+//! The worker's one writer: claims videos, starts their jobs, writes their outcomes,
+//! renews and reclaims leases, and drains on shutdown.
+//!
+//! All database writes of a worker go through this loop and its one connection, so
+//! they batch naturally: the outcomes that arrived while the last transaction ran are
+//! written together with the next claim, in one `BEGIN IMMEDIATE` transaction. Each
+//! statement in it is correct on its own (the claim and the fenced finish are single
+//! statements), so the transaction only saves commits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::RngExt;
+use shared::db::{self, BusyRetry, Claimed, Claimer, Db, Finish, now_ms};
+use shared::status::{InFlight, Outcome, RecentError, ShardCounts, VideoStatus, WorkerState};
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, Sqlite};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::WorkerConfig;
+use crate::handler::{Handler, Job, JobResult};
+use crate::live::Live;
+use crate::metrics::{Metrics, OutcomeLabel};
+
+/// How often the shard's counts are re-read, to catch changes made by others (imports,
+/// `supervisor retry`).
+const RESYNC_EVERY: Duration = Duration::from_secs(10);
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Stopped by a signal; whatever was in flight was finished or handed back.
+    Stopped,
+    /// `--exit-when-done` and the shard has nothing pending or running.
+    ShardDone(ShardCounts),
+}
+
+/// A job that ended, on its way to the database.
+#[derive(Debug)]
+struct Ended {
+    claimed: Claimed,
+    result: JobResult,
+    duration: Duration,
+    finished_at: i64,
+}
+
+pub struct Runner {
+    cfg: Arc<WorkerConfig>,
+    conn: PoolConnection<Sqlite>,
+    claimer: Claimer,
+    handler: Arc<Handler>,
+    live: Arc<Live>,
+    metrics: Arc<Metrics>,
+    /// Every job task, so shutdown can wait for them.
+    jobs: TaskTracker,
+    /// Fired when jobs must stop now (grace over, or a second signal).
+    kill_jobs: CancellationToken,
+    tx: mpsc::UnboundedSender<Ended>,
+    rx: mpsc::UnboundedReceiver<Ended>,
+    /// Outcomes received but not yet written.
+    unwritten: Vec<Ended>,
+    in_flight: usize,
+    /// When to look for due videos next; pushed out by `--poll` when a claim came back
+    /// short, so an idle worker does not take the write lock in a loop.
+    next_claim_at: Instant,
+}
+
+impl Runner {
+    pub async fn new(
+        cfg: Arc<WorkerConfig>,
+        db: &Db,
+        handler: Arc<Handler>,
+        live: Arc<Live>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Runner> {
+        let mut conn = db
+            .pool()
+            .acquire()
+            .await
+            .context("cannot connect to the database")?;
+        let owner = format!(
+            "worker-{}/{}:{:x}",
+            cfg.worker_id,
+            std::process::id(),
+            rand::rng().random::<u32>()
+        );
+        let claimer = Claimer::new(cfg.workers, cfg.worker_id, owner);
+        claimer
+            .ensure_index(&mut conn)
+            .await
+            .context("cannot create the shard index")?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok(Runner {
+            cfg,
+            conn,
+            claimer,
+            handler,
+            live,
+            metrics,
+            jobs: TaskTracker::new(),
+            kill_jobs: CancellationToken::new(),
+            tx,
+            rx,
+            unwritten: Vec::new(),
+            in_flight: 0,
+            next_claim_at: Instant::now(),
+        })
+    }
+
+    /// Runs until `shutdown` fires (or, with `--exit-when-done`, the shard is finished).
+    /// `hurry` (a second signal) kills jobs at once instead of waiting out the grace.
+    pub async fn run(
+        mut self,
+        shutdown: CancellationToken,
+        hurry: CancellationToken,
+    ) -> anyhow::Result<RunEnd> {
+        self.resync().await?;
+        self.reclaim().await?;
+        let lease = self.cfg.job.lease;
+        let mut renew = interval(lease / 3);
+        let mut sweep = interval((lease / 2).min(Duration::from_secs(1)));
+        let mut resync = interval(RESYNC_EVERY);
+        for t in [&mut renew, &mut sweep, &mut resync] {
+            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            t.reset();
+        }
+        let mut draining: Option<Instant> = None;
+        let mut buf = Vec::new();
+        let end = loop {
+            let claim_now =
+                draining.is_none() && !self.live.paused() && Instant::now() >= self.next_claim_at;
+            let want = if claim_now {
+                self.cfg.job.concurrency as usize - self.in_flight
+            } else {
+                0
+            };
+            let (claimed, short) = self.write_and_claim(want).await?;
+            let got = claimed.len();
+            if short {
+                self.next_claim_at = Instant::now() + self.cfg.poll;
+            }
+            self.start_jobs(claimed);
+            self.update_state(draining.is_some(), short, got);
+
+            if draining.is_some() && self.in_flight == 0 {
+                break RunEnd::Stopped;
+            }
+            if self.cfg.exit_when_done
+                && draining.is_none()
+                && self.in_flight == 0
+                && self.live.counts().finished()
+            {
+                // The counts are kept incrementally; confirm with a real count first.
+                self.resync().await?;
+                let counts = self.live.counts();
+                if counts.finished() {
+                    break RunEnd::ShardDone(counts);
+                }
+            }
+
+            let claim_wait = self.next_claim_at;
+            let can_claim = draining.is_none()
+                && !self.live.paused()
+                && self.in_flight < self.cfg.job.concurrency as usize;
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if draining.is_none() => {
+                    tracing::info!(in_flight = self.in_flight, grace = ?self.cfg.job.grace, "stopping: no new claims; waiting for jobs in flight");
+                    draining = Some(Instant::now() + self.cfg.job.grace);
+                    self.live.set_state(WorkerState::Draining);
+                }
+                _ = hurry.cancelled(), if !self.kill_jobs.is_cancelled() => {
+                    tracing::warn!("second signal: killing jobs in flight");
+                    self.kill_jobs.cancel();
+                }
+                _ = sleep_until(draining.unwrap_or_else(Instant::now)), if draining.is_some() && !self.kill_jobs.is_cancelled() => {
+                    tracing::warn!(in_flight = self.in_flight, "grace period over: killing jobs in flight");
+                    self.kill_jobs.cancel();
+                }
+                n = self.rx.recv_many(&mut buf, 4096) => {
+                    if n > 0 {
+                        self.collect(&mut buf);
+                    }
+                }
+                _ = renew.tick() => self.renew().await?,
+                _ = sweep.tick() => self.reclaim().await?,
+                _ = resync.tick() => self.resync().await?,
+                _ = sleep_until(claim_wait), if can_claim && claim_wait > Instant::now() => {}
+                _ = self.live.wake.notified() => self.next_claim_at = Instant::now(),
+            }
+        };
+        self.finish_run().await?;
+        Ok(end)
+    }
+
+    /// Takes ended jobs off the channel. Cancelled ones are handed back at the end.
+    fn collect(&mut self, buf: &mut Vec<Ended>) {
+        for e in buf.drain(..) {
+            self.in_flight -= 1;
+            self.live.ended(e.claimed.video_id);
+            if e.result != JobResult::Cancelled {
+                self.unwritten.push(e);
+            }
+        }
+        self.metrics.in_flight.set(self.in_flight as i64);
+    }
+
+    /// Writes every outcome received so far and claims up to `want` videos, in one
+    /// transaction. Returns the claimed videos and whether the shard ran short (fewer
+    /// were due than asked for). Retries "database is locked"; other errors end the run.
+    async fn write_and_claim(&mut self, want: usize) -> anyhow::Result<(Vec<Claimed>, bool)> {
+        if self.unwritten.is_empty() && want == 0 {
+            return Ok((Vec::new(), false));
+        }
+        let finishes: Vec<Finish> = self.unwritten.iter().map(|e| self.to_finish(e)).collect();
+        let now = now_ms();
+        let mut busy = BusyRetry::new();
+        let (applied, claimed, short) = loop {
+            let attempt = async {
+                let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
+                let applied = db::finish_batch(&mut tx, &finishes).await?;
+                // Batches are powers of two: fill `want` with a few of them (7 = 4+2+1).
+                let mut claimed = Vec::new();
+                let mut short = false;
+                while claimed.len() < want && !short {
+                    let ask = Claimer::batch_size(want - claimed.len());
+                    let got = self
+                        .claimer
+                        .claim(&mut tx, ask, now, self.cfg.job.lease)
+                        .await?;
+                    short = got.len() < ask;
+                    claimed.extend(got);
+                }
+                tx.commit().await?;
+                Ok::<_, shared::DbError>((applied, claimed, short))
+            };
+            match attempt.await {
+                Ok(r) => break r,
+                Err(e) => busy.wait(e).await.context("cannot write to the database")?,
+            }
+        };
+        self.account_finished(&finishes, &applied);
+        self.unwritten.clear();
+        if !claimed.is_empty() {
+            self.metrics.claims.inc();
+            self.metrics.claimed.inc_by(claimed.len() as u64);
+            self.live.shift(
+                VideoStatus::Pending,
+                VideoStatus::Running,
+                claimed.len() as u64,
+            );
+        }
+        Ok((claimed, short))
+    }
+
+    /// Turns an ended job into the row to write: done, pending again after a backoff, or
+    /// failed for good when it used its last attempt.
+    fn to_finish(&self, e: &Ended) -> Finish {
+        let (status, outcome, result, error, run_after) = match &e.result {
+            JobResult::Success(out) => (
+                VideoStatus::Done,
+                Outcome::Done,
+                Some(out.clone()),
+                None,
+                e.finished_at,
+            ),
+            JobResult::Failure { outcome, error } => {
+                if e.claimed.attempt >= self.cfg.job.max_attempts {
+                    (
+                        VideoStatus::Failed,
+                        *outcome,
+                        None,
+                        Some(error.clone()),
+                        e.finished_at,
+                    )
+                } else {
+                    let jitter = rand::rng().random_range(0.8..1.2);
+                    let delay = self.cfg.job.retry_delay(e.claimed.attempt, jitter);
+                    (
+                        VideoStatus::Pending,
+                        *outcome,
+                        None,
+                        Some(error.clone()),
+                        e.finished_at + delay.as_millis() as i64,
+                    )
+                }
+            }
+            JobResult::Cancelled => unreachable!("cancelled jobs are not written"),
+        };
+        Finish {
+            video_id: e.claimed.video_id,
+            token: e.claimed.token,
+            status,
+            outcome,
+            result,
+            error,
+            run_after,
+            finished_at: e.finished_at,
+            duration_ms: e.duration.as_millis() as i64,
+        }
+    }
+
+    fn account_finished(&mut self, finishes: &[Finish], applied: &[(i64, VideoStatus)]) {
+        if finishes.is_empty() {
+            return;
+        }
+        let applied_ids: std::collections::HashSet<i64> =
+            applied.iter().map(|(id, _)| *id).collect();
+        let mut ended_videos = 0;
+        let mut job_ms = Vec::with_capacity(finishes.len());
+        for (f, e) in finishes.iter().zip(&self.unwritten) {
+            if !applied_ids.contains(&f.video_id) {
+                self.metrics.fenced.inc();
+                tracing::warn!(
+                    video_id = f.video_id,
+                    attempt = e.claimed.attempt,
+                    "lease was taken over before this attempt finished; its outcome is discarded"
+                );
+                continue;
+            }
+            self.live.shift(VideoStatus::Running, f.status, 1);
+            self.metrics
+                .attempts
+                .get_or_create(&OutcomeLabel {
+                    outcome: f.outcome.as_str().into(),
+                })
+                .inc();
+            self.metrics.job_seconds.observe(e.duration.as_secs_f64());
+            job_ms.push(e.duration.as_secs_f64() * 1000.0);
+            if f.status != VideoStatus::Pending {
+                ended_videos += 1;
+            }
+            if let Some(error) = &f.error {
+                let retry = if f.status == VideoStatus::Pending {
+                    "will retry"
+                } else {
+                    "giving up"
+                };
+                tracing::warn!(
+                    video_id = f.video_id,
+                    attempt = e.claimed.attempt,
+                    "attempt failed ({retry}): {error}"
+                );
+                self.live.record_error(RecentError {
+                    video_id: f.video_id,
+                    attempt: e.claimed.attempt,
+                    at: f.finished_at,
+                    outcome: f.outcome,
+                    error: error.clone(),
+                });
+            }
+        }
+        self.live.record_finished(ended_videos, job_ms);
+    }
+
+    fn start_jobs(&mut self, claimed: Vec<Claimed>) {
+        if claimed.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        self.live.started(claimed.iter().map(|c| InFlight {
+            video_id: c.video_id,
+            attempt: c.attempt,
+            started_at: now,
+        }));
+        self.in_flight += claimed.len();
+        self.metrics.in_flight.set(self.in_flight as i64);
+        for c in claimed {
+            let job = Job::new(&c, self.cfg.worker_id);
+            let handler = self.handler.clone();
+            let tx = self.tx.clone();
+            let cancel = self.kill_jobs.clone();
+            let timeout = self.cfg.job.job_timeout;
+            self.jobs.spawn(async move {
+                let started = std::time::Instant::now();
+                let result = handler.run(&job, timeout, &cancel).await;
+                let ended = Ended {
+                    claimed: c,
+                    result,
+                    duration: started.elapsed(),
+                    finished_at: now_ms(),
+                };
+                // The runner outlives every job it starts; a failed send means it is gone.
+                let _ = tx.send(ended);
+            });
+        }
+    }
+
+    fn update_state(&self, draining: bool, short: bool, got: usize) {
+        let state = if draining {
+            WorkerState::Draining
+        } else if self.in_flight > 0 {
+            WorkerState::Running
+        } else if short && got == 0 {
+            WorkerState::Idle
+        } else {
+            // Nothing was asked of the database this round: keep what the last claim
+            // showed, leaving Starting once the loop is up.
+            match self.live.state() {
+                WorkerState::Starting => WorkerState::Running,
+                s => s,
+            }
+        };
+        self.live.set_state(state);
+    }
+
+    /// Extends the leases of every video this worker holds.
+    async fn renew(&mut self) -> anyhow::Result<()> {
+        if self.in_flight == 0 {
+            return Ok(());
+        }
+        let expires = now_ms() + self.cfg.job.lease.as_millis() as i64;
+        let mut busy = BusyRetry::new();
+        loop {
+            match db::renew_owner(&mut self.conn, self.claimer.owner(), expires).await {
+                Ok(_) => return Ok(()),
+                Err(e) => busy.wait(e).await.context("cannot renew leases")?,
+            }
+        }
+    }
+
+    /// Takes back videos of this shard whose lease lapsed (their worker died).
+    async fn reclaim(&mut self) -> anyhow::Result<()> {
+        let mut busy = BusyRetry::new();
+        let taken = loop {
+            match db::reclaim_expired(
+                &mut self.conn,
+                self.cfg.workers,
+                self.cfg.worker_id,
+                now_ms(),
+                self.cfg.job.max_attempts,
+            )
+            .await
+            {
+                Ok(t) => break t,
+                Err(e) => busy
+                    .wait(e)
+                    .await
+                    .context("cannot reclaim expired leases")?,
+            }
+        };
+        if !taken.is_empty() {
+            tracing::warn!(videos = taken.len(), ids = ?taken.iter().map(|t| t.0).take(20).collect::<Vec<_>>(), "took back videos whose lease lapsed");
+            self.metrics.lease_reclaims.inc_by(taken.len() as u64);
+            for (_, status) in &taken {
+                self.live.shift(VideoStatus::Running, *status, 1);
+            }
+            self.next_claim_at = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Re-reads the shard's counts (others may have imported or requeued videos).
+    async fn resync(&mut self) -> anyhow::Result<()> {
+        let mut busy = BusyRetry::new();
+        let counts = loop {
+            match db::shard_counts(&mut self.conn, self.cfg.workers, self.cfg.worker_id).await {
+                Ok(c) => break c,
+                Err(e) => busy
+                    .wait(e)
+                    .await
+                    .context("cannot count the shard's videos")?,
+            }
+        };
+        if counts.pending > self.live.counts().pending {
+            self.next_claim_at = Instant::now();
+        }
+        self.live.set_counts(counts);
+        Ok(())
+    }
+
+    /// Writes what is left and hands back anything still leased (jobs killed at the end
+    /// of the grace period), without counting those attempts.
+    async fn finish_run(&mut self) -> anyhow::Result<()> {
+        self.jobs.close();
+        self.write_and_claim(0).await?;
+        let mut busy = BusyRetry::new();
+        let released = loop {
+            match db::release_owner(
+                &mut self.conn,
+                self.claimer.owner(),
+                now_ms(),
+                Outcome::Released,
+                "the worker stopped before the job finished",
+                self.cfg.job.max_attempts,
+            )
+            .await
+            {
+                Ok(r) => break r,
+                Err(e) => busy
+                    .wait(e)
+                    .await
+                    .context("cannot hand back claimed videos")?,
+            }
+        };
+        if !released.is_empty() {
+            tracing::info!(
+                videos = released.len(),
+                "handed back unfinished videos; their attempts do not count"
+            );
+            self.live.shift(
+                VideoStatus::Running,
+                VideoStatus::Pending,
+                released.len() as u64,
+            );
+        }
+        self.jobs.wait().await;
+        Ok(())
+    }
+}
