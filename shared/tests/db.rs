@@ -1,0 +1,300 @@
+//! The database layer against real SQLite files: claiming by shard, fencing, leases,
+//! and recognising schemas that other tools applied.
+
+use std::time::Duration;
+
+use shared::db::{self, Claimer, Db, Finish, MIGRATIONS};
+use shared::status::{Outcome, VideoStatus};
+use sqlx::{Connection, Executor, Row, SqliteConnection};
+
+async fn fresh(dir: &tempfile::TempDir) -> Db {
+    Db::open(&dir.path().join("fleet.db"), 2).await.unwrap()
+}
+
+async fn seed(db: &Db, ids: std::ops::RangeInclusive<i64>) {
+    for id in ids {
+        sqlx::query("INSERT INTO videos (video_id, source) VALUES (?, ?)")
+            .bind(id)
+            .bind(format!("src-{id}"))
+            .execute(db.pool())
+            .await
+            .unwrap();
+    }
+}
+
+fn done(c: &db::Claimed, result: &str) -> Finish {
+    Finish {
+        video_id: c.video_id,
+        token: c.token,
+        status: VideoStatus::Done,
+        outcome: Outcome::Done,
+        result: Some(result.into()),
+        error: None,
+        run_after: 0,
+        finished_at: db::now_ms(),
+        duration_ms: 1,
+    }
+}
+
+#[tokio::test]
+async fn a_claim_takes_only_due_pending_videos_of_its_own_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh(&dir).await;
+    seed(&db, 1..=30).await;
+    sqlx::query("UPDATE videos SET run_after = ? WHERE video_id = 3")
+        .bind(db::now_ms() + 60_000)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let claimer = Claimer::new(3, 0, "w0");
+    let mut conn = db.pool().acquire().await.unwrap();
+    claimer.ensure_index(&mut conn).await.unwrap();
+    let got = claimer
+        .claim(&mut conn, 64, db::now_ms(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let ids: Vec<i64> = got.iter().map(|c| c.video_id).collect();
+    assert_eq!(
+        ids,
+        [6, 9, 12, 15, 18, 21, 24, 27, 30],
+        "video 3 is not due yet"
+    );
+    assert!(
+        got.iter()
+            .all(|c| c.attempt == 1 && c.token == got[0].token)
+    );
+    let again = claimer
+        .claim(&mut conn, 64, db::now_ms(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "claimed videos are not claimed twice");
+}
+
+#[tokio::test]
+async fn a_late_finisher_whose_lease_was_taken_over_cannot_overwrite_the_newer_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh(&dir).await;
+    seed(&db, 1..=1).await;
+    let mut conn = db.pool().acquire().await.unwrap();
+    let first = Claimer::new(1, 0, "old-worker");
+    first.ensure_index(&mut conn).await.unwrap();
+    let now = db::now_ms();
+    let old = first
+        .claim(&mut conn, 1, now, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .remove(0);
+
+    // The old worker stalls; its lease lapses and the video is taken back and claimed anew.
+    let later = now + 5_000;
+    let taken = db::reclaim_expired(&mut conn, 1, 0, later, 3)
+        .await
+        .unwrap();
+    assert_eq!(taken, [(1, VideoStatus::Pending)]);
+    let second = Claimer::new(1, 0, "new-worker");
+    let new = second
+        .claim(&mut conn, 1, later, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(new.attempt, 2);
+    assert_eq!(
+        db::finish_batch(&mut conn, &[done(&new, "new")])
+            .await
+            .unwrap(),
+        [(1, VideoStatus::Done)]
+    );
+
+    // The old worker wakes up and reports: nothing changes.
+    assert!(
+        db::finish_batch(&mut conn, &[done(&old, "old")])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let row = sqlx::query("SELECT result, attempts, status FROM videos WHERE video_id = 1")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(row.get::<String, _>(0), "new");
+    assert_eq!(row.get::<i64, _>(1), 2);
+    let history: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT attempt, outcome, worker FROM attempts WHERE video_id = 1 ORDER BY id",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        history,
+        [
+            (1, "expired".into(), "old-worker".into()),
+            (2, "done".into(), "new-worker".into())
+        ],
+        "one history row per attempt, none for the discarded late result"
+    );
+}
+
+#[tokio::test]
+async fn a_released_video_gets_its_attempt_back_and_a_crashed_one_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh(&dir).await;
+    seed(&db, 1..=2).await;
+    let mut conn = db.pool().acquire().await.unwrap();
+    let a = Claimer::new(2, 0, "a");
+    let b = Claimer::new(2, 1, "b");
+    a.ensure_index(&mut conn).await.unwrap();
+    a.claim(&mut conn, 1, db::now_ms(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    b.claim(&mut conn, 1, db::now_ms(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    db::release_owner(
+        &mut conn,
+        "a",
+        db::now_ms(),
+        Outcome::Released,
+        "stopping",
+        3,
+    )
+    .await
+    .unwrap();
+    db::release_owner(
+        &mut conn,
+        "b",
+        db::now_ms(),
+        Outcome::Crashed,
+        "worker died",
+        1,
+    )
+    .await
+    .unwrap();
+    let rows: Vec<(i64, String, i64)> =
+        sqlx::query_as("SELECT video_id, status, attempts FROM videos ORDER BY video_id")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        [(1, "failed".into(), 1), (2, "pending".into(), 0)],
+        "video 1 used its only attempt"
+    );
+}
+
+/// Applies the migration files the way `sqlite3 fleet.db < migrations/*.sql` would: no
+/// bookkeeping table.
+async fn apply_like_sqlite3(path: &std::path::Path) -> SqliteConnection {
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let mut conn = SqliteConnection::connect(&url).await.unwrap();
+    for m in MIGRATIONS {
+        sqlx::raw_sql(m.sql).execute(&mut conn).await.unwrap();
+    }
+    conn
+}
+
+#[tokio::test]
+async fn a_schema_applied_by_sqlite3_is_adopted_not_applied_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outside.db");
+    let mut conn = apply_like_sqlite3(&path).await;
+    conn.execute("INSERT INTO videos (video_id, source) VALUES (1, 'kept')")
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+
+    let db = Db::open(&path, 1).await.unwrap();
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM d1_migrations")
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(names, ["0001_videos.sql"]);
+    assert_eq!(
+        db.count_videos().await.unwrap(),
+        1,
+        "existing rows are untouched"
+    );
+    assert_eq!(
+        db.journal_mode().await.unwrap(),
+        "delete",
+        "the journal mode of an existing file is left alone"
+    );
+}
+
+#[tokio::test]
+async fn a_database_wrangler_migrated_is_used_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wrangler.sqlite");
+    let mut conn = apply_like_sqlite3(&path).await;
+    // wrangler's bookkeeping, as `wrangler d1 migrations apply --local` leaves it.
+    conn.execute(
+        "CREATE TABLE d1_migrations(id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE, applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL)",
+    )
+    .await
+    .unwrap();
+    conn.execute("INSERT INTO d1_migrations (name) VALUES ('0001_videos.sql')")
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+
+    let db = Db::open(&path, 1).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM d1_migrations")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+}
+
+#[tokio::test]
+async fn a_partial_schema_is_refused_and_left_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("partial.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let mut conn = SqliteConnection::connect(&url).await.unwrap();
+    conn.execute("CREATE TABLE videos (video_id INTEGER PRIMARY KEY, source TEXT NOT NULL)")
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let before = std::fs::read(&path).unwrap();
+
+    let err = Db::open(&path, 1).await.unwrap_err().to_string();
+    assert!(
+        err.contains("partial schema") && err.contains("0001_videos.sql"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), before, "nothing was written");
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_sqlite_is_refused_and_left_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    std::fs::write(&path, "these are my notes, not a database\n").unwrap();
+    let err = Db::open(&path, 1).await.unwrap_err().to_string();
+    assert_eq!(err, format!("{} is not a SQLite database", path.display()));
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "these are my notes, not a database\n"
+    );
+}
+
+#[tokio::test]
+async fn a_database_in_a_missing_directory_is_refused_without_creating_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no/such/dir/fleet.db");
+    let err = Db::open(&path, 1).await.unwrap_err().to_string();
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!dir.path().join("no").exists());
+}
+
+#[test]
+fn every_file_in_migrations_is_embedded() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".sql"))
+        .collect();
+    files.sort();
+    let embedded: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
+    assert_eq!(files, embedded);
+}
