@@ -152,7 +152,7 @@ impl Live {
     pub fn snapshot(&self) -> WorkerStatus {
         let elapsed = self.started.elapsed();
         let g = self.lock();
-        let state = if g.paused && matches!(g.state, WorkerState::Running | WorkerState::Idle) {
+        let state = if g.paused && g.state != WorkerState::Draining {
             WorkerState::Paused
         } else {
             g.state

@@ -1,0 +1,217 @@
+//! Test helpers: a temp database per test, the real `worker` binary on a free port, and
+//! small waits that poll for an outcome instead of sleeping a guessed time.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shared::db::Db;
+
+/// A temp dir holding `fleet.db`, migrated and seeded by the test.
+pub struct TestDb {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub db: Db,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.db");
+        let db = Db::open(&path, 2).await.unwrap();
+        TestDb { dir, path, db }
+    }
+
+    /// Inserts videos `1..=n` with source `src-<id>`.
+    pub async fn seed(&self, n: i64) {
+        self.seed_sources((1..=n).map(|i| (i, format!("src-{i}"))).collect())
+            .await;
+    }
+
+    pub async fn seed_sources(&self, rows: Vec<(i64, String)>) {
+        let mut tx = self.db.pool().begin().await.unwrap();
+        for (id, source) in rows {
+            sqlx::query("INSERT INTO videos (video_id, source, payload) VALUES (?, ?, ?)")
+                .bind(id)
+                .bind(source)
+                .bind(format!("{{\"n\":{id}}}"))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+
+    pub async fn by_status(&self) -> BTreeMap<String, i64> {
+        sqlx::query_as::<_, (String, i64)>("SELECT status, count(*) FROM videos GROUP BY status")
+            .fetch_all(self.db.pool())
+            .await
+            .unwrap()
+            .into_iter()
+            .collect()
+    }
+
+    pub async fn scalar(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(self.db.pool())
+            .await
+            .unwrap()
+    }
+
+    pub async fn video(&self, id: i64) -> (String, i64, Option<String>, Option<String>) {
+        sqlx::query_as("SELECT status, attempts, result, last_error FROM videos WHERE video_id = ?")
+            .bind(id)
+            .fetch_one(self.db.pool())
+            .await
+            .unwrap()
+    }
+
+    pub async fn history(&self, id: i64) -> Vec<(i64, String)> {
+        sqlx::query_as("SELECT attempt, outcome FROM attempts WHERE video_id = ? ORDER BY id")
+            .bind(id)
+            .fetch_all(self.db.pool())
+            .await
+            .unwrap()
+    }
+}
+
+/// A running `worker` process. Killed when dropped.
+pub struct WorkerProc {
+    pub child: Child,
+    pub port: u16,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+pub fn worker_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_worker")
+}
+
+/// Starts worker `k` of `n` on a free port with `args` added, and waits until it
+/// listens.
+pub fn spawn_worker(db: &Path, k: u32, n: u32, args: &[&str]) -> WorkerProc {
+    let mut cmd = Command::new(worker_bin());
+    cmd.args([
+        "--worker-id",
+        &k.to_string(),
+        "--workers",
+        &n.to_string(),
+        "--port",
+        "0",
+        "--db",
+    ])
+    .arg(db)
+    .args(args)
+    .env("RUST_LOG", "info,sqlx=warn")
+    .env_remove("WORKER_CONCURRENCY")
+    .current_dir(db.parent().unwrap())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("worker binary starts");
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    for stream in [
+        Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stdout.take().unwrap()),
+    ] {
+        let logs = logs.clone();
+        let port_tx = port_tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
+                    let _ = port_tx.send(rest.trim().parse::<u16>().unwrap());
+                }
+                logs.lock().unwrap().push(line);
+            }
+        });
+    }
+    let port = port_rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| {
+            panic!(
+                "worker did not start listening; logs:\n{}",
+                logs.lock().unwrap().join("\n")
+            )
+        });
+    WorkerProc { child, port, logs }
+}
+
+impl WorkerProc {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    /// Waits for the process to exit; panics after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker did not exit; logs:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        reqwest::get(self.url("/status"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it returns true; panics with `what` after `timeout`.
+pub async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Runs the worker binary to completion with `args` and returns (exit code, stderr
+/// followed by stdout).
+pub fn run_worker_to_end(args: &[&str], cwd: &Path) -> (i32, String) {
+    let out = Command::new(worker_bin())
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("WORKER_CONCURRENCY")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
