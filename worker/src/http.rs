@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -41,7 +41,9 @@ pub fn router(state: AppState) -> Router {
                 "no such endpoint; try /health, /status or /metrics".into(),
             )
         })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Refuses on Content-Length before any handler runs, whether or not it reads
+        // the body; streamed bodies are cut at the same size.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_LIMIT))
         .with_state(state)
 }
 
