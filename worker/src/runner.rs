@@ -304,12 +304,12 @@ impl Runner {
         }
     }
 
-    fn account_finished(&mut self, finishes: &[Finish], applied: &[(i64, VideoStatus)]) {
+    fn account_finished(&mut self, finishes: &[Finish], applied: &[i64]) {
         if finishes.is_empty() {
             return;
         }
         let applied_ids: std::collections::HashSet<i64> =
-            applied.iter().map(|(id, _)| *id).collect();
+            applied.iter().copied().collect();
         let mut ended_videos = 0;
         let mut job_ms = Vec::with_capacity(finishes.len());
         for (f, e) in finishes.iter().zip(&self.unwritten) {

@@ -1,0 +1,352 @@
+//! `fleet-bench`: measures the worker against the goals of the issues and writes the
+//! results, with the command that produced them, into docs/BENCHMARKS.md.
+//!
+//! Run with `cargo run --release -p bench -- worker` (see docs/BENCHMARKS.md). It uses
+//! the release binaries next to its own executable, so build them in the same profile.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use shared::db::{self, Claimer, Db, Finish};
+use shared::status::{Outcome, VideoStatus};
+use sqlx::Connection;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    what: What,
+    /// Where to write the results.
+    #[arg(long, default_value = "docs/BENCHMARKS.md", global = true)]
+    out: PathBuf,
+    /// Runs of each measurement; the median is reported.
+    #[arg(long, default_value_t = 3, global = true)]
+    runs: usize,
+}
+
+#[derive(Subcommand)]
+enum What {
+    /// Worker throughput (--sleep 0 and --exec /bin/true) and memory.
+    Worker {
+        /// Videos in the throughput runs.
+        #[arg(long, default_value_t = 200_000)]
+        videos: i64,
+        /// Videos in the /bin/true runs.
+        #[arg(long, default_value_t = 5_000)]
+        exec_videos: i64,
+        /// Concurrency of the --sleep 0 runs.
+        #[arg(long, default_value_t = 1024)]
+        concurrency: u32,
+        /// Concurrency of the /bin/true runs, and xargs -P.
+        #[arg(long, default_value_t = 8)]
+        exec_concurrency: u32,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+    match cli.what {
+        What::Worker { videos, exec_videos, concurrency, exec_concurrency } => {
+            let report = bench_worker(cli.runs, videos, exec_videos, concurrency, exec_concurrency).await?;
+            write_section(&cli.out, "worker", &command, &report)?;
+        }
+    }
+    Ok(())
+}
+
+fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.parent().context("executable has no directory")?.join(name);
+    if !path.exists() {
+        bail!("{} not found: build it first (cargo build --release --workspace)", path.display());
+    }
+    Ok(path)
+}
+
+/// A database with videos 1..=n, migrated, in WAL mode.
+async fn make_db(dir: &Path, n: i64) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("bench-{n}.db"));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let db = Db::open(&path, 1).await?;
+    sqlx::query(
+        "INSERT INTO videos (video_id, source) \
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < ?) \
+         SELECT i, 'https://videos.example/' || i || '.mp4' FROM s",
+    )
+    .bind(n)
+    .execute(db.pool())
+    .await?;
+    db.close().await;
+    Ok(path)
+}
+
+async fn count_done(path: &Path) -> anyhow::Result<(i64, i64)> {
+    let db = Db::open(path, 1).await?;
+    let done: i64 = sqlx::query_scalar("SELECT count(*) FROM videos WHERE status = 'done'").fetch_one(db.pool()).await?;
+    let history: i64 = sqlx::query_scalar("SELECT count(*) FROM attempts").fetch_one(db.pool()).await?;
+    db.close().await;
+    Ok((done, history))
+}
+
+/// The floor: one process claiming and completing in batches of 512 (previous batch's
+/// completions and the next claim in one transaction), no handler, no HTTP.
+async fn raw_floor(path: &Path, n: i64) -> anyhow::Result<f64> {
+    let db = Db::open(path, 1).await?;
+    let mut conn = db.pool().acquire().await?;
+    let claimer = Claimer::new(1, 0, "raw-floor");
+    claimer.ensure_index(&mut conn).await?;
+    let start = Instant::now();
+    let mut previous: Vec<Finish> = Vec::new();
+    let mut total = 0;
+    loop {
+        let now = db::now_ms();
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        db::finish_batch(&mut tx, &previous).await?;
+        let claimed = claimer.claim(&mut tx, 512, now, Duration::from_secs(60)).await?;
+        tx.commit().await?;
+        total += previous.len() as i64;
+        if claimed.is_empty() {
+            break;
+        }
+        previous = claimed
+            .iter()
+            .map(|c| Finish {
+                video_id: c.video_id,
+                token: c.token,
+                status: VideoStatus::Done,
+                outcome: Outcome::Done,
+                result: Some(String::new()),
+                error: None,
+                run_after: now,
+                finished_at: now,
+                duration_ms: 0,
+            })
+            .collect();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    drop(conn);
+    db.close().await;
+    if total != n {
+        bail!("raw floor finished {total} of {n} videos");
+    }
+    Ok(n as f64 / secs)
+}
+
+/// Peak resident memory of a process, from /proc (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> Option<u64> {
+    proc_status_kb(pid, "VmHWM:").map(|kb| kb * 1024)
+}
+
+fn rss(pid: u32) -> Option<u64> {
+    proc_status_kb(pid, "VmRSS:").map(|kb| kb * 1024)
+}
+
+fn proc_status_kb(pid: u32, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+struct FleetRun {
+    secs: f64,
+    /// Highest VmHWM among the workers.
+    peak_rss: u64,
+}
+
+/// Starts `workers` worker processes with `args` on `path`, waits for all to exit with
+/// --exit-when-done; wall time from the first spawn to the last exit.
+fn run_fleet(path: &Path, workers: u32, args: &[&str]) -> anyhow::Result<FleetRun> {
+    let worker = bin("worker")?;
+    let start = Instant::now();
+    let mut children: Vec<Child> = (0..workers)
+        .map(|k| {
+            Command::new(&worker)
+                .args(["--worker-id", &k.to_string(), "--workers", &workers.to_string(), "--port", "0", "--exit-when-done"])
+                .arg("--db")
+                .arg(path)
+                .args(args)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    let mut peak = 0;
+    let mut exited = vec![false; children.len()];
+    while exited.iter().any(|e| !e) {
+        for (i, c) in children.iter_mut().enumerate() {
+            if exited[i] {
+                continue;
+            }
+            if let Some(p) = peak_rss(c.id()) {
+                peak = peak.max(p);
+            }
+            if let Some(status) = c.try_wait()? {
+                if !status.success() {
+                    bail!("worker {i} exited with {status}");
+                }
+                exited[i] = true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(FleetRun { secs: start.elapsed().as_secs_f64(), peak_rss: peak })
+}
+
+fn xargs_true(n: i64, parallel: u32) -> anyhow::Result<f64> {
+    let ids: String = (1..=n).map(|i| format!("{i}\n")).collect();
+    let start = Instant::now();
+    let mut child = Command::new("xargs")
+        .args(["-P", &parallel.to_string(), "-n", "1", "/bin/true"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("xargs is needed for the comparison")?;
+    use std::io::Write;
+    child.stdin.take().context("stdin")?.write_all(ids.as_bytes())?;
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("xargs failed: {status}");
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+}
+
+async fn bench_worker(runs: usize, n: i64, exec_n: i64, concurrency: u32, exec_c: u32) -> anyhow::Result<String> {
+    let dir = tempfile_dir()?;
+    let c = concurrency.to_string();
+    let mut raw = Vec::new();
+    let mut one = Vec::new();
+    let mut two = Vec::new();
+    let mut peak_sleep = 0;
+    for run in 0..runs {
+        eprintln!("run {}/{runs}: raw floor, 1 worker, 2 workers over {n} videos", run + 1);
+        let path = make_db(&dir, n).await?;
+        raw.push(raw_floor(&path, n).await?);
+        for (workers, out) in [(1u32, &mut one), (2, &mut two)] {
+            let path = make_db(&dir, n).await?;
+            let r = run_fleet(&path, workers, &["--sleep", "0", "--concurrency", &c])?;
+            let (done, history) = count_done(&path).await?;
+            if done != n || history != n {
+                bail!("{workers} worker(s) left {done} of {n} done with {history} history rows");
+            }
+            out.push(n as f64 / r.secs);
+            peak_sleep = peak_sleep.max(r.peak_rss);
+        }
+    }
+    let (raw, one, two) = (median(raw), median(one), median(two));
+
+    let ec = exec_c.to_string();
+    let mut fleet_true = Vec::new();
+    let mut xargs = Vec::new();
+    let mut peak_exec = 0;
+    for run in 0..runs {
+        eprintln!("run {}/{runs}: --exec /bin/true vs xargs -P {exec_c} over {exec_n}", run + 1);
+        let path = make_db(&dir, exec_n).await?;
+        let r = run_fleet(&path, 1, &["--exec", "/bin/true", "--concurrency", &ec])?;
+        fleet_true.push(exec_n as f64 / r.secs);
+        peak_exec = peak_exec.max(r.peak_rss);
+        xargs.push(xargs_true(exec_n, exec_c)?);
+    }
+    let (fleet_true, xargs) = (median(fleet_true), median(xargs));
+
+    eprintln!("idle memory");
+    let idle = idle_rss(&dir).await?;
+
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    Ok(format!(
+        "| measurement | result | goal |\n|---|---|---|\n\
+         | raw floor: one process, claim + complete in batches of 512, history rows, no handler, no HTTP | {raw:.0} videos/s | |\n\
+         | 1 worker, `--sleep 0 --concurrency {concurrency}`, {n} videos | {one:.0} videos/s ({:.0}% of floor) | |\n\
+         | 2 workers, `--sleep 0 --concurrency {concurrency}`, {n} videos | {two:.0} videos/s ({:.0}% of floor) | >= 50,000 videos/s: {} |\n\
+         | 1 worker, `--exec /bin/true --concurrency {exec_c}`, {exec_n} videos | {fleet_true:.0} videos/s | |\n\
+         | `xargs -P {exec_c} -n 1 /bin/true`, {exec_n} lines | {xargs:.0} runs/s | worker >= 70% of xargs: {:.0}%, {} |\n\
+         | worker RSS, idle (empty shard, after 3 s) | {} | <= 15 MiB: {} |\n\
+         | worker peak RSS (VmHWM), `--sleep 0` runs | {} | |\n\
+         | worker peak RSS (VmHWM), `/bin/true` runs | {} | |\n",
+        100.0 * one / raw,
+        100.0 * two / raw,
+        verdict(two >= 50_000.0),
+        100.0 * fleet_true / xargs,
+        verdict(fleet_true >= 0.7 * xargs),
+        mib(idle),
+        verdict(idle <= 15 << 20),
+        mib(peak_sleep),
+        mib(peak_exec),
+    ))
+}
+
+async fn idle_rss(dir: &Path) -> anyhow::Result<u64> {
+    let path = make_db(dir, 0).await?;
+    let mut child = Command::new(bin("worker")?)
+        .args(["--worker-id", "0", "--workers", "1", "--port", "0", "--sleep", "0"])
+        .arg("--db")
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(3));
+    let r = rss(child.id()).context("cannot read the idle worker's memory")?;
+    child.kill()?;
+    child.wait()?;
+    Ok(r)
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("fleet-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Replaces (or appends) the section `name` of the results file.
+fn write_section(out: &Path, name: &str, command: &str, body: &str) -> anyhow::Result<()> {
+    let begin = format!("<!-- bench:{name}:begin -->");
+    let end = format!("<!-- bench:{name}:end -->");
+    let machine = machine();
+    let section = format!(
+        "{begin}\n## {name}\n\nReproduce: `cargo build --release --workspace && target/release/fleet-bench {command}`\n\n\
+         Measured {} on {machine}. Medians of the runs.\n\n{body}{end}",
+        date()
+    );
+    let existing = std::fs::read_to_string(out).unwrap_or_else(|_| "# Benchmarks\n\nWritten by `fleet-bench`; each section names the command that produced it.\n".into());
+    let updated = match (existing.find(&begin), existing.find(&end)) {
+        (Some(a), Some(b)) if b > a => format!("{}{section}{}", &existing[..a], &existing[b + end.len()..]),
+        _ => format!("{}\n{section}\n", existing.trim_end()),
+    };
+    std::fs::write(out, updated)?;
+    println!("{section}");
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    format!("{cores} cores ({cpu})")
+}
+
+fn date() -> String {
+    Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
