@@ -3,7 +3,8 @@
 //!
 //! Where things are:
 //! - claiming, finishing, leases: `runner.rs` (the loop) over `shared::db` (the SQL);
-//! - running one video: `handler/` (`exec.rs`, `http.rs`, `sleep.rs`);
+//! - running one video: `handler/` (`exec.rs`, `http.rs`, `sleep.rs`), driven by
+//!   `pool.rs`;
 //! - HTTP endpoints: `http.rs`; what they report: `live.rs`, `metrics.rs`.
 
 pub mod config;
@@ -11,6 +12,7 @@ pub mod handler;
 pub mod http;
 pub mod live;
 pub mod metrics;
+pub mod pool;
 pub mod runner;
 pub mod shutdown;
 

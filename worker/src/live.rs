@@ -118,9 +118,12 @@ impl Live {
         }
     }
 
-    /// A job ended (however it ended): it is no longer in flight.
-    pub fn ended(&self, video_id: i64) {
-        self.lock().in_flight.remove(&video_id);
+    /// Jobs ended (however they ended): they are no longer in flight.
+    pub fn ended(&self, video_ids: impl IntoIterator<Item = i64>) {
+        let mut g = self.lock();
+        for id in video_ids {
+            g.in_flight.remove(&id);
+        }
     }
 
     /// Finished attempts written to the database: `finished` of them ended their video

@@ -6,7 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use shared::status::ShardCounts;
+use shared::status::{Outcome, ShardCounts};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -22,7 +22,10 @@ pub struct StatusLabel {
 pub struct Metrics {
     registry: Registry,
     /// Attempts written, by outcome (done, error, timeout, expired, ...).
-    pub attempts: Family<OutcomeLabel, Counter>,
+    attempts: Family<OutcomeLabel, Counter>,
+    /// The counters of `attempts`, looked up once: a label lookup per video showed up
+    /// in profiles.
+    by_outcome: Vec<(Outcome, Counter)>,
     pub job_seconds: Histogram,
     pub in_flight: Gauge,
     /// Claim statements that took at least one video.
@@ -48,6 +51,7 @@ impl Metrics {
         );
         let m = Metrics {
             attempts: Family::default(),
+            by_outcome: Vec::new(),
             job_seconds: Histogram::new([
                 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
             ]),
@@ -103,7 +107,42 @@ impl Metrics {
             "Resident memory of the worker process",
             m.rss.clone(),
         );
-        Metrics { registry, ..m }
+        let by_outcome = [
+            Outcome::Done,
+            Outcome::Error,
+            Outcome::Timeout,
+            Outcome::Memory,
+            Outcome::Expired,
+            Outcome::Released,
+            Outcome::Crashed,
+        ]
+        .into_iter()
+        .map(|o| {
+            (
+                o,
+                m.attempts
+                    .get_or_create(&OutcomeLabel {
+                        outcome: o.as_str().into(),
+                    })
+                    .clone(),
+            )
+        })
+        .collect();
+        Metrics {
+            registry,
+            by_outcome,
+            ..m
+        }
+    }
+
+    /// The attempts counter of one outcome.
+    pub fn attempt(&self, outcome: Outcome) -> &Counter {
+        &self
+            .by_outcome
+            .iter()
+            .find(|(o, _)| *o == outcome)
+            .expect("every outcome has a counter")
+            .1
     }
 
     /// Prometheus text format, with the gauges that mirror other state brought up to date.

@@ -19,12 +19,12 @@ use sqlx::{Connection, Sqlite};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::WorkerConfig;
-use crate::handler::{Handler, Job, JobResult};
+use crate::handler::{Handler, JobResult};
 use crate::live::Live;
-use crate::metrics::{Metrics, OutcomeLabel};
+use crate::metrics::Metrics;
+use crate::pool::{Ended, Pool};
 
 /// How often the shard's counts are re-read, to catch changes made by others (imports,
 /// `supervisor retry`).
@@ -39,28 +39,17 @@ pub enum RunEnd {
     ShardDone(ShardCounts),
 }
 
-/// A job that ended, on its way to the database.
-#[derive(Debug)]
-struct Ended {
-    claimed: Claimed,
-    result: JobResult,
-    duration: Duration,
-    finished_at: i64,
-}
-
 pub struct Runner {
     cfg: Arc<WorkerConfig>,
     conn: PoolConnection<Sqlite>,
     claimer: Claimer,
-    handler: Arc<Handler>,
     live: Arc<Live>,
     metrics: Arc<Metrics>,
-    /// Every job task, so shutdown can wait for them.
-    jobs: TaskTracker,
+    /// Runs the jobs; ended ones come back on `ended`.
+    pool: Pool,
+    ended: mpsc::UnboundedReceiver<Vec<Ended>>,
     /// Fired when jobs must stop now (grace over, or a second signal).
     kill_jobs: CancellationToken,
-    tx: mpsc::UnboundedSender<Ended>,
-    rx: mpsc::UnboundedReceiver<Ended>,
     /// Outcomes received but not yet written.
     unwritten: Vec<Ended>,
     in_flight: usize,
@@ -93,18 +82,24 @@ impl Runner {
             .ensure_index(&mut conn)
             .await
             .context("cannot create the shard index")?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (ended_tx, ended) = mpsc::unbounded_channel();
+        let kill_jobs = CancellationToken::new();
+        let pool = Pool::start(
+            handler,
+            cfg.worker_id,
+            cfg.job.job_timeout,
+            kill_jobs.clone(),
+            ended_tx,
+        );
         Ok(Runner {
             cfg,
             conn,
             claimer,
-            handler,
             live,
             metrics,
-            jobs: TaskTracker::new(),
-            kill_jobs: CancellationToken::new(),
-            tx,
-            rx,
+            pool,
+            ended,
+            kill_jobs,
             unwritten: Vec::new(),
             in_flight: 0,
             next_claim_at: Instant::now(),
@@ -181,7 +176,7 @@ impl Runner {
                     tracing::warn!(in_flight = self.in_flight, "grace period over: killing jobs in flight");
                     self.kill_jobs.cancel();
                 }
-                n = self.rx.recv_many(&mut buf, 4096) => {
+                n = self.ended.recv_many(&mut buf, 64) => {
                     if n > 0 {
                         self.collect(&mut buf);
                     }
@@ -198,13 +193,15 @@ impl Runner {
     }
 
     /// Takes ended jobs off the channel. Cancelled ones are handed back at the end.
-    fn collect(&mut self, buf: &mut Vec<Ended>) {
-        for e in buf.drain(..) {
-            self.in_flight -= 1;
-            self.live.ended(e.claimed.video_id);
-            if e.result != JobResult::Cancelled {
-                self.unwritten.push(e);
-            }
+    fn collect(&mut self, buf: &mut Vec<Vec<Ended>>) {
+        for batch in buf.drain(..) {
+            self.in_flight -= batch.len();
+            self.live.ended(batch.iter().map(|e| e.claimed.video_id));
+            self.unwritten.extend(
+                batch
+                    .into_iter()
+                    .filter(|e| e.result != JobResult::Cancelled),
+            );
         }
         self.metrics.in_flight.set(self.in_flight as i64);
     }
@@ -308,8 +305,7 @@ impl Runner {
         if finishes.is_empty() {
             return;
         }
-        let applied_ids: std::collections::HashSet<i64> =
-            applied.iter().copied().collect();
+        let applied_ids: std::collections::HashSet<i64> = applied.iter().copied().collect();
         let mut ended_videos = 0;
         let mut job_ms = Vec::with_capacity(finishes.len());
         for (f, e) in finishes.iter().zip(&self.unwritten) {
@@ -323,12 +319,7 @@ impl Runner {
                 continue;
             }
             self.live.shift(VideoStatus::Running, f.status, 1);
-            self.metrics
-                .attempts
-                .get_or_create(&OutcomeLabel {
-                    outcome: f.outcome.as_str().into(),
-                })
-                .inc();
+            self.metrics.attempt(f.outcome).inc();
             self.metrics.job_seconds.observe(e.duration.as_secs_f64());
             job_ms.push(e.duration.as_secs_f64() * 1000.0);
             if f.status != VideoStatus::Pending {
@@ -369,25 +360,7 @@ impl Runner {
         }));
         self.in_flight += claimed.len();
         self.metrics.in_flight.set(self.in_flight as i64);
-        for c in claimed {
-            let job = Job::new(&c, self.cfg.worker_id);
-            let handler = self.handler.clone();
-            let tx = self.tx.clone();
-            let cancel = self.kill_jobs.clone();
-            let timeout = self.cfg.job.job_timeout;
-            self.jobs.spawn(async move {
-                let started = std::time::Instant::now();
-                let result = handler.run(&job, timeout, &cancel).await;
-                let ended = Ended {
-                    claimed: c,
-                    result,
-                    duration: started.elapsed(),
-                    finished_at: now_ms(),
-                };
-                // The runner outlives every job it starts; a failed send means it is gone.
-                let _ = tx.send(ended);
-            });
-        }
+        self.pool.submit(claimed);
     }
 
     fn update_state(&self, draining: bool, short: bool, got: usize) {
@@ -475,8 +448,7 @@ impl Runner {
 
     /// Writes what is left and hands back anything still leased (jobs killed at the end
     /// of the grace period), without counting those attempts.
-    async fn finish_run(&mut self) -> anyhow::Result<()> {
-        self.jobs.close();
+    async fn finish_run(mut self) -> anyhow::Result<()> {
         self.write_and_claim(0).await?;
         let mut busy = BusyRetry::new();
         let released = loop {
@@ -508,7 +480,7 @@ impl Runner {
                 released.len() as u64,
             );
         }
-        self.jobs.wait().await;
+        self.pool.close().await;
         Ok(())
     }
 }

@@ -173,7 +173,7 @@ async fn read_capped(r: Option<impl AsyncRead + Unpin>, limit: usize) -> (Vec<u8
         return (Vec::new(), false);
     };
     let mut out = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
+    let mut buf = vec![0u8; 16 * 1024];
     let mut overflow = false;
     loop {
         match r.read(&mut buf).await {
@@ -196,7 +196,7 @@ async fn read_capped(r: Option<impl AsyncRead + Unpin>, limit: usize) -> (Vec<u8
 async fn read_tail(r: Option<impl AsyncRead + Unpin>, keep: usize) -> Vec<u8> {
     let Some(mut r) = r else { return Vec::new() };
     let mut tail = std::collections::VecDeque::with_capacity(keep);
-    let mut buf = [0u8; 4096];
+    let mut buf = vec![0u8; 4096];
     loop {
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,

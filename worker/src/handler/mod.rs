@@ -89,10 +89,12 @@ impl Handler {
         timeout: Option<Duration>,
         cancel: &CancellationToken,
     ) -> JobResult {
+        // The exec and http futures are large (I/O state, buffers) and are boxed, so
+        // that every job's future stays small: the pool moves one per video.
         match self {
             // The exec handler enforces the timeout itself: it must kill a process group.
-            Handler::Exec(h) => h.run(job, timeout, cancel).await,
-            Handler::Http(h) => with_timeout(h.run(job, cancel), timeout).await,
+            Handler::Exec(h) => Box::pin(h.run(job, timeout, cancel)).await,
+            Handler::Http(h) => Box::pin(with_timeout(h.run(job, cancel), timeout)).await,
             Handler::Sleep(h) => with_timeout(h.run(cancel), timeout).await,
         }
     }
