@@ -316,6 +316,13 @@ async fn bench_worker(
     eprintln!("idle memory");
     let idle = idle_rss(&dir).await?;
 
+    eprintln!("/status under load");
+    let mut status_rates = Vec::new();
+    for _ in 0..runs {
+        status_rates.push(status_load(&dir).await?);
+    }
+    let status_rate = median(status_rates);
+
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     Ok(format!(
         "| measurement | result | goal |\n|---|---|---|\n\
@@ -324,6 +331,7 @@ async fn bench_worker(
          | 2 workers, `--sleep 0 --concurrency {concurrency}`, {n} videos | {two:.0} videos/s ({:.0}% of floor) | >= 50,000 videos/s: {} |\n\
          | 1 worker, `--exec /bin/true --concurrency {exec_c}`, {exec_n} videos | {fleet_true:.0} videos/s | |\n\
          | `xargs -P {exec_c} -n 1 /bin/true`, {exec_n} lines | {xargs:.0} runs/s | worker >= 70% of xargs: {:.0}%, {} |\n\
+         | `GET /status` while the worker runs `--sleep 1ms..20ms --concurrency 256`, 8 keep-alive connections, 3 s | {status_rate:.0} requests/s | >= 5,000 requests/s: {} |\n\
          | worker RSS, idle (empty shard, after 3 s) | {} | <= 15 MiB: {} |\n\
          | worker peak RSS (VmHWM), `--sleep 0` runs | {} | |\n\
          | worker peak RSS (VmHWM), `/bin/true` runs | {} | |\n",
@@ -332,11 +340,82 @@ async fn bench_worker(
         verdict(two >= 50_000.0),
         100.0 * fleet_true / xargs,
         verdict(fleet_true >= 0.7 * xargs),
+        verdict(status_rate >= 5_000.0),
         mib(idle),
         verdict(idle <= 15 << 20),
         mib(peak_sleep),
         mib(peak_exec),
     ))
+}
+
+/// Requests per second `GET /status` sustains on a busy worker: 8 keep-alive
+/// connections for 3 seconds, each sending the next request when the last answer is in.
+async fn status_load(dir: &Path) -> anyhow::Result<f64> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let path = make_db(dir, 200_000).await?;
+    let port = free_port()?;
+    let mut child = Command::new(bin("worker")?)
+        .args(["--worker-id", "0", "--workers", "1", "--port", &port.to_string(), "--sleep", "1ms..20ms", "--concurrency", "256"])
+        .arg("--db")
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let addr = format!("127.0.0.1:{port}");
+    let mut tries = 0;
+    while tokio::net::TcpStream::connect(&addr).await.is_err() {
+        tries += 1;
+        if tries > 500 {
+            bail!("the worker did not start listening on {addr}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let addr = addr.clone();
+        clients.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(&addr).await?;
+            let mut stream = BufReader::new(stream);
+            let mut n = 0u64;
+            let mut line = String::new();
+            while tokio::time::Instant::now() < deadline {
+                stream.get_mut().write_all(b"GET /status HTTP/1.1\r\nHost: bench\r\n\r\n").await?;
+                let mut len = 0usize;
+                loop {
+                    line.clear();
+                    stream.read_line(&mut line).await?;
+                    if line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse()?;
+                    }
+                }
+                let mut body = vec![0u8; len];
+                stream.read_exact(&mut body).await?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let mut total = 0;
+    for c in clients {
+        total += c.await??;
+    }
+    let still_busy = child.try_wait()?.is_none();
+    child.kill()?;
+    child.wait()?;
+    if !still_busy {
+        bail!("the worker exited during the /status load");
+    }
+    Ok(total as f64 / 3.0)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 async fn idle_rss(dir: &Path) -> anyhow::Result<u64> {
