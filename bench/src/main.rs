@@ -50,14 +50,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
     match cli.what {
-        What::Worker {
-            videos,
-            exec_videos,
-            concurrency,
-            exec_concurrency,
-        } => {
-            let report =
-                bench_worker(cli.runs, videos, exec_videos, concurrency, exec_concurrency).await?;
+        What::Worker { videos, exec_videos, concurrency, exec_concurrency } => {
+            let report = bench_worker(cli.runs, videos, exec_videos, concurrency, exec_concurrency).await?;
             write_section(&cli.out, "worker", &command, &report)?;
         }
     }
@@ -66,15 +60,9 @@ async fn main() -> anyhow::Result<()> {
 
 fn bin(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let path = exe
-        .parent()
-        .context("executable has no directory")?
-        .join(name);
+    let path = exe.parent().context("executable has no directory")?.join(name);
     if !path.exists() {
-        bail!(
-            "{} not found: build it first (cargo build --release --workspace)",
-            path.display()
-        );
+        bail!("{} not found: build it first (cargo build --release --workspace)", path.display());
     }
     Ok(path)
 }
@@ -100,12 +88,9 @@ async fn make_db(dir: &Path, n: i64) -> anyhow::Result<PathBuf> {
 
 async fn count_done(path: &Path) -> anyhow::Result<(i64, i64)> {
     let db = Db::open(path, 1).await?;
-    let done: i64 = sqlx::query_scalar("SELECT count(*) FROM videos WHERE status = 'done'")
-        .fetch_one(db.pool())
-        .await?;
-    let history: i64 = sqlx::query_scalar("SELECT count(*) FROM attempts")
-        .fetch_one(db.pool())
-        .await?;
+    let done: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM videos WHERE status = 'done'").fetch_one(db.pool()).await?;
+    let history: i64 = sqlx::query_scalar("SELECT count(*) FROM attempts").fetch_one(db.pool()).await?;
     db.close().await;
     Ok((done, history))
 }
@@ -124,9 +109,7 @@ async fn raw_floor(path: &Path, n: i64) -> anyhow::Result<f64> {
         let now = db::now_ms();
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         db::finish_batch(&mut tx, &previous).await?;
-        let claimed = claimer
-            .claim(&mut tx, 512, now, Duration::from_secs(60))
-            .await?;
+        let claimed = claimer.claim(&mut tx, 512, now, Duration::from_secs(60)).await?;
         tx.commit().await?;
         total += previous.len() as i64;
         if claimed.is_empty() {
@@ -167,12 +150,7 @@ fn rss(pid: u32) -> Option<u64> {
 
 fn proc_status_kb(pid: u32, key: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with(key))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    s.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
 }
 
 struct FleetRun {
@@ -226,10 +204,7 @@ fn run_fleet(path: &Path, workers: u32, args: &[&str]) -> anyhow::Result<FleetRu
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    Ok(FleetRun {
-        secs: start.elapsed().as_secs_f64(),
-        peak_rss: peak,
-    })
+    Ok(FleetRun { secs: start.elapsed().as_secs_f64(), peak_rss: peak })
 }
 
 fn xargs_true(n: i64, parallel: u32) -> anyhow::Result<f64> {
@@ -242,11 +217,7 @@ fn xargs_true(n: i64, parallel: u32) -> anyhow::Result<f64> {
         .spawn()
         .context("xargs is needed for the comparison")?;
     use std::io::Write;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(ids.as_bytes())?;
+    child.stdin.take().context("stdin")?.write_all(ids.as_bytes())?;
     let status = child.wait()?;
     if !status.success() {
         bail!("xargs failed: {status}");
@@ -263,13 +234,7 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
 }
 
-async fn bench_worker(
-    runs: usize,
-    n: i64,
-    exec_n: i64,
-    concurrency: u32,
-    exec_c: u32,
-) -> anyhow::Result<String> {
+async fn bench_worker(runs: usize, n: i64, exec_n: i64, concurrency: u32, exec_c: u32) -> anyhow::Result<String> {
     let dir = tempfile_dir()?;
     let c = concurrency.to_string();
     let mut raw = Vec::new();
@@ -277,10 +242,7 @@ async fn bench_worker(
     let mut two = Vec::new();
     let mut peak_sleep = 0;
     for run in 0..runs {
-        eprintln!(
-            "run {}/{runs}: raw floor, 1 worker, 2 workers over {n} videos",
-            run + 1
-        );
+        eprintln!("run {}/{runs}: raw floor, 1 worker, 2 workers over {n} videos", run + 1);
         let path = make_db(&dir, n).await?;
         raw.push(raw_floor(&path, n).await?);
         for (workers, out) in [(1u32, &mut one), (2, &mut two)] {
@@ -301,10 +263,7 @@ async fn bench_worker(
     let mut xargs = Vec::new();
     let mut peak_exec = 0;
     for run in 0..runs {
-        eprintln!(
-            "run {}/{runs}: --exec /bin/true vs xargs -P {exec_c} over {exec_n}",
-            run + 1
-        );
+        eprintln!("run {}/{runs}: --exec /bin/true vs xargs -P {exec_c} over {exec_n}", run + 1);
         let path = make_db(&dir, exec_n).await?;
         let r = run_fleet(&path, 1, &["--exec", "/bin/true", "--concurrency", &ec])?;
         fleet_true.push(exec_n as f64 / r.secs);
@@ -355,7 +314,18 @@ async fn status_load(dir: &Path) -> anyhow::Result<f64> {
     let path = make_db(dir, 200_000).await?;
     let port = free_port()?;
     let mut child = Command::new(bin("worker")?)
-        .args(["--worker-id", "0", "--workers", "1", "--port", &port.to_string(), "--sleep", "1ms..20ms", "--concurrency", "256"])
+        .args([
+            "--worker-id",
+            "0",
+            "--workers",
+            "1",
+            "--port",
+            &port.to_string(),
+            "--sleep",
+            "1ms..20ms",
+            "--concurrency",
+            "256",
+        ])
         .arg("--db")
         .arg(&path)
         .env("RUST_LOG", "warn")
@@ -421,16 +391,7 @@ fn free_port() -> anyhow::Result<u16> {
 async fn idle_rss(dir: &Path) -> anyhow::Result<u64> {
     let path = make_db(dir, 0).await?;
     let mut child = Command::new(bin("worker")?)
-        .args([
-            "--worker-id",
-            "0",
-            "--workers",
-            "1",
-            "--port",
-            "0",
-            "--sleep",
-            "0",
-        ])
+        .args(["--worker-id", "0", "--workers", "1", "--port", "0", "--sleep", "0"])
         .arg("--db")
         .arg(&path)
         .env("RUST_LOG", "warn")
@@ -460,7 +421,9 @@ fn write_section(out: &Path, name: &str, command: &str, body: &str) -> anyhow::R
          Measured {} on {machine}. Medians of the runs.\n\n{body}{end}",
         date()
     );
-    let existing = std::fs::read_to_string(out).unwrap_or_else(|_| "# Benchmarks\n\nWritten by `fleet-bench`; each section names the command that produced it.\n".into());
+    let existing = std::fs::read_to_string(out).unwrap_or_else(|_| {
+        "# Benchmarks\n\nWritten by `fleet-bench`; each section names the command that produced it.\n".into()
+    });
     let updated = match (existing.find(&begin), existing.find(&end)) {
         (Some(a), Some(b)) if b > a => {
             format!("{}{section}{}", &existing[..a], &existing[b + end.len()..])
@@ -481,9 +444,7 @@ fn machine() -> String {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     format!("{cores} cores ({cpu})")
 }
 

@@ -127,10 +127,7 @@ impl JobArgs {
     /// Checks what clap cannot: relations between values.
     pub fn validate(&self) -> Result<(), String> {
         if self.lease < Duration::from_millis(300) {
-            return Err(format!(
-                "--lease {} is too short; use at least 300ms",
-                format_duration(self.lease)
-            ));
+            return Err(format!("--lease {} is too short; use at least 300ms", format_duration(self.lease)));
         }
         if self.backoff > self.backoff_max {
             return Err("--backoff must not be longer than --backoff-max".into());
@@ -146,10 +143,7 @@ impl JobArgs {
     /// come back as a burst.
     pub fn retry_delay(&self, attempt: u32, jitter: f64) -> Duration {
         let exp = attempt.saturating_sub(1).min(30);
-        let base = self
-            .backoff
-            .saturating_mul(1u32 << exp)
-            .min(self.backoff_max);
+        let base = self.backoff.saturating_mul(1u32 << exp).min(self.backoff_max);
         base.mul_f64(jitter.clamp(0.8, 1.2))
     }
 }
@@ -191,9 +185,7 @@ mod tests {
     #[test]
     fn retry_delays_double_from_the_base_up_to_the_cap() {
         let cli = Cli::parse_from(["x", "--sleep", "0"]);
-        let d: Vec<u64> = (1..=4)
-            .map(|a| cli.job.retry_delay(a, 1.0).as_secs())
-            .collect();
+        let d: Vec<u64> = (1..=4).map(|a| cli.job.retry_delay(a, 1.0).as_secs()).collect();
         assert_eq!(d, [60, 120, 240, 480]);
         assert_eq!(cli.job.retry_delay(40, 1.0), Duration::from_secs(3600));
     }

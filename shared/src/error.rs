@@ -28,20 +28,13 @@ pub enum DbError {
     #[error(
         "database {path} has a partial schema: migration {migration} is neither recorded nor fully present (found {found} of its objects)"
     )]
-    PartialSchema {
-        path: PathBuf,
-        migration: String,
-        found: String,
-    },
+    PartialSchema { path: PathBuf, migration: String, found: String },
     #[error(
         "database {path} was migrated by a newer shardfleet: it records migration {migration}, which this build does not know"
     )]
     UnknownMigration { path: PathBuf, migration: String },
     #[error("migration {migration} failed: {source}")]
-    Migration {
-        migration: String,
-        source: sqlx::Error,
-    },
+    Migration { migration: String, source: sqlx::Error },
     #[error("database is locked: gave up after {attempts} tries")]
     Busy { attempts: u32 },
     #[error(transparent)]
@@ -66,10 +59,7 @@ pub fn is_busy(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => {
             let code = db.code();
-            matches!(
-                code.as_deref(),
-                Some("5") | Some("517") | Some("261") | Some("6")
-            )
+            matches!(code.as_deref(), Some("5") | Some("517") | Some("261") | Some("6"))
         }
         _ => false,
     }

@@ -17,12 +17,8 @@ pub enum VideoStatus {
 }
 
 impl VideoStatus {
-    pub const ALL: [VideoStatus; 4] = [
-        VideoStatus::Pending,
-        VideoStatus::Running,
-        VideoStatus::Done,
-        VideoStatus::Failed,
-    ];
+    pub const ALL: [VideoStatus; 4] =
+        [VideoStatus::Pending, VideoStatus::Running, VideoStatus::Done, VideoStatus::Failed];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -46,9 +42,7 @@ impl FromStr for VideoStatus {
         VideoStatus::ALL
             .into_iter()
             .find(|v| v.as_str() == s)
-            .ok_or_else(|| {
-                format!("unknown status {s:?}; expected pending, running, done or failed")
-            })
+            .ok_or_else(|| format!("unknown status {s:?}; expected pending, running, done or failed"))
     }
 }
 
@@ -235,20 +229,9 @@ mod tests {
 
     #[test]
     fn shifting_counts_never_goes_below_zero() {
-        let mut c = ShardCounts {
-            pending: 1,
-            ..Default::default()
-        };
+        let mut c = ShardCounts { pending: 1, ..Default::default() };
         c.shift(VideoStatus::Pending, VideoStatus::Running, 3);
-        assert_eq!(
-            c,
-            ShardCounts {
-                pending: 0,
-                running: 3,
-                done: 0,
-                failed: 0
-            }
-        );
+        assert_eq!(c, ShardCounts { pending: 0, running: 3, done: 0, failed: 0 });
     }
 
     #[test]

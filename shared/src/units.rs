@@ -28,17 +28,12 @@ impl FromStr for ByteSize {
     type Err = ParseError;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let err = |reason| ParseError::Size {
-            input: input.to_string(),
-            reason,
-        };
+        let err = |reason| ParseError::Size { input: input.to_string(), reason };
         let s = input.trim();
         if s.is_empty() {
             return Err(err("it is empty"));
         }
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
+        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
         if num.is_empty() {
             return Err(err("it does not start with a number"));
@@ -51,9 +46,7 @@ impl FromStr for ByteSize {
             "g" | "gb" | "gib" => 1 << 30,
             "t" | "tb" | "tib" => 1 << 40,
             _ => {
-                return Err(err(
-                    "unknown unit; use B, K, M, G or T (binary, KiB/MiB/GiB also accepted)",
-                ));
+                return Err(err("unknown unit; use B, K, M, G or T (binary, KiB/MiB/GiB also accepted)"));
             }
         };
         let bytes = value * multiplier as f64;
@@ -83,12 +76,7 @@ impl From<ByteSize> for String {
 impl fmt::Display for ByteSize {
     /// Shortest exact form, so that a printed size parses back to the same bytes.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (unit, m) in [
-            ("T", 1u64 << 40),
-            ("G", 1 << 30),
-            ("M", 1 << 20),
-            ("K", 1 << 10),
-        ] {
+        for (unit, m) in [("T", 1u64 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)] {
             if self.0 >= m && self.0.is_multiple_of(m) {
                 return write!(f, "{}{unit}", self.0 / m);
             }
@@ -113,17 +101,12 @@ pub fn human_bytes(bytes: u64) -> String {
 
 /// Parses `500ms`, `30s`, `5m`, `1h`, `1.5s`, `250us`; a bare number is seconds.
 pub fn parse_duration(input: &str) -> Result<Duration, ParseError> {
-    let err = |reason| ParseError::Duration {
-        input: input.to_string(),
-        reason,
-    };
+    let err = |reason| ParseError::Duration { input: input.to_string(), reason };
     let s = input.trim();
     if s.is_empty() {
         return Err(err("it is empty"));
     }
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     if num.is_empty() {
         return Err(err("it does not start with a number"));
@@ -191,10 +174,7 @@ impl DurationRange {
 impl FromStr for DurationRange {
     type Err = ParseError;
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let err = |reason| ParseError::Range {
-            input: input.to_string(),
-            reason,
-        };
+        let err = |reason| ParseError::Range { input: input.to_string(), reason };
         match input.split_once("..") {
             None => {
                 let d = parse_duration(input)?;
@@ -217,12 +197,7 @@ impl fmt::Display for DurationRange {
         if self.min == self.max {
             write!(f, "{}", format_duration(self.min))
         } else {
-            write!(
-                f,
-                "{}..{}",
-                format_duration(self.min),
-                format_duration(self.max)
-            )
+            write!(f, "{}..{}", format_duration(self.min), format_duration(self.max))
         }
     }
 }
@@ -244,18 +219,9 @@ impl Rate {
 impl FromStr for Rate {
     type Err = ParseError;
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let err = |reason| ParseError::Rate {
-            input: input.to_string(),
-            reason,
-        };
-        let (count, per) = input
-            .trim()
-            .split_once('/')
-            .ok_or_else(|| err("it has no '/'"))?;
-        let count: u32 = count
-            .trim()
-            .parse()
-            .map_err(|_| err("the count is not a whole number"))?;
+        let err = |reason| ParseError::Rate { input: input.to_string(), reason };
+        let (count, per) = input.trim().split_once('/').ok_or_else(|| err("it has no '/'"))?;
+        let count: u32 = count.trim().parse().map_err(|_| err("the count is not a whole number"))?;
         if count == 0 {
             return Err(err("the count must be at least 1"));
         }

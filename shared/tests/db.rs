@@ -49,24 +49,11 @@ async fn a_claim_takes_only_due_pending_videos_of_its_own_shard() {
     let claimer = Claimer::new(3, 0, "w0");
     let mut conn = db.pool().acquire().await.unwrap();
     claimer.ensure_index(&mut conn).await.unwrap();
-    let got = claimer
-        .claim(&mut conn, 64, db::now_ms(), Duration::from_secs(10))
-        .await
-        .unwrap();
+    let got = claimer.claim(&mut conn, 64, db::now_ms(), Duration::from_secs(10)).await.unwrap();
     let ids: Vec<i64> = got.iter().map(|c| c.video_id).collect();
-    assert_eq!(
-        ids,
-        [6, 9, 12, 15, 18, 21, 24, 27, 30],
-        "video 3 is not due yet"
-    );
-    assert!(
-        got.iter()
-            .all(|c| c.attempt == 1 && c.token == got[0].token)
-    );
-    let again = claimer
-        .claim(&mut conn, 64, db::now_ms(), Duration::from_secs(10))
-        .await
-        .unwrap();
+    assert_eq!(ids, [6, 9, 12, 15, 18, 21, 24, 27, 30], "video 3 is not due yet");
+    assert!(got.iter().all(|c| c.attempt == 1 && c.token == got[0].token));
+    let again = claimer.claim(&mut conn, 64, db::now_ms(), Duration::from_secs(10)).await.unwrap();
     assert!(again.is_empty(), "claimed videos are not claimed twice");
 }
 
@@ -79,57 +66,33 @@ async fn a_late_finisher_whose_lease_was_taken_over_cannot_overwrite_the_newer_r
     let first = Claimer::new(1, 0, "old-worker");
     first.ensure_index(&mut conn).await.unwrap();
     let now = db::now_ms();
-    let old = first
-        .claim(&mut conn, 1, now, Duration::from_secs(1))
-        .await
-        .unwrap()
-        .remove(0);
+    let old = first.claim(&mut conn, 1, now, Duration::from_secs(1)).await.unwrap().remove(0);
 
     // The old worker stalls; its lease lapses and the video is taken back and claimed anew.
     let later = now + 5_000;
-    let taken = db::reclaim_expired(&mut conn, 1, 0, later, 3)
-        .await
-        .unwrap();
+    let taken = db::reclaim_expired(&mut conn, 1, 0, later, 3).await.unwrap();
     assert_eq!(taken, [(1, VideoStatus::Pending)]);
     let second = Claimer::new(1, 0, "new-worker");
-    let new = second
-        .claim(&mut conn, 1, later, Duration::from_secs(10))
-        .await
-        .unwrap()
-        .remove(0);
+    let new = second.claim(&mut conn, 1, later, Duration::from_secs(10)).await.unwrap().remove(0);
     assert_eq!(new.attempt, 2);
-    assert_eq!(
-        db::finish_batch(&mut conn, &[done(&new, "new")])
-            .await
-            .unwrap(),
-        [1]
-    );
+    assert_eq!(db::finish_batch(&mut conn, &[done(&new, "new")]).await.unwrap(), [1]);
 
     // The old worker wakes up and reports: nothing changes.
-    assert!(
-        db::finish_batch(&mut conn, &[done(&old, "old")])
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(db::finish_batch(&mut conn, &[done(&old, "old")]).await.unwrap().is_empty());
     let row = sqlx::query("SELECT result, attempts, status FROM videos WHERE video_id = 1")
         .fetch_one(&mut *conn)
         .await
         .unwrap();
     assert_eq!(row.get::<String, _>(0), "new");
     assert_eq!(row.get::<i64, _>(1), 2);
-    let history: Vec<(i64, String, String)> = sqlx::query_as(
-        "SELECT attempt, outcome, worker FROM attempts WHERE video_id = 1 ORDER BY id",
-    )
-    .fetch_all(&mut *conn)
-    .await
-    .unwrap();
+    let history: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT attempt, outcome, worker FROM attempts WHERE video_id = 1 ORDER BY id")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
     assert_eq!(
         history,
-        [
-            (1, "expired".into(), "old-worker".into()),
-            (2, "done".into(), "new-worker".into())
-        ],
+        [(1, "expired".into(), "old-worker".into()), (2, "done".into(), "new-worker".into())],
         "one history row per attempt, none for the discarded late result"
     );
 }
@@ -143,42 +106,16 @@ async fn a_released_video_gets_its_attempt_back_and_a_crashed_one_does_not() {
     let a = Claimer::new(2, 0, "a");
     let b = Claimer::new(2, 1, "b");
     a.ensure_index(&mut conn).await.unwrap();
-    a.claim(&mut conn, 1, db::now_ms(), Duration::from_secs(10))
-        .await
-        .unwrap();
-    b.claim(&mut conn, 1, db::now_ms(), Duration::from_secs(10))
-        .await
-        .unwrap();
-    db::release_owner(
-        &mut conn,
-        "a",
-        db::now_ms(),
-        Outcome::Released,
-        "stopping",
-        3,
-    )
-    .await
-    .unwrap();
-    db::release_owner(
-        &mut conn,
-        "b",
-        db::now_ms(),
-        Outcome::Crashed,
-        "worker died",
-        1,
-    )
-    .await
-    .unwrap();
+    a.claim(&mut conn, 1, db::now_ms(), Duration::from_secs(10)).await.unwrap();
+    b.claim(&mut conn, 1, db::now_ms(), Duration::from_secs(10)).await.unwrap();
+    db::release_owner(&mut conn, "a", db::now_ms(), Outcome::Released, "stopping", 3).await.unwrap();
+    db::release_owner(&mut conn, "b", db::now_ms(), Outcome::Crashed, "worker died", 1).await.unwrap();
     let rows: Vec<(i64, String, i64)> =
         sqlx::query_as("SELECT video_id, status, attempts FROM videos ORDER BY video_id")
             .fetch_all(&mut *conn)
             .await
             .unwrap();
-    assert_eq!(
-        rows,
-        [(1, "failed".into(), 1), (2, "pending".into(), 0)],
-        "video 1 used its only attempt"
-    );
+    assert_eq!(rows, [(1, "failed".into(), 1), (2, "pending".into(), 0)], "video 1 used its only attempt");
 }
 
 /// Applies the migration files the way `sqlite3 fleet.db < migrations/*.sql` would: no
@@ -197,27 +134,14 @@ async fn a_schema_applied_by_sqlite3_is_adopted_not_applied_twice() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("outside.db");
     let mut conn = apply_like_sqlite3(&path).await;
-    conn.execute("INSERT INTO videos (video_id, source) VALUES (1, 'kept')")
-        .await
-        .unwrap();
+    conn.execute("INSERT INTO videos (video_id, source) VALUES (1, 'kept')").await.unwrap();
     conn.close().await.unwrap();
 
     let db = Db::open(&path, 1).await.unwrap();
-    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM d1_migrations")
-        .fetch_all(db.pool())
-        .await
-        .unwrap();
-    assert_eq!(names, ["0001_videos.sql"]);
-    assert_eq!(
-        db.count_videos().await.unwrap(),
-        1,
-        "existing rows are untouched"
-    );
-    assert_eq!(
-        db.journal_mode().await.unwrap(),
-        "delete",
-        "the journal mode of an existing file is left alone"
-    );
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM d1_migrations").fetch_all(db.pool()).await.unwrap();
+    assert_eq!(names, ["0001_videos.sql", "0002_fleet.sql"]);
+    assert_eq!(db.count_videos().await.unwrap(), 1, "existing rows are untouched");
+    assert_eq!(db.journal_mode().await.unwrap(), "delete", "the journal mode of an existing file is left alone");
 }
 
 #[tokio::test]
@@ -231,17 +155,12 @@ async fn a_database_wrangler_migrated_is_used_as_it_is() {
     )
     .await
     .unwrap();
-    conn.execute("INSERT INTO d1_migrations (name) VALUES ('0001_videos.sql')")
-        .await
-        .unwrap();
+    conn.execute("INSERT INTO d1_migrations (name) VALUES ('0001_videos.sql'), ('0002_fleet.sql')").await.unwrap();
     conn.close().await.unwrap();
 
     let db = Db::open(&path, 1).await.unwrap();
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM d1_migrations")
-        .fetch_one(db.pool())
-        .await
-        .unwrap();
-    assert_eq!(rows, 1);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM d1_migrations").fetch_one(db.pool()).await.unwrap();
+    assert_eq!(rows, 2);
 }
 
 #[tokio::test]
@@ -250,17 +169,12 @@ async fn a_partial_schema_is_refused_and_left_unchanged() {
     let path = dir.path().join("partial.db");
     let url = format!("sqlite://{}?mode=rwc", path.display());
     let mut conn = SqliteConnection::connect(&url).await.unwrap();
-    conn.execute("CREATE TABLE videos (video_id INTEGER PRIMARY KEY, source TEXT NOT NULL)")
-        .await
-        .unwrap();
+    conn.execute("CREATE TABLE videos (video_id INTEGER PRIMARY KEY, source TEXT NOT NULL)").await.unwrap();
     conn.close().await.unwrap();
     let before = std::fs::read(&path).unwrap();
 
     let err = Db::open(&path, 1).await.unwrap_err().to_string();
-    assert!(
-        err.contains("partial schema") && err.contains("0001_videos.sql"),
-        "{err}"
-    );
+    assert!(err.contains("partial schema") && err.contains("0001_videos.sql"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), before, "nothing was written");
 }
 
@@ -271,10 +185,7 @@ async fn a_file_that_is_not_sqlite_is_refused_and_left_unchanged() {
     std::fs::write(&path, "these are my notes, not a database\n").unwrap();
     let err = Db::open(&path, 1).await.unwrap_err().to_string();
     assert_eq!(err, format!("{} is not a SQLite database", path.display()));
-    assert_eq!(
-        std::fs::read_to_string(&path).unwrap(),
-        "these are my notes, not a database\n"
-    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "these are my notes, not a database\n");
 }
 
 #[tokio::test]

@@ -114,10 +114,7 @@ impl Cli {
                 .checked_add(self.worker_id as u16)
                 .filter(|_| self.worker_id <= u16::MAX as u32)
                 .ok_or_else(|| {
-                    format!(
-                        "--base-port {} + worker id {} is past port 65535",
-                        self.base_port, self.worker_id
-                    )
+                    format!("--base-port {} + worker id {} is past port 65535", self.base_port, self.worker_id)
                 })?,
         };
         Ok(WorkerConfig {
@@ -145,23 +142,13 @@ mod tests {
     fn parse(args: &[&str]) -> Result<WorkerConfig, String> {
         let mut argv = vec!["worker", "--sleep", "0"];
         argv.extend_from_slice(args);
-        Cli::try_parse_from(argv)
-            .map_err(|e| e.to_string())?
-            .into_config()
+        Cli::try_parse_from(argv).map_err(|e| e.to_string())?.into_config()
     }
 
     #[test]
     fn the_port_defaults_to_base_port_plus_worker_id() {
-        assert_eq!(
-            parse(&["--worker-id", "2", "--workers", "3"]).unwrap().port,
-            3003
-        );
-        assert_eq!(
-            parse(&["--worker-id", "2", "--workers", "3", "--port", "9000"])
-                .unwrap()
-                .port,
-            9000
-        );
+        assert_eq!(parse(&["--worker-id", "2", "--workers", "3"]).unwrap().port, 3003);
+        assert_eq!(parse(&["--worker-id", "2", "--workers", "3", "--port", "9000"]).unwrap().port, 9000);
     }
 
     #[test]

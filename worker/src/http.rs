@@ -36,10 +36,7 @@ pub fn router(state: AppState) -> Router {
         .route("/resume", post(resume))
         .route("/videos/{id}/retry", post(retry))
         .fallback(|| async {
-            ApiError(
-                StatusCode::NOT_FOUND,
-                "no such endpoint; try /health, /status or /metrics".into(),
-            )
+            ApiError(StatusCode::NOT_FOUND, "no such endpoint; try /health, /status or /metrics".into())
         })
         // Refuses on Content-Length before any handler runs, whether or not it reads
         // the body; streamed bodies are cut at the same size.
@@ -70,20 +67,12 @@ async fn health(State(s): State<AppState>) -> Response {
         Ok(Ok(())) => Json(base(true, None)).into_response(),
         Ok(Err(e)) => {
             tracing::warn!("health check: database unreachable: {e}");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(base(false, Some("database unreachable".into()))),
-            )
+            (StatusCode::SERVICE_UNAVAILABLE, Json(base(false, Some("database unreachable".into())))).into_response()
+        }
+        Err(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(base(false, Some("database did not answer within 2s".into()))))
                 .into_response()
         }
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(base(
-                false,
-                Some("database did not answer within 2s".into()),
-            )),
-        )
-            .into_response(),
     }
 }
 
@@ -94,14 +83,7 @@ async fn status(State(s): State<AppState>) -> Response {
 async fn metrics(State(s): State<AppState>) -> Response {
     let snap = s.live.snapshot();
     let body = s.metrics.render(snap.shard, snap.rss_bytes);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
 /// Lets a request through only with `Authorization: Bearer <the configured token>`.
@@ -120,10 +102,7 @@ fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
         Ok(())
     } else {
-        Err(ApiError(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token".into(),
-        ))
+        Err(ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into()))
     }
 }
 
@@ -145,50 +124,30 @@ async fn resume(State(s): State<AppState>, headers: HeaderMap) -> Result<Respons
     Ok(Json(json!({ "state": s.live.snapshot().state })).into_response())
 }
 
-async fn retry(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+async fn retry(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
     authorize(&s, &headers)?;
-    let id: i64 = id.parse().map_err(|_| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("video id {id:?} is not an integer"),
-        )
-    })?;
+    let id: i64 =
+        id.parse().map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("video id {id:?} is not an integer")))?;
     let (n, k) = (s.live.id.workers as i64, s.live.id.worker_id as i64);
     if id.rem_euclid(n) != k {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
-            format!(
-                "video {id} belongs to worker {}, not worker {k}",
-                id.rem_euclid(n)
-            ),
+            format!("video {id} belongs to worker {}, not worker {k}", id.rem_euclid(n)),
         ));
     }
-    let outcome = shared::db::requeue_video(s.db.pool(), id)
-        .await
-        .map_err(|e| {
-            tracing::error!("retry of video {id} failed: {e}");
-            ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the database refused the change; see the worker's log".into(),
-            )
-        })?;
+    let outcome = shared::db::requeue_video(s.db.pool(), id).await.map_err(|e| {
+        tracing::error!("retry of video {id} failed: {e}");
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, "the database refused the change; see the worker's log".into())
+    })?;
     match outcome {
         RequeueOutcome::Requeued => {
             s.live.shift(VideoStatus::Failed, VideoStatus::Pending, 1);
             s.live.wake.notify_one();
             Ok(Json(json!({ "video_id": id, "status": "pending" })).into_response())
         }
-        RequeueOutcome::Missing => Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("there is no video {id}"),
-        )),
-        RequeueOutcome::NotFailed(status) => Err(ApiError(
-            StatusCode::CONFLICT,
-            format!("video {id} is {status}; only failed videos can be retried"),
-        )),
+        RequeueOutcome::Missing => Err(ApiError(StatusCode::NOT_FOUND, format!("there is no video {id}"))),
+        RequeueOutcome::NotFailed(status) => {
+            Err(ApiError(StatusCode::CONFLICT, format!("video {id} is {status}; only failed videos can be retried")))
+        }
     }
 }

@@ -44,11 +44,8 @@ pub async fn run(
     shutdown: CancellationToken,
     hurry: CancellationToken,
 ) -> anyhow::Result<RunEnd> {
-    let handler =
-        Arc::new(Handler::from_args(&config.handler, &config.job).map_err(anyhow::Error::msg)?);
-    let db = Db::open(&config.db, 4)
-        .await
-        .context("cannot use the database")?;
+    let handler = Arc::new(Handler::from_args(&config.handler, &config.job).map_err(anyhow::Error::msg)?);
+    let db = Db::open(&config.db, 4).await.context("cannot use the database")?;
     let port = listener.local_addr()?.port();
     let live = Arc::new(Live::new(Identity {
         worker_id: config.worker_id,
@@ -65,16 +62,10 @@ pub async fn run(
     let config = Arc::new(config);
 
     let stop_serving = CancellationToken::new();
-    let app = http::router(http::AppState {
-        live: live.clone(),
-        metrics: metrics.clone(),
-        db: db.clone(),
-        control_token,
-    });
+    let app =
+        http::router(http::AppState { live: live.clone(), metrics: metrics.clone(), db: db.clone(), control_token });
     let server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop_serving.clone().cancelled_owned())
-            .into_future(),
+        axum::serve(listener, app).with_graceful_shutdown(stop_serving.clone().cancelled_owned()).into_future(),
     );
     let sampler = tokio::spawn(sample_rss(live.clone(), stop_serving.clone()));
 

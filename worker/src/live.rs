@@ -155,11 +155,7 @@ impl Live {
     pub fn snapshot(&self) -> WorkerStatus {
         let elapsed = self.started.elapsed();
         let g = self.lock();
-        let state = if g.paused && g.state != WorkerState::Draining {
-            WorkerState::Paused
-        } else {
-            g.state
-        };
+        let state = if g.paused && g.state != WorkerState::Draining { WorkerState::Paused } else { g.state };
         WorkerStatus {
             worker_id: self.id.worker_id,
             workers: self.id.workers,
@@ -172,8 +168,7 @@ impl Live {
             in_flight: g.in_flight.values().cloned().collect(),
             processed: g.processed,
             throughput_per_sec: g.finished.rate(elapsed),
-            avg_job_ms: (!g.job_ms.is_empty())
-                .then(|| g.job_ms.iter().sum::<f64>() / g.job_ms.len() as f64),
+            avg_job_ms: (!g.job_ms.is_empty()).then(|| g.job_ms.iter().sum::<f64>() / g.job_ms.len() as f64),
             rss_bytes: g.rss_bytes,
             mem_limit_bytes: self.id.mem_limit_bytes,
             uptime_seconds: elapsed.as_secs_f64(),
@@ -196,10 +191,7 @@ struct RateWindow {
 
 impl RateWindow {
     fn new() -> RateWindow {
-        RateWindow {
-            buckets: [0; RATE_WINDOW],
-            newest: 0,
-        }
+        RateWindow { buckets: [0; RATE_WINDOW], newest: 0 }
     }
 
     fn advance(&mut self, now: Duration) {
@@ -227,9 +219,7 @@ impl RateWindow {
             return 0.0;
         }
         let sum: u64 = (0..RATE_WINDOW as u64 - stale)
-            .map(|i| {
-                self.buckets[((self.newest + RATE_WINDOW as u64 - i) % RATE_WINDOW as u64) as usize]
-            })
+            .map(|i| self.buckets[((self.newest + RATE_WINDOW as u64 - i) % RATE_WINDOW as u64) as usize])
             .sum();
         sum as f64 / span
     }

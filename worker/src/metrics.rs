@@ -43,18 +43,12 @@ impl Metrics {
     pub fn new(worker_id: u32) -> Metrics {
         let mut registry = Registry::with_prefix_and_labels(
             "shardfleet",
-            [(
-                std::borrow::Cow::Borrowed("worker"),
-                std::borrow::Cow::Owned(worker_id.to_string()),
-            )]
-            .into_iter(),
+            [(std::borrow::Cow::Borrowed("worker"), std::borrow::Cow::Owned(worker_id.to_string()))].into_iter(),
         );
         let m = Metrics {
             attempts: Family::default(),
             by_outcome: Vec::new(),
-            job_seconds: Histogram::new([
-                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
-            ]),
+            job_seconds: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0]),
             in_flight: Gauge::default(),
             claims: Counter::default(),
             claimed: Counter::default(),
@@ -65,28 +59,12 @@ impl Metrics {
             rss: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "attempts",
-            "Attempts finished, by outcome",
-            m.attempts.clone(),
-        );
-        registry.register(
-            "job_duration_seconds",
-            "Handler run time",
-            m.job_seconds.clone(),
-        );
+        registry.register("attempts", "Attempts finished, by outcome", m.attempts.clone());
+        registry.register("job_duration_seconds", "Handler run time", m.job_seconds.clone());
         registry.register("in_flight", "Videos running now", m.in_flight.clone());
-        registry.register(
-            "claims",
-            "Claim statements that took at least one video",
-            m.claims.clone(),
-        );
+        registry.register("claims", "Claim statements that took at least one video", m.claims.clone());
         registry.register("videos_claimed", "Videos claimed", m.claimed.clone());
-        registry.register(
-            "lease_reclaims",
-            "Videos taken back after their lease lapsed",
-            m.lease_reclaims.clone(),
-        );
+        registry.register("lease_reclaims", "Videos taken back after their lease lapsed", m.lease_reclaims.clone());
         registry.register(
             "fenced_results",
             "Results discarded because the lease had been taken over",
@@ -97,16 +75,8 @@ impl Metrics {
             "Statements retried because the database was locked",
             m.busy_retries.clone(),
         );
-        registry.register(
-            "shard_videos",
-            "Videos of this worker's shard by status",
-            m.shard.clone(),
-        );
-        registry.register(
-            "rss_bytes",
-            "Resident memory of the worker process",
-            m.rss.clone(),
-        );
+        registry.register("shard_videos", "Videos of this worker's shard by status", m.shard.clone());
+        registry.register("rss_bytes", "Resident memory of the worker process", m.rss.clone());
         let by_outcome = [
             Outcome::Done,
             Outcome::Error,
@@ -117,49 +87,24 @@ impl Metrics {
             Outcome::Crashed,
         ]
         .into_iter()
-        .map(|o| {
-            (
-                o,
-                m.attempts
-                    .get_or_create(&OutcomeLabel {
-                        outcome: o.as_str().into(),
-                    })
-                    .clone(),
-            )
-        })
+        .map(|o| (o, m.attempts.get_or_create(&OutcomeLabel { outcome: o.as_str().into() }).clone()))
         .collect();
-        Metrics {
-            registry,
-            by_outcome,
-            ..m
-        }
+        Metrics { registry, by_outcome, ..m }
     }
 
     /// The attempts counter of one outcome.
     pub fn attempt(&self, outcome: Outcome) -> &Counter {
-        &self
-            .by_outcome
-            .iter()
-            .find(|(o, _)| *o == outcome)
-            .expect("every outcome has a counter")
-            .1
+        &self.by_outcome.iter().find(|(o, _)| *o == outcome).expect("every outcome has a counter").1
     }
 
     /// Prometheus text format, with the gauges that mirror other state brought up to date.
     pub fn render(&self, counts: ShardCounts, rss: u64) -> String {
         let busy = shared::db::BUSY_RETRIES.load(std::sync::atomic::Ordering::Relaxed);
-        self.busy_retries
-            .inner()
-            .store(busy, std::sync::atomic::Ordering::Relaxed);
-        for (s, n) in [
-            ("pending", counts.pending),
-            ("running", counts.running),
-            ("done", counts.done),
-            ("failed", counts.failed),
-        ] {
-            self.shard
-                .get_or_create(&StatusLabel { status: s.into() })
-                .set(n as i64);
+        self.busy_retries.inner().store(busy, std::sync::atomic::Ordering::Relaxed);
+        for (s, n) in
+            [("pending", counts.pending), ("running", counts.running), ("done", counts.done), ("failed", counts.failed)]
+        {
+            self.shard.get_or_create(&StatusLabel { status: s.into() }).set(n as i64);
         }
         self.rss.set(rss as i64);
         let mut out = String::new();

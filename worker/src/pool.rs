@@ -101,10 +101,5 @@ async fn run_one(
     let job = Job::new(&claimed, worker_id);
     let started = Instant::now();
     let result = handler.run(&job, timeout, &kill).await;
-    Ended {
-        claimed,
-        result,
-        duration: started.elapsed(),
-        finished_at: now_ms(),
-    }
+    Ended { claimed, result, duration: started.elapsed(), finished_at: now_ms() }
 }

@@ -66,31 +66,13 @@ impl Runner {
         live: Arc<Live>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Runner> {
-        let mut conn = db
-            .pool()
-            .acquire()
-            .await
-            .context("cannot connect to the database")?;
-        let owner = format!(
-            "worker-{}/{}:{:x}",
-            cfg.worker_id,
-            std::process::id(),
-            rand::rng().random::<u32>()
-        );
+        let mut conn = db.pool().acquire().await.context("cannot connect to the database")?;
+        let owner = format!("worker-{}/{}:{:x}", cfg.worker_id, std::process::id(), rand::rng().random::<u32>());
         let claimer = Claimer::new(cfg.workers, cfg.worker_id, owner);
-        claimer
-            .ensure_index(&mut conn)
-            .await
-            .context("cannot create the shard index")?;
+        claimer.ensure_index(&mut conn).await.context("cannot create the shard index")?;
         let (ended_tx, ended) = mpsc::unbounded_channel();
         let kill_jobs = CancellationToken::new();
-        let pool = Pool::start(
-            handler,
-            cfg.worker_id,
-            cfg.job.job_timeout,
-            kill_jobs.clone(),
-            ended_tx,
-        );
+        let pool = Pool::start(handler, cfg.worker_id, cfg.job.job_timeout, kill_jobs.clone(), ended_tx);
         Ok(Runner {
             cfg,
             conn,
@@ -108,11 +90,7 @@ impl Runner {
 
     /// Runs until `shutdown` fires (or, with `--exit-when-done`, the shard is finished).
     /// `hurry` (a second signal) kills jobs at once instead of waiting out the grace.
-    pub async fn run(
-        mut self,
-        shutdown: CancellationToken,
-        hurry: CancellationToken,
-    ) -> anyhow::Result<RunEnd> {
+    pub async fn run(mut self, shutdown: CancellationToken, hurry: CancellationToken) -> anyhow::Result<RunEnd> {
         self.resync().await?;
         self.reclaim().await?;
         let lease = self.cfg.job.lease;
@@ -126,13 +104,8 @@ impl Runner {
         let mut draining: Option<Instant> = None;
         let mut buf = Vec::new();
         let end = loop {
-            let claim_now =
-                draining.is_none() && !self.live.paused() && Instant::now() >= self.next_claim_at;
-            let want = if claim_now {
-                self.cfg.job.concurrency as usize - self.in_flight
-            } else {
-                0
-            };
+            let claim_now = draining.is_none() && !self.live.paused() && Instant::now() >= self.next_claim_at;
+            let want = if claim_now { self.cfg.job.concurrency as usize - self.in_flight } else { 0 };
             let (claimed, short) = self.write_and_claim(want).await?;
             let got = claimed.len();
             if short {
@@ -144,11 +117,7 @@ impl Runner {
             if draining.is_some() && self.in_flight == 0 {
                 break RunEnd::Stopped;
             }
-            if self.cfg.exit_when_done
-                && draining.is_none()
-                && self.in_flight == 0
-                && self.live.counts().finished()
-            {
+            if self.cfg.exit_when_done && draining.is_none() && self.in_flight == 0 && self.live.counts().finished() {
                 // The counts are kept incrementally; confirm with a real count first.
                 self.resync().await?;
                 let counts = self.live.counts();
@@ -158,9 +127,8 @@ impl Runner {
             }
 
             let claim_wait = self.next_claim_at;
-            let can_claim = draining.is_none()
-                && !self.live.paused()
-                && self.in_flight < self.cfg.job.concurrency as usize;
+            let can_claim =
+                draining.is_none() && !self.live.paused() && self.in_flight < self.cfg.job.concurrency as usize;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if draining.is_none() => {
@@ -197,11 +165,7 @@ impl Runner {
         for batch in buf.drain(..) {
             self.in_flight -= batch.len();
             self.live.ended(batch.iter().map(|e| e.claimed.video_id));
-            self.unwritten.extend(
-                batch
-                    .into_iter()
-                    .filter(|e| e.result != JobResult::Cancelled),
-            );
+            self.unwritten.extend(batch.into_iter().filter(|e| e.result != JobResult::Cancelled));
         }
         self.metrics.in_flight.set(self.in_flight as i64);
     }
@@ -225,10 +189,7 @@ impl Runner {
                 let mut short = false;
                 while claimed.len() < want && !short {
                     let ask = Claimer::batch_size(want - claimed.len());
-                    let got = self
-                        .claimer
-                        .claim(&mut tx, ask, now, self.cfg.job.lease)
-                        .await?;
+                    let got = self.claimer.claim(&mut tx, ask, now, self.cfg.job.lease).await?;
                     short = got.len() < ask;
                     claimed.extend(got);
                 }
@@ -245,11 +206,7 @@ impl Runner {
         if !claimed.is_empty() {
             self.metrics.claims.inc();
             self.metrics.claimed.inc_by(claimed.len() as u64);
-            self.live.shift(
-                VideoStatus::Pending,
-                VideoStatus::Running,
-                claimed.len() as u64,
-            );
+            self.live.shift(VideoStatus::Pending, VideoStatus::Running, claimed.len() as u64);
         }
         Ok((claimed, short))
     }
@@ -258,22 +215,10 @@ impl Runner {
     /// failed for good when it used its last attempt.
     fn to_finish(&self, e: &Ended) -> Finish {
         let (status, outcome, result, error, run_after) = match &e.result {
-            JobResult::Success(out) => (
-                VideoStatus::Done,
-                Outcome::Done,
-                Some(out.clone()),
-                None,
-                e.finished_at,
-            ),
+            JobResult::Success(out) => (VideoStatus::Done, Outcome::Done, Some(out.clone()), None, e.finished_at),
             JobResult::Failure { outcome, error } => {
                 if e.claimed.attempt >= self.cfg.job.max_attempts {
-                    (
-                        VideoStatus::Failed,
-                        *outcome,
-                        None,
-                        Some(error.clone()),
-                        e.finished_at,
-                    )
+                    (VideoStatus::Failed, *outcome, None, Some(error.clone()), e.finished_at)
                 } else {
                     let jitter = rand::rng().random_range(0.8..1.2);
                     let delay = self.cfg.job.retry_delay(e.claimed.attempt, jitter);
@@ -326,16 +271,8 @@ impl Runner {
                 ended_videos += 1;
             }
             if let Some(error) = &f.error {
-                let retry = if f.status == VideoStatus::Pending {
-                    "will retry"
-                } else {
-                    "giving up"
-                };
-                tracing::warn!(
-                    video_id = f.video_id,
-                    attempt = e.claimed.attempt,
-                    "attempt failed ({retry}): {error}"
-                );
+                let retry = if f.status == VideoStatus::Pending { "will retry" } else { "giving up" };
+                tracing::warn!(video_id = f.video_id, attempt = e.claimed.attempt, "attempt failed ({retry}): {error}");
                 self.live.record_error(RecentError {
                     video_id: f.video_id,
                     attempt: e.claimed.attempt,
@@ -410,10 +347,7 @@ impl Runner {
             .await
             {
                 Ok(t) => break t,
-                Err(e) => busy
-                    .wait(e)
-                    .await
-                    .context("cannot reclaim expired leases")?,
+                Err(e) => busy.wait(e).await.context("cannot reclaim expired leases")?,
             }
         };
         if !taken.is_empty() {
@@ -433,10 +367,7 @@ impl Runner {
         let counts = loop {
             match db::shard_counts(&mut self.conn, self.cfg.workers, self.cfg.worker_id).await {
                 Ok(c) => break c,
-                Err(e) => busy
-                    .wait(e)
-                    .await
-                    .context("cannot count the shard's videos")?,
+                Err(e) => busy.wait(e).await.context("cannot count the shard's videos")?,
             }
         };
         if counts.pending > self.live.counts().pending {
@@ -463,22 +394,12 @@ impl Runner {
             .await
             {
                 Ok(r) => break r,
-                Err(e) => busy
-                    .wait(e)
-                    .await
-                    .context("cannot hand back claimed videos")?,
+                Err(e) => busy.wait(e).await.context("cannot hand back claimed videos")?,
             }
         };
         if !released.is_empty() {
-            tracing::info!(
-                videos = released.len(),
-                "handed back unfinished videos; their attempts do not count"
-            );
-            self.live.shift(
-                VideoStatus::Running,
-                VideoStatus::Pending,
-                released.len() as u64,
-            );
+            tracing::info!(videos = released.len(), "handed back unfinished videos; their attempts do not count");
+            self.live.shift(VideoStatus::Running, VideoStatus::Pending, released.len() as u64);
         }
         self.pool.close().await;
         Ok(())

@@ -13,36 +13,18 @@ const LONG: Duration = Duration::from_secs(60);
 async fn two_workers_process_a_thousand_videos_each_once_and_only_in_its_own_shard() {
     let t = TestDb::new().await;
     t.seed(1000).await;
-    let args = [
-        "--sleep",
-        "0..2ms",
-        "--concurrency",
-        "16",
-        "--exit-when-done",
-    ];
+    let args = ["--sleep", "0..2ms", "--concurrency", "16", "--exit-when-done"];
     let mut w0 = spawn_worker(&t.path, 0, 2, &args);
     let mut w1 = spawn_worker(&t.path, 1, 2, &args);
     assert!(w0.wait_exit(LONG).success(), "{}", w0.log_text());
     assert!(w1.wait_exit(LONG).success(), "{}", w1.log_text());
 
     assert_eq!(t.by_status().await.get("done"), Some(&1000));
-    assert_eq!(
-        t.scalar("SELECT count(*) FROM attempts").await,
-        1000,
-        "one attempt each"
-    );
-    assert_eq!(
-        t.scalar("SELECT count(*) FROM attempts WHERE outcome <> 'done'")
-            .await,
-        0
-    );
-    let wrong_shard = t
-        .scalar("SELECT count(*) FROM attempts WHERE worker NOT LIKE 'worker-' || (video_id % 2) || '/%'")
-        .await;
-    assert_eq!(
-        wrong_shard, 0,
-        "every video was run by the worker owning its shard"
-    );
+    assert_eq!(t.scalar("SELECT count(*) FROM attempts").await, 1000, "one attempt each");
+    assert_eq!(t.scalar("SELECT count(*) FROM attempts WHERE outcome <> 'done'").await, 0);
+    let wrong_shard =
+        t.scalar("SELECT count(*) FROM attempts WHERE worker NOT LIKE 'worker-' || (video_id % 2) || '/%'").await;
+    assert_eq!(wrong_shard, 0, "every video was run by the worker owning its shard");
     assert!(w0.log_text().contains("shard finished: 500 done, 0 failed"));
 }
 
@@ -50,16 +32,7 @@ async fn two_workers_process_a_thousand_videos_each_once_and_only_in_its_own_sha
 async fn a_worker_killed_mid_job_loses_no_video_and_completes_each_once() {
     let t = TestDb::new().await;
     t.seed(40).await;
-    let slow = [
-        "--exec",
-        "sleep 0.2",
-        "--concurrency",
-        "4",
-        "--lease",
-        "1s",
-        "--backoff",
-        "10ms",
-    ];
+    let slow = ["--exec", "sleep 0.2", "--concurrency", "4", "--lease", "1s", "--backoff", "10ms"];
     let w = spawn_worker(&t.path, 0, 1, &slow);
     wait_for(LONG, "some videos done and others running", || async {
         let s = t.by_status().await;
@@ -68,24 +41,13 @@ async fn a_worker_killed_mid_job_loses_no_video_and_completes_each_once() {
     .await;
     w.signal(Signal::SIGKILL);
     drop(w);
-    let interrupted = t
-        .scalar("SELECT count(*) FROM videos WHERE status = 'running'")
-        .await;
+    let interrupted = t.scalar("SELECT count(*) FROM videos WHERE status = 'running'").await;
     assert!(interrupted > 0);
 
-    let mut again = spawn_worker(
-        &t.path,
-        0,
-        1,
-        &["--sleep", "1ms", "--lease", "1s", "--exit-when-done"],
-    );
+    let mut again = spawn_worker(&t.path, 0, 1, &["--sleep", "1ms", "--lease", "1s", "--exit-when-done"]);
     assert!(again.wait_exit(LONG).success(), "{}", again.log_text());
     assert_eq!(t.by_status().await.get("done"), Some(&40));
-    assert_eq!(
-        t.scalar("SELECT count(*) FROM attempts WHERE outcome = 'expired'")
-            .await,
-        interrupted
-    );
+    assert_eq!(t.scalar("SELECT count(*) FROM attempts WHERE outcome = 'expired'").await, interrupted);
     let twice = t
         .scalar("SELECT count(*) FROM (SELECT video_id FROM attempts WHERE outcome = 'done' GROUP BY video_id HAVING count(*) > 1)")
         .await;
@@ -117,14 +79,8 @@ async fn a_handler_that_fails_twice_then_succeeds_ends_done_at_attempt_three() {
     );
     assert_eq!(code, 0, "{logs}");
     let (status, attempts, result, error) = t.video(1).await;
-    assert_eq!(
-        (status.as_str(), attempts, result.as_deref(), error),
-        ("done", 3, Some("ok"), None)
-    );
-    assert_eq!(
-        t.history(1).await,
-        [(1, "error".into()), (2, "error".into()), (3, "done".into())]
-    );
+    assert_eq!((status.as_str(), attempts, result.as_deref(), error), ("done", 3, Some("ok"), None));
+    assert_eq!(t.history(1).await, [(1, "error".into()), (2, "error".into()), (3, "done".into())]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,31 +111,15 @@ async fn a_handler_that_always_fails_ends_failed_with_its_last_error() {
     let (status, attempts, _, error) = t.video(1).await;
     assert_eq!((status.as_str(), attempts), ("failed", 2));
     assert_eq!(error.as_deref(), Some("exit code 3: boom 2"));
-    assert_eq!(
-        t.history(1).await,
-        [(1, "error".into()), (2, "error".into())]
-    );
+    assert_eq!(t.history(1).await, [(1, "error".into()), (2, "error".into())]);
     assert!(logs.contains("shard finished: 0 done, 1 failed"), "{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sources_with_shell_syntax_reach_the_handler_as_literal_arguments() {
     let t = TestDb::new().await;
-    let nasty = [
-        "x; touch pwned",
-        "$(id)",
-        "`id`",
-        "a b 'c' \"d\"",
-        "{attempt}",
-    ];
-    t.seed_sources(
-        nasty
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (i as i64 + 1, s.to_string()))
-            .collect(),
-    )
-    .await;
+    let nasty = ["x; touch pwned", "$(id)", "`id`", "a b 'c' \"d\"", "{attempt}"];
+    t.seed_sources(nasty.iter().enumerate().map(|(i, s)| (i as i64 + 1, s.to_string())).collect()).await;
     let (code, logs) = run_worker_to_end(
         &[
             "--worker-id",
@@ -200,10 +140,7 @@ async fn sources_with_shell_syntax_reach_the_handler_as_literal_arguments() {
     for (i, s) in nasty.iter().enumerate() {
         assert_eq!(t.video(i as i64 + 1).await.2.as_deref(), Some(*s));
     }
-    assert!(
-        !t.dir.path().join("pwned").exists(),
-        "no shell ran the source"
-    );
+    assert!(!t.dir.path().join("pwned").exists(), "no shell ran the source");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,12 +170,7 @@ async fn the_payload_goes_to_stdin_and_stdout_becomes_the_result() {
 fn alive(pid: i32) -> bool {
     // A zombie is dead for our purposes: it runs nothing and holds no memory.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
         Err(_) => false,
     }
 }
@@ -274,11 +206,7 @@ async fn a_job_timeout_kills_the_handler_and_the_grandchild_it_left_sleeping() {
     assert_eq!(status, "failed");
     assert!(error.unwrap().contains("timed out after 300ms"));
     assert_eq!(t.history(1).await, [(1, "timeout".into())]);
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while alive(pid) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -290,31 +218,14 @@ async fn a_job_timeout_kills_the_handler_and_the_grandchild_it_left_sleeping() {
 async fn health_status_and_metrics_have_their_shapes() {
     let t = TestDb::new().await;
     t.seed(10).await;
-    let w = spawn_worker(
-        &t.path,
-        1,
-        2,
-        &[
-            "--exec",
-            "sleep 30",
-            "--concurrency",
-            "2",
-            "--mem-limit",
-            "250M",
-        ],
-    );
-    wait_for(LONG, "two jobs in flight", || async {
-        w.status().await["in_flight"].as_array().unwrap().len() == 2
-    })
-    .await;
+    let w = spawn_worker(&t.path, 1, 2, &["--exec", "sleep 30", "--concurrency", "2", "--mem-limit", "250M"]);
+    wait_for(LONG, "two jobs in flight", || async { w.status().await["in_flight"].as_array().unwrap().len() == 2 })
+        .await;
 
     let health = reqwest::get(w.url("/health")).await.unwrap();
     assert_eq!(health.status(), 200);
     let h: serde_json::Value = health.json().await.unwrap();
-    assert_eq!(
-        (h["ok"].as_bool(), h["worker_id"].as_u64()),
-        (Some(true), Some(1))
-    );
+    assert_eq!((h["ok"].as_bool(), h["worker_id"].as_u64()), (Some(true), Some(1)));
 
     let s = w.status().await;
     for field in [
@@ -335,29 +246,14 @@ async fn health_status_and_metrics_have_their_shapes() {
         assert!(s.get(field).is_some(), "/status lacks {field}: {s}");
     }
     assert_eq!(s["state"], "running");
-    assert_eq!(
-        s["shard"],
-        serde_json::json!({"pending": 3, "running": 2, "done": 0, "failed": 0})
-    );
+    assert_eq!(s["shard"], serde_json::json!({"pending": 3, "running": 2, "done": 0, "failed": 0}));
     assert_eq!(s["mem_limit_bytes"], 250 << 20);
     assert!(s["rss_bytes"].as_u64().unwrap() > 0 || s["uptime_seconds"].as_f64().unwrap() < 1.5);
     assert_eq!(s["pid"].as_u64().unwrap(), w.child.id() as u64);
     let typed: shared::status::WorkerStatus = serde_json::from_value(s).unwrap();
-    assert_eq!(
-        typed
-            .in_flight
-            .iter()
-            .map(|f| f.video_id % 2)
-            .collect::<Vec<_>>(),
-        [1, 1]
-    );
+    assert_eq!(typed.in_flight.iter().map(|f| f.video_id % 2).collect::<Vec<_>>(), [1, 1]);
 
-    let metrics = reqwest::get(w.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = reqwest::get(w.url("/metrics")).await.unwrap().text().await.unwrap();
     for name in [
         "shardfleet_in_flight{worker=\"1\"} 2",
         "shardfleet_videos_claimed_total",
@@ -379,79 +275,25 @@ async fn control_endpoints_are_refused_without_the_token_and_work_with_it() {
     let client = reqwest::Client::new();
 
     let open = spawn_worker(&t.path, 0, 1, &["--sleep", "10s", "--concurrency", "1"]);
-    let r = client
-        .post(open.url("/pause"))
-        .bearer_auth("anything")
-        .send()
-        .await
-        .unwrap();
+    let r = client.post(open.url("/pause")).bearer_auth("anything").send().await.unwrap();
     assert_eq!(r.status(), 403, "no token configured: control is off");
     drop(open);
 
-    let w = spawn_worker(
-        &t.path,
-        0,
-        1,
-        &[
-            "--sleep",
-            "10s",
-            "--concurrency",
-            "1",
-            "--control-token",
-            "s3cret-token",
-        ],
-    );
-    assert_eq!(
-        client.post(w.url("/pause")).send().await.unwrap().status(),
-        401
-    );
-    assert_eq!(
-        client
-            .post(w.url("/pause"))
-            .bearer_auth("wrong-token!")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    let ok = client
-        .post(w.url("/pause"))
-        .bearer_auth("s3cret-token")
-        .send()
-        .await
-        .unwrap();
+    let w = spawn_worker(&t.path, 0, 1, &["--sleep", "10s", "--concurrency", "1", "--control-token", "s3cret-token"]);
+    assert_eq!(client.post(w.url("/pause")).send().await.unwrap().status(), 401);
+    assert_eq!(client.post(w.url("/pause")).bearer_auth("wrong-token!").send().await.unwrap().status(), 401);
+    let ok = client.post(w.url("/pause")).bearer_auth("s3cret-token").send().await.unwrap();
     assert_eq!(ok.status(), 200);
     assert_eq!(w.status().await["state"], "paused");
-    let ok = client
-        .post(w.url("/resume"))
-        .bearer_auth("s3cret-token")
-        .send()
-        .await
-        .unwrap();
+    let ok = client.post(w.url("/resume")).bearer_auth("s3cret-token").send().await.unwrap();
     assert_eq!(ok.status(), 200);
 
-    let big = client
-        .post(w.url("/pause"))
-        .bearer_auth("s3cret-token")
-        .body(vec![b'x'; 64 * 1024])
-        .send()
-        .await
-        .unwrap();
+    let big =
+        client.post(w.url("/pause")).bearer_auth("s3cret-token").body(vec![b'x'; 64 * 1024]).send().await.unwrap();
     assert_eq!(big.status(), 413, "oversized bodies are refused");
-    let r = client
-        .post(w.url("/videos/abc/retry"))
-        .bearer_auth("s3cret-token")
-        .send()
-        .await
-        .unwrap();
+    let r = client.post(w.url("/videos/abc/retry")).bearer_auth("s3cret-token").send().await.unwrap();
     assert_eq!(r.status(), 400);
-    let r = client
-        .post(w.url("/videos/3/retry"))
-        .bearer_auth("s3cret-token")
-        .send()
-        .await
-        .unwrap();
+    let r = client.post(w.url("/videos/3/retry")).bearer_auth("s3cret-token").send().await.unwrap();
     assert_eq!(r.status(), 409, "video 3 is not failed");
 }
 
@@ -459,75 +301,29 @@ async fn control_endpoints_are_refused_without_the_token_and_work_with_it() {
 async fn a_failed_video_can_be_retried_over_http() {
     let t = TestDb::new().await;
     t.seed(1).await;
-    sqlx::query(
-        "UPDATE videos SET status = 'failed', attempts = 3, last_error = 'x' WHERE video_id = 1",
-    )
-    .execute(t.db.pool())
-    .await
-    .unwrap();
-    let w = spawn_worker(
-        &t.path,
-        0,
-        1,
-        &["--sleep", "0", "--control-token", "s3cret-token"],
-    );
-    let r = reqwest::Client::new()
-        .post(w.url("/videos/1/retry"))
-        .bearer_auth("s3cret-token")
-        .send()
+    sqlx::query("UPDATE videos SET status = 'failed', attempts = 3, last_error = 'x' WHERE video_id = 1")
+        .execute(t.db.pool())
         .await
         .unwrap();
+    let w = spawn_worker(&t.path, 0, 1, &["--sleep", "0", "--control-token", "s3cret-token"]);
+    let r = reqwest::Client::new().post(w.url("/videos/1/retry")).bearer_auth("s3cret-token").send().await.unwrap();
     assert_eq!(r.status(), 200);
-    wait_for(LONG, "the retried video done", || async {
-        t.video(1).await.0 == "done"
-    })
-    .await;
-    assert_eq!(
-        t.video(1).await.1,
-        1,
-        "a retry starts a fresh set of attempts"
-    );
+    wait_for(LONG, "the retried video done", || async { t.video(1).await.0 == "done" }).await;
+    assert_eq!(t.video(1).await.1, 1, "a retry starts a fresh set of attempts");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_run_exits_zero_hands_back_claims_and_a_restart_finishes() {
     let t = TestDb::new().await;
     t.seed(8).await;
-    let mut w = spawn_worker(
-        &t.path,
-        0,
-        1,
-        &[
-            "--exec",
-            "sleep 30",
-            "--concurrency",
-            "4",
-            "--grace",
-            "200ms",
-        ],
-    );
-    wait_for(LONG, "four jobs running", || async {
-        t.by_status().await.get("running") == Some(&4)
-    })
-    .await;
+    let mut w = spawn_worker(&t.path, 0, 1, &["--exec", "sleep 30", "--concurrency", "4", "--grace", "200ms"]);
+    wait_for(LONG, "four jobs running", || async { t.by_status().await.get("running") == Some(&4) }).await;
     w.signal(Signal::SIGTERM);
     let status = w.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{}", w.log_text());
-    assert_eq!(
-        t.by_status().await.get("running"),
-        None,
-        "no claim left behind"
-    );
-    assert_eq!(
-        t.scalar("SELECT max(attempts) FROM videos").await,
-        0,
-        "handed-back attempts do not count"
-    );
-    assert_eq!(
-        t.scalar("SELECT count(*) FROM attempts WHERE outcome = 'released'")
-            .await,
-        4
-    );
+    assert_eq!(t.by_status().await.get("running"), None, "no claim left behind");
+    assert_eq!(t.scalar("SELECT max(attempts) FROM videos").await, 0, "handed-back attempts do not count");
+    assert_eq!(t.scalar("SELECT count(*) FROM attempts WHERE outcome = 'released'").await, 4);
 
     let mut again = spawn_worker(&t.path, 0, 1, &["--sleep", "0", "--exit-when-done"]);
     assert!(again.wait_exit(LONG).success());
@@ -538,23 +334,8 @@ async fn sigterm_mid_run_exits_zero_hands_back_claims_and_a_restart_finishes() {
 async fn jobs_that_finish_within_the_grace_period_are_recorded_done() {
     let t = TestDb::new().await;
     t.seed(2).await;
-    let mut w = spawn_worker(
-        &t.path,
-        0,
-        1,
-        &[
-            "--exec",
-            "sleep 0.5",
-            "--concurrency",
-            "2",
-            "--grace",
-            "10s",
-        ],
-    );
-    wait_for(LONG, "two jobs running", || async {
-        t.by_status().await.get("running") == Some(&2)
-    })
-    .await;
+    let mut w = spawn_worker(&t.path, 0, 1, &["--exec", "sleep 0.5", "--concurrency", "2", "--grace", "10s"]);
+    wait_for(LONG, "two jobs running", || async { t.by_status().await.get("running") == Some(&2) }).await;
     w.signal(Signal::SIGTERM);
     assert!(w.wait_exit(Duration::from_secs(10)).success());
     assert_eq!(t.by_status().await.get("done"), Some(&2));
@@ -564,70 +345,21 @@ async fn jobs_that_finish_within_the_grace_period_are_recorded_done() {
 async fn bad_flags_are_one_clear_sentence_and_a_non_zero_exit() {
     let dir = tempfile::tempdir().unwrap();
     let cases: &[(&[&str], &str)] = &[
-        (
-            &["--worker-id", "0", "--workers", "0", "--sleep", "0"],
-            "--workers must be at least 1",
-        ),
-        (
-            &["--worker-id", "2", "--workers", "2", "--sleep", "0"],
-            "--worker-id 2 is out of range",
-        ),
-        (
-            &["--worker-id", "0", "--workers", "1", "--sleep", "5parsecs"],
-            "invalid duration",
-        ),
-        (
-            &[
-                "--worker-id",
-                "0",
-                "--workers",
-                "1",
-                "--sleep",
-                "0",
-                "--mem-limit",
-                "12Q",
-            ],
-            "invalid size \"12Q\"",
-        ),
-        (
-            &[
-                "--worker-id",
-                "0",
-                "--workers",
-                "1",
-                "--sleep",
-                "0",
-                "--lease",
-                "1ms",
-            ],
-            "--lease 1ms is too short",
-        ),
-        (
-            &[
-                "--worker-id",
-                "0",
-                "--workers",
-                "1",
-                "--exec",
-                "echo 'unbalanced",
-            ],
-            "cannot be split into words",
-        ),
+        (&["--worker-id", "0", "--workers", "0", "--sleep", "0"], "--workers must be at least 1"),
+        (&["--worker-id", "2", "--workers", "2", "--sleep", "0"], "--worker-id 2 is out of range"),
+        (&["--worker-id", "0", "--workers", "1", "--sleep", "5parsecs"], "invalid duration"),
+        (&["--worker-id", "0", "--workers", "1", "--sleep", "0", "--mem-limit", "12Q"], "invalid size \"12Q\""),
+        (&["--worker-id", "0", "--workers", "1", "--sleep", "0", "--lease", "1ms"], "--lease 1ms is too short"),
+        (&["--worker-id", "0", "--workers", "1", "--exec", "echo 'unbalanced"], "cannot be split into words"),
         (&["--worker-id", "0", "--workers", "1"], "--exec"),
     ];
     for (args, expected) in cases {
         let (code, stderr) = run_worker_to_end(args, dir.path());
         assert_ne!(code, 0, "{args:?} should fail");
-        assert!(
-            stderr.contains(expected),
-            "{args:?}: expected {expected:?} in {stderr}"
-        );
+        assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
-    assert!(
-        !dir.path().join("fleet.db").exists(),
-        "bad flags create no database"
-    );
+    assert!(!dir.path().join("fleet.db").exists(), "bad flags create no database");
 }
 
 #[tokio::test]
@@ -636,26 +368,12 @@ async fn a_database_that_is_not_sqlite_is_refused_and_left_alone() {
     let path = dir.path().join("fleet.db");
     std::fs::write(&path, b"PK\x03\x04 this is a zip file").unwrap();
     let (code, stderr) = run_worker_to_end(
-        &[
-            "--worker-id",
-            "0",
-            "--workers",
-            "1",
-            "--port",
-            "0",
-            "--sleep",
-            "0",
-            "--db",
-            path.to_str().unwrap(),
-        ],
+        &["--worker-id", "0", "--workers", "1", "--port", "0", "--sleep", "0", "--db", path.to_str().unwrap()],
         dir.path(),
     );
     assert_eq!(code, 1);
     assert!(stderr.contains("is not a SQLite database"), "{stderr}");
-    assert_eq!(
-        std::fs::read(&path).unwrap(),
-        b"PK\x03\x04 this is a zip file"
-    );
+    assert_eq!(std::fs::read(&path).unwrap(), b"PK\x03\x04 this is a zip file");
 }
 
 #[tokio::test]
@@ -664,24 +382,10 @@ async fn a_port_in_use_is_named_and_touches_no_database() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
     let (code, stderr) = run_worker_to_end(
-        &[
-            "--worker-id",
-            "0",
-            "--workers",
-            "1",
-            "--port",
-            &port,
-            "--sleep",
-            "0",
-            "--db",
-            "fleet.db",
-        ],
+        &["--worker-id", "0", "--workers", "1", "--port", &port, "--sleep", "0", "--db", "fleet.db"],
         dir.path(),
     );
     assert_eq!(code, 2);
-    assert!(
-        stderr.contains(&format!("port {port} on 127.0.0.1 is already in use")),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("port {port} on 127.0.0.1 is already in use")), "{stderr}");
     assert!(!dir.path().join("fleet.db").exists());
 }

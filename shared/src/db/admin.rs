@@ -28,8 +28,10 @@ pub async fn requeue_video(pool: &SqlitePool, video_id: i64) -> Result<RequeueOu
         if changed == 1 {
             return Ok(RequeueOutcome::Requeued);
         }
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM videos WHERE video_id = ?").bind(video_id).fetch_optional(pool).await?;
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM videos WHERE video_id = ?")
+            .bind(video_id)
+            .fetch_optional(pool)
+            .await?;
         Ok(match status {
             None => RequeueOutcome::Missing,
             Some(s) => RequeueOutcome::NotFailed(parse_status(&s)),

@@ -61,13 +61,9 @@ pub(crate) async fn install(conn: &mut SqliteConnection) -> Result<(), sqlx::Err
     let raw = handle.as_raw_handle().as_ptr();
     // SAFETY: the locked handle guarantees sqlx's worker thread is not using the
     // connection; the callback is a plain function with no captured state.
-    let rc = unsafe {
-        libsqlite3_sys::sqlite3_busy_handler(raw, Some(busy_handler), std::ptr::null_mut())
-    };
+    let rc = unsafe { libsqlite3_sys::sqlite3_busy_handler(raw, Some(busy_handler), std::ptr::null_mut()) };
     if rc != libsqlite3_sys::SQLITE_OK {
-        return Err(sqlx::Error::Protocol(format!(
-            "sqlite3_busy_handler returned {rc}"
-        )));
+        return Err(sqlx::Error::Protocol(format!("sqlite3_busy_handler returned {rc}")));
     }
     Ok(())
 }
@@ -94,10 +90,7 @@ impl BusyRetry {
     const MAX_TRIES: u32 = 200;
 
     pub fn new() -> BusyRetry {
-        BusyRetry {
-            tries: 0,
-            delay: Duration::from_millis(1),
-        }
+        BusyRetry { tries: 0, delay: Duration::from_millis(1) }
     }
 
     /// Sleeps a jittered, growing interval if `e` is "database is locked" and tries are
@@ -108,9 +101,7 @@ impl BusyRetry {
             return Err(e);
         }
         if self.tries >= Self::MAX_TRIES {
-            return Err(DbError::Busy {
-                attempts: self.tries,
-            });
+            return Err(DbError::Busy { attempts: self.tries });
         }
         BUSY_RETRIES.fetch_add(1, Ordering::Relaxed);
         let jitter = rand::rng().random_range(0.5..1.5);

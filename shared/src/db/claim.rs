@@ -45,10 +45,7 @@ pub struct Claimer {
 
 impl Claimer {
     pub fn new(workers: u32, worker_id: u32, owner: impl Into<String>) -> Claimer {
-        assert!(
-            workers > 0 && worker_id < workers,
-            "config validation guarantees 0 <= worker_id < workers"
-        );
+        assert!(workers > 0 && worker_id < workers, "config validation guarantees 0 <= worker_id < workers");
         let statements = (0..=MAX_BATCH.trailing_zeros())
             .map(|i| {
                 format!(
@@ -63,12 +60,7 @@ impl Claimer {
                 )
             })
             .collect();
-        Claimer {
-            workers,
-            worker_id,
-            owner: owner.into(),
-            statements,
-        }
+        Claimer { workers, worker_id, owner: owner.into(), statements }
     }
 
     /// The lease owner this claimer writes: unique to the worker process.
@@ -103,11 +95,7 @@ impl Claimer {
     /// The batch one `claim(want)` asks for: `want` rounded down to a power of two, at
     /// most `MAX_BATCH`.
     pub fn batch_size(want: usize) -> usize {
-        if want == 0 {
-            0
-        } else {
-            1 << want.min(MAX_BATCH).ilog2()
-        }
+        if want == 0 { 0 } else { 1 << want.min(MAX_BATCH).ilog2() }
     }
 
     /// Claims up to `want` due videos (`batch_size(want)` of them at most), leasing them

@@ -54,27 +54,17 @@ fn statement(rows: usize) -> &'static str {
             })
             .collect()
     });
-    let i = CHUNK_SIZES
-        .iter()
-        .position(|&n| n == rows)
-        .expect("rows is one of CHUNK_SIZES");
+    let i = CHUNK_SIZES.iter().position(|&n| n == rows).expect("rows is one of CHUNK_SIZES");
     &all[i]
 }
 
 /// Writes a batch of finished attempts. Returns the ids of the videos whose write took
 /// effect; any other video of the batch had lost its lease.
-pub async fn finish_batch(
-    conn: &mut SqliteConnection,
-    batch: &[Finish],
-) -> Result<Vec<i64>, DbError> {
+pub async fn finish_batch(conn: &mut SqliteConnection, batch: &[Finish]) -> Result<Vec<i64>, DbError> {
     let mut applied = Vec::with_capacity(batch.len());
     let mut rest = batch;
     while !rest.is_empty() {
-        let size = CHUNK_SIZES
-            .iter()
-            .copied()
-            .find(|&n| n >= rest.len())
-            .unwrap_or(CHUNK_SIZES[CHUNK_SIZES.len() - 1]);
+        let size = CHUNK_SIZES.iter().copied().find(|&n| n >= rest.len()).unwrap_or(CHUNK_SIZES[CHUNK_SIZES.len() - 1]);
         let (chunk, tail) = rest.split_at(size.min(rest.len()));
         let mut q = sqlx::query(AssertSqlSafe(statement(size)));
         for f in chunk {

@@ -8,11 +8,7 @@ use crate::status::{Outcome, VideoStatus};
 
 /// Extends every lease `owner` holds to `expires_at`. One statement however many videos
 /// the worker runs; returns how many it renewed.
-pub async fn renew_owner(
-    conn: &mut SqliteConnection,
-    owner: &str,
-    expires_at: i64,
-) -> Result<u64, DbError> {
+pub async fn renew_owner(conn: &mut SqliteConnection, owner: &str, expires_at: i64) -> Result<u64, DbError> {
     let r = sqlx::query(
         "UPDATE videos SET lease_expires_at = ?1 WHERE status = 'running' AND lease_owner = ?2 AND lease_expires_at < ?1",
     )
@@ -49,10 +45,7 @@ pub async fn reclaim_expired(
     .bind(workers)
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.get(0), parse_status(r.get(1))))
-        .collect())
+    Ok(rows.into_iter().map(|r| (r.get(0), parse_status(r.get(1)))).collect())
 }
 
 /// Hands back every video `owner` holds.
@@ -88,10 +81,7 @@ pub async fn release_owner(
     .bind(max_attempts)
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.get(0), parse_status(r.get(1))))
-        .collect())
+    Ok(rows.into_iter().map(|r| (r.get(0), parse_status(r.get(1)))).collect())
 }
 
 pub(crate) fn parse_status(s: &str) -> VideoStatus {

@@ -20,10 +20,10 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub static MIGRATIONS: &[Migration] = &[Migration {
-    name: "0001_videos.sql",
-    sql: include_str!("../../../migrations/0001_videos.sql"),
-}];
+pub static MIGRATIONS: &[Migration] = &[
+    Migration { name: "0001_videos.sql", sql: include_str!("../../../migrations/0001_videos.sql") },
+    Migration { name: "0002_fleet.sql", sql: include_str!("../../../migrations/0002_fleet.sql") },
+];
 
 /// wrangler's bookkeeping table, created with the same definition it uses.
 const D1_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS d1_migrations(
@@ -41,21 +41,15 @@ pub(crate) async fn run(db: &Db) -> Result<(), DbError> {
         let mut conn = db.pool().acquire().await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         tx.execute(D1_MIGRATIONS_TABLE).await?;
-        let recorded: Vec<String> = sqlx::query_scalar("SELECT name FROM d1_migrations")
-            .fetch_all(&mut *tx)
-            .await?;
-        for m in MIGRATIONS
-            .iter()
-            .filter(|m| !recorded.iter().any(|r| r == m.name))
-        {
+        let recorded: Vec<String> = sqlx::query_scalar("SELECT name FROM d1_migrations").fetch_all(&mut *tx).await?;
+        for m in MIGRATIONS.iter().filter(|m| !recorded.iter().any(|r| r == m.name)) {
             let objects = created_objects(m.sql);
             let mut present = Vec::new();
             for name in &objects {
-                let n: i64 =
-                    sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE name = ?")
-                        .bind(name)
-                        .fetch_one(&mut *tx)
-                        .await?;
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE name = ?")
+                    .bind(name)
+                    .fetch_one(&mut *tx)
+                    .await?;
                 if n > 0 {
                     present.push(name.clone());
                 }
@@ -64,10 +58,7 @@ pub(crate) async fn run(db: &Db) -> Result<(), DbError> {
                 sqlx::raw_sql(m.sql)
                     .execute(&mut *tx)
                     .await
-                    .map_err(|source| DbError::Migration {
-                        migration: m.name.into(),
-                        source,
-                    })?;
+                    .map_err(|source| DbError::Migration { migration: m.name.into(), source })?;
                 tracing::info!(migration = m.name, "applied migration");
             } else if present.len() < objects.len() {
                 return Err(DbError::PartialSchema {
@@ -76,15 +67,9 @@ pub(crate) async fn run(db: &Db) -> Result<(), DbError> {
                     found: format!("{} ({})", present.len(), present.join(", ")),
                 });
             } else {
-                tracing::info!(
-                    migration = m.name,
-                    "schema already present; recording it as applied"
-                );
+                tracing::info!(migration = m.name, "schema already present; recording it as applied");
             }
-            sqlx::query("INSERT INTO d1_migrations (name) VALUES (?)")
-                .bind(m.name)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query("INSERT INTO d1_migrations (name) VALUES (?)").bind(m.name).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -94,15 +79,12 @@ pub(crate) async fn run(db: &Db) -> Result<(), DbError> {
 
 /// Names of our migrations not yet recorded in `d1_migrations`.
 async fn pending(db: &Db) -> Result<Vec<&'static str>, DbError> {
-    let has_table: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'd1_migrations'",
-    )
-    .fetch_one(db.pool())
-    .await?;
+    let has_table: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'd1_migrations'")
+            .fetch_one(db.pool())
+            .await?;
     let recorded: Vec<String> = if has_table > 0 {
-        sqlx::query_scalar("SELECT name FROM d1_migrations")
-            .fetch_all(db.pool())
-            .await?
+        sqlx::query_scalar("SELECT name FROM d1_migrations").fetch_all(db.pool()).await?
     } else {
         Vec::new()
     };
@@ -111,11 +93,7 @@ async fn pending(db: &Db) -> Result<Vec<&'static str>, DbError> {
             tracing::warn!(migration = %r, "database records a migration this build does not know; leaving it alone");
         }
     }
-    Ok(MIGRATIONS
-        .iter()
-        .filter(|m| !recorded.iter().any(|r| r == m.name))
-        .map(|m| m.name)
-        .collect())
+    Ok(MIGRATIONS.iter().filter(|m| !recorded.iter().any(|r| r == m.name)).map(|m| m.name).collect())
 }
 
 /// The tables, indexes, triggers and views a migration file creates.
@@ -139,19 +117,13 @@ fn created_objects(sql: &str) -> Vec<String> {
                 }
             }
             let kind = words.get(j).map(|w| w.to_ascii_lowercase());
-            if matches!(
-                kind.as_deref(),
-                Some("table" | "index" | "trigger" | "view")
-            ) {
+            if matches!(kind.as_deref(), Some("table" | "index" | "trigger" | "view")) {
                 j += 1;
                 if words.get(j).is_some_and(|w| w.eq_ignore_ascii_case("if")) {
                     j += 3; // IF NOT EXISTS
                 }
                 if let Some(name) = words.get(j) {
-                    names.push(
-                        name.trim_matches(|c| c == '"' || c == '`' || c == ';')
-                            .to_string(),
-                    );
+                    names.push(name.trim_matches(|c| c == '"' || c == '`' || c == ';').to_string());
                 }
             }
         }
@@ -167,38 +139,18 @@ mod tests {
     #[test]
     fn the_first_migration_creates_the_tables_indexes_and_trigger() {
         let names = created_objects(MIGRATIONS[0].sql);
-        assert_eq!(
-            names,
-            [
-                "videos",
-                "videos_running",
-                "attempts",
-                "attempts_video",
-                "videos_record_attempt"
-            ]
-        );
+        assert_eq!(names, ["videos", "videos_running", "attempts", "attempts_video", "videos_record_attempt"]);
+        assert_eq!(created_objects(MIGRATIONS[1].sql), ["fleet_runs", "fleet_workers", "fleet_events"]);
     }
 
     #[test]
     fn migration_files_keep_to_what_d1_accepts() {
         for m in MIGRATIONS {
             let upper = m.sql.to_ascii_uppercase();
-            let code: String = upper
-                .lines()
-                .map(|l| l.split("--").next().unwrap_or(""))
-                .collect::<Vec<_>>()
-                .join("\n");
+            let code: String = upper.lines().map(|l| l.split("--").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
             assert!(!code.contains("PRAGMA"), "{} uses PRAGMA", m.name);
-            assert!(
-                !code.contains("BEGIN TRANSACTION") && !code.contains("COMMIT"),
-                "{} manages transactions",
-                m.name
-            );
-            assert!(
-                m.name.len() > 5
-                    && m.name[..4].chars().all(|c| c.is_ascii_digit())
-                    && &m.name[4..5] == "_"
-            );
+            assert!(!code.contains("BEGIN TRANSACTION") && !code.contains("COMMIT"), "{} manages transactions", m.name);
+            assert!(m.name.len() > 5 && m.name[..4].chars().all(|c| c.is_ascii_digit()) && &m.name[4..5] == "_");
         }
     }
 }

@@ -14,10 +14,7 @@ use crate::error::DbError;
 
 /// Milliseconds since the Unix epoch: the clock every time column uses.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// An open, migrated fleet database.
@@ -35,10 +32,7 @@ impl Db {
     pub async fn open(path: &Path, max_connections: u32) -> Result<Db, DbError> {
         let is_new = inspect(path)?;
         let mut options = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(|e| DbError::Open {
-                path: path.into(),
-                reason: e.to_string(),
-            })?
+            .map_err(|e| DbError::Open { path: path.into(), reason: e.to_string() })?
             .filename(path)
             .create_if_missing(true)
             .busy_timeout(Duration::from_secs(5));
@@ -56,9 +50,7 @@ impl Db {
                     busy::install(conn).await?;
                     // NORMAL is durable across crashes in WAL mode (only a power loss can
                     // undo the last commits); in rollback mode keep SQLite's FULL.
-                    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-                        .fetch_one(&mut *conn)
-                        .await?;
+                    let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut *conn).await?;
                     if mode.eq_ignore_ascii_case("wal") {
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
                     }
@@ -68,10 +60,7 @@ impl Db {
             .connect_with(options.synchronous(SqliteSynchronous::Full))
             .await
             .map_err(|e| open_error(path, e))?;
-        let db = Db {
-            path: path.to_path_buf(),
-            pool,
-        };
+        let db = Db { path: path.to_path_buf(), pool };
         migrate::run(&db).await?;
         db.check_writable().await?;
         Ok(db)
@@ -85,8 +74,7 @@ impl Db {
             Ok(m) if m.len() > 0 => Db::open(path, max_connections).await,
             Ok(_) | Err(_) => Err(DbError::Open {
                 path: path.into(),
-                reason: "no such database (run `supervisor import` or `supervisor start` first)"
-                    .into(),
+                reason: "no such database (run `supervisor import` or `supervisor start` first)".into(),
             }),
         }
     }
@@ -101,9 +89,7 @@ impl Db {
 
     /// The journal mode the file is in (`wal`, `delete`, ...).
     pub async fn journal_mode(&self) -> Result<String, DbError> {
-        Ok(sqlx::query_scalar("PRAGMA journal_mode")
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&self.pool).await?)
     }
 
     /// A cheap round trip through the pool, for `/health`.
@@ -123,12 +109,8 @@ impl Db {
         })
         .await;
         match result {
-            Err(DbError::Sql(sqlx::Error::Database(e)))
-                if matches!(e.code().as_deref(), Some("8") | Some("1032")) =>
-            {
-                Err(DbError::ReadOnly {
-                    path: self.path.clone(),
-                })
+            Err(DbError::Sql(sqlx::Error::Database(e))) if matches!(e.code().as_deref(), Some("8") | Some("1032")) => {
+                Err(DbError::ReadOnly { path: self.path.clone() })
             }
             other => other,
         }
@@ -141,9 +123,7 @@ impl Db {
 
     /// Number of rows in the videos table (a full count; not for hot paths).
     pub async fn count_videos(&self) -> Result<i64, DbError> {
-        let row = sqlx::query("SELECT count(*) AS n FROM videos")
-            .fetch_one(&self.pool)
-            .await?;
+        let row = sqlx::query("SELECT count(*) AS n FROM videos").fetch_one(&self.pool).await?;
         Ok(row.get("n"))
     }
 }
@@ -164,21 +144,13 @@ fn inspect(path: &Path) -> Result<bool, DbError> {
             }
             Ok(true)
         }
-        Err(e) => Err(DbError::Open {
-            path: path.into(),
-            reason: e.to_string(),
-        }),
-        Ok(m) if m.is_dir() => Err(DbError::Open {
-            path: path.into(),
-            reason: "it is a directory".into(),
-        }),
+        Err(e) => Err(DbError::Open { path: path.into(), reason: e.to_string() }),
+        Ok(m) if m.is_dir() => Err(DbError::Open { path: path.into(), reason: "it is a directory".into() }),
         Ok(m) if m.len() == 0 => Ok(true),
         Ok(_) => {
             let mut header = [0u8; 16];
-            let mut file = std::fs::File::open(path).map_err(|e| DbError::Open {
-                path: path.into(),
-                reason: e.to_string(),
-            })?;
+            let mut file =
+                std::fs::File::open(path).map_err(|e| DbError::Open { path: path.into(), reason: e.to_string() })?;
             match file.read_exact(&mut header) {
                 Ok(()) if &header == SQLITE_MAGIC => Ok(false),
                 _ => Err(DbError::NotSqlite { path: path.into() }),
@@ -189,14 +161,9 @@ fn inspect(path: &Path) -> Result<bool, DbError> {
 
 fn open_error(path: &Path, e: sqlx::Error) -> DbError {
     match &e {
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("26") => {
-            DbError::NotSqlite { path: path.into() }
-        }
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("26") => DbError::NotSqlite { path: path.into() },
         sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("8") | Some("14")) => {
-            DbError::Open {
-                path: path.into(),
-                reason: db.message().to_string(),
-            }
+            DbError::Open { path: path.into(), reason: db.message().to_string() }
         }
         _ => DbError::Sql(e),
     }

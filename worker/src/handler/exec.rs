@@ -31,8 +31,7 @@ pub struct ExecHandler {
 
 impl ExecHandler {
     pub fn new(cmd: &str) -> Result<ExecHandler, String> {
-        let words = shell_words::split(cmd)
-            .map_err(|e| format!("--exec {cmd:?} cannot be split into words: {e}"))?;
+        let words = shell_words::split(cmd).map_err(|e| format!("--exec {cmd:?} cannot be split into words: {e}"))?;
         if words.is_empty() {
             return Err("--exec needs a command".into());
         }
@@ -53,12 +52,7 @@ impl ExecHandler {
             .collect()
     }
 
-    pub async fn run(
-        &self,
-        job: &Job,
-        timeout: Option<Duration>,
-        cancel: &CancellationToken,
-    ) -> JobResult {
+    pub async fn run(&self, job: &Job, timeout: Option<Duration>, cancel: &CancellationToken) -> JobResult {
         let argv = self.argv(job);
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
@@ -127,26 +121,16 @@ impl ExecHandler {
         let (stdout, overflow) = out;
         if status.success() {
             if overflow {
-                return JobResult::error(format!(
-                    "handler wrote more than {} bytes to stdout",
-                    STDOUT_LIMIT
-                ));
+                return JobResult::error(format!("handler wrote more than {} bytes to stdout", STDOUT_LIMIT));
             }
             return JobResult::Success(String::from_utf8_lossy(&stdout).trim_end().to_string());
         }
         let how = match (status.code(), status.signal()) {
             (Some(code), _) => format!("exit code {code}"),
-            (_, Some(sig)) => format!(
-                "killed by signal {}",
-                Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("?")
-            ),
+            (_, Some(sig)) => format!("killed by signal {}", Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("?")),
             _ => "ended abnormally".to_string(),
         };
-        let error = if stderr_tail.is_empty() {
-            how
-        } else {
-            format!("{how}: {stderr_tail}")
-        };
+        let error = if stderr_tail.is_empty() { how } else { format!("{how}: {stderr_tail}") };
         JobResult::error(error)
     }
 }
@@ -218,26 +202,14 @@ mod tests {
     use super::*;
 
     fn job(source: &str) -> Job {
-        Job {
-            video_id: 7,
-            source: source.into(),
-            payload: None,
-            attempt: 2,
-            worker_id: 1,
-        }
+        Job { video_id: 7, source: source.into(), payload: None, attempt: 2, worker_id: 1 }
     }
 
     #[test]
     fn placeholders_are_replaced_inside_words_and_sources_stay_one_word() {
         let h = ExecHandler::new("echo v={video_id} '{source}' a{attempt}w{worker_id}").unwrap();
-        assert_eq!(
-            h.argv(&job("x; rm -rf /")),
-            ["echo", "v=7", "x; rm -rf /", "a2w1"]
-        );
-        assert_eq!(
-            h.argv(&job("{attempt}")),
-            ["echo", "v=7", "{attempt}", "a2w1"]
-        );
+        assert_eq!(h.argv(&job("x; rm -rf /")), ["echo", "v=7", "x; rm -rf /", "a2w1"]);
+        assert_eq!(h.argv(&job("{attempt}")), ["echo", "v=7", "{attempt}", "a2w1"]);
     }
 
     #[test]

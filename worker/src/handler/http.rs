@@ -24,8 +24,7 @@ pub struct HttpHandler {
 
 impl HttpHandler {
     pub fn new(url: &str, pacer: Pacer) -> Result<HttpHandler, String> {
-        let parsed =
-            reqwest::Url::parse(url).map_err(|e| format!("--http {url:?} is not a URL: {e}"))?;
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("--http {url:?} is not a URL: {e}"))?;
         if parsed.scheme() != "http" {
             return Err(format!(
                 "--http {url:?}: only http:// URLs are supported by this build (put a local proxy in front of https endpoints)"
@@ -36,11 +35,7 @@ impl HttpHandler {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
-        Ok(HttpHandler {
-            url: parsed,
-            client,
-            pacer,
-        })
+        Ok(HttpHandler { url: parsed, client, pacer })
     }
 
     pub fn pacer(&self) -> &Pacer {
@@ -49,10 +44,8 @@ impl HttpHandler {
 
     pub async fn run(&self, job: &Job, cancel: &CancellationToken) -> JobResult {
         // The payload goes as JSON when it is JSON, else as a string.
-        let payload = job
-            .payload
-            .as_deref()
-            .map(|p| serde_json::from_str::<serde_json::Value>(p).unwrap_or_else(|_| json!(p)));
+        let payload =
+            job.payload.as_deref().map(|p| serde_json::from_str::<serde_json::Value>(p).unwrap_or_else(|_| json!(p)));
         let body = json!({
             "video_id": job.video_id,
             "source": job.source,
@@ -79,30 +72,17 @@ impl HttpHandler {
                     };
                 }
                 Ok(resp)
-                    if matches!(
-                        resp.status(),
-                        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-                    ) =>
+                    if matches!(resp.status(), StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) =>
                 {
-                    let retry_after = resp
-                        .headers()
-                        .get(RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(parse_retry_after);
+                    let retry_after =
+                        resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
                     self.pacer.push_back(retry_after);
                     last = format!("HTTP {}", resp.status());
                 }
                 Ok(resp) => {
                     let status = resp.status();
                     let text = read_body(resp).await.unwrap_or_default();
-                    let tail: String = text
-                        .chars()
-                        .rev()
-                        .take(500)
-                        .collect::<Vec<_>>()
-                        .into_iter()
-                        .rev()
-                        .collect();
+                    let tail: String = text.chars().rev().take(500).collect::<Vec<_>>().into_iter().rev().collect();
                     return JobResult::error(format!("HTTP {status}: {}", tail.trim()));
                 }
                 Err(e) if e.is_connect() || e.is_timeout() => {
@@ -117,16 +97,10 @@ impl HttpHandler {
 }
 
 async fn read_body(resp: reqwest::Response) -> Result<String, String> {
-    if resp
-        .content_length()
-        .is_some_and(|n| n > STDOUT_LIMIT as u64)
-    {
+    if resp.content_length().is_some_and(|n| n > STDOUT_LIMIT as u64) {
         return Err(format!("response body is larger than {STDOUT_LIMIT} bytes"));
     }
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| format!("reading the response failed: {e}"))?;
+    let bytes = resp.bytes().await.map_err(|e| format!("reading the response failed: {e}"))?;
     if bytes.len() > STDOUT_LIMIT {
         return Err(format!("response body is larger than {STDOUT_LIMIT} bytes"));
     }
@@ -139,10 +113,7 @@ fn parse_retry_after(v: &str) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let when = httpdate::parse_http_date(v.trim()).ok()?;
-    Some(
-        when.duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
-    )
+    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -152,10 +123,7 @@ mod tests {
     #[test]
     fn retry_after_reads_seconds_and_dates() {
         assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon"), None);
     }
 

@@ -53,10 +53,7 @@ pub enum JobResult {
 
 impl JobResult {
     pub fn error(msg: impl Into<String>) -> JobResult {
-        JobResult::Failure {
-            outcome: Outcome::Error,
-            error: msg.into(),
-        }
+        JobResult::Failure { outcome: Outcome::Error, error: msg.into() }
     }
 }
 
@@ -73,22 +70,14 @@ impl Handler {
     pub fn from_args(h: &HandlerArgs, job: &JobArgs) -> Result<Handler, String> {
         match (&h.exec, &h.http, &h.sleep) {
             (Some(cmd), _, _) => Ok(Handler::Exec(ExecHandler::new(cmd)?)),
-            (_, Some(url), _) => Ok(Handler::Http(HttpHandler::new(
-                url,
-                Pacer::new(job.rate, job.min_delay),
-            )?)),
+            (_, Some(url), _) => Ok(Handler::Http(HttpHandler::new(url, Pacer::new(job.rate, job.min_delay))?)),
             (_, _, Some(range)) => Ok(Handler::Sleep(SleepHandler::new(*range))),
             _ => Err("choose a handler: --exec CMD, --http URL or --sleep DURATION".into()),
         }
     }
 
     /// Runs one video, giving up after `timeout` and when `cancel` fires.
-    pub async fn run(
-        &self,
-        job: &Job,
-        timeout: Option<Duration>,
-        cancel: &CancellationToken,
-    ) -> JobResult {
+    pub async fn run(&self, job: &Job, timeout: Option<Duration>, cancel: &CancellationToken) -> JobResult {
         // The exec and http futures are large (I/O state, buffers) and are boxed, so
         // that every job's future stays small: the pool moves one per video.
         match self {
@@ -100,10 +89,7 @@ impl Handler {
     }
 }
 
-async fn with_timeout(
-    fut: impl Future<Output = JobResult>,
-    timeout: Option<Duration>,
-) -> JobResult {
+async fn with_timeout(fut: impl Future<Output = JobResult>, timeout: Option<Duration>) -> JobResult {
     match timeout {
         None => fut.await,
         Some(t) => match tokio::time::timeout(t, fut).await {

@@ -30,17 +30,8 @@ struct State {
 
 impl Pacer {
     pub fn new(rate: Option<Rate>, min_delay: Option<Duration>) -> Pacer {
-        let spacing = rate
-            .map(|r| r.interval())
-            .unwrap_or_default()
-            .max(min_delay.unwrap_or_default());
-        Pacer {
-            spacing,
-            state: Mutex::new(State {
-                next_at: Instant::now(),
-                adaptive: Duration::ZERO,
-            }),
-        }
+        let spacing = rate.map(|r| r.interval()).unwrap_or_default().max(min_delay.unwrap_or_default());
+        Pacer { spacing, state: Mutex::new(State { next_at: Instant::now(), adaptive: Duration::ZERO }) }
     }
 
     /// Reserves the next slot and waits for it. Slots are handed out in call order, so
@@ -60,9 +51,7 @@ impl Pacer {
     pub fn push_back(&self, retry_after: Option<Duration>) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.adaptive = (s.adaptive * 2).max(FIRST_ADAPTIVE).min(MAX_ADAPTIVE);
-        let wait = retry_after
-            .unwrap_or(s.adaptive)
-            .min(Duration::from_secs(3600));
+        let wait = retry_after.unwrap_or(s.adaptive).min(Duration::from_secs(3600));
         s.next_at = s.next_at.max(Instant::now() + wait);
     }
 
@@ -77,10 +66,7 @@ impl Pacer {
 
     /// The adaptive part of the spacing now.
     pub fn adaptive_delay(&self) -> Duration {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .adaptive
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).adaptive
     }
 }
 
@@ -101,10 +87,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn min_delay_wins_over_a_looser_rate() {
-        let p = Pacer::new(
-            Some("100/s".parse().unwrap()),
-            Some(Duration::from_millis(250)),
-        );
+        let p = Pacer::new(Some("100/s".parse().unwrap()), Some(Duration::from_millis(250)));
         let start = Instant::now();
         p.acquire().await;
         p.acquire().await;

@@ -29,8 +29,7 @@ impl TestDb {
 
     /// Inserts videos `1..=n` with source `src-<id>`.
     pub async fn seed(&self, n: i64) {
-        self.seed_sources((1..=n).map(|i| (i, format!("src-{i}"))).collect())
-            .await;
+        self.seed_sources((1..=n).map(|i| (i, format!("src-{i}"))).collect()).await;
     }
 
     pub async fn seed_sources(&self, rows: Vec<(i64, String)>) {
@@ -57,10 +56,7 @@ impl TestDb {
     }
 
     pub async fn scalar(&self, sql: &'static str) -> i64 {
-        sqlx::query_scalar(sql)
-            .fetch_one(self.db.pool())
-            .await
-            .unwrap()
+        sqlx::query_scalar(sql).fetch_one(self.db.pool()).await.unwrap()
     }
 
     pub async fn video(&self, id: i64) -> (String, i64, Option<String>, Option<String>) {
@@ -95,22 +91,14 @@ pub fn worker_bin() -> &'static str {
 /// listens.
 pub fn spawn_worker(db: &Path, k: u32, n: u32, args: &[&str]) -> WorkerProc {
     let mut cmd = Command::new(worker_bin());
-    cmd.args([
-        "--worker-id",
-        &k.to_string(),
-        "--workers",
-        &n.to_string(),
-        "--port",
-        "0",
-        "--db",
-    ])
-    .arg(db)
-    .args(args)
-    .env("RUST_LOG", "info,sqlx=warn")
-    .env_remove("WORKER_CONCURRENCY")
-    .current_dir(db.parent().unwrap())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    cmd.args(["--worker-id", &k.to_string(), "--workers", &n.to_string(), "--port", "0", "--db"])
+        .arg(db)
+        .args(args)
+        .env("RUST_LOG", "info,sqlx=warn")
+        .env_remove("WORKER_CONCURRENCY")
+        .current_dir(db.parent().unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("worker binary starts");
     let logs = Arc::new(Mutex::new(Vec::new()));
     let (port_tx, port_rx) = std::sync::mpsc::channel();
@@ -131,12 +119,7 @@ pub fn spawn_worker(db: &Path, k: u32, n: u32, args: &[&str]) -> WorkerProc {
     }
     let port = port_rx
         .recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| {
-            panic!(
-                "worker did not start listening; logs:\n{}",
-                logs.lock().unwrap().join("\n")
-            )
-        });
+        .unwrap_or_else(|_| panic!("worker did not start listening; logs:\n{}", logs.lock().unwrap().join("\n")));
     WorkerProc { child, port, logs }
 }
 
@@ -156,11 +139,7 @@ impl WorkerProc {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "worker did not exit; logs:\n{}",
-                self.log_text()
-            );
+            assert!(Instant::now() < deadline, "worker did not exit; logs:\n{}", self.log_text());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -170,12 +149,7 @@ impl WorkerProc {
     }
 
     pub async fn status(&self) -> serde_json::Value {
-        reqwest::get(self.url("/status"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        reqwest::get(self.url("/status")).await.unwrap().json().await.unwrap()
     }
 }
 
@@ -202,16 +176,7 @@ where
 /// Runs the worker binary to completion with `args` and returns (exit code, stderr
 /// followed by stdout).
 pub fn run_worker_to_end(args: &[&str], cwd: &Path) -> (i32, String) {
-    let out = Command::new(worker_bin())
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("WORKER_CONCURRENCY")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let out = Command::new(worker_bin()).args(args).current_dir(cwd).env_remove("WORKER_CONCURRENCY").output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
     (out.status.code().unwrap_or(-1), text)
 }
