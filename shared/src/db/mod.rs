@@ -6,11 +6,12 @@ mod busy;
 mod claim;
 mod counts;
 mod finish;
+pub mod fleet;
 mod lease;
 mod migrate;
 mod open;
 
-pub use admin::{RequeueOutcome, requeue_video};
+pub use admin::{ImportReport, NewVideo, RequeueOutcome, import_videos, requeue_all_failed, requeue_ids, requeue_video};
 pub use busy::{BUSY_RETRIES, BusyRetry, retry_busy};
 pub use claim::{Claimed, Claimer};
 pub use counts::shard_counts;
