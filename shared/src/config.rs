@@ -41,6 +41,26 @@ impl HandlerArgs {
         }
     }
 
+    /// Checks what can be checked before any worker starts: that an --exec command splits
+    /// into words and an --http URL is plain http.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(cmd) = &self.exec {
+            let words =
+                shell_words::split(cmd).map_err(|e| format!("--exec {cmd:?} cannot be split into words: {e}"))?;
+            if words.is_empty() {
+                return Err("--exec needs a command".into());
+            }
+        }
+        if let Some(url) = &self.http
+            && !url.starts_with("http://")
+        {
+            return Err(format!(
+                "--http {url:?}: only http:// URLs are supported by this build (put a local proxy in front of https endpoints)"
+            ));
+        }
+        Ok(())
+    }
+
     /// The handler in words, for status output.
     pub fn describe(&self) -> String {
         match (&self.exec, &self.http, &self.sleep) {

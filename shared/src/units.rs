@@ -318,3 +318,34 @@ mod tests {
         assert!("5".parse::<Rate>().is_err());
     }
 }
+
+/// `2026-11-22T10:41:07.123Z` for Unix milliseconds (UTC, proleptic Gregorian).
+pub fn format_utc_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", sod / 3600, sod % 3600 / 60, sod % 60)
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::format_utc_ms;
+
+    #[test]
+    fn utc_timestamps_are_iso_8601() {
+        assert_eq!(format_utc_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_utc_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(format_utc_ms(1_795_342_718_727), "2026-11-22T10:18:38.727Z");
+    }
+}

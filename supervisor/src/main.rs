@@ -1,1 +1,50 @@
-fn main() {}
+//! `supervisor`: parse flags (merging fleet.toml), set up logging, run. Everything else
+//! is in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use supervisor::cli::Cli;
+use supervisor::{Failure, exit};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let argv = match supervisor::config_file::merge(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("supervisor: {e:#}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let cli = Cli::parse_from(argv);
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
+    // One thread: it is the thread that spawns workers, and a worker's parent-death
+    // signal fires when the spawning thread exits, so it must live as long as we do.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("supervisor: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    runtime.block_on(async {
+        let (shutdown, hurry) = (CancellationToken::new(), CancellationToken::new());
+        if let Err(e) = shared::signals::on_signals(shutdown.clone(), hurry.clone()) {
+            eprintln!("supervisor: cannot install signal handlers: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+        match supervisor::run(cli.command, shutdown, hurry).await {
+            Ok(code) => ExitCode::from(code),
+            Err(Failure { code, error }) => {
+                eprintln!("supervisor: {error:#}");
+                ExitCode::from(code)
+            }
+        }
+    })
+}

@@ -14,6 +14,7 @@ use shared::db::{Db, RequeueOutcome};
 use shared::status::{Health, VideoStatus};
 
 use crate::live::Live;
+use crate::memory::MemoryKills;
 use crate::metrics::Metrics;
 
 /// Requests larger than this are refused; no endpoint takes a body worth more.
@@ -25,6 +26,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub db: Db,
     pub control_token: Option<String>,
+    pub memory: Arc<MemoryKills>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -35,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .route("/pause", post(pause))
         .route("/resume", post(resume))
         .route("/videos/{id}/retry", post(retry))
+        .route("/memory-kill/{pgid}", post(memory_kill))
         .fallback(|| async {
             ApiError(StatusCode::NOT_FOUND, "no such endpoint; try /health, /status or /metrics".into())
         })
@@ -122,6 +125,21 @@ async fn resume(State(s): State<AppState>, headers: HeaderMap) -> Result<Respons
     s.live.set_paused(false);
     tracing::info!("resumed");
     Ok(Json(json!({ "state": s.live.snapshot().state })).into_response())
+}
+
+/// The supervisor (in sampling mode) announces it is about to kill a handler's process
+/// group for memory; the body is the reason, kept as that attempt's error.
+async fn memory_kill(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(pgid): Path<u32>,
+    body: String,
+) -> Result<Response, ApiError> {
+    authorize(&s, &headers)?;
+    let reason =
+        if body.trim().is_empty() { "killed by the memory limit".to_string() } else { body.trim().to_string() };
+    s.memory.mark(pgid, reason);
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn retry(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {

@@ -11,10 +11,10 @@ pub mod config;
 pub mod handler;
 pub mod http;
 pub mod live;
+pub mod memory;
 pub mod metrics;
 pub mod pool;
 pub mod runner;
-pub mod shutdown;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +44,9 @@ pub async fn run(
     shutdown: CancellationToken,
     hurry: CancellationToken,
 ) -> anyhow::Result<RunEnd> {
-    let handler = Arc::new(Handler::from_args(&config.handler, &config.job).map_err(anyhow::Error::msg)?);
+    let memory = Arc::new(memory::MemoryKills::detect(config.mem_limit.map(|b| b.bytes())));
+    let handler =
+        Arc::new(Handler::from_args(&config.handler, &config.job, memory.clone()).map_err(anyhow::Error::msg)?);
     let db = Db::open(&config.db, 4).await.context("cannot use the database")?;
     let port = listener.local_addr()?.port();
     let live = Arc::new(Live::new(Identity {
@@ -62,8 +64,13 @@ pub async fn run(
     let config = Arc::new(config);
 
     let stop_serving = CancellationToken::new();
-    let app =
-        http::router(http::AppState { live: live.clone(), metrics: metrics.clone(), db: db.clone(), control_token });
+    let app = http::router(http::AppState {
+        live: live.clone(),
+        metrics: metrics.clone(),
+        db: db.clone(),
+        control_token,
+        memory,
+    });
     let server = tokio::spawn(
         axum::serve(listener, app).with_graceful_shutdown(stop_serving.clone().cancelled_owned()).into_future(),
     );

@@ -12,13 +12,18 @@ const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // Under the supervisor, which timestamps every line it collects, ours would repeat it.
+    if std::env::var_os("FLEET_LOG_NO_TIME").is_some() {
+        logs.without_time().init();
+    } else {
+        logs.init();
+    }
     let config = match cli.into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -51,7 +56,7 @@ fn main() -> ExitCode {
             tracing::info!("listening on {local}");
         }
         let (shutdown, hurry) = (CancellationToken::new(), CancellationToken::new());
-        if let Err(e) = worker::shutdown::on_signals(shutdown.clone(), hurry.clone()) {
+        if let Err(e) = shared::signals::on_signals(shutdown.clone(), hurry.clone()) {
             eprintln!("worker: cannot install signal handlers: {e}");
             return ExitCode::from(EXIT_FAILURE);
         }

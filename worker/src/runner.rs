@@ -67,7 +67,7 @@ impl Runner {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Runner> {
         let mut conn = db.pool().acquire().await.context("cannot connect to the database")?;
-        let owner = format!("worker-{}/{}:{:x}", cfg.worker_id, std::process::id(), rand::rng().random::<u32>());
+        let owner = db::owner_name(cfg.worker_id, std::process::id(), rand::rng().random::<u32>());
         let claimer = Claimer::new(cfg.workers, cfg.worker_id, owner);
         claimer.ensure_index(&mut conn).await.context("cannot create the shard index")?;
         let (ended_tx, ended) = mpsc::unbounded_channel();

@@ -29,8 +29,10 @@ pub async fn requeue_video(pool: &SqlitePool, video_id: i64) -> Result<RequeueOu
         if changed == 1 {
             return Ok(RequeueOutcome::Requeued);
         }
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM videos WHERE video_id = ?").bind(video_id).fetch_optional(pool).await?;
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM videos WHERE video_id = ?")
+            .bind(video_id)
+            .fetch_optional(pool)
+            .await?;
         Ok(match status {
             None => RequeueOutcome::Missing,
             Some(s) => RequeueOutcome::NotFailed(parse_status(&s)),
@@ -46,14 +48,19 @@ pub async fn requeue_all_failed(pool: &SqlitePool) -> Result<u64, DbError> {
 
 /// Requeues exactly `ids`, all of which must be failed; if any is missing or not
 /// failed, nothing changes and the offenders are returned.
-pub async fn requeue_ids(pool: &SqlitePool, ids: &[i64]) -> Result<Result<u64, Vec<(i64, Option<VideoStatus>)>>, DbError> {
+pub async fn requeue_ids(
+    pool: &SqlitePool,
+    ids: &[i64],
+) -> Result<Result<u64, Vec<(i64, Option<VideoStatus>)>>, DbError> {
     super::retry_busy(|| async {
         let mut conn = pool.acquire().await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let mut bad = Vec::new();
         for &id in ids {
-            let status: Option<String> =
-                sqlx::query_scalar("SELECT status FROM videos WHERE video_id = ?").bind(id).fetch_optional(&mut *tx).await?;
+            let status: Option<String> = sqlx::query_scalar("SELECT status FROM videos WHERE video_id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
             match status.as_deref().map(parse_status) {
                 Some(VideoStatus::Failed) => {}
                 other => bad.push((id, other)),

@@ -120,7 +120,13 @@ pub async fn update_worker(pool: &SqlitePool, w: &FleetWorker) -> Result<(), DbE
     .await
 }
 
-pub async fn add_event(pool: &SqlitePool, run_id: i64, worker_id: u32, kind: &str, reason: &str) -> Result<(), DbError> {
+pub async fn add_event(
+    pool: &SqlitePool,
+    run_id: i64,
+    worker_id: u32,
+    kind: &str,
+    reason: &str,
+) -> Result<(), DbError> {
     super::retry_busy(|| async {
         sqlx::query("INSERT INTO fleet_events (run_id, worker_id, at, kind, reason) VALUES (?, ?, ?, ?, ?)")
             .bind(run_id)
@@ -137,13 +143,15 @@ pub async fn add_event(pool: &SqlitePool, run_id: i64, worker_id: u32, kind: &st
 
 pub async fn set_run_state(pool: &SqlitePool, run_id: i64, state: &str, stopped: bool) -> Result<(), DbError> {
     super::retry_busy(|| async {
-        sqlx::query("UPDATE fleet_runs SET state = ?, stopped_at = CASE WHEN ? THEN ? ELSE stopped_at END WHERE run_id = ?")
-            .bind(state)
-            .bind(stopped)
-            .bind(now_ms())
-            .bind(run_id)
-            .execute(pool)
-            .await?;
+        sqlx::query(
+            "UPDATE fleet_runs SET state = ?, stopped_at = CASE WHEN ? THEN ? ELSE stopped_at END WHERE run_id = ?",
+        )
+        .bind(state)
+        .bind(stopped)
+        .bind(now_ms())
+        .bind(run_id)
+        .execute(pool)
+        .await?;
         Ok(())
     })
     .await
@@ -155,7 +163,10 @@ pub async fn latest_run(pool: &SqlitePool) -> Result<Option<FleetRun>, DbError> 
 }
 
 pub async fn run_workers(pool: &SqlitePool, run_id: i64) -> Result<Vec<FleetWorker>, DbError> {
-    Ok(sqlx::query_as("SELECT * FROM fleet_workers WHERE run_id = ? ORDER BY worker_id").bind(run_id).fetch_all(pool).await?)
+    Ok(sqlx::query_as("SELECT * FROM fleet_workers WHERE run_id = ? ORDER BY worker_id")
+        .bind(run_id)
+        .fetch_all(pool)
+        .await?)
 }
 
 pub async fn run_events(pool: &SqlitePool, run_id: i64) -> Result<Vec<FleetEvent>, DbError> {
@@ -168,7 +179,10 @@ pub async fn run_events(pool: &SqlitePool, run_id: i64) -> Result<Vec<FleetEvent
 /// Videos by shard (`video_id % workers`) and status: one scan of the table.
 pub async fn shard_progress(pool: &SqlitePool, workers: u32) -> Result<Vec<ShardCounts>, DbError> {
     let rows: Vec<(i64, String, i64)> =
-        sqlx::query_as("SELECT video_id % ?1, status, count(*) FROM videos GROUP BY 1, 2").bind(workers).fetch_all(pool).await?;
+        sqlx::query_as("SELECT video_id % ?1, status, count(*) FROM videos GROUP BY 1, 2")
+            .bind(workers)
+            .fetch_all(pool)
+            .await?;
     let mut shards = vec![ShardCounts::default(); workers as usize];
     for (shard, status, n) in rows {
         if let (Some(c), Ok(s)) = (shards.get_mut(shard as usize), status.parse()) {

@@ -84,6 +84,48 @@ pub async fn release_owner(
     Ok(rows.into_iter().map(|r| (r.get(0), parse_status(r.get(1)))).collect())
 }
 
+/// Hands back the videos of a worker that died: every running video whose owner matches
+/// `owner_like` (a LIKE pattern such as `worker-1/4242:%`, the owner names of one process).
+/// The attempt counts; a video on its last attempt fails with `error`.
+pub async fn release_matching(
+    conn: &mut SqliteConnection,
+    owner_like: &str,
+    now: i64,
+    outcome: Outcome,
+    error: &str,
+    max_attempts: u32,
+) -> Result<Vec<(i64, VideoStatus)>, DbError> {
+    let rows = sqlx::query(
+        "UPDATE videos SET \
+           status = CASE WHEN attempts >= ?5 THEN 'failed' ELSE 'pending' END, \
+           last_outcome = ?3, last_error = ?4, \
+           finished_at = ?1, duration_ms = ?1 - started_at, run_after = ?1, \
+           lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+         WHERE status = 'running' AND lease_owner LIKE ?2 \
+         RETURNING video_id, status",
+    )
+    .bind(now)
+    .bind(owner_like)
+    .bind(outcome.as_str())
+    .bind(error)
+    .bind(max_attempts)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.get(0), parse_status(r.get(1)))).collect())
+}
+
+/// The LIKE pattern matching every lease owner name of worker `worker_id` running as
+/// process `pid` (see the worker's runner for the name).
+pub fn owner_pattern(worker_id: u32, pid: u32) -> String {
+    format!("worker-{worker_id}/{pid}:%")
+}
+
+/// The lease owner name of a worker process; `nonce` tells apart two processes that
+/// got the same pid.
+pub fn owner_name(worker_id: u32, pid: u32, nonce: u32) -> String {
+    format!("worker-{worker_id}/{pid}:{nonce:x}")
+}
+
 pub(crate) fn parse_status(s: &str) -> VideoStatus {
     s.parse().unwrap_or(VideoStatus::Pending)
 }

@@ -11,11 +11,13 @@ mod lease;
 mod migrate;
 mod open;
 
-pub use admin::{ImportReport, NewVideo, RequeueOutcome, import_videos, requeue_all_failed, requeue_ids, requeue_video};
+pub use admin::{
+    ImportReport, NewVideo, RequeueOutcome, import_videos, requeue_all_failed, requeue_ids, requeue_video,
+};
 pub use busy::{BUSY_RETRIES, BusyRetry, retry_busy};
 pub use claim::{Claimed, Claimer};
 pub use counts::shard_counts;
 pub use finish::{Finish, finish_batch};
-pub use lease::{reclaim_expired, release_owner, renew_owner};
+pub use lease::{owner_name, owner_pattern, reclaim_expired, release_matching, release_owner, renew_owner};
 pub use migrate::{MIGRATIONS, Migration};
 pub use open::{Db, now_ms};

@@ -7,6 +7,7 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -16,6 +17,7 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use super::{Job, JobResult};
+use crate::memory::MemoryKills;
 use shared::status::Outcome;
 use shared::units::format_duration;
 
@@ -27,15 +29,16 @@ const STDERR_TAIL: usize = 2048;
 #[derive(Debug)]
 pub struct ExecHandler {
     words: Vec<String>,
+    memory: Arc<MemoryKills>,
 }
 
 impl ExecHandler {
-    pub fn new(cmd: &str) -> Result<ExecHandler, String> {
+    pub fn new(cmd: &str, memory: Arc<MemoryKills>) -> Result<ExecHandler, String> {
         let words = shell_words::split(cmd).map_err(|e| format!("--exec {cmd:?} cannot be split into words: {e}"))?;
         if words.is_empty() {
             return Err("--exec needs a command".into());
         }
-        Ok(ExecHandler { words })
+        Ok(ExecHandler { words, memory })
     }
 
     /// The argv for one job, placeholders replaced.
@@ -65,6 +68,15 @@ impl ExecHandler {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        // If the worker dies without cleaning up (SIGKILL), its handlers die with it.
+        // SAFETY: prctl is async-signal-safe and the closure allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+        let oom_before = self.memory.oom_count();
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => return JobResult::error(format!("cannot start {:?}: {e}", argv[0])),
@@ -124,6 +136,11 @@ impl ExecHandler {
                 return JobResult::error(format!("handler wrote more than {} bytes to stdout", STDOUT_LIMIT));
             }
             return JobResult::Success(String::from_utf8_lossy(&stdout).trim_end().to_string());
+        }
+        if status.signal() == Some(Signal::SIGKILL as i32)
+            && let Some(reason) = pgid.and_then(|g| self.memory.explain(g, oom_before))
+        {
+            return JobResult::Failure { outcome: Outcome::Memory, error: reason };
         }
         let how = match (status.code(), status.signal()) {
             (Some(code), _) => format!("exit code {code}"),
@@ -201,20 +218,24 @@ async fn read_tail(r: Option<impl AsyncRead + Unpin>, keep: usize) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    fn memory() -> Arc<MemoryKills> {
+        Arc::new(MemoryKills::detect(None))
+    }
+
     fn job(source: &str) -> Job {
         Job { video_id: 7, source: source.into(), payload: None, attempt: 2, worker_id: 1 }
     }
 
     #[test]
     fn placeholders_are_replaced_inside_words_and_sources_stay_one_word() {
-        let h = ExecHandler::new("echo v={video_id} '{source}' a{attempt}w{worker_id}").unwrap();
+        let h = ExecHandler::new("echo v={video_id} '{source}' a{attempt}w{worker_id}", memory()).unwrap();
         assert_eq!(h.argv(&job("x; rm -rf /")), ["echo", "v=7", "x; rm -rf /", "a2w1"]);
         assert_eq!(h.argv(&job("{attempt}")), ["echo", "v=7", "{attempt}", "a2w1"]);
     }
 
     #[test]
     fn an_unbalanced_quote_is_a_clear_error() {
-        let e = ExecHandler::new("echo 'oops").unwrap_err();
+        let e = ExecHandler::new("echo 'oops", memory()).unwrap_err();
         assert!(e.contains("cannot be split"), "{e}");
     }
 }

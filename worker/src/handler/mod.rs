@@ -5,12 +5,15 @@ mod http;
 mod pacer;
 mod sleep;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use shared::config::{HandlerArgs, JobArgs};
 use shared::db::Claimed;
 use shared::status::Outcome;
 use tokio_util::sync::CancellationToken;
+
+use crate::memory::MemoryKills;
 
 pub use exec::{ExecHandler, STDOUT_LIMIT};
 pub use http::HttpHandler;
@@ -67,9 +70,9 @@ pub enum Handler {
 
 impl Handler {
     /// Builds the handler the flags ask for, or says what is wrong with them.
-    pub fn from_args(h: &HandlerArgs, job: &JobArgs) -> Result<Handler, String> {
+    pub fn from_args(h: &HandlerArgs, job: &JobArgs, memory: Arc<MemoryKills>) -> Result<Handler, String> {
         match (&h.exec, &h.http, &h.sleep) {
-            (Some(cmd), _, _) => Ok(Handler::Exec(ExecHandler::new(cmd)?)),
+            (Some(cmd), _, _) => Ok(Handler::Exec(ExecHandler::new(cmd, memory)?)),
             (_, Some(url), _) => Ok(Handler::Http(HttpHandler::new(url, Pacer::new(job.rate, job.min_delay))?)),
             (_, _, Some(range)) => Ok(Handler::Sleep(SleepHandler::new(*range))),
             _ => Err("choose a handler: --exec CMD, --http URL or --sleep DURATION".into()),

@@ -1,5 +1,5 @@
-//! Signals, turned into the worker's one cancellation source: the first SIGTERM or
-//! SIGINT starts a drain, a second one kills jobs in flight at once.
+//! Signals, turned into a binary's one cancellation source: the first SIGTERM or SIGINT
+//! starts a drain, a second one means "now".
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;

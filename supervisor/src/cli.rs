@@ -1,0 +1,270 @@
+//! The supervisor's command line. Doc comments are the `--help` text.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use shared::config::{HandlerArgs, JobArgs};
+use shared::units::{ByteSize, duration_arg};
+
+/// Runs a fleet of shardfleet workers over one SQLite database: each worker owns the
+/// videos where video_id % N = its id, under a memory limit, restarted when it crashes.
+#[derive(Parser, Debug)]
+#[command(name = "supervisor", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start N workers and keep them running (until a signal, `supervisor stop`, or with
+    /// --exit-when-done, the end of the work).
+    Start(Box<StartArgs>),
+    /// Import videos from a CSV file (header video_id,source[,payload]) or JSON lines.
+    /// Every line is checked first; if any is bad, nothing is imported.
+    Import(ImportArgs),
+    /// Show the fleet: workers, restarts, memory, shard progress.
+    Status(StatusArgs),
+    /// Stop a running fleet: workers finish or hand back what they hold, then exit.
+    Stop(StopArgs),
+    /// Put failed videos back to pending, with a fresh set of attempts.
+    Retry(RetryArgs),
+    /// Write videos and their results as CSV or JSON lines.
+    Export(ExportArgs),
+    /// Show the workers' logs.
+    Logs(LogsArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DbArg {
+    /// The fleet's SQLite database.
+    #[arg(long, env = "FLEET_DB", default_value = "fleet.db")]
+    pub db: PathBuf,
+}
+
+/// How the memory limit is enforced.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemEnforce {
+    /// The strongest the host allows: cgroup v2, then cgroup v1, then sampling.
+    Auto,
+    /// A kernel cgroup (v2 or v1); refuse to start without one.
+    Cgroup,
+    /// Sample the RSS of each worker's process tree and kill what breaks the limit.
+    Sample,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StartArgs {
+    /// Number of workers; worker K owns the videos where video_id % N = K.
+    #[arg(long, env = "FLEET_WORKERS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+
+    /// Memory limit of each worker and every process it starts: 250M, 250MiB, 1G,
+    /// 1.5GiB or bytes (binary units, as PM2 reads them).
+    #[arg(long, env = "FLEET_MEM_LIMIT")]
+    pub mem_limit: ByteSize,
+
+    #[command(flatten)]
+    pub db: DbArg,
+
+    /// Port of worker 0; worker K listens on base-port + K.
+    #[arg(long, default_value_t = 3001)]
+    pub base_port: u16,
+
+    /// Address the workers listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+
+    #[command(flatten)]
+    pub handler: HandlerArgs,
+
+    #[command(flatten)]
+    pub job: JobArgs,
+
+    /// Start workers one after another, each once the previous answers /health, this
+    /// long apart. 0 starts them all at once.
+    #[arg(long, value_name = "DUR", default_value = "0s", value_parser = duration_arg)]
+    pub stagger: Duration,
+
+    /// How long a starting worker may take to answer /health before it is reported as
+    /// not ready (and, past --unhealthy-after, restarted).
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = duration_arg)]
+    pub ready_timeout: Duration,
+
+    /// End the run when no video is pending or running in any shard, and print a
+    /// summary. Exit 0 if every video is done, 3 if some failed.
+    #[arg(long)]
+    pub exit_when_done: bool,
+
+    /// Directory of the per-worker log files (default: fleet-logs next to the database).
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+
+    /// Rotate a worker's log file when it reaches this size.
+    #[arg(long, default_value = "10M")]
+    pub log_max_size: ByteSize,
+
+    /// Rotated log files kept per worker.
+    #[arg(long, default_value_t = 3)]
+    pub log_keep: u32,
+
+    /// A TOML file setting any of these flags (default: fleet.toml in the working
+    /// directory, if present). Flags and environment variables win over the file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+
+    /// How the memory limit is enforced.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub mem_enforce: MemEnforce,
+
+    /// In sampling mode, how often each worker's process tree is measured.
+    #[arg(long, value_name = "DUR", default_value = "100ms", value_parser = duration_arg)]
+    pub sample_interval: Duration,
+
+    /// First delay before restarting a crashed worker; it doubles with each crash in a
+    /// row.
+    #[arg(long, value_name = "DUR", default_value = "100ms", value_parser = duration_arg)]
+    pub restart_delay: Duration,
+
+    /// Longest delay before a restart.
+    #[arg(long, value_name = "DUR", default_value = "15s", value_parser = duration_arg)]
+    pub restart_delay_max: Duration,
+
+    /// A worker that ran this long is stable again: its restart delay starts over.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = duration_arg)]
+    pub stable_after: Duration,
+
+    /// Crash loop: this many restarts within the window mark the worker errored.
+    #[arg(long, value_name = "N/WINDOW", default_value = "5/60s")]
+    pub crash_loop: CrashLoop,
+
+    /// How long an errored worker rests before it is tried again.
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = duration_arg)]
+    pub errored_cooldown: Duration,
+
+    /// How often each worker's /health is polled.
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = duration_arg)]
+    pub health_interval: Duration,
+
+    /// A running worker whose /health has not answered for this long is restarted.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = duration_arg)]
+    pub unhealthy_after: Duration,
+
+    /// Bearer token for the workers' control endpoints (default: a random one per run,
+    /// kept in the database for `monitor --db`).
+    #[arg(long, env = "FLEET_CONTROL_TOKEN", hide_env_values = true)]
+    pub control_token: Option<String>,
+}
+
+/// `--crash-loop 5/60s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashLoop {
+    pub restarts: u32,
+    pub window: Duration,
+}
+
+impl std::str::FromStr for CrashLoop {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || format!("invalid crash loop {s:?}: expected RESTARTS/WINDOW, e.g. 5/60s");
+        let (n, w) = s.split_once('/').ok_or_else(err)?;
+        let restarts: u32 = n.trim().parse().map_err(|_| err())?;
+        let window = shared::units::parse_duration(w).map_err(|_| err())?;
+        if restarts == 0 || window.is_zero() {
+            return Err(err());
+        }
+        Ok(CrashLoop { restarts, window })
+    }
+}
+
+impl std::fmt::Display for CrashLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.restarts, shared::units::format_duration(self.window))
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ImportArgs {
+    /// CSV (header video_id,source[,payload]) or JSON lines ({"video_id":1,"source":"..."}).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub db: DbArg,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub db: DbArg,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StopArgs {
+    #[command(flatten)]
+    pub db: DbArg,
+    /// How long to wait for the fleet to stop.
+    #[arg(long, value_name = "DUR", default_value = "90s", value_parser = duration_arg)]
+    pub timeout: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false, id = "which")]
+pub struct RetrySelect {
+    /// Requeue every failed video.
+    #[arg(long, group = "which")]
+    pub failed: bool,
+    /// Requeue these videos (each must be failed).
+    #[arg(group = "which", value_name = "VIDEO_ID")]
+    pub ids: Vec<i64>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RetryArgs {
+    #[command(flatten)]
+    pub select: RetrySelect,
+    #[command(flatten)]
+    pub db: DbArg,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    Csv,
+    Jsonl,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExportArgs {
+    #[arg(long, value_enum, default_value = "csv")]
+    pub format: ExportFormat,
+    /// Only videos with these statuses (pending, running, done, failed; repeat or
+    /// separate with commas).
+    #[arg(long, value_delimiter = ',')]
+    pub status: Vec<shared::status::VideoStatus>,
+    /// Write here instead of stdout (written whole, then renamed into place).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub db: DbArg,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LogsArgs {
+    /// Only this worker's log.
+    #[arg(long)]
+    pub worker: Option<u32>,
+    /// Keep printing new lines as they are written.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Lines of history to show first.
+    #[arg(long, default_value_t = 50)]
+    pub lines: usize,
+    /// The log directory (default: the one of the latest run in the database).
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub db: DbArg,
+}

@@ -1,0 +1,251 @@
+//! Holding each worker's process tree under its memory limit.
+//!
+//! Where the kernel can do it, each worker runs in a cgroup of its own (v2 `memory.max`
+//! with `memory.swap.max = 0`, or v1 `memory.limit_in_bytes` and, where present,
+//! `memory.memsw.limit_in_bytes`); the worker joins it before it executes, so every
+//! process it starts is counted. Elsewhere the supervisor samples the RSS of each
+//! worker's tree (`sample`) and kills what breaks the limit.
+
+use std::ffi::CString;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use shared::cgroup::{self, MemoryCgroup, Version};
+
+use crate::cli::MemEnforce;
+use crate::procfs::TreeUsage;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    CgroupV2,
+    CgroupV1,
+    Sample,
+}
+
+impl Mode {
+    /// The name kept in the run record and shown by `supervisor status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::CgroupV2 => "cgroup-v2",
+            Mode::CgroupV1 => "cgroup-v1",
+            Mode::Sample => "sample",
+        }
+    }
+}
+
+/// The enforcement in force for a run.
+#[derive(Debug)]
+pub struct Memory {
+    pub mode: Mode,
+    pub limit: u64,
+    /// The run's parent cgroup (one child per worker), in cgroup modes.
+    root: Option<PathBuf>,
+    /// Why this mode and not a stronger one, for the log.
+    pub why: String,
+}
+
+/// A worker's own cgroup.
+#[derive(Debug, Clone)]
+pub struct WorkerCgroup {
+    pub cgroup: MemoryCgroup,
+    /// `<dir>/cgroup.procs`, ready for the child to write "0" into before it executes.
+    pub procs: CString,
+}
+
+impl Memory {
+    /// Sets up the strongest enforcement `requested` allows on this host.
+    pub fn setup(requested: MemEnforce, limit: u64, tag: &str) -> anyhow::Result<Memory> {
+        if requested == MemEnforce::Sample {
+            return Ok(Memory { mode: Mode::Sample, limit, root: None, why: "sampling was asked for".into() });
+        }
+        let mut reasons = Vec::new();
+        match try_v2(tag) {
+            Ok(root) => {
+                return Ok(Memory {
+                    mode: Mode::CgroupV2,
+                    limit,
+                    root: Some(root),
+                    why: "cgroup v2 is available".into(),
+                });
+            }
+            Err(e) => reasons.push(format!("cgroup v2: {e:#}")),
+        }
+        match try_v1(tag) {
+            Ok(root) => {
+                return Ok(Memory {
+                    mode: Mode::CgroupV1,
+                    limit,
+                    root: Some(root),
+                    why: format!("cgroup v1 is available ({})", reasons.join("; ")),
+                });
+            }
+            Err(e) => reasons.push(format!("cgroup v1: {e:#}")),
+        }
+        if requested == MemEnforce::Cgroup {
+            bail!("--mem-enforce cgroup: no usable memory cgroup on this host ({})", reasons.join("; "));
+        }
+        Ok(Memory {
+            mode: Mode::Sample,
+            limit,
+            root: None,
+            why: format!("no usable memory cgroup ({})", reasons.join("; ")),
+        })
+    }
+
+    /// A fresh cgroup for worker `k` with the limit set, in cgroup modes.
+    pub fn prepare_worker(&self, k: u32) -> anyhow::Result<Option<WorkerCgroup>> {
+        let Some(root) = &self.root else { return Ok(None) };
+        let dir = root.join(format!("worker-{k}"));
+        if dir.exists() {
+            empty_and_remove(&dir);
+        }
+        fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let version = if self.mode == Mode::CgroupV2 { Version::V2 } else { Version::V1 };
+        let limit = self.limit.to_string();
+        match version {
+            Version::V2 => {
+                write(&dir.join("memory.max"), &limit)?;
+                // Swap would let a handler exceed the limit slowly instead of dying.
+                let _ = write(&dir.join("memory.swap.max"), "0");
+            }
+            Version::V1 => {
+                write(&dir.join("memory.limit_in_bytes"), &limit)?;
+                let memsw = dir.join("memory.memsw.limit_in_bytes");
+                if memsw.exists() {
+                    write(&memsw, &limit)?;
+                }
+            }
+        }
+        let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_encoded_bytes())?;
+        Ok(Some(WorkerCgroup { cgroup: MemoryCgroup { version, dir }, procs }))
+    }
+
+    /// Removes a worker's cgroup once its process is gone, killing any straggler.
+    pub fn release_worker(&self, cg: &WorkerCgroup) {
+        empty_and_remove(&cg.cgroup.dir);
+    }
+
+    /// Removes the run's parent cgroup.
+    pub fn cleanup(&self) {
+        if let Some(root) = &self.root {
+            if let Ok(entries) = fs::read_dir(root) {
+                for e in entries.flatten() {
+                    if e.path().is_dir() {
+                        empty_and_remove(&e.path());
+                    }
+                }
+            }
+            let _ = fs::remove_dir(root);
+        }
+    }
+
+    /// In sampling mode: what to kill, if `usage` breaks the limit.
+    pub fn verdict(&self, usage: &TreeUsage) -> Option<Victim> {
+        if self.mode != Mode::Sample || usage.total() <= self.limit {
+            return None;
+        }
+        // A handler (a child of the worker, leading its own process group) is the usual
+        // culprit; killing it fails one attempt and the worker carries on. Only when the
+        // worker itself is the bulk of the tree is the worker killed.
+        match usage.children.first() {
+            Some(&(pid, rss)) if rss >= usage.root => {
+                Some(Victim::Handler { pgid: pid as u32, rss, total: usage.total() })
+            }
+            _ => Some(Victim::Worker { total: usage.total() }),
+        }
+    }
+}
+
+/// Who the sampler kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Victim {
+    Handler { pgid: u32, rss: u64, total: u64 },
+    Worker { total: u64 },
+}
+
+fn write(path: &Path, value: &str) -> anyhow::Result<()> {
+    fs::write(path, value).with_context(|| format!("cannot write {value} to {}", path.display()))
+}
+
+fn empty_and_remove(dir: &Path) {
+    if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+        for pid in procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    // The kernel needs a moment to reap what was just killed before the directory can go.
+    for _ in 0..50 {
+        if fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    tracing::warn!("could not remove cgroup {}", dir.display());
+}
+
+fn try_v2(tag: &str) -> anyhow::Result<PathBuf> {
+    let (mount, _) = cgroup::mounts();
+    let mount = mount.context("no cgroup2 hierarchy is mounted")?;
+    let (path, _) = cgroup::own_paths();
+    let own = mount.join(path.context("this process has no cgroup2 path")?.trim_start_matches('/'));
+    if !cgroup::v2_has_memory(&own) {
+        bail!("the memory controller is not available in {}", own.display());
+    }
+    // Children get the memory controller only if our cgroup delegates it; that fails
+    // when our cgroup holds processes itself (the "no internal processes" rule).
+    let control = fs::read_to_string(own.join("cgroup.subtree_control")).unwrap_or_default();
+    if !control.split_whitespace().any(|c| c == "memory") {
+        write(&own.join("cgroup.subtree_control"), "+memory").context("cannot delegate the memory controller")?;
+    }
+    let root = own.join(tag);
+    fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    if let Err(e) = write(&root.join("cgroup.subtree_control"), "+memory") {
+        let _ = fs::remove_dir(&root);
+        return Err(e);
+    }
+    Ok(root)
+}
+
+fn try_v1(tag: &str) -> anyhow::Result<PathBuf> {
+    let (_, mount) = cgroup::mounts();
+    let mount = mount.context("no cgroup v1 memory hierarchy is mounted")?;
+    let (_, path) = cgroup::own_paths();
+    let own = mount.join(path.context("this process has no memory cgroup path")?.trim_start_matches('/'));
+    let root = own.join(tag);
+    fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    // Prove we can set a limit before relying on it.
+    let probe = root.join("memory.limit_in_bytes");
+    if let Err(e) = fs::write(&probe, u64::MAX.to_string()).or_else(|_| fs::write(&probe, "-1")) {
+        let _ = fs::remove_dir(&root);
+        bail!("cannot set a limit in {}: {e}", root.display());
+    }
+    Ok(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampler(limit: u64) -> Memory {
+        Memory { mode: Mode::Sample, limit, root: None, why: String::new() }
+    }
+
+    #[test]
+    fn a_tree_under_the_limit_is_left_alone() {
+        let usage = TreeUsage { root: 10, children: vec![(5, 20)] };
+        assert_eq!(sampler(100).verdict(&usage), None);
+    }
+
+    #[test]
+    fn the_largest_handler_is_killed_before_the_worker() {
+        let usage = TreeUsage { root: 10, children: vec![(7, 200), (8, 5)] };
+        assert_eq!(sampler(100).verdict(&usage), Some(Victim::Handler { pgid: 7, rss: 200, total: 215 }));
+    }
+
+    #[test]
+    fn a_worker_that_is_itself_too_big_is_killed() {
+        let usage = TreeUsage { root: 300, children: vec![(7, 2)] };
+        assert_eq!(sampler(100).verdict(&usage), Some(Victim::Worker { total: 302 }));
+    }
+}

@@ -1,0 +1,753 @@
+//! `supervisor start`: the fleet's one event loop.
+//!
+//! Every worker slot is driven from here: started (one after another with --stagger),
+//! watched (exit, /health, memory), restarted with backoff or marked errored, and
+//! stopped. When a worker dies its claims are handed back at once, so nothing waits
+//! for a lease to lapse.
+
+mod memory;
+mod output;
+mod slot;
+mod spawn;
+mod summary;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use shared::db::fleet::{self, FleetRun, FleetWorker};
+use shared::db::{Db, now_ms};
+use shared::status::Outcome;
+use shared::units::{format_duration, human_bytes};
+use tokio::sync::mpsc;
+use tokio::time::{MissedTickBehavior, interval, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+pub use memory::Mode;
+use memory::{Memory, Victim, WorkerCgroup};
+use output::LogLine;
+use slot::{RestartPolicy, Slot, SlotState};
+
+use crate::cli::StartArgs;
+use crate::procfs;
+
+/// Exit codes of `supervisor start`.
+pub mod exit {
+    /// Every video is done (or the fleet was stopped on request).
+    pub const DONE: u8 = 0;
+    /// A runtime failure: database, cgroups, spawning.
+    pub const FAILURE: u8 = 1;
+    /// Bad flags or config.
+    pub const USAGE: u8 = 2;
+    /// --exit-when-done: the work ended, but some videos failed.
+    pub const SOME_FAILED: u8 = 3;
+    /// --exit-when-done: work is left that only errored workers could do.
+    pub const WORKERS_ERRORED: u8 = 4;
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    Stopped,
+    AllDone,
+    SomeFailed,
+    WorkersErrored,
+}
+
+impl RunEnd {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            RunEnd::Stopped | RunEnd::AllDone => exit::DONE,
+            RunEnd::SomeFailed => exit::SOME_FAILED,
+            RunEnd::WorkersErrored => exit::WORKERS_ERRORED,
+        }
+    }
+}
+
+/// Something that happened to a worker, reported by the tasks watching it.
+#[derive(Debug)]
+enum Event {
+    Exited { slot: u32, pid: u32, status: std::io::Result<ExitStatus> },
+    Health { slot: u32, pid: u32, ok: bool },
+}
+
+/// Checks made before anything is spawned or written; the error is one sentence.
+pub fn preflight(args: &StartArgs) -> anyhow::Result<()> {
+    args.handler.validate().map_err(anyhow::Error::msg)?;
+    args.job.validate().map_err(anyhow::Error::msg)?;
+    if args.mem_limit.bytes() < 16 << 20 {
+        bail!("--mem-limit {} is too small for a worker; use at least 16M", args.mem_limit);
+    }
+    let last = args.base_port as u32 + args.workers - 1;
+    if last > u16::MAX as u32 {
+        bail!("--base-port {} with {} workers needs ports up to {last}, past 65535", args.base_port, args.workers);
+    }
+    if args.sample_interval > Duration::from_millis(250) || args.sample_interval < Duration::from_millis(10) {
+        bail!("--sample-interval must be between 10ms and 250ms");
+    }
+    // Every port is tried before anything starts, so a busy one changes nothing.
+    for k in 0..args.workers {
+        let port = args.base_port + k as u16;
+        if let Err(e) = std::net::TcpListener::bind((args.bind, port)) {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                bail!("port {port} on {} is already in use (worker {k} would listen there)", args.bind);
+            }
+            bail!("cannot listen on {}:{port} (worker {k}): {e}", args.bind);
+        }
+    }
+    Ok(())
+}
+
+/// The `worker` binary: beside our own executable, or `FLEET_WORKER_BIN`.
+fn worker_exe() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("FLEET_WORKER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let me = std::env::current_exe().context("cannot find the supervisor's own executable")?;
+    let exe = me.with_file_name("worker");
+    if !exe.exists() {
+        bail!("the worker binary is not at {} (build the workspace, or set FLEET_WORKER_BIN)", exe.display());
+    }
+    Ok(exe)
+}
+
+pub struct Fleet {
+    args: StartArgs,
+    db: Db,
+    db_path: PathBuf,
+    run: FleetRun,
+    memory: Memory,
+    policy: RestartPolicy,
+    slots: Vec<Slot>,
+    cgroups: Vec<Option<WorkerCgroup>>,
+    /// OOM kills of each worker's cgroup when its process started.
+    oom_at_start: Vec<u64>,
+    exe: PathBuf,
+    token: String,
+    http: reqwest::Client,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedReceiver<Event>,
+    logs: mpsc::UnboundedSender<LogLine>,
+    logger: tokio::task::JoinHandle<()>,
+    /// Slots not yet started for the first time (with --stagger they go one by one).
+    next_start: u32,
+    last_start: Option<Instant>,
+    began: Instant,
+    /// Set once the fleet is stopping: the moment to give up waiting and kill.
+    stopping: Option<Instant>,
+    end: RunEnd,
+    /// Every restart and memory kill of this run, for the summary.
+    history: Vec<String>,
+}
+
+impl Fleet {
+    /// Opens the database, sets up memory enforcement and records the run. Nothing is
+    /// spawned yet.
+    pub async fn prepare(args: StartArgs) -> anyhow::Result<Fleet> {
+        let exe = worker_exe()?;
+        let db_path = std::path::absolute(&args.db.db).context("cannot resolve --db")?;
+        let db = Db::open(&db_path, 2).await.context("cannot use the database")?;
+        if let Some(prev) = fleet::latest_run(db.pool()).await? {
+            let live = procfs::is_running(prev.supervisor_pid, "supervisor");
+            if live && matches!(prev.state.as_str(), "running" | "stopping") {
+                bail!(
+                    "a fleet is already running on {} (supervisor pid {}); stop it with `supervisor stop` first",
+                    db_path.display(),
+                    prev.supervisor_pid
+                );
+            }
+            recover_previous(&db, &prev, args.job.max_attempts).await?;
+        }
+        let tag = format!("shardfleet-{}", std::process::id());
+        let memory = Memory::setup(args.mem_enforce, args.mem_limit.bytes(), &tag)?;
+        tracing::info!(
+            "memory limit {} per worker, enforced by {} ({})",
+            args.mem_limit,
+            crate::status::enforce_words(memory.mode.name()),
+            memory.why
+        );
+        let log_dir = match &args.log_dir {
+            Some(d) => d.clone(),
+            None => db_path.parent().unwrap_or(std::path::Path::new(".")).join("fleet-logs"),
+        };
+        std::fs::create_dir_all(&log_dir)
+            .with_context(|| format!("cannot create the log directory {}", log_dir.display()))?;
+        let token = args.control_token.clone().unwrap_or_else(random_token);
+        let mut run = FleetRun {
+            run_id: 0,
+            supervisor_pid: std::process::id() as i64,
+            host: std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()),
+            started_at: now_ms(),
+            stopped_at: None,
+            state: "running".into(),
+            workers: args.workers as i64,
+            base_port: args.base_port as i64,
+            bind: args.bind.to_string(),
+            mem_limit_bytes: Some(args.mem_limit.bytes() as i64),
+            mem_enforce: memory.mode.name().into(),
+            handler: args.handler.describe(),
+            concurrency: args.job.concurrency as i64,
+            log_dir: Some(log_dir.display().to_string()),
+            control_token: Some(token.clone()),
+        };
+        run.run_id = fleet::insert_run(db.pool(), &run).await?;
+        let (logs, logger) = output::start(log_dir, args.workers, args.log_max_size.bytes(), args.log_keep)?;
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let policy = RestartPolicy {
+            delay: args.restart_delay,
+            delay_max: args.restart_delay_max,
+            stable_after: args.stable_after,
+            crash_loop: args.crash_loop,
+            cooldown: args.errored_cooldown,
+        };
+        let slots = (0..args.workers).map(|k| Slot::new(k, args.base_port + k as u16)).collect();
+        Ok(Fleet {
+            cgroups: vec![None; args.workers as usize],
+            oom_at_start: vec![0; args.workers as usize],
+            args,
+            db,
+            db_path,
+            run,
+            memory,
+            policy,
+            slots,
+            exe,
+            token,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(1)).build()?,
+            events_tx,
+            events,
+            logs,
+            logger,
+            next_start: 0,
+            last_start: None,
+            began: Instant::now(),
+            stopping: None,
+            end: RunEnd::Stopped,
+            history: Vec::new(),
+        })
+    }
+
+    /// Runs until stopped (or, with --exit-when-done, until the work is done).
+    pub async fn run(mut self, shutdown: CancellationToken, hurry: CancellationToken) -> anyhow::Result<RunEnd> {
+        let mut sample = interval(self.args.sample_interval);
+        let mut health = interval(self.args.health_interval);
+        let mut records = interval(Duration::from_secs(1));
+        let mut done_check = interval(Duration::from_millis(500));
+        for t in [&mut sample, &mut health, &mut records, &mut done_check] {
+            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        }
+        let mut killed_all = false;
+        tracing::info!(
+            "starting {} workers on ports {}-{} ({})",
+            self.args.workers,
+            self.args.base_port,
+            self.args.base_port as u32 + self.args.workers - 1,
+            self.args.handler.describe()
+        );
+        loop {
+            self.start_due().await;
+            if self.stopping.is_some() && self.slots.iter().all(|s| s.pid.is_none()) {
+                break;
+            }
+            let wake = self.next_wake();
+            let stop_at = self.stopping;
+            tokio::select! {
+                _ = shutdown.cancelled(), if self.stopping.is_none() => {
+                    tracing::info!("stopping: workers finish or hand back their videos");
+                    self.begin_stop(RunEnd::Stopped).await;
+                }
+                _ = hurry.cancelled(), if !killed_all => {
+                    tracing::warn!("second signal: killing every worker now");
+                    killed_all = true;
+                    self.begin_stop(RunEnd::Stopped).await;
+                    self.kill_all("the fleet was stopped at once");
+                }
+                Some(ev) = self.events.recv() => self.handle(ev).await,
+                _ = sample.tick(), if self.memory.mode == Mode::Sample => self.sample().await,
+                _ = health.tick() => self.check_health(),
+                _ = records.tick() => self.write_records().await,
+                _ = done_check.tick(), if self.args.exit_when_done && self.stopping.is_none() => self.check_done().await?,
+                _ = sleep_until(stop_at.unwrap_or_else(Instant::now).into()), if stop_at.is_some() && !killed_all => {
+                    tracing::warn!("workers did not stop within the grace period; killing them");
+                    killed_all = true;
+                    self.kill_all("did not stop within the grace period");
+                }
+                _ = sleep_until(wake.unwrap_or_else(Instant::now).into()), if wake.is_some() => {}
+            }
+        }
+        self.finish().await
+    }
+
+    /// Starts slots whose time has come: first starts (staggered) and restarts.
+    async fn start_due(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        while self.next_start < self.args.workers {
+            if !self.args.stagger.is_zero() && self.next_start > 0 {
+                let prev = &self.slots[self.next_start as usize - 1];
+                let prev_settled = prev.state == SlotState::Running
+                    || prev.started.is_none_or(|s| now.saturating_duration_since(s) >= self.args.ready_timeout);
+                let gap_over = self.last_start.is_none_or(|t| now.saturating_duration_since(t) >= self.args.stagger);
+                if !(prev_settled && gap_over) {
+                    break;
+                }
+                if prev.state == SlotState::Starting {
+                    tracing::warn!(
+                        "worker {} did not answer /health within {}; reported as not ready, starting the next",
+                        prev.id,
+                        format_duration(self.args.ready_timeout)
+                    );
+                }
+            }
+            let k = self.next_start;
+            self.next_start += 1;
+            self.last_start = Some(now);
+            self.start_slot(k).await;
+        }
+        for k in 0..self.slots.len() {
+            if self.slots[k].due().is_some_and(|t| t <= now) {
+                if matches!(self.slots[k].state, SlotState::Errored(_)) {
+                    tracing::info!("worker {k}: cooldown over; trying it again");
+                }
+                self.start_slot(k as u32).await;
+            }
+        }
+    }
+
+    /// The next moment a timer of ours needs the loop: a restart, or the stagger.
+    fn next_wake(&self) -> Option<Instant> {
+        let mut wake = self.slots.iter().filter_map(|s| s.due()).min();
+        if self.next_start < self.args.workers && self.next_start > 0 {
+            let prev = &self.slots[self.next_start as usize - 1];
+            let t = [self.last_start.map(|t| t + self.args.stagger), prev.started.map(|s| s + self.args.ready_timeout)]
+                .into_iter()
+                .flatten()
+                .max();
+            // Readiness itself arrives as a health event; this is the fallback.
+            wake = [wake, t.map(|t| t.min(Instant::now() + self.args.health_interval))].into_iter().flatten().min();
+        }
+        wake
+    }
+
+    async fn start_slot(&mut self, k: u32) {
+        let ki = k as usize;
+        if let Some(old) = self.cgroups[ki].take() {
+            self.memory.release_worker(&old);
+        }
+        let cgroup = match self.memory.prepare_worker(k) {
+            Ok(c) => c,
+            Err(e) => {
+                self.crashed(k, format!("cannot set up its memory cgroup: {e:#}")).await;
+                return;
+            }
+        };
+        self.oom_at_start[ki] = cgroup.as_ref().and_then(|c| c.cgroup.oom_kills()).unwrap_or(0);
+        let slot = &self.slots[ki];
+        let mut args: Vec<OsString> = [
+            "--worker-id".to_string(),
+            k.to_string(),
+            "--workers".into(),
+            self.args.workers.to_string(),
+            "--port".into(),
+            slot.port.to_string(),
+            "--bind".into(),
+            self.args.bind.to_string(),
+            "--mem-limit".into(),
+            self.args.mem_limit.to_string(),
+            "--db".into(),
+        ]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+        args.push(self.db_path.clone().into_os_string());
+        args.extend(self.args.handler.to_args().into_iter().map(OsString::from));
+        args.extend(self.args.job.to_args().into_iter().map(OsString::from));
+        let mut env = vec![
+            ("FLEET_CONTROL_TOKEN".to_string(), self.token.clone()),
+            ("FLEET_RESTARTS".into(), slot.restarts.to_string()),
+            ("FLEET_LOG_NO_TIME".into(), "1".into()),
+            ("RUST_LOG".into(), std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".into())),
+        ];
+        if let Some(r) = &slot.last_reason {
+            env.push(("FLEET_LAST_RESTART_REASON".into(), r.clone()));
+        }
+        let child = spawn::spawn_worker(&self.exe, &args, &env, cgroup.as_ref().map(|c| c.procs.clone()));
+        self.cgroups[ki] = cgroup;
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                self.crashed(k, format!("cannot start {}: {e}", self.exe.display())).await;
+                return;
+            }
+        };
+        let Some(pid) = child.id() else {
+            self.crashed(k, "exited before it could be watched".into()).await;
+            return;
+        };
+        output::forward(k, child.stdout.take(), child.stderr.take(), self.logs.clone());
+        let tx = self.events_tx.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let _ = tx.send(Event::Exited { slot: k, pid, status });
+        });
+        self.slots[ki].spawned(pid, Instant::now(), now_ms());
+        tracing::info!("worker {k} started (pid {pid}, port {})", self.slots[ki].port);
+        self.write_record(k).await;
+    }
+
+    async fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Health { slot, pid, ok } => {
+                let s = &mut self.slots[slot as usize];
+                if s.pid != Some(pid) || !ok {
+                    return;
+                }
+                s.last_healthy = Some(Instant::now());
+                if s.state == SlotState::Starting {
+                    s.state = SlotState::Running;
+                    let took = s.started.map(|t| t.elapsed()).unwrap_or_default();
+                    tracing::info!("worker {slot} ready in {} ms", took.as_millis());
+                    self.write_record(slot).await;
+                }
+            }
+            Event::Exited { slot, pid, status } => {
+                if self.slots[slot as usize].pid != Some(pid) {
+                    return;
+                }
+                let reason = self.exit_reason(slot, &status);
+                let outcome = if reason.starts_with("memory limit") { Outcome::Memory } else { Outcome::Crashed };
+                self.release_claims(slot, pid, outcome, &reason).await;
+                if let Some(cg) = self.cgroups[slot as usize].take() {
+                    self.memory.release_worker(&cg);
+                }
+                if self.stopping.is_some() {
+                    let s = &mut self.slots[slot as usize];
+                    s.pid = None;
+                    s.state = SlotState::Stopped;
+                    tracing::info!("worker {slot} stopped ({reason})");
+                    self.write_record(slot).await;
+                } else {
+                    self.crashed(slot, reason).await;
+                }
+            }
+        }
+    }
+
+    /// Why worker `k` exited, in words: the supervisor's own reason if it killed it,
+    /// the memory limit if its cgroup saw an OOM kill, else the exit code or signal.
+    fn exit_reason(&mut self, k: u32, status: &std::io::Result<ExitStatus>) -> String {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(r) = self.slots[k as usize].kill_reason.take() {
+            return r;
+        }
+        let ki = k as usize;
+        let oom = self.cgroups[ki].as_ref().and_then(|c| c.cgroup.oom_kills()).unwrap_or(0);
+        let killed = status.as_ref().ok().and_then(|s| s.signal()) == Some(Signal::SIGKILL as i32);
+        if killed && oom > self.oom_at_start[ki] {
+            return format!("memory limit: the kernel killed the worker in its cgroup (limit {})", self.args.mem_limit);
+        }
+        match status {
+            Ok(s) => match (s.code(), s.signal()) {
+                (Some(c), _) => format!("exit code {c}"),
+                (_, Some(sig)) => format!(
+                    "killed by signal {sig} ({})",
+                    Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("unknown")
+                ),
+                _ => "ended".into(),
+            },
+            Err(e) => format!("could not be waited for: {e}"),
+        }
+    }
+
+    async fn crashed(&mut self, k: u32, reason: String) {
+        let now = Instant::now();
+        let state = self.slots[k as usize].crashed(reason.clone(), now, now_ms(), &self.policy);
+        self.slots[k as usize].restarts += 1;
+        let clock = shared::units::format_utc_ms(now_ms());
+        match state {
+            SlotState::Errored(until) => {
+                tracing::error!(
+                    "worker {k} exited ({reason}); it crashed {} times within {}: marked errored, next try in {}",
+                    self.policy.crash_loop.restarts,
+                    format_duration(self.policy.crash_loop.window),
+                    format_duration(until - now)
+                );
+                let _ = fleet::add_event(self.db.pool(), self.run.run_id, k, "errored", &reason).await;
+                self.history.push(format!("{clock} worker {k}: {reason}; marked errored"));
+            }
+            SlotState::Backoff(at) => {
+                tracing::warn!("worker {k} exited ({reason}); restarting in {}", format_duration(at - now));
+                let _ = fleet::add_event(self.db.pool(), self.run.run_id, k, "restart", &reason).await;
+                self.history.push(format!("{clock} worker {k}: {reason}"));
+            }
+            _ => {}
+        }
+        self.write_record(k).await;
+    }
+
+    /// Hands back what a dead worker held, at once: nothing waits for its leases.
+    async fn release_claims(&self, k: u32, pid: u32, outcome: Outcome, reason: &str) {
+        let pattern = shared::db::owner_pattern(k, pid);
+        let max = self.args.job.max_attempts;
+        match shared::db::retry_busy(|| released_once(&self.db, &pattern, outcome, k, reason, max)).await {
+            Ok(v) if !v.is_empty() => tracing::info!("worker {k}: handed back {} videos it held", v.len()),
+            Ok(_) => {}
+            Err(e) => tracing::error!("worker {k}: could not hand back its videos ({e}); their leases will lapse"),
+        }
+    }
+
+    fn check_health(&mut self) {
+        let now = Instant::now();
+        let host = if self.args.bind.is_unspecified() { "127.0.0.1".to_string() } else { self.args.bind.to_string() };
+        for s in &mut self.slots {
+            let Some(pid) = s.pid else { continue };
+            let started = s.started.unwrap_or(now);
+            let silent_for = now.saturating_duration_since(s.last_healthy.unwrap_or(started));
+            let limit = if s.last_healthy.is_none() {
+                self.args.ready_timeout + self.args.unhealthy_after
+            } else {
+                self.args.unhealthy_after
+            };
+            if silent_for > limit && s.kill_reason.is_none() {
+                let reason = if s.last_healthy.is_none() {
+                    format!("failed health check: never answered /health in {}", format_duration(limit))
+                } else {
+                    format!("failed health check: /health did not answer for {}", format_duration(silent_for))
+                };
+                tracing::warn!("worker {}: {reason}; killing it", s.id);
+                s.kill_reason = Some(reason);
+                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                continue;
+            }
+            let url = format!("http://{host}:{}/health", s.port);
+            let (client, tx, slot) = (self.http.clone(), self.events_tx.clone(), s.id);
+            tokio::spawn(async move {
+                let ok = client.get(url).send().await.is_ok_and(|r| r.status().is_success());
+                let _ = tx.send(Event::Health { slot, pid, ok });
+            });
+        }
+    }
+
+    /// Sampling mode: measures each worker's tree and kills what breaks the limit.
+    async fn sample(&mut self) {
+        for k in 0..self.slots.len() {
+            let Some(pid) = self.slots[k].pid else { continue };
+            if self.slots[k].kill_reason.is_some() {
+                continue;
+            }
+            let usage = procfs::tree_usage(pid as i32);
+            self.slots[k].rss = usage.total();
+            match self.memory.verdict(&usage) {
+                None => {}
+                Some(Victim::Handler { pgid, rss, total }) => {
+                    let reason = format!(
+                        "killed by the memory limit: its process group used {} (worker tree {}, limit {}, sampled)",
+                        human_bytes(rss),
+                        human_bytes(total),
+                        self.args.mem_limit
+                    );
+                    // Tell the worker first, so the attempt is recorded with this reason.
+                    let url = format!("http://127.0.0.1:{}/memory-kill/{pgid}", self.slots[k].port);
+                    let told = self
+                        .http
+                        .post(url)
+                        .bearer_auth(&self.token)
+                        .body(reason.clone())
+                        .timeout(Duration::from_millis(200))
+                        .send()
+                        .await;
+                    if let Err(e) = &told {
+                        tracing::warn!("worker {k}: could not tell it about the memory kill: {e}");
+                    }
+                    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
+                    self.slots[k].memory_kills += 1;
+                    tracing::warn!("worker {k}: handler (process group {pgid}) {reason}");
+                    let _ = fleet::add_event(self.db.pool(), self.run.run_id, k as u32, "memory_kill", &reason).await;
+                    self.history
+                        .push(format!("{} worker {k}: handler {reason}", shared::units::format_utc_ms(now_ms())));
+                }
+                Some(Victim::Worker { total }) => {
+                    let reason = format!(
+                        "memory limit: the worker's tree used {} (limit {}, sampled)",
+                        human_bytes(total),
+                        self.args.mem_limit
+                    );
+                    tracing::warn!("worker {k}: {reason}; killing it");
+                    self.slots[k].memory_kills += 1;
+                    self.slots[k].kill_reason = Some(reason);
+                    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+
+    async fn check_done(&mut self) -> anyhow::Result<()> {
+        let unfinished = fleet::unfinished(self.db.pool()).await?;
+        if unfinished == 0 {
+            let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM videos WHERE status = 'failed'")
+                .fetch_one(self.db.pool())
+                .await?;
+            tracing::info!("no video is pending or running: the work is done");
+            self.begin_stop(if failed == 0 { RunEnd::AllDone } else { RunEnd::SomeFailed }).await;
+            return Ok(());
+        }
+        // Work only errored workers could do would keep the run waiting for nothing.
+        let errored: Vec<u32> =
+            self.slots.iter().filter(|s| matches!(s.state, SlotState::Errored(_))).map(|s| s.id).collect();
+        if !errored.is_empty() {
+            let shards = fleet::shard_progress(self.db.pool(), self.args.workers).await?;
+            let live_left: u64 = shards
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| !errored.contains(&(*k as u32)))
+                .map(|(_, c)| c.pending + c.running)
+                .sum();
+            if live_left == 0 {
+                tracing::error!("only errored workers ({errored:?}) have work left; ending the run");
+                self.begin_stop(RunEnd::WorkersErrored).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn begin_stop(&mut self, end: RunEnd) {
+        if self.stopping.is_some() {
+            return;
+        }
+        self.end = end;
+        self.stopping = Some(Instant::now() + self.args.job.grace + Duration::from_secs(5));
+        let _ = fleet::set_run_state(self.db.pool(), self.run.run_id, "stopping", false).await;
+        for s in &mut self.slots {
+            if let Some(pid) = s.pid {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            } else {
+                s.state = SlotState::Stopped;
+            }
+        }
+    }
+
+    fn kill_all(&mut self, reason: &str) {
+        for s in &mut self.slots {
+            if let Some(pid) = s.pid {
+                s.kill_reason.get_or_insert_with(|| reason.to_string());
+                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+        }
+    }
+
+    async fn write_records(&mut self) {
+        if self.memory.mode != Mode::Sample {
+            for s in &mut self.slots {
+                s.rss = s.pid.map(|p| procfs::tree_usage(p as i32).total()).unwrap_or(0);
+            }
+        }
+        for k in 0..self.slots.len() as u32 {
+            self.write_record(k).await;
+        }
+    }
+
+    async fn write_record(&self, k: u32) {
+        let s = &self.slots[k as usize];
+        let not_ready =
+            s.state == SlotState::Starting && s.started.is_some_and(|t| t.elapsed() > self.args.ready_timeout);
+        let record = FleetWorker {
+            run_id: self.run.run_id,
+            worker_id: k as i64,
+            pid: s.pid.map(i64::from),
+            port: s.port as i64,
+            state: if not_ready { "not-ready".into() } else { s.state.name().into() },
+            started_at: s.started_at_ms,
+            restarts: s.restarts as i64,
+            last_reason: s.last_reason.clone(),
+            last_restart_at: s.last_restart_at_ms,
+            rss_bytes: Some(s.rss as i64),
+            memory_kills: s.memory_kills as i64,
+            updated_at: None,
+        };
+        if let Err(e) = fleet::update_worker(self.db.pool(), &record).await {
+            tracing::warn!("could not record worker {k}: {e}");
+        }
+    }
+
+    async fn finish(mut self) -> anyhow::Result<RunEnd> {
+        for k in 0..self.slots.len() as u32 {
+            self.slots[k as usize].state = SlotState::Stopped;
+            self.write_record(k).await;
+        }
+        self.memory.cleanup();
+        let state = match self.end {
+            RunEnd::Stopped => "stopped",
+            RunEnd::AllDone => "done",
+            RunEnd::SomeFailed => "failed",
+            RunEnd::WorkersErrored => "errored",
+        };
+        fleet::set_run_state(self.db.pool(), self.run.run_id, state, true).await?;
+        drop(self.logs);
+        let _ = self.logger.await;
+        if self.end != RunEnd::Stopped || self.args.exit_when_done {
+            let text =
+                summary::build(&self.db, &self.run, &self.args, self.began.elapsed(), &self.history, self.end).await?;
+            println!("{text}");
+        }
+        self.db.close().await;
+        Ok(self.end)
+    }
+}
+
+async fn released_once(
+    db: &Db,
+    pattern: &str,
+    outcome: Outcome,
+    k: u32,
+    reason: &str,
+    max_attempts: u32,
+) -> Result<Vec<(i64, shared::status::VideoStatus)>, shared::DbError> {
+    let mut conn = db.pool().acquire().await?;
+    shared::db::release_matching(
+        &mut conn,
+        pattern,
+        now_ms(),
+        outcome,
+        &format!("worker {k} died: {reason}"),
+        max_attempts,
+    )
+    .await
+}
+
+/// A previous run whose supervisor died left claims behind: its workers died with it
+/// (parent-death signal), so whatever they held is handed back now.
+async fn recover_previous(db: &Db, prev: &FleetRun, max_attempts: u32) -> anyhow::Result<()> {
+    if !matches!(prev.state.as_str(), "running" | "stopping") {
+        return Ok(());
+    }
+    let mut handed_back = 0;
+    for w in fleet::run_workers(db.pool(), prev.run_id).await? {
+        if let Some(pid) = w.pid {
+            let pattern = shared::db::owner_pattern(w.worker_id as u32, pid as u32);
+            let reason = format!("the supervisor of run {} died", prev.run_id);
+            handed_back += shared::db::retry_busy(|| {
+                released_once(db, &pattern, Outcome::Crashed, w.worker_id as u32, &reason, max_attempts)
+            })
+            .await?
+            .len();
+        }
+    }
+    fleet::set_run_state(db.pool(), prev.run_id, "crashed", true).await?;
+    tracing::warn!(
+        "the previous run (supervisor pid {}) ended without stopping; handed back {handed_back} videos its workers held",
+        prev.supervisor_pid
+    );
+    Ok(())
+}
+
+fn random_token() -> String {
+    use rand::RngExt;
+    let mut rng = rand::rng();
+    (0..32).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
+}

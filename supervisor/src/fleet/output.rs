@@ -1,0 +1,79 @@
+//! The workers' output: every line a worker prints goes, timestamped, to its own log
+//! file and to the supervisor's stdout as one merged stream prefixed `[worker-K]`. One
+//! task owns both, so lines never interleave mid-line.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::mpsc;
+
+use crate::logs::{LogFile, log_path};
+
+/// One line a worker printed.
+#[derive(Debug)]
+pub struct LogLine {
+    pub worker: u32,
+    pub text: String,
+}
+
+/// Opens the log files and starts the task that writes them.
+pub fn start(
+    dir: PathBuf,
+    workers: u32,
+    max_bytes: u64,
+    keep: u32,
+) -> anyhow::Result<(mpsc::UnboundedSender<LogLine>, tokio::task::JoinHandle<()>)> {
+    let mut files = Vec::new();
+    for k in 0..workers {
+        let path = log_path(&dir, k);
+        files.push(
+            LogFile::open(path.clone(), max_bytes, keep)
+                .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?,
+        );
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel::<LogLine>();
+    let task = tokio::spawn(async move {
+        let mut failed = vec![false; files.len()];
+        while let Some(line) = rx.recv().await {
+            let ts = shared::units::format_utc_ms(shared::db::now_ms());
+            let k = line.worker as usize;
+            if let Some(file) = files.get_mut(k)
+                && let Err(e) = file.write_line(&format!("{ts} {}\n", line.text))
+                && !failed[k]
+            {
+                failed[k] = true;
+                tracing::error!("cannot write worker {k}'s log file: {e}");
+            }
+            // One write per line: the merged stream stays line-atomic.
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(format!("{ts} [worker-{}] {}\n", line.worker, line.text).as_bytes());
+        }
+        let _ = std::io::stdout().lock().flush();
+    });
+    Ok((tx, task))
+}
+
+/// Forwards a worker's stdout and stderr, line by line, until they close.
+pub fn forward(
+    worker: u32,
+    stdout: Option<impl AsyncRead + Unpin + Send + 'static>,
+    stderr: Option<impl AsyncRead + Unpin + Send + 'static>,
+    tx: mpsc::UnboundedSender<LogLine>,
+) {
+    if let Some(s) = stdout {
+        tokio::spawn(pump(worker, s, tx.clone()));
+    }
+    if let Some(s) = stderr {
+        tokio::spawn(pump(worker, s, tx));
+    }
+}
+
+async fn pump(worker: u32, stream: impl AsyncRead + Unpin, tx: mpsc::UnboundedSender<LogLine>) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(text)) = lines.next_line().await {
+        if tx.send(LogLine { worker, text }).is_err() {
+            return;
+        }
+    }
+}

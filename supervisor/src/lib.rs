@@ -1,0 +1,163 @@
+//! The shardfleet supervisor as a library: `run` takes parsed flags and returns the exit
+//! code, so tests can drive it as the real binary does.
+//!
+//! Where things are:
+//! - starting, watching and restarting workers: `fleet/mod.rs` (the loop), `fleet/slot.rs`
+//!   (restart policy), `fleet/spawn.rs` (process group, parent-death signal, cgroup join);
+//! - memory limits: `fleet/memory.rs` (cgroups, sampling verdict) over `procfs.rs`;
+//! - logs: `fleet/output.rs` (capture), `logs.rs` (files, rotation, `supervisor logs`);
+//! - data in and out: `import.rs`, `export.rs`; `status.rs`, `stop.rs`.
+
+pub mod cli;
+pub mod config_file;
+pub mod export;
+pub mod fleet;
+pub mod import;
+pub mod logs;
+pub mod procfs;
+pub mod status;
+pub mod stop;
+
+use anyhow::Context;
+use shared::db::Db;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Command, RetryArgs};
+pub use crate::fleet::exit;
+
+/// A failure with its exit code: bad input (2) or a runtime failure (1).
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    pub fn usage(error: impl Into<anyhow::Error>) -> Failure {
+        Failure { code: exit::USAGE, error: error.into() }
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        Failure { code: exit::FAILURE, error: e.into() }
+    }
+}
+
+/// Runs one subcommand; returns the exit code on success.
+pub async fn run(command: Command, shutdown: CancellationToken, hurry: CancellationToken) -> Result<u8, Failure> {
+    match command {
+        Command::Start(args) => {
+            fleet::preflight(&args).map_err(Failure::usage)?;
+            let fleet = fleet::Fleet::prepare(*args).await?;
+            Ok(fleet.run(shutdown, hurry).await?.exit_code())
+        }
+        Command::Import(a) => {
+            let videos = import::parse_file(&a.file).map_err(Failure::usage)?;
+            let db = Db::open(&a.db.db, 1).await.context("cannot use the database")?;
+            let report = shared::db::import_videos(db.pool(), &videos).await?;
+            let mut line = format!("imported {} videos from {}", report.inserted, a.file.display());
+            if !report.existing.is_empty() {
+                let shown: Vec<String> = report.existing.iter().take(10).map(|i| i.to_string()).collect();
+                let more = if report.existing.len() > 10 { ", ..." } else { "" };
+                line.push_str(&format!(
+                    "; {} were already there and left as they are (video_id {}{more})",
+                    report.existing.len(),
+                    shown.join(", ")
+                ));
+            }
+            println!("{line}");
+            db.close().await;
+            Ok(exit::DONE)
+        }
+        Command::Status(a) => {
+            let db = Db::open_existing(&a.db.db, 1).await.map_err(Failure::usage)?;
+            let view = status::load(&db).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print!("{}", status::render(&view));
+            }
+            Ok(exit::DONE)
+        }
+        Command::Stop(a) => {
+            let db = Db::open_existing(&a.db.db, 1).await.map_err(Failure::usage)?;
+            println!("{}", stop::stop(&db, a.timeout).await?);
+            Ok(exit::DONE)
+        }
+        Command::Retry(a) => retry(a).await,
+        Command::Export(a) => {
+            let db = Db::open_existing(&a.db.db, 2).await.map_err(Failure::usage)?;
+            let n = export::export(&db, a.format, &a.status, a.out.as_deref()).await?;
+            if let Some(out) = &a.out {
+                eprintln!("exported {n} videos to {}", out.display());
+            }
+            Ok(exit::DONE)
+        }
+        Command::Logs(a) => {
+            let dir = match a.log_dir {
+                Some(d) => d,
+                None => {
+                    let db = Db::open_existing(&a.db.db, 1).await.map_err(Failure::usage)?;
+                    let run = shared::db::fleet::latest_run(db.pool()).await?;
+                    run.and_then(|r| r.log_dir).map(Into::into).ok_or_else(|| {
+                        Failure::usage(anyhow::anyhow!("no fleet has been started on this database; pass --log-dir"))
+                    })?
+                }
+            };
+            let workers: Vec<u32> = match a.worker {
+                Some(k) => vec![k],
+                None => {
+                    let mut ks: Vec<u32> = std::fs::read_dir(&dir)
+                        .with_context(|| format!("cannot read the log directory {}", dir.display()))?
+                        .flatten()
+                        .filter_map(|e| {
+                            let name = e.file_name().to_string_lossy().into_owned();
+                            name.strip_prefix("worker-")?.strip_suffix(".log")?.parse().ok()
+                        })
+                        .collect();
+                    ks.sort();
+                    ks
+                }
+            };
+            for line in logs::tail(&dir, &workers, a.lines)? {
+                println!("{line}");
+            }
+            if a.follow {
+                tokio::select! {
+                    r = logs::follow(&dir, &workers) => r?,
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+            Ok(exit::DONE)
+        }
+    }
+}
+
+async fn retry(a: RetryArgs) -> Result<u8, Failure> {
+    let db = Db::open_existing(&a.db.db, 1).await.map_err(Failure::usage)?;
+    if a.select.failed {
+        let n = shared::db::requeue_all_failed(db.pool()).await?;
+        println!("requeued {n} failed videos");
+        return Ok(exit::DONE);
+    }
+    match shared::db::requeue_ids(db.pool(), &a.select.ids).await? {
+        Ok(n) => {
+            println!("requeued {n} videos");
+            Ok(exit::DONE)
+        }
+        Err(bad) => {
+            let what: Vec<String> = bad
+                .iter()
+                .map(|(id, s)| match s {
+                    None => format!("{id} does not exist"),
+                    Some(s) => format!("{id} is {s}"),
+                })
+                .collect();
+            Err(Failure::usage(anyhow::anyhow!(
+                "only failed videos can be retried, and {}; nothing was requeued",
+                what.join(", ")
+            )))
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! `supervisor status`: the fleet as `pm2 ls` shows it, from the database, whether or
+//! not a supervisor is running.
+
+use serde::Serialize;
+use shared::db::fleet::{self, FleetEvent, FleetRun, FleetWorker};
+use shared::db::{Db, now_ms};
+use shared::status::ShardCounts;
+use shared::units::human_bytes;
+
+use crate::procfs;
+
+/// `supervisor status --json`.
+#[derive(Debug, Serialize)]
+pub struct FleetView {
+    /// The latest run, if a fleet was ever started on this database.
+    pub run: Option<FleetRun>,
+    /// Whether that run's supervisor process is alive now.
+    pub supervisor_alive: bool,
+    pub workers: Vec<WorkerView>,
+    /// Every video by status (all shards).
+    pub totals: ShardCounts,
+    /// The last restarts and memory kills, oldest first.
+    pub events: Vec<FleetEvent>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WorkerView {
+    #[serde(flatten)]
+    pub record: FleetWorker,
+    pub shard: ShardCounts,
+}
+
+pub async fn load(db: &Db) -> anyhow::Result<FleetView> {
+    let run = fleet::latest_run(db.pool()).await?;
+    let Some(run) = run else {
+        let totals = fleet::shard_progress(db.pool(), 1).await?.into_iter().next().unwrap_or_default();
+        return Ok(FleetView { run: None, supervisor_alive: false, workers: Vec::new(), totals, events: Vec::new() });
+    };
+    let shards = fleet::shard_progress(db.pool(), run.workers as u32).await?;
+    let mut totals = ShardCounts::default();
+    for s in &shards {
+        totals += *s;
+    }
+    let workers = fleet::run_workers(db.pool(), run.run_id)
+        .await?
+        .into_iter()
+        .map(|record| {
+            let shard = shards.get(record.worker_id as usize).copied().unwrap_or_default();
+            WorkerView { record, shard }
+        })
+        .collect();
+    let mut events = fleet::run_events(db.pool(), run.run_id).await?;
+    let keep = events.len().saturating_sub(10);
+    events.drain(..keep);
+    let supervisor_alive = procfs::is_running(run.supervisor_pid, "supervisor");
+    Ok(FleetView { run: Some(run), supervisor_alive, workers, totals, events })
+}
+
+/// The human table.
+pub fn render(v: &FleetView) -> String {
+    let mut out = String::new();
+    let t = &v.totals;
+    let Some(run) = &v.run else {
+        out.push_str("no fleet has been started on this database\n");
+        out.push_str(&format!(
+            "videos: {} total · {} done · {} failed · {} running · {} pending\n",
+            t.total(),
+            t.done,
+            t.failed,
+            t.running,
+            t.pending
+        ));
+        return out;
+    };
+    let now = now_ms();
+    let state = if v.supervisor_alive || !matches!(run.state.as_str(), "running" | "stopping") {
+        run.state.clone()
+    } else {
+        "crashed (supervisor is gone)".into()
+    };
+    let since = if v.supervisor_alive {
+        format!("up {}", ago(now - run.started_at))
+    } else {
+        format!("started {} ago", ago(now - run.started_at))
+    };
+    out.push_str(&format!(
+        "fleet: {state} · supervisor pid {} · {since} · {} workers · {}\n",
+        run.supervisor_pid, run.workers, run.handler
+    ));
+    let limit =
+        run.mem_limit_bytes.map(|b| shared::units::ByteSize(b as u64).to_string()).unwrap_or_else(|| "none".into());
+    out.push_str(&format!("memory limit: {limit} per worker, enforced by {}\n", enforce_words(&run.mem_enforce)));
+    out.push_str(&format!(
+        "videos: {} total · {} done · {} failed · {} running · {} pending\n\n",
+        t.total(),
+        t.done,
+        t.failed,
+        t.running,
+        t.pending
+    ));
+    let header = ["worker", "pid", "port", "state", "uptime", "restarts", "last restart", "memory", "progress"];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for w in &v.workers {
+        let r = &w.record;
+        let alive = v.supervisor_alive && r.state == "running";
+        let uptime = match (alive, r.started_at) {
+            (true, Some(s)) => ago(now - s),
+            _ => "-".into(),
+        };
+        let reason = match (&r.last_reason, r.last_restart_at) {
+            (Some(reason), Some(at)) => format!("{reason} ({} ago)", ago(now - at)),
+            (Some(reason), None) => reason.clone(),
+            _ => "-".into(),
+        };
+        let memory = match (r.rss_bytes, alive) {
+            (Some(b), true) => format!("{} / {limit}", human_bytes(b as u64)),
+            _ => format!("- / {limit}"),
+        };
+        let total = w.shard.total();
+        let finished = w.shard.done + w.shard.failed;
+        let pct = if total == 0 { 100 } else { finished * 100 / total };
+        rows.push(vec![
+            r.worker_id.to_string(),
+            r.pid.filter(|_| alive).map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            r.port.to_string(),
+            if v.supervisor_alive { r.state.clone() } else { "stopped".into() },
+            uptime,
+            r.restarts.to_string(),
+            reason,
+            memory,
+            format!("{finished}/{total} ({pct}%) {} failed", w.shard.failed),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    if !v.events.is_empty() {
+        out.push_str("\nrecent events:\n");
+        for e in &v.events {
+            out.push_str(&format!("  {} ago  worker {}  {}: {}\n", ago(now - e.at), e.worker_id, e.kind, e.reason));
+        }
+    }
+    out
+}
+
+pub fn enforce_words(mode: &str) -> &'static str {
+    match mode {
+        "cgroup-v2" => "cgroup v2 (memory.max)",
+        "cgroup-v1" => "cgroup v1 (memory.limit_in_bytes)",
+        "sample" => "sampling each worker's process tree",
+        _ => "nothing",
+    }
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> =
+        (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    rows.iter()
+        .map(|r| {
+            let cells: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            format!("{}\n", cells.join("  ").trim_end())
+        })
+        .collect()
+}
+
+/// "3s", "4m12s", "2h05m", "3d04h".
+pub fn ago(ms: i64) -> String {
+    let s = (ms.max(0) / 1000) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_pm2() {
+        assert_eq!(ago(3_500), "3s");
+        assert_eq!(ago(252_000), "4m12s");
+        assert_eq!(ago(7_500_000), "2h05m");
+        assert_eq!(ago(273_600_000), "3d04h");
+    }
+}
