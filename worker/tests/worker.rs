@@ -1,11 +1,9 @@
 //! The real `worker` binary against real SQLite files, over real HTTP on 127.0.0.1.
 
-mod helper;
-
 use std::time::Duration;
 
-use helper::{TestDb, run_worker_to_end, spawn_worker, wait_for};
 use nix::sys::signal::Signal;
+use testkit::{TestDb, run_worker_to_end, spawn_worker, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -288,13 +286,19 @@ async fn control_endpoints_are_refused_without_the_token_and_work_with_it() {
     let ok = client.post(w.url("/resume")).bearer_auth("s3cret-token").send().await.unwrap();
     assert_eq!(ok.status(), 200);
 
-    let big =
-        client.post(w.url("/pause")).bearer_auth("s3cret-token").body(vec![b'x'; 64 * 1024]).send().await.unwrap();
-    assert_eq!(big.status(), 413, "oversized bodies are refused");
     let r = client.post(w.url("/videos/abc/retry")).bearer_auth("s3cret-token").send().await.unwrap();
     assert_eq!(r.status(), 400);
     let r = client.post(w.url("/videos/3/retry")).bearer_auth("s3cret-token").send().await.unwrap();
     assert_eq!(r.status(), 409, "video 3 is not failed");
+    // Last, on its own client: the server closes a connection whose body it refused.
+    let big = reqwest::Client::new()
+        .post(w.url("/pause"))
+        .bearer_auth("s3cret-token")
+        .body(vec![b'x'; 64 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 413, "oversized bodies are refused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -237,7 +237,9 @@ impl Fleet {
         let mut health = interval(self.args.health_interval);
         let mut records = interval(Duration::from_secs(1));
         let mut done_check = interval(Duration::from_millis(500));
-        for t in [&mut sample, &mut health, &mut records, &mut done_check] {
+        // Starting workers are asked often, so readiness is seen within ~50 ms.
+        let mut readiness = interval(Duration::from_millis(50));
+        for t in [&mut sample, &mut health, &mut records, &mut done_check, &mut readiness] {
             t.set_missed_tick_behavior(MissedTickBehavior::Delay);
         }
         let mut killed_all = false;
@@ -268,7 +270,8 @@ impl Fleet {
                 }
                 Some(ev) = self.events.recv() => self.handle(ev).await,
                 _ = sample.tick(), if self.memory.mode == Mode::Sample => self.sample().await,
-                _ = health.tick() => self.check_health(),
+                _ = health.tick() => self.check_health(false),
+                _ = readiness.tick(), if self.slots.iter().any(|s| s.state == SlotState::Starting) => self.check_health(true),
                 _ = records.tick() => self.write_records().await,
                 _ = done_check.tick(), if self.args.exit_when_done && self.stopping.is_none() => self.check_done().await?,
                 _ = sleep_until(stop_at.unwrap_or_else(Instant::now).into()), if stop_at.is_some() && !killed_all => {
@@ -502,11 +505,16 @@ impl Fleet {
         }
     }
 
-    fn check_health(&mut self) {
+    /// Polls /health of every worker (or only the starting ones) and kills workers that
+    /// have been silent too long.
+    fn check_health(&mut self, only_starting: bool) {
         let now = Instant::now();
         let host = if self.args.bind.is_unspecified() { "127.0.0.1".to_string() } else { self.args.bind.to_string() };
         for s in &mut self.slots {
             let Some(pid) = s.pid else { continue };
+            if only_starting && s.state != SlotState::Starting {
+                continue;
+            }
             let started = s.started.unwrap_or(now);
             let silent_for = now.saturating_duration_since(s.last_healthy.unwrap_or(started));
             let limit = if s.last_healthy.is_none() {

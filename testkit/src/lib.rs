@@ -1,7 +1,6 @@
-//! Test helpers: a temp database per test, the real `worker` binary on a free port, and
-//! small waits that poll for an outcome instead of sleeping a guessed time.
-
-#![allow(dead_code)]
+//! Test helpers for the shardfleet crates: a temp database per test, the real binaries
+//! (`worker`, `supervisor`, `monitor`) on free ports, and waits that poll for an outcome
+//! instead of sleeping a guessed time.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -83,8 +82,47 @@ pub struct WorkerProc {
     pub logs: Arc<Mutex<Vec<String>>>,
 }
 
-pub fn worker_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_worker")
+/// The path of a binary of this workspace, built in the test's own profile. `cargo
+/// test --workspace` builds them all first; a test run of one package builds the one it
+/// needs on first use.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = exe.parent().and_then(|d| d.parent()).expect("target dir").join(name);
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let release = path.parent().and_then(|p| p.file_name()).is_some_and(|n| n == "release");
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", name]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cargo runs");
+        assert!(status.success(), "building {name} failed");
+    }
+    path
+}
+
+pub fn worker_bin() -> PathBuf {
+    bin("worker")
+}
+
+/// `n` consecutive free ports on 127.0.0.1, for a fleet's base port.
+pub fn free_ports(n: u16) -> u16 {
+    use std::net::TcpListener;
+    for _ in 0..200 {
+        let base = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if base > 60000 {
+            continue;
+        }
+        let held: Vec<_> = (0..n).map_while(|k| TcpListener::bind(("127.0.0.1", base + k)).ok()).collect();
+        if held.len() == n as usize {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free ports");
 }
 
 /// Starts worker `k` of `n` on a free port with `args` added, and waits until it
