@@ -69,7 +69,7 @@ impl TreeUsage {
 /// Measures `root` and the subtree of each of its children.
 pub fn tree_usage(root: i32) -> TreeUsage {
     let mut children: Vec<(i32, u64)> = children(root).into_iter().map(|c| (c, subtree_rss(c, 0))).collect();
-    children.sort_by(|a, b| b.1.cmp(&a.1));
+    children.sort_by_key(|c| std::cmp::Reverse(c.1));
     TreeUsage { root: rss(root).unwrap_or(0), children }
 }
 

@@ -118,7 +118,7 @@ pub fn render(v: &FleetView) -> String {
         };
         let total = w.shard.total();
         let finished = w.shard.done + w.shard.failed;
-        let pct = if total == 0 { 100 } else { finished * 100 / total };
+        let pct = (finished * 100).checked_div(total).unwrap_or(100);
         rows.push(vec![
             r.worker_id.to_string(),
             r.pid.filter(|_| alive).map(|p| p.to_string()).unwrap_or_else(|| "-".into()),

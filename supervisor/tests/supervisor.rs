@@ -1,0 +1,444 @@
+//! The real `supervisor` binary starting real workers on real SQLite files; cgroups for
+//! real where the machine allows it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use testkit::{TestDb, bin, free_ports, wait_for};
+
+const LONG: Duration = Duration::from_secs(90);
+
+fn supervisor(dir: &Path) -> Command {
+    let mut cmd = Command::new(bin("supervisor"));
+    cmd.current_dir(dir)
+        .env("FLEET_WORKER_BIN", bin("worker"))
+        .env("RUST_LOG", "info,sqlx=warn")
+        .env_remove("WORKER_CONCURRENCY")
+        .env_remove("FLEET_WORKERS")
+        .env_remove("FLEET_CONTROL_TOKEN");
+    cmd
+}
+
+/// `supervisor start` on the test's database and free ports, with `args` added.
+fn start(t: &TestDb, workers: u16, args: &[&str]) -> Command {
+    let base = free_ports(workers);
+    let mut cmd = supervisor(t.dir.path());
+    cmd.args(["start", "--workers", &workers.to_string(), "--base-port", &base.to_string(), "--db"])
+        .arg(&t.path)
+        .args(args);
+    cmd
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn run_to_end(mut cmd: Command) -> Output {
+    cmd.output().expect("supervisor runs")
+}
+
+fn spawn(mut cmd: Command) -> Child {
+    cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("supervisor starts")
+}
+
+/// (worker_id, pid, state, restarts, last_reason) of the latest run.
+async fn workers(t: &TestDb) -> Vec<(i64, Option<i64>, String, i64, Option<String>)> {
+    sqlx::query_as(
+        "SELECT worker_id, pid, state, restarts, last_reason FROM fleet_workers \
+         WHERE run_id = (SELECT max(run_id) FROM fleet_runs) ORDER BY worker_id",
+    )
+    .fetch_all(t.db.pool())
+    .await
+    .unwrap()
+}
+
+fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+}
+
+async fn done_twice(t: &TestDb) -> i64 {
+    t.scalar(
+        "SELECT count(*) FROM (SELECT video_id FROM attempts WHERE outcome = 'done' GROUP BY video_id HAVING count(*) > 1)",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_finish_two_thousand_videos_each_in_its_shard_and_the_summary_matches() {
+    let t = TestDb::new().await;
+    t.seed(2000).await;
+    let out = run_to_end(start(
+        &t,
+        2,
+        &["--mem-limit", "250M", "--sleep", "0..2ms", "--concurrency", "16", "--exit-when-done"],
+    ));
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert_eq!(t.by_status().await.get("done"), Some(&2000));
+    assert_eq!(done_twice(&t).await, 0);
+    let wrong_shard =
+        t.scalar("SELECT count(*) FROM attempts WHERE worker NOT LIKE 'worker-' || (video_id % 2) || '/%'").await;
+    assert_eq!(wrong_shard, 0);
+    assert!(all.contains("videos: 2000 done, 0 failed, 2000 in all"), "{all}");
+    assert!(all.contains("this run: 2000 videos finished in 2000 attempts"), "{all}");
+    assert!(all.contains("worker 0: 1000 done, 0 failed, 1000 attempts this run"), "{all}");
+    assert!(all.contains("worker 1: 1000 done, 0 failed, 1000 attempts this run"), "{all}");
+    assert!(all.contains("result: every video is done (exit 0)"), "{all}");
+    // The merged stream carries both workers' lines, prefixed.
+    assert!(all.contains("[worker-0]") && all.contains("[worker-1]"), "{all}");
+    let logs = std::fs::read_to_string(t.dir.path().join("fleet-logs/worker-1.log")).unwrap();
+    assert!(logs.contains("worker started worker_id=1"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_run_is_restarted_with_its_reason_and_its_claims_handed_back_at_once() {
+    let t = TestDb::new().await;
+    t.seed(60).await;
+    // A long lease: whatever comes back before it lapses was handed back by the supervisor.
+    let mut sup = spawn(start(
+        &t,
+        2,
+        &["--mem-limit", "250M", "--sleep", "300ms", "--concurrency", "4", "--lease", "120s", "--exit-when-done"],
+    ));
+    wait_for(LONG, "worker 0 running jobs", || async {
+        t.scalar("SELECT count(*) FROM videos WHERE status = 'running' AND video_id % 2 = 0").await == 4
+    })
+    .await;
+    let pid = workers(&t).await[0].1.unwrap();
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    let owner = format!("worker-0/{pid}:%");
+    wait_for(Duration::from_secs(5), "the dead worker's claims handed back", || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM videos WHERE status = 'running' AND lease_owner LIKE ?")
+            .bind(&owner)
+            .fetch_one(t.db.pool())
+            .await
+            .unwrap()
+            == 0
+    })
+    .await;
+    let status = sup.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(t.by_status().await.get("done"), Some(&60));
+    assert_eq!(done_twice(&t).await, 0, "no video is completed twice");
+    let w0 = &workers(&t).await[0];
+    assert_eq!(w0.3, 1, "one restart");
+    assert_eq!(w0.4.as_deref(), Some("killed by signal 9 (SIGKILL)"));
+    assert_eq!(t.scalar("SELECT count(*) FROM attempts WHERE outcome = 'crashed'").await, 4);
+}
+
+/// A handler for video 3 that holds ~300 MiB; the others finish at once.
+const GREEDY: &str = "sh -c 'if [ {video_id} = 3 ]; then exec python3 -c \"b = bytes(300 << 20) + b\\\"x\\\"; import time; time.sleep(30)\"; fi; echo ok'";
+
+async fn memory_limit_run(t: &TestDb, mode: &str) -> Option<Output> {
+    t.seed(20).await;
+    let out = run_to_end(start(
+        t,
+        2,
+        &["--mem-limit", "100M", "--mem-enforce", mode, "--exec", GREEDY, "--max-attempts", "1", "--exit-when-done"],
+    ));
+    let all = text(&out);
+    if mode == "cgroup" && all.contains("no usable memory cgroup") {
+        eprintln!("skipping the cgroup case: {}", all.lines().last().unwrap_or(""));
+        return None;
+    }
+    Some(out)
+}
+
+async fn assert_memory_kill(t: &TestDb, out: &Output) {
+    let all = text(out);
+    assert_eq!(out.status.code(), Some(3), "one video failed: {all}");
+    let (status, _, _, error) = t.video(3).await;
+    assert_eq!(status, "failed");
+    assert!(error.as_deref().unwrap_or("").contains("memory limit"), "{error:?}");
+    assert_eq!(t.history(3).await, [(1, "memory".to_string())]);
+    assert_eq!(t.by_status().await.get("done"), Some(&19), "every other video is done");
+    let ws = workers(t).await;
+    assert!(ws.iter().all(|w| w.3 == 0), "no worker restarted: {ws:?}");
+    assert!(all.contains("memory-limit kills: 1 (1 handlers, 0 workers)"), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_past_the_memory_limit_fails_its_attempt_in_cgroup_mode_and_the_fleet_carries_on() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: creating cgroups needs root here");
+        return;
+    }
+    let t = TestDb::new().await;
+    let Some(out) = memory_limit_run(&t, "cgroup").await else { return };
+    assert!(text(&out).contains("enforced by cgroup"), "{}", text(&out));
+    assert_memory_kill(&t, &out).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_past_the_memory_limit_fails_its_attempt_in_sampling_mode_and_the_fleet_carries_on() {
+    let t = TestDb::new().await;
+    let out = memory_limit_run(&t, "sample").await.unwrap();
+    assert!(text(&out).contains("sampling each worker's process tree"), "{}", text(&out));
+    assert_memory_kill(&t, &out).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_killed_with_sigkill_leaves_no_worker_and_a_new_start_finishes_without_redoing_work() {
+    let t = TestDb::new().await;
+    t.seed(200).await;
+    let mut sup = spawn(start(&t, 2, &["--mem-limit", "250M", "--sleep", "20ms", "--concurrency", "2"]));
+    wait_for(LONG, "some videos done", || async { t.by_status().await.get("done").copied().unwrap_or(0) >= 20 }).await;
+    let pids: Vec<i64> = workers(&t).await.iter().filter_map(|w| w.1).collect();
+    assert_eq!(pids.len(), 2);
+    sup.kill().unwrap();
+    sup.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(pids.iter().all(|&p| !alive(p)), "workers outlived their supervisor by 2 s: {pids:?}");
+    let done_before = t.by_status().await.get("done").copied().unwrap_or(0);
+
+    let out =
+        run_to_end(start(&t, 2, &["--mem-limit", "250M", "--sleep", "1ms", "--concurrency", "8", "--exit-when-done"]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(t.by_status().await.get("done"), Some(&200));
+    assert_eq!(done_twice(&t).await, 0, "completed videos were not redone");
+    assert!(text(&out).contains(&format!("this run: {} videos finished", 200 - done_before)), "{}", text(&out));
+    let prev: String = sqlx::query_scalar("SELECT state FROM fleet_runs ORDER BY run_id LIMIT 1")
+        .fetch_one(t.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(prev, "crashed");
+}
+
+/// A worker binary that crashes whenever it is worker 1.
+fn crashing_worker(dir: &Path) -> PathBuf {
+    let path = dir.join("flaky-worker.sh");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *\" --worker-id 1 \"*) echo 'worker 1 cannot start' >&2; exit 7;; esac\nexec {} \"$@\"\n",
+            bin("worker").display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_always_crashes_becomes_errored_while_the_other_finishes_its_shard() {
+    let t = TestDb::new().await;
+    t.seed(40).await;
+    let mut cmd = start(
+        &t,
+        2,
+        &[
+            "--mem-limit",
+            "250M",
+            "--sleep",
+            "5ms",
+            "--restart-delay",
+            "10ms",
+            "--crash-loop",
+            "3/60s",
+            "--exit-when-done",
+        ],
+    );
+    cmd.env("FLEET_WORKER_BIN", crashing_worker(t.dir.path()));
+    let out = run_to_end(cmd);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{all}");
+    let shard0: i64 = t.scalar("SELECT count(*) FROM videos WHERE video_id % 2 = 0 AND status = 'done'").await;
+    assert_eq!(shard0, 20, "worker 0 finished its shard");
+    let w1 = &workers(&t).await[1];
+    assert_eq!(w1.3, 3, "three restarts before it was marked errored");
+    assert_eq!(w1.4.as_deref(), Some("exit code 7"));
+    assert!(all.contains("marked errored"), "{all}");
+    assert!(all.contains("work is left that only errored workers could do (exit 4)"), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_stops_answering_health_is_restarted_with_that_reason() {
+    let t = TestDb::new().await;
+    t.seed(10).await;
+    let mut sup = spawn(start(
+        &t,
+        1,
+        &["--mem-limit", "250M", "--sleep", "10s", "--health-interval", "100ms", "--unhealthy-after", "1s"],
+    ));
+    wait_for(LONG, "the worker running", || async { workers(&t).await.first().is_some_and(|w| w.2 == "running") })
+        .await;
+    let pid = workers(&t).await[0].1.unwrap();
+    kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
+    wait_for(LONG, "a restart", || async { workers(&t).await.first().is_some_and(|w| w.3 == 1) }).await;
+    let reason = workers(&t).await[0].4.clone().unwrap();
+    assert!(reason.starts_with("failed health check: /health did not answer"), "{reason}");
+    kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(sup.wait().unwrap().success());
+    assert_eq!(t.by_status().await.get("running"), None, "nothing is left claimed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervisor_stop_drains_the_fleet_and_status_reports_it() {
+    let t = TestDb::new().await;
+    t.seed(50).await;
+    let mut sup = spawn(start(&t, 2, &["--mem-limit", "250M", "--sleep", "50ms", "--stagger", "200ms"]));
+    wait_for(LONG, "both workers running", || async {
+        let ws = workers(&t).await;
+        ws.len() == 2 && ws.iter().all(|w| w.2 == "running")
+    })
+    .await;
+    let started: Vec<i64> = sqlx::query_scalar("SELECT started_at FROM fleet_workers ORDER BY worker_id")
+        .fetch_all(t.db.pool())
+        .await
+        .unwrap();
+    assert!(started[1] - started[0] >= 200, "--stagger spaces the starts: {started:?}");
+
+    let out = supervisor(t.dir.path()).args(["status", "--db"]).arg(&t.path).output().unwrap();
+    let shown = text(&out);
+    assert!(shown.contains("fleet: running"), "{shown}");
+    assert!(shown.contains("worker  pid  "), "{shown}");
+    let json = supervisor(t.dir.path()).args(["status", "--json", "--db"]).arg(&t.path).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["supervisor_alive"], true);
+    assert_eq!(v["workers"].as_array().unwrap().len(), 2);
+    let totals = &v["totals"];
+    let sum: u64 = ["pending", "running", "done", "failed"].iter().map(|k| totals[k].as_u64().unwrap()).sum();
+    assert_eq!(sum, 50);
+
+    let out = supervisor(t.dir.path()).args(["stop", "--db"]).arg(&t.path).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("fleet stopped"));
+    assert!(sup.wait().unwrap().success());
+    assert_eq!(t.by_status().await.get("running"), None, "no video left claimed");
+    let state: String = sqlx::query_scalar("SELECT state FROM fleet_runs").fetch_one(t.db.pool()).await.unwrap();
+    assert_eq!(state, "stopped");
+    let logs = supervisor(t.dir.path()).args(["logs", "--worker", "1", "--db"]).arg(&t.path).output().unwrap();
+    assert!(text(&logs).contains("[worker-1]"), "{}", text(&logs));
+}
+
+#[tokio::test]
+async fn bad_start_flags_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--workers", "1", "--mem-limit", "250M", "--sleep", "0", "--base-port", &port],
+            "is already in use (worker 0 would listen there)",
+        ),
+        (&["--workers", "2", "--mem-limit", "12Q", "--sleep", "0"], "invalid size \"12Q\""),
+        (&["--workers", "0", "--mem-limit", "250M", "--sleep", "0"], "--workers"),
+        (&["--workers", "1", "--mem-limit", "1K", "--sleep", "0"], "is too small for a worker"),
+        (&["--workers", "1", "--mem-limit", "250M", "--exec", "echo 'oops"], "cannot be split into words"),
+        (&["--workers", "1", "--mem-limit", "250M"], "--exec"),
+    ];
+    for (args, expected) in cases {
+        let out = supervisor(dir.path()).arg("start").args(*args).output().unwrap();
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {all}");
+        assert!(all.contains(expected), "{args:?}: expected {expected:?} in {all}");
+        assert!(!all.contains("panicked"));
+    }
+    assert!(!dir.path().join("fleet.db").exists(), "no database was created");
+}
+
+#[tokio::test]
+async fn an_import_with_a_bad_line_seven_imports_nothing() {
+    let t = TestDb::new().await;
+    t.seed(2).await;
+    let file = t.dir.path().join("videos.csv");
+    let mut csv = String::from("video_id,source\n");
+    for i in 10..15 {
+        csv.push_str(&format!("{i},src-{i}\n"));
+    }
+    csv.push_str("oops,src\n"); // line 7
+    std::fs::write(&file, csv).unwrap();
+    let out = supervisor(t.dir.path()).args(["import"]).arg(&file).arg("--db").arg(&t.path).output().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("has 1 bad line; nothing was imported"), "{all}");
+    assert!(all.contains("line 7: video_id \"oops\" is not an integer"), "{all}");
+    assert_eq!(t.db.count_videos().await.unwrap(), 2, "the database is unchanged");
+}
+
+#[tokio::test]
+async fn import_reports_existing_ids_export_writes_results_and_retry_requeues_failed_videos() {
+    let t = TestDb::new().await;
+    t.seed(3).await;
+    sqlx::query("UPDATE videos SET status = 'failed', attempts = 3, last_error = 'boom' WHERE video_id = 2")
+        .execute(t.db.pool())
+        .await
+        .unwrap();
+    let file = t.dir.path().join("more.jsonl");
+    std::fs::write(
+        &file,
+        "{\"video_id\":3,\"source\":\"again\"}\n{\"video_id\":4,\"source\":\"new\",\"payload\":{\"lang\":\"de\"}}\n",
+    )
+    .unwrap();
+    let out = supervisor(t.dir.path()).arg("import").arg(&file).arg("--db").arg(&t.path).output().unwrap();
+    assert!(text(&out).contains("imported 1 videos") && text(&out).contains("1 were already there"), "{}", text(&out));
+    assert_eq!(t.video(3).await.0, "pending");
+
+    let csv = t.dir.path().join("out.csv");
+    let out = supervisor(t.dir.path())
+        .args(["export", "--status", "failed", "--out"])
+        .arg(&csv)
+        .arg("--db")
+        .arg(&t.path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let exported = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(
+        exported.lines().next(),
+        Some("video_id,source,payload,status,attempts,result,last_error,finished_at,duration_ms")
+    );
+    assert!(exported.lines().nth(1).unwrap().starts_with("2,src-2,"), "{exported}");
+    assert_eq!(exported.lines().count(), 2);
+
+    let out = supervisor(t.dir.path()).args(["retry", "1", "2", "--db"]).arg(&t.path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("1 is pending; nothing was requeued"), "{}", text(&out));
+    assert_eq!(t.video(2).await.0, "failed");
+    let out = supervisor(t.dir.path()).args(["retry", "--failed", "--db"]).arg(&t.path).output().unwrap();
+    assert!(text(&out).contains("requeued 1 failed videos"));
+    assert_eq!(t.video(2).await, ("pending".into(), 0, None, None));
+}
+
+#[tokio::test]
+async fn commands_on_a_missing_database_say_so_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for cmd in [&["status"][..], &["export"], &["retry", "--failed"], &["stop"]] {
+        let out = supervisor(dir.path()).args(cmd).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}");
+        assert!(text(&out).contains("no such database"), "{}", text(&out));
+    }
+    assert!(!dir.path().join("fleet.db").exists());
+}
+
+#[tokio::test]
+async fn the_config_file_sets_flags_below_the_environment_and_the_command_line() {
+    let t = TestDb::new().await;
+    t.seed(6).await;
+    std::fs::write(
+        t.dir.path().join("fleet.toml"),
+        "workers = 1\nmem-limit = \"200M\"\nsleep = \"1ms\"\nexit_when_done = true\nconcurrency = 2\n",
+    )
+    .unwrap();
+    // The environment overrides the file's 1 worker; the flag overrides the file's handler.
+    let base = free_ports(3);
+    let out = supervisor(t.dir.path())
+        .env("FLEET_WORKERS", "3")
+        .args(["start", "--base-port", &base.to_string(), "--exec", "echo hi", "--db"])
+        .arg(&t.path)
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("workers: 3 · concurrency: 2 per worker · handler: exec: echo hi"), "{all}");
+    assert!(all.contains("memory limit: 200M per worker"), "{all}");
+    assert_eq!(t.video(5).await.2.as_deref(), Some("hi"));
+}
