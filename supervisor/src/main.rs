@@ -41,6 +41,15 @@ fn main() -> ExitCode {
         }
         match supervisor::run(cli.command, shutdown, hurry).await {
             Ok(code) => ExitCode::from(code),
+            // A reader that went away (`export | head`) is not an error of ours.
+            Err(Failure { error, .. })
+                if error.chain().any(|c| {
+                    c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+                        || c.to_string().contains("Broken pipe")
+                }) =>
+            {
+                ExitCode::SUCCESS
+            }
             Err(Failure { code, error }) => {
                 eprintln!("supervisor: {error:#}");
                 ExitCode::from(code)

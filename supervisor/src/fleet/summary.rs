@@ -63,7 +63,7 @@ pub async fn build(
         args.workers, args.job.concurrency, run.handler
     ));
     out.push_str(&format!(
-        "memory limit: {} per worker ({})\n",
+        "memory limit: {} per worker, enforced by {}\n",
         args.mem_limit,
         crate::status::enforce_words(&run.mem_enforce)
     ));
