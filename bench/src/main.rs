@@ -4,6 +4,8 @@
 //! Run with `cargo run --release -p bench -- worker` (see docs/BENCHMARKS.md). It uses
 //! the release binaries next to its own executable, so build them in the same profile.
 
+mod supervisor_bench;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,6 +30,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum What {
+    /// Supervisor: restart latency, memory-kill latency (sampling), its RSS with 8
+    /// workers, fleet start-up time.
+    Supervisor,
     /// Worker throughput (--sleep 0 and --exec /bin/true) and memory.
     Worker {
         /// Videos in the throughput runs.
@@ -50,6 +55,11 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
     match cli.what {
+        What::Supervisor => {
+            let dir = tempfile_dir()?;
+            let report = supervisor_bench::bench_supervisor(&dir, cli.runs).await?;
+            write_section(&cli.out, "supervisor", &command, &report)?;
+        }
         What::Worker { videos, exec_videos, concurrency, exec_concurrency } => {
             let report = bench_worker(cli.runs, videos, exec_videos, concurrency, exec_concurrency).await?;
             write_section(&cli.out, "worker", &command, &report)?;

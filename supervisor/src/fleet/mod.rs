@@ -150,7 +150,8 @@ impl Fleet {
     pub async fn prepare(args: StartArgs) -> anyhow::Result<Fleet> {
         let exe = worker_exe()?;
         let db_path = std::path::absolute(&args.db.db).context("cannot resolve --db")?;
-        let db = Db::open(&db_path, 2).await.context("cannot use the database")?;
+        // One connection: every write of ours comes from this one loop, in turn.
+        let db = Db::open(&db_path, 1).await.context("cannot use the database")?;
         if let Some(prev) = fleet::latest_run(db.pool()).await? {
             let live = procfs::is_running(prev.supervisor_pid, "supervisor");
             if live && matches!(prev.state.as_str(), "running" | "stopping") {
