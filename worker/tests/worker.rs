@@ -393,3 +393,84 @@ async fn a_port_in_use_is_named_and_touches_no_database() {
     assert!(stderr.contains(&format!("port {port} on 127.0.0.1 is already in use")), "{stderr}");
     assert!(!dir.path().join("fleet.db").exists());
 }
+
+/// A tiny API on 127.0.0.1. `/analyse` answers 503 (Retry-After: 0) to the first call
+/// for each video, then 200 with a body naming the video; video 3 always gets 400.
+/// `/ok` always answers 200. Every call's body is kept.
+async fn flaky_api() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let (log, counted) = (seen.clone(), seen.clone());
+    let app = axum::Router::new()
+        .route(
+            "/ok",
+            axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+                let counted = counted.clone();
+                async move {
+                    counted.lock().unwrap().push(body);
+                    "ok"
+                }
+            }),
+        )
+        .route(
+            "/analyse",
+            axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+                let log = log.clone();
+                async move {
+                    let id = body["video_id"].as_i64().unwrap();
+                    let mut calls = log.lock().unwrap();
+                    let first = !calls.iter().any(|c| c["video_id"] == id);
+                    calls.push(body.clone());
+                    if id == 3 {
+                        (StatusCode::BAD_REQUEST, "video 3 is not a video").into_response()
+                    } else if first {
+                        (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "0")], "busy").into_response()
+                    } else {
+                        format!("analysed {id} from {}", body["source"].as_str().unwrap()).into_response()
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (port, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_handler_retries_push_back_within_the_attempt_and_fails_on_client_errors() {
+    let t = TestDb::new().await;
+    t.seed(4).await;
+    let (port, seen) = flaky_api().await;
+    let url = format!("http://127.0.0.1:{port}/analyse");
+    let mut w = spawn_worker(&t.path, 0, 1, &["--http", &url, "--max-attempts", "1", "--exit-when-done"]);
+    assert!(w.wait_exit(LONG).success(), "{}", w.log_text());
+    let (status, attempts, result, _) = t.video(2).await;
+    assert_eq!((status.as_str(), attempts), ("done", 1), "a 503 is push-back, not a failed attempt");
+    assert_eq!(result.as_deref(), Some("analysed 2 from src-2"));
+    let (status, _, _, error) = t.video(3).await;
+    assert_eq!(status, "failed");
+    assert!(error.unwrap().starts_with("HTTP 400 Bad Request: video 3 is not a video"));
+    let calls = seen.lock().unwrap();
+    let first = calls.iter().find(|c| c["video_id"] == 1).unwrap();
+    assert_eq!(first["payload"], serde_json::json!({"n": 1}), "the payload travels as JSON");
+    assert_eq!((first["attempt"].as_u64(), first["worker_id"].as_u64()), (Some(1), Some(0)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_handler_keeps_to_its_rate() {
+    let t = TestDb::new().await;
+    t.seed(6).await;
+    let (port, seen) = flaky_api().await;
+    // A route that never pushes back: only --rate can space the calls.
+    let url = format!("http://127.0.0.1:{port}/ok");
+    let started = std::time::Instant::now();
+    let mut w =
+        spawn_worker(&t.path, 0, 1, &["--http", &url, "--rate", "20/s", "--concurrency", "8", "--exit-when-done"]);
+    assert!(w.wait_exit(LONG).success(), "{}", w.log_text());
+    // 6 calls at 20/s: the last starts 250 ms after the first.
+    assert_eq!(seen.lock().unwrap().len(), 6);
+    assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
+}
