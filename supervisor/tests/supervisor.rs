@@ -442,3 +442,23 @@ async fn the_config_file_sets_flags_below_the_environment_and_the_command_line()
     assert!(all.contains("memory limit: 200M per worker"), "{all}");
     assert_eq!(t.video(5).await.2.as_deref(), Some("hi"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_the_fleet_at_once_and_hands_back_what_it_held() {
+    let t = TestDb::new().await;
+    t.seed(8).await;
+    let mut sup =
+        spawn(start(&t, 2, &["--mem-limit", "250M", "--exec", "sleep 60", "--concurrency", "2", "--grace", "60s"]));
+    wait_for(LONG, "four jobs running", || async { t.by_status().await.get("running") == Some(&4) }).await;
+    let pid = Pid::from_raw(sup.id() as i32);
+    kill(pid, Signal::SIGTERM).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(sup.try_wait().unwrap().is_none(), "the first signal waits for the jobs (grace 60s)");
+    let second = Instant::now();
+    kill(pid, Signal::SIGTERM).unwrap();
+    assert!(sup.wait().unwrap().success());
+    assert!(second.elapsed() < Duration::from_secs(5), "stopped at once: {:?}", second.elapsed());
+    assert_eq!(t.by_status().await.get("running"), None, "nothing is left claimed");
+    assert_eq!(t.scalar("SELECT max(attempts) FROM videos").await, 0, "the stopped jobs' attempts do not count");
+    assert_eq!(t.scalar("SELECT count(*) FROM attempts WHERE outcome = 'released'").await, 4);
+}

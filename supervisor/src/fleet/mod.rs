@@ -244,6 +244,7 @@ impl Fleet {
             t.set_missed_tick_behavior(MissedTickBehavior::Delay);
         }
         let mut killed_all = false;
+        let mut hurried = false;
         tracing::info!(
             "starting {} workers on ports {}-{} ({})",
             self.args.workers,
@@ -263,11 +264,14 @@ impl Fleet {
                     tracing::info!("stopping: workers finish or hand back their videos");
                     self.begin_stop(RunEnd::Stopped).await;
                 }
-                _ = hurry.cancelled(), if !killed_all => {
-                    tracing::warn!("second signal: killing every worker now");
-                    killed_all = true;
+                _ = hurry.cancelled(), if !hurried => {
+                    // A worker's second signal kills its jobs and hands their videos back
+                    // without counting the attempt; what is still alive in 3 s is killed.
+                    tracing::warn!("second signal: workers stop their jobs now");
+                    hurried = true;
                     self.begin_stop(RunEnd::Stopped).await;
-                    self.kill_all("the fleet was stopped at once");
+                    self.signal_all(Signal::SIGTERM);
+                    self.stopping = Some(Instant::now() + Duration::from_secs(3));
                 }
                 Some(ev) = self.events.recv() => self.handle(ev).await,
                 _ = sample.tick(), if self.memory.mode == Mode::Sample => self.sample().await,
@@ -632,12 +636,15 @@ impl Fleet {
         self.end = end;
         self.stopping = Some(Instant::now() + self.args.job.grace + Duration::from_secs(5));
         let _ = fleet::set_run_state(self.db.pool(), self.run.run_id, "stopping", false).await;
-        for s in &mut self.slots {
-            if let Some(pid) = s.pid {
-                let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-            } else {
-                s.state = SlotState::Stopped;
-            }
+        self.signal_all(Signal::SIGTERM);
+        for s in self.slots.iter_mut().filter(|s| s.pid.is_none()) {
+            s.state = SlotState::Stopped;
+        }
+    }
+
+    fn signal_all(&self, signal: Signal) {
+        for pid in self.slots.iter().filter_map(|s| s.pid) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), signal);
         }
     }
 
