@@ -29,16 +29,7 @@ impl FromStr for ByteSize {
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         let err = |reason| ParseError::Size { input: input.to_string(), reason };
-        let s = input.trim();
-        if s.is_empty() {
-            return Err(err("it is empty"));
-        }
-        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        if num.is_empty() {
-            return Err(err("it does not start with a number"));
-        }
-        let value: f64 = num.parse().map_err(|_| err("the number is malformed"))?;
+        let (value, unit) = number_and_unit(input).map_err(err)?;
         let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" | "kib" => 1 << 10,
@@ -85,6 +76,21 @@ impl fmt::Display for ByteSize {
     }
 }
 
+/// Splits `1.5GiB` into `(1.5, "GiB")`; the error says what is wrong with the number.
+fn number_and_unit(input: &str) -> Result<(f64, &str), &'static str> {
+    let s = input.trim();
+    if s.is_empty() {
+        return Err("it is empty");
+    }
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    if num.is_empty() {
+        return Err("it does not start with a number");
+    }
+    let value = num.parse().map_err(|_| "the number is malformed")?;
+    Ok((value, unit))
+}
+
 /// Formats bytes for people (`123.4 MiB`); not meant to be parsed back.
 pub fn human_bytes(bytes: u64) -> String {
     let b = bytes as f64;
@@ -102,16 +108,7 @@ pub fn human_bytes(bytes: u64) -> String {
 /// Parses `500ms`, `30s`, `5m`, `1h`, `1.5s`, `250us`; a bare number is seconds.
 pub fn parse_duration(input: &str) -> Result<Duration, ParseError> {
     let err = |reason| ParseError::Duration { input: input.to_string(), reason };
-    let s = input.trim();
-    if s.is_empty() {
-        return Err(err("it is empty"));
-    }
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    if num.is_empty() {
-        return Err(err("it does not start with a number"));
-    }
-    let value: f64 = num.parse().map_err(|_| err("the number is malformed"))?;
+    let (value, unit) = number_and_unit(input).map_err(err)?;
     let secs_per_unit = match unit.trim() {
         "" | "s" | "sec" | "secs" => 1.0,
         "ms" => 1e-3,

@@ -7,6 +7,13 @@ use testkit::{TestDb, run_worker_to_end, spawn_worker, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
 
+/// Runs worker 0 of 1 on the test's database until it exits; (exit code, its output).
+fn run_alone(t: &TestDb, args: &[&str]) -> (i32, String) {
+    let mut all = vec!["--worker-id", "0", "--workers", "1", "--port", "0", "--db", t.path.to_str().unwrap()];
+    all.extend_from_slice(args);
+    run_worker_to_end(&all, t.dir.path())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_process_a_thousand_videos_each_once_and_only_in_its_own_shard() {
     let t = TestDb::new().await;
@@ -57,24 +64,7 @@ async fn a_handler_that_fails_twice_then_succeeds_ends_done_at_attempt_three() {
     let t = TestDb::new().await;
     t.seed(1).await;
     let script = "sh -c 'echo attempt {attempt} failed >&2; test {attempt} -ge 3 && echo ok'";
-    let (code, logs) = run_worker_to_end(
-        &[
-            "--worker-id",
-            "0",
-            "--workers",
-            "1",
-            "--port",
-            "0",
-            "--db",
-            t.path.to_str().unwrap(),
-            "--exec",
-            script,
-            "--backoff",
-            "20ms",
-            "--exit-when-done",
-        ],
-        t.dir.path(),
-    );
+    let (code, logs) = run_alone(&t, &["--exec", script, "--backoff", "20ms", "--exit-when-done"]);
     assert_eq!(code, 0, "{logs}");
     let (status, attempts, result, error) = t.video(1).await;
     assert_eq!((status.as_str(), attempts, result.as_deref(), error), ("done", 3, Some("ok"), None));
@@ -85,16 +75,9 @@ async fn a_handler_that_fails_twice_then_succeeds_ends_done_at_attempt_three() {
 async fn a_handler_that_always_fails_ends_failed_with_its_last_error() {
     let t = TestDb::new().await;
     t.seed(1).await;
-    let (code, logs) = run_worker_to_end(
+    let (code, logs) = run_alone(
+        &t,
         &[
-            "--worker-id",
-            "0",
-            "--workers",
-            "1",
-            "--port",
-            "0",
-            "--db",
-            t.path.to_str().unwrap(),
             "--exec",
             "sh -c 'echo boom {attempt} >&2; exit 3'",
             "--max-attempts",
@@ -103,7 +86,6 @@ async fn a_handler_that_always_fails_ends_failed_with_its_last_error() {
             "10ms",
             "--exit-when-done",
         ],
-        t.dir.path(),
     );
     assert_eq!(code, 0, "{logs}");
     let (status, attempts, _, error) = t.video(1).await;
@@ -118,22 +100,7 @@ async fn sources_with_shell_syntax_reach_the_handler_as_literal_arguments() {
     let t = TestDb::new().await;
     let nasty = ["x; touch pwned", "$(id)", "`id`", "a b 'c' \"d\"", "{attempt}"];
     t.seed_sources(nasty.iter().enumerate().map(|(i, s)| (i as i64 + 1, s.to_string())).collect()).await;
-    let (code, logs) = run_worker_to_end(
-        &[
-            "--worker-id",
-            "0",
-            "--workers",
-            "1",
-            "--port",
-            "0",
-            "--db",
-            t.path.to_str().unwrap(),
-            "--exec",
-            "printf %s {source}",
-            "--exit-when-done",
-        ],
-        t.dir.path(),
-    );
+    let (code, logs) = run_alone(&t, &["--exec", "printf %s {source}", "--exit-when-done"]);
     assert_eq!(code, 0, "{logs}");
     for (i, s) in nasty.iter().enumerate() {
         assert_eq!(t.video(i as i64 + 1).await.2.as_deref(), Some(*s));
@@ -145,22 +112,7 @@ async fn sources_with_shell_syntax_reach_the_handler_as_literal_arguments() {
 async fn the_payload_goes_to_stdin_and_stdout_becomes_the_result() {
     let t = TestDb::new().await;
     t.seed(3).await;
-    let (code, logs) = run_worker_to_end(
-        &[
-            "--worker-id",
-            "0",
-            "--workers",
-            "1",
-            "--port",
-            "0",
-            "--db",
-            t.path.to_str().unwrap(),
-            "--exec",
-            "cat",
-            "--exit-when-done",
-        ],
-        t.dir.path(),
-    );
+    let (code, logs) = run_alone(&t, &["--exec", "cat", "--exit-when-done"]);
     assert_eq!(code, 0, "{logs}");
     assert_eq!(t.video(2).await.2.as_deref(), Some("{\"n\":2}"));
 }
@@ -179,26 +131,8 @@ async fn a_job_timeout_kills_the_handler_and_the_grandchild_it_left_sleeping() {
     t.seed(1).await;
     let pidfile = t.dir.path().join("grandchild.pid");
     let script = format!("sh -c 'sleep 300 & echo $! > {}; wait'", pidfile.display());
-    let (code, logs) = run_worker_to_end(
-        &[
-            "--worker-id",
-            "0",
-            "--workers",
-            "1",
-            "--port",
-            "0",
-            "--db",
-            t.path.to_str().unwrap(),
-            "--exec",
-            &script,
-            "--job-timeout",
-            "300ms",
-            "--max-attempts",
-            "1",
-            "--exit-when-done",
-        ],
-        t.dir.path(),
-    );
+    let (code, logs) =
+        run_alone(&t, &["--exec", &script, "--job-timeout", "300ms", "--max-attempts", "1", "--exit-when-done"]);
     assert_eq!(code, 0, "{logs}");
     let (status, _, _, error) = t.video(1).await;
     assert_eq!(status, "failed");

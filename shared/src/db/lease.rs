@@ -48,12 +48,7 @@ pub async fn reclaim_expired(
     Ok(rows.into_iter().map(|r| (r.get(0), parse_status(r.get(1)))).collect())
 }
 
-/// Hands back every video `owner` holds.
-///
-/// `Outcome::Released` (a worker stopping on request) gives the attempt back: the video
-/// is pending again with its attempt count as before the claim. Any other outcome (the
-/// supervisor cleaning up after a worker that died) counts the attempt and fails the
-/// video if it was its last.
+/// Hands back every video `owner` holds (see `release_matching`).
 pub async fn release_owner(
     conn: &mut SqliteConnection,
     owner: &str,
@@ -62,31 +57,17 @@ pub async fn release_owner(
     error: &str,
     max_attempts: u32,
 ) -> Result<Vec<(i64, VideoStatus)>, DbError> {
-    let burn = outcome != Outcome::Released;
-    let rows = sqlx::query(
-        "UPDATE videos SET \
-           status = CASE WHEN ?5 AND attempts >= ?6 THEN 'failed' ELSE 'pending' END, \
-           attempts = CASE WHEN ?5 THEN attempts ELSE attempts - 1 END, \
-           last_outcome = ?3, last_error = ?4, \
-           finished_at = ?1, duration_ms = ?1 - started_at, run_after = ?1, \
-           lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
-         WHERE status = 'running' AND lease_owner = ?2 \
-         RETURNING video_id, status",
-    )
-    .bind(now)
-    .bind(owner)
-    .bind(outcome.as_str())
-    .bind(error)
-    .bind(burn)
-    .bind(max_attempts)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.get(0), parse_status(r.get(1)))).collect())
+    // Owner names hold no LIKE wildcards, so the name is its own pattern.
+    release_matching(conn, owner, now, outcome, error, max_attempts).await
 }
 
-/// Hands back the videos of a worker that died: every running video whose owner matches
-/// `owner_like` (a LIKE pattern such as `worker-1/4242:%`, the owner names of one process).
-/// The attempt counts; a video on its last attempt fails with `error`.
+/// Hands back every running video whose owner matches `owner_like` (a LIKE pattern such
+/// as `worker-1/4242:%`, the owner names of one process).
+///
+/// `Outcome::Released` (a worker stopping on request) gives the attempt back: the video
+/// is pending again with its attempt count as before the claim. Any other outcome (the
+/// supervisor cleaning up after a worker that died) counts the attempt and fails the
+/// video if it was its last.
 pub async fn release_matching(
     conn: &mut SqliteConnection,
     owner_like: &str,
@@ -97,7 +78,8 @@ pub async fn release_matching(
 ) -> Result<Vec<(i64, VideoStatus)>, DbError> {
     let rows = sqlx::query(
         "UPDATE videos SET \
-           status = CASE WHEN attempts >= ?5 THEN 'failed' ELSE 'pending' END, \
+           status = CASE WHEN ?5 AND attempts >= ?6 THEN 'failed' ELSE 'pending' END, \
+           attempts = CASE WHEN ?5 THEN attempts ELSE attempts - 1 END, \
            last_outcome = ?3, last_error = ?4, \
            finished_at = ?1, duration_ms = ?1 - started_at, run_after = ?1, \
            lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
@@ -108,6 +90,7 @@ pub async fn release_matching(
     .bind(owner_like)
     .bind(outcome.as_str())
     .bind(error)
+    .bind(outcome != Outcome::Released)
     .bind(max_attempts)
     .fetch_all(conn)
     .await?;
