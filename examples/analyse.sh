@@ -12,7 +12,7 @@ source=$2
 payload=$(cat)
 
 # Pretend to work for 50-250 ms.
-sleep "0.$(( (video_id * 37) % 20 + 5 ))"
+sleep "$(printf '0.%02d' $(( (video_id * 37) % 20 + 5 )))"
 
 # Every 25th video fails on its first attempt, to show retries at work.
 if [ $(( video_id % 25 )) -eq 0 ] && [ "${ATTEMPT:-1}" -eq 1 ]; then

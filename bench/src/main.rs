@@ -1,8 +1,9 @@
 //! `fleet-bench`: measures the worker against the goals of the issues and writes the
 //! results, with the command that produced them, into docs/BENCHMARKS.md.
 //!
-//! Run with `cargo run --release -p bench -- worker` (see docs/BENCHMARKS.md). It uses
-//! the release binaries next to its own executable, so build them in the same profile.
+//! Run with `cargo run --release -p bench -- worker` (or `-- monitor`; see
+//! docs/BENCHMARKS.md). It uses the release binaries next to its own executable, so
+//! build them in the same profile.
 
 mod supervisor_bench;
 
@@ -48,6 +49,15 @@ enum What {
         #[arg(long, default_value_t = 8)]
         exec_concurrency: u32,
     },
+    /// CPU and memory of `monitor` polling idle workers, with plain-text output.
+    Monitor {
+        /// Workers polled.
+        #[arg(long, default_value_t = 16)]
+        workers: u32,
+        /// How long the monitor runs, in seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -63,6 +73,10 @@ async fn main() -> anyhow::Result<()> {
         What::Worker { videos, exec_videos, concurrency, exec_concurrency } => {
             let report = bench_worker(cli.runs, videos, exec_videos, concurrency, exec_concurrency).await?;
             write_section(&cli.out, "worker", &command, &report)?;
+        }
+        What::Monitor { workers, seconds } => {
+            let report = bench_monitor(cli.runs, workers, seconds).await?;
+            write_section(&cli.out, "monitor", &command, &report)?;
         }
     }
     Ok(())
@@ -413,6 +427,159 @@ async fn idle_rss(dir: &Path) -> anyhow::Result<u64> {
     child.kill()?;
     child.wait()?;
     Ok(r)
+}
+
+/// The monitor polling `workers` idle workers (an empty database) once a second for
+/// `secs` seconds, stdout a pipe (plain text): its CPU time and peak RSS.
+async fn bench_monitor(runs: usize, workers: u32, secs: u64) -> anyhow::Result<String> {
+    let dir = tempfile_dir()?;
+    let path = make_db(&dir, 0).await?;
+    let mut cpu = Vec::new();
+    let mut peak = 0;
+    let mut snapshots = Vec::new();
+    let mut last_up = String::new();
+    for run in 0..runs {
+        eprintln!("run {}/{runs}: monitor polling {workers} idle workers for {secs} s", run + 1);
+        let (mut fleet, base) = idle_fleet(&path, workers)?;
+        let m = measure_monitor(base, workers, secs);
+        for w in &mut fleet {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        let m = m?;
+        cpu.push(m.cpu_secs);
+        peak = peak.max(m.peak_rss);
+        snapshots.push(m.snapshots as f64);
+        last_up = m.last_up;
+    }
+    let cpu = median(cpu);
+    let share = 100.0 * cpu / secs as f64;
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    Ok(format!(
+        "| measurement | result | goal |\n|---|---|---|\n\
+         | `monitor --base-port P --workers {workers} --interval 1s`, stdout a pipe, {secs} s: CPU (utime + stime) | {cpu:.2} s, {share:.2}% of one core | < 2% of one core: {} |\n\
+         | same run: monitor peak RSS (VmHWM) | {} | < 20 MiB: {} |\n\
+         | same run: snapshots printed, workers up in the last one | {:.0}, {last_up} | one per second, all up |\n",
+        verdict(share < 2.0),
+        mib(peak),
+        verdict(peak < 20 << 20),
+        median(snapshots),
+    ))
+}
+
+/// `n` workers with nothing to do, on consecutive ports from the returned base port.
+fn idle_fleet(path: &Path, n: u32) -> anyhow::Result<(Vec<Child>, u16)> {
+    let worker = bin("worker")?;
+    for _ in 0..10 {
+        let base = free_port_run(n as u16)?;
+        let mut fleet = Vec::new();
+        for k in 0..n {
+            fleet.push(
+                Command::new(&worker)
+                    .args(["--worker-id", &k.to_string(), "--workers", &n.to_string()])
+                    .args(["--port", &(base + k as u16).to_string(), "--sleep", "0"])
+                    .arg("--db")
+                    .arg(path)
+                    .env("RUST_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut listening = 0;
+        while listening < n && Instant::now() < deadline {
+            listening =
+                (0..n).filter(|k| std::net::TcpStream::connect(("127.0.0.1", base + *k as u16)).is_ok()).count() as u32;
+            if fleet.iter_mut().any(|c| matches!(c.try_wait(), Ok(Some(_)))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if listening == n {
+            return Ok((fleet, base));
+        }
+        for c in &mut fleet {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    bail!("could not start {n} workers on consecutive ports")
+}
+
+/// A port `p` such that `p..p+n` were all free a moment ago.
+fn free_port_run(n: u16) -> anyhow::Result<u16> {
+    for _ in 0..100 {
+        let first = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let base = first.local_addr()?.port();
+        if base.checked_add(n).is_some() && (1..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
+            return Ok(base);
+        }
+    }
+    bail!("found no {n} free consecutive ports")
+}
+
+struct MonitorRun {
+    cpu_secs: f64,
+    peak_rss: u64,
+    snapshots: usize,
+    /// "16/16 up", as the last snapshot says.
+    last_up: String,
+}
+
+fn measure_monitor(base: u16, workers: u32, secs: u64) -> anyhow::Result<MonitorRun> {
+    use std::io::BufRead;
+    let mut child = Command::new(bin("monitor")?)
+        .args(["--base-port", &base.to_string(), "--workers", &workers.to_string(), "--interval", "1s"])
+        .env_remove("FLEET_CONTROL_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("monitor stdout")?;
+    let reader = std::thread::spawn(move || {
+        let (mut snapshots, mut last_up) = (0, String::new());
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(up) = line.split("  workers ").nth(1) {
+                snapshots += 1;
+                last_up = up.split("  ").next().unwrap_or(up).to_string();
+            }
+        }
+        (snapshots, last_up)
+    });
+    std::thread::sleep(Duration::from_secs(secs));
+    let pid = child.id();
+    let still_running = child.try_wait()?.is_none();
+    let cpu_secs = cpu_time(pid);
+    let peak_rss = peak_rss(pid);
+    child.kill()?;
+    child.wait()?;
+    let (snapshots, last_up) = reader.join().map_err(|_| anyhow::anyhow!("the reader thread panicked"))?;
+    if !still_running {
+        bail!("the monitor exited early");
+    }
+    Ok(MonitorRun {
+        cpu_secs: cpu_secs.context("cannot read the monitor's CPU time")?,
+        peak_rss: peak_rss.context("cannot read the monitor's memory")?,
+        snapshots,
+        last_up,
+    })
+}
+
+/// User + system CPU time of a process so far, in seconds, from /proc/<pid>/stat.
+fn cpu_time(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces:
+    // state is field 3, utime 14 and stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let per_sec = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+        .unwrap_or(100.0);
+    Some(ticks as f64 / per_sec)
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {

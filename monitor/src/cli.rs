@@ -1,0 +1,242 @@
+//! The monitor's command line, and the validated configuration `run` takes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use reqwest::Url;
+use shared::units::{duration_arg, format_duration};
+
+/// Polls shorter than this would cost more than they show: people read a dashboard at
+/// most a few times a second.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// A poll answered later than this is not worth waiting for: a worker serves `/status`
+/// from memory, so a slower one is as good as down.
+const MAX_DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_BASE_PORT: u16 = 3001;
+
+/// Watches a shardfleet: polls every worker's /status and shows the fleet's progress, as
+/// a dashboard when stdout is a terminal, as plain text lines otherwise.
+///
+/// Workers are found through the fleet's database (--db), a port range (--base-port and
+/// --workers) or a list of URLs (--targets). With none of these it reads the database
+/// in $FLEET_DB or ./fleet.db.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "monitor", version)]
+pub struct Cli {
+    /// The fleet's SQLite database: the supervisor's records of its latest run say how
+    /// many workers there are, where they listen and the control token.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["workers", "base_port", "targets"])]
+    pub db: Option<PathBuf>,
+
+    /// Port of worker 0; worker K listens on base-port + K on 127.0.0.1.
+    #[arg(long, value_name = "PORT", requires = "workers")]
+    pub base_port: Option<u16>,
+
+    /// Number of workers listening from --base-port (3001 unless given) upwards.
+    #[arg(long, value_name = "N", conflicts_with = "targets")]
+    pub workers: Option<u32>,
+
+    /// Workers' base URLs, comma-separated (http://host:port); for workers on other
+    /// hosts or on ports that do not follow each other. A URL without a scheme gets
+    /// http://.
+    #[arg(long, value_name = "URL,...", value_delimiter = ',')]
+    pub targets: Vec<String>,
+
+    /// How often every worker is polled.
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = duration_arg)]
+    pub interval: Duration,
+
+    /// How long one worker may take to answer before it shows as down; default: the
+    /// interval, at most 2s.
+    #[arg(long, value_name = "DUR", value_parser = duration_arg)]
+    pub timeout: Option<Duration>,
+
+    /// Poll once, print one plain-text snapshot and exit.
+    #[arg(long, conflicts_with = "json")]
+    pub once: bool,
+
+    /// Poll once, print the fleet as JSON (per-worker statuses and totals) and exit.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Bearer token for pausing and resuming workers from the dashboard (p / r). With
+    /// --db the run's own token is used unless this is given.
+    #[arg(long, value_name = "TOKEN", env = "FLEET_CONTROL_TOKEN", hide_env_values = true)]
+    pub control_token: Option<String>,
+}
+
+/// Where the workers are.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// The supervisor's records in this database.
+    Db(PathBuf),
+    /// `workers` workers on 127.0.0.1 from port `base` upwards.
+    Ports { base: u16, workers: u32 },
+    /// Explicit base URLs, one per worker.
+    Urls(Vec<Url>),
+}
+
+/// What the monitor prints, and how often.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The ratatui dashboard, until `q`.
+    Dashboard,
+    /// A plain-text snapshot per interval, until interrupted.
+    Plain,
+    /// One plain-text snapshot.
+    Once,
+    /// One JSON report.
+    Json,
+}
+
+/// Everything `run` needs, checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: Source,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub mode: Mode,
+    pub control_token: Option<String>,
+}
+
+impl Cli {
+    /// Checks the flags against each other; the error is one sentence for the user.
+    /// `stdout_is_terminal` chooses between the dashboard and plain text.
+    pub fn into_config(self, stdout_is_terminal: bool) -> Result<Config, String> {
+        let source = self.source()?;
+        if self.interval < MIN_INTERVAL {
+            return Err(format!(
+                "--interval {} is too short; use at least {}",
+                format_duration(self.interval),
+                format_duration(MIN_INTERVAL)
+            ));
+        }
+        let timeout = self.timeout.unwrap_or(self.interval.min(MAX_DEFAULT_TIMEOUT));
+        if timeout.is_zero() {
+            return Err("--timeout must be longer than zero".into());
+        }
+        let mode = match (self.json, self.once, stdout_is_terminal) {
+            (true, _, _) => Mode::Json,
+            (_, true, _) => Mode::Once,
+            (_, _, true) => Mode::Dashboard,
+            _ => Mode::Plain,
+        };
+        let control_token = self.control_token.filter(|t| !t.is_empty());
+        Ok(Config { source, interval: self.interval, timeout, mode, control_token })
+    }
+
+    fn source(&self) -> Result<Source, String> {
+        if let Some(db) = &self.db {
+            return Ok(Source::Db(db.clone()));
+        }
+        if let Some(workers) = self.workers {
+            let base = self.base_port.unwrap_or(DEFAULT_BASE_PORT);
+            if workers == 0 {
+                return Err("--workers must be at least 1".into());
+            }
+            if base == 0 || u32::from(base) + workers - 1 > u32::from(u16::MAX) {
+                return Err(format!(
+                    "--base-port {base} with --workers {workers} does not fit: ports must lie between 1 and 65535"
+                ));
+            }
+            return Ok(Source::Ports { base, workers });
+        }
+        if !self.targets.is_empty() {
+            return self.targets.iter().map(|t| parse_target(t)).collect::<Result<_, _>>().map(Source::Urls);
+        }
+        // The supervisor keeps its records in the same database the workers use, so in
+        // the fleet's directory `monitor` alone finds everything.
+        let db = std::env::var_os("FLEET_DB").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("fleet.db"));
+        if db.exists() {
+            return Ok(Source::Db(db));
+        }
+        Err(format!(
+            "no workers to watch: pass --db PATH, --workers N (with --base-port, default 3001) or --targets URL,... \
+             ({} does not exist)",
+            db.display()
+        ))
+    }
+}
+
+/// Reads one `--targets` entry: an http URL naming a host, with or without the scheme.
+pub fn parse_target(input: &str) -> Result<Url, String> {
+    let trimmed = input.trim();
+    let err = |reason: &str| format!("invalid target {input:?}: {reason} (example: http://127.0.0.1:3001)");
+    if trimmed.is_empty() {
+        return Err(err("it is empty"));
+    }
+    let with_scheme = if trimmed.contains("://") { trimmed.to_string() } else { format!("http://{trimmed}") };
+    let url = Url::parse(&with_scheme).map_err(|e| err(&e.to_string()))?;
+    if url.scheme() != "http" {
+        return Err(err("only http:// is supported (workers serve plain HTTP)"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(err("it names no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(err("a worker's base URL takes no query or fragment"));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["monitor"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map_err(|e| e.to_string())?.into_config(false)
+    }
+
+    #[test]
+    fn workers_alone_means_consecutive_ports_from_3001() {
+        let c = parse(&["--workers", "3"]).unwrap();
+        assert_eq!(c.source, Source::Ports { base: 3001, workers: 3 });
+        assert_eq!(c.interval, Duration::from_secs(1));
+        assert_eq!(c.timeout, Duration::from_secs(1));
+        assert_eq!(c.mode, Mode::Plain);
+    }
+
+    #[test]
+    fn zero_workers_or_ports_past_65535_are_refused_in_one_sentence() {
+        assert_eq!(parse(&["--workers", "0"]).unwrap_err(), "--workers must be at least 1");
+        let e = parse(&["--base-port", "65535", "--workers", "2"]).unwrap_err();
+        assert!(e.starts_with("--base-port 65535 with --workers 2 does not fit"), "{e}");
+    }
+
+    #[test]
+    fn ways_of_finding_workers_exclude_each_other() {
+        assert!(parse(&["--db", "x.db", "--workers", "2"]).is_err());
+        assert!(parse(&["--workers", "2", "--targets", "http://127.0.0.1:1"]).is_err());
+        assert!(parse(&["--base-port", "4000"]).unwrap_err().contains("--workers"));
+    }
+
+    #[test]
+    fn a_target_without_a_scheme_gets_http_and_other_schemes_are_refused() {
+        assert_eq!(parse_target("127.0.0.1:3001").unwrap().as_str(), "http://127.0.0.1:3001/");
+        assert!(parse_target("https://127.0.0.1:3001").unwrap_err().contains("only http://"));
+        assert!(parse_target("http://").unwrap_err().starts_with("invalid target \"http://\""));
+        assert!(parse_target("").is_err());
+        assert!(parse_target("http://h:99999").is_err());
+    }
+
+    #[test]
+    fn a_malformed_or_too_short_interval_is_refused() {
+        assert!(parse(&["--workers", "1", "--interval", "soon"]).unwrap_err().contains("invalid duration \"soon\""));
+        assert!(parse(&["--workers", "1", "--interval", "0"]).unwrap_err().contains("too short"));
+    }
+
+    #[test]
+    fn json_wins_over_the_terminal_and_the_timeout_follows_a_short_interval() {
+        let c = Cli::try_parse_from(["monitor", "--workers", "1", "--json", "--interval", "300ms"])
+            .unwrap()
+            .into_config(true)
+            .unwrap();
+        assert_eq!(c.mode, Mode::Json);
+        assert_eq!(c.timeout, Duration::from_millis(300));
+        let c = Cli::try_parse_from(["monitor", "--workers", "1"]).unwrap().into_config(true).unwrap();
+        assert_eq!(c.mode, Mode::Dashboard);
+    }
+}

@@ -1,0 +1,224 @@
+//! Finding the workers: from the supervisor's records in the database, from a port
+//! range, or from a list of URLs; and, with a database, keeping up with the records
+//! (restarts, a new run) while the monitor runs.
+
+use std::path::Path;
+
+use anyhow::Context;
+use reqwest::Url;
+use shared::db::Db;
+use shared::db::fleet::{self, FleetRun, FleetWorker};
+use shared::status::ShardCounts;
+
+use crate::cli::Source;
+
+/// One worker to poll.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// Its place in the fleet: the worker id with --db and --base-port, the position in
+    /// --targets otherwise.
+    pub slot: u32,
+    /// Where it serves; `/status`, `/pause` and `/resume` hang below it.
+    pub base: Url,
+    /// The `(worker_id, workers)` it must report when the layout is known, so that a
+    /// stray process on the port is not counted as part of the fleet.
+    pub expect: Option<(u32, u32)>,
+}
+
+impl Target {
+    /// `base` with `path` appended, keeping any path prefix of the base.
+    pub fn url(&self, path: &str) -> Url {
+        let mut url = self.base.clone();
+        let joined = format!("{}/{}", url.path().trim_end_matches('/'), path.trim_start_matches('/'));
+        url.set_path(&joined);
+        url
+    }
+
+    pub fn port(&self) -> Option<u16> {
+        self.base.port_or_known_default()
+    }
+}
+
+/// The workers found, and what else the source told.
+#[derive(Debug)]
+pub struct Discovery {
+    pub targets: Vec<Target>,
+    /// With --db: the supervisor's records, re-read as the monitor runs.
+    pub records: Option<Records>,
+    /// The token for `/pause` and `/resume`: the flag's, or else the run's.
+    pub control_token: Option<String>,
+}
+
+/// Finds the workers. Errors are for the user: a missing database, a database with no
+/// run in it.
+pub async fn discover(source: &Source, control_token: Option<String>) -> anyhow::Result<Discovery> {
+    match source {
+        Source::Ports { base, workers } => Ok(Discovery {
+            targets: (0..*workers).map(|k| local_target(k, base + k as u16, *workers)).collect(),
+            records: None,
+            control_token,
+        }),
+        Source::Urls(urls) => Ok(Discovery {
+            targets: urls
+                .iter()
+                .enumerate()
+                .map(|(i, u)| Target { slot: i as u32, base: u.clone(), expect: None })
+                .collect(),
+            records: None,
+            control_token,
+        }),
+        Source::Db(path) => {
+            let records = Records::open(path).await?;
+            let targets = records.targets();
+            let control_token = control_token.or_else(|| records.run.control_token.clone());
+            Ok(Discovery { targets, records: Some(records), control_token })
+        }
+    }
+}
+
+fn local_target(worker_id: u32, port: u16, workers: u32) -> Target {
+    target_on("127.0.0.1", worker_id, port, workers)
+}
+
+fn target_on(host: &str, worker_id: u32, port: u16, workers: u32) -> Target {
+    let base = Url::parse(&format!("http://{host}:{port}/")).expect("a host and a port make a valid URL");
+    Target { slot: worker_id, base, expect: Some((worker_id, workers)) }
+}
+
+/// The supervisor's records of the latest run in a fleet database.
+#[derive(Debug)]
+pub struct Records {
+    db: Db,
+    run: FleetRun,
+    workers: Vec<FleetWorker>,
+}
+
+/// What changed in the records since the last read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refresh {
+    /// The worker slots as the supervisor last saw them (restarts, last reason, state).
+    pub slots: Vec<FleetWorker>,
+    /// Set when a new run was started: it replaces the old one.
+    pub new_run: Option<NewRun>,
+}
+
+/// A run started since the monitor began: its workers, token and memory limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    pub targets: Vec<Target>,
+    pub control_token: Option<String>,
+    pub mem_limit_bytes: Option<u64>,
+}
+
+impl Records {
+    async fn open(path: &Path) -> anyhow::Result<Records> {
+        // One connection: the monitor reads two small tables once per interval.
+        let db = Db::open_existing(path, 1).await?;
+        let run = fleet::latest_run(db.pool())
+            .await
+            .with_context(|| format!("cannot read the fleet records in {}", path.display()))?
+            .with_context(|| {
+                format!(
+                    "{} has no fleet run recorded: start one with `supervisor start`, or name the workers with \
+                     --workers N or --targets URL,...",
+                    path.display()
+                )
+            })?;
+        let workers = fleet::run_workers(db.pool(), run.run_id).await?;
+        Ok(Records { db, run, workers })
+    }
+
+    /// The run's workers, on the address they were bound to (loopback for a wildcard).
+    pub fn targets(&self) -> Vec<Target> {
+        let host = connect_host(&self.run.bind);
+        let n = self.run.workers.max(0) as u32;
+        (0..n)
+            .map(|k| {
+                let port = self
+                    .workers
+                    .iter()
+                    .find(|w| w.worker_id == i64::from(k))
+                    .map(|w| w.port)
+                    .unwrap_or(self.run.base_port + i64::from(k));
+                target_on(&host, k, u16::try_from(port).unwrap_or(0), n)
+            })
+            .collect()
+    }
+
+    pub fn slots(&self) -> &[FleetWorker] {
+        &self.workers
+    }
+
+    pub fn mem_limit_bytes(&self) -> Option<u64> {
+        self.run.mem_limit_bytes.and_then(|b| u64::try_from(b).ok())
+    }
+
+    /// Re-reads the latest run and its slots.
+    pub async fn refresh(&mut self) -> Result<Refresh, shared::DbError> {
+        let latest = fleet::latest_run(self.db.pool()).await?;
+        let mut new_run = None;
+        if let Some(run) = latest
+            && run.run_id != self.run.run_id
+        {
+            self.run = run;
+            self.workers = fleet::run_workers(self.db.pool(), self.run.run_id).await?;
+            new_run = Some(NewRun {
+                targets: self.targets(),
+                control_token: self.run.control_token.clone(),
+                mem_limit_bytes: self.mem_limit_bytes(),
+            });
+        } else {
+            self.workers = fleet::run_workers(self.db.pool(), self.run.run_id).await?;
+        }
+        Ok(Refresh { slots: self.workers.clone(), new_run })
+    }
+
+    /// Every shard's counts straight from the videos table: one scan, for shards whose
+    /// worker cannot tell.
+    pub async fn shard_counts(&self) -> Result<Vec<ShardCounts>, shared::DbError> {
+        fleet::shard_progress(self.db.pool(), self.run.workers.max(1) as u32).await
+    }
+}
+
+/// Where to connect to reach a worker bound to `bind`: a wildcard address is reached on
+/// loopback, an IPv6 address needs brackets in a URL.
+fn connect_host(bind: &str) -> String {
+    match bind.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_unspecified() && ip.is_ipv6() => "[::1]".into(),
+        Ok(ip) if ip.is_unspecified() => "127.0.0.1".into(),
+        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+        Ok(ip) => ip.to_string(),
+        Err(_) if bind.trim().is_empty() => "127.0.0.1".into(),
+        Err(_) => bind.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_url_keeps_the_base_path_prefix() {
+        let t = Target { slot: 0, base: Url::parse("http://127.0.0.1:8080/fleet/w0/").unwrap(), expect: None };
+        assert_eq!(t.url("/status").as_str(), "http://127.0.0.1:8080/fleet/w0/status");
+        let t = Target { slot: 0, base: Url::parse("http://127.0.0.1:3001").unwrap(), expect: None };
+        assert_eq!(t.url("/status").as_str(), "http://127.0.0.1:3001/status");
+        assert_eq!(t.port(), Some(3001));
+    }
+
+    #[test]
+    fn wildcard_binds_are_reached_on_loopback() {
+        assert_eq!(connect_host("0.0.0.0"), "127.0.0.1");
+        assert_eq!(connect_host("::"), "[::1]");
+        assert_eq!(connect_host("10.0.0.5"), "10.0.0.5");
+        assert_eq!(connect_host("fd00::1"), "[fd00::1]");
+    }
+
+    #[tokio::test]
+    async fn ports_give_one_target_per_worker_expecting_its_id() {
+        let d = discover(&Source::Ports { base: 4000, workers: 3 }, None).await.unwrap();
+        let ports: Vec<_> = d.targets.iter().map(|t| t.port().unwrap()).collect();
+        assert_eq!(ports, [4000, 4001, 4002]);
+        assert_eq!(d.targets[2].expect, Some((2, 3)));
+    }
+}
