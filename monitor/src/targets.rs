@@ -112,8 +112,8 @@ pub struct NewRun {
 
 impl Records {
     async fn open(path: &Path) -> anyhow::Result<Records> {
-        // One connection: the monitor reads two small tables once per interval.
-        let db = Db::open_existing(path, 1).await?;
+        // Read-only and never migrating: watching a fleet must not change its database.
+        let db = Db::open_read_only(path).await?;
         let run = fleet::latest_run(db.pool())
             .await
             .with_context(|| format!("cannot read the fleet records in {}", path.display()))?

@@ -23,6 +23,8 @@ pub enum DbError {
     NotSqlite { path: PathBuf },
     #[error("cannot open database {path}: {reason}")]
     Open { path: PathBuf, reason: String },
+    #[error("{path} is a SQLite database but not a shardfleet one (it has no videos, attempts and fleet_runs tables)")]
+    NotFleet { path: PathBuf },
     #[error("database {path} is read-only or its directory cannot be written")]
     ReadOnly { path: PathBuf },
     #[error(

@@ -70,7 +70,9 @@ async fn a_late_finisher_whose_lease_was_taken_over_cannot_overwrite_the_newer_r
 
     // The old worker stalls; its lease lapses and the video is taken back and claimed anew.
     let later = now + 5_000;
-    let taken = db::reclaim_expired(&mut conn, 1, 0, later, 3).await.unwrap();
+    let own = db::reclaim_expired(&mut conn, 1, 0, "old-worker", later, 3).await.unwrap();
+    assert!(own.is_empty(), "a worker never takes back its own leases");
+    let taken = db::reclaim_expired(&mut conn, 1, 0, "new-worker", later, 3).await.unwrap();
     assert_eq!(taken, [(1, VideoStatus::Pending)]);
     let second = Claimer::new(1, 0, "new-worker");
     let new = second.claim(&mut conn, 1, later, Duration::from_secs(10)).await.unwrap().remove(0);

@@ -45,11 +45,18 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 }
 
 /// Runs one subcommand; returns the exit code on success.
-pub async fn run(command: Command, shutdown: CancellationToken, hurry: CancellationToken) -> Result<u8, Failure> {
+/// `out` is the supervisor's stdout, written without ever blocking (the merged stream
+/// of the workers' lines goes there).
+pub async fn run(
+    command: Command,
+    shutdown: CancellationToken,
+    hurry: CancellationToken,
+    out: tracing_appender::non_blocking::NonBlocking,
+) -> Result<u8, Failure> {
     match command {
         Command::Start(args) => {
             fleet::preflight(&args).map_err(Failure::usage)?;
-            let fleet = fleet::Fleet::prepare(*args).await?;
+            let fleet = fleet::Fleet::prepare(*args, out).await?;
             Ok(fleet.run(shutdown, hurry).await?.exit_code())
         }
         Command::Import(a) => {
@@ -71,7 +78,7 @@ pub async fn run(command: Command, shutdown: CancellationToken, hurry: Cancellat
             Ok(exit::DONE)
         }
         Command::Status(a) => {
-            let db = Db::open_existing(&a.db.db, 1).await.map_err(Failure::usage)?;
+            let db = Db::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
             let view = status::load(&db).await?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
@@ -81,13 +88,13 @@ pub async fn run(command: Command, shutdown: CancellationToken, hurry: Cancellat
             Ok(exit::DONE)
         }
         Command::Stop(a) => {
-            let db = Db::open_existing(&a.db.db, 1).await.map_err(Failure::usage)?;
+            let db = Db::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
             println!("{}", stop::stop(&db, a.timeout).await?);
             Ok(exit::DONE)
         }
         Command::Retry(a) => retry(a).await,
         Command::Export(a) => {
-            let db = Db::open_existing(&a.db.db, 2).await.map_err(Failure::usage)?;
+            let db = Db::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
             let n = export::export(&db, a.format, &a.status, a.out.as_deref()).await?;
             if let Some(out) = &a.out {
                 eprintln!("exported {n} videos to {}", out.display());
@@ -98,7 +105,7 @@ pub async fn run(command: Command, shutdown: CancellationToken, hurry: Cancellat
             let dir = match a.log_dir {
                 Some(d) => d,
                 None => {
-                    let db = Db::open_existing(&a.db.db, 1).await.map_err(Failure::usage)?;
+                    let db = Db::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
                     let run = shared::db::fleet::latest_run(db.pool()).await?;
                     run.and_then(|r| r.log_dir).map(Into::into).ok_or_else(|| {
                         Failure::usage(anyhow::anyhow!("no fleet has been started on this database; pass --log-dir"))

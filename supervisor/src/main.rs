@@ -17,11 +17,19 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse_from(argv);
+    // Everything the supervisor prints goes through one non-blocking, lossy writer
+    // thread: a stdout nobody reads (a full pipe, a paused terminal) drops lines instead
+    // of stalling the loop that watches the workers. The guard flushes it at exit.
+    let (out, _flush) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(100_000)
+        .finish(std::io::stdout());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
         .with_target(false)
+        .with_writer(out.clone())
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     // One thread: it is the thread that spawns workers, and a worker's parent-death
@@ -39,7 +47,7 @@ fn main() -> ExitCode {
             eprintln!("supervisor: cannot install signal handlers: {e}");
             return ExitCode::from(exit::FAILURE);
         }
-        match supervisor::run(cli.command, shutdown, hurry).await {
+        match supervisor::run(cli.command, shutdown, hurry, out).await {
             Ok(code) => ExitCode::from(code),
             // A reader that went away (`export | head`) is not an error of ours.
             Err(Failure { error, .. })

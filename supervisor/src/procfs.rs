@@ -88,6 +88,11 @@ mod tests {
     #[test]
     fn a_child_process_is_found_and_measured() {
         let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        // Until it has executed, the child still shows our own command line.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !is_running(child.id() as i64, "sleep") && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let me = std::process::id() as i32;
         let usage = tree_usage(me);
         assert!(usage.root > 0);

@@ -40,8 +40,39 @@ fn run_to_end(mut cmd: Command) -> Output {
     cmd.output().expect("supervisor runs")
 }
 
-fn spawn(mut cmd: Command) -> Child {
-    cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("supervisor starts")
+/// A supervisor started in the background, stopped (SIGTERM, then SIGKILL) if the test
+/// ends without waiting for it, so a failing test leaves no fleet running.
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn spawn(mut cmd: Command) -> Running {
+    Running(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("supervisor starts"))
 }
 
 /// (worker_id, pid, state, restarts, last_reason) of the latest run.
@@ -130,8 +161,9 @@ async fn a_worker_killed_mid_run_is_restarted_with_its_reason_and_its_claims_han
     assert_eq!(t.scalar("SELECT count(*) FROM attempts WHERE outcome = 'crashed'").await, 4);
 }
 
-/// A handler for video 3 that holds ~300 MiB; the others finish at once.
-const GREEDY: &str = "sh -c 'if [ {video_id} = 3 ]; then exec python3 -c \"b = bytes(300 << 20) + b\\\"x\\\"; import time; time.sleep(30)\"; fi; echo ok'";
+/// A handler for video 3 that grows to ~300 MiB, in a child of the shell (as a wrapper
+/// script would run it); the others finish at once.
+const GREEDY: &str = "sh -c 'if [ {video_id} = 3 ]; then python3 -c \"b = bytes(300 << 20) + b\\\"x\\\"; import time; time.sleep(30)\"; exit $?; fi; echo ok'";
 
 async fn memory_limit_run(t: &TestDb, mode: &str) -> Option<Output> {
     t.seed(20).await;
@@ -461,4 +493,45 @@ async fn a_second_signal_stops_the_fleet_at_once_and_hands_back_what_it_held() {
     assert_eq!(t.by_status().await.get("running"), None, "nothing is left claimed");
     assert_eq!(t.scalar("SELECT max(attempts) FROM videos").await, 0, "the stopped jobs' attempts do not count");
     assert_eq!(t.scalar("SELECT count(*) FROM attempts WHERE outcome = 'released'").await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdout_nobody_reads_does_not_stall_the_fleet() {
+    let t = TestDb::new().await;
+    t.seed(300).await;
+    // Every failure logs ~2 KiB of stderr: far more than a pipe holds.
+    let noisy = "sh -c 'head -c 2000 /dev/zero | tr \"\\\\0\" x >&2; exit 1'";
+    let mut cmd = start(&t, 2, &["--mem-limit", "250M", "--exec", noisy, "--max-attempts", "1", "--exit-when-done"]);
+    let mut sup = Running(cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap());
+    let started = Instant::now();
+    while sup.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < LONG, "the supervisor stalled on its unread stdout");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(sup.wait().unwrap().code(), Some(3), "every video failed, and the run ended");
+    assert_eq!(t.by_status().await.get("failed"), Some(&300));
+    let logs = std::fs::read_to_string(t.dir.path().join("fleet-logs/worker-0.log")).unwrap();
+    assert!(logs.lines().count() >= 150, "the log files keep every line");
+}
+
+#[tokio::test]
+async fn read_only_commands_refuse_a_sqlite_file_that_is_not_a_fleet_and_leave_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.db");
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3; c = sqlite3.connect('{}'); c.execute('create table notes (x)'); c.commit()",
+            path.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let before = std::fs::read(&path).unwrap();
+    for cmd in [&["status"][..], &["export"], &["stop"], &["retry", "--failed"]] {
+        let out = supervisor(dir.path()).args(cmd).arg("--db").arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}: {}", text(&out));
+        assert!(text(&out).contains("is a SQLite database but not a shardfleet one"), "{}", text(&out));
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the file is unchanged");
 }

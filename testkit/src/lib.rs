@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shared::db::Db;
+use shared::status::{ShardCounts, WorkerStatus};
 
 /// A temp dir holding `fleet.db`, migrated and seeded by the test.
 pub struct TestDb {
@@ -26,9 +27,17 @@ impl TestDb {
         TestDb { dir, path, db }
     }
 
-    /// Inserts videos `1..=n` with source `src-<id>`.
+    /// Inserts videos `1..=n` with source `src-<id>` and payload `{"n":<id>}`.
     pub async fn seed(&self, n: i64) {
-        self.seed_sources((1..=n).map(|i| (i, format!("src-{i}"))).collect()).await;
+        sqlx::query(
+            "INSERT INTO videos (video_id, source, payload) \
+             WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < ?) \
+             SELECT i, 'src-' || i, '{\"n\":' || i || '}' FROM s",
+        )
+        .bind(n)
+        .execute(self.db.pool())
+        .await
+        .unwrap();
     }
 
     pub async fn seed_sources(&self, rows: Vec<(i64, String)>) {
@@ -52,6 +61,27 @@ impl TestDb {
             .unwrap()
             .into_iter()
             .collect()
+    }
+
+    /// Every video by status.
+    pub async fn counts(&self) -> ShardCounts {
+        self.shard(0, 1).await
+    }
+
+    /// Videos of shard `k` of `n` by status.
+    pub async fn shard(&self, k: u32, n: u32) -> ShardCounts {
+        let mut counts = ShardCounts::default();
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, count(*) FROM videos WHERE video_id % ?1 = ?2 GROUP BY status")
+                .bind(n)
+                .bind(k)
+                .fetch_all(self.db.pool())
+                .await
+                .unwrap();
+        for (status, count) in rows {
+            *counts.get_mut(status.parse().unwrap()) = count as u64;
+        }
+        counts
     }
 
     pub async fn scalar(&self, sql: &'static str) -> i64 {
@@ -94,8 +124,9 @@ pub fn bin(name: &str) -> PathBuf {
     if !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let release = path.parent().and_then(|p| p.file_name()).is_some_and(|n| n == "release");
+        let target_dir = path.parent().and_then(|p| p.parent()).expect("target dir");
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", name]);
+        cmd.args(["build", "-p", name, "--target-dir"]).arg(target_dir);
         if release {
             cmd.arg("--release");
         }
@@ -128,24 +159,31 @@ pub fn free_ports(n: u16) -> u16 {
 /// Starts worker `k` of `n` on a free port with `args` added, and waits until it
 /// listens.
 pub fn spawn_worker(db: &Path, k: u32, n: u32, args: &[&str]) -> WorkerProc {
-    let mut cmd = Command::new(worker_bin());
-    cmd.args(["--worker-id", &k.to_string(), "--workers", &n.to_string(), "--port", "0", "--db"])
+    spawn_worker_on(db, k, n, 0, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Starts worker `k` of `n` on `port` (0: any free port) with `args` added, and waits
+/// until it listens; an error carries its logs.
+pub fn spawn_worker_on(db: &Path, k: u32, n: u32, port: u16, args: &[&str]) -> Result<WorkerProc, String> {
+    let mut child = Command::new(worker_bin())
+        .args(["--worker-id", &k.to_string(), "--workers", &n.to_string(), "--port", &port.to_string(), "--db"])
         .arg(db)
         .args(args)
         .env("RUST_LOG", "info,sqlx=warn")
         .env_remove("WORKER_CONCURRENCY")
+        .env_remove("FLEET_CONTROL_TOKEN")
         .current_dir(db.parent().unwrap())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("worker binary starts");
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the worker binary starts");
     let logs = Arc::new(Mutex::new(Vec::new()));
     let (port_tx, port_rx) = std::sync::mpsc::channel();
     for stream in [
         Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
         Box::new(child.stdout.take().unwrap()),
     ] {
-        let logs = logs.clone();
-        let port_tx = port_tx.clone();
+        let (logs, port_tx) = (logs.clone(), port_tx.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
@@ -155,10 +193,33 @@ pub fn spawn_worker(db: &Path, k: u32, n: u32, args: &[&str]) -> WorkerProc {
             }
         });
     }
-    let port = port_rx
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| panic!("worker did not start listening; logs:\n{}", logs.lock().unwrap().join("\n")));
-    WorkerProc { child, port, logs }
+    drop(port_tx);
+    match port_rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(port) => Ok(WorkerProc { child, port, logs }),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!("worker {k} did not start listening; logs:\n{}", logs.lock().unwrap().join("\n")))
+        }
+    }
+}
+
+/// `n` workers on consecutive ports (as `--base-port` and the supervisor lay them out);
+/// returns them and the base port. Retries elsewhere if another process takes a port.
+pub fn spawn_fleet(db: &Path, n: u32, args: &[&str]) -> (Vec<WorkerProc>, u16) {
+    for _ in 0..10 {
+        let base = free_ports(n as u16);
+        let started: Result<Vec<_>, _> = (0..n).map(|k| spawn_worker_on(db, k, n, base + k as u16, args)).collect();
+        if let Ok(workers) = started {
+            return (workers, base);
+        }
+    }
+    panic!("could not start {n} workers on consecutive ports");
+}
+
+/// A port nothing listens on.
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl WorkerProc {
@@ -186,8 +247,14 @@ impl WorkerProc {
         self.logs.lock().unwrap().join("\n")
     }
 
+    /// `/status` as JSON, for checking field names.
     pub async fn status(&self) -> serde_json::Value {
         reqwest::get(self.url("/status")).await.unwrap().json().await.unwrap()
+    }
+
+    /// `/status` as the shared type.
+    pub async fn worker_status(&self) -> WorkerStatus {
+        serde_json::from_value(self.status().await).expect("a WorkerStatus")
     }
 }
 

@@ -337,15 +337,8 @@ impl Runner {
     async fn reclaim(&mut self) -> anyhow::Result<()> {
         let mut busy = BusyRetry::new();
         let taken = loop {
-            match db::reclaim_expired(
-                &mut self.conn,
-                self.cfg.workers,
-                self.cfg.worker_id,
-                now_ms(),
-                self.cfg.job.max_attempts,
-            )
-            .await
-            {
+            let (workers, id, max) = (self.cfg.workers, self.cfg.worker_id, self.cfg.job.max_attempts);
+            match db::reclaim_expired(&mut self.conn, workers, id, self.claimer.owner(), now_ms(), max).await {
                 Ok(t) => break t,
                 Err(e) => busy.wait(e).await.context("cannot reclaim expired leases")?,
             }

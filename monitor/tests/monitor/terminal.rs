@@ -94,11 +94,13 @@ async fn p_and_r_pause_and_resume_the_selected_worker_with_the_runs_token() {
     // Down arrow selects worker 1, p pauses it.
     m.type_keys(b"\x1b[B");
     m.type_keys(b"p");
-    wait_for(LONG, "worker 1 to be paused", || async { workers[1].status().await.state == WorkerState::Paused }).await;
-    assert_ne!(workers[0].status().await.state, WorkerState::Paused, "only the selected worker is paused");
+    wait_for(LONG, "worker 1 to be paused", || async { workers[1].worker_status().await.state == WorkerState::Paused })
+        .await;
+    assert_ne!(workers[0].worker_status().await.state, WorkerState::Paused, "only the selected worker is paused");
     m.wait_for_output("paused", WAIT);
     m.type_keys(b"r");
-    wait_for(LONG, "worker 1 to resume", || async { workers[1].status().await.state != WorkerState::Paused }).await;
+    wait_for(LONG, "worker 1 to resume", || async { workers[1].worker_status().await.state != WorkerState::Paused })
+        .await;
     m.type_keys(b"q");
     assert_restored(&mut m);
 }

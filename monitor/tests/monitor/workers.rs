@@ -22,7 +22,7 @@ async fn wait_settled(t: &TestDb, workers: &[WorkerProc]) {
             return false;
         }
         for (k, w) in workers.iter().enumerate() {
-            if w.status().await.shard != t.shard(k as u32, n).await {
+            if w.worker_status().await.shard != t.shard(k as u32, n).await {
                 return false;
             }
         }
@@ -72,7 +72,7 @@ async fn once_prints_one_snapshot_of_a_busy_fleet_whose_totals_match_the_databas
     wait_for(LONG, "three videos running on each worker", || async {
         let mut ok = t.counts().await.running == 6;
         for w in &workers {
-            let s = w.status().await;
+            let s = w.worker_status().await;
             ok &= s.in_flight.len() == 3 && s.shard.running == 3;
         }
         ok

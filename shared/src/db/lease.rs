@@ -19,13 +19,16 @@ pub async fn renew_owner(conn: &mut SqliteConnection, owner: &str, expires_at: i
     Ok(r.rows_affected())
 }
 
-/// Takes back the videos of shard `worker_id` whose lease lapsed before `now`. The lapsed
-/// attempt counts: the video goes back to pending (due at once) or, if that was its last
+/// Takes back the videos of shard `worker_id` whose lease lapsed before `now`, except
+/// those `own` holds: a live worker whose renewal was held up (a long lock held by
+/// someone else) must not take back the jobs it is still running. The lapsed attempt
+/// counts: the video goes back to pending (due at once) or, if that was its last
 /// attempt, to failed. Returns each video taken back with its new status.
 pub async fn reclaim_expired(
     conn: &mut SqliteConnection,
     workers: u32,
     worker_id: u32,
+    own: &str,
     now: i64,
     max_attempts: u32,
 ) -> Result<Vec<(i64, VideoStatus)>, DbError> {
@@ -36,13 +39,14 @@ pub async fn reclaim_expired(
            last_error = 'lease expired: ' || COALESCE(lease_owner, '?') || ' stopped renewing it', \
            finished_at = ?1, duration_ms = ?1 - started_at, run_after = ?1, \
            lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
-         WHERE status = 'running' AND lease_expires_at < ?1 AND video_id % ?4 = ?2 \
+         WHERE status = 'running' AND lease_expires_at < ?1 AND video_id % ?4 = ?2 AND lease_owner <> ?5 \
          RETURNING video_id, status",
     )
     .bind(now)
     .bind(worker_id)
     .bind(max_attempts)
     .bind(workers)
+    .bind(own)
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(|r| (r.get(0), parse_status(r.get(1)))).collect())

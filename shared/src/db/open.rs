@@ -66,17 +66,47 @@ impl Db {
         Ok(db)
     }
 
-    /// Opens an existing database; refuses to create one. For commands that only read
-    /// or change rows (status, export, retry), where a typo in `--db` must not leave an
-    /// empty database behind.
+    /// Opens an existing fleet database for commands that change rows (`retry`); refuses
+    /// to create one, and refuses a SQLite file that is not a fleet's, so a typo in
+    /// `--db` neither leaves an empty database behind nor adds our tables to someone
+    /// else's file.
     pub async fn open_existing(path: &Path, max_connections: u32) -> Result<Db, DbError> {
+        Db::open_read_only(path).await?.close().await;
+        Db::open(path, max_connections).await
+    }
+
+    /// Opens an existing fleet database read-only, without migrating it: for `status`,
+    /// `export`, `stop`, `logs` and the monitor, which only read.
+    pub async fn open_read_only(path: &Path) -> Result<Db, DbError> {
+        let missing = || DbError::Open {
+            path: path.into(),
+            reason: "no such database (run `supervisor import` or `supervisor start` first)".into(),
+        };
         match std::fs::metadata(path) {
-            Ok(m) if m.len() > 0 => Db::open(path, max_connections).await,
-            Ok(_) | Err(_) => Err(DbError::Open {
-                path: path.into(),
-                reason: "no such database (run `supervisor import` or `supervisor start` first)".into(),
-            }),
+            Ok(m) if m.len() > 0 => {}
+            _ => return Err(missing()),
         }
+        if inspect(path)? {
+            return Err(missing());
+        }
+        let options = SqliteConnectOptions::new().filename(path).read_only(true).busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .after_connect(|conn, _| Box::pin(async move { busy::install(conn).await }))
+            .connect_with(options)
+            .await
+            .map_err(|e| open_error(path, e))?;
+        let db = Db { path: path.to_path_buf(), pool };
+        let tables: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('videos', 'attempts', 'fleet_runs')",
+        )
+        .fetch_one(&db.pool)
+        .await?;
+        if tables < 3 {
+            db.close().await;
+            return Err(DbError::NotFleet { path: path.into() });
+        }
+        Ok(db)
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -109,7 +139,7 @@ impl Db {
         })
         .await;
         match result {
-            Err(DbError::Sql(sqlx::Error::Database(e))) if matches!(e.code().as_deref(), Some("8") | Some("1032")) => {
+            Err(DbError::Sql(sqlx::Error::Database(e))) if is_read_only_code(e.code().as_deref()) => {
                 Err(DbError::ReadOnly { path: self.path.clone() })
             }
             other => other,
@@ -157,6 +187,11 @@ fn inspect(path: &Path) -> Result<bool, DbError> {
             }
         }
     }
+}
+
+/// SQLITE_READONLY and its extended codes (1032, 1288, 1544, ...): the low byte is 8.
+fn is_read_only_code(code: Option<&str>) -> bool {
+    code.and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| c & 0xff == 8)
 }
 
 fn open_error(path: &Path, e: sqlx::Error) -> DbError {

@@ -184,6 +184,26 @@ fn empty_and_remove(dir: &Path) {
     tracing::warn!("could not remove cgroup {}", dir.display());
 }
 
+/// Removes the cgroups of earlier runs whose supervisor is gone (killed before it could
+/// clean up), and any process left in them.
+fn remove_stale(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("shardfleet-").and_then(|p| p.parse::<i64>().ok()) else { continue };
+        if pid == std::process::id() as i64 || crate::procfs::is_running(pid, "supervisor") {
+            continue;
+        }
+        if let Ok(children) = fs::read_dir(e.path()) {
+            for c in children.flatten().filter(|c| c.path().is_dir()) {
+                empty_and_remove(&c.path());
+            }
+        }
+        empty_and_remove(&e.path());
+        tracing::info!("removed the cgroup of an earlier run: {}", e.path().display());
+    }
+}
+
 fn try_v2(tag: &str) -> anyhow::Result<PathBuf> {
     let (mount, _) = cgroup::mounts();
     let mount = mount.context("no cgroup2 hierarchy is mounted")?;
@@ -198,6 +218,7 @@ fn try_v2(tag: &str) -> anyhow::Result<PathBuf> {
     if !control.split_whitespace().any(|c| c == "memory") {
         write(&own.join("cgroup.subtree_control"), "+memory").context("cannot delegate the memory controller")?;
     }
+    remove_stale(&own);
     let root = own.join(tag);
     fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     if let Err(e) = write(&root.join("cgroup.subtree_control"), "+memory") {
@@ -212,6 +233,7 @@ fn try_v1(tag: &str) -> anyhow::Result<PathBuf> {
     let mount = mount.context("no cgroup v1 memory hierarchy is mounted")?;
     let (_, path) = cgroup::own_paths();
     let own = mount.join(path.context("this process has no memory cgroup path")?.trim_start_matches('/'));
+    remove_stale(&own);
     let root = own.join(tag);
     fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     // Prove we can set a limit before relying on it.

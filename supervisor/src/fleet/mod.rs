@@ -7,6 +7,7 @@
 
 mod memory;
 mod output;
+mod records;
 mod slot;
 mod spawn;
 mod summary;
@@ -26,10 +27,13 @@ use shared::units::{format_duration, human_bytes};
 use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, interval, sleep_until};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing_appender::non_blocking::NonBlocking;
 
 pub use memory::Mode;
 use memory::{Memory, Victim, WorkerCgroup};
 use output::LogLine;
+use records::Record;
 use slot::{RestartPolicy, Slot, SlotState};
 
 use crate::cli::StartArgs;
@@ -133,6 +137,17 @@ pub struct Fleet {
     events: mpsc::UnboundedReceiver<Event>,
     logs: mpsc::UnboundedSender<LogLine>,
     logger: tokio::task::JoinHandle<()>,
+    /// Our stdout, never blocking (see main.rs).
+    out: NonBlocking,
+    /// Bookkeeping writes, done off the loop (see `records.rs`).
+    records: mpsc::UnboundedSender<Record>,
+    recorder: tokio::task::JoinHandle<()>,
+    /// Hand-backs of dead workers' videos in progress; waited for at the end.
+    releases: TaskTracker,
+    /// When health was last checked; a much older one means this loop was stalled.
+    last_health_check: Instant,
+    /// No worker is killed for silence before this: set after a stall of our own.
+    health_grace_until: Option<Instant>,
     /// Slots not yet started for the first time (with --stagger they go one by one).
     next_start: u32,
     last_start: Option<Instant>,
@@ -147,7 +162,7 @@ pub struct Fleet {
 impl Fleet {
     /// Opens the database, sets up memory enforcement and records the run. Nothing is
     /// spawned yet.
-    pub async fn prepare(args: StartArgs) -> anyhow::Result<Fleet> {
+    pub async fn prepare(args: StartArgs, out: NonBlocking) -> anyhow::Result<Fleet> {
         let exe = worker_exe()?;
         let db_path = std::path::absolute(&args.db.db).context("cannot resolve --db")?;
         // One connection: every write of ours comes from this one loop, in turn.
@@ -196,7 +211,9 @@ impl Fleet {
             control_token: Some(token.clone()),
         };
         run.run_id = fleet::insert_run(db.pool(), &run).await?;
-        let (logs, logger) = output::start(log_dir, args.workers, args.log_max_size.bytes(), args.log_keep)?;
+        let (logs, logger) =
+            output::start(log_dir, args.workers, args.log_max_size.bytes(), args.log_keep, out.clone())?;
+        let (records, recorder) = records::start(db.clone(), run.run_id);
         let (events_tx, events) = mpsc::unbounded_channel();
         let policy = RestartPolicy {
             delay: args.restart_delay,
@@ -223,6 +240,12 @@ impl Fleet {
             events,
             logs,
             logger,
+            out,
+            records,
+            recorder,
+            releases: TaskTracker::new(),
+            last_health_check: Instant::now(),
+            health_grace_until: None,
             next_start: 0,
             last_start: None,
             began: Instant::now(),
@@ -270,15 +293,20 @@ impl Fleet {
                     tracing::warn!("second signal: workers stop their jobs now");
                     hurried = true;
                     self.begin_stop(RunEnd::Stopped).await;
-                    self.signal_all(Signal::SIGTERM);
+                    // SIGINT, not a second SIGTERM: two pending SIGTERMs would merge into one.
+                    self.signal_all(Signal::SIGINT);
                     self.stopping = Some(Instant::now() + Duration::from_secs(3));
                 }
                 Some(ev) = self.events.recv() => self.handle(ev).await,
                 _ = sample.tick(), if self.memory.mode == Mode::Sample => self.sample().await,
                 _ = health.tick() => self.check_health(false),
                 _ = readiness.tick(), if self.slots.iter().any(|s| s.state == SlotState::Starting) => self.check_health(true),
-                _ = records.tick() => self.write_records().await,
-                _ = done_check.tick(), if self.args.exit_when_done && self.stopping.is_none() => self.check_done().await?,
+                _ = records.tick() => self.write_records(),
+                _ = done_check.tick(), if self.args.exit_when_done && self.stopping.is_none() => {
+                    if let Err(e) = self.check_done().await {
+                        tracing::warn!("could not check whether the work is done ({e:#}); trying again");
+                    }
+                }
                 _ = sleep_until(stop_at.unwrap_or_else(Instant::now).into()), if stop_at.is_some() && !killed_all => {
                     tracing::warn!("workers did not stop within the grace period; killing them");
                     killed_all = true;
@@ -406,7 +434,7 @@ impl Fleet {
         });
         self.slots[ki].spawned(pid, Instant::now(), now_ms());
         tracing::info!("worker {k} started (pid {pid}, port {})", self.slots[ki].port);
-        self.write_record(k).await;
+        self.write_record(k);
     }
 
     async fn handle(&mut self, ev: Event) {
@@ -421,7 +449,7 @@ impl Fleet {
                     s.state = SlotState::Running;
                     let took = s.started.map(|t| t.elapsed()).unwrap_or_default();
                     tracing::info!("worker {slot} ready in {} ms", took.as_millis());
-                    self.write_record(slot).await;
+                    self.write_record(slot);
                 }
             }
             Event::Exited { slot, pid, status } => {
@@ -430,7 +458,7 @@ impl Fleet {
                 }
                 let reason = self.exit_reason(slot, &status);
                 let outcome = if reason.starts_with("memory limit") { Outcome::Memory } else { Outcome::Crashed };
-                self.release_claims(slot, pid, outcome, &reason).await;
+                self.release_claims(slot, pid, outcome, &reason);
                 if let Some(cg) = self.cgroups[slot as usize].take() {
                     self.memory.release_worker(&cg);
                 }
@@ -439,7 +467,7 @@ impl Fleet {
                     s.pid = None;
                     s.state = SlotState::Stopped;
                     tracing::info!("worker {slot} stopped ({reason})");
-                    self.write_record(slot).await;
+                    self.write_record(slot);
                 } else {
                     self.crashed(slot, reason).await;
                 }
@@ -486,34 +514,48 @@ impl Fleet {
                     format_duration(self.policy.crash_loop.window),
                     format_duration(until - now)
                 );
-                let _ = fleet::add_event(self.db.pool(), self.run.run_id, k, "errored", &reason).await;
+                self.record(Record::Event { worker: k, kind: "errored", reason: reason.clone() });
                 self.history.push(format!("{clock} worker {k}: {reason}; marked errored"));
             }
             SlotState::Backoff(at) => {
                 tracing::warn!("worker {k} exited ({reason}); restarting in {}", format_duration(at - now));
-                let _ = fleet::add_event(self.db.pool(), self.run.run_id, k, "restart", &reason).await;
+                self.record(Record::Event { worker: k, kind: "restart", reason: reason.clone() });
                 self.history.push(format!("{clock} worker {k}: {reason}"));
             }
             _ => {}
         }
-        self.write_record(k).await;
+        self.write_record(k);
     }
 
-    /// Hands back what a dead worker held, at once: nothing waits for its leases.
-    async fn release_claims(&self, k: u32, pid: u32, outcome: Outcome, reason: &str) {
+    /// Hands back what a dead worker held, at once: nothing waits for its leases. In a
+    /// task of its own, so a busy database does not stall the loop.
+    fn release_claims(&self, k: u32, pid: u32, outcome: Outcome, reason: &str) {
         let pattern = shared::db::owner_pattern(k, pid);
-        let max = self.args.job.max_attempts;
-        match shared::db::retry_busy(|| released_once(&self.db, &pattern, outcome, k, reason, max)).await {
-            Ok(v) if !v.is_empty() => tracing::info!("worker {k}: handed back {} videos it held", v.len()),
-            Ok(_) => {}
-            Err(e) => tracing::error!("worker {k}: could not hand back its videos ({e}); their leases will lapse"),
-        }
+        let (db, reason, max) = (self.db.clone(), reason.to_string(), self.args.job.max_attempts);
+        self.releases.spawn(async move {
+            match shared::db::retry_busy(|| released_once(&db, &pattern, outcome, k, &reason, max)).await {
+                Ok(v) if !v.is_empty() => tracing::info!("worker {k}: handed back {} videos it held", v.len()),
+                Ok(_) => {}
+                Err(e) => tracing::error!("worker {k}: could not hand back its videos ({e}); their leases will lapse"),
+            }
+        });
     }
 
     /// Polls /health of every worker (or only the starting ones) and kills workers that
     /// have been silent too long.
     fn check_health(&mut self, only_starting: bool) {
         let now = Instant::now();
+        if !only_starting {
+            // If this loop itself was stalled, the workers' silence is ours: give them a
+            // fresh allowance before judging.
+            let gap = now.saturating_duration_since(self.last_health_check);
+            if gap > self.args.health_interval * 3 + Duration::from_secs(1) {
+                tracing::warn!("the supervisor was stalled for {}; health verdicts wait", format_duration(gap));
+                self.health_grace_until = Some(now + self.args.unhealthy_after);
+            }
+            self.last_health_check = now;
+        }
+        let judging = self.health_grace_until.is_none_or(|t| now >= t);
         let host = if self.args.bind.is_unspecified() { "127.0.0.1".to_string() } else { self.args.bind.to_string() };
         for s in &mut self.slots {
             let Some(pid) = s.pid else { continue };
@@ -527,7 +569,7 @@ impl Fleet {
             } else {
                 self.args.unhealthy_after
             };
-            if silent_for > limit && s.kill_reason.is_none() {
+            if judging && silent_for > limit && s.kill_reason.is_none() {
                 let reason = if s.last_healthy.is_none() {
                     format!("failed health check: never answered /health in {}", format_duration(limit))
                 } else {
@@ -581,7 +623,7 @@ impl Fleet {
                     let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
                     self.slots[k].memory_kills += 1;
                     tracing::warn!("worker {k}: handler (process group {pgid}) {reason}");
-                    let _ = fleet::add_event(self.db.pool(), self.run.run_id, k as u32, "memory_kill", &reason).await;
+                    self.record(Record::Event { worker: k as u32, kind: "memory_kill", reason: reason.clone() });
                     self.history
                         .push(format!("{} worker {k}: handler {reason}", shared::units::format_utc_ms(now_ms())));
                 }
@@ -635,7 +677,7 @@ impl Fleet {
         }
         self.end = end;
         self.stopping = Some(Instant::now() + self.args.job.grace + Duration::from_secs(5));
-        let _ = fleet::set_run_state(self.db.pool(), self.run.run_id, "stopping", false).await;
+        self.record(Record::RunState { state: "stopping", stopped: false });
         self.signal_all(Signal::SIGTERM);
         for s in self.slots.iter_mut().filter(|s| s.pid.is_none()) {
             s.state = SlotState::Stopped;
@@ -657,18 +699,18 @@ impl Fleet {
         }
     }
 
-    async fn write_records(&mut self) {
+    fn write_records(&mut self) {
         if self.memory.mode != Mode::Sample {
             for s in &mut self.slots {
                 s.rss = s.pid.map(|p| procfs::tree_usage(p as i32).total()).unwrap_or(0);
             }
         }
         for k in 0..self.slots.len() as u32 {
-            self.write_record(k).await;
+            self.write_record(k);
         }
     }
 
-    async fn write_record(&self, k: u32) {
+    fn write_record(&self, k: u32) {
         let s = &self.slots[k as usize];
         let not_ready =
             s.state == SlotState::Starting && s.started.is_some_and(|t| t.elapsed() > self.args.ready_timeout);
@@ -686,15 +728,18 @@ impl Fleet {
             memory_kills: s.memory_kills as i64,
             updated_at: None,
         };
-        if let Err(e) = fleet::update_worker(self.db.pool(), &record).await {
-            tracing::warn!("could not record worker {k}: {e}");
-        }
+        self.record(Record::Worker(record));
+    }
+
+    /// Queues a bookkeeping write; the recorder outlives the loop, so it cannot be gone.
+    fn record(&self, r: Record) {
+        let _ = self.records.send(r);
     }
 
     async fn finish(mut self) -> anyhow::Result<RunEnd> {
         for k in 0..self.slots.len() as u32 {
             self.slots[k as usize].state = SlotState::Stopped;
-            self.write_record(k).await;
+            self.write_record(k);
         }
         self.memory.cleanup();
         let state = match self.end {
@@ -703,13 +748,18 @@ impl Fleet {
             RunEnd::SomeFailed => "failed",
             RunEnd::WorkersErrored => "errored",
         };
-        fleet::set_run_state(self.db.pool(), self.run.run_id, state, true).await?;
+        self.record(Record::RunState { state, stopped: true });
+        self.releases.close();
+        self.releases.wait().await;
+        drop(self.records);
+        let _ = self.recorder.await;
         drop(self.logs);
         let _ = self.logger.await;
         if self.end != RunEnd::Stopped || self.args.exit_when_done {
             let text =
                 summary::build(&self.db, &self.run, &self.args, self.began.elapsed(), &self.history, self.end).await?;
-            println!("{text}");
+            use std::io::Write;
+            let _ = self.out.write_all(format!("{text}\n").as_bytes());
         }
         self.db.close().await;
         Ok(self.end)

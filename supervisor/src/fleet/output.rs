@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::mpsc;
+use tracing_appender::non_blocking::NonBlocking;
 
 use crate::logs::{LogFile, log_path};
 
@@ -18,11 +19,14 @@ pub struct LogLine {
 }
 
 /// Opens the log files and starts the task that writes them.
+/// `out` is the supervisor's non-blocking stdout: a reader that stops reading costs
+/// lines on the console (the log files keep them), never a stalled fleet.
 pub fn start(
     dir: PathBuf,
     workers: u32,
     max_bytes: u64,
     keep: u32,
+    mut out: NonBlocking,
 ) -> anyhow::Result<(mpsc::UnboundedSender<LogLine>, tokio::task::JoinHandle<()>)> {
     let mut files = Vec::new();
     for k in 0..workers {
@@ -46,10 +50,8 @@ pub fn start(
                 tracing::error!("cannot write worker {k}'s log file: {e}");
             }
             // One write per line: the merged stream stays line-atomic.
-            let mut out = std::io::stdout().lock();
             let _ = out.write_all(format!("{ts} [worker-{}] {}\n", line.worker, line.text).as_bytes());
         }
-        let _ = std::io::stdout().lock().flush();
     });
     Ok((tx, task))
 }

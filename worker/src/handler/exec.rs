@@ -63,6 +63,8 @@ impl ExecHandler {
             .env("VIDEO_SOURCE", &job.source)
             .env("ATTEMPT", job.attempt.to_string())
             .env("WORKER_ID", job.worker_id.to_string())
+            // The control token is the supervisor's and the worker's, not the handler's.
+            .env_remove("FLEET_CONTROL_TOKEN")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -137,9 +139,10 @@ impl ExecHandler {
             }
             return JobResult::Success(String::from_utf8_lossy(&stdout).trim_end().to_string());
         }
-        if status.signal() == Some(Signal::SIGKILL as i32)
-            && let Some(reason) = pgid.and_then(|g| self.memory.explain(g, oom_before))
-        {
+        // However the handler reports it (a shell wrapper exits 137 when its child is
+        // OOM-killed), a failure during which the cgroup saw an OOM kill is a memory kill.
+        // With several jobs at once, another job's failure in that window is counted too.
+        if let Some(reason) = pgid.and_then(|g| self.memory.explain(g, oom_before)) {
             return JobResult::Failure { outcome: Outcome::Memory, error: reason };
         }
         let how = match (status.code(), status.signal()) {

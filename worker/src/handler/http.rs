@@ -14,6 +14,9 @@ use super::{Job, JobResult, Pacer, STDOUT_LIMIT};
 
 /// Calls per attempt before push-back turns into a failed attempt.
 const PUSHBACK_TRIES: u32 = 5;
+/// The longest one call may take, so an endpoint that accepts and never answers cannot
+/// hold a video forever; `--job-timeout` bounds the whole attempt on top of this.
+const CALL_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug)]
 pub struct HttpHandler {
@@ -32,6 +35,7 @@ impl HttpHandler {
         }
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            .timeout(CALL_TIMEOUT)
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
