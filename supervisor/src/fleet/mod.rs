@@ -7,6 +7,7 @@
 
 mod memory;
 mod output;
+mod probe;
 mod records;
 mod slot;
 mod spawn;
@@ -132,7 +133,8 @@ pub struct Fleet {
     oom_at_start: Vec<u64>,
     exe: PathBuf,
     token: String,
-    http: reqwest::Client,
+    /// Where the workers are reached: the bind address, or loopback for a wildcard.
+    reach: std::net::IpAddr,
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
     logs: mpsc::UnboundedSender<LogLine>,
@@ -223,6 +225,7 @@ impl Fleet {
             cooldown: args.errored_cooldown,
         };
         let slots = (0..args.workers).map(|k| Slot::new(k, args.base_port + k as u16)).collect();
+        let reach = if args.bind.is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { args.bind };
         Ok(Fleet {
             cgroups: vec![None; args.workers as usize],
             oom_at_start: vec![0; args.workers as usize],
@@ -235,7 +238,7 @@ impl Fleet {
             slots,
             exe,
             token,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(1)).build()?,
+            reach,
             events_tx,
             events,
             logs,
@@ -556,7 +559,6 @@ impl Fleet {
             self.last_health_check = now;
         }
         let judging = self.health_grace_until.is_none_or(|t| now >= t);
-        let host = if self.args.bind.is_unspecified() { "127.0.0.1".to_string() } else { self.args.bind.to_string() };
         for s in &mut self.slots {
             let Some(pid) = s.pid else { continue };
             if only_starting && s.state != SlotState::Starting {
@@ -580,10 +582,9 @@ impl Fleet {
                 let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
                 continue;
             }
-            let url = format!("http://{host}:{}/health", s.port);
-            let (client, tx, slot) = (self.http.clone(), self.events_tx.clone(), s.id);
+            let (ip, port, tx, slot) = (self.reach, s.port, self.events_tx.clone(), s.id);
             tokio::spawn(async move {
-                let ok = client.get(url).send().await.is_ok_and(|r| r.status().is_success());
+                let ok = probe::healthy(ip, port, Duration::from_secs(1)).await;
                 let _ = tx.send(Event::Health { slot, pid, ok });
             });
         }
@@ -608,15 +609,16 @@ impl Fleet {
                         self.args.mem_limit
                     );
                     // Tell the worker first, so the attempt is recorded with this reason.
-                    let url = format!("http://127.0.0.1:{}/memory-kill/{pgid}", self.slots[k].port);
-                    let told = self
-                        .http
-                        .post(url)
-                        .bearer_auth(&self.token)
-                        .body(reason.clone())
-                        .timeout(Duration::from_millis(200))
-                        .send()
-                        .await;
+                    let port = self.slots[k].port;
+                    let told = probe::announce_memory_kill(
+                        self.reach,
+                        port,
+                        &self.token,
+                        pgid,
+                        &reason,
+                        Duration::from_millis(200),
+                    )
+                    .await;
                     if let Err(e) = &told {
                         tracing::warn!("worker {k}: could not tell it about the memory kill: {e}");
                     }
