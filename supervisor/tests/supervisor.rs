@@ -535,3 +535,45 @@ async fn read_only_commands_refuse_a_sqlite_file_that_is_not_a_fleet_and_leave_i
     }
     assert_eq!(std::fs::read(&path).unwrap(), before, "the file is unchanged");
 }
+
+/// Kills worker 0 mid-job in `mode` and checks that its handler does not outlive it.
+async fn killed_worker_leaves_no_handler(mode: &str) {
+    let t = TestDb::new().await;
+    t.seed(10).await;
+    let _sup = spawn(start(
+        &t,
+        1,
+        &["--mem-limit", "250M", "--mem-enforce", mode, "--exec", "sleep 300", "--concurrency", "2"],
+    ));
+    wait_for(LONG, "two handlers running", || async { t.by_status().await.get("running") == Some(&2) }).await;
+    let pid = workers(&t).await[0].1.unwrap();
+    // The handlers are the worker's children; give the sampler a round to see them.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let mut handlers: Vec<i64> = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        handlers.extend(list.split_whitespace().filter_map(|p| p.parse::<i64>().ok()));
+    }
+    assert_eq!(handlers.len(), 2, "two handler processes: {children:?}");
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while handlers.iter().any(|&h| alive(h)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(handlers.iter().all(|&h| !alive(h)), "handlers outlived their worker: {handlers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_handlers_do_not_outlive_it_in_sampling_mode() {
+    killed_worker_leaves_no_handler("sample").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_handlers_do_not_outlive_it_in_cgroup_mode() {
+    if !nix::unistd::geteuid().is_root() || shared::cgroup::own_memory_cgroup().is_none() {
+        eprintln!("skipping: no memory cgroup to put workers in here");
+        return;
+    }
+    killed_worker_leaves_no_handler("cgroup").await;
+}

@@ -460,6 +460,10 @@ impl Fleet {
                     return;
                 }
                 let reason = self.exit_reason(slot, &status);
+                // Its handlers lead process groups of their own and survived it: end them.
+                for pgid in std::mem::take(&mut self.slots[slot as usize].handler_groups) {
+                    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
+                }
                 let outcome = if reason.starts_with("memory limit") { Outcome::Memory } else { Outcome::Crashed };
                 self.release_claims(slot, pid, outcome, &reason);
                 if let Some(cg) = self.cgroups[slot as usize].take() {
@@ -599,6 +603,7 @@ impl Fleet {
             }
             let usage = procfs::tree_usage(pid as i32);
             self.slots[k].rss = usage.total();
+            self.slots[k].handler_groups = usage.children.iter().map(|c| c.0 as u32).collect();
             match self.memory.verdict(&usage) {
                 None => {}
                 Some(Victim::Handler { pgid, rss, total }) => {
@@ -704,7 +709,9 @@ impl Fleet {
     fn write_records(&mut self) {
         if self.memory.mode != Mode::Sample {
             for s in &mut self.slots {
-                s.rss = s.pid.map(|p| procfs::tree_usage(p as i32).total()).unwrap_or(0);
+                let usage = s.pid.map(|p| procfs::tree_usage(p as i32));
+                s.rss = usage.as_ref().map(|u| u.total()).unwrap_or(0);
+                s.handler_groups = usage.map(|u| u.children.iter().map(|c| c.0 as u32).collect()).unwrap_or_default();
             }
         }
         for k in 0..self.slots.len() as u32 {

@@ -59,6 +59,9 @@ pub struct Slot {
     pub last_restart_at_ms: Option<i64>,
     pub memory_kills: u32,
     pub rss: u64,
+    /// The handlers' process groups seen in the worker's tree at the last sample; killed
+    /// if the worker dies, since orphans would run on unwatched.
+    pub handler_groups: Vec<u32>,
     /// Why the supervisor killed the current process, if it did (memory, health), so
     /// the exit is recorded with that reason rather than "signal 9".
     pub kill_reason: Option<String>,
@@ -83,6 +86,7 @@ impl Slot {
             last_restart_at_ms: None,
             memory_kills: 0,
             rss: 0,
+            handler_groups: Vec::new(),
             kill_reason: None,
             crashes: VecDeque::new(),
             streak: 0,
