@@ -279,7 +279,7 @@ impl Fleet {
             self.args.handler.describe()
         );
         loop {
-            self.start_due().await;
+            self.start_due();
             if self.stopping.is_some() && self.slots.iter().all(|s| s.pid.is_none()) {
                 break;
             }
@@ -288,19 +288,19 @@ impl Fleet {
             tokio::select! {
                 _ = shutdown.cancelled(), if self.stopping.is_none() => {
                     tracing::info!("stopping: workers finish or hand back their videos");
-                    self.begin_stop(RunEnd::Stopped).await;
+                    self.begin_stop(RunEnd::Stopped);
                 }
                 _ = hurry.cancelled(), if !hurried => {
                     // A worker's second signal kills its jobs and hands their videos back
                     // without counting the attempt; what is still alive in 3 s is killed.
                     tracing::warn!("second signal: workers stop their jobs now");
                     hurried = true;
-                    self.begin_stop(RunEnd::Stopped).await;
+                    self.begin_stop(RunEnd::Stopped);
                     // SIGINT, not a second SIGTERM: two pending SIGTERMs would merge into one.
                     self.signal_all(Signal::SIGINT);
                     self.stopping = Some(Instant::now() + Duration::from_secs(3));
                 }
-                Some(ev) = self.events.recv() => self.handle(ev).await,
+                Some(ev) = self.events.recv() => self.handle(ev),
                 _ = sample.tick(), if self.memory.mode == Mode::Sample => self.sample().await,
                 _ = health.tick() => self.check_health(false),
                 _ = readiness.tick(), if self.slots.iter().any(|s| s.state == SlotState::Starting) => self.check_health(true),
@@ -322,7 +322,7 @@ impl Fleet {
     }
 
     /// Starts slots whose time has come: first starts (staggered) and restarts.
-    async fn start_due(&mut self) {
+    fn start_due(&mut self) {
         if self.stopping.is_some() {
             return;
         }
@@ -347,14 +347,14 @@ impl Fleet {
             let k = self.next_start;
             self.next_start += 1;
             self.last_start = Some(now);
-            self.start_slot(k).await;
+            self.start_slot(k);
         }
         for k in 0..self.slots.len() {
             if self.slots[k].due().is_some_and(|t| t <= now) {
                 if matches!(self.slots[k].state, SlotState::Errored(_)) {
                     tracing::info!("worker {k}: cooldown over; trying it again");
                 }
-                self.start_slot(k as u32).await;
+                self.start_slot(k as u32);
             }
         }
     }
@@ -374,7 +374,7 @@ impl Fleet {
         wake
     }
 
-    async fn start_slot(&mut self, k: u32) {
+    fn start_slot(&mut self, k: u32) {
         let ki = k as usize;
         if let Some(old) = self.cgroups[ki].take() {
             self.memory.release_worker(&old);
@@ -382,7 +382,7 @@ impl Fleet {
         let cgroup = match self.memory.prepare_worker(k) {
             Ok(c) => c,
             Err(e) => {
-                self.crashed(k, format!("cannot set up its memory cgroup: {e:#}")).await;
+                self.crashed(k, format!("cannot set up its memory cgroup: {e:#}"));
                 return;
             }
         };
@@ -421,12 +421,12 @@ impl Fleet {
         let mut child = match child {
             Ok(c) => c,
             Err(e) => {
-                self.crashed(k, format!("cannot start {}: {e}", self.exe.display())).await;
+                self.crashed(k, format!("cannot start {}: {e}", self.exe.display()));
                 return;
             }
         };
         let Some(pid) = child.id() else {
-            self.crashed(k, "exited before it could be watched".into()).await;
+            self.crashed(k, "exited before it could be watched".into());
             return;
         };
         output::forward(k, child.stdout.take(), child.stderr.take(), self.logs.clone());
@@ -440,7 +440,7 @@ impl Fleet {
         self.write_record(k);
     }
 
-    async fn handle(&mut self, ev: Event) {
+    fn handle(&mut self, ev: Event) {
         match ev {
             Event::Health { slot, pid, ok } => {
                 let s = &mut self.slots[slot as usize];
@@ -476,7 +476,7 @@ impl Fleet {
                     tracing::info!("worker {slot} stopped ({reason})");
                     self.write_record(slot);
                 } else {
-                    self.crashed(slot, reason).await;
+                    self.crashed(slot, reason);
                 }
             }
         }
@@ -508,7 +508,7 @@ impl Fleet {
         }
     }
 
-    async fn crashed(&mut self, k: u32, reason: String) {
+    fn crashed(&mut self, k: u32, reason: String) {
         let now = Instant::now();
         let state = self.slots[k as usize].crashed(reason.clone(), now, now_ms(), &self.policy);
         self.slots[k as usize].restarts += 1;
@@ -656,7 +656,7 @@ impl Fleet {
                 .fetch_one(self.db.pool())
                 .await?;
             tracing::info!("no video is pending or running: the work is done");
-            self.begin_stop(if failed == 0 { RunEnd::AllDone } else { RunEnd::SomeFailed }).await;
+            self.begin_stop(if failed == 0 { RunEnd::AllDone } else { RunEnd::SomeFailed });
             return Ok(());
         }
         // Work only errored workers could do would keep the run waiting for nothing.
@@ -672,13 +672,13 @@ impl Fleet {
                 .sum();
             if live_left == 0 {
                 tracing::error!("only errored workers ({errored:?}) have work left; ending the run");
-                self.begin_stop(RunEnd::WorkersErrored).await;
+                self.begin_stop(RunEnd::WorkersErrored);
             }
         }
         Ok(())
     }
 
-    async fn begin_stop(&mut self, end: RunEnd) {
+    fn begin_stop(&mut self, end: RunEnd) {
         if self.stopping.is_some() {
             return;
         }
