@@ -31,6 +31,10 @@ fn dashboard_of_a_down_worker(dir: &std::path::Path) -> PtyMonitor {
 fn assert_restored(m: &mut PtyMonitor) {
     let status = m.wait_exit(WAIT);
     assert!(status.success(), "exit status {status}; the terminal shows:\n{:?}", m.output());
+    // The terminal's output is read by a thread: the last bytes can arrive just after
+    // the exit is seen.
+    m.wait_for_output(LEAVE_ALTERNATE_SCREEN, WAIT);
+    m.wait_for_output(SHOW_CURSOR, WAIT);
     let out = m.output();
     let entered = out.rfind(ENTER_ALTERNATE_SCREEN).unwrap();
     let left = out.rfind(LEAVE_ALTERNATE_SCREEN).expect("the alternate screen was left");
