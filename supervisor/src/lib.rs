@@ -25,6 +25,20 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{Command, RetryArgs};
 pub use crate::fleet::exit;
 
+/// A command that succeeded: its exit code and, for a batch run, the summary to print
+/// last (after the log lines still queued for stdout).
+#[derive(Debug)]
+pub struct Done {
+    pub code: u8,
+    pub summary: Option<String>,
+}
+
+impl From<u8> for Done {
+    fn from(code: u8) -> Done {
+        Done { code, summary: None }
+    }
+}
+
 /// A failure with its exit code: bad input (2) or a runtime failure (1).
 #[derive(Debug)]
 pub struct Failure {
@@ -52,12 +66,13 @@ pub async fn run(
     shutdown: CancellationToken,
     hurry: CancellationToken,
     out: tracing_appender::non_blocking::NonBlocking,
-) -> Result<u8, Failure> {
+) -> Result<Done, Failure> {
     match command {
         Command::Start(args) => {
             fleet::preflight(&args).map_err(Failure::usage)?;
             let fleet = fleet::Fleet::prepare(*args, out).await?;
-            Ok(fleet.run(shutdown, hurry).await?.exit_code())
+            let (end, summary) = fleet.run(shutdown, hurry).await?;
+            Ok(Done { code: end.exit_code(), summary })
         }
         Command::Import(a) => {
             let videos = import::parse_file(&a.file).map_err(Failure::usage)?;
@@ -75,7 +90,7 @@ pub async fn run(
             }
             println!("{line}");
             db.close().await;
-            Ok(exit::DONE)
+            Ok(exit::DONE.into())
         }
         Command::Status(a) => {
             let db = Db::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
@@ -85,21 +100,21 @@ pub async fn run(
             } else {
                 print!("{}", status::render(&view));
             }
-            Ok(exit::DONE)
+            Ok(exit::DONE.into())
         }
         Command::Stop(a) => {
             let db = Db::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
             println!("{}", stop::stop(&db, a.timeout).await?);
-            Ok(exit::DONE)
+            Ok(exit::DONE.into())
         }
-        Command::Retry(a) => retry(a).await,
+        Command::Retry(a) => retry(a).await.map(Done::from),
         Command::Export(a) => {
             let db = Db::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
             let n = export::export(&db, a.format, &a.status, a.out.as_deref()).await?;
             if let Some(out) = &a.out {
                 eprintln!("exported {n} videos to {}", out.display());
             }
-            Ok(exit::DONE)
+            Ok(exit::DONE.into())
         }
         Command::Logs(a) => {
             let dir = match a.log_dir {
@@ -136,7 +151,7 @@ pub async fn run(
                     _ = shutdown.cancelled() => {}
                 }
             }
-            Ok(exit::DONE)
+            Ok(exit::DONE.into())
         }
     }
 }

@@ -19,6 +19,9 @@ pub async fn stop(db: &Db, timeout: Duration) -> anyhow::Result<String> {
     if !procfs::is_running(pid, "supervisor") {
         return Ok(format!("no fleet is running (the last one, supervisor pid {pid}, is {})", run.state));
     }
+    // Let go of the database first: the supervisor checkpoints the WAL into the file when
+    // it closes the last connection, and ours would be one.
+    db.close().await;
     kill(Pid::from_raw(pid as i32), Signal::SIGTERM)?;
     let deadline = Instant::now() + timeout;
     while procfs::is_running(pid, "supervisor") {

@@ -512,6 +512,8 @@ async fn a_stdout_nobody_reads_does_not_stall_the_fleet() {
     assert_eq!(t.by_status().await.get("failed"), Some(&300));
     let logs = std::fs::read_to_string(t.dir.path().join("fleet-logs/worker-0.log")).unwrap();
     assert!(logs.lines().count() >= 150, "the log files keep every line");
+    let summary = std::fs::read_to_string(t.dir.path().join("fleet-logs/run-1-summary.txt")).unwrap();
+    assert!(summary.contains("videos: 0 done, 300 failed, 300 in all"), "the summary is saved: {summary}");
 }
 
 #[tokio::test]

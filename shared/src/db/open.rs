@@ -97,11 +97,20 @@ impl Db {
             .await
             .map_err(|e| open_error(path, e))?;
         let db = Db { path: path.to_path_buf(), pool };
+        let read_only = |e: sqlx::Error| match &e {
+            // A WAL database needs its -shm file, which a reader creates next to the file.
+            sqlx::Error::Database(d) if is_read_only_code(d.code().as_deref()) => DbError::Open {
+                path: path.into(),
+                reason: "it is in WAL mode and its directory cannot be written (readers need its -shm file)".into(),
+            },
+            _ => DbError::Sql(e),
+        };
         let tables: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('videos', 'attempts', 'fleet_runs')",
         )
         .fetch_one(&db.pool)
-        .await?;
+        .await
+        .map_err(read_only)?;
         if tables < 3 {
             db.close().await;
             return Err(DbError::NotFleet { path: path.into() });

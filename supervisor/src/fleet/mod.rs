@@ -123,6 +123,9 @@ fn worker_exe() -> anyhow::Result<PathBuf> {
 pub struct Fleet {
     args: StartArgs,
     db: Db,
+    /// A read-only connection of its own for the done check: WAL reads never wait for
+    /// the write lock, nor queue behind the records writer on `db`.
+    reader: Db,
     db_path: PathBuf,
     run: FleetRun,
     memory: Memory,
@@ -139,8 +142,6 @@ pub struct Fleet {
     events: mpsc::UnboundedReceiver<Event>,
     logs: mpsc::UnboundedSender<LogLine>,
     logger: tokio::task::JoinHandle<()>,
-    /// Our stdout, never blocking (see main.rs).
-    out: NonBlocking,
     /// Bookkeeping writes, done off the loop (see `records.rs`).
     records: mpsc::UnboundedSender<Record>,
     recorder: tokio::task::JoinHandle<()>,
@@ -169,6 +170,7 @@ impl Fleet {
         let db_path = std::path::absolute(&args.db.db).context("cannot resolve --db")?;
         // One connection: every write of ours comes from this one loop, in turn.
         let db = Db::open(&db_path, 1).await.context("cannot use the database")?;
+        let reader = Db::open_read_only(&db_path).await.context("cannot read the database")?;
         if let Some(prev) = fleet::latest_run(db.pool()).await? {
             let live = procfs::is_running(prev.supervisor_pid, "supervisor");
             if live && matches!(prev.state.as_str(), "running" | "stopping") {
@@ -213,8 +215,7 @@ impl Fleet {
             control_token: Some(token.clone()),
         };
         run.run_id = fleet::insert_run(db.pool(), &run).await?;
-        let (logs, logger) =
-            output::start(log_dir, args.workers, args.log_max_size.bytes(), args.log_keep, out.clone())?;
+        let (logs, logger) = output::start(log_dir, args.workers, args.log_max_size.bytes(), args.log_keep, out)?;
         let (records, recorder) = records::start(db.clone(), run.run_id);
         let (events_tx, events) = mpsc::unbounded_channel();
         let policy = RestartPolicy {
@@ -227,6 +228,7 @@ impl Fleet {
         let slots = (0..args.workers).map(|k| Slot::new(k, args.base_port + k as u16)).collect();
         let reach = if args.bind.is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { args.bind };
         Ok(Fleet {
+            reader,
             cgroups: vec![None; args.workers as usize],
             oom_at_start: vec![0; args.workers as usize],
             args,
@@ -243,7 +245,6 @@ impl Fleet {
             events,
             logs,
             logger,
-            out,
             records,
             recorder,
             releases: TaskTracker::new(),
@@ -259,7 +260,12 @@ impl Fleet {
     }
 
     /// Runs until stopped (or, with --exit-when-done, until the work is done).
-    pub async fn run(mut self, shutdown: CancellationToken, hurry: CancellationToken) -> anyhow::Result<RunEnd> {
+    /// Returns how the run ended and, in batch mode, its summary to print.
+    pub async fn run(
+        mut self,
+        shutdown: CancellationToken,
+        hurry: CancellationToken,
+    ) -> anyhow::Result<(RunEnd, Option<String>)> {
         let mut sample = interval(self.args.sample_interval);
         let mut health = interval(self.args.health_interval);
         let mut records = interval(Duration::from_secs(1));
@@ -650,10 +656,10 @@ impl Fleet {
     }
 
     async fn check_done(&mut self) -> anyhow::Result<()> {
-        let unfinished = fleet::unfinished(self.db.pool()).await?;
+        let unfinished = fleet::unfinished(self.reader.pool()).await?;
         if unfinished == 0 {
             let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM videos WHERE status = 'failed'")
-                .fetch_one(self.db.pool())
+                .fetch_one(self.reader.pool())
                 .await?;
             tracing::info!("no video is pending or running: the work is done");
             self.begin_stop(if failed == 0 { RunEnd::AllDone } else { RunEnd::SomeFailed });
@@ -663,7 +669,7 @@ impl Fleet {
         let errored: Vec<u32> =
             self.slots.iter().filter(|s| matches!(s.state, SlotState::Errored(_))).map(|s| s.id).collect();
         if !errored.is_empty() {
-            let shards = fleet::shard_progress(self.db.pool(), self.args.workers).await?;
+            let shards = fleet::shard_progress(self.reader.pool(), self.args.workers).await?;
             let live_left: u64 = shards
                 .iter()
                 .enumerate()
@@ -745,7 +751,7 @@ impl Fleet {
         let _ = self.records.send(r);
     }
 
-    async fn finish(mut self) -> anyhow::Result<RunEnd> {
+    async fn finish(mut self) -> anyhow::Result<(RunEnd, Option<String>)> {
         for k in 0..self.slots.len() as u32 {
             self.slots[k as usize].state = SlotState::Stopped;
             self.write_record(k);
@@ -764,14 +770,22 @@ impl Fleet {
         let _ = self.recorder.await;
         drop(self.logs);
         let _ = self.logger.await;
-        if self.end != RunEnd::Stopped || self.args.exit_when_done {
+        let summary = if self.end != RunEnd::Stopped || self.args.exit_when_done {
             let text =
                 summary::build(&self.db, &self.run, &self.args, self.began.elapsed(), &self.history, self.end).await?;
-            use std::io::Write;
-            let _ = self.out.write_all(format!("{text}\n").as_bytes());
-        }
+            if let Some(dir) = &self.run.log_dir {
+                let path = std::path::Path::new(dir).join(format!("run-{}-summary.txt", self.run.run_id));
+                if let Err(e) = std::fs::write(&path, format!("{text}\n")) {
+                    tracing::warn!("could not save the summary to {}: {e}", path.display());
+                }
+            }
+            Some(text)
+        } else {
+            None
+        };
+        self.reader.close().await;
         self.db.close().await;
-        Ok(self.end)
+        Ok((self.end, summary))
     }
 }
 

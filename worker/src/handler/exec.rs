@@ -135,10 +135,12 @@ impl ExecHandler {
             }
             return JobResult::Success(String::from_utf8_lossy(&stdout).trim_end().to_string());
         }
-        // However the handler reports it (a shell wrapper exits 137 when its child is
-        // OOM-killed), a failure during which the cgroup saw an OOM kill is a memory kill.
-        // With several jobs at once, another job's failure in that window is counted too.
-        if let Some(reason) = pgid.and_then(|g| self.memory.explain(g, oom_before)) {
+        // Killed by SIGKILL, or a shell wrapper reporting its child's SIGKILL as 137: if the
+        // supervisor announced a memory kill of this group, or the cgroup saw an OOM kill
+        // while it ran, it was the memory limit. Other failures keep their own error even
+        // when another job of this worker was OOM-killed meanwhile.
+        let sigkilled = status.signal() == Some(Signal::SIGKILL as i32) || status.code() == Some(128 + 9);
+        if sigkilled && let Some(reason) = pgid.and_then(|g| self.memory.explain(g, oom_before)) {
             return JobResult::Failure { outcome: Outcome::Memory, error: reason };
         }
         let how = match (status.code(), status.signal()) {
