@@ -579,3 +579,45 @@ async fn a_killed_workers_handlers_do_not_outlive_it_in_cgroup_mode() {
     }
     killed_worker_leaves_no_handler("cgroup").await;
 }
+
+/// The direct children of `pid`, from every one of its threads.
+fn children_of(pid: i64) -> Vec<i64> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            out.extend(list.split_whitespace().filter_map(|p| p.parse::<i64>().ok()));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_killed_with_sigkill_leaves_neither_workers_nor_their_handlers() {
+    let t = TestDb::new().await;
+    t.seed(10).await;
+    // Sampling mode: no cgroup for the next start to clean up, so only the worker itself
+    // can end its handlers.
+    let mut sup = spawn(start(
+        &t,
+        1,
+        &["--mem-limit", "250M", "--mem-enforce", "sample", "--exec", "sleep 300", "--concurrency", "2"],
+    ));
+    wait_for(LONG, "two handlers running", || async { t.by_status().await.get("running") == Some(&2) }).await;
+    let worker = workers(&t).await[0].1.unwrap();
+    let mut handlers = children_of(worker);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while handlers.len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        handlers = children_of(worker);
+    }
+    assert_eq!(handlers.len(), 2, "two handler processes");
+    sup.kill().unwrap();
+    sup.wait().unwrap();
+    let everyone: Vec<i64> = handlers.iter().copied().chain([worker]).collect();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while everyone.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(everyone.iter().all(|&p| !alive(p)), "outlived the supervisor by 2 s: {everyone:?}");
+}

@@ -13,6 +13,7 @@ pub mod http;
 pub mod live;
 pub mod memory;
 pub mod metrics;
+pub mod orphan;
 pub mod pool;
 pub mod runner;
 

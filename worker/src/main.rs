@@ -52,6 +52,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_USAGE);
             }
         };
+        worker::orphan::watch();
         if let Ok(local) = listener.local_addr() {
             tracing::info!("listening on {local}");
         }

@@ -417,6 +417,7 @@ impl Fleet {
             ("FLEET_CONTROL_TOKEN".to_string(), self.token.clone()),
             ("FLEET_RESTARTS".into(), slot.restarts.to_string()),
             ("FLEET_LOG_NO_TIME".into(), "1".into()),
+            ("FLEET_SUPERVISOR_PID".into(), std::process::id().to_string()),
             ("RUST_LOG".into(), std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".into())),
         ];
         if let Some(r) = &slot.last_reason {

@@ -2,7 +2,7 @@
 //!
 //! Before the worker executes, still in the forked child, it (1) joins its memory
 //! cgroup, so everything it ever starts is counted; (2) arms the parent-death signal,
-//! so it dies with the supervisor; (3) checks that the supervisor is still its parent,
+//! so it ends (with its handlers) when the supervisor dies; (3) checks that the supervisor is still its parent,
 //! since the supervisor may have died between fork and prctl. PR_SET_PDEATHSIG fires
 //! when the forking *thread* exits, so workers must be spawned from a thread that lives
 //! as long as the supervisor: the supervisor's runtime is single-threaded and spawns
@@ -43,7 +43,9 @@ pub fn spawn_worker(
                 drop(fd);
                 written?;
             }
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // SIGUSR2, not SIGKILL: the worker ends its handlers before it exits
+            // (worker/src/orphan.rs); a SIGKILLed worker would leave them running.
+            nix::sys::prctl::set_pdeathsig(Signal::SIGUSR2)?;
             if nix::unistd::getppid() != supervisor {
                 return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
             }

@@ -71,16 +71,17 @@ impl ExecHandler {
             .process_group(0)
             .kill_on_drop(true);
         // No parent-death signal here: any pre-exec hook makes the standard library fork
-        // instead of posix_spawn, which cost 45% of `--exec /bin/true` throughput. A
-        // handler outliving a SIGKILLed worker is killed by the supervisor instead (its
-        // cgroup, or the process groups it last sampled), or by systemd/Kubernetes.
+        // instead of posix_spawn, which cost 45% of `--exec /bin/true` throughput. When the
+        // supervisor dies the worker ends its handlers itself (`crate::orphan`); a handler
+        // outliving a SIGKILLed worker is killed by the supervisor (its cgroup, or the
+        // process groups it last sampled), or by systemd/Kubernetes.
         let oom_before = self.memory.oom_count();
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => return JobResult::error(format!("cannot start {:?}: {e}", argv[0])),
         };
         // From here on, whatever happens to this task, the group dies with it.
-        let _group = child.id().map(GroupGuard);
+        let _group = child.id().map(GroupGuard::new);
 
         let payload = job.payload.clone().unwrap_or_default();
         let mut stdin = child.stdin.take();
@@ -153,13 +154,33 @@ impl ExecHandler {
     }
 }
 
+/// Process groups of the handlers running now, so that a worker whose supervisor died
+/// can end them before it exits (see `crate::orphan`).
+static LIVE_GROUPS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Kills every handler's process group that is running now.
+pub fn kill_live_groups() {
+    let groups = LIVE_GROUPS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for g in groups {
+        kill_group(g);
+    }
+}
+
 /// Kills a handler's whole process group when dropped: on success (stray background
 /// processes), on timeout, on cancellation, and if the job task is aborted.
 struct GroupGuard(u32);
 
+impl GroupGuard {
+    fn new(pgid: u32) -> GroupGuard {
+        LIVE_GROUPS.lock().unwrap_or_else(|e| e.into_inner()).push(pgid);
+        GroupGuard(pgid)
+    }
+}
+
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         kill_group(self.0);
+        LIVE_GROUPS.lock().unwrap_or_else(|e| e.into_inner()).retain(|&g| g != self.0);
     }
 }
 

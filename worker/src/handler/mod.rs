@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::memory::MemoryKills;
 
-pub use exec::{ExecHandler, STDOUT_LIMIT};
+pub use exec::{ExecHandler, STDOUT_LIMIT, kill_live_groups};
 pub use http::HttpHandler;
 pub use pacer::Pacer;
 pub use sleep::SleepHandler;
