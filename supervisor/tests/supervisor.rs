@@ -551,13 +551,8 @@ async fn killed_worker_leaves_no_handler(mode: &str) {
     let pid = workers(&t).await[0].1.unwrap();
     // The handlers are the worker's children; give the sampler a round to see them.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    let mut handlers: Vec<i64> = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
-        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        handlers.extend(list.split_whitespace().filter_map(|p| p.parse::<i64>().ok()));
-    }
-    assert_eq!(handlers.len(), 2, "two handler processes: {children:?}");
+    let handlers = children_of(pid);
+    assert_eq!(handlers.len(), 2, "two handler processes: {handlers:?}");
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
     while handlers.iter().any(|&h| alive(h)) && Instant::now() < deadline {

@@ -9,7 +9,7 @@ use shared::db::fleet::{FleetRun, insert_run};
 use shared::status::WorkerState;
 
 use crate::helper::pty::PtyMonitor;
-use crate::helper::{LONG, TestDb, closed_port, spawn_fleet, wait_for};
+use crate::helper::{LONG, TestDb, closed_port, fleet_run, spawn_fleet, wait_for};
 
 const ENTER_ALTERNATE_SCREEN: &str = "\x1b[?1049h";
 const LEAVE_ALTERNATE_SCREEN: &str = "\x1b[?1049l";
@@ -75,21 +75,11 @@ async fn p_and_r_pause_and_resume_the_selected_worker_with_the_runs_token() {
     let token = "a-token-only-the-run-knows";
     let (workers, base) = spawn_fleet(&t.path, 2, &["--sleep", "60s", "--concurrency", "1", "--control-token", token]);
     let run = FleetRun {
-        run_id: 0,
-        supervisor_pid: std::process::id() as i64,
-        host: None,
-        started_at: shared::db::now_ms(),
-        stopped_at: None,
-        state: "running".into(),
-        workers: 2,
-        base_port: base as i64,
         bind: "127.0.0.1".into(),
-        mem_limit_bytes: None,
-        mem_enforce: "none".into(),
         handler: "sleep: 60s".into(),
         concurrency: 1,
-        log_dir: None,
         control_token: Some(token.into()),
+        ..fleet_run(2, base)
     };
     insert_run(t.db.pool(), &run).await.unwrap();
 

@@ -9,7 +9,8 @@ use monitor::aggregate::WorkerHealth;
 use shared::db::fleet::{FleetRun, FleetWorker, insert_run, update_worker};
 
 use crate::helper::{
-    LONG, TestDb, WorkerProc, closed_port, monitor_bin, monitor_json, run_monitor, spawn_fleet, spawn_worker, wait_for,
+    LONG, TestDb, WorkerProc, closed_port, fleet_run, monitor_bin, monitor_json, run_monitor, spawn_fleet,
+    spawn_worker, wait_for,
 };
 
 /// Waits until the database has nothing pending or running and every worker's own
@@ -108,21 +109,11 @@ async fn with_db_the_monitor_finds_the_fleet_in_the_supervisors_records_and_coun
     t.seed(30).await;
     let (mut workers, base) = spawn_fleet(&t.path, 2, &["--sleep", "0", "--control-token", "token-for-tests"]);
     let run = FleetRun {
-        run_id: 0,
-        supervisor_pid: std::process::id() as i64,
-        host: None,
-        started_at: shared::db::now_ms(),
-        stopped_at: None,
-        state: "running".into(),
-        workers: 2,
-        base_port: base as i64,
         bind: "127.0.0.1".into(),
         mem_limit_bytes: Some(256 << 20),
         mem_enforce: "sample".into(),
-        handler: "sleep: 0s".into(),
-        concurrency: 4,
-        log_dir: None,
         control_token: Some("token-for-tests".into()),
+        ..fleet_run(2, base)
     };
     let run_id = insert_run(t.db.pool(), &run).await.unwrap();
     let slot = |k: i64, restarts: i64, last_reason: Option<&str>| FleetWorker {
@@ -161,26 +152,6 @@ async fn with_db_the_monitor_finds_the_fleet_in_the_supervisors_records_and_coun
     assert!(report.totals.complete);
     let db = t.counts().await;
     assert_eq!((report.totals.done, report.totals.total), (db.done, 30));
-}
-
-fn fleet_run(workers: i64, base_port: u16) -> FleetRun {
-    FleetRun {
-        run_id: 0,
-        supervisor_pid: std::process::id() as i64,
-        host: None,
-        started_at: shared::db::now_ms(),
-        stopped_at: None,
-        state: "running".into(),
-        workers,
-        base_port: base_port as i64,
-        bind: "0.0.0.0".into(),
-        mem_limit_bytes: None,
-        mem_enforce: "none".into(),
-        handler: "sleep: 0s".into(),
-        concurrency: 4,
-        log_dir: None,
-        control_token: None,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

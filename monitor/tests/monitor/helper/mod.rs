@@ -10,6 +10,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use shared::db::fleet::FleetRun;
+
 pub use testkit::{TestDb, WorkerProc, closed_port, spawn_fleet, spawn_worker_on as spawn_worker, wait_for};
 
 pub const LONG: Duration = Duration::from_secs(60);
@@ -38,4 +40,25 @@ pub fn monitor_json(args: &[&str], cwd: &Path) -> monitor::Report {
     assert!(out.status.success(), "monitor failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not a report ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// A run record as `supervisor start` writes it, for `n` workers from `base_port`.
+pub fn fleet_run(workers: i64, base_port: u16) -> FleetRun {
+    FleetRun {
+        run_id: 0,
+        supervisor_pid: std::process::id() as i64,
+        host: None,
+        started_at: shared::db::now_ms(),
+        stopped_at: None,
+        state: "running".into(),
+        workers,
+        base_port: base_port as i64,
+        bind: "0.0.0.0".into(),
+        mem_limit_bytes: None,
+        mem_enforce: "none".into(),
+        handler: "sleep: 0s".into(),
+        concurrency: 4,
+        log_dir: None,
+        control_token: None,
+    }
 }
