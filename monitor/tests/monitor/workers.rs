@@ -1,15 +1,14 @@
 //! `monitor --json`, `--once` and plain mode against real `worker` processes sharing a
 //! SQLite file: what the monitor reports is what the database holds.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use monitor::aggregate::WorkerHealth;
 use shared::db::fleet::{FleetRun, FleetWorker, insert_run, update_worker};
 
 use crate::helper::{
-    LONG, TestDb, WorkerProc, closed_port, fleet_run, monitor_bin, monitor_json, run_monitor, spawn_fleet,
+    LONG, TestDb, WorkerProc, closed_port, fleet_run, monitor_json, run_monitor, spawn_fleet, spawn_monitor_lines,
     spawn_worker, wait_for,
 };
 
@@ -159,20 +158,7 @@ async fn with_db_a_new_run_replaces_the_old_fleet_in_a_running_monitor() {
     let t = TestDb::new().await;
     let (_first, first_base) = spawn_fleet(&t.path, 1, &["--sleep", "0"]);
     insert_run(t.db.pool(), &fleet_run(1, first_base)).await.unwrap();
-    let mut monitor = Command::new(monitor_bin())
-        .args(["--db", t.path.to_str().unwrap(), "--interval", "200ms"])
-        .env_remove("FLEET_CONTROL_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = monitor.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut monitor, rx) = spawn_monitor_lines(&["--db", t.path.to_str().unwrap(), "--interval", "200ms"]);
     let wait_line = |wanted: &str| {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -240,20 +226,7 @@ async fn without_a_terminal_it_prints_a_snapshot_every_interval_until_interrupte
     let t = TestDb::new().await;
     t.seed(5).await;
     let worker = spawn_worker(&t.path, 0, 1, 0, &["--sleep", "0"]).unwrap();
-    let mut monitor = Command::new(monitor_bin())
-        .args(["--targets", &worker.url(""), "--interval", "200ms"])
-        .env_remove("FLEET_CONTROL_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = monitor.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut monitor, rx) = spawn_monitor_lines(&["--targets", &worker.url(""), "--interval", "200ms"]);
     let start = Instant::now();
     let mut snapshots = 0;
     let mut worker_lines = 0;

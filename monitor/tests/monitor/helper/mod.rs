@@ -62,3 +62,24 @@ pub fn fleet_run(workers: i64, base_port: u16) -> FleetRun {
         control_token: None,
     }
 }
+
+/// Starts `monitor` with `args` (no token in the environment) and forwards each line it
+/// prints to the returned channel.
+pub fn spawn_monitor_lines(args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader};
+    let mut monitor = Command::new(monitor_bin())
+        .args(args)
+        .env_remove("FLEET_CONTROL_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = monitor.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (monitor, rx)
+}
