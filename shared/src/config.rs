@@ -6,7 +6,12 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::units::{DurationRange, Rate, duration_arg, format_duration};
+use crate::units::{ByteSize, DurationRange, Rate, duration_arg, format_duration};
+
+/// The largest source a video may have, by default: a path or a URL, with room to spare.
+pub const DEFAULT_MAX_SOURCE: ByteSize = ByteSize(64 << 10);
+/// The largest payload a video may have, by default.
+pub const DEFAULT_MAX_PAYLOAD: ByteSize = ByteSize(1 << 20);
 
 /// Exactly one handler runs every video.
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -47,9 +52,10 @@ impl HandlerArgs {
         if let Some(cmd) = &self.exec {
             let words =
                 shell_words::split(cmd).map_err(|e| format!("--exec {cmd:?} cannot be split into words: {e}"))?;
-            if words.is_empty() {
+            let Some(program) = words.first() else {
                 return Err("--exec needs a command".into());
-            }
+            };
+            check_program(program)?;
         }
         if let Some(url) = &self.http
             && !url.starts_with("http://")
@@ -70,6 +76,47 @@ impl HandlerArgs {
             _ => "none".into(),
         }
     }
+}
+
+/// Refuses an --exec program that does not exist or cannot be executed, before any
+/// video spends an attempt on it. A program named by a placeholder is only known per
+/// video, so it is left to the attempt.
+fn check_program(program: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('{') {
+        return Ok(());
+    }
+    let executable =
+        |p: &std::path::Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        let path = std::path::Path::new(program);
+        return match std::fs::metadata(path) {
+            Err(_) => Err(format!("--exec: the program {program} does not exist")),
+            Ok(m) if m.is_dir() => Err(format!("--exec: the program {program} is a directory")),
+            Ok(_) if !executable(path) => {
+                Err(format!("--exec: the program {program} is not executable (chmod +x {program})"))
+            }
+            Ok(_) => Ok(()),
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|dir| executable(&dir.join(program))) {
+        Ok(())
+    } else {
+        Err(format!("--exec: the program {program} is not found in PATH"))
+    }
+}
+
+/// Checks a control token given by flag or environment: it travels in an HTTP header,
+/// and a short one is guessed.
+pub fn validate_control_token(token: &str) -> Result<(), String> {
+    if token.len() < 8 {
+        return Err("--control-token must be at least 8 characters".into());
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("--control-token may hold only printable ASCII characters without spaces".into());
+    }
+    Ok(())
 }
 
 /// How jobs run: concurrency, retries, timeouts, leases and pacing.
@@ -113,6 +160,15 @@ pub struct JobArgs {
     /// With --http: at least this long between two calls of one worker.
     #[arg(long, value_name = "DUR", value_parser = duration_arg)]
     pub min_delay: Option<Duration>,
+
+    /// A video whose source is larger than this fails at once (outcome `rejected`)
+    /// instead of running: rows written by other tools are not checked by `import`.
+    #[arg(long, value_name = "SIZE", default_value_t = DEFAULT_MAX_SOURCE)]
+    pub max_source_bytes: ByteSize,
+
+    /// A video whose payload is larger than this fails at once (outcome `rejected`).
+    #[arg(long, value_name = "SIZE", default_value_t = DEFAULT_MAX_PAYLOAD)]
+    pub max_payload_bytes: ByteSize,
 }
 
 impl JobArgs {
@@ -131,6 +187,10 @@ impl JobArgs {
             format_duration(self.lease),
             "--grace".into(),
             format_duration(self.grace),
+            "--max-source-bytes".into(),
+            self.max_source_bytes.bytes().to_string(),
+            "--max-payload-bytes".into(),
+            self.max_payload_bytes.bytes().to_string(),
         ];
         if let Some(t) = self.job_timeout {
             a.extend(["--job-timeout".into(), format_duration(t)]);

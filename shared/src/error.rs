@@ -25,6 +25,10 @@ pub enum DbError {
     Open { path: PathBuf, reason: String },
     #[error("{path} is a SQLite database but not a shardfleet one (it has no videos, attempts and fleet_runs tables)")]
     NotFleet { path: PathBuf },
+    #[error(
+        "{path} holds another application's tables ({tables}) and no shardfleet ones; it was left as it is: give the fleet a database of its own with --db NEW_FILE"
+    )]
+    Foreign { path: PathBuf, tables: String },
     #[error("database {path} is read-only or its directory cannot be written")]
     ReadOnly { path: PathBuf },
     #[error(
@@ -53,6 +57,25 @@ impl DbError {
             DbError::Busy { .. } => true,
             _ => false,
         }
+    }
+
+    /// SQLITE_CORRUPT (11, and its extended codes) or SQLITE_NOTADB (26): the file is
+    /// damaged. Nothing a retry or a restart can mend.
+    pub fn is_corrupt(&self) -> bool {
+        match self {
+            DbError::Sql(e) | DbError::Migration { source: e, .. } => is_corrupt(e),
+            _ => false,
+        }
+    }
+}
+
+/// Whether an sqlx error is SQLite saying the file is damaged or not a database.
+pub fn is_corrupt(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| c & 0xff == 11 || c & 0xff == 26)
+        }
+        _ => false,
     }
 }
 

@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod exit;
 pub mod signals;
 pub mod status;
 pub mod units;

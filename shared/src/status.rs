@@ -64,6 +64,9 @@ pub enum Outcome {
     Released,
     /// The worker died and the supervisor took its videos back.
     Crashed,
+    /// The row cannot be run as it is (a source or payload above the limits): failed at
+    /// once, since no retry can change it.
+    Rejected,
 }
 
 impl Outcome {
@@ -76,6 +79,7 @@ impl Outcome {
             Outcome::Expired => "expired",
             Outcome::Released => "released",
             Outcome::Crashed => "crashed",
+            Outcome::Rejected => "rejected",
         }
     }
 }

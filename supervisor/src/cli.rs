@@ -37,6 +37,21 @@ pub enum Command {
     Logs(LogsArgs),
 }
 
+impl Command {
+    /// The database the command works on.
+    pub fn db_path(&self) -> &std::path::Path {
+        match self {
+            Command::Start(a) => &a.db.db,
+            Command::Import(a) => &a.db.db,
+            Command::Status(a) => &a.db.db,
+            Command::Stop(a) => &a.db.db,
+            Command::Retry(a) => &a.db.db,
+            Command::Export(a) => &a.db.db,
+            Command::Logs(a) => &a.db.db,
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct DbArg {
     /// The fleet's SQLite database.
@@ -70,7 +85,7 @@ pub struct StartArgs {
     pub db: DbArg,
 
     /// Port of worker 0; worker K listens on base-port + K.
-    #[arg(long, default_value_t = 3001)]
+    #[arg(long, default_value_t = 3001, value_parser = clap::value_parser!(u16).range(1..))]
     pub base_port: u16,
 
     /// Address the workers listen on.

@@ -67,9 +67,51 @@ pub async fn run(
     hurry: CancellationToken,
     out: tracing_appender::non_blocking::NonBlocking,
 ) -> Result<Done, Failure> {
+    let db_path = command.db_path().to_path_buf();
+    run_command(command, shutdown, hurry, out).await.map_err(|f| classify(f, &db_path))
+}
+
+/// Two database failures read the same from every command: a file that is not the
+/// fleet's is bad input (exit 2, and it was left alone); a damaged file is told as one
+/// sentence that names it and how to recover it, not as SQLite's error code.
+fn classify(f: Failure, db_path: &std::path::Path) -> Failure {
+    use shared::DbError;
+    let db_error = || f.error.chain().find_map(|c| c.downcast_ref::<DbError>());
+    if matches!(db_error(), Some(DbError::Foreign { .. } | DbError::NotFleet { .. } | DbError::NotSqlite { .. })) {
+        return Failure { code: exit::USAGE, ..f };
+    }
+    let corrupt = f.error.chain().any(|c| {
+        c.downcast_ref::<DbError>().is_some_and(|e| e.is_corrupt())
+            || c.downcast_ref::<sqlx::Error>().is_some_and(shared::error::is_corrupt)
+    });
+    if corrupt {
+        Failure { code: exit::FAILURE, error: anyhow::anyhow!(shared::db::corrupt_advice(db_path)) }
+    } else {
+        f
+    }
+}
+
+/// Writes one line to stdout, handing back a closed pipe as an error to end on quietly
+/// (`supervisor status | head -1`), where `println!` would panic.
+fn say(line: impl std::fmt::Display) -> std::io::Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{line}")
+}
+
+async fn run_command(
+    command: Command,
+    shutdown: CancellationToken,
+    hurry: CancellationToken,
+    out: tracing_appender::non_blocking::NonBlocking,
+) -> Result<Done, Failure> {
     match command {
         Command::Start(args) => {
             fleet::preflight(&args).map_err(Failure::usage)?;
+            // A supervisor restarted right after a SIGKILL finds its old workers still
+            // on their way out: give them a moment before judging the ports.
+            fleet::wait_for_previous_workers(&args.db.db).await;
+            fleet::check_ports(&args)?;
+            fleet::check_batch_has_videos(&args).await.map_err(Failure::usage)?;
             let fleet = fleet::Fleet::prepare(*args, out).await?;
             let (end, summary) = fleet.run(shutdown, hurry).await?;
             Ok(Done { code: end.exit_code(), summary })
@@ -88,7 +130,7 @@ pub async fn run(
                     shown.join(", ")
                 ));
             }
-            println!("{line}");
+            say(line)?;
             db.close().await;
             Ok(exit::DONE.into())
         }
@@ -96,15 +138,15 @@ pub async fn run(
             let db = Db::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
             let view = status::load(&db).await?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&view)?);
+                say(serde_json::to_string_pretty(&view)?)?;
             } else {
-                print!("{}", status::render(&view));
+                say(status::render(&view).trim_end())?;
             }
             Ok(exit::DONE.into())
         }
         Command::Stop(a) => {
             let db = Db::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
-            println!("{}", stop::stop(&db, a.timeout).await?);
+            say(stop::stop(&db, a.timeout).await?)?;
             Ok(exit::DONE.into())
         }
         Command::Retry(a) => retry(a).await.map(Done::from),
@@ -143,7 +185,7 @@ pub async fn run(
                 }
             };
             for line in logs::tail(&dir, &workers, a.lines)? {
-                println!("{line}");
+                say(line)?;
             }
             if a.follow {
                 tokio::select! {
@@ -160,12 +202,12 @@ async fn retry(a: RetryArgs) -> Result<u8, Failure> {
     let db = Db::open_existing(&a.db.db, 1).await.map_err(Failure::usage)?;
     if a.select.failed {
         let n = shared::db::requeue_all_failed(db.pool()).await?;
-        println!("requeued {n} failed videos");
+        say(format!("requeued {n} failed videos"))?;
         return Ok(exit::DONE);
     }
     match shared::db::requeue_ids(db.pool(), &a.select.ids).await? {
         Ok(n) => {
-            println!("requeued {n} videos");
+            say(format!("requeued {n} videos"))?;
             Ok(exit::DONE)
         }
         Err(bad) => {

@@ -4,6 +4,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ pub struct LogFile {
 
 impl LogFile {
     pub fn open(path: PathBuf, max_bytes: u64, keep: u32) -> std::io::Result<LogFile> {
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = OpenOptions::new().create(true).append(true).mode(0o600).open(&path)?;
         let written = file.metadata()?.len();
         Ok(LogFile { path, file, written, max_bytes, keep })
     }
@@ -49,7 +50,7 @@ impl LogFile {
             }
             fs::rename(&self.path, numbered(1))?;
         }
-        self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.file = OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path)?;
         self.written = 0;
         Ok(())
     }

@@ -354,12 +354,14 @@ async fn supervisor_stop_drains_the_fleet_and_status_reports_it() {
 #[tokio::test]
 async fn bad_start_flags_are_refused_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port().to_string();
     let cases: &[(&[&str], &str)] = &[
+        (&["--workers", "1", "--mem-limit", "250M", "--sleep", "0", "--base-port", "0"], "--base-port"),
+        (&["--workers", "1", "--mem-limit", "250M", "--exec", "/no/such/program {source}"], "does not exist"),
+        (&["--workers", "1", "--mem-limit", "250M", "--exec", "no-such-program-here {source}"], "not found in PATH"),
+        (&["--workers", "1", "--mem-limit", "250M", "--exec", "./plain.txt {source}"], "is not executable"),
         (
-            &["--workers", "1", "--mem-limit", "250M", "--sleep", "0", "--base-port", &port],
-            "is already in use (worker 0 would listen there)",
+            &["--workers", "1", "--mem-limit", "250M", "--sleep", "0", "--control-token", "short"],
+            "at least 8 characters",
         ),
         (&["--workers", "2", "--mem-limit", "12Q", "--sleep", "0"], "invalid size \"12Q\""),
         (&["--workers", "0", "--mem-limit", "250M", "--sleep", "0"], "--workers"),
@@ -367,6 +369,7 @@ async fn bad_start_flags_are_refused_and_change_nothing() {
         (&["--workers", "1", "--mem-limit", "250M", "--exec", "echo 'oops"], "cannot be split into words"),
         (&["--workers", "1", "--mem-limit", "250M"], "--exec"),
     ];
+    std::fs::write(dir.path().join("plain.txt"), "not a program").unwrap();
     for (args, expected) in cases {
         let out = supervisor(dir.path()).arg("start").args(*args).output().unwrap();
         let all = text(&out);
@@ -615,4 +618,287 @@ async fn a_supervisor_killed_with_sigkill_leaves_neither_workers_nor_their_handl
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(everyone.iter().all(|&p| !alive(p)), "outlived the supervisor by 2 s: {everyone:?}");
+}
+
+#[tokio::test]
+async fn a_port_someone_else_holds_is_a_runtime_failure_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = supervisor(dir.path())
+        .args(["start", "--workers", "1", "--mem-limit", "250M", "--sleep", "0", "--base-port", &port])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("is already in use (worker 0 would listen there)"), "{}", text(&out));
+    assert!(!dir.path().join("fleet.db").exists(), "no database was created");
+}
+
+/// A stand-in worker that answers /health, and on its parent's death (SIGUSR2) or
+/// SIGTERM keeps its port for 1.5 s before it exits: a slow exit on a busy host.
+fn slow_exiting_worker(dir: &Path) -> PathBuf {
+    let path = dir.join("worker");
+    std::fs::write(
+        &path,
+        r#"#!/usr/bin/env python3
+import os, sys, signal, time, threading, http.server
+port = int(sys.argv[sys.argv.index("--port") + 1])
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"{}")
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Health)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+gone = threading.Event()
+signal.signal(signal.SIGUSR2, lambda *a: gone.set())
+signal.signal(signal.SIGTERM, lambda *a: gone.set())
+while not gone.wait(0.05):
+    pass
+time.sleep(1.5)
+os._exit(0)
+"#,
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_right_after_a_sigkilled_supervisor_waits_for_the_old_workers_to_free_their_ports() {
+    let t = TestDb::new().await;
+    t.seed(20).await;
+    let base = free_ports(2).to_string();
+    let args = ["start", "--workers", "2", "--mem-limit", "250M", "--base-port", &base, "--sleep", "1ms"];
+    let mut first = supervisor(t.dir.path());
+    first.args(args).arg("--db").arg(&t.path).env("FLEET_WORKER_BIN", slow_exiting_worker(t.dir.path()));
+    let mut sup = spawn(first);
+    wait_for(LONG, "both stand-in workers ready", || async {
+        workers(&t).await.iter().filter(|w| w.2 == "running" && w.1.is_some()).count() == 2
+    })
+    .await;
+    sup.kill().unwrap();
+    sup.wait().unwrap();
+
+    let mut second = supervisor(t.dir.path());
+    second.args(args).args(["--exit-when-done", "--db"]).arg(&t.path);
+    let out = run_to_end(second);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("waiting for 2 workers of the previous run to exit"), "{}", text(&out));
+    assert_eq!(t.by_status().await.get("done"), Some(&20));
+}
+
+/// A worker binary whose worker 1 never answers /health and ignores SIGTERM.
+fn stubborn_worker(dir: &Path) -> PathBuf {
+    let path = dir.join("stubborn-worker.sh");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *\" --worker-id 1 \"*) trap '' TERM; while :; do sleep 1; done;; esac\nexec {} \"$@\"\n",
+            bin("worker").display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_while_the_fleet_stops_is_counted_and_listed_with_its_reason() {
+    let t = TestDb::new().await;
+    // Only shard 0 has work, so the run ends while worker 1 is still starting.
+    t.seed_sources((0..10).map(|i| (i * 2, format!("v{i}"))).collect()).await;
+    let mut cmd = start(&t, 2, &["--mem-limit", "250M", "--sleep", "1ms", "--grace", "300ms", "--exit-when-done"]);
+    cmd.env("FLEET_WORKER_BIN", stubborn_worker(t.dir.path()));
+    let out = run_to_end(cmd);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("restarts and kills (1)"), "{all}");
+    assert!(all.contains("worker 1: did not stop within the grace period (while stopping)"), "{all}");
+    let status = supervisor(t.dir.path()).args(["status", "--json", "--db"]).arg(&t.path).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let kills: Vec<&serde_json::Value> =
+        v["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "kill").collect();
+    assert_eq!(kills.len(), 1, "{v}");
+    assert_eq!(kills[0]["worker_id"], 1);
+}
+
+#[tokio::test]
+async fn start_with_no_videos_says_so_and_names_import() {
+    let t = TestDb::new().await;
+    let out = run_to_end(start(&t, 1, &["--mem-limit", "250M", "--sleep", "1ms", "--exit-when-done"]));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("holds no videos"), "{}", text(&out));
+    assert!(text(&out).contains("supervisor import FILE"), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn another_applications_sqlite_file_is_refused_by_import_and_start_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = dir.path().join("theirs.db");
+    let d1 = dir.path().join("d1.db");
+    let made = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3\n\
+             c = sqlite3.connect('{}'); c.execute('create table notes (x)'); c.commit()\n\
+             c = sqlite3.connect('{}'); c.execute('create table _cf_KV (key text primary key, value blob)')\n\
+             c.execute('create table d1_migrations (id integer primary key autoincrement, name text unique, applied_at timestamp)')\n\
+             c.commit()",
+            theirs.display(),
+            d1.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made));
+    let csv = dir.path().join("videos.csv");
+    std::fs::write(&csv, "video_id,source\n1,a.mp4\n").unwrap();
+    let before = std::fs::read(&theirs).unwrap();
+    let import = supervisor(dir.path()).arg("import").arg(&csv).arg("--db").arg(&theirs).output().unwrap();
+    assert_eq!(import.status.code(), Some(2), "{}", text(&import));
+    assert!(text(&import).contains("holds another application's tables (notes)"), "{}", text(&import));
+    let base = free_ports(1).to_string();
+    let start = supervisor(dir.path())
+        .args(["start", "--workers", "1", "--mem-limit", "250M", "--sleep", "0", "--base-port", &base, "--db"])
+        .arg(&theirs)
+        .output()
+        .unwrap();
+    assert_eq!(start.status.code(), Some(2), "{}", text(&start));
+    assert_eq!(text(&start).matches("another application's tables").count(), 1, "one sentence: {}", text(&start));
+    assert_eq!(std::fs::read(&theirs).unwrap(), before, "the file is unchanged");
+
+    // A database wrangler made (only its bookkeeping tables) is taken as it is.
+    let import = supervisor(dir.path()).arg("import").arg(&csv).arg("--db").arg(&d1).output().unwrap();
+    assert_eq!(import.status.code(), Some(0), "{}", text(&import));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_databases_and_log_folders_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("videos.csv");
+    std::fs::write(&csv, "video_id,source\n1,a.mp4\n2,b.mp4\n").unwrap();
+    let import = supervisor(dir.path()).arg("import").arg(&csv).output().unwrap();
+    assert_eq!(import.status.code(), Some(0), "{}", text(&import));
+    let base = free_ports(1).to_string();
+    let out = supervisor(dir.path())
+        .args(["start", "--workers", "1", "--mem-limit", "250M", "--sleep", "1ms", "--exit-when-done"])
+        .args(["--base-port", &base])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mode = |p: &str| std::fs::metadata(dir.path().join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("fleet.db"), 0o600);
+    assert_eq!(mode("fleet-logs"), 0o700);
+    assert_eq!(mode("fleet-logs/worker-0.log"), 0o600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_database_ends_the_run_with_exit_1_and_says_how_to_recover_it() {
+    let t = TestDb::new().await;
+    t.seed_sources((1..=3000).map(|i| (i, format!("videos/{i:06}/{}", "x".repeat(150)))).collect()).await;
+    t.db.close().await;
+    // Overwrite pages in the middle of the file, as a failing disk would.
+    let mut bytes = std::fs::read(&t.path).unwrap();
+    let len = bytes.len();
+    for b in &mut bytes[len * 2 / 5..len * 3 / 5] {
+        *b = 0xA5;
+    }
+    std::fs::write(&t.path, bytes).unwrap();
+    let mut cmd = start(&t, 2, &["--mem-limit", "250M", "--sleep", "1ms", "--exit-when-done"]);
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let Ok(out) = rx.recv_timeout(LONG) else {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        panic!("the supervisor did not end on a corrupt database");
+    };
+    let out = out.unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("is damaged"), "{all}");
+    assert!(all.contains(&format!("sqlite3 {} .recover", t.path.display())), "{all}");
+    assert!(!all.contains("panicked"), "{all}");
+}
+
+#[tokio::test]
+async fn status_and_logs_end_quietly_when_their_reader_goes_away() {
+    let t = TestDb::new().await;
+    t.seed(10).await;
+    // Enough workers and log lines that the output passes a pipe buffer.
+    sqlx::query(
+        "INSERT INTO fleet_runs (supervisor_pid, started_at, state, workers, base_port, bind, mem_enforce, handler, concurrency, log_dir) \
+         VALUES (1, 0, 'stopped', 3000, 3001, '127.0.0.1', 'sample', 'sleep: 1ms', 1, ?)",
+    )
+    .bind(t.dir.path().join("logs").display().to_string())
+    .execute(t.db.pool())
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO fleet_workers (run_id, worker_id, port, state) \
+         WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i < 2999) SELECT 1, i, 3001 + i, 'stopped' FROM s",
+    )
+    .execute(t.db.pool())
+    .await
+    .unwrap();
+    std::fs::create_dir(t.dir.path().join("logs")).unwrap();
+    std::fs::write(t.dir.path().join("logs/worker-0.log"), "a log line that is long enough to matter\n".repeat(20_000))
+        .unwrap();
+    for cmd in ["status", "status --json", "logs --worker 0 --lines 20000"] {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!("set -o pipefail; {} {cmd} --db {} | head -1", bin("supervisor").display(), t.path.display()))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{cmd}: {}", text(&out));
+        assert!(!text(&out).contains("panicked"), "{cmd}: {}", text(&out));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_too_large_to_run_fail_at_once_and_the_rest_of_their_shard_finishes() {
+    let t = TestDb::new().await;
+    t.seed(40).await;
+    // Written around the import, as wrangler or another app would: four 20 MB sources
+    // and one 2 MB payload in shard 1. Claimed in one batch, their contents would take
+    // the worker past its limit; the worker must never read them.
+    sqlx::query(
+        "INSERT INTO videos (video_id, source) SELECT column1, hex(zeroblob(10485760)) \
+         FROM (VALUES (101), (103), (105), (107))",
+    )
+    .execute(t.db.pool())
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO videos (video_id, source, payload) VALUES (109, 'ok.mp4', '\"' || hex(zeroblob(1048576)) || '\"')",
+    )
+    .execute(t.db.pool())
+    .await
+    .unwrap();
+    let out = run_to_end(start(
+        &t,
+        2,
+        &["--mem-limit", "128M", "--sleep", "1ms", "--concurrency", "8", "--crash-loop", "3/60s", "--exit-when-done"],
+    ));
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{all}");
+    assert_eq!(t.by_status().await.get("done"), Some(&40), "{all}");
+    for id in [101, 103, 105, 107, 109] {
+        let (status, attempts, _, error) = t.video(id).await;
+        assert_eq!((status.as_str(), attempts), ("failed", 1), "video {id}");
+        let error = error.unwrap_or_default();
+        let what = if id == 109 { "its payload is 2.0 MiB" } else { "its source is 20.0 MiB" };
+        assert!(error.contains(what) && error.contains("above the limit"), "video {id}: {error}");
+        assert_eq!(t.history(id).await, vec![(1, "rejected".to_string())], "video {id}");
+    }
+    let restarts: i64 = workers(&t).await.iter().map(|w| w.3).sum();
+    assert_eq!(restarts, 0, "no worker was killed: {all}");
 }

@@ -6,9 +6,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use worker::{Cli, RunEnd};
 
-/// Exit codes: 0 stopped or done; 1 a runtime failure (database, ...); 2 bad usage.
-const EXIT_FAILURE: u8 = 1;
-const EXIT_USAGE: u8 = 2;
+use shared::exit::{WORKER_DB_CORRUPT, WORKER_FAILURE as EXIT_FAILURE, WORKER_USAGE as EXIT_USAGE};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -61,16 +59,30 @@ fn main() -> ExitCode {
             eprintln!("worker: cannot install signal handlers: {e}");
             return ExitCode::from(EXIT_FAILURE);
         }
+        let db_path = config.db.clone();
         match worker::run(config, listener, shutdown, hurry).await {
             Ok(RunEnd::Stopped) => ExitCode::SUCCESS,
             Ok(RunEnd::ShardDone(c)) => {
                 println!("shard finished: {} done, {} failed", c.done, c.failed);
                 ExitCode::SUCCESS
             }
+            Err(e) if is_corrupt(&e) => {
+                eprintln!("worker: {e:#}");
+                eprintln!("worker: {}", shared::db::corrupt_advice(&db_path));
+                ExitCode::from(WORKER_DB_CORRUPT)
+            }
             Err(e) => {
                 eprintln!("worker: {e:#}");
                 ExitCode::from(EXIT_FAILURE)
             }
         }
+    })
+}
+
+/// Whether the run ended because the database file is damaged: no restart can help.
+fn is_corrupt(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<shared::DbError>().is_some_and(|d| d.is_corrupt())
+            || c.downcast_ref::<sqlx::Error>().is_some_and(shared::error::is_corrupt)
     })
 }

@@ -85,6 +85,7 @@ impl Metrics {
             Outcome::Expired,
             Outcome::Released,
             Outcome::Crashed,
+            Outcome::Rejected,
         ]
         .into_iter()
         .map(|o| (o, m.attempts.get_or_create(&OutcomeLabel { outcome: o.as_str().into() }).clone()))

@@ -68,7 +68,8 @@ impl Runner {
     ) -> anyhow::Result<Runner> {
         let mut conn = db.pool().acquire().await.context("cannot connect to the database")?;
         let owner = db::owner_name(cfg.worker_id, std::process::id(), rand::rng().random::<u32>());
-        let claimer = Claimer::new(cfg.workers, cfg.worker_id, owner);
+        let claimer = Claimer::new(cfg.workers, cfg.worker_id, owner)
+            .with_limits(cfg.job.max_source_bytes.bytes(), cfg.job.max_payload_bytes.bytes());
         claimer.ensure_index(&mut conn).await.context("cannot create the shard index")?;
         let (ended_tx, ended) = mpsc::unbounded_channel();
         let kill_jobs = CancellationToken::new();
@@ -154,6 +155,8 @@ impl Runner {
                 _ = resync.tick() => self.resync().await?,
                 _ = sleep_until(claim_wait), if can_claim && claim_wait > Instant::now() => {}
                 _ = self.live.wake.notified() => self.next_claim_at = Instant::now(),
+                // Rejected videos were failed without running: write them now.
+                _ = std::future::ready(()), if !self.unwritten.is_empty() => {}
             }
         };
         self.finish_run().await?;
@@ -217,7 +220,7 @@ impl Runner {
         let (status, outcome, result, error, run_after) = match &e.result {
             JobResult::Success(out) => (VideoStatus::Done, Outcome::Done, Some(out.clone()), None, e.finished_at),
             JobResult::Failure { outcome, error } => {
-                if e.claimed.attempt >= self.cfg.job.max_attempts {
+                if e.claimed.attempt >= self.cfg.job.max_attempts || *outcome == Outcome::Rejected {
                     (VideoStatus::Failed, *outcome, None, Some(error.clone()), e.finished_at)
                 } else {
                     let jitter = rand::rng().random_range(0.8..1.2);
@@ -290,6 +293,21 @@ impl Runner {
             return;
         }
         let now = now_ms();
+        // A row above the limits was claimed without its contents: it fails now, for
+        // good, and never reaches a handler.
+        let (rejected, claimed): (Vec<Claimed>, Vec<Claimed>) = claimed.into_iter().partition(|c| c.rejected.is_some());
+        for c in rejected {
+            let error = c.rejected.clone().unwrap_or_default();
+            self.unwritten.push(Ended {
+                claimed: c,
+                result: JobResult::Failure { outcome: Outcome::Rejected, error },
+                duration: Duration::ZERO,
+                finished_at: now,
+            });
+        }
+        if claimed.is_empty() {
+            return;
+        }
         self.live.started(claimed.iter().map(|c| InFlight {
             video_id: c.video_id,
             attempt: c.attempt,

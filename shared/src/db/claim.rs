@@ -6,13 +6,20 @@
 //! `(video_id % N, run_after)` over pending rows only, built for this fleet's N, so a
 //! claim seeks straight to its own shard's due rows instead of scanning past the other
 //! shards' rows in a shared status index.
+//!
+//! A row may hold anything (rows also come from wrangler or another app, unchecked by
+//! `import`): a source or payload above the worker's limits is never returned, only its
+//! size (`octet_length` reads it from the record header), so a 50 MB source cannot
+//! take the worker's memory; the runner fails such a video at once.
 
 use std::time::Duration;
 
 use rand::RngExt;
 use sqlx::{AssertSqlSafe, Executor, Row, SqliteConnection};
 
+use crate::config::{DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_SOURCE};
 use crate::error::DbError;
+use crate::units::human_bytes;
 
 /// Largest batch one claim takes. Beyond a few hundred rows a bigger statement buys
 /// little and holds the write lock longer.
@@ -28,6 +35,9 @@ pub struct Claimed {
     pub attempt: u32,
     /// The token of this claim; finishing is fenced on it.
     pub token: i64,
+    /// Why this video cannot run (its source or payload is above the limits, and was
+    /// not read): it is to be failed at once.
+    pub rejected: Option<String>,
 }
 
 /// Claims for one shard. The SQL text carries N, K and the batch size as literals: the
@@ -39,14 +49,26 @@ pub struct Claimer {
     workers: u32,
     worker_id: u32,
     owner: String,
+    /// Largest source and payload returned, in bytes.
+    max_source: u64,
+    max_payload: u64,
     /// `statements[i]` claims `2^i` rows.
     statements: Vec<String>,
 }
 
 impl Claimer {
+    /// A claimer with the default row limits ([`DEFAULT_MAX_SOURCE`], [`DEFAULT_MAX_PAYLOAD`]).
     pub fn new(workers: u32, worker_id: u32, owner: impl Into<String>) -> Claimer {
         assert!(workers > 0 && worker_id < workers, "config validation guarantees 0 <= worker_id < workers");
-        let statements = (0..=MAX_BATCH.trailing_zeros())
+        Claimer { workers, worker_id, owner: owner.into(), max_source: 0, max_payload: 0, statements: Vec::new() }
+            .with_limits(DEFAULT_MAX_SOURCE.bytes(), DEFAULT_MAX_PAYLOAD.bytes())
+    }
+
+    /// The same claimer, returning sources up to `max_source` bytes and payloads up to
+    /// `max_payload` bytes; larger rows come back rejected.
+    pub fn with_limits(mut self, max_source: u64, max_payload: u64) -> Claimer {
+        let (workers, worker_id) = (self.workers, self.worker_id);
+        self.statements = (0..=MAX_BATCH.trailing_zeros())
             .map(|i| {
                 format!(
                     "UPDATE videos SET status = 'running', attempts = attempts + 1, lease_owner = ?1, \
@@ -54,13 +76,18 @@ impl Claimer {
                      WHERE video_id IN (SELECT video_id FROM videos INDEXED BY {index} \
                      WHERE status = 'pending' AND video_id % {workers} = {worker_id} AND run_after <= ?4 \
                      ORDER BY run_after, video_id LIMIT {limit}) \
-                     RETURNING video_id, source, payload, attempts",
+                     RETURNING video_id, \
+                     CASE WHEN octet_length(source) <= {max_source} THEN source END, \
+                     CASE WHEN octet_length(payload) <= {max_payload} THEN payload END, \
+                     attempts, octet_length(source), octet_length(payload)",
                     index = shard_index_name(workers),
                     limit = 1usize << i,
                 )
             })
             .collect();
-        Claimer { workers, worker_id, owner: owner.into(), statements }
+        self.max_source = max_source;
+        self.max_payload = max_payload;
+        self
     }
 
     /// The lease owner this claimer writes: unique to the worker process.
@@ -121,15 +148,37 @@ impl Claimer {
             .await?;
         Ok(rows
             .into_iter()
-            .map(|r| Claimed {
-                video_id: r.get(0),
-                source: r.get(1),
-                payload: r.get(2),
-                attempt: r.get::<i64, _>(3) as u32,
-                token,
+            .map(|r| {
+                let source: Option<String> = r.get(1);
+                let payload: Option<String> = r.get(2);
+                let (source_len, payload_len): (i64, Option<i64>) = (r.get(4), r.get(5));
+                let rejected = if source.is_none() {
+                    Some(too_big("source", source_len, self.max_source))
+                } else if payload.is_none() && payload_len.is_some() {
+                    Some(too_big("payload", payload_len.unwrap_or(0), self.max_payload))
+                } else {
+                    None
+                };
+                Claimed {
+                    video_id: r.get(0),
+                    source: source.unwrap_or_default(),
+                    payload,
+                    attempt: r.get::<i64, _>(3) as u32,
+                    token,
+                    rejected,
+                }
             })
             .collect())
     }
+}
+
+fn too_big(what: &str, bytes: i64, limit: u64) -> String {
+    let flag = if what == "source" { "--max-source-bytes" } else { "--max-payload-bytes" };
+    format!(
+        "its {what} is {}, above the limit of {} ({flag}); it was not run: fix the row, then `supervisor retry` it",
+        human_bytes(bytes.max(0) as u64),
+        human_bytes(limit)
+    )
 }
 
 /// The pending-shard index for a fleet of `workers`.

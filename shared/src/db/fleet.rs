@@ -196,3 +196,8 @@ pub async fn shard_progress(pool: &SqlitePool, workers: u32) -> Result<Vec<Shard
 pub async fn unfinished(pool: &SqlitePool) -> Result<i64, DbError> {
     Ok(sqlx::query_scalar("SELECT count(*) FROM videos WHERE status IN ('pending', 'running')").fetch_one(pool).await?)
 }
+
+/// Whether the table holds any video at all (one index probe, whatever its size).
+pub async fn has_videos(pool: &SqlitePool) -> Result<bool, DbError> {
+    Ok(sqlx::query_scalar::<_, i64>("SELECT EXISTS (SELECT 1 FROM videos)").fetch_one(pool).await? == 1)
+}

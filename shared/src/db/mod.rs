@@ -20,4 +20,4 @@ pub use counts::shard_counts;
 pub use finish::{Finish, finish_batch};
 pub use lease::{owner_name, owner_pattern, reclaim_expired, release_matching, release_owner, renew_owner};
 pub use migrate::{MIGRATIONS, Migration};
-pub use open::{Db, now_ms};
+pub use open::{Db, corrupt_advice, now_ms};

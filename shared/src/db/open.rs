@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Executor, Row};
+use sqlx::{ConnectOptions, Executor, Row};
 
 use super::{busy, migrate};
 use crate::error::DbError;
@@ -15,6 +15,15 @@ use crate::error::DbError;
 /// Milliseconds since the Unix epoch: the clock every time column uses.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// What to tell a user whose database file is damaged: one sentence naming the file and
+/// how to get its rows back.
+pub fn corrupt_advice(path: &Path) -> String {
+    let p = path.display();
+    format!(
+        "the database {p} is damaged (SQLite reports it as corrupt); stop everything that uses it, recover its rows with `sqlite3 {p} .recover | sqlite3 {p}.recovered`, and start again on the recovered file"
+    )
 }
 
 /// An open, migrated fleet database.
@@ -31,6 +40,9 @@ impl Db {
     /// that it can be written. `max_connections` bounds the pool.
     pub async fn open(path: &Path, max_connections: u32) -> Result<Db, DbError> {
         let is_new = inspect(path)?;
+        if is_new {
+            create_private(path)?;
+        }
         let mut options = SqliteConnectOptions::from_str("sqlite://")
             .map_err(|e| DbError::Open { path: path.into(), reason: e.to_string() })?
             .filename(path)
@@ -57,10 +69,14 @@ impl Db {
                     Ok(())
                 })
             })
-            .connect_with(options.synchronous(SqliteSynchronous::Full))
+            .connect_with(options.synchronous(SqliteSynchronous::Full).disable_statement_logging())
             .await
             .map_err(|e| open_error(path, e))?;
         let db = Db { path: path.to_path_buf(), pool };
+        if let Err(e) = refuse_foreign(&db).await {
+            db.close().await;
+            return Err(e);
+        }
         migrate::run(&db).await?;
         db.check_writable().await?;
         Ok(db)
@@ -89,7 +105,13 @@ impl Db {
         if inspect(path)? {
             return Err(missing());
         }
-        let options = SqliteConnectOptions::new().filename(path).read_only(true).busy_timeout(Duration::from_secs(5));
+        // Long reads (an export of millions of rows) are expected here; sqlx's "slow
+        // statement" warnings would only alarm the user.
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(5))
+            .disable_statement_logging();
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .after_connect(|conn, _| Box::pin(async move { busy::install(conn).await }))
@@ -165,6 +187,45 @@ impl Db {
         let row = sqlx::query("SELECT count(*) AS n FROM videos").fetch_one(&self.pool).await?;
         Ok(row.get("n"))
     }
+}
+
+/// Creates the empty file a new database starts as, readable by its owner only: it
+/// holds the sources, the results and the control token. SQLite gives its -wal and
+/// -shm files the same mode. Someone who created the file in the meantime wins.
+fn create_private(path: &Path) -> Result<(), DbError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(DbError::Open { path: path.into(), reason: e.to_string() }),
+    }
+}
+
+/// Tables a file may hold besides ours and still be taken for a fleet's: SQLite's own,
+/// and the bookkeeping of wrangler and its local D1 (`d1_migrations`, `_cf_*`).
+fn is_bookkeeping(table: &str) -> bool {
+    table.starts_with("sqlite_") || table.starts_with("_cf_") || table == "d1_migrations"
+}
+
+/// Refuses a SQLite file that holds another application's tables and none of ours, so
+/// a `--db` pointing at the wrong file never gets our schema added to it.
+async fn refuse_foreign(db: &Db) -> Result<(), DbError> {
+    let tables: Vec<String> = sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .fetch_all(&db.pool)
+        .await
+        .map_err(|e| open_error(&db.path, e))?;
+    if tables.iter().any(|t| t == "videos") {
+        return Ok(());
+    }
+    let foreign: Vec<&String> = tables.iter().filter(|t| !is_bookkeeping(t)).collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    let mut names: Vec<String> = foreign.iter().take(5).map(|t| t.to_string()).collect();
+    if foreign.len() > 5 {
+        names.push(format!("and {} more", foreign.len() - 5));
+    }
+    Err(DbError::Foreign { path: db.path.clone(), tables: names.join(", ") })
 }
 
 /// Returns whether `path` is a new database, or why it cannot be one.

@@ -14,6 +14,7 @@ mod spawn;
 mod summary;
 
 use std::ffi::OsString;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ use nix::unistd::Pid;
 use shared::db::fleet::{self, FleetRun, FleetWorker};
 use shared::db::{Db, now_ms};
 use shared::status::Outcome;
-use shared::units::{format_duration, human_bytes};
+use shared::units::{human_bytes, human_duration};
 use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, interval, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -80,10 +81,14 @@ enum Event {
     Health { slot: u32, pid: u32, ok: bool },
 }
 
-/// Checks made before anything is spawned or written; the error is one sentence.
+/// Checks of the flags, made before anything is spawned or written; the error is one
+/// sentence.
 pub fn preflight(args: &StartArgs) -> anyhow::Result<()> {
     args.handler.validate().map_err(anyhow::Error::msg)?;
     args.job.validate().map_err(anyhow::Error::msg)?;
+    if let Some(token) = &args.control_token {
+        shared::config::validate_control_token(token).map_err(anyhow::Error::msg)?;
+    }
     if args.mem_limit.bytes() < 16 << 20 {
         bail!("--mem-limit {} is too small for a worker; use at least 16M", args.mem_limit);
     }
@@ -94,7 +99,12 @@ pub fn preflight(args: &StartArgs) -> anyhow::Result<()> {
     if args.sample_interval > Duration::from_millis(250) || args.sample_interval < Duration::from_millis(10) {
         bail!("--sample-interval must be between 10ms and 250ms");
     }
-    // Every port is tried before anything starts, so a busy one changes nothing.
+    Ok(())
+}
+
+/// Tries every worker's port before anything starts, so a busy one changes nothing.
+/// A port someone else holds is a fact of the host, not a bad flag: a runtime failure.
+pub fn check_ports(args: &StartArgs) -> anyhow::Result<()> {
     for k in 0..args.workers {
         let port = args.base_port + k as u16;
         if let Err(e) = std::net::TcpListener::bind((args.bind, port)) {
@@ -105,6 +115,99 @@ pub fn preflight(args: &StartArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How long a new `start` waits for the workers of a run whose supervisor was killed:
+/// their parent-death signal ends them within tens of milliseconds, longer on a busy
+/// host, and a service manager restarts the supervisor at once.
+const PREVIOUS_WORKERS_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits (bounded) until the workers of the database's last run, if its supervisor is
+/// gone, have exited and freed their ports. Reads only; a database that cannot be read
+/// here is left for `prepare` to report.
+pub async fn wait_for_previous_workers(db_path: &std::path::Path) {
+    if !db_path.exists() {
+        return;
+    }
+    let Ok(db) = Db::open_read_only(db_path).await else { return };
+    let pids: Vec<i64> = match fleet::latest_run(db.pool()).await {
+        Ok(Some(prev))
+            if matches!(prev.state.as_str(), "running" | "stopping")
+                && !procfs::is_running(prev.supervisor_pid, "supervisor") =>
+        {
+            fleet::run_workers(db.pool(), prev.run_id).await.unwrap_or_default().iter().filter_map(|w| w.pid).collect()
+        }
+        _ => Vec::new(),
+    };
+    db.close().await;
+    let deadline = Instant::now() + PREVIOUS_WORKERS_WAIT;
+    let alive = || pids.iter().filter(|&&p| procfs::is_running(p, "worker")).count();
+    let mut waiting = alive();
+    if waiting > 0 {
+        tracing::info!("waiting for {waiting} workers of the previous run to exit");
+    }
+    while waiting > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waiting = alive();
+    }
+    if waiting > 0 {
+        tracing::warn!(
+            "{waiting} workers of the previous run are still alive after {}",
+            human_duration(PREVIOUS_WORKERS_WAIT)
+        );
+    }
+}
+
+/// A batch run (`--exit-when-done`) with no videos would end at once having done
+/// nothing: refused before anything is created, naming the command that adds videos.
+pub async fn check_batch_has_videos(args: &StartArgs) -> anyhow::Result<()> {
+    if !args.exit_when_done {
+        return Ok(());
+    }
+    let path = &args.db.db;
+    let empty = if path.exists() {
+        let db = Db::open_read_only(path).await?;
+        let has = fleet::has_videos(db.pool()).await;
+        db.close().await;
+        !has?
+    } else {
+        true
+    };
+    if empty {
+        bail!(
+            "{} holds no videos, so a batch run has nothing to do; add some with `supervisor import FILE` first",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Warns when the fleet cannot fit the host: it will run, but slowly or into the kernel's
+/// OOM killer, and the user should hear why before it happens.
+fn warn_if_too_big(args: &StartArgs) {
+    let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    if args.workers > cores * 8 {
+        tracing::warn!(
+            "{} workers on {cores} cores: far more processes than cores; start-up and health checks will be slow (a few workers per core is plenty; raise --concurrency instead)",
+            args.workers
+        );
+    }
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
+    });
+    let wanted = args.mem_limit.bytes().saturating_mul(args.workers as u64);
+    if let Some(total) = total
+        && wanted > total
+    {
+        tracing::warn!(
+            "{} workers x {} = {} is more than this host's memory ({}): the kernel may kill workers before their limit does",
+            args.workers,
+            args.mem_limit,
+            human_bytes(wanted),
+            human_bytes(total)
+        );
+    }
 }
 
 /// The `worker` binary: beside our own executable, or `FLEET_WORKER_BIN`.
@@ -160,6 +263,8 @@ pub struct Fleet {
     end: RunEnd,
     /// Every restart and memory kill of this run, for the summary.
     history: Vec<String>,
+    /// Why the run cannot go on (a damaged database): it stops, and `run` fails with this.
+    fatal: Option<String>,
 }
 
 impl Fleet {
@@ -182,6 +287,13 @@ impl Fleet {
             }
             recover_previous(&db, &prev, args.job.max_attempts).await?;
         }
+        if !fleet::has_videos(reader.pool()).await? {
+            tracing::warn!(
+                "{} holds no videos yet; the workers wait for some: add them with `supervisor import FILE`",
+                db_path.display()
+            );
+        }
+        warn_if_too_big(&args);
         let tag = format!("shardfleet-{}", std::process::id());
         let memory = Memory::setup(args.mem_enforce, args.mem_limit.bytes(), &tag)?;
         tracing::info!(
@@ -194,7 +306,10 @@ impl Fleet {
             Some(d) => d.clone(),
             None => db_path.parent().unwrap_or(std::path::Path::new(".")).join("fleet-logs"),
         };
-        std::fs::create_dir_all(&log_dir)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&log_dir)
             .with_context(|| format!("cannot create the log directory {}", log_dir.display()))?;
         let token = args.control_token.clone().unwrap_or_else(random_token);
         let mut run = FleetRun {
@@ -256,6 +371,7 @@ impl Fleet {
             stopping: None,
             end: RunEnd::Stopped,
             history: Vec::new(),
+            fatal: None,
         })
     }
 
@@ -346,7 +462,7 @@ impl Fleet {
                     tracing::warn!(
                         "worker {} did not answer /health within {}; reported as not ready, starting the next",
                         prev.id,
-                        format_duration(self.args.ready_timeout)
+                        human_duration(self.args.ready_timeout)
                     );
                 }
             }
@@ -466,6 +582,13 @@ impl Fleet {
                 if self.slots[slot as usize].pid != Some(pid) {
                     return;
                 }
+                let killed_by_us = self.slots[slot as usize].kill_reason.is_some();
+                let code = status.as_ref().ok().and_then(|s| s.code());
+                if code == Some(shared::exit::WORKER_DB_CORRUPT as i32) && self.fatal.is_none() {
+                    tracing::error!("worker {slot} found the database damaged; ending the run");
+                    self.fatal = Some(shared::db::corrupt_advice(&self.db_path));
+                    self.begin_stop(RunEnd::Stopped);
+                }
                 let reason = self.exit_reason(slot, &status);
                 // Its handlers lead process groups of their own and survived it: end them.
                 for pgid in std::mem::take(&mut self.slots[slot as usize].handler_groups) {
@@ -481,6 +604,15 @@ impl Fleet {
                     s.pid = None;
                     s.state = SlotState::Stopped;
                     tracing::info!("worker {slot} stopped ({reason})");
+                    // No restart follows, but a kill or a crash on the way out still
+                    // counts: it is listed with its reason like any other.
+                    if killed_by_us || code != Some(0) {
+                        self.record(Record::Event { worker: slot, kind: "kill", reason: reason.clone() });
+                        self.history.push(format!(
+                            "{} worker {slot}: {reason} (while stopping)",
+                            shared::units::format_utc_ms(now_ms())
+                        ));
+                    }
                     self.write_record(slot);
                 } else {
                     self.crashed(slot, reason);
@@ -525,14 +657,14 @@ impl Fleet {
                 tracing::error!(
                     "worker {k} exited ({reason}); it crashed {} times within {}: marked errored, next try in {}",
                     self.policy.crash_loop.restarts,
-                    format_duration(self.policy.crash_loop.window),
-                    format_duration(until - now)
+                    human_duration(self.policy.crash_loop.window),
+                    human_duration(until - now)
                 );
                 self.record(Record::Event { worker: k, kind: "errored", reason: reason.clone() });
                 self.history.push(format!("{clock} worker {k}: {reason}; marked errored"));
             }
             SlotState::Backoff(at) => {
-                tracing::warn!("worker {k} exited ({reason}); restarting in {}", format_duration(at - now));
+                tracing::warn!("worker {k} exited ({reason}); restarting in {}", human_duration(at - now));
                 self.record(Record::Event { worker: k, kind: "restart", reason: reason.clone() });
                 self.history.push(format!("{clock} worker {k}: {reason}"));
             }
@@ -564,7 +696,7 @@ impl Fleet {
             // fresh allowance before judging.
             let gap = now.saturating_duration_since(self.last_health_check);
             if gap > self.args.health_interval * 3 + Duration::from_secs(1) {
-                tracing::warn!("the supervisor was stalled for {}; health verdicts wait", format_duration(gap));
+                tracing::warn!("the supervisor was stalled for {}; health verdicts wait", human_duration(gap));
                 self.health_grace_until = Some(now + self.args.unhealthy_after);
             }
             self.last_health_check = now;
@@ -584,9 +716,9 @@ impl Fleet {
             };
             if judging && silent_for > limit && s.kill_reason.is_none() {
                 let reason = if s.last_healthy.is_none() {
-                    format!("failed health check: never answered /health in {}", format_duration(limit))
+                    format!("failed health check: never answered /health in {}", human_duration(limit))
                 } else {
-                    format!("failed health check: /health did not answer for {}", format_duration(silent_for))
+                    format!("failed health check: /health did not answer for {}", human_duration(silent_for))
                 };
                 tracing::warn!("worker {}: {reason}; killing it", s.id);
                 s.kill_reason = Some(reason);
@@ -657,7 +789,15 @@ impl Fleet {
     }
 
     async fn check_done(&mut self) -> anyhow::Result<()> {
-        let unfinished = fleet::unfinished(self.reader.pool()).await?;
+        let unfinished = match fleet::unfinished(self.reader.pool()).await {
+            Err(e) if e.is_corrupt() => {
+                tracing::error!("the done check found the database damaged ({e}); ending the run");
+                self.fatal.get_or_insert_with(|| shared::db::corrupt_advice(&self.db_path));
+                self.begin_stop(RunEnd::Stopped);
+                return Ok(());
+            }
+            r => r?,
+        };
         if unfinished == 0 {
             let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM videos WHERE status = 'failed'")
                 .fetch_one(self.reader.pool())
@@ -771,6 +911,11 @@ impl Fleet {
         let _ = self.recorder.await;
         drop(self.logs);
         let _ = self.logger.await;
+        if let Some(why) = self.fatal.take() {
+            self.reader.close().await;
+            self.db.close().await;
+            bail!(why);
+        }
         let summary = if self.end != RunEnd::Stopped || self.args.exit_when_done {
             let text =
                 summary::build(&self.db, &self.run, &self.args, self.began.elapsed(), &self.history, self.end).await?;
