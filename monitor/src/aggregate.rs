@@ -116,8 +116,8 @@ pub struct Totals {
     /// Videos finished (done or failed) per second, a video in flight counting for
     /// the share of the average job time it has run; 0 while no worker is up.
     pub rate: f64,
-    /// Seconds until no video is pending or running; null while nothing finishes, no
-    /// worker is up, or nothing is known.
+    /// Seconds until no video is pending or running; 0 when none is; null while some
+    /// are and nothing finishes (as when no worker is up) or nothing is known.
     pub eta_seconds: Option<u64>,
     pub workers: u32,
     pub workers_up: u32,
@@ -198,8 +198,8 @@ impl Totals {
 ///   `eta_seconds` is the remaining videos (less the in-flight shares) over `rate`, but
 ///   never less than the busiest up worker needs to run its queue through its slots at
 ///   the average job time; 0 when nothing is left, null while the rate is 0.
-///   When no worker is up, `rate` is 0 and `eta_seconds` null; `stale` says the counts
-///   are last answers, and `as_of` when they were current.
+///   When no worker is up, `rate` is 0 and `eta_seconds` null unless nothing is left;
+///   `stale` says the counts are last answers, and `as_of` when they were current.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub at: i64,
