@@ -53,10 +53,12 @@ pub struct Cli {
     pub timeout: Option<Duration>,
 
     /// Poll once, print one plain-text snapshot and exit.
-    #[arg(long, conflicts_with = "json")]
+    #[arg(long)]
     pub once: bool,
 
-    /// Poll once, print the fleet as JSON (per-worker statuses and totals) and exit.
+    /// Poll once, print the fleet as JSON (per-worker statuses and totals) and exit;
+    /// --once alongside changes nothing.
+    // --json polls once anyway, so a script spelling out both is served, not refused.
     #[arg(long)]
     pub json: bool,
 
@@ -238,5 +240,11 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_millis(300));
         let c = Cli::try_parse_from(["monitor", "--workers", "1"]).unwrap().into_config(true).unwrap();
         assert_eq!(c.mode, Mode::Dashboard);
+    }
+
+    #[test]
+    fn once_with_json_is_accepted_and_means_json() {
+        assert_eq!(parse(&["--workers", "1", "--once", "--json"]).unwrap().mode, Mode::Json);
+        assert_eq!(parse(&["--workers", "1", "--json", "--once"]).unwrap().mode, Mode::Json);
     }
 }

@@ -110,7 +110,7 @@ pub fn draw(frame: &mut Frame, fleet: &Fleet, ui: &Ui, now_ms: i64) {
         Constraint::Length(1),
     ])
     .areas(frame.area());
-    draw_overall(frame, overall, fleet, ui);
+    draw_overall(frame, overall, fleet, ui, now_ms);
     draw_workers(frame, workers, fleet, ui, now_ms);
     draw_detail(frame, detail, fleet, ui, now_ms);
     draw_errors(frame, errors, fleet, now_ms);
@@ -120,7 +120,7 @@ pub fn draw(frame: &mut Frame, fleet: &Fleet, ui: &Ui, now_ms: i64) {
     }
 }
 
-fn draw_overall(frame: &mut Frame, area: Rect, fleet: &Fleet, ui: &Ui) {
+fn draw_overall(frame: &mut Frame, area: Rect, fleet: &Fleet, ui: &Ui, now_ms: i64) {
     let t = fleet.totals();
     let mut title = vec![
         Span::raw(" shardfleet · "),
@@ -144,12 +144,19 @@ fn draw_overall(frame: &mut Frame, area: Rect, fleet: &Fleet, ui: &Ui) {
     let [gauge, stats, spark] =
         Layout::vertical([Constraint::Length(1), Constraint::Length(1), Constraint::Min(1)]).areas(inner);
 
-    let label = format!("{}/{} finished · {}", t.finished(), t.total, text::percent(t.ratio()));
+    let mut label = format!("{}/{} finished · {}", t.finished(), t.total, text::percent(t.ratio()));
+    let mut bar = Style::new().fg(Color::Green).bg(Color::DarkGray);
+    // Figures nobody has confirmed for a while must not pass for live ones: the bar
+    // says since when they stand, where every reader looks first.
+    if let Some(at) = t.as_of.filter(|_| t.stale) {
+        label.push_str(&format!(" · no worker up, last seen {}", text::ago(now_ms, at)));
+        bar = bar.fg(Color::Yellow);
+    }
     frame.render_widget(
         Gauge::default()
             .ratio(t.ratio().clamp(0.0, 1.0))
             .label(Span::styled(label, Style::new().fg(Color::White).bold()))
-            .gauge_style(Style::new().fg(Color::Green).bg(Color::DarkGray))
+            .gauge_style(bar)
             .use_unicode(true),
         gauge,
     );
@@ -162,14 +169,16 @@ fn draw_overall(frame: &mut Frame, area: Rect, fleet: &Fleet, ui: &Ui) {
         ),
         Span::raw(format!("  running {}  pending {}", t.running, t.pending)),
         Span::raw("   rate "),
-        Span::styled(text::rate(t.rate), Style::new().bold()),
-        Span::raw(format!(" ({}s window)", RATE_WINDOW_MS / 1000)),
-        Span::raw("   ETA "),
-        Span::styled(text::eta(t.eta_seconds), Style::new().bold()),
+        Span::styled(text::rate_or_dash(t.rate_shown()), Style::new().bold()),
     ];
+    if t.rate_shown().is_some() {
+        line.push(Span::raw(format!(" ({}s window)", RATE_WINDOW_MS / 1000)));
+    }
+    line.extend([Span::raw("   ETA "), Span::styled(text::eta(t.eta_seconds), Style::new().bold())]);
     if !t.complete {
         line.push(Span::styled("   counts incomplete", Style::new().fg(Color::Yellow)));
     }
+
     frame.render_widget(Paragraph::new(Line::from(line)), stats);
 
     let [label, chart] = Layout::horizontal([Constraint::Length(11), Constraint::Fill(1)]).areas(spark);

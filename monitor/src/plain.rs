@@ -21,7 +21,7 @@ const ONCE_ERRORS: usize = 5;
 pub fn snapshot(fleet: &Fleet) -> String {
     let t = fleet.totals();
     let mut s = format!(
-        "{}  {}/{} finished ({})  done {}  failed {}  running {}  pending {}  rate {}  eta {}  workers {}/{} up{}\n",
+        "{}  {}/{} finished ({})  done {}  failed {}  running {}  pending {}  rate {}  eta {}  workers {}/{} up{}{}\n",
         timestamp(fleet.at_ms()),
         t.finished(),
         t.total,
@@ -30,11 +30,16 @@ pub fn snapshot(fleet: &Fleet) -> String {
         t.failed,
         t.running,
         t.pending,
-        text::rate(t.rate),
+        text::rate_or_dash(t.rate_shown()),
         text::eta(t.eta_seconds),
         t.workers_up,
         t.workers,
         if t.complete { "" } else { "  (counts incomplete: some shards never reported)" },
+        match t.as_of.filter(|_| t.stale) {
+            Some(at) =>
+                format!("  (no worker up: figures last seen {}, at {})", text::ago(fleet.at_ms(), at), timestamp(at)),
+            None => String::new(),
+        },
     );
     for w in fleet.workers() {
         s.push_str(&worker_line(fleet, w));
@@ -160,7 +165,7 @@ mod tests {
     use crate::aggregate::tests::status;
     use crate::poll::Answer;
     use crate::targets::Target;
-    use shared::status::{Outcome, WorkerStatus};
+    use shared::status::{Outcome, ShardCounts, WorkerStatus};
 
     fn failed(video_id: i64, at: i64) -> RecentError {
         RecentError {
@@ -170,6 +175,27 @@ mod tests {
             outcome: Outcome::Error,
             error: format!("exit code 1\nvideo {video_id}"),
         }
+    }
+
+    #[test]
+    fn with_every_worker_down_a_snapshot_says_since_when_its_figures_stand_and_shows_no_rate_or_eta() {
+        // 2027-01-15T08:00:00Z.
+        const T0: i64 = 1_800_000_000_000;
+        let target = Target { slot: 0, base: "http://127.0.0.1:3001".parse().unwrap(), expect: None };
+        let mut fleet = Fleet::new(vec![target]);
+        for s in 0..=22u64 {
+            let answer = if s <= 10 {
+                let shard = ShardCounts { pending: 20 - s, running: 1, done: s, failed: 0 };
+                Answer::Up(Box::new(WorkerStatus { shard, ..status(0, 1) }))
+            } else {
+                Answer::Down("cannot connect: connection refused".into())
+            };
+            fleet.apply(Round { at_ms: T0 + s as i64 * 1000, answers: vec![answer], ..Round::default() });
+        }
+        let text = snapshot(&fleet);
+        let totals = text.lines().next().unwrap();
+        assert!(totals.contains("running 1  pending 10  rate --  eta --  workers 0/1 up"), "{totals}");
+        assert!(totals.ends_with("(no worker up: figures last seen 12s ago, at 2027-01-15T08:00:10Z)"), "{totals}");
     }
 
     #[tokio::test]

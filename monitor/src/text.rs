@@ -37,6 +37,11 @@ pub fn job_time(ms: Option<f64>) -> String {
     }
 }
 
+/// A rate, or a dash while it cannot be known.
+pub fn rate_or_dash(per_sec: Option<f64>) -> String {
+    per_sec.map_or_else(|| "--".to_string(), rate)
+}
+
 /// Videos per second, with the precision the magnitude deserves.
 pub fn rate(per_sec: f64) -> String {
     match per_sec {

@@ -153,3 +153,25 @@ fn question_mark_opens_the_help_over_the_dashboard() {
     assert!(after.contains("show or hide this help"), "{after}");
     assert!(after.contains("No control token"), "{after}");
 }
+
+#[test]
+fn with_every_worker_down_the_progress_reads_as_last_seen_with_no_rate_or_eta() {
+    let targets: Vec<Target> = (0..2)
+        .map(|k| Target { slot: k, base: format!("http://127.0.0.1:{}", 3001 + k).parse().unwrap(), expect: None })
+        .collect();
+    let mut fleet = Fleet::new(targets);
+    for i in 0..=30u64 {
+        let at = NOW - (30 - i as i64) * 1000;
+        let answers = if at <= NOW - 12_000 {
+            (0..2).map(|k| Answer::Up(Box::new(status(k, 60 + i + u64::from(k), 0)))).collect()
+        } else {
+            vec![Answer::Down("connection refused".into()); 2]
+        };
+        fleet.apply(Round { at_ms: at, answers, ..Round::default() });
+    }
+    let buf = draw(&fleet, &Ui::new(true, "1s".into()));
+    let drawn = text(&buf);
+    assert!(drawn.contains("no worker up, last seen 12s ago"), "{drawn}");
+    assert!(drawn.contains("running 4  pending 39   rate --   ETA --"), "{drawn}");
+    assert_eq!(color_of(&buf, "█"), Color::Yellow, "the bar of figures nobody confirms");
+}

@@ -221,6 +221,14 @@ async fn a_down_worker_and_an_impostor_are_reported_and_the_real_worker_still_co
     assert!(text.contains("error  unexpected answer: not a worker's /status"), "{text}");
 }
 
+#[test]
+fn once_with_json_prints_the_json_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = monitor_json(&["--once", "--targets", &format!("127.0.0.1:{}", closed_port())], dir.path());
+    assert_eq!(report.workers.len(), 1);
+    assert_eq!(report.workers[0].health, WorkerHealth::Down);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_terminal_it_prints_a_snapshot_every_interval_until_interrupted() {
     let t = TestDb::new().await;
