@@ -902,3 +902,16 @@ async fn rows_too_large_to_run_fail_at_once_and_the_rest_of_their_shard_finishes
     let restarts: i64 = workers(&t).await.iter().map(|w| w.3).sum();
     assert_eq!(restarts, 0, "no worker was killed: {all}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_bigger_than_the_host_is_warned_about_at_start() {
+    let t = TestDb::new().await;
+    t.seed(2).await;
+    let out = run_to_end(start(
+        &t,
+        1,
+        &["--mem-limit", "64T", "--mem-enforce", "sample", "--sleep", "1ms", "--exit-when-done"],
+    ));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("is more than this host's memory"), "{}", text(&out));
+}
