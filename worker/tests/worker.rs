@@ -408,3 +408,71 @@ async fn the_http_handler_keeps_to_its_rate() {
     assert_eq!(seen.lock().unwrap().len(), 6);
     assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
 }
+
+/// A worker process killed when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Fills the pipe whose write end is `w` until a blocking write to it would block.
+fn fill_pipe(w: &impl std::os::fd::AsRawFd) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    // A second, non-blocking description of the same pipe: the worker's stays blocking.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{}", w.as_raw_fd()))
+        .unwrap();
+    while f.write(&[b'.'; 4096]).is_ok_and(|n| n > 0) {}
+    while f.write(&[b'.']).is_ok_and(|n| n > 0) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_ended_because_the_supervisor_died_are_never_recorded_as_failed_attempts() {
+    let t = TestDb::new().await;
+    t.seed(2).await;
+    let (mut stderr, stderr_w) = std::io::pipe().unwrap();
+    let child = std::process::Command::new(testkit::worker_bin())
+        .args(["--worker-id", "0", "--workers", "1", "--port", "0", "--db"])
+        .arg(&t.path)
+        .args(["--exec", "sleep 30", "--concurrency", "2"])
+        .env("FLEET_SUPERVISOR_PID", std::process::id().to_string())
+        .env("RUST_LOG", "info,sqlx=warn")
+        .env_remove("FLEET_CONTROL_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr_w.try_clone().unwrap())
+        .spawn()
+        .unwrap();
+    let mut w = Killed(child);
+    wait_for(LONG, "both jobs running", || async { t.by_status().await.get("running") == Some(&2) }).await;
+    // With its stderr full, the worker blocks on the line it writes between killing its
+    // handlers and exiting: time enough for the killed jobs to reach the database, if
+    // anything let them.
+    fill_pipe(&stderr_w);
+    drop(stderr_w);
+    // What the kernel sends a worker whose supervisor died.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(w.0.id() as i32), Signal::SIGUSR2).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        let recorded = t.scalar("SELECT count(*) FROM attempts").await;
+        assert_eq!(recorded, 0, "a job the worker killed was recorded: {:?}", [t.history(1).await, t.history(2).await]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let drain = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut out);
+        out
+    });
+    let status = w.0.wait().unwrap();
+    let logs = drain.join().unwrap();
+    assert_eq!(status.code(), Some(worker::orphan::EXIT_ORPHANED), "{logs}");
+    assert!(logs.contains("the supervisor (pid"), "{logs}");
+    assert_eq!(t.scalar("SELECT count(*) FROM attempts").await, 0, "{logs}");
+    assert_eq!(t.by_status().await.get("running"), Some(&2), "left for the next supervisor to hand back");
+}
