@@ -66,6 +66,12 @@ pub struct Cli {
     #[arg(long, value_name = "DUR", default_value = "500ms", value_parser = duration_arg)]
     pub poll: Duration,
 
+    /// How long a client may take to send a request's headers (from connecting, or from
+    /// the end of its previous request) before the connection is closed, so half-sent
+    /// requests cannot hold sockets open. Hidden: tests shorten it.
+    #[arg(long, value_name = "DUR", default_value = "15s", value_parser = duration_arg, hide = true)]
+    pub header_timeout: Duration,
+
     /// The memory limit the supervisor holds this worker to; reported on /status.
     #[arg(long, env = "FLEET_MEM_LIMIT")]
     pub mem_limit: Option<ByteSize>,
@@ -92,6 +98,8 @@ pub struct WorkerConfig {
     pub control_token: Option<String>,
     pub exit_when_done: bool,
     pub poll: Duration,
+    /// See `Cli::header_timeout`; `http::serve` closes connections that exceed it.
+    pub header_timeout: Duration,
     pub mem_limit: Option<ByteSize>,
     pub restarts: u32,
     pub last_restart_reason: Option<String>,
@@ -140,6 +148,7 @@ impl Cli {
             control_token,
             exit_when_done: self.exit_when_done,
             poll: self.poll.max(Duration::from_millis(10)),
+            header_timeout: self.header_timeout.max(Duration::from_millis(100)),
             mem_limit: self.mem_limit,
             restarts: self.restarts,
             last_restart_reason: self.last_restart_reason,

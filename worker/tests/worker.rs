@@ -476,3 +476,62 @@ async fn handlers_ended_because_the_supervisor_died_are_never_recorded_as_failed
     assert_eq!(t.scalar("SELECT count(*) FROM attempts").await, 0, "{logs}");
     assert_eq!(t.by_status().await.get("running"), Some(&2), "left for the next supervisor to hand back");
 }
+
+#[tokio::test]
+async fn a_worker_bound_beyond_loopback_warns_that_status_and_metrics_are_open() {
+    let t = TestDb::new().await;
+    let warning = "readable by anyone who can reach";
+    let (code, logs) = run_alone(&t, &["--bind", "0.0.0.0", "--sleep", "0", "--exit-when-done"]);
+    assert_eq!(code, 0, "{logs}");
+    assert_eq!(logs.matches(warning).count(), 1, "one warning line: {logs}");
+    assert!(logs.contains("/status and /metrics"), "{logs}");
+    let (code, logs) = run_alone(&t, &["--sleep", "0", "--exit-when-done"]);
+    assert_eq!(code, 0, "{logs}");
+    assert!(!logs.contains(warning), "loopback is not beyond loopback: {logs}");
+}
+
+/// Sends `bytes` on a fresh connection and says how long the worker took to close it
+/// (None: still open after `patience`).
+fn closed_after(port: u16, bytes: &[u8], patience: Duration) -> Option<Duration> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let started = std::time::Instant::now();
+    s.write_all(bytes).unwrap();
+    s.set_read_timeout(Some(patience)).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            // An answer (a 408, say) may come before the close.
+            Ok(n) if n > 0 => continue,
+            Ok(_) => return Some(started.elapsed()),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(started.elapsed()),
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_send_half_a_request_are_closed_after_the_header_timeout() {
+    let t = TestDb::new().await;
+    let w = spawn_worker(&t.path, 0, 1, &["--sleep", "0", "--header-timeout", "1s"]);
+    let port = w.port;
+    let patience = Duration::from_secs(5);
+    let (half_line, half_headers, silent) = tokio::task::spawn_blocking(move || {
+        (
+            closed_after(port, b"GET /sta", patience),
+            closed_after(port, b"GET /status HTTP/1.1\r\nHost: x\r\n", patience),
+            closed_after(port, b"", patience),
+        )
+    })
+    .await
+    .unwrap();
+    for (what, took) in [("half a request line", half_line), ("half the headers", half_headers), ("nothing", silent)] {
+        let took = took.unwrap_or_else(|| panic!("a connection that sent {what} was still open after {patience:?}"));
+        assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "{what}: closed after {took:?}");
+    }
+    // Whole requests are still answered, several on one connection.
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        assert_eq!(client.get(w.url("/health")).send().await.unwrap().status(), 200);
+    }
+}
