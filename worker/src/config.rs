@@ -31,7 +31,9 @@ pub struct Cli {
     #[arg(long, default_value_t = 3001)]
     pub base_port: u16,
 
-    /// Address to listen on. Control endpoints need --control-token whatever the address.
+    /// Address to listen on. Control endpoints need a control token whatever the
+    /// address; beyond loopback, /health, /status and /metrics answer anyone who can
+    /// reach the port (a warning at start says so).
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: IpAddr,
 

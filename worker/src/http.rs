@@ -10,10 +10,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::json;
-use shared::db::{Db, RequeueOutcome};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use serde_json::json;
+use shared::db::{Db, RequeueOutcome};
 use shared::status::{Health, VideoStatus};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -159,7 +159,7 @@ fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = s.control_token.as_deref() else {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
-            "control endpoints are disabled: start the worker with --control-token (or FLEET_CONTROL_TOKEN)".into(),
+            "control endpoints are disabled: start the worker with a control token (--control-token-fd, --control-token or FLEET_CONTROL_TOKEN)".into(),
         ));
     };
     let presented = headers
