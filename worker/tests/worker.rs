@@ -430,7 +430,7 @@ fn fill_pipe(w: &impl std::os::fd::AsRawFd) {
         .open(format!("/proc/self/fd/{}", w.as_raw_fd()))
         .unwrap();
     while f.write(&[b'.'; 4096]).is_ok_and(|n| n > 0) {}
-    while f.write(&[b'.']).is_ok_and(|n| n > 0) {}
+    while f.write(b".").is_ok_and(|n| n > 0) {}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
