@@ -915,3 +915,21 @@ async fn a_fleet_bigger_than_the_host_is_warned_about_at_start() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("is more than this host's memory"), "{}", text(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_cannot_read_the_control_token_back_from_its_worker() {
+    let t = TestDb::new().await;
+    t.seed(1).await;
+    // What a same-user handler can read of its worker: environment, command line, and
+    // the descriptor the command line names, had it been inherited. (The worker closed
+    // its own at start-up; the number may since name another of its files.)
+    let probe = r#"sh -c 'tr "\0" "\n" < /proc/$PPID/environ; tr "\0" "\n" < /proc/$PPID/cmdline; fd=$(tr "\0" "\n" < /proc/$PPID/cmdline | sed -n "/^--control-token-fd$/{n;p;}"); test -n "$fd" && cat /proc/self/fd/$fd 2>&1; true'"#;
+    let out = run_to_end(start(&t, 1, &["--mem-limit", "250M", "--exec", probe, "--exit-when-done"]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let token: String =
+        sqlx::query_scalar("SELECT control_token FROM fleet_runs").fetch_one(t.db.pool()).await.unwrap();
+    let seen = t.video(1).await.2.unwrap_or_default();
+    assert!(seen.contains("FLEET_SUPERVISOR_PID=") && seen.contains("--worker-id"), "the probe ran: {seen}");
+    assert!(!seen.contains(&token), "the handler read the control token: {seen}");
+    assert!(seen.contains("--control-token-fd"), "the token travels by descriptor: {seen}");
+}

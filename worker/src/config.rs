@@ -31,7 +31,9 @@ pub struct Cli {
     #[arg(long, default_value_t = 3001)]
     pub base_port: u16,
 
-    /// Address to listen on. Control endpoints need --control-token whatever the address.
+    /// Address to listen on. Control endpoints need a control token whatever the
+    /// address; beyond loopback, /health, /status and /metrics answer anyone who can
+    /// reach the port (a warning at start says so).
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: IpAddr,
 
@@ -46,9 +48,17 @@ pub struct Cli {
     pub job: JobArgs,
 
     /// Bearer token for POST /pause, /resume and /videos/{id}/retry. Without one those
-    /// endpoints are refused.
+    /// endpoints are refused. Other processes of the same user (handlers included) can
+    /// read it back from /proc/<pid>/cmdline or /proc/<pid>/environ; --control-token-fd
+    /// cannot be.
     #[arg(long, env = "FLEET_CONTROL_TOKEN", hide_env_values = true)]
     pub control_token: Option<String>,
+
+    /// Read the control token from this inherited file descriptor (a pipe or a file) at
+    /// start-up, then close it. How the supervisor hands the token over: nothing of it
+    /// shows in this process's command line or environment.
+    #[arg(long, value_name = "FD", conflicts_with = "control_token")]
+    pub control_token_fd: Option<u32>,
 
     /// Exit (0) once the shard has no pending or running video left.
     #[arg(long)]
@@ -57,6 +67,12 @@ pub struct Cli {
     /// How often an idle worker looks for newly due videos.
     #[arg(long, value_name = "DUR", default_value = "500ms", value_parser = duration_arg)]
     pub poll: Duration,
+
+    /// How long a client may take to send a request's headers (from connecting, or from
+    /// the end of its previous request) before the connection is closed, so half-sent
+    /// requests cannot hold sockets open. Hidden: tests shorten it.
+    #[arg(long, value_name = "DUR", default_value = "15s", value_parser = duration_arg, hide = true)]
+    pub header_timeout: Duration,
 
     /// The memory limit the supervisor holds this worker to; reported on /status.
     #[arg(long, env = "FLEET_MEM_LIMIT")]
@@ -84,6 +100,8 @@ pub struct WorkerConfig {
     pub control_token: Option<String>,
     pub exit_when_done: bool,
     pub poll: Duration,
+    /// See `Cli::header_timeout`; `http::serve` closes connections that exceed it.
+    pub header_timeout: Duration,
     pub mem_limit: Option<ByteSize>,
     pub restarts: u32,
     pub last_restart_reason: Option<String>,
@@ -104,8 +122,12 @@ impl Cli {
             ));
         }
         self.job.validate()?;
-        if self.control_token.as_deref().is_some_and(|t| t.len() < 8) {
-            return Err("--control-token must be at least 8 characters".into());
+        let control_token = match self.control_token_fd {
+            Some(fd) => Some(read_token_fd(fd)?),
+            None => self.control_token,
+        };
+        if let Some(token) = &control_token {
+            shared::config::validate_control_token(token)?;
         }
         let port = match self.port {
             Some(p) => p,
@@ -125,14 +147,37 @@ impl Cli {
             db: self.db,
             handler: self.handler,
             job: self.job,
-            control_token: self.control_token,
+            control_token,
             exit_when_done: self.exit_when_done,
             poll: self.poll.max(Duration::from_millis(10)),
+            header_timeout: self.header_timeout.max(Duration::from_millis(100)),
             mem_limit: self.mem_limit,
             restarts: self.restarts,
             last_restart_reason: self.last_restart_reason,
         })
     }
+}
+
+/// Reads the control token from an inherited descriptor and closes it, so that no
+/// handler started later inherits it and nothing in /proc shows the token.
+fn read_token_fd(fd: u32) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let raw = i32::try_from(fd).map_err(|_| format!("--control-token-fd {fd} is not a file descriptor"))?;
+    // SAFETY: F_GETFD only asks whether the descriptor is open; it changes nothing.
+    if unsafe { nix::libc::fcntl(raw, nix::libc::F_GETFD) } == -1 {
+        return Err(format!("--control-token-fd {fd}: no such open file descriptor"));
+    }
+    // SAFETY: the descriptor is open, was inherited for this purpose, and nothing else
+    // in this process uses it (this runs before the runtime or any handler starts).
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    let mut token = String::new();
+    (&mut file)
+        .take(4096)
+        .read_to_string(&mut token)
+        .map_err(|e| format!("--control-token-fd {fd}: cannot read the token: {e}"))?;
+    drop(file);
+    Ok(token.trim_end_matches(['\r', '\n']).to_string())
 }
 
 #[cfg(test)]
@@ -149,6 +194,20 @@ mod tests {
     fn the_port_defaults_to_base_port_plus_worker_id() {
         assert_eq!(parse(&["--worker-id", "2", "--workers", "3"]).unwrap().port, 3003);
         assert_eq!(parse(&["--worker-id", "2", "--workers", "3", "--port", "9000"]).unwrap().port, 9000);
+    }
+
+    #[test]
+    fn the_control_token_can_come_through_an_inherited_descriptor() {
+        use std::io::Write;
+        use std::os::fd::{IntoRawFd, OwnedFd};
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        writer.write_all(b"from-a-pipe-123\n").unwrap();
+        drop(writer);
+        let fd = OwnedFd::from(reader).into_raw_fd().to_string();
+        let c = parse(&["--worker-id", "0", "--workers", "1", "--control-token-fd", &fd]).unwrap();
+        assert_eq!(c.control_token.as_deref(), Some("from-a-pipe-123"));
+        let e = parse(&["--worker-id", "0", "--workers", "1", "--control-token-fd", "999999"]).unwrap_err();
+        assert!(e.contains("no such open file descriptor"), "{e}");
     }
 
     #[test]

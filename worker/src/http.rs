@@ -1,5 +1,6 @@
 //! The worker's HTTP surface: health, status and metrics for anyone on the bind
-//! address; pause, resume and retry only for callers with the control token.
+//! address; pause, resume and retry only for callers with the control token; and the
+//! server loop that serves them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +10,14 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use shared::db::{Db, RequeueOutcome};
 use shared::status::{Health, VideoStatus};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::live::Live;
 use crate::memory::MemoryKills;
@@ -45,6 +51,65 @@ pub fn router(state: AppState) -> Router {
         // the body; streamed bodies are cut at the same size.
         .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_LIMIT))
         .with_state(state)
+}
+
+/// Serves `app` on `listener` until `stop` fires, then stops accepting, lets requests in
+/// progress finish, and returns once every connection has closed.
+///
+/// A client gets `header_timeout` to send a request's headers, counted from when the
+/// connection opens or its previous answer went out; then the connection is closed. So
+/// half-sent requests and idle sockets cannot pile up until the worker runs out of file
+/// descriptors. (`axum::serve` has no such timeout, hence this loop.)
+pub async fn serve(listener: TcpListener, app: Router, header_timeout: Duration, stop: CancellationToken) {
+    let connections = TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    wait_after_accept_error(e, &stop).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            // A header timeout or a client that went away: the client's business.
+            if let Err(e) = ended {
+                tracing::debug!("http connection ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+/// After a failed accept: a connection that failed before we took it is nothing, but
+/// running out of descriptors would spin, so wait a second (as `axum::serve` does).
+async fn wait_after_accept_error(e: std::io::Error, stop: &CancellationToken) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(e.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset) {
+        return;
+    }
+    tracing::error!("cannot accept http connections: {e}; trying again in 1s");
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+    }
 }
 
 /// An error answer: a status and one sentence, as JSON. Internal causes are logged,
@@ -94,7 +159,7 @@ fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = s.control_token.as_deref() else {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
-            "control endpoints are disabled: start the worker with --control-token (or FLEET_CONTROL_TOKEN)".into(),
+            "control endpoints are disabled: start the worker with a control token (--control-token-fd, --control-token or FLEET_CONTROL_TOKEN)".into(),
         ));
     };
     let presented = headers

@@ -49,7 +49,13 @@ pub async fn run(
     let handler =
         Arc::new(Handler::from_args(&config.handler, &config.job, memory.clone()).map_err(anyhow::Error::msg)?);
     let db = Db::open(&config.db, 4).await.context("cannot use the database")?;
-    let port = listener.local_addr()?.port();
+    let local = listener.local_addr()?;
+    let port = local.port();
+    if !local.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {local}, beyond loopback: /status and /metrics are readable by anyone who can reach this port"
+        );
+    }
     let live = Arc::new(Live::new(Identity {
         worker_id: config.worker_id,
         workers: config.workers,
@@ -72,9 +78,7 @@ pub async fn run(
         control_token,
         memory,
     });
-    let server = tokio::spawn(
-        axum::serve(listener, app).with_graceful_shutdown(stop_serving.clone().cancelled_owned()).into_future(),
-    );
+    let server = tokio::spawn(http::serve(listener, app, config.header_timeout, stop_serving.clone()));
     let sampler = tokio::spawn(sample_rss(live.clone(), stop_serving.clone()));
 
     tracing::info!(
@@ -90,10 +94,8 @@ pub async fn run(
 
     stop_serving.cancel();
     let _ = sampler.await;
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!("http server ended with an error: {e}"),
-        Err(e) => tracing::warn!("http server task failed: {e}"),
+    if let Err(e) = server.await {
+        tracing::warn!("http server task failed: {e}");
     }
     db.close().await;
     end

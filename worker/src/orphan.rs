@@ -1,8 +1,10 @@
 //! Ending with the supervisor. The supervisor arms our parent-death signal as SIGUSR2
 //! and tells us its pid (`FLEET_SUPERVISOR_PID`). When it dies, the kernel sends SIGUSR2;
 //! a watcher thread (independent of the async runtime, which may be busy) sees it, or
-//! sees that our parent changed, kills every running handler's process group, and exits
-//! at once. The next supervisor hands back the videos we held.
+//! sees that our parent changed, marks the worker as leaving, kills every running
+//! handler's process group, and exits at once. Jobs ended that way are not failed
+//! attempts: nothing about them is written, and the next supervisor hands back the
+//! videos we held.
 //!
 //! A plain SIGKILL as the parent-death signal would leave the handlers running: they
 //! lead process groups of their own, and nothing else ends them.
@@ -40,7 +42,9 @@ pub fn watch() {
             loop {
                 let parent = nix::unistd::getppid().as_raw();
                 if PARENT_GONE.load(Ordering::SeqCst) || parent != supervisor {
-                    crate::handler::kill_live_groups();
+                    // Marks the worker as leaving before the kills, so the killed jobs
+                    // are handed back, never recorded as failed attempts.
+                    crate::handler::abandon_all();
                     // Our stderr was a pipe to the supervisor and may have no reader now:
                     // a failed write must not stop the exit (eprintln! would panic).
                     let _ = writeln!(

@@ -100,6 +100,11 @@ async fn run_one(
 ) -> Ended {
     let job = Job::new(&claimed, worker_id);
     let started = Instant::now();
-    let result = handler.run(&job, timeout, &kill).await;
+    let result = match handler.run(&job, timeout, &kill).await {
+        // The worker is leaving and killed the handler itself ("killed by signal
+        // SIGKILL"): not the handler's failure, and not an attempt to count.
+        JobResult::Failure { .. } if crate::handler::leaving() => JobResult::Cancelled,
+        result => result,
+    };
     Ended { claimed, result, duration: started.elapsed(), finished_at: now_ms() }
 }

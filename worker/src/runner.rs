@@ -105,7 +105,11 @@ impl Runner {
         let mut draining: Option<Instant> = None;
         let mut buf = Vec::new();
         let end = loop {
-            let claim_now = draining.is_none() && !self.live.paused() && Instant::now() >= self.next_claim_at;
+            // A leaving worker (its supervisor died, `crate::orphan`) starts nothing new.
+            let claim_now = draining.is_none()
+                && !self.live.paused()
+                && !crate::handler::leaving()
+                && Instant::now() >= self.next_claim_at;
             let want = if claim_now { self.cfg.job.concurrency as usize - self.in_flight } else { 0 };
             let (claimed, short) = self.write_and_claim(want).await?;
             let got = claimed.len();

@@ -408,3 +408,130 @@ async fn the_http_handler_keeps_to_its_rate() {
     assert_eq!(seen.lock().unwrap().len(), 6);
     assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
 }
+
+/// A worker process killed when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Fills the pipe whose write end is `w` until a blocking write to it would block.
+fn fill_pipe(w: &impl std::os::fd::AsRawFd) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    // A second, non-blocking description of the same pipe: the worker's stays blocking.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{}", w.as_raw_fd()))
+        .unwrap();
+    while f.write(&[b'.'; 4096]).is_ok_and(|n| n > 0) {}
+    while f.write(b".").is_ok_and(|n| n > 0) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_ended_because_the_supervisor_died_are_never_recorded_as_failed_attempts() {
+    let t = TestDb::new().await;
+    t.seed(2).await;
+    let (mut stderr, stderr_w) = std::io::pipe().unwrap();
+    let child = std::process::Command::new(testkit::worker_bin())
+        .args(["--worker-id", "0", "--workers", "1", "--port", "0", "--db"])
+        .arg(&t.path)
+        .args(["--exec", "sleep 30", "--concurrency", "2"])
+        .env("FLEET_SUPERVISOR_PID", std::process::id().to_string())
+        .env("RUST_LOG", "info,sqlx=warn")
+        .env_remove("FLEET_CONTROL_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr_w.try_clone().unwrap())
+        .spawn()
+        .unwrap();
+    let mut w = Killed(child);
+    wait_for(LONG, "both jobs running", || async { t.by_status().await.get("running") == Some(&2) }).await;
+    // With its stderr full, the worker blocks on the line it writes between killing its
+    // handlers and exiting: time enough for the killed jobs to reach the database, if
+    // anything let them.
+    fill_pipe(&stderr_w);
+    drop(stderr_w);
+    // What the kernel sends a worker whose supervisor died.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(w.0.id() as i32), Signal::SIGUSR2).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        let recorded = t.scalar("SELECT count(*) FROM attempts").await;
+        assert_eq!(recorded, 0, "a job the worker killed was recorded: {:?}", [t.history(1).await, t.history(2).await]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let drain = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut out);
+        out
+    });
+    let status = w.0.wait().unwrap();
+    let logs = drain.join().unwrap();
+    assert_eq!(status.code(), Some(worker::orphan::EXIT_ORPHANED), "{logs}");
+    assert!(logs.contains("the supervisor (pid"), "{logs}");
+    assert_eq!(t.scalar("SELECT count(*) FROM attempts").await, 0, "{logs}");
+    assert_eq!(t.by_status().await.get("running"), Some(&2), "left for the next supervisor to hand back");
+}
+
+#[tokio::test]
+async fn a_worker_bound_beyond_loopback_warns_that_status_and_metrics_are_open() {
+    let t = TestDb::new().await;
+    let warning = "readable by anyone who can reach";
+    let (code, logs) = run_alone(&t, &["--bind", "0.0.0.0", "--sleep", "0", "--exit-when-done"]);
+    assert_eq!(code, 0, "{logs}");
+    assert_eq!(logs.matches(warning).count(), 1, "one warning line: {logs}");
+    assert!(logs.contains("/status and /metrics"), "{logs}");
+    let (code, logs) = run_alone(&t, &["--sleep", "0", "--exit-when-done"]);
+    assert_eq!(code, 0, "{logs}");
+    assert!(!logs.contains(warning), "loopback is not beyond loopback: {logs}");
+}
+
+/// Sends `bytes` on a fresh connection and says how long the worker took to close it
+/// (None: still open after `patience`).
+fn closed_after(port: u16, bytes: &[u8], patience: Duration) -> Option<Duration> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let started = std::time::Instant::now();
+    s.write_all(bytes).unwrap();
+    s.set_read_timeout(Some(patience)).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            // An answer (a 408, say) may come before the close.
+            Ok(n) if n > 0 => continue,
+            Ok(_) => return Some(started.elapsed()),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(started.elapsed()),
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_send_half_a_request_are_closed_after_the_header_timeout() {
+    let t = TestDb::new().await;
+    let w = spawn_worker(&t.path, 0, 1, &["--sleep", "0", "--header-timeout", "1s"]);
+    let port = w.port;
+    let patience = Duration::from_secs(5);
+    let (half_line, half_headers, silent) = tokio::task::spawn_blocking(move || {
+        (
+            closed_after(port, b"GET /sta", patience),
+            closed_after(port, b"GET /status HTTP/1.1\r\nHost: x\r\n", patience),
+            closed_after(port, b"", patience),
+        )
+    })
+    .await
+    .unwrap();
+    for (what, took) in [("half a request line", half_line), ("half the headers", half_headers), ("nothing", silent)] {
+        let took = took.unwrap_or_else(|| panic!("a connection that sent {what} was still open after {patience:?}"));
+        assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "{what}: closed after {took:?}");
+    }
+    // Whole requests are still answered, several on one connection.
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        assert_eq!(client.get(w.url("/health")).send().await.unwrap().status(), 200);
+    }
+}

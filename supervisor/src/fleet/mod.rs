@@ -530,8 +530,7 @@ impl Fleet {
         args.extend(self.args.handler.to_args().into_iter().map(OsString::from));
         args.extend(self.args.job.to_args().into_iter().map(OsString::from));
         let mut env = vec![
-            ("FLEET_CONTROL_TOKEN".to_string(), self.token.clone()),
-            ("FLEET_RESTARTS".into(), slot.restarts.to_string()),
+            ("FLEET_RESTARTS".to_string(), slot.restarts.to_string()),
             ("FLEET_LOG_NO_TIME".into(), "1".into()),
             ("FLEET_SUPERVISOR_PID".into(), std::process::id().to_string()),
             ("RUST_LOG".into(), std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".into())),
@@ -539,7 +538,7 @@ impl Fleet {
         if let Some(r) = &slot.last_reason {
             env.push(("FLEET_LAST_RESTART_REASON".into(), r.clone()));
         }
-        let child = spawn::spawn_worker(&self.exe, &args, &env, cgroup.as_ref().map(|c| c.procs.clone()));
+        let child = spawn::spawn_worker(&self.exe, &args, &env, &self.token, cgroup.as_ref().map(|c| c.procs.clone()));
         self.cgroups[ki] = cgroup;
         let mut child = match child {
             Ok(c) => c,

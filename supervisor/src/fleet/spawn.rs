@@ -1,5 +1,8 @@
 //! Starting one worker process.
 //!
+//! The control token goes to the worker through an inherited pipe, never its argv or
+//! environment, which any process of the same user (its handlers) can read in /proc.
+//!
 //! Before the worker executes, still in the forked child, it (1) joins its memory
 //! cgroup, so everything it ever starts is counted; (2) arms the parent-death signal,
 //! so it ends (with its handlers) when the supervisor dies; (3) checks that the supervisor is still its parent,
@@ -9,22 +12,32 @@
 //! from the main thread.
 
 use std::ffi::{CString, OsString};
+use std::io::Write;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::process::Stdio;
 
 use nix::sys::signal::Signal;
 use tokio::process::{Child, Command};
 
-/// Starts `exe` with `args` and `env` in its own process group, stdout and stderr piped.
+/// Starts `exe` with `args` and `env` in its own process group, stdout and stderr piped,
+/// and hands it `control_token` through an inherited pipe (`--control-token-fd`).
 pub fn spawn_worker(
     exe: &Path,
     args: &[OsString],
     env: &[(String, String)],
+    control_token: &str,
     cgroup_procs: Option<CString>,
 ) -> std::io::Result<Child> {
+    let token = token_pipe(control_token)?;
+    let token_fd = token.as_raw_fd();
     let mut cmd = Command::new(exe);
     cmd.args(args)
+        .arg("--control-token-fd")
+        .arg(token_fd.to_string())
         .envs(env.iter().map(|(k, v)| (k, v)))
+        // Its handlers could read it back from the worker's /proc/<pid>/environ.
+        .env_remove("FLEET_CONTROL_TOKEN")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -32,10 +45,14 @@ pub fn spawn_worker(
         .kill_on_drop(false);
     let supervisor = nix::unistd::getpid();
     // SAFETY: the closure runs between fork and exec; it only makes system calls
-    // (open, write, close, prctl, getppid) on data prepared before the fork, and
+    // (fcntl, open, write, close, prctl, getppid) on data prepared before the fork, and
     // allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            // The one descriptor the worker inherits beyond stdio; only this child's
+            // copy loses close-on-exec, so no other process ever inherits it.
+            let fd = BorrowedFd::borrow_raw(token_fd);
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))?;
             if let Some(procs) = &cgroup_procs {
                 let fd =
                     nix::fcntl::open(procs.as_c_str(), nix::fcntl::OFlag::O_WRONLY, nix::sys::stat::Mode::empty())?;
@@ -52,5 +69,20 @@ pub fn spawn_worker(
             Ok(())
         });
     }
-    cmd.spawn()
+    let child = cmd.spawn();
+    // Our read end closes here; the worker holds its own.
+    drop(token);
+    child
+}
+
+/// A pipe holding `token`, its write end closed: the read end, close-on-exec and above
+/// the stdio numbers (which the child's stdio would replace).
+fn token_pipe(token: &str) -> std::io::Result<OwnedFd> {
+    let (reader, mut writer) = std::io::pipe()?;
+    // A token is far below a pipe's capacity: this never blocks.
+    writer.write_all(token.as_bytes())?;
+    drop(writer);
+    let reader = OwnedFd::from(reader);
+    // `try_clone` duplicates to the lowest free number from 3 up, close-on-exec.
+    if reader.as_raw_fd() < 3 { reader.try_clone() } else { Ok(reader) }
 }

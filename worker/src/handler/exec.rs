@@ -158,10 +158,12 @@ impl ExecHandler {
 /// can end them before it exits (see `crate::orphan`).
 static LIVE_GROUPS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
 
-/// Kills every handler's process group that is running now.
-pub fn kill_live_groups() {
-    let groups = LIVE_GROUPS.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    for g in groups {
+/// Kills every handler's process group that is running now, and any started later.
+/// `super::abandon_all` marks the worker as leaving first; a group registered after
+/// this ran sees that mark under the same lock and is killed at once.
+pub(super) fn kill_live_groups() {
+    let groups = LIVE_GROUPS.lock().unwrap_or_else(|e| e.into_inner());
+    for &g in groups.iter() {
         kill_group(g);
     }
 }
@@ -172,7 +174,13 @@ struct GroupGuard(u32);
 
 impl GroupGuard {
     fn new(pgid: u32) -> GroupGuard {
-        LIVE_GROUPS.lock().unwrap_or_else(|e| e.into_inner()).push(pgid);
+        let mut groups = LIVE_GROUPS.lock().unwrap_or_else(|e| e.into_inner());
+        groups.push(pgid);
+        // Started while the worker was already leaving: `kill_live_groups` may have
+        // run before we took the lock, so end it here.
+        if super::leaving() {
+            kill_group(pgid);
+        }
         GroupGuard(pgid)
     }
 }

@@ -6,6 +6,7 @@ mod pacer;
 mod sleep;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use shared::config::{HandlerArgs, JobArgs};
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::memory::MemoryKills;
 
-pub use exec::{ExecHandler, STDOUT_LIMIT, kill_live_groups};
+pub use exec::{ExecHandler, STDOUT_LIMIT};
 pub use http::HttpHandler;
 pub use pacer::Pacer;
 pub use sleep::SleepHandler;
@@ -49,8 +50,9 @@ pub enum JobResult {
     Success(String),
     /// A failed attempt: it is retried while attempts are left.
     Failure { outcome: Outcome, error: String },
-    /// The worker stopped the job (shutdown past its grace). The video is handed back
-    /// without counting the attempt.
+    /// The worker stopped the job (shutdown past its grace, a second signal, or the
+    /// worker leaving because its supervisor died). The video is handed back without
+    /// counting the attempt; nothing about it is written.
     Cancelled,
 }
 
@@ -58,6 +60,23 @@ impl JobResult {
     pub fn error(msg: impl Into<String>) -> JobResult {
         JobResult::Failure { outcome: Outcome::Error, error: msg.into() }
     }
+}
+
+/// Set, never cleared, once the worker is going away without draining (its supervisor
+/// died): from then on the worker itself ends jobs, and no ending is a handler's failure.
+static LEAVING: AtomicBool = AtomicBool::new(false);
+
+/// Marks the worker as leaving, then kills every running handler's process group. The
+/// mark comes first: a job that sees its handler die of our SIGKILL must already see it,
+/// so that it reports `Cancelled` (see `crate::pool`), never a failed attempt.
+pub fn abandon_all() {
+    LEAVING.store(true, Ordering::SeqCst);
+    exec::kill_live_groups();
+}
+
+/// Whether the worker is leaving (`abandon_all` ran): jobs ending now were ended by it.
+pub fn leaving() -> bool {
+    LEAVING.load(Ordering::SeqCst)
 }
 
 /// The configured handler.
