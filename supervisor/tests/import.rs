@@ -209,3 +209,46 @@ async fn a_file_that_is_not_utf8_is_reported_and_no_database_is_created() {
         assert!(!dir.path().join(format!("fleet.db{suffix}")).exists(), "no {suffix} file is left");
     }
 }
+
+/// Peak resident memory (VmHWM) of a process, in bytes, while it runs.
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[tokio::test]
+async fn a_large_file_is_imported_in_flat_memory() {
+    // 100,000 rows with 600-byte sources: a 60 MiB file. Held whole, the file and its
+    // rows take well over 100 MiB; streamed, a few batches.
+    let t = TestDb::new().await;
+    let file = t.dir.path().join("big.csv");
+    let mut csv = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+    std::io::Write::write_all(&mut csv, b"video_id,source\n").unwrap();
+    let pad = "p".repeat(590);
+    for i in 0..100_000 {
+        std::io::Write::write_all(&mut csv, format!("{i},{pad}/{i:07}\n").as_bytes()).unwrap();
+    }
+    std::io::Write::flush(&mut csv).unwrap();
+    drop(csv);
+    let mut child = Command::new(bin("supervisor"))
+        .current_dir(t.dir.path())
+        .arg("import")
+        .arg(&file)
+        .arg("--db")
+        .arg(&t.path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        peak = peak_rss(child.id()).unwrap_or(0).max(peak);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("imported 100000 videos"), "{}", text(&out));
+    assert_eq!(t.db.count_videos().await.unwrap(), 100_000);
+    assert!(peak < 64 << 20, "peak RSS {} MiB", peak >> 20);
+}
