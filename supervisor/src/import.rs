@@ -545,8 +545,11 @@ mod tests {
 
     const LIMITS: Limits = Limits { max_source: ByteSize(64 << 10), max_payload: ByteSize(1 << 20) };
 
-    /// Every row of `text` (named `name`), checked: the rows, and the bad lines by number.
-    fn read(name: &str, text: &str) -> Result<(Vec<NewVideo>, Vec<(u64, String)>), ImportError> {
+    /// The good rows of a file, and its bad lines by number.
+    type Read = (Vec<NewVideo>, Vec<(u64, String)>);
+
+    /// Every row of `text` (named `name`), checked.
+    fn read(name: &str, text: &str) -> Result<Read, ImportError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
