@@ -1,10 +1,11 @@
 //! `fleet-bench`: measures the worker against the goals of the issues and writes the
 //! results, with the command that produced them, into docs/BENCHMARKS.md.
 //!
-//! Run with `cargo run --release -p bench -- worker` (or `-- monitor`; see
+//! Run with `cargo run --release -p bench -- worker` (or `-- monitor`, `-- import`; see
 //! docs/BENCHMARKS.md). It uses the release binaries next to its own executable, so
 //! build them in the same profile.
 
+mod import_bench;
 mod supervisor_bench;
 
 use std::path::{Path, PathBuf};
@@ -58,6 +59,15 @@ enum What {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// Wall time and peak RSS of `supervisor import` on a generated CSV file.
+    Import {
+        /// Lines of the CSV file.
+        #[arg(long, default_value_t = 10_000_000)]
+        lines: u64,
+        /// Another supervisor binary (an older build) to run once on the same file.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -77,6 +87,12 @@ async fn main() -> anyhow::Result<()> {
         What::Monitor { workers, seconds } => {
             let report = bench_monitor(cli.runs, workers, seconds).await?;
             write_section(&cli.out, "monitor", &command, &report)?;
+        }
+        What::Import { lines, baseline } => {
+            let dir = tempfile_dir()?;
+            let report = import_bench::bench_import(&dir, cli.runs, lines, baseline).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            write_section(&cli.out, "import", &command, &report?)?;
         }
     }
     Ok(())

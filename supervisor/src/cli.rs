@@ -23,7 +23,7 @@ pub enum Command {
     /// --exit-when-done, the end of the work).
     Start(Box<StartArgs>),
     /// Import videos from a CSV file (header video_id,source[,payload]) or JSON lines.
-    /// Every line is checked first; if any is bad, nothing is imported.
+    /// Every line is checked; if any is bad, nothing is imported.
     Import(ImportArgs),
     /// Show the fleet: workers, restarts, memory, shard progress.
     Status(StatusArgs),
@@ -202,10 +202,17 @@ impl std::fmt::Display for CrashLoop {
 
 #[derive(Args, Debug, Clone)]
 pub struct ImportArgs {
-    /// CSV (header video_id,source[,payload]) or JSON lines ({"video_id":1,"source":"..."}).
+    /// CSV (header video_id,source[,payload], one row per line) or JSON lines
+    /// ({"video_id":1,"source":"..."}).
     pub file: PathBuf,
     #[command(flatten)]
     pub db: DbArg,
+    /// Refuse a source (a path or URL) longer than this: 64K, 1M or bytes.
+    #[arg(long, value_name = "SIZE", default_value = "64K")]
+    pub max_source_bytes: ByteSize,
+    /// Refuse a payload (its JSON text) longer than this.
+    #[arg(long, value_name = "SIZE", default_value = "1M")]
+    pub max_payload_bytes: ByteSize,
 }
 
 #[derive(Args, Debug, Clone)]

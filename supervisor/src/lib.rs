@@ -117,21 +117,7 @@ async fn run_command(
             Ok(Done { code: end.exit_code(), summary })
         }
         Command::Import(a) => {
-            let videos = import::parse_file(&a.file).map_err(Failure::usage)?;
-            let db = Db::open(&a.db.db, 1).await.context("cannot use the database")?;
-            let report = shared::db::import_videos(db.pool(), &videos).await?;
-            let mut line = format!("imported {} videos from {}", report.inserted, a.file.display());
-            if !report.existing.is_empty() {
-                let shown: Vec<String> = report.existing.iter().take(10).map(|i| i.to_string()).collect();
-                let more = if report.existing.len() > 10 { ", ..." } else { "" };
-                line.push_str(&format!(
-                    "; {} were already there and left as they are (video_id {}{more})",
-                    report.existing.len(),
-                    shown.join(", ")
-                ));
-            }
-            say(line)?;
-            db.close().await;
+            say(import::run(&a).await?)?;
             Ok(exit::DONE.into())
         }
         Command::Status(a) => {

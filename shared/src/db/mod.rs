@@ -12,7 +12,8 @@ mod migrate;
 mod open;
 
 pub use admin::{
-    ImportReport, NewVideo, RequeueOutcome, import_videos, requeue_all_failed, requeue_ids, requeue_video,
+    EXISTING_NAMED, IMPORT_BATCH, Import, ImportReport, ImportRow, NewVideo, Repeat, RequeueOutcome,
+    requeue_all_failed, requeue_ids, requeue_video,
 };
 pub use busy::{BUSY_RETRIES, BusyRetry, retry_busy};
 pub use claim::{Claimed, Claimer};
