@@ -254,10 +254,12 @@ async fn insert_rows(path: &Path, rows: i64) -> anyhow::Result<(f64, f64)> {
     let mut conn = db.pool().acquire().await?;
     let sql =
         format!("INSERT INTO videos (video_id, source) VALUES {}", vec!["(?, ?)"; PER_STATEMENT as usize].join(","));
+    // New ids after whatever the table holds.
+    let after: i64 = sqlx::query_scalar("SELECT COALESCE(max(video_id), 0) FROM videos").fetch_one(&mut *conn).await?;
     let cpu = cpu_time(std::process::id()).unwrap_or(0.0);
     let start = Instant::now();
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    for first in (1..=rows).step_by(PER_STATEMENT as usize) {
+    for first in (after + 1..=after + rows).step_by(PER_STATEMENT as usize) {
         let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
         for id in first..first + PER_STATEMENT {
             q = q.bind(id).bind(format!("https://videos.example/{id}.mp4"));
