@@ -6,6 +6,7 @@
 //! build them in the same profile.
 
 mod import_bench;
+mod scale_bench;
 mod supervisor_bench;
 
 use std::path::{Path, PathBuf};
@@ -50,6 +51,25 @@ enum What {
         #[arg(long, default_value_t = 8)]
         exec_concurrency: u32,
     },
+    /// `supervisor status` and the claim rate at 100k and 10M videos; what the shard
+    /// counting triggers cost a claim, a finish and an insert.
+    Scale {
+        /// Videos of the small table.
+        #[arg(long, default_value_t = 100_000)]
+        small: i64,
+        /// Videos of the large table.
+        #[arg(long, default_value_t = 10_000_000)]
+        large: i64,
+        /// Videos claimed and finished per claim-rate run.
+        #[arg(long, default_value_t = 100_000)]
+        claimed: i64,
+        /// Rows of the insert measurement (a multiple of 500).
+        #[arg(long, default_value_t = 1_000_000)]
+        insert_rows: i64,
+        /// Videos of the raw-floor measurement.
+        #[arg(long, default_value_t = 200_000)]
+        floor: i64,
+    },
     /// CPU and memory of `monitor` polling idle workers, with plain-text output.
     Monitor {
         /// Workers polled.
@@ -83,6 +103,11 @@ async fn main() -> anyhow::Result<()> {
         What::Worker { videos, exec_videos, concurrency, exec_concurrency } => {
             let report = bench_worker(cli.runs, videos, exec_videos, concurrency, exec_concurrency).await?;
             write_section(&cli.out, "worker", &command, &report)?;
+        }
+        What::Scale { small, large, claimed, insert_rows, floor } => {
+            let sizes = scale_bench::Sizes { small, large, claimed, insert_rows, floor };
+            let report = scale_bench::bench_scale(&tempfile_dir()?, cli.runs, &sizes).await?;
+            write_section(&cli.out, "scale", &command, &report)?;
         }
         What::Monitor { workers, seconds } => {
             let report = bench_monitor(cli.runs, workers, seconds).await?;

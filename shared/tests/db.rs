@@ -141,7 +141,7 @@ async fn a_schema_applied_by_sqlite3_is_adopted_not_applied_twice() {
 
     let db = Db::open(&path, 1).await.unwrap();
     let names: Vec<String> = sqlx::query_scalar("SELECT name FROM d1_migrations").fetch_all(db.pool()).await.unwrap();
-    assert_eq!(names, ["0001_videos.sql", "0002_fleet.sql"]);
+    assert_eq!(names, MIGRATIONS.iter().map(|m| m.name).collect::<Vec<_>>());
     assert_eq!(db.count_videos().await.unwrap(), 1, "existing rows are untouched");
     assert_eq!(db.journal_mode().await.unwrap(), "delete", "the journal mode of an existing file is left alone");
 }
@@ -157,12 +157,14 @@ async fn a_database_wrangler_migrated_is_used_as_it_is() {
     )
     .await
     .unwrap();
-    conn.execute("INSERT INTO d1_migrations (name) VALUES ('0001_videos.sql'), ('0002_fleet.sql')").await.unwrap();
+    for m in MIGRATIONS {
+        sqlx::query("INSERT INTO d1_migrations (name) VALUES (?)").bind(m.name).execute(&mut conn).await.unwrap();
+    }
     conn.close().await.unwrap();
 
     let db = Db::open(&path, 1).await.unwrap();
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM d1_migrations").fetch_one(db.pool()).await.unwrap();
-    assert_eq!(rows, 2);
+    assert_eq!(rows, MIGRATIONS.len() as i64);
 }
 
 #[tokio::test]

@@ -183,4 +183,48 @@ mod tests {
         assert_eq!(ago(7_500_000), "2h05m");
         assert_eq!(ago(273_600_000), "3d04h");
     }
+
+    #[tokio::test]
+    async fn status_answers_from_the_kept_shard_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.db");
+        let db = Db::open(&path, 1).await.unwrap();
+        sqlx::query(
+            "INSERT INTO videos (video_id, source) \
+             WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 10) SELECT i, 'v' || i FROM s",
+        )
+        .execute(db.pool())
+        .await
+        .unwrap();
+        shared::db::ensure_count_layout(&mut db.pool().acquire().await.unwrap(), 2).await.unwrap();
+        let run = FleetRun {
+            run_id: 0,
+            supervisor_pid: i32::MAX as i64,
+            host: None,
+            started_at: now_ms(),
+            stopped_at: None,
+            state: "stopped".into(),
+            workers: 2,
+            base_port: 3001,
+            bind: "127.0.0.1".into(),
+            mem_limit_bytes: None,
+            mem_enforce: "none".into(),
+            handler: "--sleep 0".into(),
+            concurrency: 1,
+            log_dir: None,
+            control_token: None,
+        };
+        fleet::insert_run(db.pool(), &run).await.unwrap();
+        // A count of the table would say 0 done; the kept counts are skewed to tell them apart.
+        sqlx::query("UPDATE video_counts SET videos = 1000 WHERE shard = 1 AND status = 'done'")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        db.close().await;
+
+        let view = load(&Db::open_read_only(&path).await.unwrap()).await.unwrap();
+        assert_eq!(view.workers[1].shard, ShardCounts { pending: 5, running: 0, done: 1000, failed: 0 });
+        assert_eq!(view.totals.done, 1000);
+        assert_eq!(view.totals.pending, 10);
+    }
 }

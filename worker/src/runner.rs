@@ -71,6 +71,7 @@ impl Runner {
         let claimer = Claimer::new(cfg.workers, cfg.worker_id, owner)
             .with_limits(cfg.job.max_source_bytes.bytes(), cfg.job.max_payload_bytes.bytes());
         claimer.ensure_index(&mut conn).await.context("cannot create the shard index")?;
+        db::ensure_count_layout(&mut conn, cfg.workers).await.context("cannot count the videos by shard")?;
         let (ended_tx, ended) = mpsc::unbounded_channel();
         let kill_jobs = CancellationToken::new();
         let pool = Pool::start(handler, cfg.worker_id, cfg.job.job_timeout, kill_jobs.clone(), ended_tx);

@@ -176,25 +176,17 @@ pub async fn run_events(pool: &SqlitePool, run_id: i64) -> Result<Vec<FleetEvent
         .await?)
 }
 
-/// Videos by shard (`video_id % workers`) and status: one scan of the table.
+/// Videos by shard (`video_id % workers`) and status: the kept counts when they are kept
+/// for `workers` (any layout for `workers = 1`, the totals), else one scan of the table.
 pub async fn shard_progress(pool: &SqlitePool, workers: u32) -> Result<Vec<ShardCounts>, DbError> {
-    let rows: Vec<(i64, String, i64)> =
-        sqlx::query_as("SELECT video_id % ?1, status, count(*) FROM videos GROUP BY 1, 2")
-            .bind(workers)
-            .fetch_all(pool)
-            .await?;
-    let mut shards = vec![ShardCounts::default(); workers as usize];
-    for (shard, status, n) in rows {
-        if let (Some(c), Ok(s)) = (shards.get_mut(shard as usize), status.parse()) {
-            *c.get_mut(s) = n as u64;
-        }
-    }
-    Ok(shards)
+    let mut conn = pool.acquire().await?;
+    super::counts::by_shard(&mut conn, workers).await
 }
 
-/// Videos still to do in the whole table (pending or running).
+/// Videos still to do in the whole table (pending or running), from the kept counts.
 pub async fn unfinished(pool: &SqlitePool) -> Result<i64, DbError> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM videos WHERE status IN ('pending', 'running')").fetch_one(pool).await?)
+    let totals = shard_progress(pool, 1).await?.into_iter().next().unwrap_or_default();
+    Ok((totals.pending + totals.running) as i64)
 }
 
 /// Whether the table holds any video at all (one index probe, whatever its size).

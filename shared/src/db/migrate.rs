@@ -23,6 +23,7 @@ pub struct Migration {
 pub static MIGRATIONS: &[Migration] = &[
     Migration { name: "0001_videos.sql", sql: include_str!("../../../migrations/0001_videos.sql") },
     Migration { name: "0002_fleet.sql", sql: include_str!("../../../migrations/0002_fleet.sql") },
+    Migration { name: "0003_counts.sql", sql: include_str!("../../../migrations/0003_counts.sql") },
 ];
 
 /// wrangler's bookkeeping table, created with the same definition it uses.
@@ -141,6 +142,20 @@ mod tests {
         let names = created_objects(MIGRATIONS[0].sql);
         assert_eq!(names, ["videos", "videos_running", "attempts", "attempts_video", "videos_record_attempt"]);
         assert_eq!(created_objects(MIGRATIONS[1].sql), ["fleet_runs", "fleet_workers", "fleet_events"]);
+    }
+
+    #[test]
+    fn the_counts_migration_creates_two_tables_and_three_triggers() {
+        assert_eq!(
+            created_objects(MIGRATIONS[2].sql),
+            [
+                "video_counts_layout",
+                "video_counts",
+                "video_counts_insert",
+                "video_counts_update",
+                "video_counts_delete"
+            ]
+        );
     }
 
     #[test]

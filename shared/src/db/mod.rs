@@ -17,7 +17,7 @@ pub use admin::{
 };
 pub use busy::{BUSY_RETRIES, BusyRetry, retry_busy};
 pub use claim::{Claimed, Claimer};
-pub use counts::shard_counts;
+pub use counts::{ensure_count_layout, shard_counts};
 pub use finish::{Finish, finish_batch};
 pub use lease::{owner_name, owner_pattern, reclaim_expired, release_matching, release_owner, renew_owner};
 pub use migrate::{MIGRATIONS, Migration};

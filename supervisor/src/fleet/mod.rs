@@ -275,6 +275,10 @@ impl Fleet {
         let db_path = std::path::absolute(&args.db.db).context("cannot resolve --db")?;
         // One connection: every write of ours comes from this one loop, in turn.
         let db = Db::open(&db_path, 1).await.context("cannot use the database")?;
+        // Kept shard counts for this N, so status and the done check never count the table.
+        let mut conn = db.pool().acquire().await.context("cannot use the database")?;
+        shared::db::ensure_count_layout(&mut conn, args.workers).await.context("cannot count the videos by shard")?;
+        drop(conn);
         let reader = Db::open_read_only(&db_path).await.context("cannot read the database")?;
         if let Some(prev) = fleet::latest_run(db.pool()).await? {
             let live = procfs::is_running(prev.supervisor_pid, "supervisor");

@@ -1,0 +1,255 @@
+//! The kept shard counts against real SQLite files: every kind of write keeps them equal
+//! to a full count, a new layout recounts once, readers use them, and databases made by
+//! earlier versions or other tools get them.
+
+use std::time::Duration;
+
+use shared::db::fleet::{self, shard_progress};
+use shared::db::{self, Claimer, Db, Finish, Import, ImportRow, MIGRATIONS, NewVideo};
+use shared::status::{Outcome, ShardCounts, VideoStatus};
+use sqlx::{Connection, Executor, SqliteConnection};
+
+async fn fresh(dir: &tempfile::TempDir) -> Db {
+    Db::open(&dir.path().join("fleet.db"), 2).await.unwrap()
+}
+
+async fn import(db: &Db, ids: std::ops::RangeInclusive<i64>) {
+    let rows: Vec<ImportRow> = ids
+        .map(|id| ImportRow {
+            line: id as u64,
+            video: NewVideo { video_id: id, source: format!("src-{id}"), payload: None },
+        })
+        .collect();
+    let mut import = Import::begin(db.pool()).await.unwrap();
+    for batch in rows.chunks(db::IMPORT_BATCH) {
+        assert!(import.add(batch.to_vec()).await.unwrap().is_empty(), "no repeats");
+    }
+    import.commit().await.unwrap();
+}
+
+/// The counts table, rows with videos only, against a full `GROUP BY` under layout `n`.
+async fn assert_exact(db: &Db, n: u32, when: &str) {
+    let layout: i64 = sqlx::query_scalar("SELECT workers FROM video_counts_layout").fetch_one(db.pool()).await.unwrap();
+    assert_eq!(layout, n as i64, "{when}: the counts are kept for {n} shards");
+    let kept: Vec<(i64, String, i64)> =
+        sqlx::query_as("SELECT shard, status, videos FROM video_counts WHERE videos <> 0 ORDER BY 1, 2")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+    let counted: Vec<(i64, String, i64)> =
+        sqlx::query_as("SELECT video_id % ?, status, count(*) FROM videos GROUP BY 1, 2 ORDER BY 1, 2")
+            .bind(n)
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(kept, counted, "{when}: kept counts differ from a full count");
+}
+
+fn finish(c: &db::Claimed, status: VideoStatus, outcome: Outcome) -> Finish {
+    Finish {
+        video_id: c.video_id,
+        token: c.token,
+        status,
+        outcome,
+        result: None,
+        error: Some("boom".into()),
+        run_after: 0,
+        finished_at: db::now_ms(),
+        duration_ms: 1,
+    }
+}
+
+async fn ensure(db: &Db, n: u32) -> bool {
+    let mut conn = db.pool().acquire().await.unwrap();
+    db::ensure_count_layout(&mut conn, n).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_kept_counts_equal_a_full_count_through_import_claim_finish_retry_release_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh(&dir).await;
+    assert_exact(&db, 1, "fresh").await;
+    assert!(ensure(&db, 3).await);
+    import(&db, 1..=60).await;
+    assert_exact(&db, 3, "after the import").await;
+
+    let mut conn = db.pool().acquire().await.unwrap();
+    let claimer = Claimer::new(3, 1, "w1");
+    claimer.ensure_index(&mut conn).await.unwrap();
+    let now = db::now_ms();
+    let got = claimer.claim(&mut conn, 16, now, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(got.len(), 16);
+    assert_exact(&db, 3, "after a claim").await;
+
+    let batch = [
+        finish(&got[0], VideoStatus::Done, Outcome::Done),
+        finish(&got[1], VideoStatus::Done, Outcome::Done),
+        finish(&got[2], VideoStatus::Pending, Outcome::Error),
+        finish(&got[3], VideoStatus::Failed, Outcome::Error),
+    ];
+    db::finish_batch(&mut conn, &batch).await.unwrap();
+    assert_exact(&db, 3, "after finishing done, retry-later and failed").await;
+    assert!(db::finish_batch(&mut conn, &batch).await.unwrap().is_empty(), "a repeated finish changes nothing");
+    assert_exact(&db, 3, "after a fenced-off finish").await;
+
+    let expired = db::reclaim_expired(&mut conn, 3, 1, "someone-else", now + 60_000, 1).await.unwrap();
+    assert_eq!(expired.len(), 12);
+    assert_exact(&db, 3, "after reclaiming lapsed leases").await;
+
+    let more = claimer.claim(&mut conn, 4, db::now_ms(), Duration::from_secs(10)).await.unwrap();
+    assert_eq!(more.len(), 4);
+    db::release_owner(&mut conn, "w1", db::now_ms(), Outcome::Released, "stopping", 3).await.unwrap();
+    assert_exact(&db, 3, "after a release").await;
+    drop(conn);
+
+    assert!(db::requeue_all_failed(db.pool()).await.unwrap() > 0);
+    assert_exact(&db, 3, "after requeueing the failed").await;
+    sqlx::query("DELETE FROM videos WHERE video_id % 7 = 0").execute(db.pool()).await.unwrap();
+    assert_exact(&db, 3, "after deletes").await;
+}
+
+#[tokio::test]
+async fn writes_from_outside_the_fleet_keep_the_counts_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh(&dir).await;
+    assert!(ensure(&db, 4).await);
+    let statements = [
+        "INSERT INTO videos (video_id, source) VALUES (1, 'a'), (2, 'b'), (3, 'c'), (10, 'd'), (11, 'e')",
+        "INSERT INTO videos (video_id, source, status) VALUES (20, 'f', 'done'), (21, 'g', 'failed')",
+        "INSERT INTO videos (video_id, source) VALUES (1, 'again') ON CONFLICT (video_id) DO NOTHING",
+        "INSERT INTO videos (video_id, source) VALUES (2, 'b') ON CONFLICT (video_id) DO UPDATE SET status = 'done'",
+        "INSERT INTO videos (source) VALUES ('no id given')",
+        "UPDATE videos SET status = 'running' WHERE video_id IN (3, 10)",
+        "UPDATE videos SET status = 'running' WHERE video_id = 3",
+        "UPDATE videos SET video_id = 13 WHERE video_id = 10",
+        "UPDATE videos SET video_id = 30, status = 'done' WHERE video_id = 11",
+        "UPDATE videos SET source = 'renamed', attempts = 2",
+        "DELETE FROM videos WHERE video_id = 1",
+        "DELETE FROM videos WHERE status = 'failed'",
+    ];
+    for sql in statements {
+        db.pool().execute(sql).await.unwrap();
+        assert_exact(&db, 4, sql).await;
+    }
+    db.pool().execute("DELETE FROM videos").await.unwrap();
+    assert_exact(&db, 4, "after deleting every row").await;
+}
+
+#[tokio::test]
+async fn a_fleet_of_another_size_recounts_once_and_its_counts_stay_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh(&dir).await;
+    import(&db, 1..=50).await;
+    assert!(ensure(&db, 3).await, "the first fleet of 3 recounts");
+    assert!(!ensure(&db, 3).await, "a second starter of the same fleet does not");
+    db.pool().execute("UPDATE videos SET status = 'done' WHERE video_id <= 10").await.unwrap();
+    assert_exact(&db, 3, "N = 3").await;
+
+    assert!(ensure(&db, 4).await, "a fleet of 4 recounts");
+    assert_exact(&db, 4, "right after the recount for N = 4").await;
+    import(&db, 51..=70).await;
+    db.pool().execute("UPDATE videos SET status = 'failed' WHERE video_id % 5 = 0").await.unwrap();
+    assert_exact(&db, 4, "N = 4, after more writes").await;
+    let shards = shard_progress(db.pool(), 4).await.unwrap();
+    assert_eq!(shards.iter().map(ShardCounts::total).sum::<u64>(), 70);
+}
+
+#[tokio::test]
+async fn two_starters_at_once_recount_only_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("fleet.db"), 4).await.unwrap();
+    import(&db, 1..=2000).await;
+    let (a, b) = tokio::join!(ensure(&db, 5), ensure(&db, 5));
+    assert!(a ^ b, "exactly one of them recounted ({a}, {b})");
+    assert_exact(&db, 5, "after both").await;
+}
+
+#[tokio::test]
+async fn readers_answer_from_the_kept_counts_for_their_layout_and_count_the_table_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh(&dir).await;
+    import(&db, 1..=30).await;
+    ensure(&db, 3).await;
+    // Skew the kept counts so a reader that counts the table is told apart from one that
+    // reads them.
+    db.pool()
+        .execute("UPDATE video_counts SET videos = videos + 100 WHERE shard = 2 AND status = 'done'")
+        .await
+        .unwrap();
+
+    let shards = shard_progress(db.pool(), 3).await.unwrap();
+    assert_eq!(shards[2], ShardCounts { pending: 10, running: 0, done: 100, failed: 0 });
+    let totals = shard_progress(db.pool(), 1).await.unwrap();
+    assert_eq!(totals, [ShardCounts { pending: 30, running: 0, done: 100, failed: 0 }], "totals sum any layout");
+    let mut conn = db.pool().acquire().await.unwrap();
+    assert_eq!(db::shard_counts(&mut conn, 3, 2).await.unwrap().done, 100);
+    assert_eq!(fleet::unfinished(db.pool()).await.unwrap(), 30);
+
+    // Another layout is counted from the table.
+    let by_two = shard_progress(db.pool(), 2).await.unwrap();
+    assert_eq!(by_two, [ShardCounts { pending: 15, ..Default::default() }; 2]);
+    assert_eq!(db::shard_counts(&mut conn, 2, 1).await.unwrap().pending, 15);
+}
+
+/// Applies the first `n` migration files the way `sqlite3 fleet.db < migrations/*.sql`
+/// would, and records them as wrangler does.
+async fn older_database(path: &std::path::Path, n: usize) -> SqliteConnection {
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let mut conn = SqliteConnection::connect(&url).await.unwrap();
+    conn.execute(
+        "CREATE TABLE d1_migrations(id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE, applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL)",
+    )
+    .await
+    .unwrap();
+    for m in &MIGRATIONS[..n] {
+        sqlx::raw_sql(m.sql).execute(&mut conn).await.unwrap();
+        sqlx::query("INSERT INTO d1_migrations (name) VALUES (?)").bind(m.name).execute(&mut conn).await.unwrap();
+    }
+    conn
+}
+
+#[tokio::test]
+async fn a_version_2_database_gets_counts_of_the_videos_it_already_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v2.db");
+    let mut conn = older_database(&path, 2).await;
+    conn.execute(
+        "INSERT INTO videos (video_id, source, status) VALUES (1, 'a', 'done'), (2, 'b', 'pending'), (3, 'c', 'failed'), (4, 'd', 'pending')",
+    )
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+
+    // `status` reads a database it does not migrate: the table is counted.
+    let reader = Db::open_read_only(&path).await.unwrap();
+    let before = shard_progress(reader.pool(), 2).await.unwrap();
+    assert_eq!(before[0], ShardCounts { pending: 2, running: 0, done: 0, failed: 0 });
+    reader.close().await;
+
+    let db = Db::open(&path, 1).await.unwrap();
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM d1_migrations ORDER BY id").fetch_all(db.pool()).await.unwrap();
+    assert_eq!(names, ["0001_videos.sql", "0002_fleet.sql", "0003_counts.sql"]);
+    assert_exact(&db, 1, "right after the migration").await;
+    assert_eq!(
+        shard_progress(db.pool(), 1).await.unwrap(),
+        [ShardCounts { pending: 2, running: 0, done: 1, failed: 1 }]
+    );
+    assert!(ensure(&db, 2).await);
+    assert_exact(&db, 2, "after a fleet of 2 started").await;
+}
+
+#[tokio::test]
+async fn a_version_3_schema_applied_by_another_tool_is_adopted_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outside.db");
+    let mut conn = older_database(&path, 3).await;
+    conn.execute("DELETE FROM d1_migrations WHERE name = '0003_counts.sql'").await.unwrap();
+    conn.execute("INSERT INTO videos (video_id, source) VALUES (5, 'x')").await.unwrap();
+    conn.close().await.unwrap();
+
+    let db = Db::open(&path, 1).await.unwrap();
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM d1_migrations").fetch_one(db.pool()).await.unwrap();
+    assert_eq!(recorded, 3, "the third migration is recorded, not applied again");
+    assert_exact(&db, 1, "adopted").await;
+}
