@@ -107,11 +107,18 @@ fn check_program(program: &str) -> Result<(), String> {
     }
 }
 
+/// Longest control token: it is handed to each worker through a pipe, written whole
+/// before the worker starts, so it must fit far inside a pipe's buffer.
+pub const MAX_TOKEN_LEN: usize = 256;
+
 /// Checks a control token given by flag or environment: it travels in an HTTP header,
 /// and a short one is guessed.
 pub fn validate_control_token(token: &str) -> Result<(), String> {
     if token.len() < 8 {
         return Err("--control-token must be at least 8 characters".into());
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(format!("--control-token must be at most {MAX_TOKEN_LEN} characters"));
     }
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err("--control-token may hold only printable ASCII characters without spaces".into());
@@ -214,6 +221,16 @@ impl JobArgs {
         }
         if self.job_timeout.is_some_and(|t| t.is_zero()) {
             return Err("--job-timeout must be longer than zero".into());
+        }
+        // A slip such as `64` for `64K` would fail every video of every shard at once.
+        for (flag, size) in
+            [("--max-source-bytes", self.max_source_bytes), ("--max-payload-bytes", self.max_payload_bytes)]
+        {
+            if size.bytes() < 1024 {
+                return Err(format!(
+                    "{flag} {size} is too small; use at least 1K (the default is 64K for sources, 1M for payloads)"
+                ));
+            }
         }
         Ok(())
     }

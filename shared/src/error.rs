@@ -69,6 +69,20 @@ impl DbError {
     }
 }
 
+/// Whether anything in an error's chain of causes says the database file is damaged.
+pub fn chain_is_corrupt(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<DbError>().is_some_and(DbError::is_corrupt)
+            || c.downcast_ref::<sqlx::Error>().is_some_and(is_corrupt)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// Whether an sqlx error is SQLite saying the file is damaged or not a database.
 pub fn is_corrupt(e: &sqlx::Error) -> bool {
     match e {

@@ -208,10 +208,10 @@ pub struct ImportArgs {
     #[command(flatten)]
     pub db: DbArg,
     /// Refuse a source (a path or URL) longer than this: 64K, 1M or bytes.
-    #[arg(long, value_name = "SIZE", default_value = "64K")]
+    #[arg(long, value_name = "SIZE", default_value_t = shared::config::DEFAULT_MAX_SOURCE)]
     pub max_source_bytes: ByteSize,
     /// Refuse a payload (its JSON text) longer than this.
-    #[arg(long, value_name = "SIZE", default_value = "1M")]
+    #[arg(long, value_name = "SIZE", default_value_t = shared::config::DEFAULT_MAX_PAYLOAD)]
     pub max_payload_bytes: ByteSize,
 }
 

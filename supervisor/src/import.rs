@@ -29,6 +29,8 @@ const MESSAGE_CHARS: usize = 200;
 /// Batches read ahead of the database: enough to keep both cores busy, few enough to
 /// keep memory flat.
 const READ_AHEAD: usize = 4;
+/// Most source and payload bytes in one batch.
+const BATCH_BYTES: usize = 8 << 20;
 
 /// Why a file cannot be imported: a sentence, then each bad line by number.
 #[derive(Debug, thiserror::Error)]
@@ -369,9 +371,15 @@ impl Reader {
         loop {
             let mut batch = Batch { rows: Vec::with_capacity(IMPORT_BATCH), bad: Vec::new(), read_to: 0 };
             let mut end = false;
-            while batch.rows.len() + batch.bad.len() < IMPORT_BATCH {
+            // Rows near the size limits would make a batch of IMPORT_BATCH rows weigh
+            // hundreds of MiB: a batch also ends at BATCH_BYTES, so memory stays flat.
+            let mut bytes = 0;
+            while batch.rows.len() + batch.bad.len() < IMPORT_BATCH && bytes < BATCH_BYTES {
                 match self.next_row() {
-                    Ok(Some(Ok(row))) => batch.rows.push(row),
+                    Ok(Some(Ok(row))) => {
+                        bytes += row.video.source.len() + row.video.payload.as_ref().map_or(0, String::len);
+                        batch.rows.push(row);
+                    }
                     Ok(Some(Err(message))) => batch.bad.push((self.line, message)),
                     Ok(None) => {
                         end = true;

@@ -80,11 +80,7 @@ fn classify(f: Failure, db_path: &std::path::Path) -> Failure {
     if matches!(db_error(), Some(DbError::Foreign { .. } | DbError::NotFleet { .. } | DbError::NotSqlite { .. })) {
         return Failure { code: exit::USAGE, ..f };
     }
-    let corrupt = f.error.chain().any(|c| {
-        c.downcast_ref::<DbError>().is_some_and(|e| e.is_corrupt())
-            || c.downcast_ref::<sqlx::Error>().is_some_and(shared::error::is_corrupt)
-    });
-    if corrupt {
+    if shared::error::chain_is_corrupt(f.error.as_ref()) {
         Failure { code: exit::FAILURE, error: anyhow::anyhow!(shared::db::corrupt_advice(db_path)) }
     } else {
         f
@@ -111,6 +107,7 @@ async fn run_command(
             // on their way out: give them a moment before judging the ports.
             fleet::wait_for_previous_workers(&args.db.db).await;
             fleet::check_ports(&args)?;
+
             fleet::check_batch_has_videos(&args).await.map_err(Failure::usage)?;
             let fleet = fleet::Fleet::prepare(*args, out).await?;
             let (end, summary) = fleet.run(shutdown, hurry).await?;

@@ -354,6 +354,7 @@ async fn supervisor_stop_drains_the_fleet_and_status_reports_it() {
 #[tokio::test]
 async fn bad_start_flags_are_refused_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
+    let long_token = "t".repeat(100_000);
     let cases: &[(&[&str], &str)] = &[
         (&["--workers", "1", "--mem-limit", "250M", "--sleep", "0", "--base-port", "0"], "--base-port"),
         (&["--workers", "1", "--mem-limit", "250M", "--exec", "/no/such/program {source}"], "does not exist"),
@@ -363,6 +364,12 @@ async fn bad_start_flags_are_refused_and_change_nothing() {
             &["--workers", "1", "--mem-limit", "250M", "--sleep", "0", "--control-token", "short"],
             "at least 8 characters",
         ),
+        (
+            &["--workers", "1", "--mem-limit", "250M", "--sleep", "0", "--control-token", &long_token],
+            "at most 256 characters",
+        ),
+        (&["--workers", "1", "--mem-limit", "250M", "--sleep", "0", "--max-source-bytes", "64"], "is too small"),
+        (&["--workers", "1", "--mem-limit", "250M", "--sleep", "0", "--bind", "192.0.2.1"], "cannot listen on"),
         (&["--workers", "2", "--mem-limit", "12Q", "--sleep", "0"], "invalid size \"12Q\""),
         (&["--workers", "0", "--mem-limit", "250M", "--sleep", "0"], "--workers"),
         (&["--workers", "1", "--mem-limit", "1K", "--sleep", "0"], "is too small for a worker"),
@@ -883,6 +890,11 @@ async fn rows_too_large_to_run_fail_at_once_and_the_rest_of_their_shard_finishes
     .execute(t.db.pool())
     .await
     .unwrap();
+    // Values no handler could take: a BLOB source, and text that is not UTF-8.
+    sqlx::query("INSERT INTO videos (video_id, source) VALUES (111, X'00FF10'), (113, CAST(X'FF41' AS TEXT))")
+        .execute(t.db.pool())
+        .await
+        .unwrap();
     let out = run_to_end(start(
         &t,
         2,
@@ -891,12 +903,17 @@ async fn rows_too_large_to_run_fail_at_once_and_the_rest_of_their_shard_finishes
     let all = text(&out);
     assert_eq!(out.status.code(), Some(3), "{all}");
     assert_eq!(t.by_status().await.get("done"), Some(&40), "{all}");
-    for id in [101, 103, 105, 107, 109] {
+    for id in [101, 103, 105, 107, 109, 111, 113] {
         let (status, attempts, _, error) = t.video(id).await;
         assert_eq!((status.as_str(), attempts), ("failed", 1), "video {id}");
         let error = error.unwrap_or_default();
-        let what = if id == 109 { "its payload is 2.0 MiB" } else { "its source is 20.0 MiB" };
-        assert!(error.contains(what) && error.contains("above the limit"), "video {id}: {error}");
+        let what = match id {
+            109 => "its payload is 2.0 MiB, above the limit",
+            111 => "its source is a blob value, not text",
+            113 => "its source is not UTF-8 text",
+            _ => "its source is 20.0 MiB, above the limit",
+        };
+        assert!(error.contains(what), "video {id}: {error}");
         assert_eq!(t.history(id).await, vec![(1, "rejected".to_string())], "video {id}");
     }
     let restarts: i64 = workers(&t).await.iter().map(|w| w.3).sum();

@@ -35,6 +35,9 @@ pub struct AppState {
     pub memory: Arc<MemoryKills>,
 }
 
+/// How long a request's body may take to arrive once its headers have.
+const BODY_TIMEOUT: Duration = Duration::from_secs(15);
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
@@ -50,6 +53,9 @@ pub fn router(state: AppState) -> Router {
         // Refuses on Content-Length before any handler runs, whether or not it reads
         // the body; streamed bodies are cut at the same size.
         .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_LIMIT))
+        // A body that never finishes arriving would hold its connection (and, at a stop,
+        // the worker) as long as the client likes.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
         .with_state(state)
 }
 
@@ -95,8 +101,15 @@ pub async fn serve(listener: TcpListener, app: Router, header_timeout: Duration,
     }
     drop(listener);
     connections.close();
-    connections.wait().await;
+    // A client that keeps a request open (a body that never arrives) must not keep the
+    // worker from exiting: its connection is dropped after a short wait.
+    if tokio::time::timeout(SHUTDOWN_WAIT, connections.wait()).await.is_err() {
+        tracing::debug!("closed http connections still open {SHUTDOWN_WAIT:?} after the stop");
+    }
 }
+
+/// How long a stopping worker waits for its open HTTP connections.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
 
 /// After a failed accept: a connection that failed before we took it is nothing, but
 /// running out of descriptors would spin, so wait a second (as `axum::serve` does).

@@ -81,8 +81,5 @@ fn main() -> ExitCode {
 
 /// Whether the run ended because the database file is damaged: no restart can help.
 fn is_corrupt(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<shared::DbError>().is_some_and(|d| d.is_corrupt())
-            || c.downcast_ref::<sqlx::Error>().is_some_and(shared::error::is_corrupt)
-    })
+    shared::error::chain_is_corrupt(e.as_ref())
 }

@@ -273,8 +273,11 @@ impl Runner {
             }
             self.live.shift(VideoStatus::Running, f.status, 1);
             self.metrics.attempt(f.outcome).inc();
-            self.metrics.job_seconds.observe(e.duration.as_secs_f64());
-            job_ms.push(e.duration.as_secs_f64() * 1000.0);
+            // A rejected video never ran: its zero time would skew the job-time figures.
+            if f.outcome != Outcome::Rejected {
+                self.metrics.job_seconds.observe(e.duration.as_secs_f64());
+                job_ms.push(e.duration.as_secs_f64() * 1000.0);
+            }
             if f.status != VideoStatus::Pending {
                 ended_videos += 1;
             }

@@ -77,9 +77,9 @@ impl Claimer {
                      WHERE status = 'pending' AND video_id % {workers} = {worker_id} AND run_after <= ?4 \
                      ORDER BY run_after, video_id LIMIT {limit}) \
                      RETURNING video_id, \
-                     CASE WHEN octet_length(source) <= {max_source} THEN source END, \
-                     CASE WHEN octet_length(payload) <= {max_payload} THEN payload END, \
-                     attempts, octet_length(source), octet_length(payload)",
+                     CASE WHEN typeof(source) = 'text' AND octet_length(source) <= {max_source} THEN source END, \
+                     CASE WHEN typeof(payload) = 'text' AND octet_length(payload) <= {max_payload} THEN payload END, \
+                     attempts, octet_length(source), octet_length(payload), typeof(source), typeof(payload)",
                     index = shard_index_name(workers),
                     limit = 1usize << i,
                 )
@@ -149,13 +149,16 @@ impl Claimer {
         Ok(rows
             .into_iter()
             .map(|r| {
-                let source: Option<String> = r.get(1);
-                let payload: Option<String> = r.get(2);
-                let (source_len, payload_len): (i64, Option<i64>) = (r.get(4), r.get(5));
+                // Text that is not UTF-8 fails to decode: a rejection, never a panic.
+                let source = r.try_get::<Option<String>, _>(1).ok().flatten();
+                let payload = r.try_get::<Option<String>, _>(2).ok().flatten();
+                let source_len: i64 = r.try_get(4).unwrap_or(0);
+                let payload_len: Option<i64> = r.try_get(5).unwrap_or(None);
+                let kinds: (String, String) = (r.try_get(6).unwrap_or_default(), r.try_get(7).unwrap_or_default());
                 let rejected = if source.is_none() {
-                    Some(too_big("source", source_len, self.max_source))
-                } else if payload.is_none() && payload_len.is_some() {
-                    Some(too_big("payload", payload_len.unwrap_or(0), self.max_payload))
+                    Some(unusable("source", &kinds.0, source_len, self.max_source))
+                } else if payload.is_none() && kinds.1 != "null" {
+                    Some(unusable("payload", &kinds.1, payload_len.unwrap_or(0), self.max_payload))
                 } else {
                     None
                 };
@@ -172,13 +175,21 @@ impl Claimer {
     }
 }
 
-fn too_big(what: &str, bytes: i64, limit: u64) -> String {
+/// Why a claimed row's `what` (of SQLite type `kind`, `bytes` long) cannot be run.
+fn unusable(what: &str, kind: &str, bytes: i64, limit: u64) -> String {
     let flag = if what == "source" { "--max-source-bytes" } else { "--max-payload-bytes" };
-    format!(
-        "its {what} is {}, above the limit of {} ({flag}); it was not run: fix the row, then `supervisor retry` it",
-        human_bytes(bytes.max(0) as u64),
-        human_bytes(limit)
-    )
+    let why = if kind != "text" {
+        format!("its {what} is a {kind} value, not text")
+    } else if bytes as u64 > limit {
+        format!(
+            "its {what} is {}, above the limit of {} ({flag})",
+            human_bytes(bytes.max(0) as u64),
+            human_bytes(limit)
+        )
+    } else {
+        format!("its {what} is not UTF-8 text")
+    };
+    format!("{why}; it was not run: fix the row, then `supervisor retry` it")
 }
 
 /// The pending-shard index for a fleet of `workers`.

@@ -201,6 +201,10 @@ fn create_private(path: &Path) -> Result<(), DbError> {
     }
 }
 
+/// Tables our migrations create.
+const OUR_TABLES: &[&str] =
+    &["videos", "attempts", "fleet_runs", "fleet_workers", "fleet_events", "video_counts", "video_counts_layout"];
+
 /// Tables a file may hold besides ours and still be taken for a fleet's: SQLite's own,
 /// and the bookkeeping of wrangler and its local D1 (`d1_migrations`, `_cf_*`).
 fn is_bookkeeping(table: &str) -> bool {
@@ -214,7 +218,8 @@ async fn refuse_foreign(db: &Db) -> Result<(), DbError> {
         .fetch_all(&db.pool)
         .await
         .map_err(|e| open_error(&db.path, e))?;
-    if tables.iter().any(|t| t == "videos") {
+    if tables.iter().any(|t| OUR_TABLES.contains(&t.as_str())) {
+        // Ours, whole or in part: the migrations adopt it or name what is missing.
         return Ok(());
     }
     let foreign: Vec<&String> = tables.iter().filter(|t| !is_bookkeeping(t)).collect();
@@ -264,9 +269,10 @@ fn is_read_only_code(code: Option<&str>) -> bool {
     code.and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| c & 0xff == 8)
 }
 
+/// SQLITE_NOTADB (26) is left as it is: `inspect` has seen SQLite's header by now, so
+/// it means a damaged file, which `DbError::is_corrupt` recognises.
 fn open_error(path: &Path, e: sqlx::Error) -> DbError {
     match &e {
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("26") => DbError::NotSqlite { path: path.into() },
         sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("8") | Some("14")) => {
             DbError::Open { path: path.into(), reason: db.message().to_string() }
         }

@@ -104,14 +104,22 @@ pub fn preflight(args: &StartArgs) -> anyhow::Result<()> {
 
 /// Tries every worker's port before anything starts, so a busy one changes nothing.
 /// A port someone else holds is a fact of the host, not a bad flag: a runtime failure.
-pub fn check_ports(args: &StartArgs) -> anyhow::Result<()> {
+/// An address this host does not have, or a port it may not bind, is a bad flag.
+pub fn check_ports(args: &StartArgs) -> Result<(), crate::Failure> {
     for k in 0..args.workers {
         let port = args.base_port + k as u16;
         if let Err(e) = std::net::TcpListener::bind((args.bind, port)) {
             if e.kind() == std::io::ErrorKind::AddrInUse {
-                bail!("port {port} on {} is already in use (worker {k} would listen there)", args.bind);
+                return Err(anyhow::anyhow!(
+                    "port {port} on {} is already in use (worker {k} would listen there)",
+                    args.bind
+                )
+                .into());
             }
-            bail!("cannot listen on {}:{port} (worker {k}): {e}", args.bind);
+            return Err(crate::Failure::usage(anyhow::anyhow!(
+                "cannot listen on {}:{port} (worker {k}): {e}",
+                args.bind
+            )));
         }
     }
     Ok(())
@@ -165,13 +173,18 @@ pub async fn check_batch_has_videos(args: &StartArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let path = &args.db.db;
-    let empty = if path.exists() {
-        let db = Db::open_read_only(path).await?;
-        let has = fleet::has_videos(db.pool()).await;
-        db.close().await;
-        !has?
-    } else {
-        true
+    let empty = match std::fs::metadata(path) {
+        Err(_) => true,
+        Ok(m) if m.len() == 0 => true,
+        // A file that is not a fleet's is for `prepare` to refuse, in its own words.
+        Ok(_) => match Db::open_read_only(path).await {
+            Ok(db) => {
+                let has = fleet::has_videos(db.pool()).await;
+                db.close().await;
+                !has?
+            }
+            Err(_) => false,
+        },
     };
     if empty {
         bail!(
@@ -587,7 +600,8 @@ impl Fleet {
                 }
                 let killed_by_us = self.slots[slot as usize].kill_reason.is_some();
                 let code = status.as_ref().ok().and_then(|s| s.code());
-                if code == Some(shared::exit::WORKER_DB_CORRUPT as i32) && self.fatal.is_none() {
+                let fatal_exit = code == Some(shared::exit::WORKER_DB_CORRUPT as i32);
+                if fatal_exit && self.fatal.is_none() {
                     tracing::error!("worker {slot} found the database damaged; ending the run");
                     self.fatal = Some(shared::db::corrupt_advice(&self.db_path));
                     self.begin_stop(RunEnd::Stopped);
@@ -609,8 +623,9 @@ impl Fleet {
                     tracing::info!("worker {slot} stopped ({reason})");
                     // No restart follows, but a kill or a crash on the way out still
                     // counts: it is listed with its reason like any other.
-                    if killed_by_us || code != Some(0) {
-                        self.record(Record::Event { worker: slot, kind: "kill", reason: reason.clone() });
+                    if (killed_by_us || code != Some(0)) && !fatal_exit {
+                        let kind = if killed_by_us { "kill" } else { "crash" };
+                        self.record(Record::Event { worker: slot, kind, reason: reason.clone() });
                         self.history.push(format!(
                             "{} worker {slot}: {reason} (while stopping)",
                             shared::units::format_utc_ms(now_ms())
@@ -902,6 +917,7 @@ impl Fleet {
         }
         self.memory.cleanup();
         let state = match self.end {
+            _ if self.fatal.is_some() => "damaged",
             RunEnd::Stopped => "stopped",
             RunEnd::AllDone => "done",
             RunEnd::SomeFailed => "failed",

@@ -52,7 +52,7 @@ pub async fn build(
     let worker_kills = fleet::run_events(pool, run.run_id)
         .await?
         .iter()
-        .filter(|e| e.kind == "restart" && e.reason.starts_with("memory limit"))
+        .filter(|e| e.kind != "memory_kill" && e.reason.starts_with("memory limit"))
         .count() as i64;
     let memory_kills = handler_kills + worker_kills;
 
