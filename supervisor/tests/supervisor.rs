@@ -808,15 +808,7 @@ async fn new_databases_and_log_folders_are_readable_by_their_owner_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_database_ends_the_run_with_exit_1_and_says_how_to_recover_it() {
     let t = TestDb::new().await;
-    t.seed_sources((1..=3000).map(|i| (i, format!("videos/{i:06}/{}", "x".repeat(150)))).collect()).await;
-    t.db.close().await;
-    // Overwrite pages in the middle of the file, as a failing disk would.
-    let mut bytes = std::fs::read(&t.path).unwrap();
-    let len = bytes.len();
-    for b in &mut bytes[len * 2 / 5..len * 3 / 5] {
-        *b = 0xA5;
-    }
-    std::fs::write(&t.path, bytes).unwrap();
+    t.seed_and_damage().await;
     let mut cmd = start(&t, 2, &["--mem-limit", "250M", "--sleep", "1ms", "--exit-when-done"]);
     let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let pid = child.id() as i32;

@@ -54,6 +54,17 @@ impl TestDb {
         tx.commit().await.unwrap();
     }
 
+    /// Fills the table with 3,000 videos, closes the database, and overwrites the middle
+    /// fifth of the file, as a failing disk would.
+    pub async fn seed_and_damage(&self) {
+        self.seed_sources((1..=3000).map(|i| (i, format!("videos/{i:06}/{}", "x".repeat(150)))).collect()).await;
+        self.db.close().await;
+        let mut bytes = std::fs::read(&self.path).unwrap();
+        let len = bytes.len();
+        bytes[len * 2 / 5..len * 3 / 5].fill(0xA5);
+        std::fs::write(&self.path, bytes).unwrap();
+    }
+
     pub async fn by_status(&self) -> BTreeMap<String, i64> {
         sqlx::query_as::<_, (String, i64)>("SELECT status, count(*) FROM videos GROUP BY status")
             .fetch_all(self.db.pool())

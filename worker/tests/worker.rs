@@ -535,3 +535,12 @@ async fn connections_that_send_half_a_request_are_closed_after_the_header_timeou
         assert_eq!(client.get(w.url("/health")).send().await.unwrap().status(), 200);
     }
 }
+
+#[tokio::test]
+async fn a_worker_that_finds_its_database_damaged_exits_with_code_3_and_says_how_to_recover_it() {
+    let t = TestDb::new().await;
+    t.seed_and_damage().await;
+    let (code, out) = run_alone(&t, &["--sleep", "1ms", "--exit-when-done"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains(&format!("sqlite3 {} .recover", t.path.display())), "{out}");
+}
