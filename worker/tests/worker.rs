@@ -109,6 +109,19 @@ async fn sources_with_shell_syntax_reach_the_handler_as_literal_arguments() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_looks_like_an_option_stays_an_operand_after_a_double_dash() {
+    let t = TestDb::new().await;
+    t.seed_sources(vec![(1, "--help".into())]).await;
+    // As the README shows it: `--` ends the program's options, so `cat` looks for a
+    // file named "--help" (and fails the attempt) instead of printing its usage.
+    let (code, logs) = run_alone(&t, &["--exec", "cat -- {source}", "--max-attempts", "1", "--exit-when-done"]);
+    assert_eq!(code, 0, "{logs}");
+    let (status, _, result, error) = t.video(1).await;
+    assert_eq!(status, "failed", "{result:?}");
+    assert!(error.unwrap_or_default().contains("--help: No such file"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_payload_goes_to_stdin_and_stdout_becomes_the_result() {
     let t = TestDb::new().await;
     t.seed(3).await;
