@@ -160,23 +160,24 @@ async fn count_done(path: &Path) -> anyhow::Result<(i64, i64)> {
     Ok((done, history))
 }
 
-/// The floor: one process claiming and completing in batches of 512 (previous batch's
+/// The floor: one process claiming and completing `count` videos in batches of 512 (previous batch's
 /// completions and the next claim in one transaction), no handler, no HTTP.
-async fn raw_floor(path: &Path, n: i64) -> anyhow::Result<f64> {
+async fn raw_floor(path: &Path, count: i64) -> anyhow::Result<f64> {
     let db = Db::open(path, 1).await?;
     let mut conn = db.pool().acquire().await?;
     let claimer = Claimer::new(1, 0, "raw-floor");
     claimer.ensure_index(&mut conn).await?;
     let start = Instant::now();
     let mut previous: Vec<Finish> = Vec::new();
-    let mut total = 0;
+    let mut finished = 0;
     loop {
         let now = db::now_ms();
+        let want = (count - finished - previous.len() as i64).clamp(0, 512) as usize;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         db::finish_batch(&mut tx, &previous).await?;
-        let claimed = claimer.claim(&mut tx, 512, now, Duration::from_secs(60)).await?;
+        let claimed = claimer.claim(&mut tx, want, now, Duration::from_secs(60)).await?;
         tx.commit().await?;
-        total += previous.len() as i64;
+        finished += previous.len() as i64;
         if claimed.is_empty() {
             break;
         }
@@ -198,10 +199,10 @@ async fn raw_floor(path: &Path, n: i64) -> anyhow::Result<f64> {
     let secs = start.elapsed().as_secs_f64();
     drop(conn);
     db.close().await;
-    if total != n {
-        bail!("raw floor finished {total} of {n} videos");
+    if finished != count {
+        bail!("claimed and finished {finished} of {count} videos");
     }
-    Ok(n as f64 / secs)
+    Ok(count as f64 / secs)
 }
 
 /// Peak resident memory of a process, from /proc (VmHWM), in bytes.

@@ -5,12 +5,11 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::bail;
 use shared::db::fleet::{self, FleetRun};
-use shared::db::{self, Claimer, Db, Finish};
-use shared::status::{Outcome, VideoStatus};
+use shared::db::{self, Db};
 use sqlx::{AssertSqlSafe, Connection, Executor};
 
 use crate::{bin, cpu_time, make_db, median, raw_floor};
@@ -54,13 +53,13 @@ pub async fn bench_scale(dir: &Path, runs: usize, s: &Sizes) -> anyhow::Result<S
     drop_triggers(&large_bare).await?;
     for run in 0..runs {
         eprintln!("run {}/{runs}", run + 1);
-        rate_large.push(claim_rate(&large, s.claimed).await?);
-        rate_large_bare.push(claim_rate(&large_bare, s.claimed).await?);
+        rate_large.push(raw_floor(&large, s.claimed).await?);
+        rate_large_bare.push(raw_floor(&large_bare, s.claimed).await?);
         let small = make_db(dir, s.small).await?;
-        rate_small.push(claim_rate(&small, s.claimed.min(s.small)).await?);
+        rate_small.push(raw_floor(&small, s.claimed.min(s.small)).await?);
         let small = make_db(dir, s.small).await?;
         drop_triggers(&small).await?;
-        rate_small_bare.push(claim_rate(&small, s.claimed.min(s.small)).await?);
+        rate_small_bare.push(raw_floor(&small, s.claimed.min(s.small)).await?);
     }
     let (rate_small, rate_large) = (median(rate_small), median(rate_large));
     let (rate_small_bare, rate_large_bare) = (median(rate_small_bare), median(rate_large_bare));
@@ -199,51 +198,6 @@ fn status_ms(path: &Path, runs: usize) -> anyhow::Result<f64> {
         }
     }
     Ok(median(times))
-}
-
-/// Claims and finishes `count` videos in batches of 512, like the raw floor (the
-/// previous batch's finishes and the next claim in one transaction); videos per second.
-async fn claim_rate(path: &Path, count: i64) -> anyhow::Result<f64> {
-    let db = Db::open(path, 1).await?;
-    let mut conn = db.pool().acquire().await?;
-    let claimer = Claimer::new(1, 0, "scale-bench");
-    claimer.ensure_index(&mut conn).await?;
-    let start = Instant::now();
-    let mut previous: Vec<Finish> = Vec::new();
-    let mut finished = 0;
-    loop {
-        let now = db::now_ms();
-        let want = (count - finished - previous.len() as i64).clamp(0, 512) as usize;
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        db::finish_batch(&mut tx, &previous).await?;
-        let claimed = claimer.claim(&mut tx, want, now, Duration::from_secs(60)).await?;
-        tx.commit().await?;
-        finished += previous.len() as i64;
-        if claimed.is_empty() {
-            break;
-        }
-        previous = claimed
-            .iter()
-            .map(|c| Finish {
-                video_id: c.video_id,
-                token: c.token,
-                status: VideoStatus::Done,
-                outcome: Outcome::Done,
-                result: Some(String::new()),
-                error: None,
-                run_after: now,
-                finished_at: now,
-                duration_ms: 0,
-            })
-            .collect();
-    }
-    let secs = start.elapsed().as_secs_f64();
-    drop(conn);
-    db.close().await;
-    if finished != count {
-        bail!("claimed and finished {finished} of {count} videos");
-    }
-    Ok(count as f64 / secs)
 }
 
 /// Inserts `rows` new videos, 500 per multi-row `INSERT`, in one transaction: wall time
