@@ -695,7 +695,8 @@ async fn a_start_right_after_a_sigkilled_supervisor_waits_for_the_old_workers_to
     second.args(args).args(["--exit-when-done", "--db"]).arg(&t.path);
     let out = run_to_end(second);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("waiting for 2 workers of the previous run to exit"), "{}", text(&out));
+    // At least one stand-in still held its port when the new start looked.
+    assert!(text(&out).contains("workers of the previous run to exit"), "{}", text(&out));
     assert_eq!(t.by_status().await.get("done"), Some(&20));
 }
 
