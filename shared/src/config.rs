@@ -57,8 +57,9 @@ impl HandlerArgs {
             };
             check_program(program)?;
         }
+        // Schemes are case-insensitive (RFC 3986): HTTP:// is as good as http://.
         if let Some(url) = &self.http
-            && !url.starts_with("http://")
+            && !url.split_once("://").is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("http"))
         {
             return Err(format!(
                 "--http {url:?}: only http:// URLs are supported by this build (put a local proxy in front of https endpoints)"
@@ -291,5 +292,28 @@ mod tests {
     fn two_handlers_at_once_are_refused() {
         assert!(Cli::try_parse_from(["x", "--sleep", "0", "--exec", "true"]).is_err());
         assert!(Cli::try_parse_from(["x"]).is_err());
+    }
+
+    #[test]
+    fn an_http_scheme_in_capitals_is_accepted_and_other_schemes_are_refused() {
+        let handler = |url: &str| HandlerArgs { exec: None, http: Some(url.into()), sleep: None };
+        assert_eq!(handler("HTTP://127.0.0.1:8080/analyse").validate(), Ok(()));
+        assert_eq!(handler("Http://localhost/").validate(), Ok(()));
+        for bad in ["ftp://127.0.0.1/", "127.0.0.1:8080", "https://127.0.0.1/"] {
+            assert!(handler(bad).validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_exec_program_that_is_missing_or_not_executable_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain.txt");
+        std::fs::write(&plain, "text").unwrap();
+        let exec = |cmd: String| HandlerArgs { exec: Some(cmd), http: None, sleep: None }.validate();
+        assert!(exec(format!("{} {{source}}", plain.display())).unwrap_err().contains("is not executable"));
+        assert!(exec("/no/such/program".into()).unwrap_err().contains("does not exist"));
+        assert!(exec("no-such-program-anywhere".into()).unwrap_err().contains("not found in PATH"));
+        assert_eq!(exec("sh -c true".into()), Ok(()));
+        assert_eq!(exec("{source} --flag".into()), Ok(()), "a program named by a placeholder is known per video");
     }
 }

@@ -122,6 +122,9 @@ impl Cli {
             ));
         }
         self.job.validate()?;
+        // Checked here, before the port is bound: a worker that cannot run its handler
+        // must not look alive to whoever polls its port.
+        self.handler.validate()?;
         let control_token = match self.control_token_fd {
             Some(fd) => Some(read_token_fd(fd)?),
             None => self.control_token,

@@ -303,11 +303,14 @@ async fn bad_flags_are_one_clear_sentence_and_a_non_zero_exit() {
         (&["--worker-id", "0", "--workers", "1", "--sleep", "0", "--lease", "1ms"], "--lease 1ms is too short"),
         (&["--worker-id", "0", "--workers", "1", "--exec", "echo 'unbalanced"], "cannot be split into words"),
         (&["--worker-id", "0", "--workers", "1"], "--exec"),
+        (&["--worker-id", "0", "--workers", "1", "--http", "ftp://127.0.0.1/x"], "only http:// URLs"),
+        (&["--worker-id", "0", "--workers", "1", "--exec", "/no/such/program"], "does not exist"),
     ];
     for (args, expected) in cases {
         let (code, stderr) = run_worker_to_end(args, dir.path());
         assert_ne!(code, 0, "{args:?} should fail");
         assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in {stderr}");
+        assert!(!stderr.contains("listening on"), "{args:?}: refused before it listens: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
     assert!(!dir.path().join("fleet.db").exists(), "bad flags create no database");
