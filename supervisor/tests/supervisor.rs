@@ -243,20 +243,28 @@ async fn a_supervisor_killed_with_sigkill_leaves_no_worker_and_a_new_start_finis
     assert_eq!(prev, "crashed");
 }
 
-/// A worker binary that crashes whenever it is worker 1.
-fn crashing_worker(dir: &Path) -> PathBuf {
-    let path = dir.join("flaky-worker.sh");
-    std::fs::write(
-        &path,
-        format!(
-            "#!/bin/sh\ncase \" $* \" in *\" --worker-id 1 \"*) echo 'worker 1 cannot start' >&2; exit 7;; esac\nexec {} \"$@\"\n",
-            bin("worker").display()
-        ),
-    )
-    .unwrap();
+/// Writes an executable script `name` into `dir`.
+fn script(dir: &Path, name: &str, text: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
+}
+
+/// A worker binary that behaves as `worker_1` says when it is worker 1, and is the
+/// real worker otherwise.
+fn worker_whose_worker_1(dir: &Path, name: &str, worker_1: &str) -> PathBuf {
+    let text = format!(
+        "#!/bin/sh\ncase \" $* \" in *\" --worker-id 1 \"*) {worker_1};; esac\nexec {} \"$@\"\n",
+        bin("worker").display()
+    );
+    script(dir, name, &text)
+}
+
+/// A worker binary that crashes whenever it is worker 1.
+fn crashing_worker(dir: &Path) -> PathBuf {
+    worker_whose_worker_1(dir, "flaky-worker.sh", "echo 'worker 1 cannot start' >&2; exit 7")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -644,9 +652,9 @@ async fn a_port_someone_else_holds_is_a_runtime_failure_and_changes_nothing() {
 /// A stand-in worker that answers /health, and on its parent's death (SIGUSR2) or
 /// SIGTERM keeps its port for 1.5 s before it exits: a slow exit on a busy host.
 fn slow_exiting_worker(dir: &Path) -> PathBuf {
-    let path = dir.join("worker");
-    std::fs::write(
-        &path,
+    script(
+        dir,
+        "worker",
         r#"#!/usr/bin/env python3
 import os, sys, signal, time, threading, http.server
 port = int(sys.argv[sys.argv.index("--port") + 1])
@@ -669,10 +677,6 @@ time.sleep(1.5)
 os._exit(0)
 "#,
     )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -702,18 +706,7 @@ async fn a_start_right_after_a_sigkilled_supervisor_waits_for_the_old_workers_to
 
 /// A worker binary whose worker 1 never answers /health and ignores SIGTERM.
 fn stubborn_worker(dir: &Path) -> PathBuf {
-    let path = dir.join("stubborn-worker.sh");
-    std::fs::write(
-        &path,
-        format!(
-            "#!/bin/sh\ncase \" $* \" in *\" --worker-id 1 \"*) trap '' TERM; while :; do sleep 1; done;; esac\nexec {} \"$@\"\n",
-            bin("worker").display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
+    worker_whose_worker_1(dir, "stubborn-worker.sh", "trap '' TERM; while :; do sleep 1; done")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
