@@ -1,8 +1,9 @@
 //! `--http URL`: POSTs each video as JSON. A 2xx answer is success with its body as the
-//! result. 429, 503 and connection errors are push-back: the call is repeated within
-//! the same attempt after the pacer's delay (or the server's Retry-After), a few times,
-//! before the attempt counts as failed.
+//! result. 429, 503 and connection errors are push-back: the pacer slows down (see
+//! `pacer.rs`) and the call is repeated within the same attempt, after the server's
+//! Retry-After or a backoff, a few times before the attempt counts as failed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -13,20 +14,27 @@ use tokio_util::sync::CancellationToken;
 use super::{Job, JobResult, Pacer, STDOUT_LIMIT};
 
 /// Calls per attempt before push-back turns into a failed attempt.
-const PUSHBACK_TRIES: u32 = 5;
+pub(super) const PUSHBACK_TRIES: u32 = 8;
 /// The longest one call may take, so an endpoint that accepts and never answers cannot
 /// hold a video forever; `--job-timeout` bounds the whole attempt on top of this.
 const CALL_TIMEOUT: Duration = Duration::from_secs(300);
+/// The wait before a pushed-back call is sent again when the server gave no
+/// Retry-After; it doubles per try (250 ms, 500 ms, 1 s, 2 s).
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// The longest a call waits on a Retry-After; a server asking for more has the attempt
+/// time out (`--job-timeout`) or fail after its tries, and the video retried later.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 #[derive(Debug)]
 pub struct HttpHandler {
     url: reqwest::Url,
     client: reqwest::Client,
-    pacer: Pacer,
+    /// Shared with `/status` and `/metrics`, which report its pace.
+    pacer: Arc<Pacer>,
 }
 
 impl HttpHandler {
-    pub fn new(url: &str, pacer: Pacer) -> Result<HttpHandler, String> {
+    pub fn new(url: &str, pacer: Arc<Pacer>) -> Result<HttpHandler, String> {
         let parsed = reqwest::Url::parse(url).map_err(|e| format!("--http {url:?} is not a URL: {e}"))?;
         if parsed.scheme() != "http" {
             return Err(format!(
@@ -42,7 +50,7 @@ impl HttpHandler {
         Ok(HttpHandler { url: parsed, client, pacer })
     }
 
-    pub fn pacer(&self) -> &Pacer {
+    pub fn pacer(&self) -> &Arc<Pacer> {
         &self.pacer
     }
 
@@ -58,18 +66,17 @@ impl HttpHandler {
             "worker_id": job.worker_id,
         });
         let mut last = String::new();
-        for _ in 0..PUSHBACK_TRIES {
-            tokio::select! {
-                _ = self.pacer.acquire() => {}
+        for tries in 1..=PUSHBACK_TRIES {
+            let call = tokio::select! {
+                c = self.pacer.acquire() => c,
                 _ = cancel.cancelled() => return JobResult::Cancelled,
-            }
+            };
             let sent = tokio::select! {
                 r = self.client.post(self.url.clone()).json(&body).send() => r,
                 _ = cancel.cancelled() => return JobResult::Cancelled,
             };
-            match sent {
+            let retry_after = match sent {
                 Ok(resp) if resp.status().is_success() => {
-                    self.pacer.recovered();
                     return match read_body(resp).await {
                         Ok(text) => JobResult::Success(text),
                         Err(e) => JobResult::error(e),
@@ -78,10 +85,8 @@ impl HttpHandler {
                 Ok(resp)
                     if matches!(resp.status(), StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) =>
                 {
-                    let retry_after =
-                        resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
-                    self.pacer.push_back(retry_after);
                     last = format!("HTTP {}", resp.status());
+                    resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after)
                 }
                 Ok(resp) => {
                     let status = resp.status();
@@ -90,10 +95,23 @@ impl HttpHandler {
                     return JobResult::error(format!("HTTP {status}: {}", tail.trim()));
                 }
                 Err(e) if e.is_connect() || e.is_timeout() => {
-                    self.pacer.push_back(None);
                     last = format!("connection failed: {e}");
+                    None
                 }
                 Err(e) => return JobResult::error(format!("request failed: {e}")),
+            };
+            self.pacer.pushed_back(call, retry_after);
+            if tries == PUSHBACK_TRIES {
+                break;
+            }
+            // This call is not sent again before the server said; without a word from
+            // it, after a backoff that doubles per try. The pacer spreads the waits and
+            // spaces the call from the other jobs' calls on top of this.
+            let wait =
+                self.pacer.retry_wait(retry_after.unwrap_or(FIRST_BACKOFF * 2u32.pow(tries - 1)).min(MAX_RETRY_AFTER));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancel.cancelled() => return JobResult::Cancelled,
             }
         }
         JobResult::error(format!("{last} (gave up after {PUSHBACK_TRIES} tries)"))
@@ -133,7 +151,7 @@ mod tests {
 
     #[test]
     fn https_and_garbage_urls_are_refused_at_start() {
-        assert!(HttpHandler::new("https://example.invalid/", Pacer::new(None, None)).is_err());
-        assert!(HttpHandler::new("not a url", Pacer::new(None, None)).is_err());
+        assert!(HttpHandler::new("https://example.invalid/", Arc::new(Pacer::new(None, None))).is_err());
+        assert!(HttpHandler::new("not a url", Arc::new(Pacer::new(None, None))).is_err());
     }
 }

@@ -18,7 +18,7 @@ use crate::memory::MemoryKills;
 
 pub use exec::{ExecHandler, STDOUT_LIMIT};
 pub use http::HttpHandler;
-pub use pacer::Pacer;
+pub use pacer::{PaceReport, Pacer};
 pub use sleep::SleepHandler;
 
 /// One video as a handler sees it.
@@ -92,9 +92,19 @@ impl Handler {
     pub fn from_args(h: &HandlerArgs, job: &JobArgs, memory: Arc<MemoryKills>) -> Result<Handler, String> {
         match (&h.exec, &h.http, &h.sleep) {
             (Some(cmd), _, _) => Ok(Handler::Exec(ExecHandler::new(cmd, memory)?)),
-            (_, Some(url), _) => Ok(Handler::Http(HttpHandler::new(url, Pacer::new(job.rate, job.min_delay))?)),
+            (_, Some(url), _) => {
+                Ok(Handler::Http(HttpHandler::new(url, Arc::new(Pacer::new(job.rate, job.min_delay)))?))
+            }
             (_, _, Some(range)) => Ok(Handler::Sleep(SleepHandler::new(*range))),
             _ => Err("choose a handler: --exec CMD, --http URL or --sleep DURATION".into()),
+        }
+    }
+
+    /// The pacer of an HTTP handler, whose pace `/status` and `/metrics` report.
+    pub fn pacer(&self) -> Option<Arc<Pacer>> {
+        match self {
+            Handler::Http(h) => Some(h.pacer().clone()),
+            _ => None,
         }
     }
 
