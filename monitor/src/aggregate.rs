@@ -578,6 +578,7 @@ pub(crate) mod tests {
             last_restart_reason: None,
             recent_errors: vec![],
             version: "0.1.0".into(),
+            pacing: None,
         }
     }
 

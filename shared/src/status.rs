@@ -214,6 +214,23 @@ pub struct WorkerStatus {
     pub last_restart_reason: Option<String>,
     pub recent_errors: Vec<RecentError>,
     pub version: String,
+    /// How an `--http` handler paces its calls; absent for other handlers (and from
+    /// workers older than the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pacing: Option<Pacing>,
+}
+
+/// The pace of an `--http` handler's calls, learnt from the server's push-back under the
+/// `--rate` and `--min-delay` caps.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Pacing {
+    /// Calls per second allowed now, by the learnt pace and the caps together; absent
+    /// while nothing limits them (no cap, no push-back yet).
+    pub calls_per_sec: Option<f64>,
+    /// Answers that pushed back: 429, 503, refused or timed-out connections.
+    pub push_backs: u64,
+    /// Bursts of push-back the pace was cut for (the first one included).
+    pub slowdowns: u64,
 }
 
 /// `GET /health`.

@@ -163,7 +163,7 @@ async fn status(State(s): State<AppState>) -> Response {
 
 async fn metrics(State(s): State<AppState>) -> Response {
     let snap = s.live.snapshot();
-    let body = s.metrics.render(snap.shard, snap.rss_bytes);
+    let body = s.metrics.render(snap.shard, snap.rss_bytes, snap.pacing);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 

@@ -56,17 +56,20 @@ pub async fn run(
             "listening on {local}, beyond loopback: /status and /metrics are readable by anyone who can reach this port"
         );
     }
-    let live = Arc::new(Live::new(Identity {
-        worker_id: config.worker_id,
-        workers: config.workers,
-        port,
-        handler: config.handler.describe(),
-        concurrency: config.job.concurrency,
-        mem_limit_bytes: config.mem_limit.map(|b| b.bytes()),
-        restarts: config.restarts,
-        last_restart_reason: config.last_restart_reason.clone(),
-    }));
-    let metrics = Arc::new(Metrics::new(config.worker_id));
+    let live = Arc::new(
+        Live::new(Identity {
+            worker_id: config.worker_id,
+            workers: config.workers,
+            port,
+            handler: config.handler.describe(),
+            concurrency: config.job.concurrency,
+            mem_limit_bytes: config.mem_limit.map(|b| b.bytes()),
+            restarts: config.restarts,
+            last_restart_reason: config.last_restart_reason.clone(),
+        })
+        .with_pacer(handler.pacer()),
+    );
+    let metrics = Arc::new(Metrics::new(config.worker_id, handler.pacer().is_some()));
     let control_token = config.control_token.clone();
     let config = Arc::new(config);
 

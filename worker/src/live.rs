@@ -3,10 +3,12 @@
 //! snapshot.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shared::status::{InFlight, RecentError, ShardCounts, VideoStatus, WorkerState, WorkerStatus};
+use shared::status::{InFlight, Pacing, RecentError, ShardCounts, VideoStatus, WorkerState, WorkerStatus};
+
+use crate::handler::Pacer;
 use tokio::sync::Notify;
 
 /// Errors kept for `/status`.
@@ -39,6 +41,8 @@ pub struct Live {
     /// Wakes the runner when something outside it (resume, a retried video) may have
     /// made work claimable.
     pub wake: Notify,
+    /// The http handler's pacer, read for each snapshot: it keeps its own state.
+    pacer: Option<Arc<Pacer>>,
 }
 
 #[derive(Debug)]
@@ -73,7 +77,13 @@ impl Live {
                 rss_bytes: 0,
             }),
             wake: Notify::new(),
+            pacer: None,
         }
+    }
+
+    /// Reports this pacer's pace in every snapshot.
+    pub fn with_pacer(self, pacer: Option<Arc<Pacer>>) -> Live {
+        Live { pacer, ..self }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -177,6 +187,10 @@ impl Live {
             last_restart_reason: self.id.last_restart_reason.clone(),
             recent_errors: g.recent_errors.iter().cloned().collect(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            pacing: self.pacer.as_ref().map(|p| {
+                let r = p.report();
+                Pacing { calls_per_sec: r.calls_per_sec, push_backs: r.push_backs, slowdowns: r.slowdowns }
+            }),
         }
     }
 }

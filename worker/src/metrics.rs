@@ -6,7 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use shared::status::{Outcome, ShardCounts};
+use shared::status::{Outcome, Pacing, ShardCounts};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -37,10 +37,17 @@ pub struct Metrics {
     busy_retries: Counter,
     shard: Family<StatusLabel, Gauge>,
     rss: Gauge,
+    /// The http handler's pace and push-back, mirrored from its pacer at each render;
+    /// registered only for an http handler.
+    pace: Gauge<f64, std::sync::atomic::AtomicU64>,
+    push_backs: Counter,
+    slowdowns: Counter,
 }
 
 impl Metrics {
-    pub fn new(worker_id: u32) -> Metrics {
+    /// `paced`: whether the handler has a pacer (`--http`), whose figures are then
+    /// registered too.
+    pub fn new(worker_id: u32, paced: bool) -> Metrics {
         let mut registry = Registry::with_prefix_and_labels(
             "shardfleet",
             [(std::borrow::Cow::Borrowed("worker"), std::borrow::Cow::Owned(worker_id.to_string()))].into_iter(),
@@ -57,6 +64,9 @@ impl Metrics {
             busy_retries: Counter::default(),
             shard: Family::default(),
             rss: Gauge::default(),
+            pace: Gauge::default(),
+            push_backs: Counter::default(),
+            slowdowns: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("attempts", "Attempts finished, by outcome", m.attempts.clone());
@@ -77,6 +87,19 @@ impl Metrics {
         );
         registry.register("shard_videos", "Videos of this worker's shard by status", m.shard.clone());
         registry.register("rss_bytes", "Resident memory of the worker process", m.rss.clone());
+        if paced {
+            registry.register(
+                "http_pace_calls_per_second",
+                "Calls per second the http handler allows itself now (0: nothing limits them)",
+                m.pace.clone(),
+            );
+            registry.register(
+                "http_push_backs",
+                "Answers that pushed back: 429, 503, failed connections",
+                m.push_backs.clone(),
+            );
+            registry.register("http_slowdowns", "Bursts of push-back the pace was cut for", m.slowdowns.clone());
+        }
         let by_outcome = [
             Outcome::Done,
             Outcome::Error,
@@ -99,7 +122,7 @@ impl Metrics {
     }
 
     /// Prometheus text format, with the gauges that mirror other state brought up to date.
-    pub fn render(&self, counts: ShardCounts, rss: u64) -> String {
+    pub fn render(&self, counts: ShardCounts, rss: u64, pacing: Option<Pacing>) -> String {
         let busy = shared::db::BUSY_RETRIES.load(std::sync::atomic::Ordering::Relaxed);
         self.busy_retries.inner().store(busy, std::sync::atomic::Ordering::Relaxed);
         for (s, n) in
@@ -108,6 +131,11 @@ impl Metrics {
             self.shard.get_or_create(&StatusLabel { status: s.into() }).set(n as i64);
         }
         self.rss.set(rss as i64);
+        if let Some(p) = pacing {
+            self.pace.set(p.calls_per_sec.unwrap_or(0.0));
+            self.push_backs.inner().store(p.push_backs, std::sync::atomic::Ordering::Relaxed);
+            self.slowdowns.inner().store(p.slowdowns, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -410,6 +410,37 @@ async fn the_http_handler_retries_push_back_within_the_attempt_and_fails_on_clie
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_metrics_show_the_http_handlers_pace_and_push_backs() {
+    let t = TestDb::new().await;
+    t.seed(6).await;
+    let (port, _) = flaky_api().await;
+    // Every video's first call is pushed back (503), but video 3's, which fails on a 400.
+    let url = format!("http://127.0.0.1:{port}/analyse");
+    let w = spawn_worker(&t.path, 0, 1, &["--http", &url, "--max-attempts", "1", "--rate", "50/s"]);
+    wait_for(LONG, "all six videos finished", || async {
+        let c = t.counts().await;
+        c.done + c.failed == 6
+    })
+    .await;
+    let pacing = w.worker_status().await.pacing.expect("an http worker reports its pacing");
+    assert_eq!(pacing.push_backs, 5, "{pacing:?}");
+    assert!(pacing.slowdowns >= 1, "{pacing:?}");
+    let pace = pacing.calls_per_sec.expect("pushed back: paced");
+    assert!(pace > 0.0 && pace <= 50.0, "--rate stays the cap: {pace}");
+    let metrics = reqwest::get(w.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("shardfleet_http_push_backs_total{worker=\"0\"} 5"), "{metrics}");
+    assert!(metrics.contains("shardfleet_http_slowdowns_total"), "{metrics}");
+    assert!(metrics.contains("shardfleet_http_pace_calls_per_second"), "{metrics}");
+
+    // Other handlers have no pace to show.
+    let t2 = TestDb::new().await;
+    let sleeper = spawn_worker(&t2.path, 0, 1, &["--sleep", "1ms"]);
+    assert_eq!(sleeper.worker_status().await.pacing, None);
+    let metrics = reqwest::get(sleeper.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("http_pace"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_handler_keeps_to_its_rate() {
     let t = TestDb::new().await;
     t.seed(6).await;

@@ -39,6 +39,7 @@ fn status(id: u32, done: u64, failed: u64) -> WorkerStatus {
         last_restart_reason: None,
         recent_errors: vec![],
         version: "0.1.0".into(),
+        pacing: None,
     }
 }
 
