@@ -92,7 +92,9 @@ impl Handler {
     pub fn from_args(h: &HandlerArgs, job: &JobArgs, memory: Arc<MemoryKills>) -> Result<Handler, String> {
         match (&h.exec, &h.http, &h.sleep) {
             (Some(cmd), _, _) => Ok(Handler::Exec(ExecHandler::new(cmd, memory)?)),
-            (_, Some(url), _) => Ok(Handler::Http(HttpHandler::new(url, Pacer::new(job.rate, job.min_delay))?)),
+            (_, Some(url), _) => {
+                Ok(Handler::Http(HttpHandler::new(url, h.ca_cert.as_deref(), Pacer::new(job.rate, job.min_delay))?))
+            }
             (_, _, Some(range)) => Ok(Handler::Sleep(SleepHandler::new(*range))),
             _ => Err("choose a handler: --exec CMD, --http URL or --sleep DURATION".into()),
         }
