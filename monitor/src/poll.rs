@@ -54,6 +54,8 @@ pub struct Poller {
 
 /// The client every request of the monitor goes through.
 pub fn client(timeout: Duration) -> reqwest::Result<Client> {
+    // reqwest has no TLS crypto of its own in this workspace: see shared::tls.
+    shared::tls::install_crypto_provider();
     Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)

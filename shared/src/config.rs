@@ -2,10 +2,13 @@
 //! how jobs are retried and timed out. The supervisor passes them through to each worker
 //! with `to_args`, so the two binaries cannot disagree on a name.
 
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{ArgGroup, Args};
 
+use crate::tls::TrustedRoots;
 use crate::units::{ByteSize, DurationRange, Rate, duration_arg, format_duration};
 
 /// The largest source a video may have, by default: a path or a URL, with room to spare.
@@ -13,9 +16,11 @@ pub const DEFAULT_MAX_SOURCE: ByteSize = ByteSize(64 << 10);
 /// The largest payload a video may have, by default.
 pub const DEFAULT_MAX_PAYLOAD: ByteSize = ByteSize(1 << 20);
 
-/// Exactly one handler runs every video.
+/// Exactly one handler runs every video. `--ca-cert` goes with `--http`, so the group
+/// of which exactly one is given is spelled out instead of being every field.
 #[derive(Args, Debug, Clone, PartialEq)]
-#[group(required = true, multiple = false)]
+#[group(skip)]
+#[command(group(ArgGroup::new("handler").required(true).multiple(false).args(["exec", "http", "sleep"])))]
 pub struct HandlerArgs {
     /// Run CMD for each video. CMD is split into words once (shell quoting rules);
     /// {video_id}, {source}, {attempt} and {worker_id} are replaced inside words, and no
@@ -24,10 +29,17 @@ pub struct HandlerArgs {
     #[arg(long, value_name = "CMD")]
     pub exec: Option<String>,
 
-    /// POST each video as JSON to URL; a 2xx answer is success and its body the result.
-    /// 429, 503 and connection errors are retried, honouring Retry-After.
+    /// POST each video as JSON to URL (http:// or https://); a 2xx answer is success and
+    /// its body the result. 429, 503 and connection errors are retried, honouring
+    /// Retry-After. https trusts the system's CA certificates, and --ca-cert.
     #[arg(long, value_name = "URL")]
     pub http: Option<String>,
+
+    /// With --http: also trust the CA certificates in FILE (PEM, one or more), for an
+    /// https service whose certificate a private CA signed. The system's roots stay
+    /// trusted.
+    #[arg(long, env = "FLEET_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
 
     /// Built-in handler for demos and benchmarks: sleep DURATION (or a random time in a
     /// range such as 50ms..200ms) and succeed.
@@ -36,18 +48,25 @@ pub struct HandlerArgs {
 }
 
 impl HandlerArgs {
-    /// The flags that recreate this choice on another command line.
-    pub fn to_args(&self) -> Vec<String> {
-        match (&self.exec, &self.http, &self.sleep) {
-            (Some(cmd), _, _) => vec!["--exec".into(), cmd.clone()],
-            (_, Some(url), _) => vec!["--http".into(), url.clone()],
-            (_, _, Some(range)) => vec!["--sleep".into(), range.to_string()],
+    /// The flags that recreate this choice on another command line. The CA file's path
+    /// is made absolute, so a process started in another directory finds it too.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = match (&self.exec, &self.http, &self.sleep) {
+            (Some(cmd), _, _) => vec!["--exec".into(), cmd.into()],
+            (_, Some(url), _) => vec!["--http".into(), url.into()],
+            (_, _, Some(range)) => vec!["--sleep".into(), range.to_string().into()],
             _ => Vec::new(),
+        };
+        if let Some(path) = &self.ca_cert {
+            args.push("--ca-cert".into());
+            args.push(std::path::absolute(path).unwrap_or_else(|_| path.clone()).into());
         }
+        args
     }
 
     /// Checks what can be checked before any worker starts: that an --exec command splits
-    /// into words and an --http URL is plain http.
+    /// into words, an --http URL is http or https, and the certificates it would trust
+    /// can be read.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(cmd) = &self.exec {
             let words =
@@ -57,13 +76,24 @@ impl HandlerArgs {
             };
             check_program(program)?;
         }
-        // Schemes are case-insensitive (RFC 3986): HTTP:// is as good as http://.
-        if let Some(url) = &self.http
-            && !url.split_once("://").is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("http"))
-        {
-            return Err(format!(
-                "--http {url:?}: only http:// URLs are supported by this build (put a local proxy in front of https endpoints)"
-            ));
+        match (&self.http, &self.ca_cert) {
+            (Some(url), ca_cert) => {
+                // Schemes are case-insensitive (RFC 3986): HTTP:// is as good as http://.
+                let https = match url.split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase()).as_deref() {
+                    Some("http") => false,
+                    Some("https") => true,
+                    _ => return Err(format!("--http {url:?}: only http:// and https:// URLs are supported")),
+                };
+                TrustedRoots::load(ca_cert.as_deref(), https).map_err(|e| e.to_string())?;
+            }
+            (None, Some(path)) => {
+                return Err(format!(
+                    "--ca-cert {} (or FLEET_CA_CERT) goes only with --http, and the handler here is {}",
+                    path.display(),
+                    self.describe()
+                ));
+            }
+            (None, None) => {}
         }
         Ok(())
     }
@@ -272,9 +302,9 @@ mod tests {
             "--rate",
             "5/s",
         ]);
-        let mut argv = vec!["x".to_string()];
+        let mut argv: Vec<OsString> = vec!["x".into()];
         argv.extend(cli.handler.to_args());
-        argv.extend(cli.job.to_args());
+        argv.extend(cli.job.to_args().into_iter().map(OsString::from));
         let again = Cli::parse_from(argv);
         assert_eq!(again.handler, cli.handler);
         assert_eq!(again.job, cli.job);
@@ -294,14 +324,42 @@ mod tests {
         assert!(Cli::try_parse_from(["x"]).is_err());
     }
 
-    #[test]
-    fn an_http_scheme_in_capitals_is_accepted_and_other_schemes_are_refused() {
-        let handler = |url: &str| HandlerArgs { exec: None, http: Some(url.into()), sleep: None };
-        assert_eq!(handler("HTTP://127.0.0.1:8080/analyse").validate(), Ok(()));
-        assert_eq!(handler("Http://localhost/").validate(), Ok(()));
-        for bad in ["ftp://127.0.0.1/", "127.0.0.1:8080", "https://127.0.0.1/"] {
-            assert!(handler(bad).validate().is_err(), "{bad}");
+    /// A choice of handler as the flags would make it.
+    fn handler(exec: Option<&str>, http: Option<&str>, sleep: Option<&str>, ca_cert: Option<&str>) -> HandlerArgs {
+        HandlerArgs {
+            exec: exec.map(Into::into),
+            http: http.map(Into::into),
+            sleep: sleep.map(|s| s.parse().unwrap()),
+            ca_cert: ca_cert.map(Into::into),
         }
+    }
+
+    #[test]
+    fn http_and_https_in_any_case_are_accepted_and_other_schemes_are_refused() {
+        let http = |url: &str| handler(None, Some(url), None, None);
+        assert_eq!(http("HTTP://127.0.0.1:8080/analyse").validate(), Ok(()));
+        assert_eq!(http("Http://localhost/").validate(), Ok(()));
+        for bad in ["ftp://127.0.0.1/", "127.0.0.1:8080", "file:///etc/passwd"] {
+            let e = http(bad).validate().unwrap_err();
+            assert!(e.contains("only http:// and https:// URLs are supported"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_ca_cert_goes_with_http_only_and_must_be_readable() {
+        let e = handler(None, None, Some("1s"), Some("ca.pem")).validate().unwrap_err();
+        assert_eq!(e, "--ca-cert ca.pem (or FLEET_CA_CERT) goes only with --http, and the handler here is sleep: 1s");
+        let missing = handler(None, Some("https://127.0.0.1/"), None, Some("/no/such/ca.pem"));
+        assert_eq!(missing.validate().unwrap_err(), "--ca-cert /no/such/ca.pem: the file does not exist");
+    }
+
+    #[test]
+    fn the_ca_cert_reaches_another_command_line_as_an_absolute_path() {
+        let cli = Cli::parse_from(["x", "--http", "https://127.0.0.1/", "--ca-cert", "certs/ca.pem"]);
+        let args = cli.handler.to_args();
+        assert_eq!(args[2], "--ca-cert");
+        assert_eq!(PathBuf::from(&args[3]), std::env::current_dir().unwrap().join("certs/ca.pem"));
+        assert!(Cli::try_parse_from(["x", "--http", "https://127.0.0.1/", "--sleep", "1s"]).is_err());
     }
 
     #[test]
@@ -309,7 +367,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let plain = dir.path().join("plain.txt");
         std::fs::write(&plain, "text").unwrap();
-        let exec = |cmd: String| HandlerArgs { exec: Some(cmd), http: None, sleep: None }.validate();
+        let exec = |cmd: String| handler(Some(&cmd), None, None, None).validate();
         assert!(exec(format!("{} {{source}}", plain.display())).unwrap_err().contains("is not executable"));
         assert!(exec("/no/such/program".into()).unwrap_err().contains("does not exist"));
         assert!(exec("no-such-program-anywhere".into()).unwrap_err().contains("not found in PATH"));

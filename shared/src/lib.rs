@@ -1,5 +1,5 @@
 //! What the shardfleet binaries share: units on the command line, the database and its
-//! statements, the handler and retry flags, and the `/status` types.
+//! statements, the handler and retry flags, the `/status` types, and TLS.
 
 pub mod cgroup;
 pub mod config;
@@ -8,6 +8,7 @@ pub mod error;
 pub mod exit;
 pub mod signals;
 pub mod status;
+pub mod tls;
 pub mod units;
 
 pub use error::{DbError, ParseError};

@@ -36,6 +36,9 @@ pub fn merge(argv: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
     let cmd = Cli::command();
     let start_cmd = cmd.find_subcommand("start").expect("start is a subcommand");
     let handler_given = HANDLER_FLAGS.iter().any(|f| given(f));
+    // The file's CA serves the file's or the command line's --http; a handler other than
+    // --http chosen elsewhere leaves it out rather than be refused for it.
+    let other_handler_given = handler_given && !given("http");
 
     let mut extra: Vec<OsString> = Vec::new();
     for (key, value) in &table {
@@ -47,7 +50,10 @@ pub fn merge(argv: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
         if id == "config" {
             bail!("config file {}: \"config\" cannot be set inside a config file", path.display());
         }
-        if given(&id) || (HANDLER_FLAGS.contains(&id.as_str()) && handler_given) {
+        if given(&id)
+            || (HANDLER_FLAGS.contains(&id.as_str()) && handler_given)
+            || (id == "ca_cert" && other_handler_given)
+        {
             continue;
         }
         let text = match value {
@@ -135,6 +141,21 @@ mod tests {
         assert_eq!(s.workers, 5);
         assert_eq!(s.handler.exec.as_deref(), Some("true"));
         assert_eq!(s.handler.sleep, None, "a handler flag replaces the file's handler");
+    }
+
+    #[test]
+    fn the_files_ca_cert_serves_an_http_handler_and_stays_out_of_any_other() {
+        let file = "workers = 1\nmem-limit = \"100M\"\nhttp = \"https://127.0.0.1:8443/\"\nca-cert = \"ca.pem\"\n";
+        let s = parse_with(file, &[]).unwrap();
+        assert_eq!(s.handler.ca_cert.as_deref(), Some(Path::new("ca.pem")));
+        let s = parse_with(file, &["--http", "https://127.0.0.1:9443/"]).unwrap();
+        assert_eq!(
+            s.handler.ca_cert.as_deref(),
+            Some(Path::new("ca.pem")),
+            "the command line's --http uses the file's CA"
+        );
+        let s = parse_with(file, &["--sleep", "1ms"]).unwrap();
+        assert_eq!((s.handler.http, s.handler.ca_cert), (None, None));
     }
 
     #[test]

@@ -18,7 +18,8 @@ fn supervisor(dir: &Path) -> Command {
         .env("RUST_LOG", "info,sqlx=warn")
         .env_remove("WORKER_CONCURRENCY")
         .env_remove("FLEET_WORKERS")
-        .env_remove("FLEET_CONTROL_TOKEN");
+        .env_remove("FLEET_CONTROL_TOKEN")
+        .env_remove("FLEET_CA_CERT");
     cmd
 }
 
@@ -383,6 +384,15 @@ async fn bad_start_flags_are_refused_and_change_nothing() {
         (&["--workers", "1", "--mem-limit", "1K", "--sleep", "0"], "is too small for a worker"),
         (&["--workers", "1", "--mem-limit", "250M", "--exec", "echo 'oops"], "cannot be split into words"),
         (&["--workers", "1", "--mem-limit", "250M"], "--exec"),
+        (
+            &["--workers", "1", "--mem-limit", "250M", "--http", "https://127.0.0.1:9/", "--ca-cert", "missing.pem"],
+            "--ca-cert missing.pem: the file does not exist",
+        ),
+        (
+            &["--workers", "1", "--mem-limit", "250M", "--http", "https://127.0.0.1:9/", "--ca-cert", "plain.txt"],
+            "--ca-cert plain.txt: the file holds no PEM certificate",
+        ),
+        (&["--workers", "1", "--mem-limit", "250M", "--sleep", "0", "--ca-cert", "plain.txt"], "goes only with --http"),
     ];
     std::fs::write(dir.path().join("plain.txt"), "not a program").unwrap();
     for (args, expected) in cases {
@@ -935,4 +945,25 @@ async fn a_handler_cannot_read_the_control_token_back_from_its_worker() {
     assert!(seen.contains("FLEET_SUPERVISOR_PID=") && seen.contains("--worker-id"), "the probe ran: {seen}");
     assert!(!seen.contains(&token), "the handler read the control token: {seen}");
     assert!(seen.contains("--control-token-fd"), "the token travels by descriptor: {seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_supervisor_hands_its_ca_cert_to_every_worker_and_they_finish_over_https() {
+    let t = TestDb::new().await;
+    t.seed(20).await;
+    let ca = testkit::tls::TestCa::new("in-house CA");
+    let api = testkit::tls::https_api(ca.server_cert(&["127.0.0.1"])).await;
+    ca.write(t.dir.path(), "in-house-ca.pem");
+    let url = api.url("/analyse");
+    // A relative path, which the workers get made absolute. Without the CA every
+    // attempt would fail: the host's roots do not hold it.
+    let args = ["--mem-limit", "250M", "--http", &url, "--ca-cert", "in-house-ca.pem", "--max-attempts", "1"];
+    let mut cmd = start(&t, 2, &args);
+    cmd.arg("--exit-when-done");
+    let out = tokio::task::spawn_blocking(move || run_to_end(cmd)).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(t.by_status().await.get("done"), Some(&20));
+    let workers: std::collections::BTreeSet<u64> =
+        api.calls.lock().unwrap().iter().filter_map(|c| c["worker_id"].as_u64()).collect();
+    assert_eq!(workers, [0, 1].into(), "both workers called the API");
 }

@@ -1,6 +1,8 @@
 //! Test helpers for the shardfleet crates: a temp database per test, the real binaries
-//! (`worker`, `supervisor`, `monitor`) on free ports, and waits that poll for an outcome
-//! instead of sleeping a guessed time.
+//! (`worker`, `supervisor`, `monitor`) on free ports, waits that poll for an outcome
+//! instead of sleeping a guessed time, and (`tls`) a CA and an HTTPS API of the test's own.
+
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -116,6 +118,13 @@ impl TestDb {
     }
 }
 
+/// An HTTP client for a test's own calls. reqwest has no TLS crypto of its own in this
+/// workspace (see `shared::tls`): a client built without this panics.
+pub fn http() -> reqwest::Client {
+    shared::tls::install_crypto_provider();
+    reqwest::Client::new()
+}
+
 /// A running `worker` process. Killed when dropped.
 pub struct WorkerProc {
     pub child: Child,
@@ -183,6 +192,7 @@ pub fn spawn_worker_on(db: &Path, k: u32, n: u32, port: u16, args: &[&str]) -> R
         .env("RUST_LOG", "info,sqlx=warn")
         .env_remove("WORKER_CONCURRENCY")
         .env_remove("FLEET_CONTROL_TOKEN")
+        .env_remove("FLEET_CA_CERT")
         .current_dir(db.parent().unwrap())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -260,7 +270,7 @@ impl WorkerProc {
 
     /// `/status` as JSON, for checking field names.
     pub async fn status(&self) -> serde_json::Value {
-        reqwest::get(self.url("/status")).await.unwrap().json().await.unwrap()
+        http().get(self.url("/status")).send().await.unwrap().json().await.unwrap()
     }
 
     /// `/status` as the shared type.
@@ -292,7 +302,13 @@ where
 /// Runs the worker binary to completion with `args` and returns (exit code, stderr
 /// followed by stdout).
 pub fn run_worker_to_end(args: &[&str], cwd: &Path) -> (i32, String) {
-    let out = Command::new(worker_bin()).args(args).current_dir(cwd).env_remove("WORKER_CONCURRENCY").output().unwrap();
+    let out = Command::new(worker_bin())
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("WORKER_CONCURRENCY")
+        .env_remove("FLEET_CA_CERT")
+        .output()
+        .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
     (out.status.code().unwrap_or(-1), text)
 }

@@ -167,7 +167,7 @@ async fn health_status_and_metrics_have_their_shapes() {
     wait_for(LONG, "two jobs in flight", || async { w.status().await["in_flight"].as_array().unwrap().len() == 2 })
         .await;
 
-    let health = reqwest::get(w.url("/health")).await.unwrap();
+    let health = testkit::http().get(w.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     let h: serde_json::Value = health.json().await.unwrap();
     assert_eq!((h["ok"].as_bool(), h["worker_id"].as_u64()), (Some(true), Some(1)));
@@ -198,7 +198,7 @@ async fn health_status_and_metrics_have_their_shapes() {
     let typed: shared::status::WorkerStatus = serde_json::from_value(s).unwrap();
     assert_eq!(typed.in_flight.iter().map(|f| f.video_id % 2).collect::<Vec<_>>(), [1, 1]);
 
-    let metrics = reqwest::get(w.url("/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = testkit::http().get(w.url("/metrics")).send().await.unwrap().text().await.unwrap();
     for name in [
         "shardfleet_in_flight{worker=\"1\"} 2",
         "shardfleet_videos_claimed_total",
@@ -209,7 +209,7 @@ async fn health_status_and_metrics_have_their_shapes() {
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
     }
-    let missing = reqwest::get(w.url("/nope")).await.unwrap();
+    let missing = testkit::http().get(w.url("/nope")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
 }
 
@@ -217,7 +217,7 @@ async fn health_status_and_metrics_have_their_shapes() {
 async fn control_endpoints_are_refused_without_the_token_and_work_with_it() {
     let t = TestDb::new().await;
     t.seed(4).await;
-    let client = reqwest::Client::new();
+    let client = testkit::http();
 
     let open = spawn_worker(&t.path, 0, 1, &["--sleep", "10s", "--concurrency", "1"]);
     let r = client.post(open.url("/pause")).bearer_auth("anything").send().await.unwrap();
@@ -238,7 +238,7 @@ async fn control_endpoints_are_refused_without_the_token_and_work_with_it() {
     let r = client.post(w.url("/videos/3/retry")).bearer_auth("s3cret-token").send().await.unwrap();
     assert_eq!(r.status(), 409, "video 3 is not failed");
     // Last, on its own client: the server closes a connection whose body it refused.
-    let big = reqwest::Client::new()
+    let big = testkit::http()
         .post(w.url("/pause"))
         .bearer_auth("s3cret-token")
         .body(vec![b'x'; 64 * 1024])
@@ -257,7 +257,7 @@ async fn a_failed_video_can_be_retried_over_http() {
         .await
         .unwrap();
     let w = spawn_worker(&t.path, 0, 1, &["--sleep", "0", "--control-token", "s3cret-token"]);
-    let r = reqwest::Client::new().post(w.url("/videos/1/retry")).bearer_auth("s3cret-token").send().await.unwrap();
+    let r = testkit::http().post(w.url("/videos/1/retry")).bearer_auth("s3cret-token").send().await.unwrap();
     assert_eq!(r.status(), 200);
     wait_for(LONG, "the retried video done", || async { t.video(1).await.0 == "done" }).await;
     assert_eq!(t.video(1).await.1, 1, "a retry starts a fresh set of attempts");
@@ -303,7 +303,10 @@ async fn bad_flags_are_one_clear_sentence_and_a_non_zero_exit() {
         (&["--worker-id", "0", "--workers", "1", "--sleep", "0", "--lease", "1ms"], "--lease 1ms is too short"),
         (&["--worker-id", "0", "--workers", "1", "--exec", "echo 'unbalanced"], "cannot be split into words"),
         (&["--worker-id", "0", "--workers", "1"], "--exec"),
-        (&["--worker-id", "0", "--workers", "1", "--http", "ftp://127.0.0.1/x"], "only http:// URLs"),
+        (
+            &["--worker-id", "0", "--workers", "1", "--http", "ftp://127.0.0.1/x"],
+            "only http:// and https:// URLs are supported",
+        ),
         (&["--worker-id", "0", "--workers", "1", "--exec", "/no/such/program"], "does not exist"),
     ];
     for (args, expected) in cases {
@@ -577,7 +580,7 @@ async fn connections_that_send_half_a_request_are_closed_after_the_header_timeou
         assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "{what}: closed after {took:?}");
     }
     // Whole requests are still answered, several on one connection.
-    let client = reqwest::Client::new();
+    let client = testkit::http();
     for _ in 0..3 {
         assert_eq!(client.get(w.url("/health")).send().await.unwrap().status(), 200);
     }
@@ -590,4 +593,166 @@ async fn a_worker_that_finds_its_database_damaged_exits_with_code_3_and_says_how
     let (code, out) = run_alone(&t, &["--sleep", "1ms", "--exit-when-done"]);
     assert_eq!(code, 3, "{out}");
     assert!(out.contains(&format!("sqlite3 {} .recover", t.path.display())), "{out}");
+}
+
+/// Runs worker 0 of 1 over `args` to the end, off the runtime's threads (the test's
+/// HTTPS API runs on them), with the system's roots read from `system_roots` only:
+/// the test decides which CAs "the system" trusts. (exit code, its output).
+async fn run_with_system_roots(t: &TestDb, system_roots: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let mut cmd = std::process::Command::new(testkit::worker_bin());
+    cmd.args(["--worker-id", "0", "--workers", "1", "--port", "0", "--db"])
+        .arg(&t.path)
+        .args(args)
+        .current_dir(t.dir.path())
+        .env("SSL_CERT_FILE", system_roots)
+        .env_remove("SSL_CERT_DIR")
+        .env_remove("WORKER_CONCURRENCY")
+        .env_remove("FLEET_CA_CERT");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// A CA the test's "system" trusts, written to `dir`: not the one that signs the API's
+/// certificate.
+fn public_roots(dir: &std::path::Path) -> std::path::PathBuf {
+    testkit::tls::TestCa::new("some public CA").write(dir, "system-roots.pem")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_given_the_private_ca_of_an_https_api_finishes_every_video_through_it() {
+    let t = TestDb::new().await;
+    t.seed(6).await;
+    let ca = testkit::tls::TestCa::new("in-house CA");
+    let api = testkit::tls::https_api(ca.server_cert(&["127.0.0.1"])).await;
+    let ca_pem = ca.write(t.dir.path(), "in-house-ca.pem");
+    let roots = public_roots(t.dir.path());
+    let url = api.url("/analyse");
+    let args = ["--http", &url, "--ca-cert", ca_pem.to_str().unwrap(), "--max-attempts", "1", "--exit-when-done"];
+    let (code, out) = run_with_system_roots(&t, &roots, &args).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(t.by_status().await.get("done"), Some(&6), "{out}");
+    assert_eq!(t.video(2).await.2.as_deref(), Some("analysed 2"));
+    assert_eq!(api.calls.lock().unwrap().len(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_systems_roots_are_trusted_without_a_ca_cert() {
+    let t = TestDb::new().await;
+    t.seed(2).await;
+    let ca = testkit::tls::TestCa::new("a CA the system has");
+    let api = testkit::tls::https_api(ca.server_cert(&["127.0.0.1"])).await;
+    let system = ca.write(t.dir.path(), "system-roots.pem");
+    let (code, out) = run_with_system_roots(&t, &system, &["--http", &api.url("/"), "--exit-when-done"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(t.by_status().await.get("done"), Some(&2), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_its_ca_each_attempt_fails_once_naming_the_unknown_issuer_and_is_not_retried_as_push_back() {
+    let t = TestDb::new().await;
+    t.seed(2).await;
+    let ca = testkit::tls::TestCa::new("in-house CA");
+    let api = testkit::tls::https_api(ca.server_cert(&["127.0.0.1"])).await;
+    let roots = public_roots(t.dir.path());
+    let args = ["--http", &api.url("/analyse"), "--max-attempts", "1", "--exit-when-done"];
+    let (code, out) = run_with_system_roots(&t, &roots, &args).await;
+    assert_eq!(code, 0, "a certificate that does not verify fails attempts, not the worker: {out}");
+    for id in [1, 2] {
+        let (status, attempts, _, error) = t.video(id).await;
+        assert_eq!((status.as_str(), attempts), ("failed", 1));
+        let error = error.unwrap();
+        assert!(
+            error.starts_with("TLS handshake with 127.0.0.1 failed: its certificate is from an unknown issuer"),
+            "{error}"
+        );
+    }
+    assert_eq!(t.history(1).await, [(1, "error".into())]);
+    assert_eq!(api.refused_handshakes.load(std::sync::atomic::Ordering::SeqCst), 2, "one handshake per attempt");
+    assert!(api.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_for_another_host_fails_the_attempt_naming_the_name_mismatch() {
+    let t = TestDb::new().await;
+    t.seed(1).await;
+    let ca = testkit::tls::TestCa::new("in-house CA");
+    let api = testkit::tls::https_api(ca.server_cert(&["api.example.test"])).await;
+    let ca_pem = ca.write(t.dir.path(), "in-house-ca.pem");
+    let roots = public_roots(t.dir.path());
+    // The CA comes from the environment here, as a systemd unit would set it.
+    let mut cmd = std::process::Command::new(testkit::worker_bin());
+    cmd.args(["--worker-id", "0", "--workers", "1", "--port", "0", "--max-attempts", "1", "--exit-when-done"])
+        .args(["--http", &api.url("/analyse"), "--db"])
+        .arg(&t.path)
+        .env("FLEET_CA_CERT", &ca_pem)
+        .env("SSL_CERT_FILE", &roots)
+        .env_remove("SSL_CERT_DIR");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let (status, _, _, error) = t.video(1).await;
+    assert_eq!(status, "failed");
+    let error = error.unwrap();
+    assert!(error.contains("its certificate does not match the host name 127.0.0.1"), "{error}");
+    assert!(error.contains("api.example.test"), "names what the certificate is for: {error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_fails_the_attempt_naming_its_expiry() {
+    let t = TestDb::new().await;
+    t.seed(1).await;
+    let ca = testkit::tls::TestCa::new("in-house CA");
+    let api = testkit::tls::https_api(ca.expired_server_cert(&["127.0.0.1"])).await;
+    let ca_pem = ca.write(t.dir.path(), "in-house-ca.pem");
+    let roots = public_roots(t.dir.path());
+    let args =
+        ["--http", &api.url("/"), "--ca-cert", ca_pem.to_str().unwrap(), "--max-attempts", "1", "--exit-when-done"];
+    let (code, out) = run_with_system_roots(&t, &roots, &args).await;
+    assert_eq!(code, 0, "{out}");
+    let error = t.video(1).await.3.unwrap();
+    assert_eq!(error, "TLS handshake with 127.0.0.1 failed: its certificate expired at 2021-01-01T00:00:00.000Z");
+}
+
+#[tokio::test]
+async fn unusable_ca_certs_are_refused_with_exit_2_before_the_worker_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("notes.txt"), "no certificate here\n").unwrap();
+    std::fs::write(d.join("bad.pem"), "-----BEGIN CERTIFICATE-----\n%%%%\n-----END CERTIFICATE-----\n").unwrap();
+    std::fs::write(d.join("empty-system-roots.pem"), "").unwrap();
+    let https = ["--worker-id", "0", "--workers", "1", "--http", "https://127.0.0.1:9/"];
+    let missing = d.join("missing.pem");
+    let cases: &[(&[&str], String)] = &[
+        (
+            &["--ca-cert", missing.to_str().unwrap()],
+            format!("--ca-cert {}: the file does not exist", missing.display()),
+        ),
+        (&["--ca-cert", "notes.txt"], "--ca-cert notes.txt: the file holds no PEM certificate".into()),
+        (&["--ca-cert", "bad.pem"], "--ca-cert bad.pem: the file is not valid PEM: a block is not valid base64".into()),
+    ];
+    for (args, expected) in cases {
+        let all: Vec<&str> = https.iter().chain(args.iter()).copied().collect();
+        let (code, out) = run_worker_to_end(&all, d);
+        assert_eq!(code, 2, "{args:?}: {out}");
+        assert!(out.contains(expected.as_str()), "{args:?}: expected {expected:?} in {out}");
+        assert!(!out.contains("listening on"), "{out}");
+    }
+    let (code, out) =
+        run_worker_to_end(&["--worker-id", "0", "--workers", "1", "--sleep", "1ms", "--ca-cert", "notes.txt"], d);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--ca-cert notes.txt (or FLEET_CA_CERT) goes only with --http"), "{out}");
+
+    // A host without any CA certificate, and none given: https cannot verify anything.
+    let out = std::process::Command::new(testkit::worker_bin())
+        .args(https)
+        .env("SSL_CERT_FILE", d.join("empty-system-roots.pem"))
+        .env_remove("SSL_CERT_DIR")
+        .env_remove("FLEET_CA_CERT")
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no certificate authority to trust for https"), "{stderr}");
+    assert!(!d.join("fleet.db").exists(), "nothing was created");
 }

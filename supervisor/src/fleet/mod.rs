@@ -544,7 +544,7 @@ impl Fleet {
         .map(OsString::from)
         .collect();
         args.push(self.db_path.clone().into_os_string());
-        args.extend(self.args.handler.to_args().into_iter().map(OsString::from));
+        args.extend(self.args.handler.to_args());
         args.extend(self.args.job.to_args().into_iter().map(OsString::from));
         let mut env = vec![
             ("FLEET_RESTARTS".to_string(), slot.restarts.to_string()),

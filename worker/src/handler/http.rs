@@ -1,8 +1,11 @@
-//! `--http URL`: POSTs each video as JSON. A 2xx answer is success with its body as the
-//! result. 429, 503 and connection errors are push-back: the pacer slows down (see
-//! `pacer.rs`) and the call is repeated within the same attempt, after the server's
-//! Retry-After or a backoff, a few times before the attempt counts as failed.
+//! `--http URL`: POSTs each video as JSON, over http or https. A 2xx answer is success
+//! with its body as the result. 429, 503 and connection errors are push-back: the pacer
+//! slows down (see `pacer.rs`) and the call is repeated within the same attempt, after
+//! the server's Retry-After or a backoff, a few times before the attempt counts as
+//! failed. A TLS handshake that fails (a certificate that does not verify) is not
+//! push-back: it fails the attempt at once, naming the certificate's problem.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +13,8 @@ use reqwest::StatusCode;
 use reqwest::header::RETRY_AFTER;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+
+use shared::tls::TrustedRoots;
 
 use super::{Job, JobResult, Pacer, STDOUT_LIMIT};
 
@@ -34,17 +39,24 @@ pub struct HttpHandler {
 }
 
 impl HttpHandler {
-    pub fn new(url: &str, pacer: Arc<Pacer>) -> Result<HttpHandler, String> {
+    /// A handler calling `url`; with https it trusts the system's roots and the
+    /// certificates in `ca_cert`.
+    pub fn new(url: &str, ca_cert: Option<&Path>, pacer: Arc<Pacer>) -> Result<HttpHandler, String> {
         let parsed = reqwest::Url::parse(url).map_err(|e| format!("--http {url:?} is not a URL: {e}"))?;
-        if parsed.scheme() != "http" {
-            return Err(format!(
-                "--http {url:?}: only http:// URLs are supported by this build (put a local proxy in front of https endpoints)"
-            ));
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!("--http {url:?}: only http:// and https:// URLs are supported"));
         }
+        shared::tls::install_crypto_provider();
+        // Roots are loaded for an http:// URL too: a redirect may lead to https.
+        let roots = TrustedRoots::load(ca_cert, parsed.scheme() == "https").map_err(|e| e.to_string())?;
+        let certs = roots.all().map(|der| reqwest::Certificate::from_der(der)).collect::<Result<Vec<_>, _>>();
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(CALL_TIMEOUT)
             .pool_idle_timeout(Duration::from_secs(30))
+            // Exactly these roots, already read and checked: reqwest's own platform
+            // verifier would read the system's again and refuse to start without any.
+            .tls_certs_only(certs.map_err(|e| format!("cannot use a trusted certificate: {e}"))?)
             .build()
             .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
         Ok(HttpHandler { url: parsed, client, pacer })
@@ -94,6 +106,8 @@ impl HttpHandler {
                     let tail: String = text.chars().rev().take(500).collect::<Vec<_>>().into_iter().rev().collect();
                     return JobResult::error(format!("HTTP {status}: {}", tail.trim()));
                 }
+                // A certificate refused now is refused on every call: not push-back.
+                Err(e) if tls_failure(&e).is_some() => return JobResult::error(tls_message(&self.url, &e)),
                 Err(e) if e.is_connect() || e.is_timeout() => {
                     last = format!("connection failed: {e}");
                     None
@@ -116,6 +130,54 @@ impl HttpHandler {
         }
         JobResult::error(format!("{last} (gave up after {PUSHBACK_TRIES} tries)"))
     }
+}
+
+/// The TLS error behind a failed call, if the handshake is what failed. reqwest's own
+/// text says only "error sending request"; the certificate's problem is further down.
+fn tls_failure(e: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        // An io::Error shows the error it wraps but skips it in `source()`, and the
+        // handshake's error comes wrapped in two of them.
+        next = match err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner),
+            None => err.source(),
+        };
+    }
+    None
+}
+
+/// One sentence for a failed handshake: the host, and what is wrong with its
+/// certificate in words a user can act on.
+fn tls_message(url: &reqwest::Url, e: &reqwest::Error) -> String {
+    use rustls::CertificateError as C;
+    let host = url.host_str().unwrap_or_default();
+    let at = |unix_secs: u64| shared::units::format_utc_ms((unix_secs as i64).saturating_mul(1000));
+    let problem = match tls_failure(e) {
+        Some(rustls::Error::InvalidCertificate(cert)) => match cert {
+            C::UnknownIssuer => "its certificate is from an unknown issuer, a CA that is not trusted here \
+                                (a private CA can be added with --ca-cert)"
+                .to_string(),
+            C::ExpiredContext { not_after, .. } => format!("its certificate expired at {}", at(not_after.as_secs())),
+            C::Expired => "its certificate expired".into(),
+            C::NotValidYetContext { not_before, .. } => {
+                format!("its certificate is not valid yet (not before {})", at(not_before.as_secs()))
+            }
+            C::NotValidForNameContext { presented, .. } if !presented.is_empty() => {
+                format!("its certificate does not match the host name {host}: it is for {}", presented.join(", "))
+            }
+            C::NotValidForNameContext { .. } | C::NotValidForName => {
+                format!("its certificate does not match the host name {host}")
+            }
+            other => format!("its certificate is refused: {other}"),
+        },
+        Some(other) => other.to_string(),
+        None => e.to_string(),
+    };
+    format!("TLS handshake with {host} failed: {problem}")
 }
 
 async fn read_body(resp: reqwest::Response) -> Result<String, String> {
@@ -150,8 +212,23 @@ mod tests {
     }
 
     #[test]
-    fn https_and_garbage_urls_are_refused_at_start() {
-        assert!(HttpHandler::new("https://example.invalid/", Arc::new(Pacer::new(None, None))).is_err());
-        assert!(HttpHandler::new("not a url", Arc::new(Pacer::new(None, None))).is_err());
+    fn http_and_https_urls_are_taken_and_other_schemes_and_garbage_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = testkit::tls::TestCa::new("in-house CA").write(dir.path(), "ca.pem");
+        let new = |url: &str| HttpHandler::new(url, Some(&ca), Arc::new(Pacer::new(None, None)));
+        assert!(new("http://127.0.0.1:8080/analyse").is_ok());
+        assert!(new("HTTPS://127.0.0.1:8443/analyse").is_ok());
+        assert!(new("ftp://127.0.0.1/").unwrap_err().contains("only http:// and https:// URLs are supported"));
+        assert!(new("not a url").unwrap_err().contains("is not a URL"));
+    }
+
+    #[test]
+    fn an_unreadable_ca_file_is_refused_at_start() {
+        let e = HttpHandler::new(
+            "https://127.0.0.1/",
+            Some(Path::new("/no/such/ca.pem")),
+            Arc::new(Pacer::new(None, None)),
+        );
+        assert_eq!(e.unwrap_err(), "--ca-cert /no/such/ca.pem: the file does not exist");
     }
 }

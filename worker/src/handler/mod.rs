@@ -93,7 +93,8 @@ impl Handler {
         match (&h.exec, &h.http, &h.sleep) {
             (Some(cmd), _, _) => Ok(Handler::Exec(ExecHandler::new(cmd, memory)?)),
             (_, Some(url), _) => {
-                Ok(Handler::Http(HttpHandler::new(url, Arc::new(Pacer::new(job.rate, job.min_delay)))?))
+                let pacer = Arc::new(Pacer::new(job.rate, job.min_delay));
+                Ok(Handler::Http(HttpHandler::new(url, h.ca_cert.as_deref(), pacer)?))
             }
             (_, _, Some(range)) => Ok(Handler::Sleep(SleepHandler::new(*range))),
             _ => Err("choose a handler: --exec CMD, --http URL or --sleep DURATION".into()),
