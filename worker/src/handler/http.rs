@@ -71,7 +71,7 @@ impl HttpHandler {
                 Ok(resp) if resp.status().is_success() => {
                     self.pacer.recovered();
                     return match read_body(resp).await {
-                        Ok(text) => JobResult::Success(text),
+                        Ok(text) => JobResult::success(text),
                         Err(e) => JobResult::error(e),
                     };
                 }
