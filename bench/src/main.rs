@@ -190,6 +190,7 @@ async fn raw_floor(path: &Path, count: i64) -> anyhow::Result<f64> {
                 outcome: Outcome::Done,
                 result: Some(String::new()),
                 error: None,
+                warnings: None,
                 run_after: now,
                 finished_at: now,
                 duration_ms: 0,

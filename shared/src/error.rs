@@ -32,9 +32,9 @@ pub enum DbError {
     #[error("database {path} is read-only or its directory cannot be written")]
     ReadOnly { path: PathBuf },
     #[error(
-        "database {path} has a partial schema: migration {migration} is neither recorded nor fully present (found {found} of its objects)"
+        "database {path} has a partial schema: migration {migration} is not recorded and only part of what it adds is present (it adds {adds}; found {found})"
     )]
-    PartialSchema { path: PathBuf, migration: String, found: String },
+    PartialSchema { path: PathBuf, migration: String, adds: String, found: String },
     #[error(
         "database {path} was migrated by a newer shardfleet: it records migration {migration}, which this build does not know"
     )]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use shared::db::{self, Claimer, Db, Finish, MIGRATIONS};
+use shared::db::{self, Claimer, Db, Finish, MIGRATIONS, Migration};
 use shared::status::{Outcome, VideoStatus};
 use sqlx::{Connection, Executor, Row, SqliteConnection};
 
@@ -30,6 +30,7 @@ fn done(c: &db::Claimed, result: &str) -> Finish {
         outcome: Outcome::Done,
         result: Some(result.into()),
         error: None,
+        warnings: None,
         run_after: 0,
         finished_at: db::now_ms(),
         duration_ms: 1,
@@ -123,12 +124,78 @@ async fn a_released_video_gets_its_attempt_back_and_a_crashed_one_does_not() {
 /// Applies the migration files the way `sqlite3 fleet.db < migrations/*.sql` would: no
 /// bookkeeping table.
 async fn apply_like_sqlite3(path: &std::path::Path) -> SqliteConnection {
+    apply_some_like_sqlite3(path, MIGRATIONS).await
+}
+
+async fn apply_some_like_sqlite3(path: &std::path::Path, migrations: &[Migration]) -> SqliteConnection {
     let url = format!("sqlite://{}?mode=rwc", path.display());
     let mut conn = SqliteConnection::connect(&url).await.unwrap();
-    for m in MIGRATIONS {
+    for m in migrations {
         sqlx::raw_sql(m.sql).execute(&mut conn).await.unwrap();
     }
     conn
+}
+
+/// The migrations before 0004, which adds the warnings columns.
+fn before_warnings() -> &'static [Migration] {
+    let i = MIGRATIONS.iter().position(|m| m.name == "0004_warnings.sql").expect("0004 is embedded");
+    &MIGRATIONS[..i]
+}
+
+/// Claims video `id` (shard 0 of 1) and finishes it as `status` with `warnings`; returns
+/// (videos.warnings, the attempt's warnings).
+async fn finish_with_warnings(
+    db: &Db,
+    id: i64,
+    status: VideoStatus,
+    warnings: &str,
+) -> (Option<String>, Option<String>) {
+    let mut conn = db.pool().acquire().await.unwrap();
+    let claimer = Claimer::new(1, 0, "w");
+    claimer.ensure_index(&mut conn).await.unwrap();
+    sqlx::query("UPDATE videos SET run_after = CASE WHEN video_id = ? THEN 0 ELSE 1e15 END")
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let c = claimer.claim(&mut conn, 1, db::now_ms(), Duration::from_secs(10)).await.unwrap().remove(0);
+    assert_eq!(c.video_id, id);
+    let outcome = if status == VideoStatus::Done { Outcome::Done } else { Outcome::Error };
+    let f = Finish {
+        status,
+        outcome,
+        error: (status != VideoStatus::Done).then(|| "exit code 1: boom".into()),
+        warnings: Some(warnings.into()),
+        ..done(&c, "out")
+    };
+    assert_eq!(db::finish_batch(&mut conn, &[f]).await.unwrap(), [id]);
+    let video = sqlx::query_scalar("SELECT warnings FROM videos WHERE video_id = ?")
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    let attempt = sqlx::query_scalar("SELECT warnings FROM attempts WHERE video_id = ? ORDER BY id DESC LIMIT 1")
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    (video, attempt)
+}
+
+#[tokio::test]
+async fn warnings_are_kept_for_a_done_attempt_and_never_for_a_failed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh(&dir).await;
+    seed(&db, 1..=2).await;
+    let warned = Some("File ended prematurely".to_string());
+    assert_eq!(
+        finish_with_warnings(&db, 1, VideoStatus::Done, "File ended prematurely").await,
+        (warned.clone(), warned)
+    );
+    assert_eq!(finish_with_warnings(&db, 2, VideoStatus::Failed, "ignored").await, (None, None));
+    let error: Option<String> =
+        sqlx::query_scalar("SELECT error FROM attempts WHERE video_id = 2").fetch_one(db.pool()).await.unwrap();
+    assert_eq!(error.as_deref(), Some("exit code 1: boom"), "a failure's stderr stays in its error");
 }
 
 #[tokio::test]
@@ -180,6 +247,58 @@ async fn a_partial_schema_is_refused_and_left_unchanged() {
     let err = Db::open(&path, 1).await.unwrap_err().to_string();
     assert!(err.contains("partial schema") && err.contains("0001_videos.sql"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), before, "nothing was written");
+}
+
+#[tokio::test]
+async fn a_sqlite3_schema_that_has_the_warnings_columns_is_adopted_with_its_trigger() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outside.db");
+    let mut conn = apply_like_sqlite3(&path).await;
+    conn.execute("INSERT INTO videos (video_id, source) VALUES (1, 'a')").await.unwrap();
+    conn.close().await.unwrap();
+
+    // Running 0004 again would fail on its first ALTER TABLE: adoption is what lets it open.
+    let db = Db::open(&path, 1).await.unwrap();
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM d1_migrations").fetch_one(db.pool()).await.unwrap();
+    assert_eq!(recorded, MIGRATIONS.len() as i64);
+    let warned = Some("w".to_string());
+    assert_eq!(finish_with_warnings(&db, 1, VideoStatus::Done, "w").await, (warned.clone(), warned));
+}
+
+#[tokio::test]
+async fn a_sqlite3_schema_from_before_the_warnings_gets_the_columns_and_the_new_trigger() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outside.db");
+    let mut conn = apply_some_like_sqlite3(&path, before_warnings()).await;
+    conn.execute("INSERT INTO videos (video_id, source) VALUES (1, 'a')").await.unwrap();
+    conn.close().await.unwrap();
+
+    // The trigger 0004 replaces already exists; the missing columns say it never ran.
+    let db = Db::open(&path, 1).await.unwrap();
+    let recorded: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM d1_migrations ORDER BY id").fetch_all(db.pool()).await.unwrap();
+    assert_eq!(recorded, MIGRATIONS.iter().map(|m| m.name).collect::<Vec<_>>());
+    let warned = Some("File ended prematurely".to_string());
+    assert_eq!(
+        finish_with_warnings(&db, 1, VideoStatus::Done, "File ended prematurely").await,
+        (warned.clone(), warned),
+        "the history trigger is the new one"
+    );
+}
+
+#[tokio::test]
+async fn a_schema_with_only_some_of_the_warnings_columns_is_refused_and_left_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("half.db");
+    let mut conn = apply_some_like_sqlite3(&path, before_warnings()).await;
+    conn.execute("ALTER TABLE videos ADD COLUMN warnings TEXT").await.unwrap();
+    conn.close().await.unwrap();
+    let before = std::fs::read(&path).unwrap();
+
+    let err = Db::open(&path, 1).await.unwrap_err().to_string();
+    assert!(err.contains("partial schema") && err.contains("0004_warnings.sql"), "{err}");
+    assert!(err.contains("it adds videos.warnings, attempts.warnings; found videos.warnings"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before, "nothing was written, not even the adopted 0001-0003");
 }
 
 #[tokio::test]

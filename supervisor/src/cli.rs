@@ -266,6 +266,10 @@ pub struct ExportArgs {
     /// separate with commas).
     #[arg(long, value_delimiter = ',')]
     pub status: Vec<shared::status::VideoStatus>,
+    /// Only videos that succeeded with warnings: done, and the handler wrote to stderr
+    /// (its tail is the `warnings` column).
+    #[arg(long)]
+    pub warnings: bool,
     /// Write here instead of stdout (written whole, then renamed into place).
     #[arg(long)]
     pub out: Option<PathBuf>,

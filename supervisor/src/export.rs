@@ -1,5 +1,6 @@
 //! `supervisor export`: videos and their results as CSV or JSON lines, streamed from the
-//! database. With `--out`, written to a temporary file beside the target and renamed
+//! database, optionally only some statuses or only the videos that succeeded with
+//! warnings. With `--out`, written to a temporary file beside the target and renamed
 //! into place, so a reader never sees half an export.
 
 use std::io::Write;
@@ -14,6 +15,15 @@ use sqlx::FromRow;
 
 use crate::cli::ExportFormat;
 
+/// Which videos to export.
+#[derive(Debug, Clone, Copy)]
+pub struct Selection<'a> {
+    /// Only these statuses; all when empty.
+    pub statuses: &'a [VideoStatus],
+    /// Only videos that succeeded with warnings.
+    pub warned: bool,
+}
+
 /// One exported row. `finished_at` is UTC, ISO 8601.
 #[derive(Debug, Serialize, FromRow)]
 pub struct ExportRow {
@@ -26,20 +36,18 @@ pub struct ExportRow {
     pub last_error: Option<String>,
     pub finished_at: Option<String>,
     pub duration_ms: Option<i64>,
+    /// The stderr tail of the successful attempt that finished the video, if it wrote
+    /// one: set only on done videos.
+    pub warnings: Option<String>,
 }
 
 /// Writes the export; returns how many rows.
-pub async fn export(
-    db: &Db,
-    format: ExportFormat,
-    statuses: &[VideoStatus],
-    out: Option<&Path>,
-) -> anyhow::Result<u64> {
+pub async fn export(db: &Db, format: ExportFormat, select: Selection<'_>, out: Option<&Path>) -> anyhow::Result<u64> {
     match out {
         None => {
             let stdout = std::io::stdout();
             let mut lock = std::io::BufWriter::new(stdout.lock());
-            let n = write_rows(db, format, statuses, &mut lock).await?;
+            let n = write_rows(db, format, select, &mut lock).await?;
             lock.flush()?;
             Ok(n)
         }
@@ -53,7 +61,7 @@ pub async fn export(
             let file = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
             let mut w = std::io::BufWriter::new(file);
             let result = async {
-                let n = write_rows(db, format, statuses, &mut w).await?;
+                let n = write_rows(db, format, select, &mut w).await?;
                 w.flush()?;
                 w.get_ref().sync_all()?;
                 std::fs::rename(&tmp, path).with_context(|| format!("cannot move the export to {}", path.display()))?;
@@ -68,23 +76,28 @@ pub async fn export(
     }
 }
 
-async fn write_rows(
-    db: &Db,
-    format: ExportFormat,
-    statuses: &[VideoStatus],
-    out: &mut impl Write,
-) -> anyhow::Result<u64> {
-    let filter = if statuses.is_empty() {
-        String::new()
-    } else {
+async fn write_rows(db: &Db, format: ExportFormat, select: Selection<'_>, out: &mut impl Write) -> anyhow::Result<u64> {
+    // Export reads without migrating: a database that no build with migration 0004 has
+    // opened has no warnings column, and kept no warnings.
+    let has_warnings: bool =
+        sqlx::query_scalar("SELECT count(*) > 0 FROM pragma_table_info('videos') WHERE name = 'warnings'")
+            .fetch_one(db.pool())
+            .await?;
+    let warnings = if has_warnings { "warnings" } else { "NULL" };
+    let mut conditions = Vec::new();
+    if !select.statuses.is_empty() {
         // The statuses come from an enum, never from free text.
-        let list: Vec<String> = statuses.iter().map(|s| format!("'{}'", s.as_str())).collect();
-        format!("WHERE status IN ({})", list.join(","))
-    };
+        let list: Vec<String> = select.statuses.iter().map(|s| format!("'{}'", s.as_str())).collect();
+        conditions.push(format!("status IN ({})", list.join(",")));
+    }
+    if select.warned {
+        conditions.push(format!("status = 'done' AND {warnings} IS NOT NULL"));
+    }
+    let filter = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
     let sql = format!(
         "SELECT video_id, source, payload, status, attempts, result, last_error, \
          CASE WHEN finished_at IS NULL THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%fZ', finished_at / 1000.0, 'unixepoch') END AS finished_at, \
-         duration_ms FROM videos {filter} ORDER BY video_id"
+         duration_ms, {warnings} AS warnings FROM videos {filter} ORDER BY video_id"
     );
     let mut rows = sqlx::query_as::<_, ExportRow>(sqlx::AssertSqlSafe(sql)).fetch(db.pool());
     let mut n = 0;
@@ -101,6 +114,7 @@ async fn write_rows(
                 "last_error",
                 "finished_at",
                 "duration_ms",
+                "warnings",
             ])?;
             while let Some(r) = rows.try_next().await? {
                 w.serialize((
@@ -113,6 +127,7 @@ async fn write_rows(
                     &r.last_error,
                     &r.finished_at,
                     r.duration_ms,
+                    &r.warnings,
                 ))?;
                 n += 1;
             }

@@ -135,7 +135,8 @@ async fn run_command(
         Command::Retry(a) => retry(a).await.map(Done::from),
         Command::Export(a) => {
             let db = Db::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
-            let n = export::export(&db, a.format, &a.status, a.out.as_deref()).await?;
+            let select = export::Selection { statuses: &a.status, warned: a.warnings };
+            let n = export::export(&db, a.format, select, a.out.as_deref()).await?;
             if let Some(out) = &a.out {
                 eprintln!("exported {n} videos to {}", out.display());
             }

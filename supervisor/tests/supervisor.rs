@@ -424,6 +424,65 @@ async fn an_import_with_a_bad_line_seven_imports_nothing() {
     assert_eq!(t.db.count_videos().await.unwrap(), 2, "the database is unchanged");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn videos_that_succeeded_with_warnings_are_counted_in_the_summary_and_listed_by_export() {
+    let t = TestDb::new().await;
+    t.seed(6).await;
+    // Like ffmpeg on a truncated file: exit 0 after a warning on stderr, here for every
+    // third video.
+    let handler = r#"sh -c 'echo ok; if test $(({video_id} % 3)) = 0; then echo "File ended prematurely" >&2; fi'"#;
+    let out = run_to_end(start(&t, 2, &["--mem-limit", "250M", "--exec", handler, "--exit-when-done"]));
+    assert_eq!(out.status.code(), Some(0), "warnings fail nothing: {}", text(&out));
+    assert!(text(&out).contains("warnings: 2 videos succeeded with warnings"), "{}", text(&out));
+
+    let export = |args: &[&str]| {
+        let out = supervisor(t.dir.path()).arg("export").args(args).arg("--db").arg(&t.path).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let lines: Vec<serde_json::Value> =
+        export(&["--format", "jsonl", "--warnings"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let listed: Vec<(i64, &str)> =
+        lines.iter().map(|v| (v["video_id"].as_i64().unwrap(), v["warnings"].as_str().unwrap())).collect();
+    assert_eq!(listed, [(3, "File ended prematurely"), (6, "File ended prematurely")]);
+
+    let csv = export(&[]);
+    assert!(csv.lines().next().unwrap().ends_with(",duration_ms,warnings"), "{csv}");
+    let row = |id: &str| csv.lines().find(|l| l.starts_with(&format!("{id},"))).unwrap().to_string();
+    assert!(row("3").ends_with(",File ended prematurely"), "{csv}");
+    assert!(row("4").ends_with(','), "a clean video has an empty warnings field: {csv}");
+    let none = export(&["--status", "failed", "--warnings"]);
+    assert_eq!(none.lines().count(), 1, "the filters combine: only the header is left: {none}");
+}
+
+#[tokio::test]
+async fn export_reads_a_database_from_before_warnings_were_kept_without_migrating_it() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", path.display())).await.unwrap();
+    for m in shared::db::MIGRATIONS.iter().take_while(|m| m.name != "0004_warnings.sql") {
+        sqlx::raw_sql(m.sql).execute(&mut conn).await.unwrap();
+    }
+    sqlx::raw_sql("INSERT INTO videos (video_id, source, status, result) VALUES (1, 'a', 'done', 'ok')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let before = std::fs::read(&path).unwrap();
+
+    let export = |args: &[&str]| {
+        let out = supervisor(dir.path()).arg("export").args(args).arg("--db").arg(&path).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(export(&["--format", "jsonl", "--warnings"]), "", "no warnings were kept in it");
+    let all = export(&["--format", "jsonl"]);
+    let row: serde_json::Value = serde_json::from_str(all.trim()).unwrap();
+    assert_eq!((row["video_id"].as_i64(), row["warnings"].is_null()), (Some(1), true), "{all}");
+    assert_eq!(std::fs::read(&path).unwrap(), before, "export never migrates");
+}
+
 #[tokio::test]
 async fn import_reports_existing_ids_export_writes_results_and_retry_requeues_failed_videos() {
     let t = TestDb::new().await;
@@ -454,7 +513,7 @@ async fn import_reports_existing_ids_export_writes_results_and_retry_requeues_fa
     let exported = std::fs::read_to_string(&csv).unwrap();
     assert_eq!(
         exported.lines().next(),
-        Some("video_id,source,payload,status,attempts,result,last_error,finished_at,duration_ms")
+        Some("video_id,source,payload,status,attempts,result,last_error,finished_at,duration_ms,warnings")
     );
     assert!(exported.lines().nth(1).unwrap().starts_with("2,src-2,"), "{exported}");
     assert_eq!(exported.lines().count(), 2);

@@ -111,9 +111,11 @@ fn a_database_wrangler_migrated_runs_the_fleet_and_wrangler_then_has_nothing_to_
             "--local",
             "--json",
             "--command",
-            "SELECT count(*) AS n FROM videos WHERE status = 'done'",
+            // The warnings column (migration 0004) exists: D1 took the ALTER TABLEs.
+            "SELECT count(*) AS n, count(warnings) AS warned FROM videos WHERE status = 'done'",
         ],
     );
     let json: serde_json::Value = serde_json::from_slice(&read.stdout).expect("wrangler prints JSON");
     assert_eq!(json[0]["results"][0]["n"], 20, "{json}");
+    assert_eq!(json[0]["results"][0]["warned"], 0, "the sleep handler has no warnings: {json}");
 }

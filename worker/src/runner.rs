@@ -222,35 +222,36 @@ impl Runner {
     /// Turns an ended job into the row to write: done, pending again after a backoff, or
     /// failed for good when it used its last attempt.
     fn to_finish(&self, e: &Ended) -> Finish {
-        let (status, outcome, result, error, run_after) = match &e.result {
-            JobResult::Success(out) => (VideoStatus::Done, Outcome::Done, Some(out.clone()), None, e.finished_at),
-            JobResult::Failure { outcome, error } => {
-                if e.claimed.attempt >= self.cfg.job.max_attempts || *outcome == Outcome::Rejected {
-                    (VideoStatus::Failed, *outcome, None, Some(error.clone()), e.finished_at)
-                } else {
-                    let jitter = rand::rng().random_range(0.8..1.2);
-                    let delay = self.cfg.job.retry_delay(e.claimed.attempt, jitter);
-                    (
-                        VideoStatus::Pending,
-                        *outcome,
-                        None,
-                        Some(error.clone()),
-                        e.finished_at + delay.as_millis() as i64,
-                    )
-                }
-            }
-            JobResult::Cancelled => unreachable!("cancelled jobs are not written"),
-        };
-        Finish {
+        let finish = |status, outcome, run_after| Finish {
             video_id: e.claimed.video_id,
             token: e.claimed.token,
             status,
             outcome,
-            result,
-            error,
+            result: None,
+            error: None,
+            warnings: None,
             run_after,
             finished_at: e.finished_at,
             duration_ms: e.duration.as_millis() as i64,
+        };
+        match &e.result {
+            JobResult::Success { output, warnings } => Finish {
+                result: Some(output.clone()),
+                warnings: warnings.clone(),
+                ..finish(VideoStatus::Done, Outcome::Done, e.finished_at)
+            },
+            JobResult::Failure { outcome, error } => {
+                let (status, run_after) =
+                    if e.claimed.attempt >= self.cfg.job.max_attempts || *outcome == Outcome::Rejected {
+                        (VideoStatus::Failed, e.finished_at)
+                    } else {
+                        let jitter = rand::rng().random_range(0.8..1.2);
+                        let delay = self.cfg.job.retry_delay(e.claimed.attempt, jitter);
+                        (VideoStatus::Pending, e.finished_at + delay.as_millis() as i64)
+                    };
+                Finish { error: Some(error.clone()), ..finish(status, *outcome, run_after) }
+            }
+            JobResult::Cancelled => unreachable!("cancelled jobs are not written"),
         }
     }
 

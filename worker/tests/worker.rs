@@ -96,6 +96,38 @@ async fn a_handler_that_always_fails_ends_failed_with_its_last_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_successful_handler_says_on_stderr_is_kept_as_its_warnings_and_cut_to_the_tail() {
+    let t = TestDb::new().await;
+    t.seed(4).await;
+    // Like ffmpeg on a truncated file: exit 0, a warning on stderr. Video 3 floods
+    // stderr; video 4 writes only whitespace there, which is no warning.
+    let script = r#"sh -c 'echo ok; case {video_id} in
+        2) echo "[mov,mp4] File ended prematurely" >&2 ;;
+        3) head -c 100000 /dev/zero | tr "\0" x >&2; echo >&2; echo last line >&2 ;;
+        4) printf " \n\t\n" >&2 ;;
+        esac'"#;
+    let (code, logs) = run_alone(&t, &["--exec", script, "--exit-when-done"]);
+    assert_eq!(code, 0, "{logs}");
+    assert_eq!(t.by_status().await.get("done"), Some(&4), "warnings do not fail a video");
+
+    let kept: Vec<(i64, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT v.video_id, v.warnings, a.warnings FROM videos v JOIN attempts a USING (video_id) ORDER BY v.video_id",
+    )
+    .fetch_all(t.db.pool())
+    .await
+    .unwrap();
+    let warned = Some("[mov,mp4] File ended prematurely".to_string());
+    assert_eq!(kept[0], (1, None, None));
+    assert_eq!(kept[1], (2, warned.clone(), warned));
+    assert_eq!(kept[3], (4, None, None), "whitespace is no warning");
+    let flood = kept[2].1.clone().unwrap();
+    assert_eq!(kept[2].2.as_ref(), Some(&flood), "the history keeps what the video row keeps");
+    assert!(flood.len() <= worker::handler::STDERR_TAIL && flood.len() > worker::handler::STDERR_TAIL / 2);
+    assert!(flood.starts_with("xxx") && flood.ends_with("x\nlast line"), "the end of stderr is kept: {flood:?}");
+    assert_eq!(t.video(3).await.2.as_deref(), Some("ok"), "stdout is still the result");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sources_with_shell_syntax_reach_the_handler_as_literal_arguments() {
     let t = TestDb::new().await;
     let nasty = ["x; touch pwned", "$(id)", "`id`", "a b 'c' \"d\"", "{attempt}"];

@@ -24,12 +24,17 @@ pub struct Finish {
     pub outcome: Outcome,
     pub result: Option<String>,
     pub error: Option<String>,
+    /// What a successful handler said on stderr (its tail); kept only for `done`.
+    pub warnings: Option<String>,
     pub run_after: i64,
     pub finished_at: i64,
     pub duration_ms: i64,
 }
 
-/// Rows per statement variant: powers of four up to 256 (9 parameters a row, far below
+/// Parameters a row: the `?`s of one VALUES row, in `finish_batch`'s binding order.
+const ROW_PARAMS: usize = 10;
+
+/// Rows per statement variant: powers of four up to 256 (10 parameters a row, far below
 /// SQLite's 32766-parameter limit).
 const CHUNK_SIZES: [usize; 5] = [1, 4, 16, 64, 256];
 
@@ -39,12 +44,14 @@ fn statement(rows: usize) -> &'static str {
         CHUNK_SIZES
             .iter()
             .map(|&n| {
-                let values = vec!["(?,?,?,?,?,?,?,?,?)"; n].join(",");
-                // VALUES columns are named column1..column9 by SQLite.
+                let row = format!("({})", ["?"; ROW_PARAMS].join(","));
+                let values = vec![row; n].join(",");
+                // VALUES columns are named column1..column10 by SQLite.
                 format!(
                     "UPDATE videos SET \
                        status = j.column3, last_outcome = j.column4, result = j.column5, \
                        last_error = CASE WHEN j.column3 = 'done' THEN NULL ELSE j.column6 END, \
+                       warnings = CASE WHEN j.column3 = 'done' THEN j.column10 END, \
                        run_after = j.column7, finished_at = j.column8, duration_ms = j.column9, \
                        lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
                      FROM (VALUES {values}) AS j \
@@ -77,13 +84,11 @@ pub async fn finish_batch(conn: &mut SqliteConnection, batch: &[Finish]) -> Resu
                 .bind(f.error.as_deref())
                 .bind(f.run_after)
                 .bind(f.finished_at)
-                .bind(f.duration_ms);
+                .bind(f.duration_ms)
+                .bind(f.warnings.as_deref());
         }
-        for _ in chunk.len()..size {
-            q = q.bind(None::<i64>).bind(None::<i64>);
-            for _ in 0..7 {
-                q = q.bind(None::<i64>);
-            }
+        for _ in 0..(size - chunk.len()) * ROW_PARAMS {
+            q = q.bind(None::<i64>);
         }
         for r in q.fetch_all(&mut *conn).await? {
             applied.push(r.get(0));

@@ -2,10 +2,13 @@
 //! set up a database and the other recognises it.
 //!
 //! Applied migrations are recorded in wrangler's own `d1_migrations` table. A migration
-//! that is not recorded but whose objects all exist (someone ran the files with
-//! `sqlite3`) is adopted: recorded, never run twice. One whose objects exist only in part
-//! is refused, since that schema is neither ours nor empty. Each migration runs inside
-//! one write transaction, so a failure leaves the database as it was.
+//! that is not recorded but whose additions all exist (someone ran the files with
+//! `sqlite3`) is adopted: recorded, never run twice. Its additions are the tables,
+//! indexes, triggers and views it creates and the columns it adds; an object it drops
+//! and creates again (a trigger it replaces) existed before it ran, so it tells nothing.
+//! One whose additions exist only in part is refused, since that schema is neither ours
+//! nor empty. Every pending migration runs inside one write transaction, so a failure
+//! leaves the database as it was.
 
 use sqlx::{Connection, Executor};
 
@@ -24,6 +27,7 @@ pub static MIGRATIONS: &[Migration] = &[
     Migration { name: "0001_videos.sql", sql: include_str!("../../../migrations/0001_videos.sql") },
     Migration { name: "0002_fleet.sql", sql: include_str!("../../../migrations/0002_fleet.sql") },
     Migration { name: "0003_counts.sql", sql: include_str!("../../../migrations/0003_counts.sql") },
+    Migration { name: "0004_warnings.sql", sql: include_str!("../../../migrations/0004_warnings.sql") },
 ];
 
 /// wrangler's bookkeeping table, created with the same definition it uses.
@@ -44,9 +48,9 @@ pub(crate) async fn run(db: &Db) -> Result<(), DbError> {
         tx.execute(D1_MIGRATIONS_TABLE).await?;
         let recorded: Vec<String> = sqlx::query_scalar("SELECT name FROM d1_migrations").fetch_all(&mut *tx).await?;
         for m in MIGRATIONS.iter().filter(|m| !recorded.iter().any(|r| r == m.name)) {
-            let objects = created_objects(m.sql);
+            let adds = additions(m.sql);
             let mut present = Vec::new();
-            for name in &objects {
+            for name in &adds.objects {
                 let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE name = ?")
                     .bind(name)
                     .fetch_one(&mut *tx)
@@ -55,17 +59,28 @@ pub(crate) async fn run(db: &Db) -> Result<(), DbError> {
                     present.push(name.clone());
                 }
             }
+            for (table, column) in &adds.columns {
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pragma_table_info(?) WHERE name = ?")
+                    .bind(table)
+                    .bind(column)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if n > 0 {
+                    present.push(format!("{table}.{column}"));
+                }
+            }
             if present.is_empty() {
                 sqlx::raw_sql(m.sql)
                     .execute(&mut *tx)
                     .await
                     .map_err(|source| DbError::Migration { migration: m.name.into(), source })?;
                 tracing::info!(migration = m.name, "applied migration");
-            } else if present.len() < objects.len() {
+            } else if present.len() < adds.len() {
                 return Err(DbError::PartialSchema {
                     path: db.path().into(),
                     migration: m.name.into(),
-                    found: format!("{} ({})", present.len(), present.join(", ")),
+                    adds: adds.names().join(", "),
+                    found: present.join(", "),
                 });
             } else {
                 tracing::info!(migration = m.name, "schema already present; recording it as applied");
@@ -97,8 +112,30 @@ async fn pending(db: &Db) -> Result<Vec<&'static str>, DbError> {
     Ok(MIGRATIONS.iter().filter(|m| !recorded.iter().any(|r| r == m.name)).map(|m| m.name).collect())
 }
 
-/// The tables, indexes, triggers and views a migration file creates.
-fn created_objects(sql: &str) -> Vec<String> {
+/// What a migration adds to a schema: what shows, in a database that does not record
+/// it, whether it was applied.
+#[derive(Debug, Default, PartialEq)]
+struct Additions {
+    /// Tables, indexes, triggers and views it creates, except those it drops first.
+    objects: Vec<String>,
+    /// Columns it adds with `ALTER TABLE t ADD [COLUMN] c`, as (table, column).
+    columns: Vec<(String, String)>,
+}
+
+impl Additions {
+    fn len(&self) -> usize {
+        self.objects.len() + self.columns.len()
+    }
+
+    /// Every addition by name, columns as `table.column`.
+    fn names(&self) -> Vec<String> {
+        let columns = self.columns.iter().map(|(t, c)| format!("{t}.{c}"));
+        self.objects.iter().cloned().chain(columns).collect()
+    }
+}
+
+/// Reads a migration file's additions from its statements (comments skipped).
+fn additions(sql: &str) -> Additions {
     let words: Vec<String> = sql
         .lines()
         .map(|l| l.split("--").next().unwrap_or(""))
@@ -106,31 +143,39 @@ fn created_objects(sql: &str) -> Vec<String> {
         .filter(|w| !w.is_empty())
         .map(|w| w.to_string())
         .collect();
-    let mut names = Vec::new();
-    let mut i = 0;
-    while i + 1 < words.len() {
-        let is_create = words[i].eq_ignore_ascii_case("create");
-        if is_create {
+    let is = |j: usize, word: &str| words.get(j).is_some_and(|w| w.eq_ignore_ascii_case(word));
+    let name = |j: usize| words.get(j).map(|w| w.trim_matches(|c| c == '"' || c == '`' || c == ';').to_string());
+    let is_kind = |j: usize| ["table", "index", "trigger", "view"].iter().any(|k| is(j, k));
+    let mut adds = Additions::default();
+    let mut dropped = Vec::new();
+    for i in 0..words.len() {
+        if is(i, "create") {
             let mut j = i + 1;
             for skip in ["unique", "temp", "temporary"] {
-                if words.get(j).is_some_and(|w| w.eq_ignore_ascii_case(skip)) {
+                if is(j, skip) {
                     j += 1;
                 }
             }
-            let kind = words.get(j).map(|w| w.to_ascii_lowercase());
-            if matches!(kind.as_deref(), Some("table" | "index" | "trigger" | "view")) {
+            if is_kind(j) {
                 j += 1;
-                if words.get(j).is_some_and(|w| w.eq_ignore_ascii_case("if")) {
+                if is(j, "if") {
                     j += 3; // IF NOT EXISTS
                 }
-                if let Some(name) = words.get(j) {
-                    names.push(name.trim_matches(|c| c == '"' || c == '`' || c == ';').to_string());
+                if let Some(n) = name(j).filter(|n| !dropped.contains(n)) {
+                    adds.objects.push(n);
                 }
             }
+        } else if is(i, "drop") && is_kind(i + 1) {
+            let j = if is(i + 2, "if") { i + 4 } else { i + 2 }; // IF EXISTS
+            dropped.extend(name(j));
+        } else if is(i, "alter") && is(i + 1, "table") && is(i + 3, "add") {
+            let j = if is(i + 4, "column") { i + 5 } else { i + 4 };
+            if let (Some(table), Some(column)) = (name(i + 2), name(j)) {
+                adds.columns.push((table, column));
+            }
         }
-        i += 1;
     }
-    names
+    adds
 }
 
 #[cfg(test)]
@@ -139,15 +184,16 @@ mod tests {
 
     #[test]
     fn the_first_migration_creates_the_tables_indexes_and_trigger() {
-        let names = created_objects(MIGRATIONS[0].sql);
-        assert_eq!(names, ["videos", "videos_running", "attempts", "attempts_video", "videos_record_attempt"]);
-        assert_eq!(created_objects(MIGRATIONS[1].sql), ["fleet_runs", "fleet_workers", "fleet_events"]);
+        let adds = additions(MIGRATIONS[0].sql);
+        assert_eq!(adds.objects, ["videos", "videos_running", "attempts", "attempts_video", "videos_record_attempt"]);
+        assert!(adds.columns.is_empty());
+        assert_eq!(additions(MIGRATIONS[1].sql).objects, ["fleet_runs", "fleet_workers", "fleet_events"]);
     }
 
     #[test]
     fn the_counts_migration_creates_two_tables_and_three_triggers() {
         assert_eq!(
-            created_objects(MIGRATIONS[2].sql),
+            additions(MIGRATIONS[2].sql).objects,
             [
                 "video_counts_layout",
                 "video_counts",
@@ -156,6 +202,28 @@ mod tests {
                 "video_counts_delete"
             ]
         );
+    }
+
+    #[test]
+    fn the_warnings_migration_adds_two_columns_and_replaces_a_trigger_it_does_not_count() {
+        let adds = additions(MIGRATIONS[3].sql);
+        assert_eq!(adds.objects, Vec::<String>::new(), "the trigger existed before: it is no evidence");
+        assert_eq!(
+            adds.columns,
+            [("videos".to_string(), "warnings".to_string()), ("attempts".into(), "warnings".into())]
+        );
+        assert_eq!(adds.names(), ["videos.warnings", "attempts.warnings"]);
+    }
+
+    #[test]
+    fn columns_are_read_with_or_without_the_column_keyword_and_quotes() {
+        let adds =
+            additions("ALTER TABLE \"t\" ADD x INT;\nalter table u add column `y` TEXT; -- ALTER TABLE v ADD z\n");
+        assert_eq!(adds.columns, [("t".to_string(), "x".to_string()), ("u".into(), "y".into())]);
+        let renamed = additions(
+            "ALTER TABLE t RENAME TO u; DROP INDEX IF EXISTS i; CREATE INDEX i ON u (a); CREATE INDEX j ON u (b);",
+        );
+        assert_eq!(renamed, Additions { objects: vec!["j".into()], columns: Vec::new() });
     }
 
     #[test]

@@ -39,6 +39,12 @@ pub async fn build(
             .bind(run.started_at)
             .fetch_one(pool)
             .await?;
+    // Only done attempts carry warnings (an exec handler's stderr on success).
+    let warned: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM attempts WHERE warnings IS NOT NULL AND started_at >= ?")
+            .bind(run.started_at)
+            .fetch_one(pool)
+            .await?;
     let attempts: i64 = per_worker.iter().map(|w| w.1).sum();
     let secs = took.as_secs_f64().max(0.001);
     // Handlers killed for memory fail their attempt with outcome 'memory' (whoever
@@ -74,6 +80,11 @@ pub async fn build(
         finished_this_run as f64 / secs,
         avg_ms.map(|ms| format!("{ms:.0} ms")).unwrap_or_else(|| "-".into()),
     ));
+    if warned > 0 {
+        out.push_str(&format!(
+            "warnings: {warned} videos succeeded with warnings on stderr; `supervisor export --warnings` lists them\n"
+        ));
+    }
     out.push_str("per worker:\n");
     for (k, c) in shards.iter().enumerate() {
         let row = per_worker.iter().find(|w| w.0 == k as i64);

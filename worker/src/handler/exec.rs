@@ -23,8 +23,11 @@ use shared::units::format_duration;
 
 /// Most a handler may write to stdout; its stdout becomes the stored result.
 pub const STDOUT_LIMIT: usize = 1 << 20;
-/// How much of stderr's end is kept as the error of a failed attempt.
-const STDERR_TAIL: usize = 2048;
+/// How much of stderr's end is kept: in the error of a failed attempt, and as the
+/// warnings of a successful one. 2 KiB holds the last twenty-odd lines of a tool's
+/// diagnostics (ffmpeg's "File ended prematurely" and what led to it), while a handler
+/// that chats on every video adds at most that much to its row and to each attempt's.
+pub const STDERR_TAIL: usize = 2048;
 
 #[derive(Debug)]
 pub struct ExecHandler {
@@ -128,13 +131,16 @@ impl ExecHandler {
             Ok(s) => s,
             Err(e) => return JobResult::error(format!("waiting for the handler failed: {e}")),
         };
-        let stderr_tail = String::from_utf8_lossy(&err).trim().to_string();
+        let stderr_tail = tail_text(&err);
         let (stdout, overflow) = out;
         if status.success() {
             if overflow {
                 return JobResult::error(format!("handler wrote more than {} bytes to stdout", STDOUT_LIMIT));
             }
-            return JobResult::Success(String::from_utf8_lossy(&stdout).trim_end().to_string());
+            return JobResult::Success {
+                output: String::from_utf8_lossy(&stdout).trim_end().to_string(),
+                warnings: Some(stderr_tail).filter(|t| !t.is_empty()),
+            };
         }
         // Killed by SIGKILL, or a shell wrapper reporting its child's SIGKILL as 137: if the
         // supervisor announced a memory kill of this group, or the cgroup saw an OOM kill
@@ -226,22 +232,30 @@ async fn read_capped(r: Option<impl AsyncRead + Unpin>, limit: usize) -> (Vec<u8
 /// Reads everything, keeping the last `keep` bytes.
 async fn read_tail(r: Option<impl AsyncRead + Unpin>, keep: usize) -> Vec<u8> {
     let Some(mut r) = r else { return Vec::new() };
-    let mut tail = std::collections::VecDeque::with_capacity(keep);
+    let mut tail = Vec::with_capacity(2 * keep);
     let mut buf = vec![0u8; 4096];
     loop {
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                for &b in &buf[..n] {
-                    if tail.len() == keep {
-                        tail.pop_front();
-                    }
-                    tail.push_back(b);
+                tail.extend_from_slice(&buf[..n]);
+                // Cut back only once it holds twice the tail, so a handler that writes
+                // megabytes costs one copy of `keep` bytes per `keep` bytes written.
+                if tail.len() > 2 * keep {
+                    tail.drain(..tail.len() - keep);
                 }
             }
         }
     }
-    tail.into()
+    tail.drain(..tail.len().saturating_sub(keep));
+    tail
+}
+
+/// A stderr tail as text, trimmed. Its first bytes may be the end of a character the
+/// cut went through: they are dropped rather than shown as a replacement character.
+fn tail_text(bytes: &[u8]) -> String {
+    let torn = bytes.iter().take(3).take_while(|&&b| b & 0xC0 == 0x80).count();
+    String::from_utf8_lossy(&bytes[torn..]).trim().to_string()
 }
 
 #[cfg(test)]
@@ -261,6 +275,26 @@ mod tests {
         let h = ExecHandler::new("echo v={video_id} '{source}' a{attempt}w{worker_id}", memory()).unwrap();
         assert_eq!(h.argv(&job("x; rm -rf /")), ["echo", "v=7", "x; rm -rf /", "a2w1"]);
         assert_eq!(h.argv(&job("{attempt}")), ["echo", "v=7", "{attempt}", "a2w1"]);
+    }
+
+    #[tokio::test]
+    async fn a_long_stderr_keeps_its_last_bytes_and_a_torn_character_is_dropped() {
+        // Two bytes each, then an odd number of bytes: the cut lands inside an é.
+        let mut written = "é".repeat(STDERR_TAIL);
+        written.push_str("\nFile ended prematurely");
+        let tail = read_tail(Some(written.as_bytes()), STDERR_TAIL).await;
+        assert_eq!(tail.len(), STDERR_TAIL);
+        assert_eq!(tail[..], written.as_bytes()[written.len() - STDERR_TAIL..]);
+        let text = tail_text(&tail);
+        assert!(text.ends_with("é\nFile ended prematurely"), "{text}");
+        assert!(!text.contains('\u{FFFD}'), "the cut went through an é; its half is dropped");
+        assert_eq!(text.len(), STDERR_TAIL - 1, "only the torn byte is gone");
+    }
+
+    #[test]
+    fn whitespace_only_stderr_is_no_warning() {
+        assert_eq!(tail_text(b" \n\t\n"), "");
+        assert_eq!(tail_text(b"  warn: odd frame\n"), "warn: odd frame");
     }
 
     #[test]

@@ -90,7 +90,7 @@ impl HttpHandler {
             let retry_after = match sent {
                 Ok(resp) if resp.status().is_success() => {
                     return match read_body(resp).await {
-                        Ok(text) => JobResult::Success(text),
+                        Ok(text) => JobResult::success(text),
                         Err(e) => JobResult::error(e),
                     };
                 }

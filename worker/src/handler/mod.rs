@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::memory::MemoryKills;
 
-pub use exec::{ExecHandler, STDOUT_LIMIT};
+pub use exec::{ExecHandler, STDERR_TAIL, STDOUT_LIMIT};
 pub use http::HttpHandler;
 pub use pacer::{PaceReport, Pacer};
 pub use sleep::SleepHandler;
@@ -46,8 +46,9 @@ impl Job {
 /// How a handler run ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobResult {
-    /// Success, with the result to store.
-    Success(String),
+    /// Success: `output` is the result to store; `warnings` what the handler said on the
+    /// side (an exec handler's stderr tail), None when it said nothing.
+    Success { output: String, warnings: Option<String> },
     /// A failed attempt: it is retried while attempts are left.
     Failure { outcome: Outcome, error: String },
     /// The worker stopped the job (shutdown past its grace, a second signal, or the
@@ -57,6 +58,11 @@ pub enum JobResult {
 }
 
 impl JobResult {
+    /// Success from a handler with no side channel for warnings.
+    pub fn success(output: impl Into<String>) -> JobResult {
+        JobResult::Success { output: output.into(), warnings: None }
+    }
+
     pub fn error(msg: impl Into<String>) -> JobResult {
         JobResult::Failure { outcome: Outcome::Error, error: msg.into() }
     }

@@ -18,10 +18,10 @@ impl SleepHandler {
     pub async fn run(&self, cancel: &CancellationToken) -> JobResult {
         let d = self.range.sample();
         if d.is_zero() {
-            return JobResult::Success(String::new());
+            return JobResult::success(String::new());
         }
         tokio::select! {
-            _ = tokio::time::sleep(d) => JobResult::Success(format!("slept {}ms", d.as_millis())),
+            _ = tokio::time::sleep(d) => JobResult::success(format!("slept {}ms", d.as_millis())),
             _ = cancel.cancelled() => JobResult::Cancelled,
         }
     }
