@@ -5,6 +5,7 @@
 //! stopped. When a worker dies its claims are handed back at once, so nothing waits
 //! for a lease to lapse.
 
+mod exit_cause;
 mod memory;
 mod output;
 mod probe;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing_appender::non_blocking::NonBlocking;
 
+use exit_cause::ExitCause;
 pub use memory::Mode;
 use memory::{Memory, Victim, WorkerCgroup};
 use output::LogLine;
@@ -452,7 +454,7 @@ impl Fleet {
                 _ = sleep_until(stop_at.unwrap_or_else(Instant::now).into()), if stop_at.is_some() && !killed_all => {
                     tracing::warn!("workers did not stop within the grace period; killing them");
                     killed_all = true;
-                    self.kill_all("did not stop within the grace period");
+                    self.kill_all(ExitCause::GraceOver);
                 }
                 _ = sleep_until(wake.unwrap_or_else(Instant::now).into()), if wake.is_some() => {}
             }
@@ -521,7 +523,7 @@ impl Fleet {
         let cgroup = match self.memory.prepare_worker(k) {
             Ok(c) => c,
             Err(e) => {
-                self.crashed(k, format!("cannot set up its memory cgroup: {e:#}"));
+                self.crashed(k, ExitCause::NoCgroup(format!("{e:#}")));
                 return;
             }
         };
@@ -553,19 +555,19 @@ impl Fleet {
             ("RUST_LOG".into(), std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".into())),
         ];
         if let Some(r) = &slot.last_reason {
-            env.push(("FLEET_LAST_RESTART_REASON".into(), r.clone()));
+            env.push(("FLEET_LAST_RESTART_REASON".into(), r.to_string()));
         }
         let child = spawn::spawn_worker(&self.exe, &args, &env, &self.token, cgroup.as_ref().map(|c| c.procs.clone()));
         self.cgroups[ki] = cgroup;
         let mut child = match child {
             Ok(c) => c,
             Err(e) => {
-                self.crashed(k, format!("cannot start {}: {e}", self.exe.display()));
+                self.crashed(k, ExitCause::SpawnFailed { exe: self.exe.clone(), error: e.to_string() });
                 return;
             }
         };
         let Some(pid) = child.id() else {
-            self.crashed(k, "exited before it could be watched".into());
+            self.crashed(k, ExitCause::Vanished);
             return;
         };
         output::forward(k, child.stdout.take(), child.stderr.take(), self.logs.clone());
@@ -598,7 +600,6 @@ impl Fleet {
                 if self.slots[slot as usize].pid != Some(pid) {
                     return;
                 }
-                let killed_by_us = self.slots[slot as usize].kill_reason.is_some();
                 let code = status.as_ref().ok().and_then(|s| s.code());
                 let fatal_exit = code == Some(shared::exit::WORKER_DB_CORRUPT as i32);
                 if fatal_exit && self.fatal.is_none() {
@@ -606,13 +607,12 @@ impl Fleet {
                     self.fatal = Some(shared::db::corrupt_advice(&self.db_path));
                     self.begin_stop(RunEnd::Stopped);
                 }
-                let reason = self.exit_reason(slot, &status);
+                let cause = self.exit_cause(slot, &status);
                 // Its handlers lead process groups of their own and survived it: end them.
                 for pgid in std::mem::take(&mut self.slots[slot as usize].handler_groups) {
                     let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
                 }
-                let outcome = if reason.starts_with("memory limit") { Outcome::Memory } else { Outcome::Crashed };
-                self.release_claims(slot, pid, outcome, &reason);
+                self.release_claims(slot, pid, cause.outcome(), &cause.to_string());
                 if let Some(cg) = self.cgroups[slot as usize].take() {
                     self.memory.release_worker(&cg);
                 }
@@ -620,52 +620,37 @@ impl Fleet {
                     let s = &mut self.slots[slot as usize];
                     s.pid = None;
                     s.state = SlotState::Stopped;
-                    tracing::info!("worker {slot} stopped ({reason})");
+                    tracing::info!("worker {slot} stopped ({cause})");
                     // No restart follows, but a kill or a crash on the way out still
                     // counts: it is listed with its reason like any other.
-                    if (killed_by_us || code != Some(0)) && !fatal_exit {
-                        let kind = if killed_by_us { "kill" } else { "crash" };
-                        self.record(Record::Event { worker: slot, kind, reason: reason.clone() });
+                    if (cause.is_our_kill() || code != Some(0)) && !fatal_exit {
+                        let kind = if cause.is_our_kill() { "kill" } else { "crash" };
+                        self.record(Record::Event { worker: slot, kind, reason: cause.to_string() });
                         self.history.push(format!(
-                            "{} worker {slot}: {reason} (while stopping)",
+                            "{} worker {slot}: {cause} (while stopping)",
                             shared::units::format_utc_ms(now_ms())
                         ));
                     }
                     self.write_record(slot);
                 } else {
-                    self.crashed(slot, reason);
+                    self.crashed(slot, cause);
                 }
             }
         }
     }
 
-    /// Why worker `k` exited, in words: the supervisor's own reason if it killed it,
-    /// the memory limit if its cgroup saw an OOM kill, else the exit code or signal.
-    fn exit_reason(&mut self, k: u32, status: &std::io::Result<ExitStatus>) -> String {
-        use std::os::unix::process::ExitStatusExt;
+    /// Why worker `k` exited: the supervisor's own reason if it killed it, the memory
+    /// limit if its cgroup saw an OOM kill, else the exit code or signal.
+    fn exit_cause(&mut self, k: u32, status: &std::io::Result<ExitStatus>) -> ExitCause {
         if let Some(r) = self.slots[k as usize].kill_reason.take() {
             return r;
         }
         let ki = k as usize;
         let oom = self.cgroups[ki].as_ref().and_then(|c| c.cgroup.oom_kills()).unwrap_or(0);
-        let killed = status.as_ref().ok().and_then(|s| s.signal()) == Some(Signal::SIGKILL as i32);
-        if killed && oom > self.oom_at_start[ki] {
-            return format!("memory limit: the kernel killed the worker in its cgroup (limit {})", self.args.mem_limit);
-        }
-        match status {
-            Ok(s) => match (s.code(), s.signal()) {
-                (Some(c), _) => format!("exit code {c}"),
-                (_, Some(sig)) => format!(
-                    "killed by signal {sig} ({})",
-                    Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("unknown")
-                ),
-                _ => "ended".into(),
-            },
-            Err(e) => format!("could not be waited for: {e}"),
-        }
+        ExitCause::of(status, oom > self.oom_at_start[ki], self.args.mem_limit)
     }
 
-    fn crashed(&mut self, k: u32, reason: String) {
+    fn crashed(&mut self, k: u32, reason: ExitCause) {
         let now = Instant::now();
         let state = self.slots[k as usize].crashed(reason.clone(), now, now_ms(), &self.policy);
         self.slots[k as usize].restarts += 1;
@@ -678,12 +663,12 @@ impl Fleet {
                     human_duration(self.policy.crash_loop.window),
                     human_duration(until - now)
                 );
-                self.record(Record::Event { worker: k, kind: "errored", reason: reason.clone() });
+                self.record(Record::Event { worker: k, kind: "errored", reason: reason.to_string() });
                 self.history.push(format!("{clock} worker {k}: {reason}; marked errored"));
             }
             SlotState::Backoff(at) => {
                 tracing::warn!("worker {k} exited ({reason}); restarting in {}", human_duration(at - now));
-                self.record(Record::Event { worker: k, kind: "restart", reason: reason.clone() });
+                self.record(Record::Event { worker: k, kind: "restart", reason: reason.to_string() });
                 self.history.push(format!("{clock} worker {k}: {reason}"));
             }
             _ => {}
@@ -734,9 +719,9 @@ impl Fleet {
             };
             if judging && silent_for > limit && s.kill_reason.is_none() {
                 let reason = if s.last_healthy.is_none() {
-                    format!("failed health check: never answered /health in {}", human_duration(limit))
+                    ExitCause::NeverReady { allowance: limit }
                 } else {
-                    format!("failed health check: /health did not answer for {}", human_duration(silent_for))
+                    ExitCause::Unhealthy { silent_for }
                 };
                 tracing::warn!("worker {}: {reason}; killing it", s.id);
                 s.kill_reason = Some(reason);
@@ -792,11 +777,7 @@ impl Fleet {
                         .push(format!("{} worker {k}: handler {reason}", shared::units::format_utc_ms(now_ms())));
                 }
                 Some(Victim::Worker { total }) => {
-                    let reason = format!(
-                        "memory limit: the worker's tree used {} (limit {}, sampled)",
-                        human_bytes(total),
-                        self.args.mem_limit
-                    );
+                    let reason = ExitCause::SampledOverLimit { tree: total, limit: self.args.mem_limit };
                     tracing::warn!("worker {k}: {reason}; killing it");
                     self.slots[k].memory_kills += 1;
                     self.slots[k].kill_reason = Some(reason);
@@ -862,10 +843,10 @@ impl Fleet {
         }
     }
 
-    fn kill_all(&mut self, reason: &str) {
+    fn kill_all(&mut self, reason: ExitCause) {
         for s in &mut self.slots {
             if let Some(pid) = s.pid {
-                s.kill_reason.get_or_insert_with(|| reason.to_string());
+                s.kill_reason.get_or_insert_with(|| reason.clone());
                 let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
         }
@@ -896,7 +877,7 @@ impl Fleet {
             state: if not_ready { "not-ready".into() } else { s.state.name().into() },
             started_at: s.started_at_ms,
             restarts: s.restarts as i64,
-            last_reason: s.last_reason.clone(),
+            last_reason: s.last_reason.as_ref().map(ToString::to_string),
             last_restart_at: s.last_restart_at_ms,
             rss_bytes: Some(s.rss as i64),
             memory_kills: s.memory_kills as i64,

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::exit_cause::ExitCause;
 use crate::cli::CrashLoop;
 
 /// When crashed workers come back.
@@ -55,7 +56,7 @@ pub struct Slot {
     pub started_at_ms: Option<i64>,
     pub last_healthy: Option<Instant>,
     pub restarts: u32,
-    pub last_reason: Option<String>,
+    pub last_reason: Option<ExitCause>,
     pub last_restart_at_ms: Option<i64>,
     pub memory_kills: u32,
     pub rss: u64,
@@ -64,7 +65,7 @@ pub struct Slot {
     pub handler_groups: Vec<u32>,
     /// Why the supervisor killed the current process, if it did (memory, health), so
     /// the exit is recorded with that reason rather than "signal 9".
-    pub kill_reason: Option<String>,
+    pub kill_reason: Option<ExitCause>,
     /// Crashes inside the crash-loop window.
     crashes: VecDeque<Instant>,
     /// Crashes in a row without a stable run; sets the backoff.
@@ -105,7 +106,7 @@ impl Slot {
 
     /// The process exited unexpectedly with `reason`. Decides when it comes back:
     /// after a doubling delay, or, in a crash loop, after the cooldown.
-    pub fn crashed(&mut self, reason: String, now: Instant, now_ms: i64, policy: &RestartPolicy) -> SlotState {
+    pub fn crashed(&mut self, reason: ExitCause, now: Instant, now_ms: i64, policy: &RestartPolicy) -> SlotState {
         let ran = self.started.map(|s| now.saturating_duration_since(s)).unwrap_or_default();
         if ran >= policy.stable_after {
             self.streak = 0;
@@ -162,7 +163,7 @@ mod tests {
         for i in 0..6 {
             let now = t0 + Duration::from_secs(i);
             slot.spawned(1, now, 0);
-            let at = slot.crashed("exit code 1".into(), now, 0, &p);
+            let at = slot.crashed(ExitCause::Code(1), now, 0, &p);
             delays.push(match at {
                 SlotState::Backoff(t) => (t - now).as_millis(),
                 other => panic!("{other:?}"),
@@ -177,12 +178,15 @@ mod tests {
         let mut slot = Slot::new(0, 3001);
         let t0 = Instant::now();
         slot.spawned(1, t0, 0);
-        slot.crashed("x".into(), t0, 0, &p);
+        slot.crashed(ExitCause::Code(1), t0, 0, &p);
         slot.spawned(2, t0, 0);
-        slot.crashed("x".into(), t0, 0, &p);
+        slot.crashed(ExitCause::Code(1), t0, 0, &p);
         let later = t0 + Duration::from_secs(100);
         slot.spawned(3, t0 + Duration::from_secs(50), 0);
-        assert_eq!(slot.crashed("x".into(), later, 0, &p), SlotState::Backoff(later + Duration::from_millis(100)));
+        assert_eq!(
+            slot.crashed(ExitCause::Code(1), later, 0, &p),
+            SlotState::Backoff(later + Duration::from_millis(100))
+        );
     }
 
     #[test]
@@ -194,14 +198,17 @@ mod tests {
         for i in 0..5 {
             let now = t0 + Duration::from_secs(i);
             slot.spawned(10 + i as u32, now, 0);
-            last = slot.crashed(format!("exit code {i}"), now, 0, &p);
+            last = slot.crashed(ExitCause::Code(i as i32), now, 0, &p);
         }
         assert_eq!(last, SlotState::Errored(t0 + Duration::from_secs(4) + Duration::from_secs(60)));
-        assert_eq!(slot.last_reason.as_deref(), Some("exit code 4"));
+        assert_eq!(slot.last_reason, Some(ExitCause::Code(4)));
         // After the cooldown it is tried again, with a fresh streak.
         let back = t0 + Duration::from_secs(70);
         slot.spawned(99, back, 0);
-        assert_eq!(slot.crashed("again".into(), back, 0, &p), SlotState::Backoff(back + Duration::from_millis(100)));
+        assert_eq!(
+            slot.crashed(ExitCause::Code(1), back, 0, &p),
+            SlotState::Backoff(back + Duration::from_millis(100))
+        );
     }
 
     #[test]
@@ -212,7 +219,7 @@ mod tests {
         for i in 0..10 {
             let now = t0 + Duration::from_secs(i * 20);
             slot.spawned(1, now, 0);
-            assert!(matches!(slot.crashed("x".into(), now, 0, &p), SlotState::Backoff(_)));
+            assert!(matches!(slot.crashed(ExitCause::Code(1), now, 0, &p), SlotState::Backoff(_)));
         }
     }
 }
