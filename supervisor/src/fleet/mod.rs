@@ -37,7 +37,7 @@ use exit_cause::ExitCause;
 pub use memory::Mode;
 use memory::{Memory, Victim, WorkerCgroup};
 use output::LogLine;
-use records::Record;
+use records::{EventKind, Record};
 use slot::{RestartPolicy, Slot, SlotState};
 
 use crate::cli::StartArgs;
@@ -624,7 +624,7 @@ impl Fleet {
                     // No restart follows, but a kill or a crash on the way out still
                     // counts: it is listed with its reason like any other.
                     if (cause.is_our_kill() || code != Some(0)) && !fatal_exit {
-                        let kind = if cause.is_our_kill() { "kill" } else { "crash" };
+                        let kind = if cause.is_our_kill() { EventKind::Kill } else { EventKind::Crash };
                         self.record(Record::Event { worker: slot, kind, reason: cause.to_string() });
                         self.history.push(format!(
                             "{} worker {slot}: {cause} (while stopping)",
@@ -663,12 +663,12 @@ impl Fleet {
                     human_duration(self.policy.crash_loop.window),
                     human_duration(until - now)
                 );
-                self.record(Record::Event { worker: k, kind: "errored", reason: reason.to_string() });
+                self.record(Record::Event { worker: k, kind: EventKind::Errored, reason: reason.to_string() });
                 self.history.push(format!("{clock} worker {k}: {reason}; marked errored"));
             }
             SlotState::Backoff(at) => {
                 tracing::warn!("worker {k} exited ({reason}); restarting in {}", human_duration(at - now));
-                self.record(Record::Event { worker: k, kind: "restart", reason: reason.to_string() });
+                self.record(Record::Event { worker: k, kind: EventKind::Restart, reason: reason.to_string() });
                 self.history.push(format!("{clock} worker {k}: {reason}"));
             }
             _ => {}
@@ -772,7 +772,11 @@ impl Fleet {
                     let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
                     self.slots[k].memory_kills += 1;
                     tracing::warn!("worker {k}: handler (process group {pgid}) {reason}");
-                    self.record(Record::Event { worker: k as u32, kind: "memory_kill", reason: reason.clone() });
+                    self.record(Record::Event {
+                        worker: k as u32,
+                        kind: EventKind::MemoryKill,
+                        reason: reason.clone(),
+                    });
                     self.history
                         .push(format!("{} worker {k}: handler {reason}", shared::units::format_utc_ms(now_ms())));
                 }

@@ -12,8 +12,36 @@ use tokio::sync::mpsc;
 #[derive(Debug)]
 pub enum Record {
     Worker(FleetWorker),
-    Event { worker: u32, kind: &'static str, reason: String },
+    Event { worker: u32, kind: EventKind, reason: String },
     RunState { state: &'static str, stopped: bool },
+}
+
+/// What happened to a worker, as the run's events list it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// It ended unexpectedly and restarts after a backoff.
+    Restart,
+    /// It crashed too often and rests for the cooldown.
+    Errored,
+    /// It crashed while the fleet was stopping.
+    Crash,
+    /// The supervisor killed it while the fleet was stopping.
+    Kill,
+    /// The sampler killed one of its handlers; the worker carried on.
+    MemoryKill,
+}
+
+impl EventKind {
+    /// The name kept in the events table and shown by `supervisor status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Restart => "restart",
+            EventKind::Errored => "errored",
+            EventKind::Crash => "crash",
+            EventKind::Kill => "kill",
+            EventKind::MemoryKill => "memory_kill",
+        }
+    }
 }
 
 /// Starts the writer for run `run_id`; it ends when every sender is dropped, after
@@ -31,7 +59,7 @@ pub fn start(db: Db, run_id: i64) -> (mpsc::UnboundedSender<Record>, tokio::task
                         Ok(())
                     }
                     Record::Event { worker, kind, reason } => {
-                        fleet::add_event(db.pool(), run_id, worker, kind, &reason).await
+                        fleet::add_event(db.pool(), run_id, worker, kind.name(), &reason).await
                     }
                     Record::RunState { state, stopped } => {
                         fleet::set_run_state(db.pool(), run_id, state, stopped).await
