@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use shared::db::fleet::{self, FleetRun, FleetWorker};
+use shared::db::fleet::{self, FleetRun};
 use shared::db::{Db, now_ms};
 use shared::status::Outcome;
 use shared::units::{human_bytes, human_duration};
@@ -35,7 +35,7 @@ use tracing_appender::non_blocking::NonBlocking;
 
 use exit_cause::ExitCause;
 pub use memory::Mode;
-use memory::{Memory, Victim, WorkerCgroup};
+use memory::{Memory, Victim};
 use output::LogLine;
 use records::{EventKind, Record};
 use slot::{RestartPolicy, Slot, SlotState};
@@ -249,9 +249,6 @@ pub struct Fleet {
     memory: Memory,
     policy: RestartPolicy,
     slots: Vec<Slot>,
-    cgroups: Vec<Option<WorkerCgroup>>,
-    /// OOM kills of each worker's cgroup when its process started.
-    oom_at_start: Vec<u64>,
     exe: PathBuf,
     token: String,
     /// Where the workers are reached: the bind address, or loopback for a wildcard.
@@ -363,8 +360,6 @@ impl Fleet {
         let reach = if args.bind.is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { args.bind };
         Ok(Fleet {
             reader,
-            cgroups: vec![None; args.workers as usize],
-            oom_at_start: vec![0; args.workers as usize],
             args,
             db,
             db_path,
@@ -421,7 +416,7 @@ impl Fleet {
         );
         loop {
             self.start_due();
-            if self.stopping.is_some() && self.slots.iter().all(|s| s.pid.is_none()) {
+            if self.stopping.is_some() && self.slots.iter().all(|s| s.pid().is_none()) {
                 break;
             }
             let wake = self.next_wake();
@@ -444,7 +439,7 @@ impl Fleet {
                 Some(ev) = self.events.recv() => self.handle(ev),
                 _ = sample.tick(), if self.memory.mode == Mode::Sample => self.sample().await,
                 _ = health.tick() => self.check_health(false),
-                _ = readiness.tick(), if self.slots.iter().any(|s| s.state == SlotState::Starting) => self.check_health(true),
+                _ = readiness.tick(), if self.slots.iter().any(|s| s.state() == SlotState::Starting) => self.check_health(true),
                 _ = records.tick() => self.write_records(),
                 _ = done_check.tick(), if self.args.exit_when_done && self.stopping.is_none() => {
                     if let Err(e) = self.check_done().await {
@@ -471,13 +466,13 @@ impl Fleet {
         while self.next_start < self.args.workers {
             if !self.args.stagger.is_zero() && self.next_start > 0 {
                 let prev = &self.slots[self.next_start as usize - 1];
-                let prev_settled = prev.state == SlotState::Running
-                    || prev.started.is_none_or(|s| now.saturating_duration_since(s) >= self.args.ready_timeout);
+                let prev_settled = prev.state() == SlotState::Running
+                    || prev.started().is_none_or(|s| now.saturating_duration_since(s) >= self.args.ready_timeout);
                 let gap_over = self.last_start.is_none_or(|t| now.saturating_duration_since(t) >= self.args.stagger);
                 if !(prev_settled && gap_over) {
                     break;
                 }
-                if prev.state == SlotState::Starting {
+                if prev.state() == SlotState::Starting {
                     tracing::warn!(
                         "worker {} did not answer /health within {}; reported as not ready, starting the next",
                         prev.id,
@@ -492,7 +487,7 @@ impl Fleet {
         }
         for k in 0..self.slots.len() {
             if self.slots[k].due().is_some_and(|t| t <= now) {
-                if matches!(self.slots[k].state, SlotState::Errored(_)) {
+                if matches!(self.slots[k].state(), SlotState::Errored(_)) {
                     tracing::info!("worker {k}: cooldown over; trying it again");
                 }
                 self.start_slot(k as u32);
@@ -505,10 +500,11 @@ impl Fleet {
         let mut wake = self.slots.iter().filter_map(|s| s.due()).min();
         if self.next_start < self.args.workers && self.next_start > 0 {
             let prev = &self.slots[self.next_start as usize - 1];
-            let t = [self.last_start.map(|t| t + self.args.stagger), prev.started.map(|s| s + self.args.ready_timeout)]
-                .into_iter()
-                .flatten()
-                .max();
+            let t =
+                [self.last_start.map(|t| t + self.args.stagger), prev.started().map(|s| s + self.args.ready_timeout)]
+                    .into_iter()
+                    .flatten()
+                    .max();
             // Readiness itself arrives as a health event; this is the fallback.
             wake = [wake, t.map(|t| t.min(Instant::now() + self.args.health_interval))].into_iter().flatten().min();
         }
@@ -517,17 +513,16 @@ impl Fleet {
 
     fn start_slot(&mut self, k: u32) {
         let ki = k as usize;
-        if let Some(old) = self.cgroups[ki].take() {
+        if let Some(old) = self.slots[ki].take_cgroup() {
             self.memory.release_worker(&old);
         }
-        let cgroup = match self.memory.prepare_worker(k) {
-            Ok(c) => c,
+        match self.memory.prepare_worker(k) {
+            Ok(cgroup) => self.slots[ki].set_cgroup(cgroup),
             Err(e) => {
                 self.crashed(k, ExitCause::NoCgroup(format!("{e:#}")));
                 return;
             }
-        };
-        self.oom_at_start[ki] = cgroup.as_ref().and_then(|c| c.cgroup.oom_kills()).unwrap_or(0);
+        }
         let slot = &self.slots[ki];
         let mut args: Vec<OsString> = [
             "--worker-id".to_string(),
@@ -549,16 +544,15 @@ impl Fleet {
         args.extend(self.args.handler.to_args().into_iter().map(OsString::from));
         args.extend(self.args.job.to_args().into_iter().map(OsString::from));
         let mut env = vec![
-            ("FLEET_RESTARTS".to_string(), slot.restarts.to_string()),
+            ("FLEET_RESTARTS".to_string(), slot.restarts().to_string()),
             ("FLEET_LOG_NO_TIME".into(), "1".into()),
             ("FLEET_SUPERVISOR_PID".into(), std::process::id().to_string()),
             ("RUST_LOG".into(), std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".into())),
         ];
-        if let Some(r) = &slot.last_reason {
+        if let Some(r) = slot.last_reason() {
             env.push(("FLEET_LAST_RESTART_REASON".into(), r.to_string()));
         }
-        let child = spawn::spawn_worker(&self.exe, &args, &env, &self.token, cgroup.as_ref().map(|c| c.procs.clone()));
-        self.cgroups[ki] = cgroup;
+        let child = spawn::spawn_worker(&self.exe, &args, &env, &self.token, slot.cgroup_procs());
         let mut child = match child {
             Ok(c) => c,
             Err(e) => {
@@ -584,20 +578,16 @@ impl Fleet {
     fn handle(&mut self, ev: Event) {
         match ev {
             Event::Health { slot, pid, ok } => {
-                let s = &mut self.slots[slot as usize];
-                if s.pid != Some(pid) || !ok {
+                if !ok {
                     return;
                 }
-                s.last_healthy = Some(Instant::now());
-                if s.state == SlotState::Starting {
-                    s.state = SlotState::Running;
-                    let took = s.started.map(|t| t.elapsed()).unwrap_or_default();
+                if let Some(took) = self.slots[slot as usize].answered(pid, Instant::now()) {
                     tracing::info!("worker {slot} ready in {} ms", took.as_millis());
                     self.write_record(slot);
                 }
             }
             Event::Exited { slot, pid, status } => {
-                if self.slots[slot as usize].pid != Some(pid) {
+                if !self.slots[slot as usize].runs(pid) {
                     return;
                 }
                 let code = status.as_ref().ok().and_then(|s| s.code());
@@ -607,19 +597,17 @@ impl Fleet {
                     self.fatal = Some(shared::db::corrupt_advice(&self.db_path));
                     self.begin_stop(RunEnd::Stopped);
                 }
-                let cause = self.exit_cause(slot, &status);
+                let cause = self.slots[slot as usize].exit_cause(&status, self.args.mem_limit);
                 // Its handlers lead process groups of their own and survived it: end them.
-                for pgid in std::mem::take(&mut self.slots[slot as usize].handler_groups) {
+                for pgid in self.slots[slot as usize].take_orphans() {
                     let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
                 }
                 self.release_claims(slot, pid, cause.outcome(), &cause.to_string());
-                if let Some(cg) = self.cgroups[slot as usize].take() {
+                if let Some(cg) = self.slots[slot as usize].take_cgroup() {
                     self.memory.release_worker(&cg);
                 }
                 if self.stopping.is_some() {
-                    let s = &mut self.slots[slot as usize];
-                    s.pid = None;
-                    s.state = SlotState::Stopped;
+                    self.slots[slot as usize].stop();
                     tracing::info!("worker {slot} stopped ({cause})");
                     // No restart follows, but a kill or a crash on the way out still
                     // counts: it is listed with its reason like any other.
@@ -639,21 +627,9 @@ impl Fleet {
         }
     }
 
-    /// Why worker `k` exited: the supervisor's own reason if it killed it, the memory
-    /// limit if its cgroup saw an OOM kill, else the exit code or signal.
-    fn exit_cause(&mut self, k: u32, status: &std::io::Result<ExitStatus>) -> ExitCause {
-        if let Some(r) = self.slots[k as usize].kill_reason.take() {
-            return r;
-        }
-        let ki = k as usize;
-        let oom = self.cgroups[ki].as_ref().and_then(|c| c.cgroup.oom_kills()).unwrap_or(0);
-        ExitCause::of(status, oom > self.oom_at_start[ki], self.args.mem_limit)
-    }
-
     fn crashed(&mut self, k: u32, reason: ExitCause) {
         let now = Instant::now();
         let state = self.slots[k as usize].crashed(reason.clone(), now, now_ms(), &self.policy);
-        self.slots[k as usize].restarts += 1;
         let clock = shared::units::format_utc_ms(now_ms());
         match state {
             SlotState::Errored(until) => {
@@ -706,26 +682,27 @@ impl Fleet {
         }
         let judging = self.health_grace_until.is_none_or(|t| now >= t);
         for s in &mut self.slots {
-            let Some(pid) = s.pid else { continue };
-            if only_starting && s.state != SlotState::Starting {
+            let Some(pid) = s.pid() else { continue };
+            if only_starting && s.state() != SlotState::Starting {
                 continue;
             }
-            let started = s.started.unwrap_or(now);
-            let silent_for = now.saturating_duration_since(s.last_healthy.unwrap_or(started));
-            let limit = if s.last_healthy.is_none() {
+            let started = s.started().unwrap_or(now);
+            let silent_for = now.saturating_duration_since(s.last_healthy().unwrap_or(started));
+            let limit = if s.last_healthy().is_none() {
                 self.args.ready_timeout + self.args.unhealthy_after
             } else {
                 self.args.unhealthy_after
             };
-            if judging && silent_for > limit && s.kill_reason.is_none() {
-                let reason = if s.last_healthy.is_none() {
+            if judging && silent_for > limit && !s.is_being_killed() {
+                let reason = if s.last_healthy().is_none() {
                     ExitCause::NeverReady { allowance: limit }
                 } else {
                     ExitCause::Unhealthy { silent_for }
                 };
                 tracing::warn!("worker {}: {reason}; killing it", s.id);
-                s.kill_reason = Some(reason);
-                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                if let Some(pid) = s.kill(reason) {
+                    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
                 continue;
             }
             let (ip, port, tx, slot) = (self.reach, s.port, self.events_tx.clone(), s.id);
@@ -739,13 +716,12 @@ impl Fleet {
     /// Sampling mode: measures each worker's tree and kills what breaks the limit.
     async fn sample(&mut self) {
         for k in 0..self.slots.len() {
-            let Some(pid) = self.slots[k].pid else { continue };
-            if self.slots[k].kill_reason.is_some() {
+            let Some(pid) = self.slots[k].pid() else { continue };
+            if self.slots[k].is_being_killed() {
                 continue;
             }
             let usage = procfs::tree_usage(pid as i32);
-            self.slots[k].rss = usage.total();
-            self.slots[k].handler_groups = usage.children.iter().map(|c| c.0 as u32).collect();
+            self.slots[k].measured(Some(&usage));
             match self.memory.verdict(&usage) {
                 None => {}
                 Some(Victim::Handler { pgid, rss, total }) => {
@@ -770,7 +746,7 @@ impl Fleet {
                         tracing::warn!("worker {k}: could not tell it about the memory kill: {e}");
                     }
                     let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
-                    self.slots[k].memory_kills += 1;
+                    self.slots[k].count_memory_kill();
                     tracing::warn!("worker {k}: handler (process group {pgid}) {reason}");
                     self.record(Record::Event {
                         worker: k as u32,
@@ -783,9 +759,10 @@ impl Fleet {
                 Some(Victim::Worker { total }) => {
                     let reason = ExitCause::SampledOverLimit { tree: total, limit: self.args.mem_limit };
                     tracing::warn!("worker {k}: {reason}; killing it");
-                    self.slots[k].memory_kills += 1;
-                    self.slots[k].kill_reason = Some(reason);
-                    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    self.slots[k].count_memory_kill();
+                    if let Some(pid) = self.slots[k].kill(reason) {
+                        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    }
                 }
             }
         }
@@ -811,7 +788,7 @@ impl Fleet {
         }
         // Work only errored workers could do would keep the run waiting for nothing.
         let errored: Vec<u32> =
-            self.slots.iter().filter(|s| matches!(s.state, SlotState::Errored(_))).map(|s| s.id).collect();
+            self.slots.iter().filter(|s| matches!(s.state(), SlotState::Errored(_))).map(|s| s.id).collect();
         if !errored.is_empty() {
             let shards = fleet::shard_progress(self.reader.pool(), self.args.workers).await?;
             let live_left: u64 = shards
@@ -836,21 +813,20 @@ impl Fleet {
         self.stopping = Some(Instant::now() + self.args.job.grace + Duration::from_secs(5));
         self.record(Record::RunState { state: "stopping", stopped: false });
         self.signal_all(Signal::SIGTERM);
-        for s in self.slots.iter_mut().filter(|s| s.pid.is_none()) {
-            s.state = SlotState::Stopped;
+        for s in self.slots.iter_mut().filter(|s| s.pid().is_none()) {
+            s.stop();
         }
     }
 
     fn signal_all(&self, signal: Signal) {
-        for pid in self.slots.iter().filter_map(|s| s.pid) {
+        for pid in self.slots.iter().filter_map(|s| s.pid()) {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), signal);
         }
     }
 
     fn kill_all(&mut self, reason: ExitCause) {
         for s in &mut self.slots {
-            if let Some(pid) = s.pid {
-                s.kill_reason.get_or_insert_with(|| reason.clone());
+            if let Some(pid) = s.kill(reason.clone()) {
                 let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
         }
@@ -859,9 +835,8 @@ impl Fleet {
     fn write_records(&mut self) {
         if self.memory.mode != Mode::Sample {
             for s in &mut self.slots {
-                let usage = s.pid.map(|p| procfs::tree_usage(p as i32));
-                s.rss = usage.as_ref().map(|u| u.total()).unwrap_or(0);
-                s.handler_groups = usage.map(|u| u.children.iter().map(|c| c.0 as u32).collect()).unwrap_or_default();
+                let usage = s.pid().map(|p| procfs::tree_usage(p as i32));
+                s.measured(usage.as_ref());
             }
         }
         for k in 0..self.slots.len() as u32 {
@@ -870,23 +845,7 @@ impl Fleet {
     }
 
     fn write_record(&self, k: u32) {
-        let s = &self.slots[k as usize];
-        let not_ready =
-            s.state == SlotState::Starting && s.started.is_some_and(|t| t.elapsed() > self.args.ready_timeout);
-        let record = FleetWorker {
-            run_id: self.run.run_id,
-            worker_id: k as i64,
-            pid: s.pid.map(i64::from),
-            port: s.port as i64,
-            state: if not_ready { "not-ready".into() } else { s.state.name().into() },
-            started_at: s.started_at_ms,
-            restarts: s.restarts as i64,
-            last_reason: s.last_reason.as_ref().map(ToString::to_string),
-            last_restart_at: s.last_restart_at_ms,
-            rss_bytes: Some(s.rss as i64),
-            memory_kills: s.memory_kills as i64,
-            updated_at: None,
-        };
+        let record = self.slots[k as usize].record(self.run.run_id, Instant::now(), self.args.ready_timeout);
         self.record(Record::Worker(record));
     }
 
@@ -897,7 +856,7 @@ impl Fleet {
 
     async fn finish(mut self) -> anyhow::Result<(RunEnd, Option<String>)> {
         for k in 0..self.slots.len() as u32 {
-            self.slots[k as usize].state = SlotState::Stopped;
+            self.slots[k as usize].stop();
             self.write_record(k);
         }
         self.memory.cleanup();
