@@ -6,6 +6,7 @@
 //! for a lease to lapse.
 
 mod exit_cause;
+mod health;
 mod memory;
 mod output;
 mod probe;
@@ -34,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use tracing_appender::non_blocking::NonBlocking;
 
 use exit_cause::ExitCause;
+use health::HealthRounds;
 pub use memory::Mode;
 use memory::{Memory, Victim};
 use output::LogLine;
@@ -222,10 +224,8 @@ pub struct Fleet {
     recorder: tokio::task::JoinHandle<()>,
     /// Hand-backs of dead workers' videos in progress; waited for at the end.
     releases: TaskTracker,
-    /// When health was last checked; a much older one means this loop was stalled.
-    last_health_check: Instant,
-    /// No worker is killed for silence before this: set after a stall of our own.
-    health_grace_until: Option<Instant>,
+    /// Whether health verdicts may be given (not right after a stall of our own).
+    health_rounds: HealthRounds,
     /// Slots not yet started for the first time (with --stagger they go one by one).
     next_start: u32,
     last_start: Option<Instant>,
@@ -337,8 +337,7 @@ impl Fleet {
             records,
             recorder,
             releases: TaskTracker::new(),
-            last_health_check: Instant::now(),
-            health_grace_until: None,
+            health_rounds: HealthRounds::new(Instant::now()),
             next_start: 0,
             last_start: None,
             began: Instant::now(),
@@ -537,15 +536,7 @@ impl Fleet {
 
     fn handle(&mut self, ev: Event) {
         match ev {
-            Event::Health { slot, pid, ok } => {
-                if !ok {
-                    return;
-                }
-                if let Some(took) = self.slots[slot as usize].answered(pid, Instant::now()) {
-                    tracing::info!("worker {slot} ready in {} ms", took.as_millis());
-                    self.write_record(slot);
-                }
-            }
+            Event::Health { slot, pid, ok } => self.on_health(slot, pid, ok),
             Event::Exited { slot, pid, status } => {
                 if !self.slots[slot as usize].runs(pid) {
                     return;
@@ -610,53 +601,6 @@ impl Fleet {
             _ => {}
         }
         self.write_record(k);
-    }
-
-    /// Polls /health of every worker (or only the starting ones) and kills workers that
-    /// have been silent too long.
-    fn check_health(&mut self, only_starting: bool) {
-        let now = Instant::now();
-        if !only_starting {
-            // If this loop itself was stalled, the workers' silence is ours: give them a
-            // fresh allowance before judging.
-            let gap = now.saturating_duration_since(self.last_health_check);
-            if gap > self.args.health_interval * 3 + Duration::from_secs(1) {
-                tracing::warn!("the supervisor was stalled for {}; health verdicts wait", human_duration(gap));
-                self.health_grace_until = Some(now + self.args.unhealthy_after);
-            }
-            self.last_health_check = now;
-        }
-        let judging = self.health_grace_until.is_none_or(|t| now >= t);
-        for s in &mut self.slots {
-            let Some(pid) = s.pid() else { continue };
-            if only_starting && s.state() != SlotState::Starting {
-                continue;
-            }
-            let started = s.started().unwrap_or(now);
-            let silent_for = now.saturating_duration_since(s.last_healthy().unwrap_or(started));
-            let limit = if s.last_healthy().is_none() {
-                self.args.ready_timeout + self.args.unhealthy_after
-            } else {
-                self.args.unhealthy_after
-            };
-            if judging && silent_for > limit && !s.is_being_killed() {
-                let reason = if s.last_healthy().is_none() {
-                    ExitCause::NeverReady { allowance: limit }
-                } else {
-                    ExitCause::Unhealthy { silent_for }
-                };
-                tracing::warn!("worker {}: {reason}; killing it", s.id);
-                if let Some(pid) = s.kill(reason) {
-                    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                }
-                continue;
-            }
-            let (ip, port, tx, slot) = (self.reach, s.port, self.events_tx.clone(), s.id);
-            tokio::spawn(async move {
-                let ok = probe::healthy(ip, port, Duration::from_secs(1)).await;
-                let _ = tx.send(Event::Health { slot, pid, ok });
-            });
-        }
     }
 
     /// Sampling mode: measures each worker's tree and kills what breaks the limit.
