@@ -36,8 +36,8 @@ use tracing_appender::non_blocking::NonBlocking;
 
 use exit_cause::ExitCause;
 use health::HealthRounds;
+use memory::Memory;
 pub use memory::Mode;
-use memory::{Memory, Victim};
 use output::LogLine;
 use records::{EventKind, Record};
 pub use recover::wait_for_previous_workers;
@@ -603,61 +603,6 @@ impl Fleet {
         self.write_record(k);
     }
 
-    /// Sampling mode: measures each worker's tree and kills what breaks the limit.
-    async fn sample(&mut self) {
-        for k in 0..self.slots.len() {
-            let Some(pid) = self.slots[k].pid() else { continue };
-            if self.slots[k].is_being_killed() {
-                continue;
-            }
-            let usage = procfs::tree_usage(pid as i32);
-            self.slots[k].measured(Some(&usage));
-            match self.memory.verdict(&usage) {
-                None => {}
-                Some(Victim::Handler { pgid, rss, total }) => {
-                    let reason = format!(
-                        "killed by the memory limit: its process group used {} (worker tree {}, limit {}, sampled)",
-                        human_bytes(rss),
-                        human_bytes(total),
-                        self.args.mem_limit
-                    );
-                    // Tell the worker first, so the attempt is recorded with this reason.
-                    let port = self.slots[k].port;
-                    let told = probe::announce_memory_kill(
-                        self.reach,
-                        port,
-                        &self.token,
-                        pgid,
-                        &reason,
-                        Duration::from_millis(200),
-                    )
-                    .await;
-                    if let Err(e) = &told {
-                        tracing::warn!("worker {k}: could not tell it about the memory kill: {e}");
-                    }
-                    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
-                    self.slots[k].count_memory_kill();
-                    tracing::warn!("worker {k}: handler (process group {pgid}) {reason}");
-                    self.record(Record::Event {
-                        worker: k as u32,
-                        kind: EventKind::MemoryKill,
-                        reason: reason.clone(),
-                    });
-                    self.history
-                        .push(format!("{} worker {k}: handler {reason}", shared::units::format_utc_ms(now_ms())));
-                }
-                Some(Victim::Worker { total }) => {
-                    let reason = ExitCause::SampledOverLimit { tree: total, limit: self.args.mem_limit };
-                    tracing::warn!("worker {k}: {reason}; killing it");
-                    self.slots[k].count_memory_kill();
-                    if let Some(pid) = self.slots[k].kill(reason) {
-                        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                    }
-                }
-            }
-        }
-    }
-
     async fn check_done(&mut self) -> anyhow::Result<()> {
         let unfinished = match fleet::unfinished(self.reader.pool()).await {
             Err(e) if e.is_corrupt() => {
@@ -724,10 +669,7 @@ impl Fleet {
 
     fn write_records(&mut self) {
         if self.memory.mode != Mode::Sample {
-            for s in &mut self.slots {
-                let usage = s.pid().map(|p| procfs::tree_usage(p as i32));
-                s.measured(usage.as_ref());
-            }
+            self.measure_for_record();
         }
         for k in 0..self.slots.len() as u32 {
             self.write_record(k);
