@@ -7,6 +7,7 @@
 
 mod exit_cause;
 mod health;
+mod launch;
 mod memory;
 mod output;
 mod probe;
@@ -16,7 +17,6 @@ mod slot;
 mod spawn;
 mod summary;
 
-use std::ffi::OsString;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -187,19 +187,6 @@ fn warn_if_too_big(args: &StartArgs) {
     }
 }
 
-/// The `worker` binary: beside our own executable, or `FLEET_WORKER_BIN`.
-fn worker_exe() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("FLEET_WORKER_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let me = std::env::current_exe().context("cannot find the supervisor's own executable")?;
-    let exe = me.with_file_name("worker");
-    if !exe.exists() {
-        bail!("the worker binary is not at {} (build the workspace, or set FLEET_WORKER_BIN)", exe.display());
-    }
-    Ok(exe)
-}
-
 pub struct Fleet {
     args: StartArgs,
     db: Db,
@@ -243,7 +230,7 @@ impl Fleet {
     /// Opens the database, sets up memory enforcement and records the run. Nothing is
     /// spawned yet.
     pub async fn prepare(args: StartArgs, out: NonBlocking) -> anyhow::Result<Fleet> {
-        let exe = worker_exe()?;
+        let exe = launch::worker_exe()?;
         let db_path = std::path::absolute(&args.db.db).context("cannot resolve --db")?;
         // One connection: every write of ours comes from this one loop, in turn.
         let db = Db::open(&db_path, 1).await.context("cannot use the database")?;
@@ -414,124 +401,6 @@ impl Fleet {
             }
         }
         self.finish().await
-    }
-
-    /// Starts slots whose time has come: first starts (staggered) and restarts.
-    fn start_due(&mut self) {
-        if self.stopping.is_some() {
-            return;
-        }
-        let now = Instant::now();
-        while self.next_start < self.args.workers {
-            if !self.args.stagger.is_zero() && self.next_start > 0 {
-                let prev = &self.slots[self.next_start as usize - 1];
-                let prev_settled = prev.state() == SlotState::Running
-                    || prev.started().is_none_or(|s| now.saturating_duration_since(s) >= self.args.ready_timeout);
-                let gap_over = self.last_start.is_none_or(|t| now.saturating_duration_since(t) >= self.args.stagger);
-                if !(prev_settled && gap_over) {
-                    break;
-                }
-                if prev.state() == SlotState::Starting {
-                    tracing::warn!(
-                        "worker {} did not answer /health within {}; reported as not ready, starting the next",
-                        prev.id,
-                        human_duration(self.args.ready_timeout)
-                    );
-                }
-            }
-            let k = self.next_start;
-            self.next_start += 1;
-            self.last_start = Some(now);
-            self.start_slot(k);
-        }
-        for k in 0..self.slots.len() {
-            if self.slots[k].due().is_some_and(|t| t <= now) {
-                if matches!(self.slots[k].state(), SlotState::Errored(_)) {
-                    tracing::info!("worker {k}: cooldown over; trying it again");
-                }
-                self.start_slot(k as u32);
-            }
-        }
-    }
-
-    /// The next moment a timer of ours needs the loop: a restart, or the stagger.
-    fn next_wake(&self) -> Option<Instant> {
-        let mut wake = self.slots.iter().filter_map(|s| s.due()).min();
-        if self.next_start < self.args.workers && self.next_start > 0 {
-            let prev = &self.slots[self.next_start as usize - 1];
-            let t =
-                [self.last_start.map(|t| t + self.args.stagger), prev.started().map(|s| s + self.args.ready_timeout)]
-                    .into_iter()
-                    .flatten()
-                    .max();
-            // Readiness itself arrives as a health event; this is the fallback.
-            wake = [wake, t.map(|t| t.min(Instant::now() + self.args.health_interval))].into_iter().flatten().min();
-        }
-        wake
-    }
-
-    fn start_slot(&mut self, k: u32) {
-        let ki = k as usize;
-        if let Some(old) = self.slots[ki].take_cgroup() {
-            self.memory.release_worker(&old);
-        }
-        match self.memory.prepare_worker(k) {
-            Ok(cgroup) => self.slots[ki].set_cgroup(cgroup),
-            Err(e) => {
-                self.crashed(k, ExitCause::NoCgroup(format!("{e:#}")));
-                return;
-            }
-        }
-        let slot = &self.slots[ki];
-        let mut args: Vec<OsString> = [
-            "--worker-id".to_string(),
-            k.to_string(),
-            "--workers".into(),
-            self.args.workers.to_string(),
-            "--port".into(),
-            slot.port.to_string(),
-            "--bind".into(),
-            self.args.bind.to_string(),
-            "--mem-limit".into(),
-            self.args.mem_limit.to_string(),
-            "--db".into(),
-        ]
-        .into_iter()
-        .map(OsString::from)
-        .collect();
-        args.push(self.db_path.clone().into_os_string());
-        args.extend(self.args.handler.to_args().into_iter().map(OsString::from));
-        args.extend(self.args.job.to_args().into_iter().map(OsString::from));
-        let mut env = vec![
-            ("FLEET_RESTARTS".to_string(), slot.restarts().to_string()),
-            ("FLEET_LOG_NO_TIME".into(), "1".into()),
-            ("FLEET_SUPERVISOR_PID".into(), std::process::id().to_string()),
-            ("RUST_LOG".into(), std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".into())),
-        ];
-        if let Some(r) = slot.last_reason() {
-            env.push(("FLEET_LAST_RESTART_REASON".into(), r.to_string()));
-        }
-        let child = spawn::spawn_worker(&self.exe, &args, &env, &self.token, slot.cgroup_procs());
-        let mut child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                self.crashed(k, ExitCause::SpawnFailed { exe: self.exe.clone(), error: e.to_string() });
-                return;
-            }
-        };
-        let Some(pid) = child.id() else {
-            self.crashed(k, ExitCause::Vanished);
-            return;
-        };
-        output::forward(k, child.stdout.take(), child.stderr.take(), self.logs.clone());
-        let tx = self.events_tx.clone();
-        tokio::spawn(async move {
-            let status = child.wait().await;
-            let _ = tx.send(Event::Exited { slot: k, pid, status });
-        });
-        self.slots[ki].spawned(pid, Instant::now(), now_ms());
-        tracing::info!("worker {k} started (pid {pid}, port {})", self.slots[ki].port);
-        self.write_record(k);
     }
 
     fn handle(&mut self, ev: Event) {
