@@ -13,6 +13,7 @@ mod output;
 mod probe;
 mod records;
 mod recover;
+mod restart;
 mod slot;
 mod spawn;
 mod summary;
@@ -27,7 +28,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use shared::db::fleet::{self, FleetRun};
 use shared::db::{Db, now_ms};
-use shared::units::{human_bytes, human_duration};
+use shared::units::human_bytes;
 use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, interval, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -39,9 +40,10 @@ use health::HealthRounds;
 use memory::Memory;
 pub use memory::Mode;
 use output::LogLine;
-use records::{EventKind, Record};
+use records::Record;
 pub use recover::wait_for_previous_workers;
-use slot::{RestartPolicy, Slot, SlotState};
+use restart::RestartPolicy;
+use slot::{Slot, SlotState};
 
 use crate::cli::StartArgs;
 use crate::procfs;
@@ -406,70 +408,8 @@ impl Fleet {
     fn handle(&mut self, ev: Event) {
         match ev {
             Event::Health { slot, pid, ok } => self.on_health(slot, pid, ok),
-            Event::Exited { slot, pid, status } => {
-                if !self.slots[slot as usize].runs(pid) {
-                    return;
-                }
-                let code = status.as_ref().ok().and_then(|s| s.code());
-                let fatal_exit = code == Some(shared::exit::WORKER_DB_CORRUPT as i32);
-                if fatal_exit && self.fatal.is_none() {
-                    tracing::error!("worker {slot} found the database damaged; ending the run");
-                    self.fatal = Some(shared::db::corrupt_advice(&self.db_path));
-                    self.begin_stop(RunEnd::Stopped);
-                }
-                let cause = self.slots[slot as usize].exit_cause(&status, self.args.mem_limit);
-                // Its handlers lead process groups of their own and survived it: end them.
-                for pgid in self.slots[slot as usize].take_orphans() {
-                    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
-                }
-                self.release_claims(slot, pid, cause.outcome(), &cause.to_string());
-                if let Some(cg) = self.slots[slot as usize].take_cgroup() {
-                    self.memory.release_worker(&cg);
-                }
-                if self.stopping.is_some() {
-                    self.slots[slot as usize].stop();
-                    tracing::info!("worker {slot} stopped ({cause})");
-                    // No restart follows, but a kill or a crash on the way out still
-                    // counts: it is listed with its reason like any other.
-                    if (cause.is_our_kill() || code != Some(0)) && !fatal_exit {
-                        let kind = if cause.is_our_kill() { EventKind::Kill } else { EventKind::Crash };
-                        self.record(Record::Event { worker: slot, kind, reason: cause.to_string() });
-                        self.history.push(format!(
-                            "{} worker {slot}: {cause} (while stopping)",
-                            shared::units::format_utc_ms(now_ms())
-                        ));
-                    }
-                    self.write_record(slot);
-                } else {
-                    self.crashed(slot, cause);
-                }
-            }
+            Event::Exited { slot, pid, status } => self.on_exit(slot, pid, status),
         }
-    }
-
-    fn crashed(&mut self, k: u32, reason: ExitCause) {
-        let now = Instant::now();
-        let state = self.slots[k as usize].crashed(reason.clone(), now, now_ms(), &self.policy);
-        let clock = shared::units::format_utc_ms(now_ms());
-        match state {
-            SlotState::Errored(until) => {
-                tracing::error!(
-                    "worker {k} exited ({reason}); it crashed {} times within {}: marked errored, next try in {}",
-                    self.policy.crash_loop.restarts,
-                    human_duration(self.policy.crash_loop.window),
-                    human_duration(until - now)
-                );
-                self.record(Record::Event { worker: k, kind: EventKind::Errored, reason: reason.to_string() });
-                self.history.push(format!("{clock} worker {k}: {reason}; marked errored"));
-            }
-            SlotState::Backoff(at) => {
-                tracing::warn!("worker {k} exited ({reason}); restarting in {}", human_duration(at - now));
-                self.record(Record::Event { worker: k, kind: EventKind::Restart, reason: reason.to_string() });
-                self.history.push(format!("{clock} worker {k}: {reason}"));
-            }
-            _ => {}
-        }
-        self.write_record(k);
     }
 
     async fn check_done(&mut self) -> anyhow::Result<()> {

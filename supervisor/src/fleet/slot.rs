@@ -2,7 +2,6 @@
 //! processes (the live one, its cgroup, its restarts), changed only through its
 //! methods. Pure logic over `Instant`s, so the restart policy is tested without waiting.
 
-use std::collections::VecDeque;
 use std::ffi::CString;
 use std::time::{Duration, Instant};
 
@@ -11,20 +10,8 @@ use shared::units::ByteSize;
 
 use super::exit_cause::ExitCause;
 use super::memory::WorkerCgroup;
-use crate::cli::CrashLoop;
+use super::restart::{Comeback, Crashes, RestartPolicy};
 use crate::procfs::TreeUsage;
-
-/// When crashed workers come back.
-#[derive(Debug, Clone, Copy)]
-pub struct RestartPolicy {
-    /// Delay before the first restart of a streak; doubles with each crash in a row.
-    pub delay: Duration,
-    pub delay_max: Duration,
-    /// A worker that ran this long starts a new streak when it crashes.
-    pub stable_after: Duration,
-    pub crash_loop: CrashLoop,
-    pub cooldown: Duration,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotState {
@@ -93,10 +80,8 @@ pub struct Slot {
     /// The tree's resident memory at the last measurement. Sampling measures only live
     /// processes, so there the last sample stays on record after the process ends.
     rss: u64,
-    /// Crashes inside the crash-loop window.
-    crashes: VecDeque<Instant>,
-    /// Crashes in a row without a stable run; sets the backoff.
-    streak: u32,
+    /// Recent crashes, which decide when it comes back.
+    crashes: Crashes,
 }
 
 impl Slot {
@@ -113,8 +98,7 @@ impl Slot {
             last_restart_at_ms: None,
             memory_kills: 0,
             rss: 0,
-            crashes: VecDeque::new(),
-            streak: 0,
+            crashes: Crashes::default(),
         }
     }
 
@@ -234,30 +218,19 @@ impl Slot {
         self.state = SlotState::Stopped;
     }
 
-    /// The process exited unexpectedly (or could not start) for `reason`. Decides when
-    /// it comes back: after a doubling delay, or, in a crash loop, after the cooldown.
-    pub fn crashed(&mut self, reason: ExitCause, now: Instant, now_ms: i64, policy: &RestartPolicy) -> SlotState {
+    /// The process exited unexpectedly (or could not start) for `reason`: it is gone,
+    /// and the slot waits for its comeback (see `restart.rs`).
+    pub fn crashed(&mut self, reason: ExitCause, now: Instant, now_ms: i64, policy: &RestartPolicy) -> Comeback {
         let ran = self.process.take().map(|p| now.saturating_duration_since(p.started)).unwrap_or_default();
-        if ran >= policy.stable_after {
-            self.streak = 0;
-        }
-        self.streak += 1;
-        self.crashes.push_back(now);
-        while self.crashes.front().is_some_and(|&t| now.saturating_duration_since(t) > policy.crash_loop.window) {
-            self.crashes.pop_front();
-        }
+        let comeback = self.crashes.crashed(ran, now, policy);
         self.restarts += 1;
         self.last_reason = Some(reason);
         self.last_restart_at_ms = Some(now_ms);
-        self.state = if self.crashes.len() as u32 >= policy.crash_loop.restarts {
-            self.crashes.clear();
-            self.streak = 0;
-            SlotState::Errored(now + policy.cooldown)
-        } else {
-            let exp = (self.streak - 1).min(20);
-            SlotState::Backoff(now + policy.delay.saturating_mul(1 << exp).min(policy.delay_max))
+        self.state = match comeback {
+            Comeback::Backoff(at) => SlotState::Backoff(at),
+            Comeback::Errored(until) => SlotState::Errored(until),
         };
-        self.state
+        comeback
     }
 
     /// When this slot wants to be started again, if it is waiting.
@@ -293,6 +266,7 @@ impl Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::CrashLoop;
 
     fn policy() -> RestartPolicy {
         RestartPolicy {
@@ -301,75 +275,6 @@ mod tests {
             stable_after: Duration::from_secs(30),
             crash_loop: CrashLoop { restarts: 5, window: Duration::from_secs(60) },
             cooldown: Duration::from_secs(60),
-        }
-    }
-
-    #[test]
-    fn restart_delays_double_up_to_the_cap() {
-        let p = RestartPolicy { crash_loop: CrashLoop { restarts: 100, window: Duration::from_secs(60) }, ..policy() };
-        let mut slot = Slot::new(0, 3001);
-        let t0 = Instant::now();
-        let mut delays = Vec::new();
-        for i in 0..6 {
-            let now = t0 + Duration::from_secs(i);
-            slot.spawned(1, now, 0);
-            let at = slot.crashed(ExitCause::Code(1), now, 0, &p);
-            delays.push(match at {
-                SlotState::Backoff(t) => (t - now).as_millis(),
-                other => panic!("{other:?}"),
-            });
-        }
-        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
-    }
-
-    #[test]
-    fn a_stable_run_resets_the_delay() {
-        let p = policy();
-        let mut slot = Slot::new(0, 3001);
-        let t0 = Instant::now();
-        slot.spawned(1, t0, 0);
-        slot.crashed(ExitCause::Code(1), t0, 0, &p);
-        slot.spawned(2, t0, 0);
-        slot.crashed(ExitCause::Code(1), t0, 0, &p);
-        let later = t0 + Duration::from_secs(100);
-        slot.spawned(3, t0 + Duration::from_secs(50), 0);
-        assert_eq!(
-            slot.crashed(ExitCause::Code(1), later, 0, &p),
-            SlotState::Backoff(later + Duration::from_millis(100))
-        );
-    }
-
-    #[test]
-    fn a_crash_loop_marks_the_slot_errored_for_the_cooldown() {
-        let p = policy();
-        let mut slot = Slot::new(1, 3002);
-        let t0 = Instant::now();
-        let mut last = SlotState::Starting;
-        for i in 0..5 {
-            let now = t0 + Duration::from_secs(i);
-            slot.spawned(10 + i as u32, now, 0);
-            last = slot.crashed(ExitCause::Code(i as i32), now, 0, &p);
-        }
-        assert_eq!(last, SlotState::Errored(t0 + Duration::from_secs(4) + Duration::from_secs(60)));
-        assert_eq!(slot.last_reason, Some(ExitCause::Code(4)));
-        // After the cooldown it is tried again, with a fresh streak.
-        let back = t0 + Duration::from_secs(70);
-        slot.spawned(99, back, 0);
-        assert_eq!(
-            slot.crashed(ExitCause::Code(1), back, 0, &p),
-            SlotState::Backoff(back + Duration::from_millis(100))
-        );
-    }
-
-    #[test]
-    fn crashes_spread_wider_than_the_window_are_not_a_loop() {
-        let p = policy();
-        let mut slot = Slot::new(0, 3001);
-        let t0 = Instant::now();
-        for i in 0..10 {
-            let now = t0 + Duration::from_secs(i * 20);
-            slot.spawned(1, now, 0);
-            assert!(matches!(slot.crashed(ExitCause::Code(1), now, 0, &p), SlotState::Backoff(_)));
         }
     }
 
@@ -451,5 +356,20 @@ mod tests {
         assert_eq!(slot.record(1, t0 + Duration::from_secs(31), timeout).state, "not-ready");
         slot.answered(42, t0 + Duration::from_secs(32));
         assert_eq!(slot.record(1, t0 + Duration::from_secs(33), timeout).state, "running");
+    }
+
+    #[test]
+    fn a_slot_in_a_crash_loop_waits_as_errored_until_the_cooldown() {
+        let p = policy();
+        let mut slot = Slot::new(1, 3002);
+        let t0 = Instant::now();
+        for i in 0..5 {
+            let now = t0 + Duration::from_secs(i);
+            slot.spawned(10 + i as u32, now, 0);
+            slot.crashed(ExitCause::Code(i as i32), now, 0, &p);
+        }
+        let until = t0 + Duration::from_secs(4 + 60);
+        assert_eq!((slot.state(), slot.due()), (SlotState::Errored(until), Some(until)));
+        assert_eq!((slot.restarts(), slot.last_reason()), (5, Some(&ExitCause::Code(4))));
     }
 }
