@@ -38,7 +38,7 @@ use health::HealthRounds;
 use memory::Memory;
 pub use memory::Mode;
 use output::LogLine;
-use records::Record;
+use records::{Incident, Record};
 pub use recover::wait_for_previous_workers;
 use restart::RestartPolicy;
 pub use setup::{check_batch_has_videos, check_ports, preflight};
@@ -119,8 +119,8 @@ pub struct Fleet {
     /// Set once the fleet is stopping: the moment to give up waiting and kill.
     stopping: Option<Instant>,
     end: RunEnd,
-    /// Every restart and memory kill of this run, for the summary.
-    history: Vec<String>,
+    /// Every restart and kill of this run, for the summary.
+    history: Vec<Incident>,
     /// Why the run cannot go on (a damaged database): it stops, and `run` fails with this.
     fatal: Option<String>,
 }
@@ -282,6 +282,12 @@ impl Fleet {
     /// Queues a bookkeeping write; the recorder outlives the loop, so it cannot be gone.
     fn record(&self, r: Record) {
         let _ = self.records.send(r);
+    }
+
+    /// Records a kill or restart as an event, and keeps it for the summary.
+    fn list(&mut self, incident: Incident) {
+        self.record(Record::Event { worker: incident.worker, kind: incident.kind, reason: incident.reason.clone() });
+        self.history.push(incident);
     }
 
     async fn finish(mut self) -> anyhow::Result<(RunEnd, Option<String>)> {

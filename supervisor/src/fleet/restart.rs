@@ -12,7 +12,7 @@ use shared::db::now_ms;
 use shared::units::human_duration;
 
 use super::exit_cause::ExitCause;
-use super::records::{EventKind, Record};
+use super::records::{EventKind, Incident};
 use super::{Fleet, RunEnd};
 use crate::cli::CrashLoop;
 
@@ -114,11 +114,7 @@ impl Fleet {
             self.slots[slot as usize].stop();
             tracing::info!("worker {slot} stopped ({cause})");
             if let Some(kind) = stop_event(&cause, code, fatal_exit) {
-                self.record(Record::Event { worker: slot, kind, reason: cause.to_string() });
-                self.history.push(format!(
-                    "{} worker {slot}: {cause} (while stopping)",
-                    shared::units::format_utc_ms(now_ms())
-                ));
+                self.list(Incident::exit(now_ms(), slot, kind, &cause));
             }
             self.write_record(slot);
         } else {
@@ -131,7 +127,6 @@ impl Fleet {
     pub(super) fn crashed(&mut self, k: u32, reason: ExitCause) {
         let now = Instant::now();
         let comeback = self.slots[k as usize].crashed(reason.clone(), now, now_ms(), &self.policy);
-        let clock = shared::units::format_utc_ms(now_ms());
         match comeback {
             Comeback::Errored(until) => {
                 tracing::error!(
@@ -140,13 +135,11 @@ impl Fleet {
                     human_duration(self.policy.crash_loop.window),
                     human_duration(until - now)
                 );
-                self.record(Record::Event { worker: k, kind: EventKind::Errored, reason: reason.to_string() });
-                self.history.push(format!("{clock} worker {k}: {reason}; marked errored"));
+                self.list(Incident::exit(now_ms(), k, EventKind::Errored, &reason));
             }
             Comeback::Backoff(at) => {
                 tracing::warn!("worker {k} exited ({reason}); restarting in {}", human_duration(at - now));
-                self.record(Record::Event { worker: k, kind: EventKind::Restart, reason: reason.to_string() });
-                self.history.push(format!("{clock} worker {k}: {reason}"));
+                self.list(Incident::exit(now_ms(), k, EventKind::Restart, &reason));
             }
         }
         self.write_record(k);

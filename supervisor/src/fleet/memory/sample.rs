@@ -12,7 +12,7 @@ use shared::units::{ByteSize, human_bytes};
 
 use super::{Memory, Mode};
 use crate::fleet::exit_cause::ExitCause;
-use crate::fleet::records::{EventKind, Record};
+use crate::fleet::records::Incident;
 use crate::fleet::{Fleet, probe};
 use crate::procfs::{self, TreeUsage};
 
@@ -78,13 +78,7 @@ impl Fleet {
                     let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
                     self.slots[k].count_memory_kill();
                     tracing::warn!("worker {k}: handler (process group {pgid}) {reason}");
-                    self.record(Record::Event {
-                        worker: k as u32,
-                        kind: EventKind::MemoryKill,
-                        reason: reason.clone(),
-                    });
-                    self.history
-                        .push(format!("{} worker {k}: handler {reason}", shared::units::format_utc_ms(now_ms())));
+                    self.list(Incident::handler_memory_kill(now_ms(), k as u32, reason));
                 }
                 Some(Victim::Worker { total }) => {
                     let reason = ExitCause::SampledOverLimit { tree: total, limit: self.args.mem_limit };
