@@ -1,9 +1,12 @@
-//! `supervisor start`: the fleet's one event loop.
+//! `supervisor start`: the fleet's state and its one event loop, with how the loop
+//! stops and finishes.
 //!
-//! Every worker slot is driven from here: started (one after another with --stagger),
-//! watched (exit, /health, memory), restarted with backoff or marked errored, and
-//! stopped. When a worker dies its claims are handed back at once, so nothing waits
-//! for a lease to lapse.
+//! Only the loop changes the fleet; each concern adds its methods from a module of its
+//! own: `setup.rs` (checks, the run's setup), `launch.rs` (starting workers, `spawn.rs`
+//! the process itself), `health.rs` (/health, silence), `memory/` (cgroups, sampling),
+//! `restart.rs` (a worker's end: restart, backoff, crash loop; `exit_cause.rs` says
+//! why it ended), `recover.rs` (handing back claims, a dead run). Each worker's own
+//! state is a `Slot` (`slot.rs`); bookkeeping writes go through `records.rs`.
 
 mod exit_cause;
 mod health;
@@ -86,23 +89,34 @@ enum Event {
     Health { slot: u32, pid: u32, ok: bool },
 }
 
+/// A running fleet: its workers' slots and what the loop needs to drive them.
 pub struct Fleet {
     args: StartArgs,
+    /// The one writing connection: hand-backs and the records writer share it.
     db: Db,
     /// A read-only connection of its own for the done check: WAL reads never wait for
     /// the write lock, nor queue behind the records writer on `db`.
     reader: Db,
+    /// The database file, absolute: workers get it as --db, and the advice about a
+    /// damaged database names it.
     db_path: PathBuf,
+    /// This run's record; its id tags every bookkeeping write.
     run: FleetRun,
     memory: Memory,
     policy: RestartPolicy,
+    /// One per worker id, indexed by it.
     slots: Vec<Slot>,
+    /// The worker binary, found at setup, so a missing one fails the start at once.
     exe: PathBuf,
+    /// The control token every worker gets through its pipe; the sampler presents it
+    /// when it tells a worker about a memory kill.
     token: String,
     /// Where the workers are reached: the bind address, or loopback for a wildcard.
     reach: std::net::IpAddr,
+    /// What the tasks watching workers report (exits, /health answers), cloned into each.
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
+    /// Worker output, to the one task that writes the log files and the console.
     logs: mpsc::UnboundedSender<LogLine>,
     logger: tokio::task::JoinHandle<()>,
     /// Bookkeeping writes, done off the loop (see `records.rs`).
@@ -114,10 +128,13 @@ pub struct Fleet {
     health_rounds: HealthRounds,
     /// Slots not yet started for the first time (with --stagger they go one by one).
     next_start: u32,
+    /// When the latest first start happened, for the --stagger gap.
     last_start: Option<Instant>,
+    /// For the summary's total time.
     began: Instant,
     /// Set once the fleet is stopping: the moment to give up waiting and kill.
     stopping: Option<Instant>,
+    /// How the run ends, once it is stopping.
     end: RunEnd,
     /// Every restart and kill of this run, for the summary.
     history: Vec<Incident>,
