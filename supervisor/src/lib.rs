@@ -2,9 +2,12 @@
 //! code, so tests can drive it as the real binary does.
 //!
 //! Where things are:
-//! - starting, watching and restarting workers: `fleet/mod.rs` (the loop), `fleet/slot.rs`
-//!   (restart policy), `fleet/spawn.rs` (process group, parent-death signal, cgroup join);
-//! - memory limits: `fleet/memory.rs` (cgroups, sampling verdict) over `procfs.rs`;
+//! - starting, watching and restarting workers: `fleet/mod.rs` (the loop, stop, finish),
+//!   `fleet/slot.rs` (one worker's state), `fleet/launch.rs` and `fleet/spawn.rs` (command
+//!   line, token pipe, process group, parent-death signal, cgroup join),
+//!   `fleet/restart.rs` and `fleet/exit_cause.rs` (why a worker ended, backoff, crash
+//!   loop), `fleet/health.rs`, `fleet/recover.rs` (handing back claims, a dead run);
+//! - memory limits: `fleet/memory/` (cgroups; `sample.rs`: sampling) over `procfs.rs`;
 //! - logs: `fleet/output.rs` (capture), `logs.rs` (files, rotation, `supervisor logs`);
 //! - data in and out: `import.rs`, `export.rs`; `status.rs`, `stop.rs`.
 

@@ -1,45 +1,53 @@
-//! `supervisor start`: the fleet's one event loop.
+//! `supervisor start`: the fleet's state and its one event loop, with how the loop
+//! stops and finishes.
 //!
-//! Every worker slot is driven from here: started (one after another with --stagger),
-//! watched (exit, /health, memory), restarted with backoff or marked errored, and
-//! stopped. When a worker dies its claims are handed back at once, so nothing waits
-//! for a lease to lapse.
+//! Only the loop changes the fleet; each concern adds its methods from a module of its
+//! own: `setup.rs` (checks, the run's setup), `launch.rs` (starting workers, `spawn.rs`
+//! the process itself), `health.rs` (/health, silence), `memory/` (cgroups, sampling),
+//! `restart.rs` (a worker's end: restart, backoff, crash loop; `exit_cause.rs` says
+//! why it ended), `recover.rs` (handing back claims, a dead run). Each worker's own
+//! state is a `Slot` (`slot.rs`); bookkeeping writes go through `records.rs`.
 
+mod exit_cause;
+mod health;
+mod launch;
 mod memory;
 mod output;
 mod probe;
 mod records;
+mod recover;
+mod restart;
+mod setup;
 mod slot;
 mod spawn;
 mod summary;
 
-use std::ffi::OsString;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use shared::db::fleet::{self, FleetRun, FleetWorker};
-use shared::db::{Db, now_ms};
-use shared::status::Outcome;
-use shared::units::{human_bytes, human_duration};
+use shared::db::Db;
+use shared::db::fleet::{self, FleetRun};
 use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, interval, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing_appender::non_blocking::NonBlocking;
 
+use exit_cause::ExitCause;
+use health::HealthRounds;
+use memory::Memory;
 pub use memory::Mode;
-use memory::{Memory, Victim, WorkerCgroup};
 use output::LogLine;
-use records::Record;
-use slot::{RestartPolicy, Slot, SlotState};
+use records::{Incident, Record};
+pub use recover::wait_for_previous_workers;
+use restart::RestartPolicy;
+pub use setup::{check_batch_has_videos, check_ports, preflight};
+use slot::{Slot, SlotState};
 
 use crate::cli::StartArgs;
-use crate::procfs;
 
 /// Exit codes of `supervisor start`.
 pub mod exit {
@@ -81,181 +89,34 @@ enum Event {
     Health { slot: u32, pid: u32, ok: bool },
 }
 
-/// Checks of the flags, made before anything is spawned or written; the error is one
-/// sentence.
-pub fn preflight(args: &StartArgs) -> anyhow::Result<()> {
-    args.handler.validate().map_err(anyhow::Error::msg)?;
-    args.job.validate().map_err(anyhow::Error::msg)?;
-    if let Some(token) = &args.control_token {
-        shared::config::validate_control_token(token).map_err(anyhow::Error::msg)?;
-    }
-    if args.mem_limit.bytes() < 16 << 20 {
-        bail!("--mem-limit {} is too small for a worker; use at least 16M", args.mem_limit);
-    }
-    let last = args.base_port as u32 + args.workers - 1;
-    if last > u16::MAX as u32 {
-        bail!("--base-port {} with {} workers needs ports up to {last}, past 65535", args.base_port, args.workers);
-    }
-    if args.sample_interval > Duration::from_millis(250) || args.sample_interval < Duration::from_millis(10) {
-        bail!("--sample-interval must be between 10ms and 250ms");
-    }
-    Ok(())
-}
-
-/// Tries every worker's port before anything starts, so a busy one changes nothing.
-/// A port someone else holds is a fact of the host, not a bad flag: a runtime failure.
-/// An address this host does not have, or a port it may not bind, is a bad flag.
-pub fn check_ports(args: &StartArgs) -> Result<(), crate::Failure> {
-    for k in 0..args.workers {
-        let port = args.base_port + k as u16;
-        if let Err(e) = std::net::TcpListener::bind((args.bind, port)) {
-            if e.kind() == std::io::ErrorKind::AddrInUse {
-                return Err(anyhow::anyhow!(
-                    "port {port} on {} is already in use (worker {k} would listen there)",
-                    args.bind
-                )
-                .into());
-            }
-            return Err(crate::Failure::usage(anyhow::anyhow!(
-                "cannot listen on {}:{port} (worker {k}): {e}",
-                args.bind
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// How long a new `start` waits for the workers of a run whose supervisor was killed:
-/// their parent-death signal ends them within tens of milliseconds, longer on a busy
-/// host, and a service manager restarts the supervisor at once.
-const PREVIOUS_WORKERS_WAIT: Duration = Duration::from_secs(5);
-
-/// Waits (bounded) until the workers of the database's last run, if its supervisor is
-/// gone, have exited and freed their ports. Reads only; a database that cannot be read
-/// here is left for `prepare` to report.
-pub async fn wait_for_previous_workers(db_path: &std::path::Path) {
-    if !db_path.exists() {
-        return;
-    }
-    let Ok(db) = Db::open_read_only(db_path).await else { return };
-    let pids: Vec<i64> = match fleet::latest_run(db.pool()).await {
-        Ok(Some(prev))
-            if matches!(prev.state.as_str(), "running" | "stopping")
-                && !procfs::is_running(prev.supervisor_pid, "supervisor") =>
-        {
-            fleet::run_workers(db.pool(), prev.run_id).await.unwrap_or_default().iter().filter_map(|w| w.pid).collect()
-        }
-        _ => Vec::new(),
-    };
-    db.close().await;
-    let deadline = Instant::now() + PREVIOUS_WORKERS_WAIT;
-    let alive = || pids.iter().filter(|&&p| procfs::is_running(p, "worker")).count();
-    let mut waiting = alive();
-    if waiting > 0 {
-        tracing::info!("waiting for {waiting} workers of the previous run to exit");
-    }
-    while waiting > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        waiting = alive();
-    }
-    if waiting > 0 {
-        tracing::warn!(
-            "{waiting} workers of the previous run are still alive after {}",
-            human_duration(PREVIOUS_WORKERS_WAIT)
-        );
-    }
-}
-
-/// A batch run (`--exit-when-done`) with no videos would end at once having done
-/// nothing: refused before anything is created, naming the command that adds videos.
-pub async fn check_batch_has_videos(args: &StartArgs) -> anyhow::Result<()> {
-    if !args.exit_when_done {
-        return Ok(());
-    }
-    let path = &args.db.db;
-    let empty = match std::fs::metadata(path) {
-        Err(_) => true,
-        Ok(m) if m.len() == 0 => true,
-        // A file that is not a fleet's is for `prepare` to refuse, in its own words.
-        Ok(_) => match Db::open_read_only(path).await {
-            Ok(db) => {
-                let has = fleet::has_videos(db.pool()).await;
-                db.close().await;
-                !has?
-            }
-            Err(_) => false,
-        },
-    };
-    if empty {
-        bail!(
-            "{} holds no videos, so a batch run has nothing to do; add some with `supervisor import FILE` first",
-            path.display()
-        );
-    }
-    Ok(())
-}
-
-/// Warns when the fleet cannot fit the host: it will run, but slowly or into the kernel's
-/// OOM killer, and the user should hear why before it happens.
-fn warn_if_too_big(args: &StartArgs) {
-    let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-    if args.workers > cores * 8 {
-        tracing::warn!(
-            "{} workers on {cores} cores: far more processes than cores; start-up and health checks will be slow (a few workers per core is plenty; raise --concurrency instead)",
-            args.workers
-        );
-    }
-    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
-        line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
-    });
-    let wanted = args.mem_limit.bytes().saturating_mul(args.workers as u64);
-    if let Some(total) = total
-        && wanted > total
-    {
-        tracing::warn!(
-            "{} workers x {} = {} is more than this host's memory ({}): the kernel may kill workers before their limit does",
-            args.workers,
-            args.mem_limit,
-            human_bytes(wanted),
-            human_bytes(total)
-        );
-    }
-}
-
-/// The `worker` binary: beside our own executable, or `FLEET_WORKER_BIN`.
-fn worker_exe() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("FLEET_WORKER_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let me = std::env::current_exe().context("cannot find the supervisor's own executable")?;
-    let exe = me.with_file_name("worker");
-    if !exe.exists() {
-        bail!("the worker binary is not at {} (build the workspace, or set FLEET_WORKER_BIN)", exe.display());
-    }
-    Ok(exe)
-}
-
+/// A running fleet: its workers' slots and what the loop needs to drive them.
 pub struct Fleet {
     args: StartArgs,
+    /// The one writing connection: hand-backs and the records writer share it.
     db: Db,
     /// A read-only connection of its own for the done check: WAL reads never wait for
     /// the write lock, nor queue behind the records writer on `db`.
     reader: Db,
+    /// The database file, absolute: workers get it as --db, and the advice about a
+    /// damaged database names it.
     db_path: PathBuf,
+    /// This run's record; its id tags every bookkeeping write.
     run: FleetRun,
     memory: Memory,
     policy: RestartPolicy,
+    /// One per worker id, indexed by it.
     slots: Vec<Slot>,
-    cgroups: Vec<Option<WorkerCgroup>>,
-    /// OOM kills of each worker's cgroup when its process started.
-    oom_at_start: Vec<u64>,
+    /// The worker binary, found at setup, so a missing one fails the start at once.
     exe: PathBuf,
+    /// The control token every worker gets through its pipe; the sampler presents it
+    /// when it tells a worker about a memory kill.
     token: String,
     /// Where the workers are reached: the bind address, or loopback for a wildcard.
     reach: std::net::IpAddr,
+    /// What the tasks watching workers report (exits, /health answers), cloned into each.
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
+    /// Worker output, to the one task that writes the log files and the console.
     logs: mpsc::UnboundedSender<LogLine>,
     logger: tokio::task::JoinHandle<()>,
     /// Bookkeeping writes, done off the loop (see `records.rs`).
@@ -263,135 +124,25 @@ pub struct Fleet {
     recorder: tokio::task::JoinHandle<()>,
     /// Hand-backs of dead workers' videos in progress; waited for at the end.
     releases: TaskTracker,
-    /// When health was last checked; a much older one means this loop was stalled.
-    last_health_check: Instant,
-    /// No worker is killed for silence before this: set after a stall of our own.
-    health_grace_until: Option<Instant>,
+    /// Whether health verdicts may be given (not right after a stall of our own).
+    health_rounds: HealthRounds,
     /// Slots not yet started for the first time (with --stagger they go one by one).
     next_start: u32,
+    /// When the latest first start happened, for the --stagger gap.
     last_start: Option<Instant>,
+    /// For the summary's total time.
     began: Instant,
     /// Set once the fleet is stopping: the moment to give up waiting and kill.
     stopping: Option<Instant>,
+    /// How the run ends, once it is stopping.
     end: RunEnd,
-    /// Every restart and memory kill of this run, for the summary.
-    history: Vec<String>,
+    /// Every restart and kill of this run, for the summary.
+    history: Vec<Incident>,
     /// Why the run cannot go on (a damaged database): it stops, and `run` fails with this.
     fatal: Option<String>,
 }
 
 impl Fleet {
-    /// Opens the database, sets up memory enforcement and records the run. Nothing is
-    /// spawned yet.
-    pub async fn prepare(args: StartArgs, out: NonBlocking) -> anyhow::Result<Fleet> {
-        let exe = worker_exe()?;
-        let db_path = std::path::absolute(&args.db.db).context("cannot resolve --db")?;
-        // One connection: every write of ours comes from this one loop, in turn.
-        let db = Db::open(&db_path, 1).await.context("cannot use the database")?;
-        // Kept shard counts for this N, so status and the done check never count the table.
-        let mut conn = db.pool().acquire().await.context("cannot use the database")?;
-        shared::db::ensure_count_layout(&mut conn, args.workers).await.context("cannot count the videos by shard")?;
-        drop(conn);
-        let reader = Db::open_read_only(&db_path).await.context("cannot read the database")?;
-        if let Some(prev) = fleet::latest_run(db.pool()).await? {
-            let live = procfs::is_running(prev.supervisor_pid, "supervisor");
-            if live && matches!(prev.state.as_str(), "running" | "stopping") {
-                bail!(
-                    "a fleet is already running on {} (supervisor pid {}); stop it with `supervisor stop` first",
-                    db_path.display(),
-                    prev.supervisor_pid
-                );
-            }
-            recover_previous(&db, &prev, args.job.max_attempts).await?;
-        }
-        if !fleet::has_videos(reader.pool()).await? {
-            tracing::warn!(
-                "{} holds no videos yet; the workers wait for some: add them with `supervisor import FILE`",
-                db_path.display()
-            );
-        }
-        warn_if_too_big(&args);
-        let tag = format!("shardfleet-{}", std::process::id());
-        let memory = Memory::setup(args.mem_enforce, args.mem_limit.bytes(), &tag)?;
-        tracing::info!(
-            "memory limit {} per worker, enforced by {} ({})",
-            args.mem_limit,
-            crate::status::enforce_words(memory.mode.name()),
-            memory.why
-        );
-        let log_dir = match &args.log_dir {
-            Some(d) => d.clone(),
-            None => db_path.parent().unwrap_or(std::path::Path::new(".")).join("fleet-logs"),
-        };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&log_dir)
-            .with_context(|| format!("cannot create the log directory {}", log_dir.display()))?;
-        let token = args.control_token.clone().unwrap_or_else(random_token);
-        let mut run = FleetRun {
-            run_id: 0,
-            supervisor_pid: std::process::id() as i64,
-            host: std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()),
-            started_at: now_ms(),
-            stopped_at: None,
-            state: "running".into(),
-            workers: args.workers as i64,
-            base_port: args.base_port as i64,
-            bind: args.bind.to_string(),
-            mem_limit_bytes: Some(args.mem_limit.bytes() as i64),
-            mem_enforce: memory.mode.name().into(),
-            handler: args.handler.describe(),
-            concurrency: args.job.concurrency as i64,
-            log_dir: Some(log_dir.display().to_string()),
-            control_token: Some(token.clone()),
-        };
-        run.run_id = fleet::insert_run(db.pool(), &run).await?;
-        let (logs, logger) = output::start(log_dir, args.workers, args.log_max_size.bytes(), args.log_keep, out)?;
-        let (records, recorder) = records::start(db.clone(), run.run_id);
-        let (events_tx, events) = mpsc::unbounded_channel();
-        let policy = RestartPolicy {
-            delay: args.restart_delay,
-            delay_max: args.restart_delay_max,
-            stable_after: args.stable_after,
-            crash_loop: args.crash_loop,
-            cooldown: args.errored_cooldown,
-        };
-        let slots = (0..args.workers).map(|k| Slot::new(k, args.base_port + k as u16)).collect();
-        let reach = if args.bind.is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { args.bind };
-        Ok(Fleet {
-            reader,
-            cgroups: vec![None; args.workers as usize],
-            oom_at_start: vec![0; args.workers as usize],
-            args,
-            db,
-            db_path,
-            run,
-            memory,
-            policy,
-            slots,
-            exe,
-            token,
-            reach,
-            events_tx,
-            events,
-            logs,
-            logger,
-            records,
-            recorder,
-            releases: TaskTracker::new(),
-            last_health_check: Instant::now(),
-            health_grace_until: None,
-            next_start: 0,
-            last_start: None,
-            began: Instant::now(),
-            stopping: None,
-            end: RunEnd::Stopped,
-            history: Vec::new(),
-            fatal: None,
-        })
-    }
-
     /// Runs until stopped (or, with --exit-when-done, until the work is done).
     /// Returns how the run ended and, in batch mode, its summary to print.
     pub async fn run(
@@ -419,7 +170,7 @@ impl Fleet {
         );
         loop {
             self.start_due();
-            if self.stopping.is_some() && self.slots.iter().all(|s| s.pid.is_none()) {
+            if self.stopping.is_some() && self.slots.iter().all(|s| s.pid().is_none()) {
                 break;
             }
             let wake = self.next_wake();
@@ -442,7 +193,7 @@ impl Fleet {
                 Some(ev) = self.events.recv() => self.handle(ev),
                 _ = sample.tick(), if self.memory.mode == Mode::Sample => self.sample().await,
                 _ = health.tick() => self.check_health(false),
-                _ = readiness.tick(), if self.slots.iter().any(|s| s.state == SlotState::Starting) => self.check_health(true),
+                _ = readiness.tick(), if self.slots.iter().any(|s| s.state() == SlotState::Starting) => self.check_health(true),
                 _ = records.tick() => self.write_records(),
                 _ = done_check.tick(), if self.args.exit_when_done && self.stopping.is_none() => {
                     if let Err(e) = self.check_done().await {
@@ -452,7 +203,7 @@ impl Fleet {
                 _ = sleep_until(stop_at.unwrap_or_else(Instant::now).into()), if stop_at.is_some() && !killed_all => {
                     tracing::warn!("workers did not stop within the grace period; killing them");
                     killed_all = true;
-                    self.kill_all("did not stop within the grace period");
+                    self.kill_all(ExitCause::GraceOver);
                 }
                 _ = sleep_until(wake.unwrap_or_else(Instant::now).into()), if wake.is_some() => {}
             }
@@ -460,349 +211,10 @@ impl Fleet {
         self.finish().await
     }
 
-    /// Starts slots whose time has come: first starts (staggered) and restarts.
-    fn start_due(&mut self) {
-        if self.stopping.is_some() {
-            return;
-        }
-        let now = Instant::now();
-        while self.next_start < self.args.workers {
-            if !self.args.stagger.is_zero() && self.next_start > 0 {
-                let prev = &self.slots[self.next_start as usize - 1];
-                let prev_settled = prev.state == SlotState::Running
-                    || prev.started.is_none_or(|s| now.saturating_duration_since(s) >= self.args.ready_timeout);
-                let gap_over = self.last_start.is_none_or(|t| now.saturating_duration_since(t) >= self.args.stagger);
-                if !(prev_settled && gap_over) {
-                    break;
-                }
-                if prev.state == SlotState::Starting {
-                    tracing::warn!(
-                        "worker {} did not answer /health within {}; reported as not ready, starting the next",
-                        prev.id,
-                        human_duration(self.args.ready_timeout)
-                    );
-                }
-            }
-            let k = self.next_start;
-            self.next_start += 1;
-            self.last_start = Some(now);
-            self.start_slot(k);
-        }
-        for k in 0..self.slots.len() {
-            if self.slots[k].due().is_some_and(|t| t <= now) {
-                if matches!(self.slots[k].state, SlotState::Errored(_)) {
-                    tracing::info!("worker {k}: cooldown over; trying it again");
-                }
-                self.start_slot(k as u32);
-            }
-        }
-    }
-
-    /// The next moment a timer of ours needs the loop: a restart, or the stagger.
-    fn next_wake(&self) -> Option<Instant> {
-        let mut wake = self.slots.iter().filter_map(|s| s.due()).min();
-        if self.next_start < self.args.workers && self.next_start > 0 {
-            let prev = &self.slots[self.next_start as usize - 1];
-            let t = [self.last_start.map(|t| t + self.args.stagger), prev.started.map(|s| s + self.args.ready_timeout)]
-                .into_iter()
-                .flatten()
-                .max();
-            // Readiness itself arrives as a health event; this is the fallback.
-            wake = [wake, t.map(|t| t.min(Instant::now() + self.args.health_interval))].into_iter().flatten().min();
-        }
-        wake
-    }
-
-    fn start_slot(&mut self, k: u32) {
-        let ki = k as usize;
-        if let Some(old) = self.cgroups[ki].take() {
-            self.memory.release_worker(&old);
-        }
-        let cgroup = match self.memory.prepare_worker(k) {
-            Ok(c) => c,
-            Err(e) => {
-                self.crashed(k, format!("cannot set up its memory cgroup: {e:#}"));
-                return;
-            }
-        };
-        self.oom_at_start[ki] = cgroup.as_ref().and_then(|c| c.cgroup.oom_kills()).unwrap_or(0);
-        let slot = &self.slots[ki];
-        let mut args: Vec<OsString> = [
-            "--worker-id".to_string(),
-            k.to_string(),
-            "--workers".into(),
-            self.args.workers.to_string(),
-            "--port".into(),
-            slot.port.to_string(),
-            "--bind".into(),
-            self.args.bind.to_string(),
-            "--mem-limit".into(),
-            self.args.mem_limit.to_string(),
-            "--db".into(),
-        ]
-        .into_iter()
-        .map(OsString::from)
-        .collect();
-        args.push(self.db_path.clone().into_os_string());
-        args.extend(self.args.handler.to_args());
-        args.extend(self.args.job.to_args().into_iter().map(OsString::from));
-        let mut env = vec![
-            ("FLEET_RESTARTS".to_string(), slot.restarts.to_string()),
-            ("FLEET_LOG_NO_TIME".into(), "1".into()),
-            ("FLEET_SUPERVISOR_PID".into(), std::process::id().to_string()),
-            ("RUST_LOG".into(), std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".into())),
-        ];
-        if let Some(r) = &slot.last_reason {
-            env.push(("FLEET_LAST_RESTART_REASON".into(), r.clone()));
-        }
-        let child = spawn::spawn_worker(&self.exe, &args, &env, &self.token, cgroup.as_ref().map(|c| c.procs.clone()));
-        self.cgroups[ki] = cgroup;
-        let mut child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                self.crashed(k, format!("cannot start {}: {e}", self.exe.display()));
-                return;
-            }
-        };
-        let Some(pid) = child.id() else {
-            self.crashed(k, "exited before it could be watched".into());
-            return;
-        };
-        output::forward(k, child.stdout.take(), child.stderr.take(), self.logs.clone());
-        let tx = self.events_tx.clone();
-        tokio::spawn(async move {
-            let status = child.wait().await;
-            let _ = tx.send(Event::Exited { slot: k, pid, status });
-        });
-        self.slots[ki].spawned(pid, Instant::now(), now_ms());
-        tracing::info!("worker {k} started (pid {pid}, port {})", self.slots[ki].port);
-        self.write_record(k);
-    }
-
     fn handle(&mut self, ev: Event) {
         match ev {
-            Event::Health { slot, pid, ok } => {
-                let s = &mut self.slots[slot as usize];
-                if s.pid != Some(pid) || !ok {
-                    return;
-                }
-                s.last_healthy = Some(Instant::now());
-                if s.state == SlotState::Starting {
-                    s.state = SlotState::Running;
-                    let took = s.started.map(|t| t.elapsed()).unwrap_or_default();
-                    tracing::info!("worker {slot} ready in {} ms", took.as_millis());
-                    self.write_record(slot);
-                }
-            }
-            Event::Exited { slot, pid, status } => {
-                if self.slots[slot as usize].pid != Some(pid) {
-                    return;
-                }
-                let killed_by_us = self.slots[slot as usize].kill_reason.is_some();
-                let code = status.as_ref().ok().and_then(|s| s.code());
-                let fatal_exit = code == Some(shared::exit::WORKER_DB_CORRUPT as i32);
-                if fatal_exit && self.fatal.is_none() {
-                    tracing::error!("worker {slot} found the database damaged; ending the run");
-                    self.fatal = Some(shared::db::corrupt_advice(&self.db_path));
-                    self.begin_stop(RunEnd::Stopped);
-                }
-                let reason = self.exit_reason(slot, &status);
-                // Its handlers lead process groups of their own and survived it: end them.
-                for pgid in std::mem::take(&mut self.slots[slot as usize].handler_groups) {
-                    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
-                }
-                let outcome = if reason.starts_with("memory limit") { Outcome::Memory } else { Outcome::Crashed };
-                self.release_claims(slot, pid, outcome, &reason);
-                if let Some(cg) = self.cgroups[slot as usize].take() {
-                    self.memory.release_worker(&cg);
-                }
-                if self.stopping.is_some() {
-                    let s = &mut self.slots[slot as usize];
-                    s.pid = None;
-                    s.state = SlotState::Stopped;
-                    tracing::info!("worker {slot} stopped ({reason})");
-                    // No restart follows, but a kill or a crash on the way out still
-                    // counts: it is listed with its reason like any other.
-                    if (killed_by_us || code != Some(0)) && !fatal_exit {
-                        let kind = if killed_by_us { "kill" } else { "crash" };
-                        self.record(Record::Event { worker: slot, kind, reason: reason.clone() });
-                        self.history.push(format!(
-                            "{} worker {slot}: {reason} (while stopping)",
-                            shared::units::format_utc_ms(now_ms())
-                        ));
-                    }
-                    self.write_record(slot);
-                } else {
-                    self.crashed(slot, reason);
-                }
-            }
-        }
-    }
-
-    /// Why worker `k` exited, in words: the supervisor's own reason if it killed it,
-    /// the memory limit if its cgroup saw an OOM kill, else the exit code or signal.
-    fn exit_reason(&mut self, k: u32, status: &std::io::Result<ExitStatus>) -> String {
-        use std::os::unix::process::ExitStatusExt;
-        if let Some(r) = self.slots[k as usize].kill_reason.take() {
-            return r;
-        }
-        let ki = k as usize;
-        let oom = self.cgroups[ki].as_ref().and_then(|c| c.cgroup.oom_kills()).unwrap_or(0);
-        let killed = status.as_ref().ok().and_then(|s| s.signal()) == Some(Signal::SIGKILL as i32);
-        if killed && oom > self.oom_at_start[ki] {
-            return format!("memory limit: the kernel killed the worker in its cgroup (limit {})", self.args.mem_limit);
-        }
-        match status {
-            Ok(s) => match (s.code(), s.signal()) {
-                (Some(c), _) => format!("exit code {c}"),
-                (_, Some(sig)) => format!(
-                    "killed by signal {sig} ({})",
-                    Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("unknown")
-                ),
-                _ => "ended".into(),
-            },
-            Err(e) => format!("could not be waited for: {e}"),
-        }
-    }
-
-    fn crashed(&mut self, k: u32, reason: String) {
-        let now = Instant::now();
-        let state = self.slots[k as usize].crashed(reason.clone(), now, now_ms(), &self.policy);
-        self.slots[k as usize].restarts += 1;
-        let clock = shared::units::format_utc_ms(now_ms());
-        match state {
-            SlotState::Errored(until) => {
-                tracing::error!(
-                    "worker {k} exited ({reason}); it crashed {} times within {}: marked errored, next try in {}",
-                    self.policy.crash_loop.restarts,
-                    human_duration(self.policy.crash_loop.window),
-                    human_duration(until - now)
-                );
-                self.record(Record::Event { worker: k, kind: "errored", reason: reason.clone() });
-                self.history.push(format!("{clock} worker {k}: {reason}; marked errored"));
-            }
-            SlotState::Backoff(at) => {
-                tracing::warn!("worker {k} exited ({reason}); restarting in {}", human_duration(at - now));
-                self.record(Record::Event { worker: k, kind: "restart", reason: reason.clone() });
-                self.history.push(format!("{clock} worker {k}: {reason}"));
-            }
-            _ => {}
-        }
-        self.write_record(k);
-    }
-
-    /// Hands back what a dead worker held, at once: nothing waits for its leases. In a
-    /// task of its own, so a busy database does not stall the loop.
-    fn release_claims(&self, k: u32, pid: u32, outcome: Outcome, reason: &str) {
-        let pattern = shared::db::owner_pattern(k, pid);
-        let (db, reason, max) = (self.db.clone(), reason.to_string(), self.args.job.max_attempts);
-        self.releases.spawn(async move {
-            match shared::db::retry_busy(|| released_once(&db, &pattern, outcome, k, &reason, max)).await {
-                Ok(v) if !v.is_empty() => tracing::info!("worker {k}: handed back {} videos it held", v.len()),
-                Ok(_) => {}
-                Err(e) => tracing::error!("worker {k}: could not hand back its videos ({e}); their leases will lapse"),
-            }
-        });
-    }
-
-    /// Polls /health of every worker (or only the starting ones) and kills workers that
-    /// have been silent too long.
-    fn check_health(&mut self, only_starting: bool) {
-        let now = Instant::now();
-        if !only_starting {
-            // If this loop itself was stalled, the workers' silence is ours: give them a
-            // fresh allowance before judging.
-            let gap = now.saturating_duration_since(self.last_health_check);
-            if gap > self.args.health_interval * 3 + Duration::from_secs(1) {
-                tracing::warn!("the supervisor was stalled for {}; health verdicts wait", human_duration(gap));
-                self.health_grace_until = Some(now + self.args.unhealthy_after);
-            }
-            self.last_health_check = now;
-        }
-        let judging = self.health_grace_until.is_none_or(|t| now >= t);
-        for s in &mut self.slots {
-            let Some(pid) = s.pid else { continue };
-            if only_starting && s.state != SlotState::Starting {
-                continue;
-            }
-            let started = s.started.unwrap_or(now);
-            let silent_for = now.saturating_duration_since(s.last_healthy.unwrap_or(started));
-            let limit = if s.last_healthy.is_none() {
-                self.args.ready_timeout + self.args.unhealthy_after
-            } else {
-                self.args.unhealthy_after
-            };
-            if judging && silent_for > limit && s.kill_reason.is_none() {
-                let reason = if s.last_healthy.is_none() {
-                    format!("failed health check: never answered /health in {}", human_duration(limit))
-                } else {
-                    format!("failed health check: /health did not answer for {}", human_duration(silent_for))
-                };
-                tracing::warn!("worker {}: {reason}; killing it", s.id);
-                s.kill_reason = Some(reason);
-                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                continue;
-            }
-            let (ip, port, tx, slot) = (self.reach, s.port, self.events_tx.clone(), s.id);
-            tokio::spawn(async move {
-                let ok = probe::healthy(ip, port, Duration::from_secs(1)).await;
-                let _ = tx.send(Event::Health { slot, pid, ok });
-            });
-        }
-    }
-
-    /// Sampling mode: measures each worker's tree and kills what breaks the limit.
-    async fn sample(&mut self) {
-        for k in 0..self.slots.len() {
-            let Some(pid) = self.slots[k].pid else { continue };
-            if self.slots[k].kill_reason.is_some() {
-                continue;
-            }
-            let usage = procfs::tree_usage(pid as i32);
-            self.slots[k].rss = usage.total();
-            self.slots[k].handler_groups = usage.children.iter().map(|c| c.0 as u32).collect();
-            match self.memory.verdict(&usage) {
-                None => {}
-                Some(Victim::Handler { pgid, rss, total }) => {
-                    let reason = format!(
-                        "killed by the memory limit: its process group used {} (worker tree {}, limit {}, sampled)",
-                        human_bytes(rss),
-                        human_bytes(total),
-                        self.args.mem_limit
-                    );
-                    // Tell the worker first, so the attempt is recorded with this reason.
-                    let port = self.slots[k].port;
-                    let told = probe::announce_memory_kill(
-                        self.reach,
-                        port,
-                        &self.token,
-                        pgid,
-                        &reason,
-                        Duration::from_millis(200),
-                    )
-                    .await;
-                    if let Err(e) = &told {
-                        tracing::warn!("worker {k}: could not tell it about the memory kill: {e}");
-                    }
-                    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
-                    self.slots[k].memory_kills += 1;
-                    tracing::warn!("worker {k}: handler (process group {pgid}) {reason}");
-                    self.record(Record::Event { worker: k as u32, kind: "memory_kill", reason: reason.clone() });
-                    self.history
-                        .push(format!("{} worker {k}: handler {reason}", shared::units::format_utc_ms(now_ms())));
-                }
-                Some(Victim::Worker { total }) => {
-                    let reason = format!(
-                        "memory limit: the worker's tree used {} (limit {}, sampled)",
-                        human_bytes(total),
-                        self.args.mem_limit
-                    );
-                    tracing::warn!("worker {k}: {reason}; killing it");
-                    self.slots[k].memory_kills += 1;
-                    self.slots[k].kill_reason = Some(reason);
-                    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                }
-            }
+            Event::Health { slot, pid, ok } => self.on_health(slot, pid, ok),
+            Event::Exited { slot, pid, status } => self.on_exit(slot, pid, status),
         }
     }
 
@@ -826,7 +238,7 @@ impl Fleet {
         }
         // Work only errored workers could do would keep the run waiting for nothing.
         let errored: Vec<u32> =
-            self.slots.iter().filter(|s| matches!(s.state, SlotState::Errored(_))).map(|s| s.id).collect();
+            self.slots.iter().filter(|s| matches!(s.state(), SlotState::Errored(_))).map(|s| s.id).collect();
         if !errored.is_empty() {
             let shards = fleet::shard_progress(self.reader.pool(), self.args.workers).await?;
             let live_left: u64 = shards
@@ -851,21 +263,20 @@ impl Fleet {
         self.stopping = Some(Instant::now() + self.args.job.grace + Duration::from_secs(5));
         self.record(Record::RunState { state: "stopping", stopped: false });
         self.signal_all(Signal::SIGTERM);
-        for s in self.slots.iter_mut().filter(|s| s.pid.is_none()) {
-            s.state = SlotState::Stopped;
+        for s in self.slots.iter_mut().filter(|s| s.pid().is_none()) {
+            s.stop();
         }
     }
 
     fn signal_all(&self, signal: Signal) {
-        for pid in self.slots.iter().filter_map(|s| s.pid) {
+        for pid in self.slots.iter().filter_map(|s| s.pid()) {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), signal);
         }
     }
 
-    fn kill_all(&mut self, reason: &str) {
+    fn kill_all(&mut self, reason: ExitCause) {
         for s in &mut self.slots {
-            if let Some(pid) = s.pid {
-                s.kill_reason.get_or_insert_with(|| reason.to_string());
+            if let Some(pid) = s.kill(reason.clone()) {
                 let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
         }
@@ -873,11 +284,7 @@ impl Fleet {
 
     fn write_records(&mut self) {
         if self.memory.mode != Mode::Sample {
-            for s in &mut self.slots {
-                let usage = s.pid.map(|p| procfs::tree_usage(p as i32));
-                s.rss = usage.as_ref().map(|u| u.total()).unwrap_or(0);
-                s.handler_groups = usage.map(|u| u.children.iter().map(|c| c.0 as u32).collect()).unwrap_or_default();
-            }
+            self.measure_for_record();
         }
         for k in 0..self.slots.len() as u32 {
             self.write_record(k);
@@ -885,23 +292,7 @@ impl Fleet {
     }
 
     fn write_record(&self, k: u32) {
-        let s = &self.slots[k as usize];
-        let not_ready =
-            s.state == SlotState::Starting && s.started.is_some_and(|t| t.elapsed() > self.args.ready_timeout);
-        let record = FleetWorker {
-            run_id: self.run.run_id,
-            worker_id: k as i64,
-            pid: s.pid.map(i64::from),
-            port: s.port as i64,
-            state: if not_ready { "not-ready".into() } else { s.state.name().into() },
-            started_at: s.started_at_ms,
-            restarts: s.restarts as i64,
-            last_reason: s.last_reason.clone(),
-            last_restart_at: s.last_restart_at_ms,
-            rss_bytes: Some(s.rss as i64),
-            memory_kills: s.memory_kills as i64,
-            updated_at: None,
-        };
+        let record = self.slots[k as usize].record(self.run.run_id, Instant::now(), self.args.ready_timeout);
         self.record(Record::Worker(record));
     }
 
@@ -910,9 +301,15 @@ impl Fleet {
         let _ = self.records.send(r);
     }
 
+    /// Records a kill or restart as an event, and keeps it for the summary.
+    fn list(&mut self, incident: Incident) {
+        self.record(Record::Event { worker: incident.worker, kind: incident.kind, reason: incident.reason.clone() });
+        self.history.push(incident);
+    }
+
     async fn finish(mut self) -> anyhow::Result<(RunEnd, Option<String>)> {
         for k in 0..self.slots.len() as u32 {
-            self.slots[k as usize].state = SlotState::Stopped;
+            self.slots[k as usize].stop();
             self.write_record(k);
         }
         self.memory.cleanup();
@@ -952,56 +349,4 @@ impl Fleet {
         self.db.close().await;
         Ok((self.end, summary))
     }
-}
-
-async fn released_once(
-    db: &Db,
-    pattern: &str,
-    outcome: Outcome,
-    k: u32,
-    reason: &str,
-    max_attempts: u32,
-) -> Result<Vec<(i64, shared::status::VideoStatus)>, shared::DbError> {
-    let mut conn = db.pool().acquire().await?;
-    shared::db::release_matching(
-        &mut conn,
-        pattern,
-        now_ms(),
-        outcome,
-        &format!("worker {k} died: {reason}"),
-        max_attempts,
-    )
-    .await
-}
-
-/// A previous run whose supervisor died left claims behind: its workers died with it
-/// (parent-death signal), so whatever they held is handed back now.
-async fn recover_previous(db: &Db, prev: &FleetRun, max_attempts: u32) -> anyhow::Result<()> {
-    if !matches!(prev.state.as_str(), "running" | "stopping") {
-        return Ok(());
-    }
-    let mut handed_back = 0;
-    for w in fleet::run_workers(db.pool(), prev.run_id).await? {
-        if let Some(pid) = w.pid {
-            let pattern = shared::db::owner_pattern(w.worker_id as u32, pid as u32);
-            let reason = format!("the supervisor of run {} died", prev.run_id);
-            handed_back += shared::db::retry_busy(|| {
-                released_once(db, &pattern, Outcome::Crashed, w.worker_id as u32, &reason, max_attempts)
-            })
-            .await?
-            .len();
-        }
-    }
-    fleet::set_run_state(db.pool(), prev.run_id, "crashed", true).await?;
-    tracing::warn!(
-        "the previous run (supervisor pid {}) ended without stopping; handed back {handed_back} videos its workers held",
-        prev.supervisor_pid
-    );
-    Ok(())
-}
-
-fn random_token() -> String {
-    use rand::RngExt;
-    let mut rng = rand::rng();
-    (0..32).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
 }

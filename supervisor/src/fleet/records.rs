@@ -4,16 +4,85 @@
 //! database is busy collapse into the latest.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use shared::db::Db;
 use shared::db::fleet::{self, FleetWorker};
+use shared::units::format_utc_ms;
 use tokio::sync::mpsc;
+
+use super::exit_cause::ExitCause;
 
 #[derive(Debug)]
 pub enum Record {
     Worker(FleetWorker),
-    Event { worker: u32, kind: &'static str, reason: String },
+    Event { worker: u32, kind: EventKind, reason: String },
     RunState { state: &'static str, stopped: bool },
+}
+
+/// What happened to a worker, as the run's events list it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// It ended unexpectedly and restarts after a backoff.
+    Restart,
+    /// It crashed too often and rests for the cooldown.
+    Errored,
+    /// It crashed while the fleet was stopping.
+    Crash,
+    /// The supervisor killed it while the fleet was stopping.
+    Kill,
+    /// The sampler killed one of its handlers; the worker carried on.
+    MemoryKill,
+}
+
+impl EventKind {
+    /// The name kept in the events table and shown by `supervisor status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Restart => "restart",
+            EventKind::Errored => "errored",
+            EventKind::Crash => "crash",
+            EventKind::Kill => "kill",
+            EventKind::MemoryKill => "memory_kill",
+        }
+    }
+}
+
+/// A kill or restart of this run: recorded as an event, and listed in the summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incident {
+    pub at_ms: i64,
+    pub worker: u32,
+    pub kind: EventKind,
+    /// Its words, as the event keeps them.
+    pub reason: String,
+    /// Whether the memory limit ended the worker itself (not one of its handlers).
+    pub worker_memory_kill: bool,
+}
+
+impl Incident {
+    /// Worker `worker` ended for `cause`.
+    pub fn exit(at_ms: i64, worker: u32, kind: EventKind, cause: &ExitCause) -> Incident {
+        Incident { at_ms, worker, kind, reason: cause.to_string(), worker_memory_kill: cause.is_memory() }
+    }
+
+    /// The sampler killed one of worker `worker`'s handlers for `reason`.
+    pub fn handler_memory_kill(at_ms: i64, worker: u32, reason: String) -> Incident {
+        Incident { at_ms, worker, kind: EventKind::MemoryKill, reason, worker_memory_kill: false }
+    }
+}
+
+/// The incident's line in the run summary.
+impl fmt::Display for Incident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (clock, k, reason) = (format_utc_ms(self.at_ms), self.worker, &self.reason);
+        match self.kind {
+            EventKind::Restart => write!(f, "{clock} worker {k}: {reason}"),
+            EventKind::Errored => write!(f, "{clock} worker {k}: {reason}; marked errored"),
+            EventKind::Crash | EventKind::Kill => write!(f, "{clock} worker {k}: {reason} (while stopping)"),
+            EventKind::MemoryKill => write!(f, "{clock} worker {k}: handler {reason}"),
+        }
+    }
 }
 
 /// Starts the writer for run `run_id`; it ends when every sender is dropped, after
@@ -31,7 +100,7 @@ pub fn start(db: Db, run_id: i64) -> (mpsc::UnboundedSender<Record>, tokio::task
                         Ok(())
                     }
                     Record::Event { worker, kind, reason } => {
-                        fleet::add_event(db.pool(), run_id, worker, kind, &reason).await
+                        fleet::add_event(db.pool(), run_id, worker, kind.name(), &reason).await
                     }
                     Record::RunState { state, stopped } => {
                         fleet::set_run_state(db.pool(), run_id, state, stopped).await
@@ -49,4 +118,49 @@ pub fn start(db: Db, run_id: i64) -> (mpsc::UnboundedSender<Record>, tokio::task
         }
     });
     (tx, task)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use shared::units::ByteSize;
+
+    use super::*;
+
+    const AT: i64 = 1_700_000_000_000;
+
+    #[test]
+    fn each_incident_reads_in_the_summary_as_before() {
+        let clock = format_utc_ms(AT);
+        let lines = [
+            (Incident::exit(AT, 1, EventKind::Restart, &ExitCause::Code(1)), format!("{clock} worker 1: exit code 1")),
+            (
+                Incident::exit(AT, 0, EventKind::Errored, &ExitCause::Code(2)),
+                format!("{clock} worker 0: exit code 2; marked errored"),
+            ),
+            (
+                Incident::exit(AT, 2, EventKind::Kill, &ExitCause::GraceOver),
+                format!("{clock} worker 2: did not stop within the grace period (while stopping)"),
+            ),
+            (
+                Incident::handler_memory_kill(AT, 3, "killed by the memory limit".into()),
+                format!("{clock} worker 3: handler killed by the memory limit"),
+            ),
+        ];
+        for (incident, line) in lines {
+            assert_eq!(incident.to_string(), line);
+        }
+    }
+
+    #[test]
+    fn only_the_memory_limit_ending_the_worker_counts_as_a_worker_memory_kill() {
+        let limit = ByteSize(250 << 20);
+        assert!(Incident::exit(AT, 0, EventKind::Restart, &ExitCause::KernelOom { limit }).worker_memory_kill);
+        let sampled = ExitCause::SampledOverLimit { tree: 300 << 20, limit };
+        assert!(Incident::exit(AT, 0, EventKind::Kill, &sampled).worker_memory_kill);
+        let silent = ExitCause::Unhealthy { silent_for: Duration::from_secs(11) };
+        assert!(!Incident::exit(AT, 0, EventKind::Restart, &silent).worker_memory_kill);
+        assert!(!Incident::handler_memory_kill(AT, 0, "memory limit".into()).worker_memory_kill);
+    }
 }

@@ -1,5 +1,7 @@
 //! The batch summary printed at the end of `--exit-when-done`, in the spirit of the
-//! seeds' batch report. Every number is read from the database.
+//! seeds' batch report. Every number is read from the database, but for the run's
+//! restarts and kills, which the fleet kept as it recorded them (their events keep only
+//! words, so a worker's memory kill is told by its cause here, not by its text).
 
 use std::time::Duration;
 
@@ -7,6 +9,7 @@ use shared::db::Db;
 use shared::db::fleet::{self, FleetRun};
 
 use super::RunEnd;
+use super::records::Incident;
 use crate::cli::StartArgs;
 
 pub async fn build(
@@ -14,7 +17,7 @@ pub async fn build(
     run: &FleetRun,
     args: &StartArgs,
     took: Duration,
-    history: &[String],
+    history: &[Incident],
     end: RunEnd,
 ) -> anyhow::Result<String> {
     let pool = db.pool();
@@ -49,17 +52,13 @@ pub async fn build(
     let secs = took.as_secs_f64().max(0.001);
     // Handlers killed for memory fail their attempt with outcome 'memory' (whoever
     // killed them: the kernel in a cgroup, or our sampler); workers killed for memory
-    // are restarts whose reason says so.
+    // are restarts (or kills on the way out) whose cause says so.
     let handler_kills: i64 =
         sqlx::query_scalar("SELECT count(*) FROM attempts WHERE outcome = 'memory' AND started_at >= ?")
             .bind(run.started_at)
             .fetch_one(pool)
             .await?;
-    let worker_kills = fleet::run_events(pool, run.run_id)
-        .await?
-        .iter()
-        .filter(|e| e.kind != "memory_kill" && e.reason.starts_with("memory limit"))
-        .count() as i64;
+    let worker_kills = history.iter().filter(|i| i.worker_memory_kill).count() as i64;
     let memory_kills = handler_kills + worker_kills;
 
     let mut out = String::new();

@@ -4,7 +4,9 @@
 //! with `memory.swap.max = 0`, or v1 `memory.limit_in_bytes` and, where present,
 //! `memory.memsw.limit_in_bytes`); the worker joins it before it executes, so every
 //! process it starts is counted. Elsewhere the supervisor samples the RSS of each
-//! worker's tree (`sample`) and kills what breaks the limit.
+//! worker's tree and kills what breaks the limit (`sample.rs`).
+
+mod sample;
 
 use std::ffi::CString;
 use std::fs;
@@ -14,7 +16,6 @@ use anyhow::{Context, bail};
 use shared::cgroup::{self, MemoryCgroup, Version};
 
 use crate::cli::MemEnforce;
-use crate::procfs::TreeUsage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -139,29 +140,6 @@ impl Memory {
             let _ = fs::remove_dir(root);
         }
     }
-
-    /// In sampling mode: what to kill, if `usage` breaks the limit.
-    pub fn verdict(&self, usage: &TreeUsage) -> Option<Victim> {
-        if self.mode != Mode::Sample || usage.total() <= self.limit {
-            return None;
-        }
-        // A handler (a child of the worker, leading its own process group) is the usual
-        // culprit; killing it fails one attempt and the worker carries on. Only when the
-        // worker itself is the bulk of the tree is the worker killed.
-        match usage.children.first() {
-            Some(&(pid, rss)) if rss >= usage.root => {
-                Some(Victim::Handler { pgid: pid as u32, rss, total: usage.total() })
-            }
-            _ => Some(Victim::Worker { total: usage.total() }),
-        }
-    }
-}
-
-/// Who the sampler kills.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Victim {
-    Handler { pgid: u32, rss: u64, total: u64 },
-    Worker { total: u64 },
 }
 
 fn write(path: &Path, value: &str) -> anyhow::Result<()> {
@@ -243,31 +221,4 @@ fn try_v1(tag: &str) -> anyhow::Result<PathBuf> {
         bail!("cannot set a limit in {}: {e}", root.display());
     }
     Ok(root)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sampler(limit: u64) -> Memory {
-        Memory { mode: Mode::Sample, limit, root: None, why: String::new() }
-    }
-
-    #[test]
-    fn a_tree_under_the_limit_is_left_alone() {
-        let usage = TreeUsage { root: 10, children: vec![(5, 20)] };
-        assert_eq!(sampler(100).verdict(&usage), None);
-    }
-
-    #[test]
-    fn the_largest_handler_is_killed_before_the_worker() {
-        let usage = TreeUsage { root: 10, children: vec![(7, 200), (8, 5)] };
-        assert_eq!(sampler(100).verdict(&usage), Some(Victim::Handler { pgid: 7, rss: 200, total: 215 }));
-    }
-
-    #[test]
-    fn a_worker_that_is_itself_too_big_is_killed() {
-        let usage = TreeUsage { root: 300, children: vec![(7, 2)] };
-        assert_eq!(sampler(100).verdict(&usage), Some(Victim::Worker { total: 302 }));
-    }
 }

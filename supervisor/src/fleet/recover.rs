@@ -1,0 +1,116 @@
+//! Handing back what dead workers held: a worker that dies mid-run (at once, so nothing
+//! waits for its leases to lapse), and a previous run whose supervisor was killed (its
+//! workers died with it; the next start waits for them to go and hands back their claims).
+
+use std::time::{Duration, Instant};
+
+use shared::db::fleet::{self, FleetRun};
+use shared::db::{Db, now_ms};
+use shared::status::Outcome;
+use shared::units::human_duration;
+
+use super::Fleet;
+use crate::procfs;
+
+/// How long a new `start` waits for the workers of a run whose supervisor was killed:
+/// their parent-death signal ends them within tens of milliseconds, longer on a busy
+/// host, and a service manager restarts the supervisor at once.
+const PREVIOUS_WORKERS_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits (bounded) until the workers of the database's last run, if its supervisor is
+/// gone, have exited and freed their ports. Reads only; a database that cannot be read
+/// here is left for `prepare` to report.
+pub async fn wait_for_previous_workers(db_path: &std::path::Path) {
+    if !db_path.exists() {
+        return;
+    }
+    let Ok(db) = Db::open_read_only(db_path).await else { return };
+    let pids: Vec<i64> = match fleet::latest_run(db.pool()).await {
+        Ok(Some(prev))
+            if matches!(prev.state.as_str(), "running" | "stopping")
+                && !procfs::is_running(prev.supervisor_pid, "supervisor") =>
+        {
+            fleet::run_workers(db.pool(), prev.run_id).await.unwrap_or_default().iter().filter_map(|w| w.pid).collect()
+        }
+        _ => Vec::new(),
+    };
+    db.close().await;
+    let deadline = Instant::now() + PREVIOUS_WORKERS_WAIT;
+    let alive = || pids.iter().filter(|&&p| procfs::is_running(p, "worker")).count();
+    let mut waiting = alive();
+    if waiting > 0 {
+        tracing::info!("waiting for {waiting} workers of the previous run to exit");
+    }
+    while waiting > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waiting = alive();
+    }
+    if waiting > 0 {
+        tracing::warn!(
+            "{waiting} workers of the previous run are still alive after {}",
+            human_duration(PREVIOUS_WORKERS_WAIT)
+        );
+    }
+}
+
+impl Fleet {
+    /// Hands back what a dead worker held, at once: nothing waits for its leases. In a
+    /// task of its own, so a busy database does not stall the loop.
+    pub(super) fn release_claims(&self, k: u32, pid: u32, outcome: Outcome, reason: &str) {
+        let pattern = shared::db::owner_pattern(k, pid);
+        let (db, reason, max) = (self.db.clone(), reason.to_string(), self.args.job.max_attempts);
+        self.releases.spawn(async move {
+            match shared::db::retry_busy(|| released_once(&db, &pattern, outcome, k, &reason, max)).await {
+                Ok(v) if !v.is_empty() => tracing::info!("worker {k}: handed back {} videos it held", v.len()),
+                Ok(_) => {}
+                Err(e) => tracing::error!("worker {k}: could not hand back its videos ({e}); their leases will lapse"),
+            }
+        });
+    }
+}
+
+async fn released_once(
+    db: &Db,
+    pattern: &str,
+    outcome: Outcome,
+    k: u32,
+    reason: &str,
+    max_attempts: u32,
+) -> Result<Vec<(i64, shared::status::VideoStatus)>, shared::DbError> {
+    let mut conn = db.pool().acquire().await?;
+    shared::db::release_matching(
+        &mut conn,
+        pattern,
+        now_ms(),
+        outcome,
+        &format!("worker {k} died: {reason}"),
+        max_attempts,
+    )
+    .await
+}
+
+/// A previous run whose supervisor died left claims behind: its workers died with it
+/// (parent-death signal), so whatever they held is handed back now.
+pub(super) async fn recover_previous(db: &Db, prev: &FleetRun, max_attempts: u32) -> anyhow::Result<()> {
+    if !matches!(prev.state.as_str(), "running" | "stopping") {
+        return Ok(());
+    }
+    let mut handed_back = 0;
+    for w in fleet::run_workers(db.pool(), prev.run_id).await? {
+        if let Some(pid) = w.pid {
+            let pattern = shared::db::owner_pattern(w.worker_id as u32, pid as u32);
+            let reason = format!("the supervisor of run {} died", prev.run_id);
+            handed_back += shared::db::retry_busy(|| {
+                released_once(db, &pattern, Outcome::Crashed, w.worker_id as u32, &reason, max_attempts)
+            })
+            .await?
+            .len();
+        }
+    }
+    fleet::set_run_state(db.pool(), prev.run_id, "crashed", true).await?;
+    tracing::warn!(
+        "the previous run (supervisor pid {}) ended without stopping; handed back {handed_back} videos its workers held",
+        prev.supervisor_pid
+    );
+    Ok(())
+}

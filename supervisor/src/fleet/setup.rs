@@ -1,0 +1,240 @@
+//! Before the loop: the checks `start` makes before anything is spawned or written
+//! (flags, ports, a batch with nothing to do, a fleet too big for the host), then the
+//! run's setup (database, a dead run's recovery, memory enforcement, logs, the run
+//! record and its control token).
+
+use std::os::unix::fs::DirBuilderExt;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use shared::db::fleet::{self, FleetRun};
+use shared::db::{Db, now_ms};
+use shared::units::human_bytes;
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+use tracing_appender::non_blocking::NonBlocking;
+
+use super::health::HealthRounds;
+use super::memory::Memory;
+use super::restart::RestartPolicy;
+use super::slot::Slot;
+use super::{Fleet, RunEnd, launch, output, records, recover};
+use crate::cli::StartArgs;
+use crate::procfs;
+
+/// Checks of the flags, made before anything is spawned or written; the error is one
+/// sentence.
+pub fn preflight(args: &StartArgs) -> anyhow::Result<()> {
+    args.handler.validate().map_err(anyhow::Error::msg)?;
+    args.job.validate().map_err(anyhow::Error::msg)?;
+    if let Some(token) = &args.control_token {
+        shared::config::validate_control_token(token).map_err(anyhow::Error::msg)?;
+    }
+    if args.mem_limit.bytes() < 16 << 20 {
+        bail!("--mem-limit {} is too small for a worker; use at least 16M", args.mem_limit);
+    }
+    let last = args.base_port as u32 + args.workers - 1;
+    if last > u16::MAX as u32 {
+        bail!("--base-port {} with {} workers needs ports up to {last}, past 65535", args.base_port, args.workers);
+    }
+    if args.sample_interval > Duration::from_millis(250) || args.sample_interval < Duration::from_millis(10) {
+        bail!("--sample-interval must be between 10ms and 250ms");
+    }
+    Ok(())
+}
+
+/// Tries every worker's port before anything starts, so a busy one changes nothing.
+/// A port someone else holds is a fact of the host, not a bad flag: a runtime failure.
+/// An address this host does not have, or a port it may not bind, is a bad flag.
+pub fn check_ports(args: &StartArgs) -> Result<(), crate::Failure> {
+    for k in 0..args.workers {
+        let port = args.base_port + k as u16;
+        if let Err(e) = std::net::TcpListener::bind((args.bind, port)) {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                return Err(anyhow::anyhow!(
+                    "port {port} on {} is already in use (worker {k} would listen there)",
+                    args.bind
+                )
+                .into());
+            }
+            return Err(crate::Failure::usage(anyhow::anyhow!(
+                "cannot listen on {}:{port} (worker {k}): {e}",
+                args.bind
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A batch run (`--exit-when-done`) with no videos would end at once having done
+/// nothing: refused before anything is created, naming the command that adds videos.
+pub async fn check_batch_has_videos(args: &StartArgs) -> anyhow::Result<()> {
+    if !args.exit_when_done {
+        return Ok(());
+    }
+    let path = &args.db.db;
+    let empty = match std::fs::metadata(path) {
+        Err(_) => true,
+        Ok(m) if m.len() == 0 => true,
+        // A file that is not a fleet's is for `prepare` to refuse, in its own words.
+        Ok(_) => match Db::open_read_only(path).await {
+            Ok(db) => {
+                let has = fleet::has_videos(db.pool()).await;
+                db.close().await;
+                !has?
+            }
+            Err(_) => false,
+        },
+    };
+    if empty {
+        bail!(
+            "{} holds no videos, so a batch run has nothing to do; add some with `supervisor import FILE` first",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Warns when the fleet cannot fit the host: it will run, but slowly or into the kernel's
+/// OOM killer, and the user should hear why before it happens.
+fn warn_if_too_big(args: &StartArgs) {
+    let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    if args.workers > cores * 8 {
+        tracing::warn!(
+            "{} workers on {cores} cores: far more processes than cores; start-up and health checks will be slow (a few workers per core is plenty; raise --concurrency instead)",
+            args.workers
+        );
+    }
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
+    });
+    let wanted = args.mem_limit.bytes().saturating_mul(args.workers as u64);
+    if let Some(total) = total
+        && wanted > total
+    {
+        tracing::warn!(
+            "{} workers x {} = {} is more than this host's memory ({}): the kernel may kill workers before their limit does",
+            args.workers,
+            args.mem_limit,
+            human_bytes(wanted),
+            human_bytes(total)
+        );
+    }
+}
+
+impl Fleet {
+    /// Opens the database, sets up memory enforcement and records the run. Nothing is
+    /// spawned yet.
+    pub async fn prepare(args: StartArgs, out: NonBlocking) -> anyhow::Result<Fleet> {
+        let exe = launch::worker_exe()?;
+        let db_path = std::path::absolute(&args.db.db).context("cannot resolve --db")?;
+        // One connection: every write of ours comes from this one loop, in turn.
+        let db = Db::open(&db_path, 1).await.context("cannot use the database")?;
+        // Kept shard counts for this N, so status and the done check never count the table.
+        let mut conn = db.pool().acquire().await.context("cannot use the database")?;
+        shared::db::ensure_count_layout(&mut conn, args.workers).await.context("cannot count the videos by shard")?;
+        drop(conn);
+        let reader = Db::open_read_only(&db_path).await.context("cannot read the database")?;
+        if let Some(prev) = fleet::latest_run(db.pool()).await? {
+            let live = procfs::is_running(prev.supervisor_pid, "supervisor");
+            if live && matches!(prev.state.as_str(), "running" | "stopping") {
+                bail!(
+                    "a fleet is already running on {} (supervisor pid {}); stop it with `supervisor stop` first",
+                    db_path.display(),
+                    prev.supervisor_pid
+                );
+            }
+            recover::recover_previous(&db, &prev, args.job.max_attempts).await?;
+        }
+        if !fleet::has_videos(reader.pool()).await? {
+            tracing::warn!(
+                "{} holds no videos yet; the workers wait for some: add them with `supervisor import FILE`",
+                db_path.display()
+            );
+        }
+        warn_if_too_big(&args);
+        let tag = format!("shardfleet-{}", std::process::id());
+        let memory = Memory::setup(args.mem_enforce, args.mem_limit.bytes(), &tag)?;
+        tracing::info!(
+            "memory limit {} per worker, enforced by {} ({})",
+            args.mem_limit,
+            crate::status::enforce_words(memory.mode.name()),
+            memory.why
+        );
+        let log_dir = match &args.log_dir {
+            Some(d) => d.clone(),
+            None => db_path.parent().unwrap_or(std::path::Path::new(".")).join("fleet-logs"),
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&log_dir)
+            .with_context(|| format!("cannot create the log directory {}", log_dir.display()))?;
+        let token = args.control_token.clone().unwrap_or_else(random_token);
+        let mut run = FleetRun {
+            run_id: 0,
+            supervisor_pid: std::process::id() as i64,
+            host: std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()),
+            started_at: now_ms(),
+            stopped_at: None,
+            state: "running".into(),
+            workers: args.workers as i64,
+            base_port: args.base_port as i64,
+            bind: args.bind.to_string(),
+            mem_limit_bytes: Some(args.mem_limit.bytes() as i64),
+            mem_enforce: memory.mode.name().into(),
+            handler: args.handler.describe(),
+            concurrency: args.job.concurrency as i64,
+            log_dir: Some(log_dir.display().to_string()),
+            control_token: Some(token.clone()),
+        };
+        run.run_id = fleet::insert_run(db.pool(), &run).await?;
+        let (logs, logger) = output::start(log_dir, args.workers, args.log_max_size.bytes(), args.log_keep, out)?;
+        let (records, recorder) = records::start(db.clone(), run.run_id);
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let policy = RestartPolicy {
+            delay: args.restart_delay,
+            delay_max: args.restart_delay_max,
+            stable_after: args.stable_after,
+            crash_loop: args.crash_loop,
+            cooldown: args.errored_cooldown,
+        };
+        let slots = (0..args.workers).map(|k| Slot::new(k, args.base_port + k as u16)).collect();
+        let reach = if args.bind.is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { args.bind };
+        Ok(Fleet {
+            reader,
+            args,
+            db,
+            db_path,
+            run,
+            memory,
+            policy,
+            slots,
+            exe,
+            token,
+            reach,
+            events_tx,
+            events,
+            logs,
+            logger,
+            records,
+            recorder,
+            releases: TaskTracker::new(),
+            health_rounds: HealthRounds::new(Instant::now()),
+            next_start: 0,
+            last_start: None,
+            began: Instant::now(),
+            stopping: None,
+            end: RunEnd::Stopped,
+            history: Vec::new(),
+            fatal: None,
+        })
+    }
+}
+
+fn random_token() -> String {
+    use rand::RngExt;
+    let mut rng = rand::rng();
+    (0..32).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
+}
