@@ -6,6 +6,7 @@
 //! build them in the same profile.
 
 mod import_bench;
+mod pacing_bench;
 mod scale_bench;
 mod supervisor_bench;
 
@@ -79,6 +80,26 @@ enum What {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// The http handler's pacing against a real nginx rate limit (20/s shared, burst 5,
+    /// 429 with Retry-After: 1; installed with apt-get if missing): rate achieved,
+    /// failed videos, how far apart the workers finish.
+    Pacing {
+        /// Fleet sizes to run, one table row each.
+        #[arg(long, value_delimiter = ',', default_value = "2,4")]
+        workers: Vec<u32>,
+        /// Videos per run.
+        #[arg(long, default_value_t = 500)]
+        videos: i64,
+        /// `--concurrency` of each worker.
+        #[arg(long, default_value_t = 8)]
+        concurrency: u32,
+        /// Seconds after which a run is stopped and reported as a timeout.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// `--rate` for each worker (the case has none).
+        #[arg(long)]
+        worker_rate: Option<String>,
+    },
     /// Wall time and peak RSS of `supervisor import` on a generated CSV file.
     Import {
         /// Lines of the CSV file.
@@ -112,6 +133,22 @@ async fn main() -> anyhow::Result<()> {
         What::Monitor { workers, seconds } => {
             let report = bench_monitor(cli.runs, workers, seconds).await?;
             write_section(&cli.out, "monitor", &command, &report)?;
+        }
+        What::Pacing { workers, videos, concurrency, timeout, worker_rate } => {
+            let dir = tempfile_dir()?;
+            let opts = pacing_bench::Options {
+                workers,
+                videos,
+                concurrency,
+                timeout: Duration::from_secs(timeout),
+                worker_rate,
+            };
+            let report = pacing_bench::bench_pacing(&dir, cli.runs, &opts).await;
+            // A failed run's files (nginx's logs, the fleet's) stay for a look.
+            if report.is_ok() {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            write_section(&cli.out, "pacing", &command, &report?)?;
         }
         What::Import { lines, baseline } => {
             let dir = tempfile_dir()?;
