@@ -636,10 +636,24 @@ async fn killed_worker_leaves_no_handler(mode: &str) {
     ));
     wait_for(LONG, "two handlers running", || async { t.by_status().await.get("running") == Some(&2) }).await;
     let pid = workers(&t).await[0].1.unwrap();
-    // The handlers are the worker's children; give the sampler a round to see them.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let handlers = children_of(pid);
+    // The handlers are the worker's children. In sampling mode the supervisor kills the
+    // groups it last sampled, so let two of its refreshes of the worker records pass
+    // after both handlers exist: a whole sampling round has seen them, however slow a
+    // loaded machine makes the rounds.
+    let mut handlers = children_of(pid);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while handlers.len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        handlers = children_of(pid);
+    }
     assert_eq!(handlers.len(), 2, "two handler processes: {handlers:?}");
+    for _ in 0..2 {
+        let seen = t.scalar("SELECT max(updated_at) FROM fleet_workers").await;
+        wait_for(LONG, "the supervisor's next refresh", || async {
+            t.scalar("SELECT max(updated_at) FROM fleet_workers").await > seen
+        })
+        .await;
+    }
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
     while handlers.iter().any(|&h| alive(h)) && Instant::now() < deadline {
@@ -719,7 +733,9 @@ async fn a_port_someone_else_holds_is_a_runtime_failure_and_changes_nothing() {
 }
 
 /// A stand-in worker that answers /health, and on its parent's death (SIGUSR2) or
-/// SIGTERM keeps its port for 1.5 s before it exits: a slow exit on a busy host.
+/// SIGTERM keeps its port for 3.5 s before it exits: a slow exit on a busy host. Long
+/// enough that the next `start`, itself slow on a loaded test machine, still finds it
+/// there; shorter than the 5 s the supervisor waits.
 fn slow_exiting_worker(dir: &Path) -> PathBuf {
     script(
         dir,
@@ -742,7 +758,7 @@ signal.signal(signal.SIGUSR2, lambda *a: gone.set())
 signal.signal(signal.SIGTERM, lambda *a: gone.set())
 while not gone.wait(0.05):
     pass
-time.sleep(1.5)
+time.sleep(3.5)
 os._exit(0)
 "#,
     )

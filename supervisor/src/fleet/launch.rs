@@ -94,8 +94,11 @@ impl Fleet {
             }
             let k = self.next_start;
             self.next_start += 1;
-            self.last_start = Some(now);
             self.start_slot(k);
+            // The gap runs from the spawn, not from this pass's start: spawning takes a
+            // few milliseconds, which the recorded start times would otherwise show as a
+            // gap shorter than --stagger.
+            self.last_start = Some(Instant::now());
         }
         for k in 0..self.slots.len() {
             if self.slots[k].due().is_some_and(|t| t <= now) {

@@ -185,7 +185,14 @@ impl Slot {
     pub fn measured(&mut self, usage: Option<&TreeUsage>) {
         self.rss = usage.map(|u| u.total()).unwrap_or(0);
         if let Some(process) = &mut self.process {
-            process.handler_groups = usage.map(|u| u.children.iter().map(|c| c.0 as u32).collect()).unwrap_or_default();
+            // A process killed but not yet reaped is a zombie with no memory and no
+            // children (its handlers were handed to init): measuring it must not forget
+            // the handler groups it leaves behind, which `take_orphans` is about to kill.
+            match usage {
+                Some(u) if u.root == 0 => {}
+                Some(u) => process.handler_groups = u.children.iter().map(|c| c.0 as u32).collect(),
+                None => process.handler_groups.clear(),
+            }
         }
     }
 
@@ -258,7 +265,9 @@ impl Slot {
             last_restart_at: self.last_restart_at_ms,
             rss_bytes: Some(self.rss as i64),
             memory_kills: self.memory_kills as i64,
-            updated_at: None,
+            // When the record was taken: readers tell a live supervisor's rows (written
+            // every second) from a dead one's.
+            updated_at: Some(shared::db::now_ms()),
         }
     }
 }
@@ -321,6 +330,16 @@ mod tests {
         let mut slot = Slot::new(0, 3001);
         slot.spawned(42, Instant::now(), 0);
         assert_eq!(slot.exit_cause(&sigkill(), LIMIT), ExitCause::Signal(9));
+    }
+
+    #[test]
+    fn measuring_a_killed_unreaped_worker_keeps_the_handler_groups_to_end() {
+        let mut slot = Slot::new(0, 3001);
+        slot.spawned(42, Instant::now(), 0);
+        slot.measured(Some(&TreeUsage { root: 10, children: vec![(50, 5), (51, 7)] }));
+        // SIGKILLed, not yet reaped: a zombie, no memory, its children handed to init.
+        slot.measured(Some(&TreeUsage { root: 0, children: vec![] }));
+        assert_eq!(slot.take_orphans(), [50, 51]);
     }
 
     #[test]
