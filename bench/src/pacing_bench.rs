@@ -30,8 +30,10 @@ const BACKEND_DELAY: Duration = Duration::from_millis(50);
 /// The goals of issue 8, item 2.
 const GOAL_RATE_PERCENT: f64 = 85.0;
 const GOAL_FINISH_RATIO: f64 = 1.25;
-/// How long `supervisor start` gets to stop after SIGTERM before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(20);
+/// How long `supervisor start` gets to stop after SIGTERM before it is killed: its
+/// workers' default `--grace` (30 s, for jobs in flight, including those waiting for
+/// the pacer) and its own 5 s on top, with some margin.
+const STOP_GRACE: Duration = Duration::from_secs(45);
 
 /// What `fleet-bench pacing` runs.
 pub struct Options {
@@ -49,8 +51,8 @@ pub struct Options {
 
 /// One run of one fleet size.
 struct RunResult {
-    /// Set when the run was stopped at the timeout.
-    timed_out: bool,
+    /// Set when the run was stopped at the timeout: how the fleet took the SIGTERM.
+    timed_out: Option<Terminated>,
     /// `supervisor start` to its exit (or to the timeout).
     fleet_secs: f64,
     done: i64,
@@ -164,15 +166,14 @@ async fn run_once(
     }
     let started = Instant::now();
     let mut fleet = Fleet::spawn(cmd, dir, worker)?;
-    let mut timed_out = false;
+    let mut timed_out = None;
     let status = loop {
         if let Some(status) = fleet.child.try_wait()? {
             break Some(status);
         }
         if started.elapsed() > opts.timeout {
             eprintln!("  timeout: stopping the fleet after {} s", opts.timeout.as_secs());
-            timed_out = true;
-            fleet.stop();
+            timed_out = Some(fleet.stop());
             break None;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -253,32 +254,44 @@ impl Fleet {
         Ok(Fleet { child })
     }
 
-    fn stop(&mut self) {
-        terminate(&mut self.child, STOP_GRACE);
+    fn stop(&mut self) -> Terminated {
+        terminate(&mut self.child, STOP_GRACE)
     }
 }
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        self.stop();
+        let _ = self.stop();
     }
 }
 
+/// How a child took [`terminate`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Terminated {
+    /// It had exited before.
+    AlreadyGone,
+    /// It exited within the grace period.
+    Exited,
+    /// It was still running after the grace period and was killed.
+    Killed,
+}
+
 /// SIGTERM, up to `grace` to exit, then SIGKILL. Nothing to do if it already exited.
-fn terminate(child: &mut Child, grace: Duration) {
+fn terminate(child: &mut Child, grace: Duration) -> Terminated {
     if !matches!(child.try_wait(), Ok(None)) {
-        return;
+        return Terminated::AlreadyGone;
     }
     let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if !matches!(child.try_wait(), Ok(None)) {
-            return;
+            return Terminated::Exited;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();
     let _ = child.wait();
+    Terminated::Killed
 }
 
 struct DbCounts {
@@ -550,7 +563,7 @@ impl Nginx {
 impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGTERM is nginx's fast shutdown: the master stops its workers, then exits.
-        terminate(&mut self.child, Duration::from_secs(5));
+        let _ = terminate(&mut self.child, Duration::from_secs(5));
     }
 }
 
@@ -631,7 +644,7 @@ fn run_line(n: u32, c: u32, run: usize, r: &RunResult) -> String {
     let ratio = r.finish_ratio().map_or_else(|| "n/a".into(), |x| format!("{x:.2}"));
     let mut line = format!(
         "{n} × {c}, run {run}: {:.1} s first call to last answer ({:.0}% of {ALLOWED_PER_SEC}/s), \
-         fleet {:.1} s, {} done, {} failed, {} failed attempts, {} answers 429, \
+         fleet {:.1} s, {} done, {} failed, {} attempts not done (retried, released or failed), {} answers 429, \
          worker finishes {} s (ratio {ratio})",
         r.window_secs,
         r.rate_percent(),
@@ -645,8 +658,13 @@ fn run_line(n: u32, c: u32, run: usize, r: &RunResult) -> String {
     if r.answered_other > 0 {
         line.push_str(&format!(", {} other answers", r.answered_other));
     }
-    if r.timed_out {
-        line.push_str(", TIMED OUT");
+    match r.timed_out {
+        Some(Terminated::Killed) => line.push_str(&format!(
+            ", TIMED OUT (the supervisor did not stop within {} s of SIGTERM and was killed)",
+            STOP_GRACE.as_secs()
+        )),
+        Some(_) => line.push_str(", TIMED OUT"),
+        None => {}
     }
     line
 }
@@ -671,7 +689,7 @@ fn report(rows: &[(u32, Vec<RunResult>)], runs: usize, opts: &Options, version: 
     );
     for (n, results) in rows {
         let label = format!("{n} workers × {c}");
-        let complete: Vec<&RunResult> = results.iter().filter(|r| !r.timed_out).collect();
+        let complete: Vec<&RunResult> = results.iter().filter(|r| r.timed_out.is_none()).collect();
         if complete.is_empty() {
             out.push_str(&format!("| {label} | every run timed out | | | | |\n"));
         } else {
@@ -700,10 +718,12 @@ fn report(rows: &[(u32, Vec<RunResult>)], runs: usize, opts: &Options, version: 
                 worst_max(&limited),
             ));
         }
-        for (i, r) in results.iter().enumerate().filter(|(_, r)| r.timed_out) {
+        for (i, r) in results.iter().enumerate().filter(|(_, r)| r.timed_out.is_some()) {
             out.push_str(&format!(
-                "| {label}, run {}: timeout, stopped after {:.0} s | {:.1} s | {:.0}% | {} ({} done) | {} | {} |\n",
+                "| {label}, run {}: timeout at {} s, the fleet stopped {:.0} s after its start | {:.1} s | {:.0}% | \
+                 {} ({} done) | {} | {} |\n",
                 i + 1,
+                opts.timeout.as_secs(),
                 r.fleet_secs,
                 r.window_secs,
                 r.rate_percent(),
