@@ -14,13 +14,20 @@ pub fn is_running(pid: i64, name: &str) -> bool {
         return false;
     }
     match fs::read(format!("/proc/{pid}/cmdline")) {
-        Ok(cmd) => {
-            let state_ok = fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
-                .unwrap_or(false);
-            state_ok && String::from_utf8_lossy(&cmd).contains(name)
-        }
+        Ok(cmd) => String::from_utf8_lossy(&cmd).contains(name) && any_thread_alive(pid),
         Err(_) => false,
+    }
+}
+
+/// Whether some thread of `pid` is not yet a zombie. The leader of a threaded process
+/// turns zombie as soon as it exits, while its other threads may still be tearing down
+/// and holding its files, listening sockets included: counting the process gone at that
+/// moment let a new worker find its port still taken.
+fn any_thread_alive(pid: i64) -> bool {
+    let not_zombie = |stat: String| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z');
+    match fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(tasks) => tasks.flatten().any(|t| fs::read_to_string(t.path().join("stat")).is_ok_and(not_zombie)),
+        Err(_) => fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(not_zombie),
     }
 }
 
