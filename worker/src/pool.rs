@@ -33,16 +33,18 @@ pub struct Pool {
 
 impl Pool {
     /// Starts the pool. Ended jobs arrive on `ended`; `kill` stops every job in flight
-    /// (they end as `JobResult::Cancelled`).
+    /// (they end as `JobResult::Cancelled`); `drain` hands back the jobs that are only
+    /// waiting to start their work (see `Handler::run`).
     pub fn start(
         handler: Arc<Handler>,
         worker_id: u32,
         timeout: Option<Duration>,
         kill: CancellationToken,
+        drain: CancellationToken,
         ended: mpsc::UnboundedSender<Vec<Ended>>,
     ) -> Pool {
         let (submit, jobs) = mpsc::unbounded_channel();
-        let task = tokio::spawn(drive(handler, worker_id, timeout, kill, jobs, ended));
+        let task = tokio::spawn(drive(handler, worker_id, timeout, Stops { kill, drain }, jobs, ended));
         Pool { submit, task }
     }
 
@@ -58,11 +60,18 @@ impl Pool {
     }
 }
 
+/// The two ways the runner ends jobs early.
+#[derive(Clone)]
+struct Stops {
+    kill: CancellationToken,
+    drain: CancellationToken,
+}
+
 async fn drive(
     handler: Arc<Handler>,
     worker_id: u32,
     timeout: Option<Duration>,
-    kill: CancellationToken,
+    stops: Stops,
     mut jobs: mpsc::UnboundedReceiver<Vec<Claimed>>,
     ended: mpsc::UnboundedSender<Vec<Ended>>,
 ) {
@@ -73,7 +82,7 @@ async fn drive(
             batch = jobs.recv(), if open => match batch {
                 Some(batch) => {
                     for claimed in batch {
-                        running.push(run_one(handler.clone(), claimed, worker_id, timeout, kill.clone()));
+                        running.push(run_one(handler.clone(), claimed, worker_id, timeout, stops.clone()));
                     }
                 }
                 None => open = false,
@@ -96,11 +105,11 @@ async fn run_one(
     claimed: Claimed,
     worker_id: u32,
     timeout: Option<Duration>,
-    kill: CancellationToken,
+    stops: Stops,
 ) -> Ended {
     let job = Job::new(&claimed, worker_id);
     let started = Instant::now();
-    let result = match handler.run(&job, timeout, &kill).await {
+    let result = match handler.run(&job, timeout, &stops.kill, &stops.drain).await {
         // The worker is leaving and killed the handler itself ("killed by signal
         // SIGKILL"): not the handler's failure, and not an attempt to count.
         JobResult::Failure { .. } if crate::handler::leaving() => JobResult::Cancelled,

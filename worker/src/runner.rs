@@ -50,6 +50,10 @@ pub struct Runner {
     ended: mpsc::UnboundedReceiver<Vec<Ended>>,
     /// Fired when jobs must stop now (grace over, or a second signal).
     kill_jobs: CancellationToken,
+    /// Fired when the drain begins: jobs that have not yet reached their handler's work
+    /// (an http call waiting for its slot or a Retry-After) are handed back at once
+    /// instead of holding the drain for the whole grace.
+    drain_jobs: CancellationToken,
     /// Outcomes received but not yet written.
     unwritten: Vec<Ended>,
     in_flight: usize,
@@ -74,7 +78,9 @@ impl Runner {
         db::ensure_count_layout(&mut conn, cfg.workers).await.context("cannot count the videos by shard")?;
         let (ended_tx, ended) = mpsc::unbounded_channel();
         let kill_jobs = CancellationToken::new();
-        let pool = Pool::start(handler, cfg.worker_id, cfg.job.job_timeout, kill_jobs.clone(), ended_tx);
+        let drain_jobs = CancellationToken::new();
+        let pool =
+            Pool::start(handler, cfg.worker_id, cfg.job.job_timeout, kill_jobs.clone(), drain_jobs.clone(), ended_tx);
         Ok(Runner {
             cfg,
             conn,
@@ -84,6 +90,7 @@ impl Runner {
             pool,
             ended,
             kill_jobs,
+            drain_jobs,
             unwritten: Vec::new(),
             in_flight: 0,
             next_claim_at: Instant::now(),
@@ -140,6 +147,7 @@ impl Runner {
                 _ = shutdown.cancelled(), if draining.is_none() => {
                     tracing::info!(in_flight = self.in_flight, grace = ?self.cfg.job.grace, "stopping: no new claims; waiting for jobs in flight");
                     draining = Some(Instant::now() + self.cfg.job.grace);
+                    self.drain_jobs.cancel();
                     self.live.set_state(WorkerState::Draining);
                 }
                 _ = hurry.cancelled(), if !self.kill_jobs.is_cancelled() => {

@@ -381,7 +381,8 @@ async fn a_port_in_use_is_named_and_touches_no_database() {
 
 /// A tiny API on 127.0.0.1. `/analyse` answers 503 (Retry-After: 0) to the first call
 /// for each video, then 200 with a body naming the video; video 3 always gets 400.
-/// `/ok` always answers 200. Every call's body is kept.
+/// `/ok` always answers 200, `/busy` always 429 with Retry-After: 60. The bodies of
+/// `/ok` and `/analyse` calls are kept.
 async fn flaky_api() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
@@ -398,6 +399,10 @@ async fn flaky_api() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<serde_json::Va
                     "ok"
                 }
             }),
+        )
+        .route(
+            "/busy",
+            axum::routing::post(|| async { (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "60")], "slow down") }),
         )
         .route(
             "/analyse",
@@ -473,6 +478,27 @@ async fn status_and_metrics_show_the_http_handlers_pace_and_push_backs() {
     assert_eq!(sleeper.worker_status().await.pacing, None);
     let metrics = reqwest::get(sleeper.url("/metrics")).await.unwrap().text().await.unwrap();
     assert!(!metrics.contains("http_pace"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_worker_hands_back_the_http_jobs_waiting_out_a_retry_after_at_once() {
+    let t = TestDb::new().await;
+    t.seed(4).await;
+    let (port, _) = flaky_api().await;
+    let url = format!("http://127.0.0.1:{port}/busy");
+    let mut w = spawn_worker(&t.path, 0, 1, &["--http", &url, "--grace", "30s"]);
+    wait_for(LONG, "every job pushed back and waiting", || async {
+        w.worker_status().await.pacing.is_some_and(|p| p.push_backs >= 4)
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    w.signal(Signal::SIGTERM);
+    assert!(w.wait_exit(LONG).success(), "{}", w.log_text());
+    // Not the 30 s grace, nor the 60 s the server asked for.
+    assert!(asked.elapsed() < Duration::from_secs(10), "took {:?}", asked.elapsed());
+    assert_eq!(t.by_status().await.get("pending"), Some(&4), "handed back, none failed");
+    let (_, attempts, _, _) = t.video(1).await;
+    assert_eq!(attempts, 0, "a handed-back job does not use up an attempt");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,7 +66,10 @@ impl HttpHandler {
         &self.pacer
     }
 
-    pub async fn run(&self, job: &Job, cancel: &CancellationToken) -> JobResult {
+    /// Calls the endpoint for `job`. `cancel` ends it wherever it is; `drain` hands the
+    /// video back while no call of it is under way (waiting for the pacer or a
+    /// Retry-After), and lets a call being answered finish.
+    pub async fn run(&self, job: &Job, cancel: &CancellationToken, drain: &CancellationToken) -> JobResult {
         // The payload goes as JSON when it is JSON, else as a string.
         let payload =
             job.payload.as_deref().map(|p| serde_json::from_str::<serde_json::Value>(p).unwrap_or_else(|_| json!(p)));
@@ -82,6 +85,7 @@ impl HttpHandler {
             let call = tokio::select! {
                 c = self.pacer.acquire() => c,
                 _ = cancel.cancelled() => return JobResult::Cancelled,
+                _ = drain.cancelled() => return JobResult::Cancelled,
             };
             let sent = tokio::select! {
                 r = self.client.post(self.url.clone()).json(&body).send() => r,
@@ -126,6 +130,7 @@ impl HttpHandler {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = cancel.cancelled() => return JobResult::Cancelled,
+                _ = drain.cancelled() => return JobResult::Cancelled,
             }
         }
         JobResult::error(format!("{last} (gave up after {PUSHBACK_TRIES} tries)"))

@@ -115,14 +115,23 @@ impl Handler {
         }
     }
 
-    /// Runs one video, giving up after `timeout` and when `cancel` fires.
-    pub async fn run(&self, job: &Job, timeout: Option<Duration>, cancel: &CancellationToken) -> JobResult {
+    /// Runs one video, giving up after `timeout` and when `cancel` fires. When `drain`
+    /// fires, a job still waiting to start its work hands its video back (`Cancelled`):
+    /// only the http handler waits before its work (for the pacer, or a Retry-After);
+    /// the others start at once, and a drain lets started work finish.
+    pub async fn run(
+        &self,
+        job: &Job,
+        timeout: Option<Duration>,
+        cancel: &CancellationToken,
+        drain: &CancellationToken,
+    ) -> JobResult {
         // The exec and http futures are large (I/O state, buffers) and are boxed, so
         // that every job's future stays small: the pool moves one per video.
         match self {
             // The exec handler enforces the timeout itself: it must kill a process group.
             Handler::Exec(h) => Box::pin(h.run(job, timeout, cancel)).await,
-            Handler::Http(h) => Box::pin(with_timeout(h.run(job, cancel), timeout)).await,
+            Handler::Http(h) => Box::pin(with_timeout(h.run(job, cancel, drain), timeout)).await,
             Handler::Sleep(h) => with_timeout(h.run(cancel), timeout).await,
         }
     }
