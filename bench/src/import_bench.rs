@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use nix::sys::resource::{UsageWho, getrusage};
-use shared::db::Db;
+use shared::storage::Db;
 
 use crate::{bin, median, mib, peak_rss};
 

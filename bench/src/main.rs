@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use shared::db::{self, Claimer, Db, Finish};
 use shared::status::{Outcome, VideoStatus};
+use shared::storage::{self, Claimer, Db, Finish};
 use sqlx::Connection;
 
 #[derive(Parser)]
@@ -171,10 +171,10 @@ async fn raw_floor(path: &Path, count: i64) -> anyhow::Result<f64> {
     let mut previous: Vec<Finish> = Vec::new();
     let mut finished = 0;
     loop {
-        let now = db::now_ms();
+        let now = storage::now_ms();
         let want = (count - finished - previous.len() as i64).clamp(0, 512) as usize;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        db::finish_batch(&mut tx, &previous).await?;
+        storage::finish_batch(&mut tx, &previous).await?;
         let claimed = claimer.claim(&mut tx, want, now, Duration::from_secs(60)).await?;
         tx.commit().await?;
         finished += previous.len() as i64;

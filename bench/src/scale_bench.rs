@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::bail;
-use shared::db::fleet::{self, FleetRun};
-use shared::db::{self, Db};
+use shared::storage::fleet::{self, FleetRun};
+use shared::storage::{self, Db};
 use sqlx::{AssertSqlSafe, Connection, Executor};
 
 use crate::{bin, cpu_time, make_db, median, raw_floor};
@@ -137,8 +137,8 @@ async fn record_run(path: &Path) -> anyhow::Result<f64> {
         run_id: 0,
         supervisor_pid: i32::MAX as i64,
         host: None,
-        started_at: db::now_ms(),
-        stopped_at: Some(db::now_ms()),
+        started_at: storage::now_ms(),
+        stopped_at: Some(storage::now_ms()),
         state: "stopped".into(),
         workers: WORKERS as i64,
         base_port: 3001,
@@ -154,7 +154,7 @@ async fn record_run(path: &Path) -> anyhow::Result<f64> {
         fleet::insert_run(db.pool(), &run).await?;
     }
     let start = Instant::now();
-    db::ensure_count_layout(&mut *db.pool().acquire().await?, WORKERS).await?;
+    storage::ensure_count_layout(&mut *db.pool().acquire().await?, WORKERS).await?;
     let secs = start.elapsed().as_secs_f64();
     db.close().await;
     Ok(secs)

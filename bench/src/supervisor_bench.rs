@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use shared::db::Db;
+use shared::storage::Db;
 
 use crate::{bin, make_db, median, mib, peak_rss, rss};
 

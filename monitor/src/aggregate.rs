@@ -9,8 +9,8 @@
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
-use shared::db::fleet::FleetWorker;
 use shared::status::{InFlight, RecentError, ShardCounts, WorkerStatus};
+use shared::storage::fleet::FleetWorker;
 
 use crate::poll::{Answer, Round};
 use crate::targets::Target;

@@ -6,9 +6,9 @@ use std::path::Path;
 
 use anyhow::Context;
 use reqwest::Url;
-use shared::db::Db;
-use shared::db::fleet::{self, FleetRun, FleetWorker};
 use shared::status::ShardCounts;
+use shared::storage::Db;
+use shared::storage::fleet::{self, FleetRun, FleetWorker};
 
 use crate::cli::Source;
 

@@ -3,11 +3,11 @@
 
 pub mod cgroup;
 pub mod config;
-pub mod db;
 pub mod error;
 pub mod exit;
 pub mod signals;
 pub mod status;
+pub mod storage;
 pub mod tls;
 pub mod units;
 

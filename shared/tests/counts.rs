@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use shared::db::fleet::{self, shard_progress};
-use shared::db::{self, Claimer, Db, Finish, Import, ImportRow, MIGRATIONS, NewVideo};
 use shared::status::{Outcome, ShardCounts, VideoStatus};
+use shared::storage::fleet::{self, shard_progress};
+use shared::storage::{self, Claimer, Db, Finish, Import, ImportRow, MIGRATIONS, NewVideo};
 use sqlx::{Connection, Executor, SqliteConnection};
 
 async fn fresh(dir: &tempfile::TempDir) -> Db {
@@ -21,7 +21,7 @@ async fn import(db: &Db, ids: std::ops::RangeInclusive<i64>) {
         })
         .collect();
     let mut import = Import::begin(db.pool()).await.unwrap();
-    for batch in rows.chunks(db::IMPORT_BATCH) {
+    for batch in rows.chunks(storage::IMPORT_BATCH) {
         assert!(import.add(batch.to_vec()).await.unwrap().is_empty(), "no repeats");
     }
     import.commit().await.unwrap();
@@ -45,7 +45,7 @@ async fn assert_exact(db: &Db, n: u32, when: &str) {
     assert_eq!(kept, counted, "{when}: kept counts differ from a full count");
 }
 
-fn finish(c: &db::Claimed, status: VideoStatus, outcome: Outcome) -> Finish {
+fn finish(c: &storage::Claimed, status: VideoStatus, outcome: Outcome) -> Finish {
     Finish {
         video_id: c.video_id,
         token: c.token,
@@ -55,14 +55,14 @@ fn finish(c: &db::Claimed, status: VideoStatus, outcome: Outcome) -> Finish {
         error: Some("boom".into()),
         warnings: None,
         run_after: 0,
-        finished_at: db::now_ms(),
+        finished_at: storage::now_ms(),
         duration_ms: 1,
     }
 }
 
 async fn ensure(db: &Db, n: u32) -> bool {
     let mut conn = db.pool().acquire().await.unwrap();
-    db::ensure_count_layout(&mut conn, n).await.unwrap()
+    storage::ensure_count_layout(&mut conn, n).await.unwrap()
 }
 
 #[tokio::test]
@@ -77,7 +77,7 @@ async fn the_kept_counts_equal_a_full_count_through_import_claim_finish_retry_re
     let mut conn = db.pool().acquire().await.unwrap();
     let claimer = Claimer::new(3, 1, "w1");
     claimer.ensure_index(&mut conn).await.unwrap();
-    let now = db::now_ms();
+    let now = storage::now_ms();
     let got = claimer.claim(&mut conn, 16, now, Duration::from_secs(10)).await.unwrap();
     assert_eq!(got.len(), 16);
     assert_exact(&db, 3, "after a claim").await;
@@ -88,22 +88,22 @@ async fn the_kept_counts_equal_a_full_count_through_import_claim_finish_retry_re
         finish(&got[2], VideoStatus::Pending, Outcome::Error),
         finish(&got[3], VideoStatus::Failed, Outcome::Error),
     ];
-    db::finish_batch(&mut conn, &batch).await.unwrap();
+    storage::finish_batch(&mut conn, &batch).await.unwrap();
     assert_exact(&db, 3, "after finishing done, retry-later and failed").await;
-    assert!(db::finish_batch(&mut conn, &batch).await.unwrap().is_empty(), "a repeated finish changes nothing");
+    assert!(storage::finish_batch(&mut conn, &batch).await.unwrap().is_empty(), "a repeated finish changes nothing");
     assert_exact(&db, 3, "after a fenced-off finish").await;
 
-    let expired = db::reclaim_expired(&mut conn, 3, 1, "someone-else", now + 60_000, 1).await.unwrap();
+    let expired = storage::reclaim_expired(&mut conn, 3, 1, "someone-else", now + 60_000, 1).await.unwrap();
     assert_eq!(expired.len(), 12);
     assert_exact(&db, 3, "after reclaiming lapsed leases").await;
 
-    let more = claimer.claim(&mut conn, 4, db::now_ms(), Duration::from_secs(10)).await.unwrap();
+    let more = claimer.claim(&mut conn, 4, storage::now_ms(), Duration::from_secs(10)).await.unwrap();
     assert_eq!(more.len(), 4);
-    db::release_owner(&mut conn, "w1", db::now_ms(), Outcome::Released, "stopping", 3).await.unwrap();
+    storage::release_owner(&mut conn, "w1", storage::now_ms(), Outcome::Released, "stopping", 3).await.unwrap();
     assert_exact(&db, 3, "after a release").await;
     drop(conn);
 
-    assert!(db::requeue_all_failed(db.pool()).await.unwrap() > 0);
+    assert!(storage::requeue_all_failed(db.pool()).await.unwrap() > 0);
     assert_exact(&db, 3, "after requeueing the failed").await;
     sqlx::query("DELETE FROM videos WHERE video_id % 7 = 0").execute(db.pool()).await.unwrap();
     assert_exact(&db, 3, "after deletes").await;
@@ -183,13 +183,13 @@ async fn readers_answer_from_the_kept_counts_for_their_layout_and_count_the_tabl
     let totals = shard_progress(db.pool(), 1).await.unwrap();
     assert_eq!(totals, [ShardCounts { pending: 30, running: 0, done: 100, failed: 0 }], "totals sum any layout");
     let mut conn = db.pool().acquire().await.unwrap();
-    assert_eq!(db::shard_counts(&mut conn, 3, 2).await.unwrap().done, 100);
+    assert_eq!(storage::shard_counts(&mut conn, 3, 2).await.unwrap().done, 100);
     assert_eq!(fleet::unfinished(db.pool()).await.unwrap(), 30);
 
     // Another layout is counted from the table.
     let by_two = shard_progress(db.pool(), 2).await.unwrap();
     assert_eq!(by_two, [ShardCounts { pending: 15, ..Default::default() }; 2]);
-    assert_eq!(db::shard_counts(&mut conn, 2, 1).await.unwrap().pending, 15);
+    assert_eq!(storage::shard_counts(&mut conn, 2, 1).await.unwrap().pending, 15);
 }
 
 /// Applies the first `n` migration files the way `sqlite3 fleet.db < migrations/*.sql`

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use shared::db::{self, Claimer, Db, Finish, MIGRATIONS, Migration};
 use shared::status::{Outcome, VideoStatus};
+use shared::storage::{self, Claimer, Db, Finish, MIGRATIONS, Migration};
 use sqlx::{Connection, Executor, Row, SqliteConnection};
 
 async fn fresh(dir: &tempfile::TempDir) -> Db {
@@ -22,7 +22,7 @@ async fn seed(db: &Db, ids: std::ops::RangeInclusive<i64>) {
     }
 }
 
-fn done(c: &db::Claimed, result: &str) -> Finish {
+fn done(c: &storage::Claimed, result: &str) -> Finish {
     Finish {
         video_id: c.video_id,
         token: c.token,
@@ -32,7 +32,7 @@ fn done(c: &db::Claimed, result: &str) -> Finish {
         error: None,
         warnings: None,
         run_after: 0,
-        finished_at: db::now_ms(),
+        finished_at: storage::now_ms(),
         duration_ms: 1,
     }
 }
@@ -43,18 +43,18 @@ async fn a_claim_takes_only_due_pending_videos_of_its_own_shard() {
     let db = fresh(&dir).await;
     seed(&db, 1..=30).await;
     sqlx::query("UPDATE videos SET run_after = ? WHERE video_id = 3")
-        .bind(db::now_ms() + 60_000)
+        .bind(storage::now_ms() + 60_000)
         .execute(db.pool())
         .await
         .unwrap();
     let claimer = Claimer::new(3, 0, "w0");
     let mut conn = db.pool().acquire().await.unwrap();
     claimer.ensure_index(&mut conn).await.unwrap();
-    let got = claimer.claim(&mut conn, 64, db::now_ms(), Duration::from_secs(10)).await.unwrap();
+    let got = claimer.claim(&mut conn, 64, storage::now_ms(), Duration::from_secs(10)).await.unwrap();
     let ids: Vec<i64> = got.iter().map(|c| c.video_id).collect();
     assert_eq!(ids, [6, 9, 12, 15, 18, 21, 24, 27, 30], "video 3 is not due yet");
     assert!(got.iter().all(|c| c.attempt == 1 && c.token == got[0].token));
-    let again = claimer.claim(&mut conn, 64, db::now_ms(), Duration::from_secs(10)).await.unwrap();
+    let again = claimer.claim(&mut conn, 64, storage::now_ms(), Duration::from_secs(10)).await.unwrap();
     assert!(again.is_empty(), "claimed videos are not claimed twice");
 }
 
@@ -66,22 +66,22 @@ async fn a_late_finisher_whose_lease_was_taken_over_cannot_overwrite_the_newer_r
     let mut conn = db.pool().acquire().await.unwrap();
     let first = Claimer::new(1, 0, "old-worker");
     first.ensure_index(&mut conn).await.unwrap();
-    let now = db::now_ms();
+    let now = storage::now_ms();
     let old = first.claim(&mut conn, 1, now, Duration::from_secs(1)).await.unwrap().remove(0);
 
     // The old worker stalls; its lease lapses and the video is taken back and claimed anew.
     let later = now + 5_000;
-    let own = db::reclaim_expired(&mut conn, 1, 0, "old-worker", later, 3).await.unwrap();
+    let own = storage::reclaim_expired(&mut conn, 1, 0, "old-worker", later, 3).await.unwrap();
     assert!(own.is_empty(), "a worker never takes back its own leases");
-    let taken = db::reclaim_expired(&mut conn, 1, 0, "new-worker", later, 3).await.unwrap();
+    let taken = storage::reclaim_expired(&mut conn, 1, 0, "new-worker", later, 3).await.unwrap();
     assert_eq!(taken, [(1, VideoStatus::Pending)]);
     let second = Claimer::new(1, 0, "new-worker");
     let new = second.claim(&mut conn, 1, later, Duration::from_secs(10)).await.unwrap().remove(0);
     assert_eq!(new.attempt, 2);
-    assert_eq!(db::finish_batch(&mut conn, &[done(&new, "new")]).await.unwrap(), [1]);
+    assert_eq!(storage::finish_batch(&mut conn, &[done(&new, "new")]).await.unwrap(), [1]);
 
     // The old worker wakes up and reports: nothing changes.
-    assert!(db::finish_batch(&mut conn, &[done(&old, "old")]).await.unwrap().is_empty());
+    assert!(storage::finish_batch(&mut conn, &[done(&old, "old")]).await.unwrap().is_empty());
     let row = sqlx::query("SELECT result, attempts, status FROM videos WHERE video_id = 1")
         .fetch_one(&mut *conn)
         .await
@@ -109,10 +109,10 @@ async fn a_released_video_gets_its_attempt_back_and_a_crashed_one_does_not() {
     let a = Claimer::new(2, 0, "a");
     let b = Claimer::new(2, 1, "b");
     a.ensure_index(&mut conn).await.unwrap();
-    a.claim(&mut conn, 1, db::now_ms(), Duration::from_secs(10)).await.unwrap();
-    b.claim(&mut conn, 1, db::now_ms(), Duration::from_secs(10)).await.unwrap();
-    db::release_owner(&mut conn, "a", db::now_ms(), Outcome::Released, "stopping", 3).await.unwrap();
-    db::release_owner(&mut conn, "b", db::now_ms(), Outcome::Crashed, "worker died", 1).await.unwrap();
+    a.claim(&mut conn, 1, storage::now_ms(), Duration::from_secs(10)).await.unwrap();
+    b.claim(&mut conn, 1, storage::now_ms(), Duration::from_secs(10)).await.unwrap();
+    storage::release_owner(&mut conn, "a", storage::now_ms(), Outcome::Released, "stopping", 3).await.unwrap();
+    storage::release_owner(&mut conn, "b", storage::now_ms(), Outcome::Crashed, "worker died", 1).await.unwrap();
     let rows: Vec<(i64, String, i64)> =
         sqlx::query_as("SELECT video_id, status, attempts FROM videos ORDER BY video_id")
             .fetch_all(&mut *conn)
@@ -158,7 +158,7 @@ async fn finish_with_warnings(
         .execute(&mut *conn)
         .await
         .unwrap();
-    let c = claimer.claim(&mut conn, 1, db::now_ms(), Duration::from_secs(10)).await.unwrap().remove(0);
+    let c = claimer.claim(&mut conn, 1, storage::now_ms(), Duration::from_secs(10)).await.unwrap().remove(0);
     assert_eq!(c.video_id, id);
     let outcome = if status == VideoStatus::Done { Outcome::Done } else { Outcome::Error };
     let f = Finish {
@@ -168,7 +168,7 @@ async fn finish_with_warnings(
         warnings: Some(warnings.into()),
         ..done(&c, "out")
     };
-    assert_eq!(db::finish_batch(&mut conn, &[f]).await.unwrap(), [id]);
+    assert_eq!(storage::finish_batch(&mut conn, &[f]).await.unwrap(), [id]);
     let video = sqlx::query_scalar("SELECT warnings FROM videos WHERE video_id = ?")
         .bind(id)
         .fetch_one(&mut *conn)

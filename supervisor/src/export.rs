@@ -9,8 +9,8 @@ use std::path::Path;
 use anyhow::Context;
 use futures_util::TryStreamExt;
 use serde::Serialize;
-use shared::db::Db;
 use shared::status::VideoStatus;
+use shared::storage::Db;
 use sqlx::FromRow;
 
 use crate::cli::ExportFormat;

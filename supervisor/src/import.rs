@@ -11,7 +11,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use serde::Deserialize;
-use shared::db::{Db, EXISTING_NAMED, IMPORT_BATCH, Import, ImportReport, ImportRow, NewVideo};
+use shared::storage::{Db, EXISTING_NAMED, IMPORT_BATCH, Import, ImportReport, ImportRow, NewVideo};
 use shared::units::ByteSize;
 
 use crate::Failure;

@@ -22,7 +22,7 @@ pub mod status;
 pub mod stop;
 
 use anyhow::Context;
-use shared::db::Db;
+use shared::storage::Db;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Command, RetryArgs};
@@ -84,7 +84,7 @@ fn classify(f: Failure, db_path: &std::path::Path) -> Failure {
         return Failure { code: exit::USAGE, ..f };
     }
     if shared::error::chain_is_corrupt(f.error.as_ref()) {
-        Failure { code: exit::FAILURE, error: anyhow::anyhow!(shared::db::corrupt_advice(db_path)) }
+        Failure { code: exit::FAILURE, error: anyhow::anyhow!(shared::storage::corrupt_advice(db_path)) }
     } else {
         f
     }
@@ -150,7 +150,7 @@ async fn run_command(
                 Some(d) => d,
                 None => {
                     let db = Db::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
-                    let run = shared::db::fleet::latest_run(db.pool()).await?;
+                    let run = shared::storage::fleet::latest_run(db.pool()).await?;
                     run.and_then(|r| r.log_dir).map(Into::into).ok_or_else(|| {
                         Failure::usage(anyhow::anyhow!("no fleet has been started on this database; pass --log-dir"))
                     })?
@@ -188,11 +188,11 @@ async fn run_command(
 async fn retry(a: RetryArgs) -> Result<u8, Failure> {
     let db = Db::open_existing(&a.db.db, 1).await.map_err(Failure::usage)?;
     if a.select.failed {
-        let n = shared::db::requeue_all_failed(db.pool()).await?;
+        let n = shared::storage::requeue_all_failed(db.pool()).await?;
         say(format!("requeued {n} failed videos"))?;
         return Ok(exit::DONE);
     }
-    match shared::db::requeue_ids(db.pool(), &a.select.ids).await? {
+    match shared::storage::requeue_ids(db.pool(), &a.select.ids).await? {
         Ok(n) => {
             say(format!("requeued {n} videos"))?;
             Ok(exit::DONE)

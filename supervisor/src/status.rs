@@ -2,9 +2,9 @@
 //! not a supervisor is running.
 
 use serde::Serialize;
-use shared::db::fleet::{self, FleetEvent, FleetRun, FleetWorker};
-use shared::db::{Db, now_ms};
 use shared::status::ShardCounts;
+use shared::storage::fleet::{self, FleetEvent, FleetRun, FleetWorker};
+use shared::storage::{Db, now_ms};
 use shared::units::human_bytes;
 
 use crate::procfs;
@@ -196,7 +196,7 @@ mod tests {
         .execute(db.pool())
         .await
         .unwrap();
-        shared::db::ensure_count_layout(&mut db.pool().acquire().await.unwrap(), 2).await.unwrap();
+        shared::storage::ensure_count_layout(&mut db.pool().acquire().await.unwrap(), 2).await.unwrap();
         let run = FleetRun {
             run_id: 0,
             supervisor_pid: i32::MAX as i64,

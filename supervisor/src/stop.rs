@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use shared::db::{Db, fleet};
+use shared::storage::{Db, fleet};
 
 use crate::procfs;
 

@@ -461,7 +461,7 @@ async fn export_reads_a_database_from_before_warnings_were_kept_without_migratin
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.db");
     let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", path.display())).await.unwrap();
-    for m in shared::db::MIGRATIONS.iter().take_while(|m| m.name != "0004_warnings.sql") {
+    for m in shared::storage::MIGRATIONS.iter().take_while(|m| m.name != "0004_warnings.sql") {
         sqlx::raw_sql(m.sql).execute(&mut conn).await.unwrap();
     }
     sqlx::raw_sql("INSERT INTO videos (video_id, source, status, result) VALUES (1, 'a', 'done', 'ok')")

@@ -11,8 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shared::db::Db;
 use shared::status::{ShardCounts, WorkerStatus};
+use shared::storage::Db;
 
 /// A temp dir holding `fleet.db`, migrated and seeded by the test.
 pub struct TestDb {

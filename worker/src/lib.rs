@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use shared::db::Db;
+use shared::storage::Db;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

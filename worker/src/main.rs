@@ -68,7 +68,7 @@ fn main() -> ExitCode {
             }
             Err(e) if is_corrupt(&e) => {
                 eprintln!("worker: {e:#}");
-                eprintln!("worker: {}", shared::db::corrupt_advice(&db_path));
+                eprintln!("worker: {}", shared::storage::corrupt_advice(&db_path));
                 ExitCode::from(WORKER_DB_CORRUPT)
             }
             Err(e) => {

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rand::RngExt;
-use shared::db::{self, BusyRetry, Claimed, Claimer, Db, Finish, now_ms};
 use shared::status::{InFlight, Outcome, RecentError, ShardCounts, VideoStatus, WorkerState};
+use shared::storage::{self, BusyRetry, Claimed, Claimer, Db, Finish, now_ms};
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, Sqlite};
 use tokio::sync::mpsc;
@@ -67,11 +67,11 @@ impl Runner {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Runner> {
         let mut conn = db.pool().acquire().await.context("cannot connect to the database")?;
-        let owner = db::owner_name(cfg.worker_id, std::process::id(), rand::rng().random::<u32>());
+        let owner = storage::owner_name(cfg.worker_id, std::process::id(), rand::rng().random::<u32>());
         let claimer = Claimer::new(cfg.workers, cfg.worker_id, owner)
             .with_limits(cfg.job.max_source_bytes.bytes(), cfg.job.max_payload_bytes.bytes());
         claimer.ensure_index(&mut conn).await.context("cannot create the shard index")?;
-        db::ensure_count_layout(&mut conn, cfg.workers).await.context("cannot count the videos by shard")?;
+        storage::ensure_count_layout(&mut conn, cfg.workers).await.context("cannot count the videos by shard")?;
         let (ended_tx, ended) = mpsc::unbounded_channel();
         let kill_jobs = CancellationToken::new();
         let pool = Pool::start(handler, cfg.worker_id, cfg.job.job_timeout, kill_jobs.clone(), ended_tx);
@@ -191,7 +191,7 @@ impl Runner {
         let (applied, claimed, short) = loop {
             let attempt = async {
                 let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
-                let applied = db::finish_batch(&mut tx, &finishes).await?;
+                let applied = storage::finish_batch(&mut tx, &finishes).await?;
                 // Batches are powers of two: fill `want` with a few of them (7 = 4+2+1).
                 let mut claimed = Vec::new();
                 let mut short = false;
@@ -353,7 +353,7 @@ impl Runner {
         let expires = now_ms() + self.cfg.job.lease.as_millis() as i64;
         let mut busy = BusyRetry::new();
         loop {
-            match db::renew_owner(&mut self.conn, self.claimer.owner(), expires).await {
+            match storage::renew_owner(&mut self.conn, self.claimer.owner(), expires).await {
                 Ok(_) => return Ok(()),
                 Err(e) => busy.wait(e).await.context("cannot renew leases")?,
             }
@@ -365,7 +365,7 @@ impl Runner {
         let mut busy = BusyRetry::new();
         let taken = loop {
             let (workers, id, max) = (self.cfg.workers, self.cfg.worker_id, self.cfg.job.max_attempts);
-            match db::reclaim_expired(&mut self.conn, workers, id, self.claimer.owner(), now_ms(), max).await {
+            match storage::reclaim_expired(&mut self.conn, workers, id, self.claimer.owner(), now_ms(), max).await {
                 Ok(t) => break t,
                 Err(e) => busy.wait(e).await.context("cannot reclaim expired leases")?,
             }
@@ -385,7 +385,7 @@ impl Runner {
     async fn resync(&mut self) -> anyhow::Result<()> {
         let mut busy = BusyRetry::new();
         let counts = loop {
-            match db::shard_counts(&mut self.conn, self.cfg.workers, self.cfg.worker_id).await {
+            match storage::shard_counts(&mut self.conn, self.cfg.workers, self.cfg.worker_id).await {
                 Ok(c) => break c,
                 Err(e) => busy.wait(e).await.context("cannot count the shard's videos")?,
             }
@@ -403,7 +403,7 @@ impl Runner {
         self.write_and_claim(0).await?;
         let mut busy = BusyRetry::new();
         let released = loop {
-            match db::release_owner(
+            match storage::release_owner(
                 &mut self.conn,
                 self.claimer.owner(),
                 now_ms(),

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use shared::db::fleet::{FleetRun, insert_run};
 use shared::status::WorkerState;
+use shared::storage::fleet::{FleetRun, insert_run};
 
 use crate::helper::pty::PtyMonitor;
 use crate::helper::{LONG, TestDb, closed_port, fleet_run, spawn_fleet, wait_for};

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use monitor::aggregate::WorkerHealth;
-use shared::db::fleet::{FleetRun, FleetWorker, insert_run, update_worker};
+use shared::storage::fleet::{FleetRun, FleetWorker, insert_run, update_worker};
 
 use crate::helper::{
     LONG, TestDb, WorkerProc, closed_port, fleet_run, monitor_json, run_monitor, spawn_fleet, spawn_monitor_lines,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use shared::db::now_ms;
+use shared::storage::now_ms;
 use shared::units::human_duration;
 
 use super::exit_cause::ExitCause;

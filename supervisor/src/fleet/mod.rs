@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use shared::db::Db;
-use shared::db::fleet::{self, FleetRun};
+use shared::storage::Db;
+use shared::storage::fleet::{self, FleetRun};
 use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, interval, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -222,7 +222,7 @@ impl Fleet {
         let unfinished = match fleet::unfinished(self.reader.pool()).await {
             Err(e) if e.is_corrupt() => {
                 tracing::error!("the done check found the database damaged ({e}); ending the run");
-                self.fatal.get_or_insert_with(|| shared::db::corrupt_advice(&self.db_path));
+                self.fatal.get_or_insert_with(|| shared::storage::corrupt_advice(&self.db_path));
                 self.begin_stop(RunEnd::Stopped);
                 return Ok(());
             }

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use shared::db::Db;
-use shared::db::fleet::{self, FleetWorker};
+use shared::storage::Db;
+use shared::storage::fleet::{self, FleetWorker};
 use shared::units::format_utc_ms;
 use tokio::sync::mpsc;
 

@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use shared::db::fleet::{self, FleetRun};
-use shared::db::{Db, now_ms};
 use shared::status::Outcome;
+use shared::storage::fleet::{self, FleetRun};
+use shared::storage::{Db, now_ms};
 use shared::units::human_duration;
 
 use super::Fleet;
@@ -57,10 +57,10 @@ impl Fleet {
     /// Hands back what a dead worker held, at once: nothing waits for its leases. In a
     /// task of its own, so a busy database does not stall the loop.
     pub(super) fn release_claims(&self, k: u32, pid: u32, outcome: Outcome, reason: &str) {
-        let pattern = shared::db::owner_pattern(k, pid);
+        let pattern = shared::storage::owner_pattern(k, pid);
         let (db, reason, max) = (self.db.clone(), reason.to_string(), self.args.job.max_attempts);
         self.releases.spawn(async move {
-            match shared::db::retry_busy(|| released_once(&db, &pattern, outcome, k, &reason, max)).await {
+            match shared::storage::retry_busy(|| released_once(&db, &pattern, outcome, k, &reason, max)).await {
                 Ok(v) if !v.is_empty() => tracing::info!("worker {k}: handed back {} videos it held", v.len()),
                 Ok(_) => {}
                 Err(e) => tracing::error!("worker {k}: could not hand back its videos ({e}); their leases will lapse"),
@@ -78,7 +78,7 @@ async fn released_once(
     max_attempts: u32,
 ) -> Result<Vec<(i64, shared::status::VideoStatus)>, shared::DbError> {
     let mut conn = db.pool().acquire().await?;
-    shared::db::release_matching(
+    shared::storage::release_matching(
         &mut conn,
         pattern,
         now_ms(),
@@ -98,9 +98,9 @@ pub(super) async fn recover_previous(db: &Db, prev: &FleetRun, max_attempts: u32
     let mut handed_back = 0;
     for w in fleet::run_workers(db.pool(), prev.run_id).await? {
         if let Some(pid) = w.pid {
-            let pattern = shared::db::owner_pattern(w.worker_id as u32, pid as u32);
+            let pattern = shared::storage::owner_pattern(w.worker_id as u32, pid as u32);
             let reason = format!("the supervisor of run {} died", prev.run_id);
-            handed_back += shared::db::retry_busy(|| {
+            handed_back += shared::storage::retry_busy(|| {
                 released_once(db, &pattern, Outcome::Crashed, w.worker_id as u32, &reason, max_attempts)
             })
             .await?

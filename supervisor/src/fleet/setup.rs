@@ -7,8 +7,8 @@ use std::os::unix::fs::DirBuilderExt;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use shared::db::fleet::{self, FleetRun};
-use shared::db::{Db, now_ms};
+use shared::storage::fleet::{self, FleetRun};
+use shared::storage::{Db, now_ms};
 use shared::units::human_bytes;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
@@ -133,7 +133,9 @@ impl Fleet {
         let db = Db::open(&db_path, 1).await.context("cannot use the database")?;
         // Kept shard counts for this N, so status and the done check never count the table.
         let mut conn = db.pool().acquire().await.context("cannot use the database")?;
-        shared::db::ensure_count_layout(&mut conn, args.workers).await.context("cannot count the videos by shard")?;
+        shared::storage::ensure_count_layout(&mut conn, args.workers)
+            .await
+            .context("cannot count the videos by shard")?;
         drop(conn);
         let reader = Db::open_read_only(&db_path).await.context("cannot read the database")?;
         if let Some(prev) = fleet::latest_run(db.pool()).await? {

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use shared::db::Db;
-use shared::db::fleet::{self, FleetRun};
+use shared::storage::Db;
+use shared::storage::fleet::{self, FleetRun};
 
 use super::RunEnd;
 use super::records::Incident;
