@@ -7,9 +7,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use anyhow::bail;
-use shared::storage::fleet::{self, FleetRun};
-use shared::storage::{self, Db};
+use anyhow::{Context, bail};
+use shared::storage::{self, FleetRun, Store};
 use sqlx::{AssertSqlSafe, Connection, Executor};
 
 use crate::{bin, cpu_time, make_db, median, raw_floor};
@@ -132,7 +131,7 @@ pub async fn bench_scale(dir: &Path, runs: usize, s: &Sizes) -> anyhow::Result<S
 /// Records a stopped run of `WORKERS` workers, as `supervisor start` leaves it, and makes
 /// the counts kept for it; returns how long the recount took.
 async fn record_run(path: &Path) -> anyhow::Result<f64> {
-    let db = Db::open(path, 1).await?;
+    let db = Store::open(path, 1).await?;
     let run = FleetRun {
         run_id: 0,
         supervisor_pid: i32::MAX as i64,
@@ -150,11 +149,11 @@ async fn record_run(path: &Path) -> anyhow::Result<f64> {
         log_dir: None,
         control_token: None,
     };
-    if fleet::latest_run(db.pool()).await?.is_none() {
-        fleet::insert_run(db.pool(), &run).await?;
+    if db.latest_run().await?.is_none() {
+        db.insert_run(&run).await?;
     }
     let start = Instant::now();
-    storage::ensure_count_layout(&mut *db.pool().acquire().await?, WORKERS).await?;
+    db.ensure_count_layout(WORKERS).await?;
     let secs = start.elapsed().as_secs_f64();
     db.close().await;
     Ok(secs)
@@ -162,16 +161,16 @@ async fn record_run(path: &Path) -> anyhow::Result<f64> {
 
 /// Drops the recorded layout, so readers count the table as they did before kept counts.
 async fn forget_layout(path: &Path) -> anyhow::Result<()> {
-    let db = Db::open(path, 1).await?;
-    db.pool().execute("DELETE FROM video_counts_layout").await?;
+    let db = Store::open(path, 1).await?;
+    db.as_sqlite().context("a SQLite store")?.pool().execute("DELETE FROM video_counts_layout").await?;
     db.close().await;
     Ok(())
 }
 
 async fn drop_triggers(path: &Path) -> anyhow::Result<()> {
-    let db = Db::open(path, 1).await?;
+    let db = Store::open(path, 1).await?;
     for t in ["video_counts_insert", "video_counts_update", "video_counts_delete"] {
-        db.pool().execute(AssertSqlSafe(format!("DROP TRIGGER {t}"))).await?;
+        db.as_sqlite().context("a SQLite store")?.pool().execute(AssertSqlSafe(format!("DROP TRIGGER {t}"))).await?;
     }
     db.close().await;
     Ok(())
@@ -204,8 +203,8 @@ fn status_ms(path: &Path, runs: usize) -> anyhow::Result<f64> {
 /// and this process's CPU time, in seconds.
 async fn insert_rows(path: &Path, rows: i64) -> anyhow::Result<(f64, f64)> {
     const PER_STATEMENT: i64 = 500;
-    let db = Db::open(path, 1).await?;
-    let mut conn = db.pool().acquire().await?;
+    let db = Store::open(path, 1).await?;
+    let mut conn = db.as_sqlite().context("a SQLite store")?.pool().acquire().await?;
     let sql =
         format!("INSERT INTO videos (video_id, source) VALUES {}", vec!["(?, ?)"; PER_STATEMENT as usize].join(","));
     // New ids after whatever the table holds.

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use shared::storage::Db;
+use shared::storage::Store;
 
 use crate::{bin, make_db, median, mib, peak_rss, rss};
 
@@ -153,10 +153,10 @@ async fn memory_kill_latency(dir: &Path, videos: i64) -> anyhow::Result<Vec<f64>
         ],
     )?;
     sup.wait()?;
-    let db = Db::open(&db_path, 1).await?;
+    let db = Store::open(&db_path, 1).await?;
     let rows: Vec<(i64, i64, String)> =
         sqlx::query_as("SELECT video_id, finished_at, outcome FROM attempts ORDER BY video_id")
-            .fetch_all(db.pool())
+            .fetch_all(db.as_sqlite().context("a SQLite store")?.pool())
             .await?;
     db.close().await;
     let mut out = Vec::new();

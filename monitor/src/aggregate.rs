@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 use shared::status::{InFlight, RecentError, ShardCounts, WorkerStatus};
-use shared::storage::fleet::FleetWorker;
+use shared::storage::FleetWorker;
 
 use crate::poll::{Answer, Round};
 use crate::targets::Target;

@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod config;
 pub mod error;
 pub mod exit;
+pub mod retry;
 pub mod signals;
 pub mod status;
 pub mod storage;

@@ -46,6 +46,13 @@ impl FromStr for VideoStatus {
     }
 }
 
+impl TryFrom<String> for VideoStatus {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
 /// How one attempt ended, as the history table records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

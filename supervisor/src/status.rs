@@ -3,8 +3,7 @@
 
 use serde::Serialize;
 use shared::status::ShardCounts;
-use shared::storage::fleet::{self, FleetEvent, FleetRun, FleetWorker};
-use shared::storage::{Db, now_ms};
+use shared::storage::{FleetEvent, FleetRun, FleetWorker, Store, now_ms};
 use shared::units::human_bytes;
 
 use crate::procfs;
@@ -30,18 +29,19 @@ pub struct WorkerView {
     pub shard: ShardCounts,
 }
 
-pub async fn load(db: &Db) -> anyhow::Result<FleetView> {
-    let run = fleet::latest_run(db.pool()).await?;
+pub async fn load(db: &Store) -> anyhow::Result<FleetView> {
+    let run = db.latest_run().await?;
     let Some(run) = run else {
-        let totals = fleet::shard_progress(db.pool(), 1).await?.into_iter().next().unwrap_or_default();
+        let totals = db.totals().await?;
         return Ok(FleetView { run: None, supervisor_alive: false, workers: Vec::new(), totals, events: Vec::new() });
     };
-    let shards = fleet::shard_progress(db.pool(), run.workers as u32).await?;
+    let shards = db.shard_progress(run.workers as u32).await?;
     let mut totals = ShardCounts::default();
     for s in &shards {
         totals += *s;
     }
-    let workers = fleet::run_workers(db.pool(), run.run_id)
+    let workers = db
+        .run_workers(run.run_id)
         .await?
         .into_iter()
         .map(|record| {
@@ -49,7 +49,7 @@ pub async fn load(db: &Db) -> anyhow::Result<FleetView> {
             WorkerView { record, shard }
         })
         .collect();
-    let mut events = fleet::run_events(db.pool(), run.run_id).await?;
+    let mut events = db.run_events(run.run_id).await?;
     let keep = events.len().saturating_sub(10);
     events.drain(..keep);
     let supervisor_alive = procfs::is_running(run.supervisor_pid, "supervisor");
@@ -188,15 +188,16 @@ mod tests {
     async fn status_answers_from_the_kept_shard_counts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fleet.db");
-        let db = Db::open(&path, 1).await.unwrap();
+        let db = Store::open(&path, 1).await.unwrap();
+        let pool = db.as_sqlite().unwrap().pool();
         sqlx::query(
             "INSERT INTO videos (video_id, source) \
              WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 10) SELECT i, 'v' || i FROM s",
         )
-        .execute(db.pool())
+        .execute(pool)
         .await
         .unwrap();
-        shared::storage::ensure_count_layout(&mut db.pool().acquire().await.unwrap(), 2).await.unwrap();
+        db.ensure_count_layout(2).await.unwrap();
         let run = FleetRun {
             run_id: 0,
             supervisor_pid: i32::MAX as i64,
@@ -214,15 +215,15 @@ mod tests {
             log_dir: None,
             control_token: None,
         };
-        fleet::insert_run(db.pool(), &run).await.unwrap();
+        db.insert_run(&run).await.unwrap();
         // A count of the table would say 0 done; the kept counts are skewed to tell them apart.
         sqlx::query("UPDATE video_counts SET videos = 1000 WHERE shard = 1 AND status = 'done'")
-            .execute(db.pool())
+            .execute(pool)
             .await
             .unwrap();
         db.close().await;
 
-        let view = load(&Db::open_read_only(&path).await.unwrap()).await.unwrap();
+        let view = load(&Store::open_read_only(&path).await.unwrap()).await.unwrap();
         assert_eq!(view.workers[1].shard, ShardCounts { pending: 5, running: 0, done: 1000, failed: 0 });
         assert_eq!(view.totals.done, 1000);
         assert_eq!(view.totals.pending, 10);

@@ -41,7 +41,7 @@ impl Case {
     }
 
     async fn ids(&self) -> Vec<i64> {
-        sqlx::query_scalar("SELECT video_id FROM videos ORDER BY video_id").fetch_all(self.t.db.pool()).await.unwrap()
+        sqlx::query_scalar("SELECT video_id FROM videos ORDER BY video_id").fetch_all(self.t.pool()).await.unwrap()
     }
 }
 
@@ -53,7 +53,7 @@ fn import(dir: &Path, file: &Path, db: &Path, extra: &[&str]) -> Output {
         .arg("--db")
         .arg(db)
         .args(extra)
-        .env("RUST_LOG", "info,sqlx=warn")
+        .env("RUST_LOG", shared::storage::DEFAULT_LOG_FILTER)
         .output()
         .expect("supervisor runs")
 }
@@ -72,7 +72,7 @@ async fn a_quote_that_never_closes_is_an_error_and_the_rows_after_it_are_not_swa
     assert!(text(&out).contains("imported 2 videos from"), "{}", text(&out));
     assert_eq!(c.t.video(10).await.0, "pending");
     let source: String =
-        sqlx::query_scalar("SELECT source FROM videos WHERE video_id = 10").fetch_one(c.t.db.pool()).await.unwrap();
+        sqlx::query_scalar("SELECT source FROM videos WHERE video_id = 10").fetch_one(c.t.pool()).await.unwrap();
     assert_eq!(source, "a,\"x\".mp4");
 }
 
@@ -190,7 +190,7 @@ async fn ids_already_there_are_reported_and_left_as_they_are() {
     assert!(all.contains("imported 1 videos from"), "{all}");
     assert!(all.contains("2 were already there and left as they are (video_id 1, 2)"), "{all}");
     let source: String =
-        sqlx::query_scalar("SELECT source FROM videos WHERE video_id = 2").fetch_one(c.t.db.pool()).await.unwrap();
+        sqlx::query_scalar("SELECT source FROM videos WHERE video_id = 2").fetch_one(c.t.pool()).await.unwrap();
     assert_eq!(source, "src-2");
 }
 

@@ -15,7 +15,7 @@ fn supervisor(dir: &Path) -> Command {
     let mut cmd = Command::new(bin("supervisor"));
     cmd.current_dir(dir)
         .env("FLEET_WORKER_BIN", bin("worker"))
-        .env("RUST_LOG", "info,sqlx=warn")
+        .env("RUST_LOG", shared::storage::DEFAULT_LOG_FILTER)
         .env_remove("WORKER_CONCURRENCY")
         .env_remove("FLEET_WORKERS")
         .env_remove("FLEET_CONTROL_TOKEN")
@@ -82,7 +82,7 @@ async fn workers(t: &TestDb) -> Vec<(i64, Option<i64>, String, i64, Option<Strin
         "SELECT worker_id, pid, state, restarts, last_reason FROM fleet_workers \
          WHERE run_id = (SELECT max(run_id) FROM fleet_runs) ORDER BY worker_id",
     )
-    .fetch_all(t.db.pool())
+    .fetch_all(t.pool())
     .await
     .unwrap()
 }
@@ -146,7 +146,7 @@ async fn a_worker_killed_mid_run_is_restarted_with_its_reason_and_its_claims_han
     wait_for(Duration::from_secs(5), "the dead worker's claims handed back", || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM videos WHERE status = 'running' AND lease_owner LIKE ?")
             .bind(&owner)
-            .fetch_one(t.db.pool())
+            .fetch_one(t.pool())
             .await
             .unwrap()
             == 0
@@ -237,10 +237,8 @@ async fn a_supervisor_killed_with_sigkill_leaves_no_worker_and_a_new_start_finis
     assert_eq!(t.by_status().await.get("done"), Some(&200));
     assert_eq!(done_twice(&t).await, 0, "completed videos were not redone");
     assert!(text(&out).contains(&format!("this run: {} videos finished", 200 - done_before)), "{}", text(&out));
-    let prev: String = sqlx::query_scalar("SELECT state FROM fleet_runs ORDER BY run_id LIMIT 1")
-        .fetch_one(t.db.pool())
-        .await
-        .unwrap();
+    let prev: String =
+        sqlx::query_scalar("SELECT state FROM fleet_runs ORDER BY run_id LIMIT 1").fetch_one(t.pool()).await.unwrap();
     assert_eq!(prev, "crashed");
 }
 
@@ -332,7 +330,7 @@ async fn supervisor_stop_drains_the_fleet_and_status_reports_it() {
     })
     .await;
     let started: Vec<i64> = sqlx::query_scalar("SELECT started_at FROM fleet_workers ORDER BY worker_id")
-        .fetch_all(t.db.pool())
+        .fetch_all(t.pool())
         .await
         .unwrap();
     assert!(started[1] - started[0] >= 200, "--stagger spaces the starts: {started:?}");
@@ -354,7 +352,7 @@ async fn supervisor_stop_drains_the_fleet_and_status_reports_it() {
     assert!(text(&out).contains("fleet stopped"));
     assert!(sup.wait().unwrap().success());
     assert_eq!(t.by_status().await.get("running"), None, "no video left claimed");
-    let state: String = sqlx::query_scalar("SELECT state FROM fleet_runs").fetch_one(t.db.pool()).await.unwrap();
+    let state: String = sqlx::query_scalar("SELECT state FROM fleet_runs").fetch_one(t.pool()).await.unwrap();
     assert_eq!(state, "stopped");
     let logs = supervisor(t.dir.path()).args(["logs", "--worker", "1", "--db"]).arg(&t.path).output().unwrap();
     assert!(text(&logs).contains("[worker-1]"), "{}", text(&logs));
@@ -461,7 +459,7 @@ async fn export_reads_a_database_from_before_warnings_were_kept_without_migratin
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.db");
     let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", path.display())).await.unwrap();
-    for m in shared::storage::MIGRATIONS.iter().take_while(|m| m.name != "0004_warnings.sql") {
+    for m in shared::storage::sqlite::MIGRATIONS.iter().take_while(|m| m.name != "0004_warnings.sql") {
         sqlx::raw_sql(m.sql).execute(&mut conn).await.unwrap();
     }
     sqlx::raw_sql("INSERT INTO videos (video_id, source, status, result) VALUES (1, 'a', 'done', 'ok')")
@@ -488,7 +486,7 @@ async fn import_reports_existing_ids_export_writes_results_and_retry_requeues_fa
     let t = TestDb::new().await;
     t.seed(3).await;
     sqlx::query("UPDATE videos SET status = 'failed', attempts = 3, last_error = 'boom' WHERE video_id = 2")
-        .execute(t.db.pool())
+        .execute(t.pool())
         .await
         .unwrap();
     let file = t.dir.path().join("more.jsonl");
@@ -901,14 +899,14 @@ async fn status_and_logs_end_quietly_when_their_reader_goes_away() {
          VALUES (1, 0, 'stopped', 3000, 3001, '127.0.0.1', 'sample', 'sleep: 1ms', 1, ?)",
     )
     .bind(t.dir.path().join("logs").display().to_string())
-    .execute(t.db.pool())
+    .execute(t.pool())
     .await
     .unwrap();
     sqlx::query(
         "INSERT INTO fleet_workers (run_id, worker_id, port, state) \
          WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i < 2999) SELECT 1, i, 3001 + i, 'stopped' FROM s",
     )
-    .execute(t.db.pool())
+    .execute(t.pool())
     .await
     .unwrap();
     std::fs::create_dir(t.dir.path().join("logs")).unwrap();
@@ -936,18 +934,18 @@ async fn rows_too_large_to_run_fail_at_once_and_the_rest_of_their_shard_finishes
         "INSERT INTO videos (video_id, source) SELECT column1, hex(zeroblob(10485760)) \
          FROM (VALUES (101), (103), (105), (107))",
     )
-    .execute(t.db.pool())
+    .execute(t.pool())
     .await
     .unwrap();
     sqlx::query(
         "INSERT INTO videos (video_id, source, payload) VALUES (109, 'ok.mp4', '\"' || hex(zeroblob(1048576)) || '\"')",
     )
-    .execute(t.db.pool())
+    .execute(t.pool())
     .await
     .unwrap();
     // Values no handler could take: a BLOB source, and text that is not UTF-8.
     sqlx::query("INSERT INTO videos (video_id, source) VALUES (111, X'00FF10'), (113, CAST(X'FF41' AS TEXT))")
-        .execute(t.db.pool())
+        .execute(t.pool())
         .await
         .unwrap();
     let out = run_to_end(start(
@@ -998,8 +996,7 @@ async fn a_handler_cannot_read_the_control_token_back_from_its_worker() {
     let probe = r#"sh -c 'tr "\0" "\n" < /proc/$PPID/environ; tr "\0" "\n" < /proc/$PPID/cmdline; fd=$(tr "\0" "\n" < /proc/$PPID/cmdline | sed -n "/^--control-token-fd$/{n;p;}"); test -n "$fd" && cat /proc/self/fd/$fd 2>&1; true'"#;
     let out = run_to_end(start(&t, 1, &["--mem-limit", "250M", "--exec", probe, "--exit-when-done"]));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let token: String =
-        sqlx::query_scalar("SELECT control_token FROM fleet_runs").fetch_one(t.db.pool()).await.unwrap();
+    let token: String = sqlx::query_scalar("SELECT control_token FROM fleet_runs").fetch_one(t.pool()).await.unwrap();
     let seen = t.video(1).await.2.unwrap_or_default();
     assert!(seen.contains("FLEET_SUPERVISOR_PID=") && seen.contains("--worker-id"), "the probe ran: {seen}");
     assert!(!seen.contains(&token), "the handler read the control token: {seen}");

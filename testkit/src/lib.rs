@@ -12,21 +12,26 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shared::status::{ShardCounts, WorkerStatus};
-use shared::storage::Db;
+use shared::storage::Store;
 
 /// A temp dir holding `fleet.db`, migrated and seeded by the test.
 pub struct TestDb {
     pub dir: tempfile::TempDir,
     pub path: PathBuf,
-    pub db: Db,
+    pub db: Store,
 }
 
 impl TestDb {
     pub async fn new() -> TestDb {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fleet.db");
-        let db = Db::open(&path, 2).await.unwrap();
+        let db = Store::open(&path, 2).await.unwrap();
         TestDb { dir, path, db }
+    }
+
+    /// The SQLite pool, for the raw SQL of tests.
+    pub fn pool(&self) -> &sqlx::SqlitePool {
+        self.db.as_sqlite().expect("a SQLite store").pool()
     }
 
     /// Inserts videos `1..=n` with source `src-<id>` and payload `{"n":<id>}`.
@@ -37,13 +42,13 @@ impl TestDb {
              SELECT i, 'src-' || i, '{\"n\":' || i || '}' FROM s",
         )
         .bind(n)
-        .execute(self.db.pool())
+        .execute(self.pool())
         .await
         .unwrap();
     }
 
     pub async fn seed_sources(&self, rows: Vec<(i64, String)>) {
-        let mut tx = self.db.pool().begin().await.unwrap();
+        let mut tx = self.pool().begin().await.unwrap();
         for (id, source) in rows {
             sqlx::query("INSERT INTO videos (video_id, source, payload) VALUES (?, ?, ?)")
                 .bind(id)
@@ -69,7 +74,7 @@ impl TestDb {
 
     pub async fn by_status(&self) -> BTreeMap<String, i64> {
         sqlx::query_as::<_, (String, i64)>("SELECT status, count(*) FROM videos GROUP BY status")
-            .fetch_all(self.db.pool())
+            .fetch_all(self.pool())
             .await
             .unwrap()
             .into_iter()
@@ -88,7 +93,7 @@ impl TestDb {
             sqlx::query_as("SELECT status, count(*) FROM videos WHERE video_id % ?1 = ?2 GROUP BY status")
                 .bind(n)
                 .bind(k)
-                .fetch_all(self.db.pool())
+                .fetch_all(self.pool())
                 .await
                 .unwrap();
         for (status, count) in rows {
@@ -98,13 +103,13 @@ impl TestDb {
     }
 
     pub async fn scalar(&self, sql: &'static str) -> i64 {
-        sqlx::query_scalar(sql).fetch_one(self.db.pool()).await.unwrap()
+        sqlx::query_scalar(sql).fetch_one(self.pool()).await.unwrap()
     }
 
     pub async fn video(&self, id: i64) -> (String, i64, Option<String>, Option<String>) {
         sqlx::query_as("SELECT status, attempts, result, last_error FROM videos WHERE video_id = ?")
             .bind(id)
-            .fetch_one(self.db.pool())
+            .fetch_one(self.pool())
             .await
             .unwrap()
     }
@@ -112,7 +117,7 @@ impl TestDb {
     pub async fn history(&self, id: i64) -> Vec<(i64, String)> {
         sqlx::query_as("SELECT attempt, outcome FROM attempts WHERE video_id = ? ORDER BY id")
             .bind(id)
-            .fetch_all(self.db.pool())
+            .fetch_all(self.pool())
             .await
             .unwrap()
     }
@@ -189,7 +194,7 @@ pub fn spawn_worker_on(db: &Path, k: u32, n: u32, port: u16, args: &[&str]) -> R
         .args(["--worker-id", &k.to_string(), "--workers", &n.to_string(), "--port", &port.to_string(), "--db"])
         .arg(db)
         .args(args)
-        .env("RUST_LOG", "info,sqlx=warn")
+        .env("RUST_LOG", shared::storage::DEFAULT_LOG_FILTER)
         .env_remove("WORKER_CONCURRENCY")
         .env_remove("FLEET_CONTROL_TOKEN")
         .env_remove("FLEET_CA_CERT")

@@ -113,7 +113,7 @@ async fn what_a_successful_handler_says_on_stderr_is_kept_as_its_warnings_and_cu
     let kept: Vec<(i64, Option<String>, Option<String>)> = sqlx::query_as(
         "SELECT v.video_id, v.warnings, a.warnings FROM videos v JOIN attempts a USING (video_id) ORDER BY v.video_id",
     )
-    .fetch_all(t.db.pool())
+    .fetch_all(t.pool())
     .await
     .unwrap();
     let warned = Some("[mov,mp4] File ended prematurely".to_string());
@@ -285,7 +285,7 @@ async fn a_failed_video_can_be_retried_over_http() {
     let t = TestDb::new().await;
     t.seed(1).await;
     sqlx::query("UPDATE videos SET status = 'failed', attempts = 3, last_error = 'x' WHERE video_id = 1")
-        .execute(t.db.pool())
+        .execute(t.pool())
         .await
         .unwrap();
     let w = spawn_worker(&t.path, 0, 1, &["--sleep", "0", "--control-token", "s3cret-token"]);
@@ -525,7 +525,7 @@ async fn handlers_ended_because_the_supervisor_died_are_never_recorded_as_failed
         .arg(&t.path)
         .args(["--exec", "sleep 30", "--concurrency", "2"])
         .env("FLEET_SUPERVISOR_PID", std::process::id().to_string())
-        .env("RUST_LOG", "info,sqlx=warn")
+        .env("RUST_LOG", shared::storage::DEFAULT_LOG_FILTER)
         .env_remove("FLEET_CONTROL_TOKEN")
         .stdout(std::process::Stdio::null())
         .stderr(stderr_w.try_clone().unwrap())

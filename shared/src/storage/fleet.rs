@@ -3,11 +3,10 @@
 //! `monitor --db`, so they work while a fleet runs and after it stopped.
 
 use serde::{Deserialize, Serialize};
-use sqlx::{FromRow, SqlitePool};
+use sqlx::FromRow;
 
-use super::now_ms;
+use super::Store;
 use crate::error::DbError;
-use crate::status::ShardCounts;
 
 /// One `supervisor start`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromRow)]
@@ -57,139 +56,53 @@ pub struct FleetEvent {
     pub reason: String,
 }
 
-/// Records a new run and its worker slots; returns the run id.
-pub async fn insert_run(pool: &SqlitePool, run: &FleetRun) -> Result<i64, DbError> {
-    super::retry_busy(|| async {
-        let mut tx = pool.begin().await?;
-        let id = sqlx::query(
-            "INSERT INTO fleet_runs (supervisor_pid, host, started_at, state, workers, base_port, bind, mem_limit_bytes, \
-             mem_enforce, handler, concurrency, log_dir, control_token) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        )
-        .bind(run.supervisor_pid)
-        .bind(&run.host)
-        .bind(run.started_at)
-        .bind(&run.state)
-        .bind(run.workers)
-        .bind(run.base_port)
-        .bind(&run.bind)
-        .bind(run.mem_limit_bytes)
-        .bind(&run.mem_enforce)
-        .bind(&run.handler)
-        .bind(run.concurrency)
-        .bind(&run.log_dir)
-        .bind(&run.control_token)
-        .execute(&mut *tx)
-        .await?
-        .last_insert_rowid();
-        for k in 0..run.workers {
-            sqlx::query("INSERT INTO fleet_workers (run_id, worker_id, port, state) VALUES (?, ?, ?, 'starting')")
-                .bind(id)
-                .bind(k)
-                .bind(run.base_port + k)
-                .execute(&mut *tx)
-                .await?;
+impl Store {
+    /// Records a new run and its worker slots (all `starting`); returns the run id.
+    pub async fn insert_run(&self, run: &FleetRun) -> Result<i64, DbError> {
+        match self {
+            Store::Sqlite(s) => s.insert_run(run).await,
         }
-        tx.commit().await?;
-        Ok(id)
-    })
-    .await
-}
+    }
 
-/// Writes a worker slot's current state.
-pub async fn update_worker(pool: &SqlitePool, w: &FleetWorker) -> Result<(), DbError> {
-    super::retry_busy(|| async {
-        sqlx::query(
-            "UPDATE fleet_workers SET pid = ?, state = ?, started_at = ?, restarts = ?, last_reason = ?, \
-             last_restart_at = ?, rss_bytes = ?, memory_kills = ?, updated_at = ? WHERE run_id = ? AND worker_id = ?",
-        )
-        .bind(w.pid)
-        .bind(&w.state)
-        .bind(w.started_at)
-        .bind(w.restarts)
-        .bind(&w.last_reason)
-        .bind(w.last_restart_at)
-        .bind(w.rss_bytes)
-        .bind(w.memory_kills)
-        .bind(now_ms())
-        .bind(w.run_id)
-        .bind(w.worker_id)
-        .execute(pool)
-        .await?;
-        Ok(())
-    })
-    .await
-}
+    /// Writes a worker slot's current state.
+    pub async fn update_worker(&self, w: &FleetWorker) -> Result<(), DbError> {
+        match self {
+            Store::Sqlite(s) => s.update_worker(w).await,
+        }
+    }
 
-pub async fn add_event(
-    pool: &SqlitePool,
-    run_id: i64,
-    worker_id: u32,
-    kind: &str,
-    reason: &str,
-) -> Result<(), DbError> {
-    super::retry_busy(|| async {
-        sqlx::query("INSERT INTO fleet_events (run_id, worker_id, at, kind, reason) VALUES (?, ?, ?, ?, ?)")
-            .bind(run_id)
-            .bind(worker_id)
-            .bind(now_ms())
-            .bind(kind)
-            .bind(reason)
-            .execute(pool)
-            .await?;
-        Ok(())
-    })
-    .await
-}
+    /// Records a restart, kill or memory kill of worker `worker_id`, now.
+    pub async fn add_event(&self, run_id: i64, worker_id: u32, kind: &str, reason: &str) -> Result<(), DbError> {
+        match self {
+            Store::Sqlite(s) => s.add_event(run_id, worker_id, kind, reason).await,
+        }
+    }
 
-pub async fn set_run_state(pool: &SqlitePool, run_id: i64, state: &str, stopped: bool) -> Result<(), DbError> {
-    super::retry_busy(|| async {
-        sqlx::query(
-            "UPDATE fleet_runs SET state = ?, stopped_at = CASE WHEN ? THEN ? ELSE stopped_at END WHERE run_id = ?",
-        )
-        .bind(state)
-        .bind(stopped)
-        .bind(now_ms())
-        .bind(run_id)
-        .execute(pool)
-        .await?;
-        Ok(())
-    })
-    .await
-}
+    /// Sets the run's state; `stopped` also stamps its end, now.
+    pub async fn set_run_state(&self, run_id: i64, state: &str, stopped: bool) -> Result<(), DbError> {
+        match self {
+            Store::Sqlite(s) => s.set_run_state(run_id, state, stopped).await,
+        }
+    }
 
-/// The most recent run, if any fleet was ever started on this database.
-pub async fn latest_run(pool: &SqlitePool) -> Result<Option<FleetRun>, DbError> {
-    Ok(sqlx::query_as("SELECT * FROM fleet_runs ORDER BY run_id DESC LIMIT 1").fetch_optional(pool).await?)
-}
+    /// The most recent run, if any fleet was ever started on this database.
+    pub async fn latest_run(&self) -> Result<Option<FleetRun>, DbError> {
+        match self {
+            Store::Sqlite(s) => s.latest_run().await,
+        }
+    }
 
-pub async fn run_workers(pool: &SqlitePool, run_id: i64) -> Result<Vec<FleetWorker>, DbError> {
-    Ok(sqlx::query_as("SELECT * FROM fleet_workers WHERE run_id = ? ORDER BY worker_id")
-        .bind(run_id)
-        .fetch_all(pool)
-        .await?)
-}
+    /// The worker slots of run `run_id`, by worker id.
+    pub async fn run_workers(&self, run_id: i64) -> Result<Vec<FleetWorker>, DbError> {
+        match self {
+            Store::Sqlite(s) => s.run_workers(run_id).await,
+        }
+    }
 
-pub async fn run_events(pool: &SqlitePool, run_id: i64) -> Result<Vec<FleetEvent>, DbError> {
-    Ok(sqlx::query_as("SELECT run_id, worker_id, at, kind, reason FROM fleet_events WHERE run_id = ? ORDER BY id")
-        .bind(run_id)
-        .fetch_all(pool)
-        .await?)
-}
-
-/// Videos by shard (`video_id % workers`) and status: the kept counts when they are kept
-/// for `workers` (any layout for `workers = 1`, the totals), else one scan of the table.
-pub async fn shard_progress(pool: &SqlitePool, workers: u32) -> Result<Vec<ShardCounts>, DbError> {
-    let mut conn = pool.acquire().await?;
-    super::counts::by_shard(&mut conn, workers).await
-}
-
-/// Videos still to do in the whole table (pending or running), from the kept counts.
-pub async fn unfinished(pool: &SqlitePool) -> Result<i64, DbError> {
-    let totals = shard_progress(pool, 1).await?.into_iter().next().unwrap_or_default();
-    Ok((totals.pending + totals.running) as i64)
-}
-
-/// Whether the table holds any video at all (one index probe, whatever its size).
-pub async fn has_videos(pool: &SqlitePool) -> Result<bool, DbError> {
-    Ok(sqlx::query_scalar::<_, i64>("SELECT EXISTS (SELECT 1 FROM videos)").fetch_one(pool).await? == 1)
+    /// The events of run `run_id`, oldest first.
+    pub async fn run_events(&self, run_id: i64) -> Result<Vec<FleetEvent>, DbError> {
+        match self {
+            Store::Sqlite(s) => s.run_events(run_id).await,
+        }
+    }
 }

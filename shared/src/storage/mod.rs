@@ -1,24 +1,32 @@
-//! The shared SQLite database: opening it, its schema, and the statements that move a
-//! video through its life. Each state change that must be atomic is one statement.
+//! The fleet's storage, the one place that speaks SQL. Callers hold a [`Store`] and use
+//! domain verbs: a worker's [`Shard`] claims a batch, finishes it fenced, renews,
+//! reclaims and hands back leases; the store counts videos, keeps the fleet's records,
+//! imports, requeues, exports and sums up a run. Each verb dispatches to a backend
+//! (SQLite today, in `sqlite/`), and "database is locked" is retried in here (`busy.rs`),
+//! never by callers. What becomes of a failed attempt is decided by `crate::retry`, and
+//! written here as decided.
 
-mod admin;
 mod busy;
 mod claim;
 mod counts;
+mod export;
 mod finish;
-pub mod fleet;
+mod fleet;
+mod import;
 mod lease;
-mod migrate;
-mod open;
+mod requeue;
+mod shard;
+pub mod sqlite;
+mod store;
+mod summary;
 
-pub use admin::{
-    EXISTING_NAMED, IMPORT_BATCH, Import, ImportReport, ImportRow, NewVideo, Repeat, RequeueOutcome,
-    requeue_all_failed, requeue_ids, requeue_video,
-};
-pub use busy::{BUSY_RETRIES, BusyRetry, retry_busy};
-pub use claim::{Claimed, Claimer};
-pub use counts::{ensure_count_layout, shard_counts};
-pub use finish::{Finish, finish_batch};
-pub use lease::{owner_name, owner_pattern, reclaim_expired, release_matching, release_owner, renew_owner};
-pub use migrate::{MIGRATIONS, Migration};
-pub use open::{Db, corrupt_advice, now_ms};
+pub use busy::BUSY_RETRIES;
+pub use claim::Claimed;
+pub use export::{ExportFilter, ExportRow};
+pub use finish::Finish;
+pub use fleet::{FleetEvent, FleetRun, FleetWorker};
+pub use import::{EXISTING_NAMED, IMPORT_BATCH, Import, ImportReport, ImportRow, NewVideo, Repeat};
+pub use requeue::RequeueOutcome;
+pub use shard::{ClaimRound, Shard, ShardSpec};
+pub use store::{DEFAULT_LOG_FILTER, Store, corrupt_advice, now_ms};
+pub use summary::{RunTotals, ShardAttempts};

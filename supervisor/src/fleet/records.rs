@@ -6,8 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use shared::storage::Db;
-use shared::storage::fleet::{self, FleetWorker};
+use shared::storage::{FleetWorker, Store};
 use shared::units::format_utc_ms;
 use tokio::sync::mpsc;
 
@@ -87,7 +86,7 @@ impl fmt::Display for Incident {
 
 /// Starts the writer for run `run_id`; it ends when every sender is dropped, after
 /// writing what it was sent.
-pub fn start(db: Db, run_id: i64) -> (mpsc::UnboundedSender<Record>, tokio::task::JoinHandle<()>) {
+pub fn start(db: Store, run_id: i64) -> (mpsc::UnboundedSender<Record>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Record>();
     let task = tokio::spawn(async move {
         let mut batch = Vec::new();
@@ -99,19 +98,15 @@ pub fn start(db: Db, run_id: i64) -> (mpsc::UnboundedSender<Record>, tokio::task
                         latest.insert(w.worker_id, w);
                         Ok(())
                     }
-                    Record::Event { worker, kind, reason } => {
-                        fleet::add_event(db.pool(), run_id, worker, kind.name(), &reason).await
-                    }
-                    Record::RunState { state, stopped } => {
-                        fleet::set_run_state(db.pool(), run_id, state, stopped).await
-                    }
+                    Record::Event { worker, kind, reason } => db.add_event(run_id, worker, kind.name(), &reason).await,
+                    Record::RunState { state, stopped } => db.set_run_state(run_id, state, stopped).await,
                 };
                 if let Err(e) = written {
                     tracing::warn!("could not record the fleet's state: {e}");
                 }
             }
             for w in latest.values() {
-                if let Err(e) = fleet::update_worker(db.pool(), w).await {
+                if let Err(e) = db.update_worker(w).await {
                     tracing::warn!("could not record worker {}: {e}", w.worker_id);
                 }
             }

@@ -5,7 +5,7 @@
 use std::ffi::CString;
 use std::time::{Duration, Instant};
 
-use shared::storage::fleet::FleetWorker;
+use shared::storage::FleetWorker;
 use shared::units::ByteSize;
 
 use super::exit_cause::ExitCause;
