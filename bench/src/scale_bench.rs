@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use shared::storage::{self, FleetRun, Store};
+use shared::storage::{self, FleetRun, RunState, Store};
 use sqlx::{AssertSqlSafe, Connection, Executor};
 
 use crate::{bin, cpu_time, make_db, median, raw_floor};
@@ -138,7 +138,7 @@ async fn record_run(path: &Path) -> anyhow::Result<f64> {
         host: None,
         started_at: storage::now_ms(),
         stopped_at: Some(storage::now_ms()),
-        state: "stopped".into(),
+        state: RunState::Stopped,
         workers: WORKERS as i64,
         base_port: 3001,
         bind: "127.0.0.1".into(),

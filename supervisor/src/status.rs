@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 use shared::status::ShardCounts;
-use shared::storage::{FleetEvent, FleetRun, FleetWorker, Store, now_ms};
+use shared::storage::{FleetEvent, FleetRun, FleetWorker, SlotStatus, Store, now_ms};
 use shared::units::human_bytes;
 
 use crate::procfs;
@@ -73,8 +73,8 @@ pub fn render(v: &FleetView) -> String {
         return out;
     };
     let now = now_ms();
-    let state = if v.supervisor_alive || !matches!(run.state.as_str(), "running" | "stopping") {
-        run.state.clone()
+    let state = if v.supervisor_alive || !run.state.is_live() {
+        run.state.to_string()
     } else {
         "crashed (supervisor is gone)".into()
     };
@@ -102,7 +102,7 @@ pub fn render(v: &FleetView) -> String {
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for w in &v.workers {
         let r = &w.record;
-        let alive = v.supervisor_alive && r.state == "running";
+        let alive = v.supervisor_alive && r.state == SlotStatus::Running;
         let uptime = match (alive, r.started_at) {
             (true, Some(s)) => ago(now - s),
             _ => "-".into(),
@@ -123,7 +123,7 @@ pub fn render(v: &FleetView) -> String {
             r.worker_id.to_string(),
             r.pid.filter(|_| alive).map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             r.port.to_string(),
-            if v.supervisor_alive { r.state.clone() } else { "stopped".into() },
+            if v.supervisor_alive { r.state.to_string() } else { SlotStatus::Stopped.to_string() },
             uptime,
             r.restarts.to_string(),
             reason,
@@ -174,6 +174,8 @@ pub fn ago(ms: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use shared::storage::RunState;
+
     use super::*;
 
     #[test]
@@ -204,7 +206,7 @@ mod tests {
             host: None,
             started_at: now_ms(),
             stopped_at: None,
-            state: "stopped".into(),
+            state: RunState::Stopped,
             workers: 2,
             base_port: 3001,
             bind: "127.0.0.1".into(),

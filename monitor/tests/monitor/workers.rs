@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use monitor::aggregate::WorkerHealth;
-use shared::storage::{FleetRun, FleetWorker};
+use shared::storage::{FleetRun, FleetWorker, SlotStatus};
 
 use crate::helper::{
     LONG, TestDb, WorkerProc, closed_port, fleet_run, monitor_json, run_monitor, spawn_fleet, spawn_monitor_lines,
@@ -120,7 +120,7 @@ async fn with_db_the_monitor_finds_the_fleet_in_the_supervisors_records_and_coun
         worker_id: k,
         pid: None,
         port: base as i64 + k,
-        state: "running".into(),
+        state: SlotStatus::Running,
         started_at: None,
         restarts,
         last_reason: last_reason.map(String::from),
@@ -140,7 +140,7 @@ async fn with_db_the_monitor_finds_the_fleet_in_the_supervisors_records_and_coun
     assert!(report.workers.iter().all(|w| w.health == WorkerHealth::Up), "{:?}", report.workers);
     let w1 = &report.workers[1];
     assert_eq!((w1.restarts, w1.last_restart_reason.as_deref()), (2, Some("exit code 137 (memory limit)")));
-    assert_eq!(w1.supervisor_state.as_deref(), Some("running"));
+    assert_eq!(w1.supervisor_state, Some(SlotStatus::Running));
     assert_eq!(w1.url, format!("http://127.0.0.1:{}/", base + 1));
 
     // Worker 1 goes away: it is down, and its shard is counted from the table.

@@ -24,7 +24,7 @@ pub use busy::BUSY_RETRIES;
 pub use claim::Claimed;
 pub use export::{ExportFilter, ExportRow};
 pub use finish::Finish;
-pub use fleet::{FleetEvent, FleetRun, FleetWorker};
+pub use fleet::{EventKind, FleetEvent, FleetRun, FleetWorker, RunState, SlotStatus, UnknownWord};
 pub use import::{EXISTING_NAMED, IMPORT_BATCH, Import, ImportReport, ImportRow, NewVideo, Repeat};
 pub use requeue::RequeueOutcome;
 pub use shard::{ClaimRound, Shard, ShardSpec};

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use shared::storage::{FleetRun, Store};
+use shared::storage::{FleetRun, RunState, Store};
 use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, interval, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -257,7 +257,7 @@ impl Fleet {
         }
         self.end = end;
         self.stopping = Some(Instant::now() + self.args.job.grace + Duration::from_secs(5));
-        self.record(Record::RunState { state: "stopping", stopped: false });
+        self.record(Record::RunState { state: RunState::Stopping, stopped: false });
         self.signal_all(Signal::SIGTERM);
         for s in self.slots.iter_mut().filter(|s| s.pid().is_none()) {
             s.stop();
@@ -310,11 +310,11 @@ impl Fleet {
         }
         self.memory.cleanup();
         let state = match self.end {
-            _ if self.fatal.is_some() => "damaged",
-            RunEnd::Stopped => "stopped",
-            RunEnd::AllDone => "done",
-            RunEnd::SomeFailed => "failed",
-            RunEnd::WorkersErrored => "errored",
+            _ if self.fatal.is_some() => RunState::Damaged,
+            RunEnd::Stopped => RunState::Stopped,
+            RunEnd::AllDone => RunState::Done,
+            RunEnd::SomeFailed => RunState::Failed,
+            RunEnd::WorkersErrored => RunState::Errored,
         };
         self.record(Record::RunState { state, stopped: true });
         self.releases.close();

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use shared::storage::{FleetWorker, Store};
+use shared::storage::{EventKind, FleetWorker, RunState, Store};
 use shared::units::format_utc_ms;
 use tokio::sync::mpsc;
 
@@ -16,35 +16,7 @@ use super::exit_cause::ExitCause;
 pub enum Record {
     Worker(FleetWorker),
     Event { worker: u32, kind: EventKind, reason: String },
-    RunState { state: &'static str, stopped: bool },
-}
-
-/// What happened to a worker, as the run's events list it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    /// It ended unexpectedly and restarts after a backoff.
-    Restart,
-    /// It crashed too often and rests for the cooldown.
-    Errored,
-    /// It crashed while the fleet was stopping.
-    Crash,
-    /// The supervisor killed it while the fleet was stopping.
-    Kill,
-    /// The sampler killed one of its handlers; the worker carried on.
-    MemoryKill,
-}
-
-impl EventKind {
-    /// The name kept in the events table and shown by `supervisor status`.
-    pub fn name(self) -> &'static str {
-        match self {
-            EventKind::Restart => "restart",
-            EventKind::Errored => "errored",
-            EventKind::Crash => "crash",
-            EventKind::Kill => "kill",
-            EventKind::MemoryKill => "memory_kill",
-        }
-    }
+    RunState { state: RunState, stopped: bool },
 }
 
 /// A kill or restart of this run: recorded as an event, and listed in the summary.
@@ -98,7 +70,7 @@ pub fn start(db: Store, run_id: i64) -> (mpsc::UnboundedSender<Record>, tokio::t
                         latest.insert(w.worker_id, w);
                         Ok(())
                     }
-                    Record::Event { worker, kind, reason } => db.add_event(run_id, worker, kind.name(), &reason).await,
+                    Record::Event { worker, kind, reason } => db.add_event(run_id, worker, kind, &reason).await,
                     Record::RunState { state, stopped } => db.set_run_state(run_id, state, stopped).await,
                 };
                 if let Err(e) = written {

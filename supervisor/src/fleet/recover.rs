@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use shared::retry::RetryPolicy;
 use shared::status::Outcome;
-use shared::storage::{FleetRun, Store, now_ms};
+use shared::storage::{FleetRun, RunState, Store, now_ms};
 use shared::units::human_duration;
 
 use super::Fleet;
@@ -26,10 +26,7 @@ pub async fn wait_for_previous_workers(db_path: &std::path::Path) {
     }
     let Ok(db) = Store::open_read_only(db_path).await else { return };
     let pids: Vec<i64> = match db.latest_run().await {
-        Ok(Some(prev))
-            if matches!(prev.state.as_str(), "running" | "stopping")
-                && !procfs::is_running(prev.supervisor_pid, "supervisor") =>
-        {
+        Ok(Some(prev)) if prev.state.is_live() && !procfs::is_running(prev.supervisor_pid, "supervisor") => {
             db.run_workers(prev.run_id).await.unwrap_or_default().iter().filter_map(|w| w.pid).collect()
         }
         _ => Vec::new(),
@@ -71,7 +68,7 @@ impl Fleet {
 /// A previous run whose supervisor died left claims behind: its workers died with it
 /// (parent-death signal), so whatever they held is handed back now.
 pub(super) async fn recover_previous(db: &Store, prev: &FleetRun, policy: &RetryPolicy) -> anyhow::Result<()> {
-    if !matches!(prev.state.as_str(), "running" | "stopping") {
+    if !prev.state.is_live() {
         return Ok(());
     }
     let mut handed_back = 0;
@@ -82,7 +79,7 @@ pub(super) async fn recover_previous(db: &Store, prev: &FleetRun, policy: &Retry
             handed_back += db.release_process(k, pid as u32, Outcome::Crashed, &error, now_ms(), policy).await?.len();
         }
     }
-    db.set_run_state(prev.run_id, "crashed", true).await?;
+    db.set_run_state(prev.run_id, RunState::Crashed, true).await?;
     tracing::warn!(
         "the previous run (supervisor pid {}) ended without stopping; handed back {handed_back} videos its workers held",
         prev.supervisor_pid

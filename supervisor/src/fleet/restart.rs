@@ -12,7 +12,9 @@ use shared::storage::now_ms;
 use shared::units::human_duration;
 
 use super::exit_cause::ExitCause;
-use super::records::{EventKind, Incident};
+use shared::storage::EventKind;
+
+use super::records::Incident;
 use super::{Fleet, RunEnd};
 use crate::cli::CrashLoop;
 

@@ -7,7 +7,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use shared::storage::{FleetRun, Store, now_ms};
+use shared::storage::{FleetRun, RunState, Store, now_ms};
 use shared::units::human_bytes;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
@@ -135,7 +135,7 @@ impl Fleet {
         let reader = Store::open_read_only(&db_path).await.context("cannot read the database")?;
         if let Some(prev) = db.latest_run().await? {
             let live = procfs::is_running(prev.supervisor_pid, "supervisor");
-            if live && matches!(prev.state.as_str(), "running" | "stopping") {
+            if live && prev.state.is_live() {
                 bail!(
                     "a fleet is already running on {} (supervisor pid {}); stop it with `supervisor stop` first",
                     db_path.display(),
@@ -175,7 +175,7 @@ impl Fleet {
             host: std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()),
             started_at: now_ms(),
             stopped_at: None,
-            state: "running".into(),
+            state: RunState::Running,
             workers: args.workers as i64,
             base_port: args.base_port as i64,
             bind: args.bind.to_string(),

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use shared::storage::FleetRun;
+use shared::storage::{FleetRun, RunState};
 
 pub use testkit::{TestDb, WorkerProc, closed_port, spawn_fleet, spawn_worker_on as spawn_worker, wait_for};
 
@@ -50,7 +50,7 @@ pub fn fleet_run(workers: i64, base_port: u16) -> FleetRun {
         host: None,
         started_at: shared::storage::now_ms(),
         stopped_at: None,
-        state: "running".into(),
+        state: RunState::Running,
         workers,
         base_port: base_port as i64,
         bind: "0.0.0.0".into(),

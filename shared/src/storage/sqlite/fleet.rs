@@ -3,7 +3,7 @@
 use super::SqliteStore;
 use crate::error::DbError;
 use crate::storage::busy::retry_busy;
-use crate::storage::{FleetEvent, FleetRun, FleetWorker, now_ms};
+use crate::storage::{EventKind, FleetEvent, FleetRun, FleetWorker, RunState, SlotStatus, now_ms};
 
 impl SqliteStore {
     /// Records a new run and its worker slots; returns the run id.
@@ -17,7 +17,7 @@ impl SqliteStore {
             .bind(run.supervisor_pid)
             .bind(&run.host)
             .bind(run.started_at)
-            .bind(&run.state)
+            .bind(run.state.as_str())
             .bind(run.workers)
             .bind(run.base_port)
             .bind(&run.bind)
@@ -31,10 +31,11 @@ impl SqliteStore {
             .await?
             .last_insert_rowid();
             for k in 0..run.workers {
-                sqlx::query("INSERT INTO fleet_workers (run_id, worker_id, port, state) VALUES (?, ?, ?, 'starting')")
+                sqlx::query("INSERT INTO fleet_workers (run_id, worker_id, port, state) VALUES (?, ?, ?, ?)")
                     .bind(id)
                     .bind(k)
                     .bind(run.base_port + k)
+                    .bind(SlotStatus::Starting.as_str())
                     .execute(&mut *tx)
                     .await?;
             }
@@ -52,7 +53,7 @@ impl SqliteStore {
                  last_restart_at = ?, rss_bytes = ?, memory_kills = ?, updated_at = ? WHERE run_id = ? AND worker_id = ?",
             )
             .bind(w.pid)
-            .bind(&w.state)
+            .bind(w.state.as_str())
             .bind(w.started_at)
             .bind(w.restarts)
             .bind(&w.last_reason)
@@ -69,13 +70,19 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn add_event(&self, run_id: i64, worker_id: u32, kind: &str, reason: &str) -> Result<(), DbError> {
+    pub(crate) async fn add_event(
+        &self,
+        run_id: i64,
+        worker_id: u32,
+        kind: EventKind,
+        reason: &str,
+    ) -> Result<(), DbError> {
         retry_busy(|| async {
             sqlx::query("INSERT INTO fleet_events (run_id, worker_id, at, kind, reason) VALUES (?, ?, ?, ?, ?)")
                 .bind(run_id)
                 .bind(worker_id)
                 .bind(now_ms())
-                .bind(kind)
+                .bind(kind.as_str())
                 .bind(reason)
                 .execute(self.pool())
                 .await?;
@@ -84,12 +91,12 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn set_run_state(&self, run_id: i64, state: &str, stopped: bool) -> Result<(), DbError> {
+    pub(crate) async fn set_run_state(&self, run_id: i64, state: RunState, stopped: bool) -> Result<(), DbError> {
         retry_busy(|| async {
             sqlx::query(
                 "UPDATE fleet_runs SET state = ?, stopped_at = CASE WHEN ? THEN ? ELSE stopped_at END WHERE run_id = ?",
             )
-            .bind(state)
+            .bind(state.as_str())
             .bind(stopped)
             .bind(now_ms())
             .bind(run_id)
