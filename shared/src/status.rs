@@ -110,6 +110,15 @@ impl ShardCounts {
         self.pending == 0 && self.running == 0
     }
 
+    pub fn get(&self, status: VideoStatus) -> u64 {
+        match status {
+            VideoStatus::Pending => self.pending,
+            VideoStatus::Running => self.running,
+            VideoStatus::Done => self.done,
+            VideoStatus::Failed => self.failed,
+        }
+    }
+
     pub fn get_mut(&mut self, status: VideoStatus) -> &mut u64 {
         match status {
             VideoStatus::Pending => &mut self.pending,

@@ -174,7 +174,7 @@ pub fn ago(ms: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use shared::storage::RunState;
+    use shared::storage::{RunState, testing};
 
     use super::*;
 
@@ -191,14 +191,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fleet.db");
         let db = Store::open(&path, 1).await.unwrap();
-        let pool = db.as_sqlite().unwrap().pool();
-        sqlx::query(
-            "INSERT INTO videos (video_id, source) \
-             WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 10) SELECT i, 'v' || i FROM s",
-        )
-        .execute(pool)
-        .await
-        .unwrap();
+        testing::seed_numbered(&db, 1..=10, ("v", ""), false).await.unwrap();
         db.ensure_count_layout(2).await.unwrap();
         let run = FleetRun {
             run_id: 0,
@@ -218,12 +211,10 @@ mod tests {
             control_token: None,
         };
         db.insert_run(&run).await.unwrap();
-        // A count of the table would say 0 done; the kept counts are skewed to tell them apart.
-        sqlx::query("UPDATE video_counts SET videos = 1000 WHERE shard = 1 AND status = 'done'")
-            .execute(pool)
-            .await
-            .unwrap();
         db.close().await;
+        // A count of the table would say 0 done; the kept counts are skewed to tell them apart.
+        let skew = "UPDATE video_counts SET videos = 1000 WHERE shard = 1 AND status = 'done'";
+        testing::execute_foreign(&path, skew).await.unwrap();
 
         let view = load(&Store::open_read_only(&path).await.unwrap()).await.unwrap();
         assert_eq!(view.workers[1].shard, ShardCounts { pending: 5, running: 0, done: 1000, failed: 0 });

@@ -19,6 +19,8 @@ mod shard;
 pub mod sqlite;
 mod store;
 mod summary;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use busy::BUSY_RETRIES;
 pub use claim::Claimed;
@@ -26,6 +28,7 @@ pub use export::{ExportFilter, ExportRow};
 pub use finish::Finish;
 pub use fleet::{EventKind, FleetEvent, FleetRun, FleetWorker, RunState, SlotStatus, UnknownWord};
 pub use import::{EXISTING_NAMED, IMPORT_BATCH, Import, ImportReport, ImportRow, NewVideo, Repeat};
+pub use lease::owner_of;
 pub use requeue::RequeueOutcome;
 pub use shard::{ClaimRound, Shard, ShardSpec};
 pub use store::{DEFAULT_LOG_FILTER, Store, corrupt_advice, now_ms};

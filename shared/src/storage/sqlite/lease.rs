@@ -17,6 +17,7 @@ use crate::error::DbError;
 use crate::retry::{Ending, RetryPolicy};
 use crate::status::{Outcome, VideoStatus};
 use crate::storage::busy::retry_busy;
+use crate::storage::lease::owner_pattern;
 
 /// Extends every lease `owner` holds to `expires_at`. One statement however many videos
 /// the worker runs; returns how many it renewed.
@@ -232,18 +233,6 @@ impl SqliteStore {
         })
         .await
     }
-}
-
-/// The LIKE pattern matching every lease owner name of worker `worker_id` running as
-/// process `pid` (see [`owner_name`]).
-pub fn owner_pattern(worker_id: u32, pid: u32) -> String {
-    format!("worker-{worker_id}/{pid}:%")
-}
-
-/// The lease owner name of a worker process; `nonce` tells apart two processes that
-/// got the same pid.
-pub fn owner_name(worker_id: u32, pid: u32, nonce: u32) -> String {
-    format!("worker-{worker_id}/{pid}:{nonce:x}")
 }
 
 pub(crate) fn parse_status(s: &str) -> VideoStatus {

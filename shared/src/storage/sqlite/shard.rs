@@ -33,7 +33,7 @@ impl std::fmt::Debug for SqliteShard {
 impl SqliteShard {
     pub(crate) async fn open(store: &SqliteStore, spec: ShardSpec) -> Result<SqliteShard, DbError> {
         let mut conn = store.pool().acquire().await?;
-        let owner = lease::owner_name(spec.worker_id, std::process::id(), rand::rng().random::<u32>());
+        let owner = crate::storage::lease::owner_name(spec.worker_id, std::process::id(), rand::rng().random::<u32>());
         let claimer = Claimer::new(spec.workers, spec.worker_id, owner).with_limits(spec.max_source, spec.max_payload);
         claimer.ensure_index(&mut conn).await?;
         Ok(SqliteShard { conn, claimer })
