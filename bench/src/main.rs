@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use shared::status::{Outcome, VideoStatus};
-use shared::storage::{self, Finish, ShardSpec, Store};
+use shared::storage::{self, Finish, ShardSpec, Store, testing};
 
 #[derive(Parser)]
 struct Cli {
@@ -138,23 +138,15 @@ async fn make_db(dir: &Path, n: i64) -> anyhow::Result<PathBuf> {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
     let db = Store::open(&path, 1).await?;
-    sqlx::query(
-        "INSERT INTO videos (video_id, source) \
-         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < ?) \
-         SELECT i, 'https://videos.example/' || i || '.mp4' FROM s",
-    )
-    .bind(n)
-    .execute(db.as_sqlite().context("a SQLite store")?.pool())
-    .await?;
+    testing::seed_numbered(&db, 1..=n, ("https://videos.example/", ".mp4"), false).await?;
     db.close().await;
     Ok(path)
 }
 
 async fn count_done(path: &Path) -> anyhow::Result<(i64, i64)> {
     let db = Store::open(path, 1).await?;
-    let pool = db.as_sqlite().context("a SQLite store")?.pool();
-    let done: i64 = sqlx::query_scalar("SELECT count(*) FROM videos WHERE status = 'done'").fetch_one(pool).await?;
-    let history: i64 = sqlx::query_scalar("SELECT count(*) FROM attempts").fetch_one(pool).await?;
+    let done = testing::count_table(&db, 1).await?[0].done as i64;
+    let history = testing::count_attempts(&db).await?;
     db.close().await;
     Ok((done, history))
 }

@@ -7,9 +7,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use anyhow::{Context, bail};
-use shared::storage::{self, FleetRun, RunState, Store};
-use sqlx::{AssertSqlSafe, Connection, Executor};
+use anyhow::bail;
+use shared::storage::{self, FleetRun, RunState, Store, testing};
 
 use crate::{bin, cpu_time, make_db, median, raw_floor};
 
@@ -162,16 +161,14 @@ async fn record_run(path: &Path) -> anyhow::Result<f64> {
 /// Drops the recorded layout, so readers count the table as they did before kept counts.
 async fn forget_layout(path: &Path) -> anyhow::Result<()> {
     let db = Store::open(path, 1).await?;
-    db.as_sqlite().context("a SQLite store")?.pool().execute("DELETE FROM video_counts_layout").await?;
+    testing::forget_count_layout(&db).await?;
     db.close().await;
     Ok(())
 }
 
 async fn drop_triggers(path: &Path) -> anyhow::Result<()> {
     let db = Store::open(path, 1).await?;
-    for t in ["video_counts_insert", "video_counts_update", "video_counts_delete"] {
-        db.as_sqlite().context("a SQLite store")?.pool().execute(AssertSqlSafe(format!("DROP TRIGGER {t}"))).await?;
-    }
+    testing::drop_count_triggers(&db).await?;
     db.close().await;
     Ok(())
 }
@@ -202,27 +199,13 @@ fn status_ms(path: &Path, runs: usize) -> anyhow::Result<f64> {
 /// Inserts `rows` new videos, 500 per multi-row `INSERT`, in one transaction: wall time
 /// and this process's CPU time, in seconds.
 async fn insert_rows(path: &Path, rows: i64) -> anyhow::Result<(f64, f64)> {
-    const PER_STATEMENT: i64 = 500;
+    const PER_STATEMENT: usize = 500;
     let db = Store::open(path, 1).await?;
-    let mut conn = db.as_sqlite().context("a SQLite store")?.pool().acquire().await?;
-    let sql =
-        format!("INSERT INTO videos (video_id, source) VALUES {}", vec!["(?, ?)"; PER_STATEMENT as usize].join(","));
-    // New ids after whatever the table holds.
-    let after: i64 = sqlx::query_scalar("SELECT COALESCE(max(video_id), 0) FROM videos").fetch_one(&mut *conn).await?;
     let cpu = cpu_time(std::process::id()).unwrap_or(0.0);
     let start = Instant::now();
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    for first in (after + 1..=after + rows).step_by(PER_STATEMENT as usize) {
-        let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
-        for id in first..first + PER_STATEMENT {
-            q = q.bind(id).bind(format!("https://videos.example/{id}.mp4"));
-        }
-        q.execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
+    testing::insert_numbered(&db, rows, PER_STATEMENT).await?;
     let wall = start.elapsed().as_secs_f64();
     let cpu = cpu_time(std::process::id()).unwrap_or(0.0) - cpu;
-    drop(conn);
     db.close().await;
     Ok((wall, cpu))
 }

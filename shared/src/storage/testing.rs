@@ -108,6 +108,11 @@ pub async fn attempts(store: &Store) -> Result<Vec<AttemptRow>, DbError> {
         .collect()
 }
 
+/// Attempts in the history (one count, whatever its size).
+pub async fn count_attempts(store: &Store) -> Result<i64, DbError> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM attempts").fetch_one(pool(store)).await?)
+}
+
 /// Videos by shard (`video_id % workers`) and status, counted from the table itself,
 /// never from the kept counts: a check on them, and on everything else.
 pub async fn count_table(store: &Store, workers: u32) -> Result<Vec<ShardCounts>, DbError> {
@@ -138,6 +143,9 @@ pub async fn seed_numbered(
     (prefix, suffix): (&str, &str),
     with_payload: bool,
 ) -> Result<(), DbError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
         "INSERT INTO videos (video_id, source, payload) \
          WITH RECURSIVE s(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM s WHERE i < ?2) \
