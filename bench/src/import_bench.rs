@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use nix::sys::resource::{UsageWho, getrusage};
-use shared::db::Db;
+use shared::storage::Store;
 
 use crate::{bin, median, mib, peak_rss};
 
@@ -62,7 +62,7 @@ async fn import_once(supervisor: &Path, csv: &Path, db: &Path, lines: u64) -> an
         std::io::Read::read_to_string(&mut child.stderr.take().context("stderr")?, &mut err)?;
         bail!("supervisor import failed ({status}): {err}");
     }
-    let check = Db::open(db, 1).await?;
+    let check = Store::open(db, 1).await?;
     let n = check.count_videos().await?;
     check.close().await;
     if n as u64 != lines {

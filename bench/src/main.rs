@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use shared::db::{self, Claimer, Db, Finish};
 use shared::status::{Outcome, VideoStatus};
-use sqlx::Connection;
+use shared::storage::{self, Finish, ShardSpec, Store, testing};
 
 #[derive(Parser)]
 struct Cli {
@@ -175,24 +174,16 @@ async fn make_db(dir: &Path, n: i64) -> anyhow::Result<PathBuf> {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
-    let db = Db::open(&path, 1).await?;
-    sqlx::query(
-        "INSERT INTO videos (video_id, source) \
-         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < ?) \
-         SELECT i, 'https://videos.example/' || i || '.mp4' FROM s",
-    )
-    .bind(n)
-    .execute(db.pool())
-    .await?;
+    let db = Store::open(&path, 1).await?;
+    testing::seed_numbered(&db, 1..=n, ("https://videos.example/", ".mp4"), false).await?;
     db.close().await;
     Ok(path)
 }
 
 async fn count_done(path: &Path) -> anyhow::Result<(i64, i64)> {
-    let db = Db::open(path, 1).await?;
-    let done: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM videos WHERE status = 'done'").fetch_one(db.pool()).await?;
-    let history: i64 = sqlx::query_scalar("SELECT count(*) FROM attempts").fetch_one(db.pool()).await?;
+    let db = Store::open(path, 1).await?;
+    let done = testing::count_table(&db, 1).await?[0].done as i64;
+    let history = testing::count_attempts(&db).await?;
     db.close().await;
     Ok((done, history))
 }
@@ -200,20 +191,15 @@ async fn count_done(path: &Path) -> anyhow::Result<(i64, i64)> {
 /// The floor: one process claiming and completing `count` videos in batches of 512 (previous batch's
 /// completions and the next claim in one transaction), no handler, no HTTP.
 async fn raw_floor(path: &Path, count: i64) -> anyhow::Result<f64> {
-    let db = Db::open(path, 1).await?;
-    let mut conn = db.pool().acquire().await?;
-    let claimer = Claimer::new(1, 0, "raw-floor");
-    claimer.ensure_index(&mut conn).await?;
+    let db = Store::open(path, 1).await?;
+    let mut shard = db.open_shard(ShardSpec::new(1, 0)).await?;
     let start = Instant::now();
     let mut previous: Vec<Finish> = Vec::new();
     let mut finished = 0;
     loop {
-        let now = db::now_ms();
+        let now = storage::now_ms();
         let want = (count - finished - previous.len() as i64).clamp(0, 512) as usize;
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        db::finish_batch(&mut tx, &previous).await?;
-        let claimed = claimer.claim(&mut tx, want, now, Duration::from_secs(60)).await?;
-        tx.commit().await?;
+        let claimed = shard.finish_and_claim(&previous, want, now, Duration::from_secs(60)).await?.claimed;
         finished += previous.len() as i64;
         if claimed.is_empty() {
             break;
@@ -235,7 +221,7 @@ async fn raw_floor(path: &Path, count: i64) -> anyhow::Result<f64> {
             .collect();
     }
     let secs = start.elapsed().as_secs_f64();
-    drop(conn);
+    drop(shard);
     db.close().await;
     if finished != count {
         bail!("claimed and finished {finished} of {count} videos");

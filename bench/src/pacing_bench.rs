@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use shared::db::Db;
+use shared::status::VideoStatus;
+use shared::storage::{Store, testing};
 
 use crate::{bin, free_port, free_port_run, median};
 
@@ -302,21 +303,21 @@ struct DbCounts {
 }
 
 async fn db_counts(path: &Path, n: u32) -> anyhow::Result<DbCounts> {
-    let db = Db::open_read_only(path).await?;
-    let (done, failed): (i64, i64) =
-        sqlx::query_as("SELECT coalesce(sum(status = 'done'), 0), coalesce(sum(status = 'failed'), 0) FROM videos")
-            .fetch_one(db.pool())
-            .await?;
-    let failed_attempts: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM attempts WHERE outcome <> 'done'").fetch_one(db.pool()).await?;
-    let first: Option<i64> = sqlx::query_scalar("SELECT min(started_at) FROM attempts").fetch_one(db.pool()).await?;
-    // Worker K owns the videos where video_id % N = K: its shard is its work.
-    let last: Vec<(i64, Option<i64>)> =
-        sqlx::query_as("SELECT video_id % ?1, max(finished_at) FROM attempts GROUP BY video_id % ?1")
-            .bind(n as i64)
-            .fetch_all(db.pool())
-            .await?;
+    let db = Store::open_read_only(path).await?;
+    // A few hundred rows: read whole, counted here.
+    let videos = testing::videos(&db).await?;
+    let attempts = testing::attempts(&db).await?;
     db.close().await;
+    let done = videos.iter().filter(|v| v.status == VideoStatus::Done).count() as i64;
+    let failed = videos.iter().filter(|v| v.status == VideoStatus::Failed).count() as i64;
+    let failed_attempts = attempts.iter().filter(|a| a.outcome != "done").count() as i64;
+    let first = attempts.iter().filter_map(|a| a.started_at).min();
+    // Worker K owns the videos where video_id % N = K: its shard is its work.
+    let mut last: std::collections::BTreeMap<i64, Option<i64>> = Default::default();
+    for a in &attempts {
+        let at = last.entry(a.video_id % n as i64).or_default();
+        *at = (*at).max(a.finished_at);
+    }
     let mut finishes = vec![None; n as usize];
     if let Some(first) = first {
         for (shard, at) in last {

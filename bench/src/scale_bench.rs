@@ -8,9 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::bail;
-use shared::db::fleet::{self, FleetRun};
-use shared::db::{self, Db};
-use sqlx::{AssertSqlSafe, Connection, Executor};
+use shared::storage::{self, FleetRun, RunState, Store, testing};
 
 use crate::{bin, cpu_time, make_db, median, raw_floor};
 
@@ -132,14 +130,14 @@ pub async fn bench_scale(dir: &Path, runs: usize, s: &Sizes) -> anyhow::Result<S
 /// Records a stopped run of `WORKERS` workers, as `supervisor start` leaves it, and makes
 /// the counts kept for it; returns how long the recount took.
 async fn record_run(path: &Path) -> anyhow::Result<f64> {
-    let db = Db::open(path, 1).await?;
+    let db = Store::open(path, 1).await?;
     let run = FleetRun {
         run_id: 0,
         supervisor_pid: i32::MAX as i64,
         host: None,
-        started_at: db::now_ms(),
-        stopped_at: Some(db::now_ms()),
-        state: "stopped".into(),
+        started_at: storage::now_ms(),
+        stopped_at: Some(storage::now_ms()),
+        state: RunState::Stopped,
         workers: WORKERS as i64,
         base_port: 3001,
         bind: "127.0.0.1".into(),
@@ -150,11 +148,11 @@ async fn record_run(path: &Path) -> anyhow::Result<f64> {
         log_dir: None,
         control_token: None,
     };
-    if fleet::latest_run(db.pool()).await?.is_none() {
-        fleet::insert_run(db.pool(), &run).await?;
+    if db.latest_run().await?.is_none() {
+        db.insert_run(&run).await?;
     }
     let start = Instant::now();
-    db::ensure_count_layout(&mut *db.pool().acquire().await?, WORKERS).await?;
+    db.ensure_count_layout(WORKERS).await?;
     let secs = start.elapsed().as_secs_f64();
     db.close().await;
     Ok(secs)
@@ -162,17 +160,15 @@ async fn record_run(path: &Path) -> anyhow::Result<f64> {
 
 /// Drops the recorded layout, so readers count the table as they did before kept counts.
 async fn forget_layout(path: &Path) -> anyhow::Result<()> {
-    let db = Db::open(path, 1).await?;
-    db.pool().execute("DELETE FROM video_counts_layout").await?;
+    let db = Store::open(path, 1).await?;
+    testing::forget_count_layout(&db).await?;
     db.close().await;
     Ok(())
 }
 
 async fn drop_triggers(path: &Path) -> anyhow::Result<()> {
-    let db = Db::open(path, 1).await?;
-    for t in ["video_counts_insert", "video_counts_update", "video_counts_delete"] {
-        db.pool().execute(AssertSqlSafe(format!("DROP TRIGGER {t}"))).await?;
-    }
+    let db = Store::open(path, 1).await?;
+    testing::drop_count_triggers(&db).await?;
     db.close().await;
     Ok(())
 }
@@ -203,27 +199,13 @@ fn status_ms(path: &Path, runs: usize) -> anyhow::Result<f64> {
 /// Inserts `rows` new videos, 500 per multi-row `INSERT`, in one transaction: wall time
 /// and this process's CPU time, in seconds.
 async fn insert_rows(path: &Path, rows: i64) -> anyhow::Result<(f64, f64)> {
-    const PER_STATEMENT: i64 = 500;
-    let db = Db::open(path, 1).await?;
-    let mut conn = db.pool().acquire().await?;
-    let sql =
-        format!("INSERT INTO videos (video_id, source) VALUES {}", vec!["(?, ?)"; PER_STATEMENT as usize].join(","));
-    // New ids after whatever the table holds.
-    let after: i64 = sqlx::query_scalar("SELECT COALESCE(max(video_id), 0) FROM videos").fetch_one(&mut *conn).await?;
+    const PER_STATEMENT: usize = 500;
+    let db = Store::open(path, 1).await?;
     let cpu = cpu_time(std::process::id()).unwrap_or(0.0);
     let start = Instant::now();
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    for first in (after + 1..=after + rows).step_by(PER_STATEMENT as usize) {
-        let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
-        for id in first..first + PER_STATEMENT {
-            q = q.bind(id).bind(format!("https://videos.example/{id}.mp4"));
-        }
-        q.execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
+    testing::insert_numbered(&db, rows, PER_STATEMENT).await?;
     let wall = start.elapsed().as_secs_f64();
     let cpu = cpu_time(std::process::id()).unwrap_or(0.0) - cpu;
-    drop(conn);
     db.close().await;
     Ok((wall, cpu))
 }

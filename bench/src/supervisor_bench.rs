@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use shared::db::Db;
+use shared::storage::{Store, testing};
 
 use crate::{bin, make_db, median, mib, peak_rss, rss};
 
@@ -153,14 +153,14 @@ async fn memory_kill_latency(dir: &Path, videos: i64) -> anyhow::Result<Vec<f64>
         ],
     )?;
     sup.wait()?;
-    let db = Db::open(&db_path, 1).await?;
-    let rows: Vec<(i64, i64, String)> =
-        sqlx::query_as("SELECT video_id, finished_at, outcome FROM attempts ORDER BY video_id")
-            .fetch_all(db.pool())
-            .await?;
+    let db = Store::open(&db_path, 1).await?;
+    let mut rows = testing::attempts(&db).await?;
+    rows.sort_by_key(|a| a.video_id);
     db.close().await;
     let mut out = Vec::new();
-    for (id, finished, outcome) in rows {
+    for a in rows {
+        let (id, outcome) = (a.video_id, a.outcome);
+        let finished = a.finished_at.unwrap_or(0);
         if outcome != "memory" {
             bail!("video {id} ended {outcome}, not killed for memory");
         }

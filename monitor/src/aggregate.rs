@@ -9,8 +9,8 @@
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
-use shared::db::fleet::FleetWorker;
 use shared::status::{InFlight, RecentError, ShardCounts, WorkerStatus};
+use shared::storage::{FleetWorker, SlotStatus};
 
 use crate::poll::{Answer, Round};
 use crate::targets::Target;
@@ -73,7 +73,7 @@ pub struct WorkerReport {
     pub last_restart_reason: Option<String>,
     /// With --db: the supervisor's view of the slot (starting, running, backoff,
     /// errored, stopped).
-    pub supervisor_state: Option<String>,
+    pub supervisor_state: Option<SlotStatus>,
 }
 
 impl WorkerReport {
@@ -381,7 +381,7 @@ impl Fleet {
             if let Some(w) = self.workers.iter_mut().find(|w| i64::from(w.slot) == s.worker_id) {
                 w.restarts = u32::try_from(s.restarts).unwrap_or(0);
                 w.last_restart_reason = s.last_reason.clone();
-                w.supervisor_state = Some(s.state.clone());
+                w.supervisor_state = Some(s.state);
             }
         }
     }
@@ -850,7 +850,7 @@ pub(crate) mod tests {
             worker_id: 1,
             pid: None,
             port: 3002,
-            state: "backoff".into(),
+            state: SlotStatus::Backoff,
             started_at: None,
             restarts: 3,
             last_reason: Some("killed: memory limit".into()),
@@ -862,7 +862,7 @@ pub(crate) mod tests {
         let f = Fleet::new(targets(2)).with_records(&[slot], Some(100));
         let w = &f.workers()[1];
         assert_eq!((w.restarts, w.last_restart_reason.as_deref()), (3, Some("killed: memory limit")));
-        assert_eq!(w.supervisor_state.as_deref(), Some("backoff"));
+        assert_eq!(w.supervisor_state, Some(SlotStatus::Backoff));
         assert_eq!(f.mem_limit(w), Some(100));
     }
 

@@ -267,7 +267,7 @@ fn worker_row<'a>(fleet: &Fleet, w: &'a WorkerReport, now_ms: i64) -> Row<'a> {
             Row::new(vec![
                 id,
                 Cell::from(label).style(Style::new().fg(color).bold()),
-                Cell::from(w.supervisor_state.clone().unwrap_or_else(|| "--".into())).style(dim),
+                Cell::from(w.supervisor_state.map_or_else(|| "--".into(), |s| s.to_string())).style(dim),
                 shard_cell(dim),
                 Cell::from(""),
                 Cell::from(""),

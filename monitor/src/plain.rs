@@ -90,7 +90,7 @@ fn worker_line(fleet: &Fleet, w: &WorkerReport) -> String {
             let seen = w
                 .last_seen
                 .map_or_else(|| "never seen".into(), |t| format!("last seen {}", text::ago(fleet.at_ms(), t)));
-            let supervisor = w.supervisor_state.as_deref().map_or_else(String::new, |s| format!(" (supervisor: {s})"));
+            let supervisor = w.supervisor_state.map_or_else(String::new, |s| format!(" (supervisor: {s})"));
             format!("{head}  {seen}: {why}{supervisor}  {restarts}")
         }
     }

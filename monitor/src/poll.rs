@@ -78,7 +78,7 @@ impl Poller {
 
     /// Asks every worker once, all at the same time.
     pub async fn round(&mut self) -> Round {
-        let at_ms = shared::db::now_ms();
+        let at_ms = shared::storage::now_ms();
         let mut records = None;
         if let Some(r) = self.records.as_mut() {
             // A database that is busy or gone for a moment costs this round's records,

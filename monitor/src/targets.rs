@@ -6,9 +6,8 @@ use std::path::Path;
 
 use anyhow::Context;
 use reqwest::Url;
-use shared::db::Db;
-use shared::db::fleet::{self, FleetRun, FleetWorker};
 use shared::status::ShardCounts;
+use shared::storage::{FleetRun, FleetWorker, Store};
 
 use crate::cli::Source;
 
@@ -88,7 +87,7 @@ fn target_on(host: &str, worker_id: u32, port: u16, workers: u32) -> Target {
 /// The supervisor's records of the latest run in a fleet database.
 #[derive(Debug)]
 pub struct Records {
-    db: Db,
+    db: Store,
     run: FleetRun,
     workers: Vec<FleetWorker>,
 }
@@ -113,8 +112,9 @@ pub struct NewRun {
 impl Records {
     async fn open(path: &Path) -> anyhow::Result<Records> {
         // Read-only and never migrating: watching a fleet must not change its database.
-        let db = Db::open_read_only(path).await?;
-        let run = fleet::latest_run(db.pool())
+        let db = Store::open_read_only(path).await?;
+        let run = db
+            .latest_run()
             .await
             .with_context(|| format!("cannot read the fleet records in {}", path.display()))?
             .with_context(|| {
@@ -124,7 +124,7 @@ impl Records {
                     path.display()
                 )
             })?;
-        let workers = fleet::run_workers(db.pool(), run.run_id).await?;
+        let workers = db.run_workers(run.run_id).await?;
         Ok(Records { db, run, workers })
     }
 
@@ -155,20 +155,20 @@ impl Records {
 
     /// Re-reads the latest run and its slots.
     pub async fn refresh(&mut self) -> Result<Refresh, shared::DbError> {
-        let latest = fleet::latest_run(self.db.pool()).await?;
+        let latest = self.db.latest_run().await?;
         let mut new_run = None;
         if let Some(run) = latest
             && run.run_id != self.run.run_id
         {
             self.run = run;
-            self.workers = fleet::run_workers(self.db.pool(), self.run.run_id).await?;
+            self.workers = self.db.run_workers(self.run.run_id).await?;
             new_run = Some(NewRun {
                 targets: self.targets(),
                 control_token: self.run.control_token.clone(),
                 mem_limit_bytes: self.mem_limit_bytes(),
             });
         } else {
-            self.workers = fleet::run_workers(self.db.pool(), self.run.run_id).await?;
+            self.workers = self.db.run_workers(self.run.run_id).await?;
         }
         Ok(Refresh { slots: self.workers.clone(), new_run })
     }
@@ -176,7 +176,7 @@ impl Records {
     /// Every shard's counts straight from the videos table: one scan, for shards whose
     /// worker cannot tell.
     pub async fn shard_counts(&self) -> Result<Vec<ShardCounts>, shared::DbError> {
-        fleet::shard_progress(self.db.pool(), self.run.workers.max(1) as u32).await
+        self.db.shard_progress(self.run.workers.max(1) as u32).await
     }
 }
 

@@ -50,7 +50,7 @@ pub async fn run(
     let mut dirty = true;
     let result: anyhow::Result<()> = loop {
         if dirty {
-            if let Err(e) = screen.0.draw(|f| dashboard::draw(f, &fleet, &ui, shared::db::now_ms())) {
+            if let Err(e) = screen.0.draw(|f| dashboard::draw(f, &fleet, &ui, shared::storage::now_ms())) {
                 break Err(e.into());
             }
             dirty = false;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args};
 
+use crate::retry::RetryPolicy;
 use crate::tls::TrustedRoots;
 use crate::units::{ByteSize, DurationRange, Rate, duration_arg, format_duration};
 
@@ -266,13 +267,9 @@ impl JobArgs {
         Ok(())
     }
 
-    /// When attempt `attempt` (from 1) has failed: the delay before the next one.
-    /// `backoff * 2^(attempt-1)`, capped, with ±20% jitter so a burst of failures does not
-    /// come back as a burst.
-    pub fn retry_delay(&self, attempt: u32, jitter: f64) -> Duration {
-        let exp = attempt.saturating_sub(1).min(30);
-        let base = self.backoff.saturating_mul(1u32 << exp).min(self.backoff_max);
-        base.mul_f64(jitter.clamp(0.8, 1.2))
+    /// The retry decision these flags make (see `crate::retry`).
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy { max_attempts: self.max_attempts, backoff: self.backoff, backoff_max: self.backoff_max }
     }
 }
 
@@ -311,11 +308,10 @@ mod tests {
     }
 
     #[test]
-    fn retry_delays_double_from_the_base_up_to_the_cap() {
+    fn the_default_retry_policy_is_three_attempts_from_one_minute_up_to_an_hour() {
         let cli = Cli::parse_from(["x", "--sleep", "0"]);
-        let d: Vec<u64> = (1..=4).map(|a| cli.job.retry_delay(a, 1.0).as_secs()).collect();
-        assert_eq!(d, [60, 120, 240, 480]);
-        assert_eq!(cli.job.retry_delay(40, 1.0), Duration::from_secs(3600));
+        let p = cli.job.retry_policy();
+        assert_eq!((p.max_attempts, p.backoff, p.backoff_max), (3, Duration::from_secs(60), Duration::from_secs(3600)));
     }
 
     #[test]

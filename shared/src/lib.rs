@@ -3,11 +3,12 @@
 
 pub mod cgroup;
 pub mod config;
-pub mod db;
 pub mod error;
 pub mod exit;
+pub mod retry;
 pub mod signals;
 pub mod status;
+pub mod storage;
 pub mod tls;
 pub mod units;
 

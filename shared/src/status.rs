@@ -46,6 +46,13 @@ impl FromStr for VideoStatus {
     }
 }
 
+impl TryFrom<String> for VideoStatus {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
 /// How one attempt ended, as the history table records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -101,6 +108,15 @@ impl ShardCounts {
     /// Nothing left to do: no pending or running video.
     pub fn finished(&self) -> bool {
         self.pending == 0 && self.running == 0
+    }
+
+    pub fn get(&self, status: VideoStatus) -> u64 {
+        match status {
+            VideoStatus::Pending => self.pending,
+            VideoStatus::Running => self.running,
+            VideoStatus::Done => self.done,
+            VideoStatus::Failed => self.failed,
+        }
     }
 
     pub fn get_mut(&mut self, status: VideoStatus) -> &mut u64 {

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shared::db::Db;
+use shared::storage::Store;
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -24,7 +24,7 @@ impl Write for Captured {
 
 /// Runs a counting query, growing it until one run takes longer than sqlx's threshold,
 /// so the test cannot pass on a machine too fast to be slow.
-async fn run_a_slow_statement(db: &Db) {
+async fn run_a_slow_statement(db: &Store) {
     let mut rows: i64 = 2_000_000;
     loop {
         let began = Instant::now();
@@ -32,7 +32,7 @@ async fn run_a_slow_statement(db: &Db) {
             "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) SELECT count(*) FROM c",
         )
         .bind(rows)
-        .fetch_one(db.pool())
+        .fetch_one(db.as_sqlite().expect("a SQLite store").pool())
         .await
         .unwrap();
         assert_eq!(n, rows);
@@ -54,10 +54,10 @@ async fn statements_slower_than_a_second_log_no_warning() {
         .init();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fleet.db");
-    let db = Db::open(&path, 1).await.unwrap();
+    let db = Store::open(&path, 1).await.unwrap();
     run_a_slow_statement(&db).await;
     db.close().await;
-    let reader = Db::open_read_only(&path).await.unwrap();
+    let reader = Store::open_read_only(&path).await.unwrap();
     run_a_slow_statement(&reader).await;
     reader.close().await;
     tracing::warn!("the capture works");

@@ -9,40 +9,51 @@ use std::path::Path;
 use anyhow::Context;
 use futures_util::TryStreamExt;
 use serde::Serialize;
-use shared::db::Db;
 use shared::status::VideoStatus;
-use sqlx::FromRow;
+use shared::storage::{ExportFilter, ExportRow, Store};
+use shared::units::format_utc_ms;
 
 use crate::cli::ExportFormat;
 
-/// Which videos to export.
-#[derive(Debug, Clone, Copy)]
-pub struct Selection<'a> {
-    /// Only these statuses; all when empty.
-    pub statuses: &'a [VideoStatus],
-    /// Only videos that succeeded with warnings.
-    pub warned: bool,
+/// One exported line, as CSV and JSON lines show it: `finished_at` in UTC, ISO 8601.
+#[derive(Debug, Serialize)]
+struct Line<'a> {
+    video_id: i64,
+    source: &'a str,
+    payload: Option<&'a str>,
+    status: VideoStatus,
+    attempts: i64,
+    result: Option<&'a str>,
+    last_error: Option<&'a str>,
+    finished_at: Option<String>,
+    duration_ms: Option<i64>,
+    warnings: Option<&'a str>,
 }
 
-/// One exported row. `finished_at` is UTC, ISO 8601.
-#[derive(Debug, Serialize, FromRow)]
-pub struct ExportRow {
-    pub video_id: i64,
-    pub source: String,
-    pub payload: Option<String>,
-    pub status: String,
-    pub attempts: i64,
-    pub result: Option<String>,
-    pub last_error: Option<String>,
-    pub finished_at: Option<String>,
-    pub duration_ms: Option<i64>,
-    /// The stderr tail of the successful attempt that finished the video, if it wrote
-    /// one: set only on done videos.
-    pub warnings: Option<String>,
+impl<'a> From<&'a ExportRow> for Line<'a> {
+    fn from(r: &'a ExportRow) -> Line<'a> {
+        Line {
+            video_id: r.video_id,
+            source: &r.source,
+            payload: r.payload.as_deref(),
+            status: r.status,
+            attempts: r.attempts,
+            result: r.result.as_deref(),
+            last_error: r.last_error.as_deref(),
+            finished_at: r.finished_at.map(format_utc_ms),
+            duration_ms: r.duration_ms,
+            warnings: r.warnings.as_deref(),
+        }
+    }
 }
 
 /// Writes the export; returns how many rows.
-pub async fn export(db: &Db, format: ExportFormat, select: Selection<'_>, out: Option<&Path>) -> anyhow::Result<u64> {
+pub async fn export(
+    db: &Store,
+    format: ExportFormat,
+    select: ExportFilter<'_>,
+    out: Option<&Path>,
+) -> anyhow::Result<u64> {
     match out {
         None => {
             let stdout = std::io::stdout();
@@ -76,30 +87,13 @@ pub async fn export(db: &Db, format: ExportFormat, select: Selection<'_>, out: O
     }
 }
 
-async fn write_rows(db: &Db, format: ExportFormat, select: Selection<'_>, out: &mut impl Write) -> anyhow::Result<u64> {
-    // Export reads without migrating: a database that no build with migration 0004 has
-    // opened has no warnings column, and kept no warnings.
-    let has_warnings: bool =
-        sqlx::query_scalar("SELECT count(*) > 0 FROM pragma_table_info('videos') WHERE name = 'warnings'")
-            .fetch_one(db.pool())
-            .await?;
-    let warnings = if has_warnings { "warnings" } else { "NULL" };
-    let mut conditions = Vec::new();
-    if !select.statuses.is_empty() {
-        // The statuses come from an enum, never from free text.
-        let list: Vec<String> = select.statuses.iter().map(|s| format!("'{}'", s.as_str())).collect();
-        conditions.push(format!("status IN ({})", list.join(",")));
-    }
-    if select.warned {
-        conditions.push(format!("status = 'done' AND {warnings} IS NOT NULL"));
-    }
-    let filter = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
-    let sql = format!(
-        "SELECT video_id, source, payload, status, attempts, result, last_error, \
-         CASE WHEN finished_at IS NULL THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%fZ', finished_at / 1000.0, 'unixepoch') END AS finished_at, \
-         duration_ms, {warnings} AS warnings FROM videos {filter} ORDER BY video_id"
-    );
-    let mut rows = sqlx::query_as::<_, ExportRow>(sqlx::AssertSqlSafe(sql)).fetch(db.pool());
+async fn write_rows(
+    db: &Store,
+    format: ExportFormat,
+    select: ExportFilter<'_>,
+    out: &mut impl Write,
+) -> anyhow::Result<u64> {
+    let mut rows = db.export_rows(select).await?;
     let mut n = 0;
     match format {
         ExportFormat::Csv => {
@@ -117,17 +111,18 @@ async fn write_rows(db: &Db, format: ExportFormat, select: Selection<'_>, out: &
                 "warnings",
             ])?;
             while let Some(r) = rows.try_next().await? {
+                let l = Line::from(&r);
                 w.serialize((
-                    r.video_id,
-                    &r.source,
-                    &r.payload,
-                    &r.status,
-                    r.attempts,
-                    &r.result,
-                    &r.last_error,
-                    &r.finished_at,
-                    r.duration_ms,
-                    &r.warnings,
+                    l.video_id,
+                    l.source,
+                    l.payload,
+                    l.status,
+                    l.attempts,
+                    l.result,
+                    l.last_error,
+                    l.finished_at,
+                    l.duration_ms,
+                    l.warnings,
                 ))?;
                 n += 1;
             }
@@ -135,7 +130,7 @@ async fn write_rows(db: &Db, format: ExportFormat, select: Selection<'_>, out: &
         }
         ExportFormat::Jsonl => {
             while let Some(r) = rows.try_next().await? {
-                serde_json::to_writer(&mut *out, &r)?;
+                serde_json::to_writer(&mut *out, &Line::from(&r))?;
                 out.write_all(b"\n")?;
                 n += 1;
             }

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use serde::Deserialize;
-use shared::db::{Db, EXISTING_NAMED, IMPORT_BATCH, Import, ImportReport, ImportRow, NewVideo};
+use shared::storage::{EXISTING_NAMED, IMPORT_BATCH, ImportReport, ImportRow, NewVideo, Store};
 use shared::units::ByteSize;
 
 use crate::Failure;
@@ -65,7 +65,7 @@ pub async fn run(args: &ImportArgs) -> Result<String, Failure> {
     // The header and the format are checked before the database is touched.
     let reader = Reader::open(&args.file, limits).map_err(Failure::usage)?;
     let created = !args.db.db.exists();
-    let db = Db::open(&args.db.db, 1).await.context("cannot use the database")?;
+    let db = Store::open(&args.db.db, 1).await.context("cannot use the database")?;
     let result = stream(reader, &db).await;
     db.close().await;
     let report = match result {
@@ -107,12 +107,12 @@ struct Batch {
 
 /// Reads on a thread of its own and inserts as batches arrive; commits only if every
 /// line was good.
-async fn stream(reader: Reader, db: &Db) -> Result<ImportReport, Failure> {
+async fn stream(reader: Reader, db: &Store) -> Result<ImportReport, Failure> {
     let path = reader.shown.clone();
     let progress = progress_bar(reader.size);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(READ_AHEAD);
     let thread = std::thread::spawn(move || reader.send_all(&tx));
-    let mut import = Import::begin(db.pool()).await?;
+    let mut import = db.begin_import().await?;
     let mut problems = Problems::default();
     while let Some(mut batch) = rx.recv().await {
         if !batch.bad.is_empty() {

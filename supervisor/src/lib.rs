@@ -22,7 +22,7 @@ pub mod status;
 pub mod stop;
 
 use anyhow::Context;
-use shared::db::Db;
+use shared::storage::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Command, RetryArgs};
@@ -84,7 +84,7 @@ fn classify(f: Failure, db_path: &std::path::Path) -> Failure {
         return Failure { code: exit::USAGE, ..f };
     }
     if shared::error::chain_is_corrupt(f.error.as_ref()) {
-        Failure { code: exit::FAILURE, error: anyhow::anyhow!(shared::db::corrupt_advice(db_path)) }
+        Failure { code: exit::FAILURE, error: anyhow::anyhow!(shared::storage::corrupt_advice(db_path)) }
     } else {
         f
     }
@@ -121,7 +121,7 @@ async fn run_command(
             Ok(exit::DONE.into())
         }
         Command::Status(a) => {
-            let db = Db::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
+            let db = Store::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
             let view = status::load(&db).await?;
             if a.json {
                 say(serde_json::to_string_pretty(&view)?)?;
@@ -131,14 +131,14 @@ async fn run_command(
             Ok(exit::DONE.into())
         }
         Command::Stop(a) => {
-            let db = Db::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
+            let db = Store::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
             say(stop::stop(&db, a.timeout).await?)?;
             Ok(exit::DONE.into())
         }
         Command::Retry(a) => retry(a).await.map(Done::from),
         Command::Export(a) => {
-            let db = Db::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
-            let select = export::Selection { statuses: &a.status, warned: a.warnings };
+            let db = Store::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
+            let select = shared::storage::ExportFilter { statuses: &a.status, warned: a.warnings };
             let n = export::export(&db, a.format, select, a.out.as_deref()).await?;
             if let Some(out) = &a.out {
                 eprintln!("exported {n} videos to {}", out.display());
@@ -149,8 +149,8 @@ async fn run_command(
             let dir = match a.log_dir {
                 Some(d) => d,
                 None => {
-                    let db = Db::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
-                    let run = shared::db::fleet::latest_run(db.pool()).await?;
+                    let db = Store::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
+                    let run = db.latest_run().await?;
                     run.and_then(|r| r.log_dir).map(Into::into).ok_or_else(|| {
                         Failure::usage(anyhow::anyhow!("no fleet has been started on this database; pass --log-dir"))
                     })?
@@ -186,13 +186,13 @@ async fn run_command(
 }
 
 async fn retry(a: RetryArgs) -> Result<u8, Failure> {
-    let db = Db::open_existing(&a.db.db, 1).await.map_err(Failure::usage)?;
+    let db = Store::open_existing(&a.db.db, 1).await.map_err(Failure::usage)?;
     if a.select.failed {
-        let n = shared::db::requeue_all_failed(db.pool()).await?;
+        let n = db.requeue_all_failed().await?;
         say(format!("requeued {n} failed videos"))?;
         return Ok(exit::DONE);
     }
-    match shared::db::requeue_ids(db.pool(), &a.select.ids).await? {
+    match db.requeue_ids(&a.select.ids).await? {
         Ok(n) => {
             say(format!("requeued {n} videos"))?;
             Ok(exit::DONE)

@@ -32,7 +32,8 @@ fn main() -> ExitCode {
         .finish(std::io::stdout());
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| shared::storage::DEFAULT_LOG_FILTER.into()),
         )
         .with_target(false)
         .with_writer(out.clone())

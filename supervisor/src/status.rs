@@ -2,9 +2,8 @@
 //! not a supervisor is running.
 
 use serde::Serialize;
-use shared::db::fleet::{self, FleetEvent, FleetRun, FleetWorker};
-use shared::db::{Db, now_ms};
 use shared::status::ShardCounts;
+use shared::storage::{FleetEvent, FleetRun, FleetWorker, SlotStatus, Store, now_ms};
 use shared::units::human_bytes;
 
 use crate::procfs;
@@ -30,18 +29,19 @@ pub struct WorkerView {
     pub shard: ShardCounts,
 }
 
-pub async fn load(db: &Db) -> anyhow::Result<FleetView> {
-    let run = fleet::latest_run(db.pool()).await?;
+pub async fn load(db: &Store) -> anyhow::Result<FleetView> {
+    let run = db.latest_run().await?;
     let Some(run) = run else {
-        let totals = fleet::shard_progress(db.pool(), 1).await?.into_iter().next().unwrap_or_default();
+        let totals = db.totals().await?;
         return Ok(FleetView { run: None, supervisor_alive: false, workers: Vec::new(), totals, events: Vec::new() });
     };
-    let shards = fleet::shard_progress(db.pool(), run.workers as u32).await?;
+    let shards = db.shard_progress(run.workers as u32).await?;
     let mut totals = ShardCounts::default();
     for s in &shards {
         totals += *s;
     }
-    let workers = fleet::run_workers(db.pool(), run.run_id)
+    let workers = db
+        .run_workers(run.run_id)
         .await?
         .into_iter()
         .map(|record| {
@@ -49,7 +49,7 @@ pub async fn load(db: &Db) -> anyhow::Result<FleetView> {
             WorkerView { record, shard }
         })
         .collect();
-    let mut events = fleet::run_events(db.pool(), run.run_id).await?;
+    let mut events = db.run_events(run.run_id).await?;
     let keep = events.len().saturating_sub(10);
     events.drain(..keep);
     let supervisor_alive = procfs::is_running(run.supervisor_pid, "supervisor");
@@ -73,8 +73,8 @@ pub fn render(v: &FleetView) -> String {
         return out;
     };
     let now = now_ms();
-    let state = if v.supervisor_alive || !matches!(run.state.as_str(), "running" | "stopping") {
-        run.state.clone()
+    let state = if v.supervisor_alive || !run.state.is_live() {
+        run.state.to_string()
     } else {
         "crashed (supervisor is gone)".into()
     };
@@ -102,7 +102,7 @@ pub fn render(v: &FleetView) -> String {
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for w in &v.workers {
         let r = &w.record;
-        let alive = v.supervisor_alive && r.state == "running";
+        let alive = v.supervisor_alive && r.state == SlotStatus::Running;
         let uptime = match (alive, r.started_at) {
             (true, Some(s)) => ago(now - s),
             _ => "-".into(),
@@ -123,7 +123,7 @@ pub fn render(v: &FleetView) -> String {
             r.worker_id.to_string(),
             r.pid.filter(|_| alive).map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             r.port.to_string(),
-            if v.supervisor_alive { r.state.clone() } else { "stopped".into() },
+            if v.supervisor_alive { r.state.to_string() } else { SlotStatus::Stopped.to_string() },
             uptime,
             r.restarts.to_string(),
             reason,
@@ -174,6 +174,8 @@ pub fn ago(ms: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use shared::storage::{RunState, testing};
+
     use super::*;
 
     #[test]
@@ -188,22 +190,16 @@ mod tests {
     async fn status_answers_from_the_kept_shard_counts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fleet.db");
-        let db = Db::open(&path, 1).await.unwrap();
-        sqlx::query(
-            "INSERT INTO videos (video_id, source) \
-             WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 10) SELECT i, 'v' || i FROM s",
-        )
-        .execute(db.pool())
-        .await
-        .unwrap();
-        shared::db::ensure_count_layout(&mut db.pool().acquire().await.unwrap(), 2).await.unwrap();
+        let db = Store::open(&path, 1).await.unwrap();
+        testing::seed_numbered(&db, 1..=10, ("v", ""), false).await.unwrap();
+        db.ensure_count_layout(2).await.unwrap();
         let run = FleetRun {
             run_id: 0,
             supervisor_pid: i32::MAX as i64,
             host: None,
             started_at: now_ms(),
             stopped_at: None,
-            state: "stopped".into(),
+            state: RunState::Stopped,
             workers: 2,
             base_port: 3001,
             bind: "127.0.0.1".into(),
@@ -214,15 +210,13 @@ mod tests {
             log_dir: None,
             control_token: None,
         };
-        fleet::insert_run(db.pool(), &run).await.unwrap();
-        // A count of the table would say 0 done; the kept counts are skewed to tell them apart.
-        sqlx::query("UPDATE video_counts SET videos = 1000 WHERE shard = 1 AND status = 'done'")
-            .execute(db.pool())
-            .await
-            .unwrap();
+        db.insert_run(&run).await.unwrap();
         db.close().await;
+        // A count of the table would say 0 done; the kept counts are skewed to tell them apart.
+        let skew = "UPDATE video_counts SET videos = 1000 WHERE shard = 1 AND status = 'done'";
+        testing::execute_foreign(&path, skew).await.unwrap();
 
-        let view = load(&Db::open_read_only(&path).await.unwrap()).await.unwrap();
+        let view = load(&Store::open_read_only(&path).await.unwrap()).await.unwrap();
         assert_eq!(view.workers[1].shard, ShardCounts { pending: 5, running: 0, done: 1000, failed: 0 });
         assert_eq!(view.totals.done, 1000);
         assert_eq!(view.totals.pending, 10);

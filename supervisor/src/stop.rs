@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use shared::db::{Db, fleet};
+use shared::storage::Store;
 
 use crate::procfs;
 
 /// Returns a line for the user.
-pub async fn stop(db: &Db, timeout: Duration) -> anyhow::Result<String> {
-    let Some(run) = fleet::latest_run(db.pool()).await? else {
+pub async fn stop(db: &Store, timeout: Duration) -> anyhow::Result<String> {
+    let Some(run) = db.latest_run().await? else {
         return Ok("no fleet has been started on this database; nothing to stop".into());
     };
     let pid = run.supervisor_pid;

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use shared::status::VideoStatus;
 use testkit::{TestDb, bin};
 
 fn text(out: &Output) -> String {
@@ -41,7 +42,7 @@ impl Case {
     }
 
     async fn ids(&self) -> Vec<i64> {
-        sqlx::query_scalar("SELECT video_id FROM videos ORDER BY video_id").fetch_all(self.t.db.pool()).await.unwrap()
+        self.t.videos().await.iter().map(|v| v.video_id).collect()
     }
 }
 
@@ -53,7 +54,7 @@ fn import(dir: &Path, file: &Path, db: &Path, extra: &[&str]) -> Output {
         .arg("--db")
         .arg(db)
         .args(extra)
-        .env("RUST_LOG", "info,sqlx=warn")
+        .env("RUST_LOG", shared::storage::DEFAULT_LOG_FILTER)
         .output()
         .expect("supervisor runs")
 }
@@ -70,10 +71,8 @@ async fn a_quote_that_never_closes_is_an_error_and_the_rows_after_it_are_not_swa
     let out = c.import(&[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("imported 2 videos from"), "{}", text(&out));
-    assert_eq!(c.t.video(10).await.0, "pending");
-    let source: String =
-        sqlx::query_scalar("SELECT source FROM videos WHERE video_id = 10").fetch_one(c.t.db.pool()).await.unwrap();
-    assert_eq!(source, "a,\"x\".mp4");
+    assert_eq!(c.t.video(10).await.status, VideoStatus::Pending);
+    assert_eq!(c.t.video(10).await.source.as_deref(), Some("a,\"x\".mp4"));
 }
 
 #[tokio::test]
@@ -189,9 +188,7 @@ async fn ids_already_there_are_reported_and_left_as_they_are() {
     assert!(out.status.success(), "{all}");
     assert!(all.contains("imported 1 videos from"), "{all}");
     assert!(all.contains("2 were already there and left as they are (video_id 1, 2)"), "{all}");
-    let source: String =
-        sqlx::query_scalar("SELECT source FROM videos WHERE video_id = 2").fetch_one(c.t.db.pool()).await.unwrap();
-    assert_eq!(source, "src-2");
+    assert_eq!(c.t.video(2).await.source.as_deref(), Some("src-2"));
 }
 
 #[tokio::test]

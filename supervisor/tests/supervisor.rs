@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use testkit::{TestDb, bin, free_ports, wait_for};
+use shared::status::VideoStatus;
+use shared::storage::{FleetRun, FleetWorker, RunState, SlotStatus, owner_of, testing};
+use testkit::{TestDb, VideoRow, bin, free_ports, wait_for};
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -15,7 +17,7 @@ fn supervisor(dir: &Path) -> Command {
     let mut cmd = Command::new(bin("supervisor"));
     cmd.current_dir(dir)
         .env("FLEET_WORKER_BIN", bin("worker"))
-        .env("RUST_LOG", "info,sqlx=warn")
+        .env("RUST_LOG", shared::storage::DEFAULT_LOG_FILTER)
         .env_remove("WORKER_CONCURRENCY")
         .env_remove("FLEET_WORKERS")
         .env_remove("FLEET_CONTROL_TOKEN")
@@ -76,27 +78,14 @@ fn spawn(mut cmd: Command) -> Running {
     Running(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("supervisor starts"))
 }
 
-/// (worker_id, pid, state, restarts, last_reason) of the latest run.
-async fn workers(t: &TestDb) -> Vec<(i64, Option<i64>, String, i64, Option<String>)> {
-    sqlx::query_as(
-        "SELECT worker_id, pid, state, restarts, last_reason FROM fleet_workers \
-         WHERE run_id = (SELECT max(run_id) FROM fleet_runs) ORDER BY worker_id",
-    )
-    .fetch_all(t.db.pool())
-    .await
-    .unwrap()
+/// The worker slots of the latest run.
+async fn workers(t: &TestDb) -> Vec<FleetWorker> {
+    t.slots().await
 }
 
 fn alive(pid: i64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
-}
-
-async fn done_twice(t: &TestDb) -> i64 {
-    t.scalar(
-        "SELECT count(*) FROM (SELECT video_id FROM attempts WHERE outcome = 'done' GROUP BY video_id HAVING count(*) > 1)",
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,10 +100,8 @@ async fn two_workers_finish_two_thousand_videos_each_in_its_shard_and_the_summar
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert_eq!(t.by_status().await.get("done"), Some(&2000));
-    assert_eq!(done_twice(&t).await, 0);
-    let wrong_shard =
-        t.scalar("SELECT count(*) FROM attempts WHERE worker NOT LIKE 'worker-' || (video_id % 2) || '/%'").await;
-    assert_eq!(wrong_shard, 0);
+    assert_eq!(t.done_twice().await, 0);
+    assert_eq!(t.outside_their_shard(2).await, 0);
     assert!(all.contains("videos: 2000 done, 0 failed, 2000 in all"), "{all}");
     assert!(all.contains("this run: 2000 videos finished in 2000 attempts"), "{all}");
     assert!(all.contains("worker 0: 1000 done, 0 failed, 1000 attempts this run"), "{all}");
@@ -136,30 +123,24 @@ async fn a_worker_killed_mid_run_is_restarted_with_its_reason_and_its_claims_han
         2,
         &["--mem-limit", "250M", "--sleep", "300ms", "--concurrency", "4", "--lease", "120s", "--exit-when-done"],
     ));
-    wait_for(LONG, "worker 0 running jobs", || async {
-        t.scalar("SELECT count(*) FROM videos WHERE status = 'running' AND video_id % 2 = 0").await == 4
-    })
-    .await;
-    let pid = workers(&t).await[0].1.unwrap();
+    wait_for(LONG, "worker 0 running jobs", || async { t.shard(0, 2).await.running == 4 }).await;
+    let pid = workers(&t).await[0].pid.unwrap();
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
-    let owner = format!("worker-0/{pid}:%");
+    let held_by_the_dead = |v: &VideoRow| {
+        v.status == VideoStatus::Running && v.lease_owner.as_deref().and_then(owner_of) == Some((0, pid as u32))
+    };
     wait_for(Duration::from_secs(5), "the dead worker's claims handed back", || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM videos WHERE status = 'running' AND lease_owner LIKE ?")
-            .bind(&owner)
-            .fetch_one(t.db.pool())
-            .await
-            .unwrap()
-            == 0
+        !t.videos().await.iter().any(held_by_the_dead)
     })
     .await;
     let status = sup.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     assert_eq!(t.by_status().await.get("done"), Some(&60));
-    assert_eq!(done_twice(&t).await, 0, "no video is completed twice");
+    assert_eq!(t.done_twice().await, 0, "no video is completed twice");
     let w0 = &workers(&t).await[0];
-    assert_eq!(w0.3, 1, "one restart");
-    assert_eq!(w0.4.as_deref(), Some("killed by signal 9 (SIGKILL)"));
-    assert_eq!(t.scalar("SELECT count(*) FROM attempts WHERE outcome = 'crashed'").await, 4);
+    assert_eq!(w0.restarts, 1, "one restart");
+    assert_eq!(w0.last_reason.as_deref(), Some("killed by signal 9 (SIGKILL)"));
+    assert_eq!(t.attempts_ending("crashed").await, 4);
 }
 
 /// A handler for video 3 that grows to ~300 MiB, in a child of the shell (as a wrapper
@@ -184,13 +165,13 @@ async fn memory_limit_run(t: &TestDb, mode: &str) -> Option<Output> {
 async fn assert_memory_kill(t: &TestDb, out: &Output) {
     let all = text(out);
     assert_eq!(out.status.code(), Some(3), "one video failed: {all}");
-    let (status, _, _, error) = t.video(3).await;
-    assert_eq!(status, "failed");
+    let VideoRow { status, last_error: error, .. } = t.video(3).await;
+    assert_eq!(status, VideoStatus::Failed);
     assert!(error.as_deref().unwrap_or("").contains("memory limit"), "{error:?}");
     assert_eq!(t.history(3).await, [(1, "memory".to_string())]);
     assert_eq!(t.by_status().await.get("done"), Some(&19), "every other video is done");
     let ws = workers(t).await;
-    assert!(ws.iter().all(|w| w.3 == 0), "no worker restarted: {ws:?}");
+    assert!(ws.iter().all(|w| w.restarts == 0), "no worker restarted: {ws:?}");
     assert!(all.contains("memory-limit kills: 1 (1 handlers, 0 workers)"), "{all}");
 }
 
@@ -220,7 +201,7 @@ async fn a_supervisor_killed_with_sigkill_leaves_no_worker_and_a_new_start_finis
     t.seed(200).await;
     let mut sup = spawn(start(&t, 2, &["--mem-limit", "250M", "--sleep", "20ms", "--concurrency", "2"]));
     wait_for(LONG, "some videos done", || async { t.by_status().await.get("done").copied().unwrap_or(0) >= 20 }).await;
-    let pids: Vec<i64> = workers(&t).await.iter().filter_map(|w| w.1).collect();
+    let pids: Vec<i64> = workers(&t).await.iter().filter_map(|w| w.pid).collect();
     assert_eq!(pids.len(), 2);
     sup.kill().unwrap();
     sup.wait().unwrap();
@@ -235,13 +216,10 @@ async fn a_supervisor_killed_with_sigkill_leaves_no_worker_and_a_new_start_finis
         run_to_end(start(&t, 2, &["--mem-limit", "250M", "--sleep", "1ms", "--concurrency", "8", "--exit-when-done"]));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(t.by_status().await.get("done"), Some(&200));
-    assert_eq!(done_twice(&t).await, 0, "completed videos were not redone");
+    assert_eq!(t.done_twice().await, 0, "completed videos were not redone");
     assert!(text(&out).contains(&format!("this run: {} videos finished", 200 - done_before)), "{}", text(&out));
-    let prev: String = sqlx::query_scalar("SELECT state FROM fleet_runs ORDER BY run_id LIMIT 1")
-        .fetch_one(t.db.pool())
-        .await
-        .unwrap();
-    assert_eq!(prev, "crashed");
+    let first_run = &testing::fleet_runs(&t.db).await.unwrap()[0];
+    assert_eq!(first_run.state.as_str(), "crashed");
 }
 
 /// Writes an executable script `name` into `dir`.
@@ -291,11 +269,10 @@ async fn a_worker_that_always_crashes_becomes_errored_while_the_other_finishes_i
     let out = run_to_end(cmd);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(4), "{all}");
-    let shard0: i64 = t.scalar("SELECT count(*) FROM videos WHERE video_id % 2 = 0 AND status = 'done'").await;
-    assert_eq!(shard0, 20, "worker 0 finished its shard");
+    assert_eq!(t.shard(0, 2).await.done, 20, "worker 0 finished its shard");
     let w1 = &workers(&t).await[1];
-    assert_eq!(w1.3, 3, "three restarts before it was marked errored");
-    assert_eq!(w1.4.as_deref(), Some("exit code 7"));
+    assert_eq!(w1.restarts, 3, "three restarts before it was marked errored");
+    assert_eq!(w1.last_reason.as_deref(), Some("exit code 7"));
     assert!(all.contains("marked errored"), "{all}");
     assert!(all.contains("work is left that only errored workers could do (exit 4)"), "{all}");
 }
@@ -309,12 +286,14 @@ async fn a_worker_that_stops_answering_health_is_restarted_with_that_reason() {
         1,
         &["--mem-limit", "250M", "--sleep", "10s", "--health-interval", "100ms", "--unhealthy-after", "1s"],
     ));
-    wait_for(LONG, "the worker running", || async { workers(&t).await.first().is_some_and(|w| w.2 == "running") })
-        .await;
-    let pid = workers(&t).await[0].1.unwrap();
+    wait_for(LONG, "the worker running", || async {
+        workers(&t).await.first().is_some_and(|w| w.state == SlotStatus::Running)
+    })
+    .await;
+    let pid = workers(&t).await[0].pid.unwrap();
     kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
-    wait_for(LONG, "a restart", || async { workers(&t).await.first().is_some_and(|w| w.3 == 1) }).await;
-    let reason = workers(&t).await[0].4.clone().unwrap();
+    wait_for(LONG, "a restart", || async { workers(&t).await.first().is_some_and(|w| w.restarts == 1) }).await;
+    let reason = workers(&t).await[0].last_reason.clone().unwrap();
     assert!(reason.starts_with("failed health check: /health did not answer"), "{reason}");
     kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM).unwrap();
     assert!(sup.wait().unwrap().success());
@@ -328,13 +307,10 @@ async fn supervisor_stop_drains_the_fleet_and_status_reports_it() {
     let mut sup = spawn(start(&t, 2, &["--mem-limit", "250M", "--sleep", "50ms", "--stagger", "200ms"]));
     wait_for(LONG, "both workers running", || async {
         let ws = workers(&t).await;
-        ws.len() == 2 && ws.iter().all(|w| w.2 == "running")
+        ws.len() == 2 && ws.iter().all(|w| w.state == SlotStatus::Running)
     })
     .await;
-    let started: Vec<i64> = sqlx::query_scalar("SELECT started_at FROM fleet_workers ORDER BY worker_id")
-        .fetch_all(t.db.pool())
-        .await
-        .unwrap();
+    let started: Vec<i64> = workers(&t).await.iter().map(|w| w.started_at.unwrap()).collect();
     assert!(started[1] - started[0] >= 200, "--stagger spaces the starts: {started:?}");
 
     let out = supervisor(t.dir.path()).args(["status", "--db"]).arg(&t.path).output().unwrap();
@@ -354,8 +330,7 @@ async fn supervisor_stop_drains_the_fleet_and_status_reports_it() {
     assert!(text(&out).contains("fleet stopped"));
     assert!(sup.wait().unwrap().success());
     assert_eq!(t.by_status().await.get("running"), None, "no video left claimed");
-    let state: String = sqlx::query_scalar("SELECT state FROM fleet_runs").fetch_one(t.db.pool()).await.unwrap();
-    assert_eq!(state, "stopped");
+    assert_eq!(t.db.latest_run().await.unwrap().unwrap().state.as_str(), "stopped");
     let logs = supervisor(t.dir.path()).args(["logs", "--worker", "1", "--db"]).arg(&t.path).output().unwrap();
     assert!(text(&logs).contains("[worker-1]"), "{}", text(&logs));
 }
@@ -457,18 +432,11 @@ async fn videos_that_succeeded_with_warnings_are_counted_in_the_summary_and_list
 
 #[tokio::test]
 async fn export_reads_a_database_from_before_warnings_were_kept_without_migrating_it() {
-    use sqlx::Connection;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.db");
-    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", path.display())).await.unwrap();
-    for m in shared::db::MIGRATIONS.iter().take_while(|m| m.name != "0004_warnings.sql") {
-        sqlx::raw_sql(m.sql).execute(&mut conn).await.unwrap();
-    }
-    sqlx::raw_sql("INSERT INTO videos (video_id, source, status, result) VALUES (1, 'a', 'done', 'ok')")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    conn.close().await.unwrap();
+    testing::migrate_like_sqlite3(&path, Some("0004_warnings.sql")).await.unwrap();
+    let done = "INSERT INTO videos (video_id, source, status, result) VALUES (1, 'a', 'done', 'ok')";
+    testing::execute_foreign(&path, done).await.unwrap();
     let before = std::fs::read(&path).unwrap();
 
     let export = |args: &[&str]| {
@@ -487,10 +455,7 @@ async fn export_reads_a_database_from_before_warnings_were_kept_without_migratin
 async fn import_reports_existing_ids_export_writes_results_and_retry_requeues_failed_videos() {
     let t = TestDb::new().await;
     t.seed(3).await;
-    sqlx::query("UPDATE videos SET status = 'failed', attempts = 3, last_error = 'boom' WHERE video_id = 2")
-        .execute(t.db.pool())
-        .await
-        .unwrap();
+    t.mark_failed(2, 3, "boom").await;
     let file = t.dir.path().join("more.jsonl");
     std::fs::write(
         &file,
@@ -499,7 +464,7 @@ async fn import_reports_existing_ids_export_writes_results_and_retry_requeues_fa
     .unwrap();
     let out = supervisor(t.dir.path()).arg("import").arg(&file).arg("--db").arg(&t.path).output().unwrap();
     assert!(text(&out).contains("imported 1 videos") && text(&out).contains("1 were already there"), "{}", text(&out));
-    assert_eq!(t.video(3).await.0, "pending");
+    assert_eq!(t.video(3).await.status, VideoStatus::Pending);
 
     let csv = t.dir.path().join("out.csv");
     let out = supervisor(t.dir.path())
@@ -521,10 +486,11 @@ async fn import_reports_existing_ids_export_writes_results_and_retry_requeues_fa
     let out = supervisor(t.dir.path()).args(["retry", "1", "2", "--db"]).arg(&t.path).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("1 is pending; nothing was requeued"), "{}", text(&out));
-    assert_eq!(t.video(2).await.0, "failed");
+    assert_eq!(t.video(2).await.status, VideoStatus::Failed);
     let out = supervisor(t.dir.path()).args(["retry", "--failed", "--db"]).arg(&t.path).output().unwrap();
     assert!(text(&out).contains("requeued 1 failed videos"));
-    assert_eq!(t.video(2).await, ("pending".into(), 0, None, None));
+    let v = t.video(2).await;
+    assert_eq!((v.status, v.attempts, v.result, v.last_error), (VideoStatus::Pending, 0, None, None));
 }
 
 #[tokio::test]
@@ -559,7 +525,7 @@ async fn the_config_file_sets_flags_below_the_environment_and_the_command_line()
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(all.contains("workers: 3 · concurrency: 2 per worker · handler: exec: echo hi"), "{all}");
     assert!(all.contains("memory limit: 200M per worker"), "{all}");
-    assert_eq!(t.video(5).await.2.as_deref(), Some("hi"));
+    assert_eq!(t.video(5).await.result.as_deref(), Some("hi"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -578,8 +544,9 @@ async fn a_second_signal_stops_the_fleet_at_once_and_hands_back_what_it_held() {
     assert!(sup.wait().unwrap().success());
     assert!(second.elapsed() < Duration::from_secs(5), "stopped at once: {:?}", second.elapsed());
     assert_eq!(t.by_status().await.get("running"), None, "nothing is left claimed");
-    assert_eq!(t.scalar("SELECT max(attempts) FROM videos").await, 0, "the stopped jobs' attempts do not count");
-    assert_eq!(t.scalar("SELECT count(*) FROM attempts WHERE outcome = 'released'").await, 4);
+    let most = t.videos().await.iter().map(|v| v.attempts).max();
+    assert_eq!(most, Some(0), "the stopped jobs' attempts do not count");
+    assert_eq!(t.attempts_ending("released").await, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -635,7 +602,7 @@ async fn killed_worker_leaves_no_handler(mode: &str) {
         &["--mem-limit", "250M", "--mem-enforce", mode, "--exec", "sleep 300", "--concurrency", "2"],
     ));
     wait_for(LONG, "two handlers running", || async { t.by_status().await.get("running") == Some(&2) }).await;
-    let pid = workers(&t).await[0].1.unwrap();
+    let pid = workers(&t).await[0].pid.unwrap();
     // The handlers are the worker's children. In sampling mode the supervisor kills the
     // groups it last sampled, so let two of its refreshes of the worker records pass
     // after both handlers exist: a whole sampling round has seen them, however slow a
@@ -647,12 +614,10 @@ async fn killed_worker_leaves_no_handler(mode: &str) {
         handlers = children_of(pid);
     }
     assert_eq!(handlers.len(), 2, "two handler processes: {handlers:?}");
+    let refreshed = || async { t.slots().await.iter().filter_map(|w| w.updated_at).max() };
     for _ in 0..2 {
-        let seen = t.scalar("SELECT max(updated_at) FROM fleet_workers").await;
-        wait_for(LONG, "the supervisor's next refresh", || async {
-            t.scalar("SELECT max(updated_at) FROM fleet_workers").await > seen
-        })
-        .await;
+        let seen = refreshed().await;
+        wait_for(LONG, "the supervisor's next refresh", || async { refreshed().await > seen }).await;
     }
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -700,7 +665,7 @@ async fn a_supervisor_killed_with_sigkill_leaves_neither_workers_nor_their_handl
         &["--mem-limit", "250M", "--mem-enforce", "sample", "--exec", "sleep 300", "--concurrency", "2"],
     ));
     wait_for(LONG, "two handlers running", || async { t.by_status().await.get("running") == Some(&2) }).await;
-    let worker = workers(&t).await[0].1.unwrap();
+    let worker = workers(&t).await[0].pid.unwrap();
     let mut handlers = children_of(worker);
     let deadline = Instant::now() + Duration::from_secs(5);
     while handlers.len() < 2 && Instant::now() < deadline {
@@ -774,7 +739,7 @@ async fn a_start_right_after_a_sigkilled_supervisor_waits_for_the_old_workers_to
     first.args(args).arg("--db").arg(&t.path).env("FLEET_WORKER_BIN", slow_exiting_worker(t.dir.path()));
     let mut sup = spawn(first);
     wait_for(LONG, "both stand-in workers ready", || async {
-        workers(&t).await.iter().filter(|w| w.2 == "running" && w.1.is_some()).count() == 2
+        workers(&t).await.iter().filter(|w| w.state == SlotStatus::Running && w.pid.is_some()).count() == 2
     })
     .await;
     sup.kill().unwrap();
@@ -912,21 +877,24 @@ async fn status_and_logs_end_quietly_when_their_reader_goes_away() {
     let t = TestDb::new().await;
     t.seed(10).await;
     // Enough workers and log lines that the output passes a pipe buffer.
-    sqlx::query(
-        "INSERT INTO fleet_runs (supervisor_pid, started_at, state, workers, base_port, bind, mem_enforce, handler, concurrency, log_dir) \
-         VALUES (1, 0, 'stopped', 3000, 3001, '127.0.0.1', 'sample', 'sleep: 1ms', 1, ?)",
-    )
-    .bind(t.dir.path().join("logs").display().to_string())
-    .execute(t.db.pool())
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO fleet_workers (run_id, worker_id, port, state) \
-         WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i < 2999) SELECT 1, i, 3001 + i, 'stopped' FROM s",
-    )
-    .execute(t.db.pool())
-    .await
-    .unwrap();
+    let run = FleetRun {
+        run_id: 0,
+        supervisor_pid: 1,
+        host: None,
+        started_at: 0,
+        stopped_at: None,
+        state: RunState::Stopped,
+        workers: 3000,
+        base_port: 3001,
+        bind: "127.0.0.1".into(),
+        mem_limit_bytes: None,
+        mem_enforce: "sample".into(),
+        handler: "sleep: 1ms".into(),
+        concurrency: 1,
+        log_dir: Some(t.dir.path().join("logs").display().to_string()),
+        control_token: None,
+    };
+    t.db.insert_run(&run).await.unwrap();
     std::fs::create_dir(t.dir.path().join("logs")).unwrap();
     std::fs::write(t.dir.path().join("logs/worker-0.log"), "a log line that is long enough to matter\n".repeat(20_000))
         .unwrap();
@@ -948,24 +916,16 @@ async fn rows_too_large_to_run_fail_at_once_and_the_rest_of_their_shard_finishes
     // Written around the import, as wrangler or another app would: four 20 MB sources
     // and one 2 MB payload in shard 1. Claimed in one batch, their contents would take
     // the worker past its limit; the worker must never read them.
-    sqlx::query(
+    let foreign = [
         "INSERT INTO videos (video_id, source) SELECT column1, hex(zeroblob(10485760)) \
          FROM (VALUES (101), (103), (105), (107))",
-    )
-    .execute(t.db.pool())
-    .await
-    .unwrap();
-    sqlx::query(
         "INSERT INTO videos (video_id, source, payload) VALUES (109, 'ok.mp4', '\"' || hex(zeroblob(1048576)) || '\"')",
-    )
-    .execute(t.db.pool())
-    .await
-    .unwrap();
-    // Values no handler could take: a BLOB source, and text that is not UTF-8.
-    sqlx::query("INSERT INTO videos (video_id, source) VALUES (111, X'00FF10'), (113, CAST(X'FF41' AS TEXT))")
-        .execute(t.db.pool())
-        .await
-        .unwrap();
+        // Values no handler could take: a BLOB source, and text that is not UTF-8.
+        "INSERT INTO videos (video_id, source) VALUES (111, X'00FF10'), (113, CAST(X'FF41' AS TEXT))",
+    ];
+    for sql in foreign {
+        testing::execute_foreign(&t.path, sql).await.unwrap();
+    }
     let out = run_to_end(start(
         &t,
         2,
@@ -975,7 +935,7 @@ async fn rows_too_large_to_run_fail_at_once_and_the_rest_of_their_shard_finishes
     assert_eq!(out.status.code(), Some(3), "{all}");
     assert_eq!(t.by_status().await.get("done"), Some(&40), "{all}");
     for id in [101, 103, 105, 107, 109, 111, 113] {
-        let (status, attempts, _, error) = t.video(id).await;
+        let VideoRow { status, attempts, last_error: error, .. } = t.video(id).await;
         assert_eq!((status.as_str(), attempts), ("failed", 1), "video {id}");
         let error = error.unwrap_or_default();
         let what = match id {
@@ -987,7 +947,7 @@ async fn rows_too_large_to_run_fail_at_once_and_the_rest_of_their_shard_finishes
         assert!(error.contains(what), "video {id}: {error}");
         assert_eq!(t.history(id).await, vec![(1, "rejected".to_string())], "video {id}");
     }
-    let restarts: i64 = workers(&t).await.iter().map(|w| w.3).sum();
+    let restarts: i64 = workers(&t).await.iter().map(|w| w.restarts).sum();
     assert_eq!(restarts, 0, "no worker was killed: {all}");
 }
 
@@ -1014,9 +974,8 @@ async fn a_handler_cannot_read_the_control_token_back_from_its_worker() {
     let probe = r#"sh -c 'tr "\0" "\n" < /proc/$PPID/environ; tr "\0" "\n" < /proc/$PPID/cmdline; fd=$(tr "\0" "\n" < /proc/$PPID/cmdline | sed -n "/^--control-token-fd$/{n;p;}"); test -n "$fd" && cat /proc/self/fd/$fd 2>&1; true'"#;
     let out = run_to_end(start(&t, 1, &["--mem-limit", "250M", "--exec", probe, "--exit-when-done"]));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let token: String =
-        sqlx::query_scalar("SELECT control_token FROM fleet_runs").fetch_one(t.db.pool()).await.unwrap();
-    let seen = t.video(1).await.2.unwrap_or_default();
+    let token = t.db.latest_run().await.unwrap().unwrap().control_token.unwrap();
+    let seen = t.video(1).await.result.unwrap_or_default();
     assert!(seen.contains("FLEET_SUPERVISOR_PID=") && seen.contains("--worker-id"), "the probe ran: {seen}");
     assert!(!seen.contains(&token), "the handler read the control token: {seen}");
     assert!(seen.contains("--control-token-fd"), "the token travels by descriptor: {seen}");

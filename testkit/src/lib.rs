@@ -4,6 +4,8 @@
 
 pub mod tls;
 
+pub use shared::storage::testing::{AttemptRow, VideoRow};
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -11,49 +13,38 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shared::db::Db;
-use shared::status::{ShardCounts, WorkerStatus};
+use shared::status::{ShardCounts, VideoStatus, WorkerStatus};
+use shared::storage::testing;
+use shared::storage::{FleetWorker, NewVideo, Store, owner_of};
 
-/// A temp dir holding `fleet.db`, migrated and seeded by the test.
+/// A temp dir holding `fleet.db`, migrated and seeded by the test. Reads go through
+/// shared's storage (`storage::testing` for the rows themselves), never around it.
 pub struct TestDb {
     pub dir: tempfile::TempDir,
     pub path: PathBuf,
-    pub db: Db,
+    pub db: Store,
 }
 
 impl TestDb {
     pub async fn new() -> TestDb {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fleet.db");
-        let db = Db::open(&path, 2).await.unwrap();
+        let db = Store::open(&path, 2).await.unwrap();
         TestDb { dir, path, db }
     }
 
     /// Inserts videos `1..=n` with source `src-<id>` and payload `{"n":<id>}`.
     pub async fn seed(&self, n: i64) {
-        sqlx::query(
-            "INSERT INTO videos (video_id, source, payload) \
-             WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < ?) \
-             SELECT i, 'src-' || i, '{\"n\":' || i || '}' FROM s",
-        )
-        .bind(n)
-        .execute(self.db.pool())
-        .await
-        .unwrap();
+        testing::seed_numbered(&self.db, 1..=n, ("src-", ""), true).await.unwrap();
     }
 
+    /// Inserts these videos (id, source), each with payload `{"n":<id>}`.
     pub async fn seed_sources(&self, rows: Vec<(i64, String)>) {
-        let mut tx = self.db.pool().begin().await.unwrap();
-        for (id, source) in rows {
-            sqlx::query("INSERT INTO videos (video_id, source, payload) VALUES (?, ?, ?)")
-                .bind(id)
-                .bind(source)
-                .bind(format!("{{\"n\":{id}}}"))
-                .execute(&mut *tx)
-                .await
-                .unwrap();
-        }
-        tx.commit().await.unwrap();
+        let videos: Vec<NewVideo> = rows
+            .into_iter()
+            .map(|(video_id, source)| NewVideo { video_id, source, payload: Some(format!("{{\"n\":{video_id}}}")) })
+            .collect();
+        testing::insert_videos(&self.db, &videos).await.unwrap();
     }
 
     /// Fills the table with 3,000 videos, closes the database, and overwrites the middle
@@ -67,54 +58,77 @@ impl TestDb {
         std::fs::write(&self.path, bytes).unwrap();
     }
 
+    /// Videos by status, counted from the table; statuses no video has are left out.
     pub async fn by_status(&self) -> BTreeMap<String, i64> {
-        sqlx::query_as::<_, (String, i64)>("SELECT status, count(*) FROM videos GROUP BY status")
-            .fetch_all(self.db.pool())
-            .await
-            .unwrap()
-            .into_iter()
-            .collect()
+        let c = self.counts().await;
+        VideoStatus::ALL.into_iter().filter(|&s| c.get(s) > 0).map(|s| (s.to_string(), c.get(s) as i64)).collect()
     }
 
-    /// Every video by status.
+    /// Every video by status, counted from the table.
     pub async fn counts(&self) -> ShardCounts {
         self.shard(0, 1).await
     }
 
-    /// Videos of shard `k` of `n` by status.
+    /// Videos of shard `k` of `n` by status, counted from the table (never the kept
+    /// counts, which this checks).
     pub async fn shard(&self, k: u32, n: u32) -> ShardCounts {
-        let mut counts = ShardCounts::default();
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, count(*) FROM videos WHERE video_id % ?1 = ?2 GROUP BY status")
-                .bind(n)
-                .bind(k)
-                .fetch_all(self.db.pool())
-                .await
-                .unwrap();
-        for (status, count) in rows {
-            *counts.get_mut(status.parse().unwrap()) = count as u64;
-        }
-        counts
+        testing::count_table(&self.db, n).await.unwrap()[k as usize]
     }
 
-    pub async fn scalar(&self, sql: &'static str) -> i64 {
-        sqlx::query_scalar(sql).fetch_one(self.db.pool()).await.unwrap()
+    /// Video `id`'s row; panics if there is none.
+    pub async fn video(&self, id: i64) -> VideoRow {
+        testing::video(&self.db, id).await.unwrap().unwrap_or_else(|| panic!("no video {id}"))
     }
 
-    pub async fn video(&self, id: i64) -> (String, i64, Option<String>, Option<String>) {
-        sqlx::query_as("SELECT status, attempts, result, last_error FROM videos WHERE video_id = ?")
-            .bind(id)
-            .fetch_one(self.db.pool())
-            .await
-            .unwrap()
+    /// Every video's row, by id.
+    pub async fn videos(&self) -> Vec<VideoRow> {
+        testing::videos(&self.db).await.unwrap()
     }
 
+    /// Every attempt, in the order recorded.
+    pub async fn attempts(&self) -> Vec<AttemptRow> {
+        testing::attempts(&self.db).await.unwrap()
+    }
+
+    /// Video `id`'s attempts as (attempt, outcome).
     pub async fn history(&self, id: i64) -> Vec<(i64, String)> {
-        sqlx::query_as("SELECT attempt, outcome FROM attempts WHERE video_id = ? ORDER BY id")
-            .bind(id)
-            .fetch_all(self.db.pool())
-            .await
-            .unwrap()
+        self.attempts().await.into_iter().filter(|a| a.video_id == id).map(|a| (a.attempt, a.outcome)).collect()
+    }
+
+    /// Attempts with this outcome.
+    pub async fn attempts_ending(&self, outcome: &str) -> usize {
+        self.attempts().await.iter().filter(|a| a.outcome == outcome).count()
+    }
+
+    /// Videos recorded as done by more than one attempt: the completion must be once.
+    pub async fn done_twice(&self) -> usize {
+        let mut done: BTreeMap<i64, u32> = BTreeMap::new();
+        for a in self.attempts().await.iter().filter(|a| a.outcome == "done") {
+            *done.entry(a.video_id).or_default() += 1;
+        }
+        done.values().filter(|&&n| n > 1).count()
+    }
+
+    /// Attempts run by a worker other than the one owning the video's shard, in a
+    /// fleet of `workers`.
+    pub async fn outside_their_shard(&self, workers: u32) -> usize {
+        let owns = |a: &AttemptRow| {
+            a.worker.as_deref().and_then(owner_of).is_some_and(|(k, _)| i64::from(k) == a.video_id % i64::from(workers))
+        };
+        self.attempts().await.iter().filter(|a| !owns(a)).count()
+    }
+
+    /// Marks video `id` failed after `attempts` attempts with `error`.
+    pub async fn mark_failed(&self, id: i64, attempts: i64, error: &str) {
+        testing::mark_failed(&self.db, id, attempts, error).await.unwrap();
+    }
+
+    /// The worker slots of the latest run, by worker id (none before a run).
+    pub async fn slots(&self) -> Vec<FleetWorker> {
+        match self.db.latest_run().await.unwrap() {
+            Some(run) => self.db.run_workers(run.run_id).await.unwrap(),
+            None => Vec::new(),
+        }
     }
 }
 
@@ -189,7 +203,7 @@ pub fn spawn_worker_on(db: &Path, k: u32, n: u32, port: u16, args: &[&str]) -> R
         .args(["--worker-id", &k.to_string(), "--workers", &n.to_string(), "--port", &port.to_string(), "--db"])
         .arg(db)
         .args(args)
-        .env("RUST_LOG", "info,sqlx=warn")
+        .env("RUST_LOG", shared::storage::DEFAULT_LOG_FILTER)
         .env_remove("WORKER_CONCURRENCY")
         .env_remove("FLEET_CONTROL_TOKEN")
         .env_remove("FLEET_CA_CERT")

@@ -13,8 +13,8 @@ use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
-use shared::db::{Db, RequeueOutcome};
 use shared::status::{Health, VideoStatus};
+use shared::storage::{RequeueOutcome, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,7 +30,7 @@ const BODY_LIMIT: usize = 16 * 1024;
 pub struct AppState {
     pub live: Arc<Live>,
     pub metrics: Arc<Metrics>,
-    pub db: Db,
+    pub db: Store,
     pub control_token: Option<String>,
     pub memory: Arc<MemoryKills>,
 }
@@ -231,7 +231,7 @@ async fn retry(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<Str
             format!("video {id} belongs to worker {}, not worker {k}", id.rem_euclid(n)),
         ));
     }
-    let outcome = shared::db::requeue_video(s.db.pool(), id).await.map_err(|e| {
+    let outcome = s.db.requeue_video(id).await.map_err(|e| {
         tracing::error!("retry of video {id} failed: {e}");
         ApiError(StatusCode::INTERNAL_SERVER_ERROR, "the database refused the change; see the worker's log".into())
     })?;

@@ -2,7 +2,8 @@
 //! and a cancellation token, so tests drive it in-process or as the real binary.
 //!
 //! Where things are:
-//! - claiming, finishing, leases: `runner.rs` (the loop) over `shared::db` (the SQL);
+//! - claiming, finishing, leases: `runner.rs` (the loop) over `shared::storage`'s
+//!   `Shard` (the SQL);
 //! - running one video: `handler/` (`exec.rs`, `http.rs`, `sleep.rs`), driven by
 //!   `pool.rs`;
 //! - HTTP endpoints: `http.rs`; what they report: `live.rs`, `metrics.rs`.
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use shared::db::Db;
+use shared::storage::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -48,7 +49,7 @@ pub async fn run(
     let memory = Arc::new(memory::MemoryKills::detect(config.mem_limit.map(|b| b.bytes())));
     let handler =
         Arc::new(Handler::from_args(&config.handler, &config.job, memory.clone()).map_err(anyhow::Error::msg)?);
-    let db = Db::open(&config.db, 4).await.context("cannot use the database")?;
+    let db = Store::open(&config.db, 4).await.context("cannot use the database")?;
     let local = listener.local_addr()?;
     let port = local.port();
     if !local.ip().is_loopback() {

@@ -64,7 +64,7 @@ impl Live {
             id,
             pid: std::process::id(),
             started: Instant::now(),
-            started_at_ms: shared::db::now_ms(),
+            started_at_ms: shared::storage::now_ms(),
             inner: Mutex::new(Inner {
                 state: WorkerState::Starting,
                 paused: false,

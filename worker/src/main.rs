@@ -12,7 +12,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| shared::storage::DEFAULT_LOG_FILTER.into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
@@ -68,7 +69,7 @@ fn main() -> ExitCode {
             }
             Err(e) if is_corrupt(&e) => {
                 eprintln!("worker: {e:#}");
-                eprintln!("worker: {}", shared::db::corrupt_advice(&db_path));
+                eprintln!("worker: {}", shared::storage::corrupt_advice(&db_path));
                 ExitCode::from(WORKER_DB_CORRUPT)
             }
             Err(e) => {

@@ -123,7 +123,7 @@ impl Metrics {
 
     /// Prometheus text format, with the gauges that mirror other state brought up to date.
     pub fn render(&self, counts: ShardCounts, rss: u64, pacing: Option<Pacing>) -> String {
-        let busy = shared::db::BUSY_RETRIES.load(std::sync::atomic::Ordering::Relaxed);
+        let busy = shared::storage::BUSY_RETRIES.load(std::sync::atomic::Ordering::Relaxed);
         self.busy_retries.inner().store(busy, std::sync::atomic::Ordering::Relaxed);
         for (s, n) in
             [("pending", counts.pending), ("running", counts.running), ("done", counts.done), ("failed", counts.failed)]

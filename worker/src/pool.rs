@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use shared::db::{Claimed, now_ms};
+use shared::storage::{Claimed, now_ms};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 

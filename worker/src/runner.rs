@@ -1,21 +1,17 @@
 //! The worker's one writer: claims videos, starts their jobs, writes their outcomes,
 //! renews and reclaims leases, and drains on shutdown.
 //!
-//! All database writes of a worker go through this loop and its one connection, so
-//! they batch naturally: the outcomes that arrived while the last transaction ran are
-//! written together with the next claim, in one `BEGIN IMMEDIATE` transaction. Each
-//! statement in it is correct on its own (the claim and the fenced finish are single
-//! statements), so the transaction only saves commits.
+//! All database writes of a worker go through this loop and its shard session, so they
+//! batch naturally: the outcomes that arrived while the last write ran are written
+//! together with the next claim (`Shard::finish_and_claim`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rand::RngExt;
-use shared::db::{self, BusyRetry, Claimed, Claimer, Db, Finish, now_ms};
+use shared::retry::{Ending, RetryPolicy};
 use shared::status::{InFlight, Outcome, RecentError, ShardCounts, VideoStatus, WorkerState};
-use sqlx::pool::PoolConnection;
-use sqlx::{Connection, Sqlite};
+use shared::storage::{Claimed, Finish, Shard, ShardSpec, Store, now_ms};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -41,8 +37,10 @@ pub enum RunEnd {
 
 pub struct Runner {
     cfg: Arc<WorkerConfig>,
-    conn: PoolConnection<Sqlite>,
-    claimer: Claimer,
+    /// This worker's own connection to its shard: every write of the worker goes here.
+    shard: Shard,
+    /// What becomes of a video whose attempt ended, however it ended.
+    policy: RetryPolicy,
     live: Arc<Live>,
     metrics: Arc<Metrics>,
     /// Runs the jobs; ended ones come back on `ended`.
@@ -65,17 +63,16 @@ pub struct Runner {
 impl Runner {
     pub async fn new(
         cfg: Arc<WorkerConfig>,
-        db: &Db,
+        db: &Store,
         handler: Arc<Handler>,
         live: Arc<Live>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Runner> {
-        let mut conn = db.pool().acquire().await.context("cannot connect to the database")?;
-        let owner = db::owner_name(cfg.worker_id, std::process::id(), rand::rng().random::<u32>());
-        let claimer = Claimer::new(cfg.workers, cfg.worker_id, owner)
+        let spec = ShardSpec::new(cfg.workers, cfg.worker_id)
             .with_limits(cfg.job.max_source_bytes.bytes(), cfg.job.max_payload_bytes.bytes());
-        claimer.ensure_index(&mut conn).await.context("cannot create the shard index")?;
-        db::ensure_count_layout(&mut conn, cfg.workers).await.context("cannot count the videos by shard")?;
+        let shard = db.open_shard(spec).await.context("cannot create the shard index")?;
+        db.ensure_count_layout(cfg.workers).await.context("cannot count the videos by shard")?;
+        let policy = cfg.job.retry_policy();
         let (ended_tx, ended) = mpsc::unbounded_channel();
         let kill_jobs = CancellationToken::new();
         let drain_jobs = CancellationToken::new();
@@ -83,8 +80,8 @@ impl Runner {
             Pool::start(handler, cfg.worker_id, cfg.job.job_timeout, kill_jobs.clone(), drain_jobs.clone(), ended_tx);
         Ok(Runner {
             cfg,
-            conn,
-            claimer,
+            shard,
+            policy,
             live,
             metrics,
             pool,
@@ -187,36 +184,19 @@ impl Runner {
     }
 
     /// Writes every outcome received so far and claims up to `want` videos, in one
-    /// transaction. Returns the claimed videos and whether the shard ran short (fewer
-    /// were due than asked for). Retries "database is locked"; other errors end the run.
+    /// write. Returns the claimed videos and whether the shard ran short (fewer were due
+    /// than asked for). The storage retries "database is locked"; other errors end the run.
     async fn write_and_claim(&mut self, want: usize) -> anyhow::Result<(Vec<Claimed>, bool)> {
         if self.unwritten.is_empty() && want == 0 {
             return Ok((Vec::new(), false));
         }
         let finishes: Vec<Finish> = self.unwritten.iter().map(|e| self.to_finish(e)).collect();
-        let now = now_ms();
-        let mut busy = BusyRetry::new();
-        let (applied, claimed, short) = loop {
-            let attempt = async {
-                let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
-                let applied = db::finish_batch(&mut tx, &finishes).await?;
-                // Batches are powers of two: fill `want` with a few of them (7 = 4+2+1).
-                let mut claimed = Vec::new();
-                let mut short = false;
-                while claimed.len() < want && !short {
-                    let ask = Claimer::batch_size(want - claimed.len());
-                    let got = self.claimer.claim(&mut tx, ask, now, self.cfg.job.lease).await?;
-                    short = got.len() < ask;
-                    claimed.extend(got);
-                }
-                tx.commit().await?;
-                Ok::<_, shared::DbError>((applied, claimed, short))
-            };
-            match attempt.await {
-                Ok(r) => break r,
-                Err(e) => busy.wait(e).await.context("cannot write to the database")?,
-            }
-        };
+        let round = self
+            .shard
+            .finish_and_claim(&finishes, want, now_ms(), self.cfg.job.lease)
+            .await
+            .context("cannot write to the database")?;
+        let (applied, claimed, short) = (round.applied, round.claimed, round.short);
         self.account_finished(&finishes, &applied);
         self.unwritten.clear();
         if !claimed.is_empty() {
@@ -227,39 +207,26 @@ impl Runner {
         Ok((claimed, short))
     }
 
-    /// Turns an ended job into the row to write: done, pending again after a backoff, or
-    /// failed for good when it used its last attempt.
+    /// Turns an ended job into the row to write, as the retry policy decides: done,
+    /// pending again after a backoff, or failed for good.
     fn to_finish(&self, e: &Ended) -> Finish {
-        let finish = |status, outcome, run_after| Finish {
+        let (outcome, result, error, warnings) = match &e.result {
+            JobResult::Success { output, warnings } => (Outcome::Done, Some(output.clone()), None, warnings.clone()),
+            JobResult::Failure { outcome, error } => (*outcome, None, Some(error.clone()), None),
+            JobResult::Cancelled => unreachable!("cancelled jobs are not written"),
+        };
+        let next = self.policy.next(e.claimed.attempt, Ending::Job(outcome), e.finished_at);
+        Finish {
             video_id: e.claimed.video_id,
             token: e.claimed.token,
-            status,
+            status: next.status(),
             outcome,
-            result: None,
-            error: None,
-            warnings: None,
-            run_after,
+            result,
+            error,
+            warnings,
+            run_after: next.run_after(e.finished_at),
             finished_at: e.finished_at,
             duration_ms: e.duration.as_millis() as i64,
-        };
-        match &e.result {
-            JobResult::Success { output, warnings } => Finish {
-                result: Some(output.clone()),
-                warnings: warnings.clone(),
-                ..finish(VideoStatus::Done, Outcome::Done, e.finished_at)
-            },
-            JobResult::Failure { outcome, error } => {
-                let (status, run_after) =
-                    if e.claimed.attempt >= self.cfg.job.max_attempts || *outcome == Outcome::Rejected {
-                        (VideoStatus::Failed, e.finished_at)
-                    } else {
-                        let jitter = rand::rng().random_range(0.8..1.2);
-                        let delay = self.cfg.job.retry_delay(e.claimed.attempt, jitter);
-                        (VideoStatus::Pending, e.finished_at + delay.as_millis() as i64)
-                    };
-                Finish { error: Some(error.clone()), ..finish(status, *outcome, run_after) }
-            }
-            JobResult::Cancelled => unreachable!("cancelled jobs are not written"),
         }
     }
 
@@ -359,25 +326,14 @@ impl Runner {
             return Ok(());
         }
         let expires = now_ms() + self.cfg.job.lease.as_millis() as i64;
-        let mut busy = BusyRetry::new();
-        loop {
-            match db::renew_owner(&mut self.conn, self.claimer.owner(), expires).await {
-                Ok(_) => return Ok(()),
-                Err(e) => busy.wait(e).await.context("cannot renew leases")?,
-            }
-        }
+        self.shard.renew(expires).await.context("cannot renew leases")?;
+        Ok(())
     }
 
     /// Takes back videos of this shard whose lease lapsed (their worker died).
     async fn reclaim(&mut self) -> anyhow::Result<()> {
-        let mut busy = BusyRetry::new();
-        let taken = loop {
-            let (workers, id, max) = (self.cfg.workers, self.cfg.worker_id, self.cfg.job.max_attempts);
-            match db::reclaim_expired(&mut self.conn, workers, id, self.claimer.owner(), now_ms(), max).await {
-                Ok(t) => break t,
-                Err(e) => busy.wait(e).await.context("cannot reclaim expired leases")?,
-            }
-        };
+        let taken =
+            self.shard.reclaim_expired(now_ms(), &self.policy).await.context("cannot reclaim expired leases")?;
         if !taken.is_empty() {
             tracing::warn!(videos = taken.len(), ids = ?taken.iter().map(|t| t.0).take(20).collect::<Vec<_>>(), "took back videos whose lease lapsed");
             self.metrics.lease_reclaims.inc_by(taken.len() as u64);
@@ -391,13 +347,7 @@ impl Runner {
 
     /// Re-reads the shard's counts (others may have imported or requeued videos).
     async fn resync(&mut self) -> anyhow::Result<()> {
-        let mut busy = BusyRetry::new();
-        let counts = loop {
-            match db::shard_counts(&mut self.conn, self.cfg.workers, self.cfg.worker_id).await {
-                Ok(c) => break c,
-                Err(e) => busy.wait(e).await.context("cannot count the shard's videos")?,
-            }
-        };
+        let counts = self.shard.counts().await.context("cannot count the shard's videos")?;
         if counts.pending > self.live.counts().pending {
             self.next_claim_at = Instant::now();
         }
@@ -409,22 +359,11 @@ impl Runner {
     /// of the grace period), without counting those attempts.
     async fn finish_run(mut self) -> anyhow::Result<()> {
         self.write_and_claim(0).await?;
-        let mut busy = BusyRetry::new();
-        let released = loop {
-            match db::release_owner(
-                &mut self.conn,
-                self.claimer.owner(),
-                now_ms(),
-                Outcome::Released,
-                "the worker stopped before the job finished",
-                self.cfg.job.max_attempts,
-            )
+        let released = self
+            .shard
+            .hand_back(now_ms(), "the worker stopped before the job finished", &self.policy)
             .await
-            {
-                Ok(r) => break r,
-                Err(e) => busy.wait(e).await.context("cannot hand back claimed videos")?,
-            }
-        };
+            .context("cannot hand back claimed videos")?;
         if !released.is_empty() {
             tracing::info!(videos = released.len(), "handed back unfinished videos; their attempts do not count");
             self.live.shift(VideoStatus::Running, VideoStatus::Pending, released.len() as u64);

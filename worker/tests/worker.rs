@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use testkit::{TestDb, run_worker_to_end, spawn_worker, wait_for};
+use shared::status::VideoStatus;
+use testkit::{TestDb, VideoRow, run_worker_to_end, spawn_worker, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -25,11 +26,9 @@ async fn two_workers_process_a_thousand_videos_each_once_and_only_in_its_own_sha
     assert!(w1.wait_exit(LONG).success(), "{}", w1.log_text());
 
     assert_eq!(t.by_status().await.get("done"), Some(&1000));
-    assert_eq!(t.scalar("SELECT count(*) FROM attempts").await, 1000, "one attempt each");
-    assert_eq!(t.scalar("SELECT count(*) FROM attempts WHERE outcome <> 'done'").await, 0);
-    let wrong_shard =
-        t.scalar("SELECT count(*) FROM attempts WHERE worker NOT LIKE 'worker-' || (video_id % 2) || '/%'").await;
-    assert_eq!(wrong_shard, 0, "every video was run by the worker owning its shard");
+    assert_eq!(t.attempts().await.len(), 1000, "one attempt each");
+    assert_eq!(t.attempts_ending("done").await, 1000);
+    assert_eq!(t.outside_their_shard(2).await, 0, "every video was run by the worker owning its shard");
     assert!(w0.log_text().contains("shard finished: 500 done, 0 failed"));
 }
 
@@ -46,17 +45,14 @@ async fn a_worker_killed_mid_job_loses_no_video_and_completes_each_once() {
     .await;
     w.signal(Signal::SIGKILL);
     drop(w);
-    let interrupted = t.scalar("SELECT count(*) FROM videos WHERE status = 'running'").await;
+    let interrupted = t.counts().await.running as usize;
     assert!(interrupted > 0);
 
     let mut again = spawn_worker(&t.path, 0, 1, &["--sleep", "1ms", "--lease", "1s", "--exit-when-done"]);
     assert!(again.wait_exit(LONG).success(), "{}", again.log_text());
     assert_eq!(t.by_status().await.get("done"), Some(&40));
-    assert_eq!(t.scalar("SELECT count(*) FROM attempts WHERE outcome = 'expired'").await, interrupted);
-    let twice = t
-        .scalar("SELECT count(*) FROM (SELECT video_id FROM attempts WHERE outcome = 'done' GROUP BY video_id HAVING count(*) > 1)")
-        .await;
-    assert_eq!(twice, 0, "no video has two successful completions");
+    assert_eq!(t.attempts_ending("expired").await, interrupted);
+    assert_eq!(t.done_twice().await, 0, "no video has two successful completions");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +62,7 @@ async fn a_handler_that_fails_twice_then_succeeds_ends_done_at_attempt_three() {
     let script = "sh -c 'echo attempt {attempt} failed >&2; test {attempt} -ge 3 && echo ok'";
     let (code, logs) = run_alone(&t, &["--exec", script, "--backoff", "20ms", "--exit-when-done"]);
     assert_eq!(code, 0, "{logs}");
-    let (status, attempts, result, error) = t.video(1).await;
+    let VideoRow { status, attempts, result, last_error: error, .. } = t.video(1).await;
     assert_eq!((status.as_str(), attempts, result.as_deref(), error), ("done", 3, Some("ok"), None));
     assert_eq!(t.history(1).await, [(1, "error".into()), (2, "error".into()), (3, "done".into())]);
 }
@@ -88,7 +84,7 @@ async fn a_handler_that_always_fails_ends_failed_with_its_last_error() {
         ],
     );
     assert_eq!(code, 0, "{logs}");
-    let (status, attempts, _, error) = t.video(1).await;
+    let VideoRow { status, attempts, last_error: error, .. } = t.video(1).await;
     assert_eq!((status.as_str(), attempts), ("failed", 2));
     assert_eq!(error.as_deref(), Some("exit code 3: boom 2"));
     assert_eq!(t.history(1).await, [(1, "error".into()), (2, "error".into())]);
@@ -110,12 +106,17 @@ async fn what_a_successful_handler_says_on_stderr_is_kept_as_its_warnings_and_cu
     assert_eq!(code, 0, "{logs}");
     assert_eq!(t.by_status().await.get("done"), Some(&4), "warnings do not fail a video");
 
-    let kept: Vec<(i64, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT v.video_id, v.warnings, a.warnings FROM videos v JOIN attempts a USING (video_id) ORDER BY v.video_id",
-    )
-    .fetch_all(t.db.pool())
-    .await
-    .unwrap();
+    // (video, the video's warnings, its attempt's warnings): one attempt each.
+    let attempts = t.attempts().await;
+    let kept: Vec<(i64, Option<String>, Option<String>)> = t
+        .videos()
+        .await
+        .into_iter()
+        .map(|v| {
+            let attempt = attempts.iter().find(|a| a.video_id == v.video_id).expect("an attempt");
+            (v.video_id, v.warnings, attempt.warnings.clone())
+        })
+        .collect();
     let warned = Some("[mov,mp4] File ended prematurely".to_string());
     assert_eq!(kept[0], (1, None, None));
     assert_eq!(kept[1], (2, warned.clone(), warned));
@@ -124,7 +125,7 @@ async fn what_a_successful_handler_says_on_stderr_is_kept_as_its_warnings_and_cu
     assert_eq!(kept[2].2.as_ref(), Some(&flood), "the history keeps what the video row keeps");
     assert!(flood.len() <= worker::handler::STDERR_TAIL && flood.len() > worker::handler::STDERR_TAIL / 2);
     assert!(flood.starts_with("xxx") && flood.ends_with("x\nlast line"), "the end of stderr is kept: {flood:?}");
-    assert_eq!(t.video(3).await.2.as_deref(), Some("ok"), "stdout is still the result");
+    assert_eq!(t.video(3).await.result.as_deref(), Some("ok"), "stdout is still the result");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,7 +136,7 @@ async fn sources_with_shell_syntax_reach_the_handler_as_literal_arguments() {
     let (code, logs) = run_alone(&t, &["--exec", "printf %s {source}", "--exit-when-done"]);
     assert_eq!(code, 0, "{logs}");
     for (i, s) in nasty.iter().enumerate() {
-        assert_eq!(t.video(i as i64 + 1).await.2.as_deref(), Some(*s));
+        assert_eq!(t.video(i as i64 + 1).await.result.as_deref(), Some(*s));
     }
     assert!(!t.dir.path().join("pwned").exists(), "no shell ran the source");
 }
@@ -148,8 +149,8 @@ async fn a_source_that_looks_like_an_option_stays_an_operand_after_a_double_dash
     // file named "--help" (and fails the attempt) instead of printing its usage.
     let (code, logs) = run_alone(&t, &["--exec", "cat -- {source}", "--max-attempts", "1", "--exit-when-done"]);
     assert_eq!(code, 0, "{logs}");
-    let (status, _, result, error) = t.video(1).await;
-    assert_eq!(status, "failed", "{result:?}");
+    let VideoRow { status, result, last_error: error, .. } = t.video(1).await;
+    assert_eq!(status, VideoStatus::Failed, "{result:?}");
     assert!(error.unwrap_or_default().contains("--help: No such file"), "{logs}");
 }
 
@@ -159,7 +160,7 @@ async fn the_payload_goes_to_stdin_and_stdout_becomes_the_result() {
     t.seed(3).await;
     let (code, logs) = run_alone(&t, &["--exec", "cat", "--exit-when-done"]);
     assert_eq!(code, 0, "{logs}");
-    assert_eq!(t.video(2).await.2.as_deref(), Some("{\"n\":2}"));
+    assert_eq!(t.video(2).await.result.as_deref(), Some("{\"n\":2}"));
 }
 
 fn alive(pid: i32) -> bool {
@@ -179,8 +180,8 @@ async fn a_job_timeout_kills_the_handler_and_the_grandchild_it_left_sleeping() {
     let (code, logs) =
         run_alone(&t, &["--exec", &script, "--job-timeout", "300ms", "--max-attempts", "1", "--exit-when-done"]);
     assert_eq!(code, 0, "{logs}");
-    let (status, _, _, error) = t.video(1).await;
-    assert_eq!(status, "failed");
+    let VideoRow { status, last_error: error, .. } = t.video(1).await;
+    assert_eq!(status, VideoStatus::Failed);
     assert!(error.unwrap().contains("timed out after 300ms"));
     assert_eq!(t.history(1).await, [(1, "timeout".into())]);
     let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
@@ -284,15 +285,12 @@ async fn control_endpoints_are_refused_without_the_token_and_work_with_it() {
 async fn a_failed_video_can_be_retried_over_http() {
     let t = TestDb::new().await;
     t.seed(1).await;
-    sqlx::query("UPDATE videos SET status = 'failed', attempts = 3, last_error = 'x' WHERE video_id = 1")
-        .execute(t.db.pool())
-        .await
-        .unwrap();
+    t.mark_failed(1, 3, "x").await;
     let w = spawn_worker(&t.path, 0, 1, &["--sleep", "0", "--control-token", "s3cret-token"]);
     let r = testkit::http().post(w.url("/videos/1/retry")).bearer_auth("s3cret-token").send().await.unwrap();
     assert_eq!(r.status(), 200);
-    wait_for(LONG, "the retried video done", || async { t.video(1).await.0 == "done" }).await;
-    assert_eq!(t.video(1).await.1, 1, "a retry starts a fresh set of attempts");
+    wait_for(LONG, "the retried video done", || async { t.video(1).await.status == VideoStatus::Done }).await;
+    assert_eq!(t.video(1).await.attempts, 1, "a retry starts a fresh set of attempts");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,8 +303,9 @@ async fn sigterm_mid_run_exits_zero_hands_back_claims_and_a_restart_finishes() {
     let status = w.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{}", w.log_text());
     assert_eq!(t.by_status().await.get("running"), None, "no claim left behind");
-    assert_eq!(t.scalar("SELECT max(attempts) FROM videos").await, 0, "handed-back attempts do not count");
-    assert_eq!(t.scalar("SELECT count(*) FROM attempts WHERE outcome = 'released'").await, 4);
+    let most = t.videos().await.iter().map(|v| v.attempts).max();
+    assert_eq!(most, Some(0), "handed-back attempts do not count");
+    assert_eq!(t.attempts_ending("released").await, 4);
 
     let mut again = spawn_worker(&t.path, 0, 1, &["--sleep", "0", "--exit-when-done"]);
     assert!(again.wait_exit(LONG).success());
@@ -437,11 +436,11 @@ async fn the_http_handler_retries_push_back_within_the_attempt_and_fails_on_clie
     let url = format!("http://127.0.0.1:{port}/analyse");
     let mut w = spawn_worker(&t.path, 0, 1, &["--http", &url, "--max-attempts", "1", "--exit-when-done"]);
     assert!(w.wait_exit(LONG).success(), "{}", w.log_text());
-    let (status, attempts, result, _) = t.video(2).await;
+    let VideoRow { status, attempts, result, .. } = t.video(2).await;
     assert_eq!((status.as_str(), attempts), ("done", 1), "a 503 is push-back, not a failed attempt");
     assert_eq!(result.as_deref(), Some("analysed 2 from src-2"));
-    let (status, _, _, error) = t.video(3).await;
-    assert_eq!(status, "failed");
+    let VideoRow { status, last_error: error, .. } = t.video(3).await;
+    assert_eq!(status, VideoStatus::Failed);
     assert!(error.unwrap().starts_with("HTTP 400 Bad Request: video 3 is not a video"));
     let calls = seen.lock().unwrap();
     let first = calls.iter().find(|c| c["video_id"] == 1).unwrap();
@@ -497,8 +496,7 @@ async fn a_draining_worker_hands_back_the_http_jobs_waiting_out_a_retry_after_at
     // Not the 30 s grace, nor the 60 s the server asked for.
     assert!(asked.elapsed() < Duration::from_secs(10), "took {:?}", asked.elapsed());
     assert_eq!(t.by_status().await.get("pending"), Some(&4), "handed back, none failed");
-    let (_, attempts, _, _) = t.video(1).await;
-    assert_eq!(attempts, 0, "a handed-back job does not use up an attempt");
+    assert_eq!(t.video(1).await.attempts, 0, "a handed-back job does not use up an attempt");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -551,7 +549,7 @@ async fn handlers_ended_because_the_supervisor_died_are_never_recorded_as_failed
         .arg(&t.path)
         .args(["--exec", "sleep 30", "--concurrency", "2"])
         .env("FLEET_SUPERVISOR_PID", std::process::id().to_string())
-        .env("RUST_LOG", "info,sqlx=warn")
+        .env("RUST_LOG", shared::storage::DEFAULT_LOG_FILTER)
         .env_remove("FLEET_CONTROL_TOKEN")
         .stdout(std::process::Stdio::null())
         .stderr(stderr_w.try_clone().unwrap())
@@ -568,7 +566,7 @@ async fn handlers_ended_because_the_supervisor_died_are_never_recorded_as_failed
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(w.0.id() as i32), Signal::SIGUSR2).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     while std::time::Instant::now() < deadline {
-        let recorded = t.scalar("SELECT count(*) FROM attempts").await;
+        let recorded = t.attempts().await.len();
         assert_eq!(recorded, 0, "a job the worker killed was recorded: {:?}", [t.history(1).await, t.history(2).await]);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -581,7 +579,7 @@ async fn handlers_ended_because_the_supervisor_died_are_never_recorded_as_failed
     let logs = drain.join().unwrap();
     assert_eq!(status.code(), Some(worker::orphan::EXIT_ORPHANED), "{logs}");
     assert!(logs.contains("the supervisor (pid"), "{logs}");
-    assert_eq!(t.scalar("SELECT count(*) FROM attempts").await, 0, "{logs}");
+    assert!(t.attempts().await.is_empty(), "{logs}");
     assert_eq!(t.by_status().await.get("running"), Some(&2), "left for the next supervisor to hand back");
 }
 
@@ -690,7 +688,7 @@ async fn a_worker_given_the_private_ca_of_an_https_api_finishes_every_video_thro
     let (code, out) = run_with_system_roots(&t, &roots, &args).await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(t.by_status().await.get("done"), Some(&6), "{out}");
-    assert_eq!(t.video(2).await.2.as_deref(), Some("analysed 2"));
+    assert_eq!(t.video(2).await.result.as_deref(), Some("analysed 2"));
     assert_eq!(api.calls.lock().unwrap().len(), 6);
 }
 
@@ -717,7 +715,7 @@ async fn without_its_ca_each_attempt_fails_once_naming_the_unknown_issuer_and_is
     let (code, out) = run_with_system_roots(&t, &roots, &args).await;
     assert_eq!(code, 0, "a certificate that does not verify fails attempts, not the worker: {out}");
     for id in [1, 2] {
-        let (status, attempts, _, error) = t.video(id).await;
+        let VideoRow { status, attempts, last_error: error, .. } = t.video(id).await;
         assert_eq!((status.as_str(), attempts), ("failed", 1));
         let error = error.unwrap();
         assert!(
@@ -748,8 +746,8 @@ async fn a_certificate_for_another_host_fails_the_attempt_naming_the_name_mismat
         .env_remove("SSL_CERT_DIR");
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let (status, _, _, error) = t.video(1).await;
-    assert_eq!(status, "failed");
+    let VideoRow { status, last_error: error, .. } = t.video(1).await;
+    assert_eq!(status, VideoStatus::Failed);
     let error = error.unwrap();
     assert!(error.contains("its certificate does not match the host name 127.0.0.1"), "{error}");
     assert!(error.contains("api.example.test"), "names what the certificate is for: {error}");
@@ -767,7 +765,7 @@ async fn an_expired_certificate_fails_the_attempt_naming_its_expiry() {
         ["--http", &api.url("/"), "--ca-cert", ca_pem.to_str().unwrap(), "--max-attempts", "1", "--exit-when-done"];
     let (code, out) = run_with_system_roots(&t, &roots, &args).await;
     assert_eq!(code, 0, "{out}");
-    let error = t.video(1).await.3.unwrap();
+    let error = t.video(1).await.last_error.unwrap();
     assert_eq!(error, "TLS handshake with 127.0.0.1 failed: its certificate expired at 2021-01-01T00:00:00.000Z");
 }
 

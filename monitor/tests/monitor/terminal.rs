@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use shared::db::fleet::{FleetRun, insert_run};
 use shared::status::WorkerState;
+use shared::storage::FleetRun;
 
 use crate::helper::pty::PtyMonitor;
 use crate::helper::{LONG, TestDb, closed_port, fleet_run, spawn_fleet, wait_for};
@@ -81,7 +81,7 @@ async fn p_and_r_pause_and_resume_the_selected_worker_with_the_runs_token() {
         control_token: Some(token.into()),
         ..fleet_run(2, base)
     };
-    insert_run(t.db.pool(), &run).await.unwrap();
+    t.db.insert_run(&run).await.unwrap();
 
     let mut m = PtyMonitor::start(&["--db", t.path.to_str().unwrap()], t.dir.path());
     m.wait_for_output("workers", WAIT);

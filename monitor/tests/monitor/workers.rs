@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use monitor::aggregate::WorkerHealth;
-use shared::db::fleet::{FleetRun, FleetWorker, insert_run, update_worker};
+use shared::storage::{FleetRun, FleetWorker, SlotStatus};
 
 use crate::helper::{
     LONG, TestDb, WorkerProc, closed_port, fleet_run, monitor_json, run_monitor, spawn_fleet, spawn_monitor_lines,
@@ -114,13 +114,13 @@ async fn with_db_the_monitor_finds_the_fleet_in_the_supervisors_records_and_coun
         control_token: Some("token-for-tests".into()),
         ..fleet_run(2, base)
     };
-    let run_id = insert_run(t.db.pool(), &run).await.unwrap();
+    let run_id = t.db.insert_run(&run).await.unwrap();
     let slot = |k: i64, restarts: i64, last_reason: Option<&str>| FleetWorker {
         run_id,
         worker_id: k,
         pid: None,
         port: base as i64 + k,
-        state: "running".into(),
+        state: SlotStatus::Running,
         started_at: None,
         restarts,
         last_reason: last_reason.map(String::from),
@@ -129,8 +129,8 @@ async fn with_db_the_monitor_finds_the_fleet_in_the_supervisors_records_and_coun
         memory_kills: 0,
         updated_at: None,
     };
-    update_worker(t.db.pool(), &slot(0, 0, None)).await.unwrap();
-    update_worker(t.db.pool(), &slot(1, 2, Some("exit code 137 (memory limit)"))).await.unwrap();
+    t.db.update_worker(&slot(0, 0, None)).await.unwrap();
+    t.db.update_worker(&slot(1, 2, Some("exit code 137 (memory limit)"))).await.unwrap();
     wait_settled(&t, &workers).await;
 
     let db_arg = t.path.to_str().unwrap();
@@ -140,7 +140,7 @@ async fn with_db_the_monitor_finds_the_fleet_in_the_supervisors_records_and_coun
     assert!(report.workers.iter().all(|w| w.health == WorkerHealth::Up), "{:?}", report.workers);
     let w1 = &report.workers[1];
     assert_eq!((w1.restarts, w1.last_restart_reason.as_deref()), (2, Some("exit code 137 (memory limit)")));
-    assert_eq!(w1.supervisor_state.as_deref(), Some("running"));
+    assert_eq!(w1.supervisor_state, Some(SlotStatus::Running));
     assert_eq!(w1.url, format!("http://127.0.0.1:{}/", base + 1));
 
     // Worker 1 goes away: it is down, and its shard is counted from the table.
@@ -157,7 +157,7 @@ async fn with_db_the_monitor_finds_the_fleet_in_the_supervisors_records_and_coun
 async fn with_db_a_new_run_replaces_the_old_fleet_in_a_running_monitor() {
     let t = TestDb::new().await;
     let (_first, first_base) = spawn_fleet(&t.path, 1, &["--sleep", "0"]);
-    insert_run(t.db.pool(), &fleet_run(1, first_base)).await.unwrap();
+    t.db.insert_run(&fleet_run(1, first_base)).await.unwrap();
     let (mut monitor, rx) = spawn_monitor_lines(&["--db", t.path.to_str().unwrap(), "--interval", "200ms"]);
     let wait_line = |wanted: &str| {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -173,7 +173,7 @@ async fn with_db_a_new_run_replaces_the_old_fleet_in_a_running_monitor() {
     assert!(line.contains(" up "), "a wildcard bind is reached on loopback: {line}");
 
     let (_second, second_base) = spawn_fleet(&t.path, 2, &["--sleep", "0"]);
-    insert_run(t.db.pool(), &fleet_run(2, second_base)).await.unwrap();
+    t.db.insert_run(&fleet_run(2, second_base)).await.unwrap();
     let line = wait_line(&format!("  worker 1  :{}", second_base + 1));
     assert!(line.contains(" up "), "{line}");
     wait_line("workers 2/2 up");

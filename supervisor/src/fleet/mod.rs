@@ -29,8 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use shared::db::Db;
-use shared::db::fleet::{self, FleetRun};
+use shared::storage::{FleetRun, RunState, Store};
 use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, interval, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -93,10 +92,10 @@ enum Event {
 pub struct Fleet {
     args: StartArgs,
     /// The one writing connection: hand-backs and the records writer share it.
-    db: Db,
+    db: Store,
     /// A read-only connection of its own for the done check: WAL reads never wait for
     /// the write lock, nor queue behind the records writer on `db`.
-    reader: Db,
+    reader: Store,
     /// The database file, absolute: workers get it as --db, and the advice about a
     /// damaged database names it.
     db_path: PathBuf,
@@ -219,28 +218,25 @@ impl Fleet {
     }
 
     async fn check_done(&mut self) -> anyhow::Result<()> {
-        let unfinished = match fleet::unfinished(self.reader.pool()).await {
+        let totals = match self.reader.totals().await {
             Err(e) if e.is_corrupt() => {
                 tracing::error!("the done check found the database damaged ({e}); ending the run");
-                self.fatal.get_or_insert_with(|| shared::db::corrupt_advice(&self.db_path));
+                self.fatal.get_or_insert_with(|| shared::storage::corrupt_advice(&self.db_path));
                 self.begin_stop(RunEnd::Stopped);
                 return Ok(());
             }
             r => r?,
         };
-        if unfinished == 0 {
-            let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM videos WHERE status = 'failed'")
-                .fetch_one(self.reader.pool())
-                .await?;
+        if totals.finished() {
             tracing::info!("no video is pending or running: the work is done");
-            self.begin_stop(if failed == 0 { RunEnd::AllDone } else { RunEnd::SomeFailed });
+            self.begin_stop(if totals.failed == 0 { RunEnd::AllDone } else { RunEnd::SomeFailed });
             return Ok(());
         }
         // Work only errored workers could do would keep the run waiting for nothing.
         let errored: Vec<u32> =
             self.slots.iter().filter(|s| matches!(s.state(), SlotState::Errored(_))).map(|s| s.id).collect();
         if !errored.is_empty() {
-            let shards = fleet::shard_progress(self.reader.pool(), self.args.workers).await?;
+            let shards = self.reader.shard_progress(self.args.workers).await?;
             let live_left: u64 = shards
                 .iter()
                 .enumerate()
@@ -261,7 +257,7 @@ impl Fleet {
         }
         self.end = end;
         self.stopping = Some(Instant::now() + self.args.job.grace + Duration::from_secs(5));
-        self.record(Record::RunState { state: "stopping", stopped: false });
+        self.record(Record::RunState { state: RunState::Stopping, stopped: false });
         self.signal_all(Signal::SIGTERM);
         for s in self.slots.iter_mut().filter(|s| s.pid().is_none()) {
             s.stop();
@@ -314,11 +310,11 @@ impl Fleet {
         }
         self.memory.cleanup();
         let state = match self.end {
-            _ if self.fatal.is_some() => "damaged",
-            RunEnd::Stopped => "stopped",
-            RunEnd::AllDone => "done",
-            RunEnd::SomeFailed => "failed",
-            RunEnd::WorkersErrored => "errored",
+            _ if self.fatal.is_some() => RunState::Damaged,
+            RunEnd::Stopped => RunState::Stopped,
+            RunEnd::AllDone => RunState::Done,
+            RunEnd::SomeFailed => RunState::Failed,
+            RunEnd::WorkersErrored => RunState::Errored,
         };
         self.record(Record::RunState { state, stopped: true });
         self.releases.close();

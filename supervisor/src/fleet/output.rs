@@ -40,7 +40,7 @@ pub fn start(
     let task = tokio::spawn(async move {
         let mut failed = vec![false; files.len()];
         while let Some(line) = rx.recv().await {
-            let ts = shared::units::format_utc_ms(shared::db::now_ms());
+            let ts = shared::units::format_utc_ms(shared::storage::now_ms());
             let k = line.worker as usize;
             if let Some(file) = files.get_mut(k)
                 && let Err(e) = file.write_line(&format!("{ts} {}\n", line.text))

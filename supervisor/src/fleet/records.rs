@@ -6,8 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use shared::db::Db;
-use shared::db::fleet::{self, FleetWorker};
+use shared::storage::{EventKind, FleetWorker, RunState, Store};
 use shared::units::format_utc_ms;
 use tokio::sync::mpsc;
 
@@ -17,35 +16,7 @@ use super::exit_cause::ExitCause;
 pub enum Record {
     Worker(FleetWorker),
     Event { worker: u32, kind: EventKind, reason: String },
-    RunState { state: &'static str, stopped: bool },
-}
-
-/// What happened to a worker, as the run's events list it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    /// It ended unexpectedly and restarts after a backoff.
-    Restart,
-    /// It crashed too often and rests for the cooldown.
-    Errored,
-    /// It crashed while the fleet was stopping.
-    Crash,
-    /// The supervisor killed it while the fleet was stopping.
-    Kill,
-    /// The sampler killed one of its handlers; the worker carried on.
-    MemoryKill,
-}
-
-impl EventKind {
-    /// The name kept in the events table and shown by `supervisor status`.
-    pub fn name(self) -> &'static str {
-        match self {
-            EventKind::Restart => "restart",
-            EventKind::Errored => "errored",
-            EventKind::Crash => "crash",
-            EventKind::Kill => "kill",
-            EventKind::MemoryKill => "memory_kill",
-        }
-    }
+    RunState { state: RunState, stopped: bool },
 }
 
 /// A kill or restart of this run: recorded as an event, and listed in the summary.
@@ -87,7 +58,7 @@ impl fmt::Display for Incident {
 
 /// Starts the writer for run `run_id`; it ends when every sender is dropped, after
 /// writing what it was sent.
-pub fn start(db: Db, run_id: i64) -> (mpsc::UnboundedSender<Record>, tokio::task::JoinHandle<()>) {
+pub fn start(db: Store, run_id: i64) -> (mpsc::UnboundedSender<Record>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Record>();
     let task = tokio::spawn(async move {
         let mut batch = Vec::new();
@@ -99,19 +70,15 @@ pub fn start(db: Db, run_id: i64) -> (mpsc::UnboundedSender<Record>, tokio::task
                         latest.insert(w.worker_id, w);
                         Ok(())
                     }
-                    Record::Event { worker, kind, reason } => {
-                        fleet::add_event(db.pool(), run_id, worker, kind.name(), &reason).await
-                    }
-                    Record::RunState { state, stopped } => {
-                        fleet::set_run_state(db.pool(), run_id, state, stopped).await
-                    }
+                    Record::Event { worker, kind, reason } => db.add_event(run_id, worker, kind, &reason).await,
+                    Record::RunState { state, stopped } => db.set_run_state(run_id, state, stopped).await,
                 };
                 if let Err(e) = written {
                     tracing::warn!("could not record the fleet's state: {e}");
                 }
             }
             for w in latest.values() {
-                if let Err(e) = fleet::update_worker(db.pool(), w).await {
+                if let Err(e) = db.update_worker(w).await {
                     tracing::warn!("could not record worker {}: {e}", w.worker_id);
                 }
             }

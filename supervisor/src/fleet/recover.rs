@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use shared::db::fleet::{self, FleetRun};
-use shared::db::{Db, now_ms};
+use shared::retry::RetryPolicy;
 use shared::status::Outcome;
+use shared::storage::{FleetRun, RunState, Store, now_ms};
 use shared::units::human_duration;
 
 use super::Fleet;
@@ -24,13 +24,10 @@ pub async fn wait_for_previous_workers(db_path: &std::path::Path) {
     if !db_path.exists() {
         return;
     }
-    let Ok(db) = Db::open_read_only(db_path).await else { return };
-    let pids: Vec<i64> = match fleet::latest_run(db.pool()).await {
-        Ok(Some(prev))
-            if matches!(prev.state.as_str(), "running" | "stopping")
-                && !procfs::is_running(prev.supervisor_pid, "supervisor") =>
-        {
-            fleet::run_workers(db.pool(), prev.run_id).await.unwrap_or_default().iter().filter_map(|w| w.pid).collect()
+    let Ok(db) = Store::open_read_only(db_path).await else { return };
+    let pids: Vec<i64> = match db.latest_run().await {
+        Ok(Some(prev)) if prev.state.is_live() && !procfs::is_running(prev.supervisor_pid, "supervisor") => {
+            db.run_workers(prev.run_id).await.unwrap_or_default().iter().filter_map(|w| w.pid).collect()
         }
         _ => Vec::new(),
     };
@@ -57,10 +54,9 @@ impl Fleet {
     /// Hands back what a dead worker held, at once: nothing waits for its leases. In a
     /// task of its own, so a busy database does not stall the loop.
     pub(super) fn release_claims(&self, k: u32, pid: u32, outcome: Outcome, reason: &str) {
-        let pattern = shared::db::owner_pattern(k, pid);
-        let (db, reason, max) = (self.db.clone(), reason.to_string(), self.args.job.max_attempts);
+        let (db, error, policy) = (self.db.clone(), format!("worker {k} died: {reason}"), self.args.job.retry_policy());
         self.releases.spawn(async move {
-            match shared::db::retry_busy(|| released_once(&db, &pattern, outcome, k, &reason, max)).await {
+            match db.release_process(k, pid, outcome, &error, now_ms(), &policy).await {
                 Ok(v) if !v.is_empty() => tracing::info!("worker {k}: handed back {} videos it held", v.len()),
                 Ok(_) => {}
                 Err(e) => tracing::error!("worker {k}: could not hand back its videos ({e}); their leases will lapse"),
@@ -69,45 +65,21 @@ impl Fleet {
     }
 }
 
-async fn released_once(
-    db: &Db,
-    pattern: &str,
-    outcome: Outcome,
-    k: u32,
-    reason: &str,
-    max_attempts: u32,
-) -> Result<Vec<(i64, shared::status::VideoStatus)>, shared::DbError> {
-    let mut conn = db.pool().acquire().await?;
-    shared::db::release_matching(
-        &mut conn,
-        pattern,
-        now_ms(),
-        outcome,
-        &format!("worker {k} died: {reason}"),
-        max_attempts,
-    )
-    .await
-}
-
 /// A previous run whose supervisor died left claims behind: its workers died with it
 /// (parent-death signal), so whatever they held is handed back now.
-pub(super) async fn recover_previous(db: &Db, prev: &FleetRun, max_attempts: u32) -> anyhow::Result<()> {
-    if !matches!(prev.state.as_str(), "running" | "stopping") {
+pub(super) async fn recover_previous(db: &Store, prev: &FleetRun, policy: &RetryPolicy) -> anyhow::Result<()> {
+    if !prev.state.is_live() {
         return Ok(());
     }
     let mut handed_back = 0;
-    for w in fleet::run_workers(db.pool(), prev.run_id).await? {
+    for w in db.run_workers(prev.run_id).await? {
         if let Some(pid) = w.pid {
-            let pattern = shared::db::owner_pattern(w.worker_id as u32, pid as u32);
-            let reason = format!("the supervisor of run {} died", prev.run_id);
-            handed_back += shared::db::retry_busy(|| {
-                released_once(db, &pattern, Outcome::Crashed, w.worker_id as u32, &reason, max_attempts)
-            })
-            .await?
-            .len();
+            let k = w.worker_id as u32;
+            let error = format!("worker {k} died: the supervisor of run {} died", prev.run_id);
+            handed_back += db.release_process(k, pid as u32, Outcome::Crashed, &error, now_ms(), policy).await?.len();
         }
     }
-    fleet::set_run_state(db.pool(), prev.run_id, "crashed", true).await?;
+    db.set_run_state(prev.run_id, RunState::Crashed, true).await?;
     tracing::warn!(
         "the previous run (supervisor pid {}) ended without stopping; handed back {handed_back} videos its workers held",
         prev.supervisor_pid

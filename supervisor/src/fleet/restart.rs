@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use shared::db::now_ms;
+use shared::storage::now_ms;
 use shared::units::human_duration;
 
 use super::exit_cause::ExitCause;
-use super::records::{EventKind, Incident};
+use shared::storage::EventKind;
+
+use super::records::Incident;
 use super::{Fleet, RunEnd};
 use crate::cli::CrashLoop;
 
@@ -98,7 +100,7 @@ impl Fleet {
         let fatal_exit = code == Some(shared::exit::WORKER_DB_CORRUPT as i32);
         if fatal_exit && self.fatal.is_none() {
             tracing::error!("worker {slot} found the database damaged; ending the run");
-            self.fatal = Some(shared::db::corrupt_advice(&self.db_path));
+            self.fatal = Some(shared::storage::corrupt_advice(&self.db_path));
             self.begin_stop(RunEnd::Stopped);
         }
         let cause = self.slots[slot as usize].exit_cause(&status, self.args.mem_limit);

@@ -7,8 +7,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use shared::db::fleet::{self, FleetRun};
-use shared::db::{Db, now_ms};
+use shared::storage::{FleetRun, RunState, Store, now_ms};
 use shared::units::human_bytes;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
@@ -77,9 +76,9 @@ pub async fn check_batch_has_videos(args: &StartArgs) -> anyhow::Result<()> {
         Err(_) => true,
         Ok(m) if m.len() == 0 => true,
         // A file that is not a fleet's is for `prepare` to refuse, in its own words.
-        Ok(_) => match Db::open_read_only(path).await {
+        Ok(_) => match Store::open_read_only(path).await {
             Ok(db) => {
-                let has = fleet::has_videos(db.pool()).await;
+                let has = db.has_videos().await;
                 db.close().await;
                 !has?
             }
@@ -130,24 +129,22 @@ impl Fleet {
         let exe = launch::worker_exe()?;
         let db_path = std::path::absolute(&args.db.db).context("cannot resolve --db")?;
         // One connection: every write of ours comes from this one loop, in turn.
-        let db = Db::open(&db_path, 1).await.context("cannot use the database")?;
+        let db = Store::open(&db_path, 1).await.context("cannot use the database")?;
         // Kept shard counts for this N, so status and the done check never count the table.
-        let mut conn = db.pool().acquire().await.context("cannot use the database")?;
-        shared::db::ensure_count_layout(&mut conn, args.workers).await.context("cannot count the videos by shard")?;
-        drop(conn);
-        let reader = Db::open_read_only(&db_path).await.context("cannot read the database")?;
-        if let Some(prev) = fleet::latest_run(db.pool()).await? {
+        db.ensure_count_layout(args.workers).await.context("cannot count the videos by shard")?;
+        let reader = Store::open_read_only(&db_path).await.context("cannot read the database")?;
+        if let Some(prev) = db.latest_run().await? {
             let live = procfs::is_running(prev.supervisor_pid, "supervisor");
-            if live && matches!(prev.state.as_str(), "running" | "stopping") {
+            if live && prev.state.is_live() {
                 bail!(
                     "a fleet is already running on {} (supervisor pid {}); stop it with `supervisor stop` first",
                     db_path.display(),
                     prev.supervisor_pid
                 );
             }
-            recover::recover_previous(&db, &prev, args.job.max_attempts).await?;
+            recover::recover_previous(&db, &prev, &args.job.retry_policy()).await?;
         }
-        if !fleet::has_videos(reader.pool()).await? {
+        if !reader.has_videos().await? {
             tracing::warn!(
                 "{} holds no videos yet; the workers wait for some: add them with `supervisor import FILE`",
                 db_path.display()
@@ -178,7 +175,7 @@ impl Fleet {
             host: std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()),
             started_at: now_ms(),
             stopped_at: None,
-            state: "running".into(),
+            state: RunState::Running,
             workers: args.workers as i64,
             base_port: args.base_port as i64,
             bind: args.bind.to_string(),
@@ -189,7 +186,7 @@ impl Fleet {
             log_dir: Some(log_dir.display().to_string()),
             control_token: Some(token.clone()),
         };
-        run.run_id = fleet::insert_run(db.pool(), &run).await?;
+        run.run_id = db.insert_run(&run).await?;
         let (logs, logger) = output::start(log_dir, args.workers, args.log_max_size.bytes(), args.log_keep, out)?;
         let (records, recorder) = records::start(db.clone(), run.run_id);
         let (events_tx, events) = mpsc::unbounded_channel();

@@ -5,7 +5,7 @@
 use std::ffi::CString;
 use std::time::{Duration, Instant};
 
-use shared::db::fleet::FleetWorker;
+use shared::storage::{FleetWorker, SlotStatus};
 use shared::units::ByteSize;
 
 use super::exit_cause::ExitCause;
@@ -28,13 +28,14 @@ pub enum SlotState {
 }
 
 impl SlotState {
-    pub fn name(&self) -> &'static str {
+    /// What the slot's record shows.
+    pub fn status(&self) -> SlotStatus {
         match self {
-            SlotState::Starting => "starting",
-            SlotState::Running => "running",
-            SlotState::Backoff(_) => "backoff",
-            SlotState::Errored(_) => "errored",
-            SlotState::Stopped => "stopped",
+            SlotState::Starting => SlotStatus::Starting,
+            SlotState::Running => SlotStatus::Running,
+            SlotState::Backoff(_) => SlotStatus::Backoff,
+            SlotState::Errored(_) => SlotStatus::Errored,
+            SlotState::Stopped => SlotStatus::Stopped,
         }
     }
 }
@@ -258,7 +259,7 @@ impl Slot {
             worker_id: self.id as i64,
             pid: self.pid().map(i64::from),
             port: self.port as i64,
-            state: if not_ready { "not-ready".into() } else { self.state.name().into() },
+            state: if not_ready { SlotStatus::NotReady } else { self.state.status() },
             started_at: self.started_at_ms,
             restarts: self.restarts as i64,
             last_reason: self.last_reason.as_ref().map(ToString::to_string),
@@ -267,7 +268,7 @@ impl Slot {
             memory_kills: self.memory_kills as i64,
             // When the record was taken: readers tell a live supervisor's rows (written
             // every second) from a dead one's.
-            updated_at: Some(shared::db::now_ms()),
+            updated_at: Some(shared::storage::now_ms()),
         }
     }
 }
@@ -359,7 +360,7 @@ mod tests {
         slot.crashed(ExitCause::Code(1), t0 + Duration::from_secs(1), 2_000, &policy());
         assert_eq!((slot.pid(), slot.started(), slot.restarts()), (None, None, 1));
         let record = slot.record(7, t0 + Duration::from_secs(1), Duration::from_secs(30));
-        assert_eq!(record.state, "backoff");
+        assert_eq!(record.state, SlotStatus::Backoff);
         assert_eq!(record.last_reason.as_deref(), Some("exit code 1"));
         assert_eq!((record.started_at, record.last_restart_at), (Some(1_000), Some(2_000)));
         assert_eq!((record.worker_id, record.port, record.rss_bytes), (2, 3003, Some(22)));
@@ -371,10 +372,10 @@ mod tests {
         let t0 = Instant::now();
         slot.spawned(42, t0, 0);
         let timeout = Duration::from_secs(30);
-        assert_eq!(slot.record(1, t0 + Duration::from_secs(29), timeout).state, "starting");
-        assert_eq!(slot.record(1, t0 + Duration::from_secs(31), timeout).state, "not-ready");
+        assert_eq!(slot.record(1, t0 + Duration::from_secs(29), timeout).state, SlotStatus::Starting);
+        assert_eq!(slot.record(1, t0 + Duration::from_secs(31), timeout).state, SlotStatus::NotReady);
         slot.answered(42, t0 + Duration::from_secs(32));
-        assert_eq!(slot.record(1, t0 + Duration::from_secs(33), timeout).state, "running");
+        assert_eq!(slot.record(1, t0 + Duration::from_secs(33), timeout).state, SlotStatus::Running);
     }
 
     #[test]

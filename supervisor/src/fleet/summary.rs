@@ -5,60 +5,31 @@
 
 use std::time::Duration;
 
-use shared::db::Db;
-use shared::db::fleet::{self, FleetRun};
+use shared::storage::{FleetRun, Store};
 
 use super::RunEnd;
 use super::records::Incident;
 use crate::cli::StartArgs;
 
 pub async fn build(
-    db: &Db,
+    db: &Store,
     run: &FleetRun,
     args: &StartArgs,
     took: Duration,
     history: &[Incident],
     end: RunEnd,
 ) -> anyhow::Result<String> {
-    let pool = db.pool();
-    let shards = fleet::shard_progress(pool, args.workers).await?;
+    let shards = db.shard_progress(args.workers).await?;
     let (done, failed, total) = shards.iter().fold((0, 0, 0), |(d, f, t), c| (d + c.done, f + c.failed, t + c.total()));
     // This run's attempts: those that started after it began.
-    let per_worker: Vec<(i64, i64, i64, Option<f64>)> = sqlx::query_as(
-        "SELECT video_id % ?1 AS shard, count(*), sum(outcome = 'done'), avg(CASE WHEN outcome = 'done' THEN duration_ms END) \
-         FROM attempts WHERE started_at >= ?2 GROUP BY shard ORDER BY shard",
-    )
-    .bind(args.workers)
-    .bind(run.started_at)
-    .fetch_all(pool)
-    .await?;
-    let finished_this_run: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM videos WHERE status IN ('done', 'failed') AND finished_at >= ?")
-            .bind(run.started_at)
-            .fetch_one(pool)
-            .await?;
-    let avg_ms: Option<f64> =
-        sqlx::query_scalar("SELECT avg(duration_ms) FROM attempts WHERE outcome = 'done' AND started_at >= ?")
-            .bind(run.started_at)
-            .fetch_one(pool)
-            .await?;
-    // Only done attempts carry warnings (an exec handler's stderr on success).
-    let warned: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM attempts WHERE warnings IS NOT NULL AND started_at >= ?")
-            .bind(run.started_at)
-            .fetch_one(pool)
-            .await?;
-    let attempts: i64 = per_worker.iter().map(|w| w.1).sum();
+    let this_run = db.run_totals(run.started_at, args.workers).await?;
+    let (finished_this_run, attempts, warned) = (this_run.finished, this_run.attempts(), this_run.warned);
     let secs = took.as_secs_f64().max(0.001);
     // Handlers killed for memory fail their attempt with outcome 'memory' (whoever
     // killed them: the kernel in a cgroup, or our sampler); workers killed for memory
     // are restarts (or kills on the way out) whose cause says so.
-    let handler_kills: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM attempts WHERE outcome = 'memory' AND started_at >= ?")
-            .bind(run.started_at)
-            .fetch_one(pool)
-            .await?;
-    let worker_kills = history.iter().filter(|i| i.worker_memory_kill).count() as i64;
+    let handler_kills = this_run.memory_kills;
+    let worker_kills = history.iter().filter(|i| i.worker_memory_kill).count() as u64;
     let memory_kills = handler_kills + worker_kills;
 
     let mut out = String::new();
@@ -77,7 +48,7 @@ pub async fn build(
     out.push_str(&format!(
         "this run: {finished_this_run} videos finished in {attempts} attempts · {:.1} videos/s · average {} per video\n",
         finished_this_run as f64 / secs,
-        avg_ms.map(|ms| format!("{ms:.0} ms")).unwrap_or_else(|| "-".into()),
+        this_run.avg_done_ms.map(|ms| format!("{ms:.0} ms")).unwrap_or_else(|| "-".into()),
     ));
     if warned > 0 {
         out.push_str(&format!(
@@ -86,8 +57,7 @@ pub async fn build(
     }
     out.push_str("per worker:\n");
     for (k, c) in shards.iter().enumerate() {
-        let row = per_worker.iter().find(|w| w.0 == k as i64);
-        let (att, avg) = row.map(|w| (w.1, w.3)).unwrap_or((0, None));
+        let (att, avg) = this_run.shard(k as u32).map(|s| (s.attempts, s.avg_done_ms)).unwrap_or((0, None));
         out.push_str(&format!(
             "  worker {k}: {} done, {} failed, {att} attempts this run, average {}\n",
             c.done,

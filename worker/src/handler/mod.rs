@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use shared::config::{HandlerArgs, JobArgs};
-use shared::db::Claimed;
 use shared::status::Outcome;
+use shared::storage::Claimed;
 use tokio_util::sync::CancellationToken;
 
 use crate::memory::MemoryKills;

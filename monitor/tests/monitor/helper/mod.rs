@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use shared::db::fleet::FleetRun;
+use shared::storage::{FleetRun, RunState};
 
 pub use testkit::{TestDb, WorkerProc, closed_port, spawn_fleet, spawn_worker_on as spawn_worker, wait_for};
 
@@ -48,9 +48,9 @@ pub fn fleet_run(workers: i64, base_port: u16) -> FleetRun {
         run_id: 0,
         supervisor_pid: std::process::id() as i64,
         host: None,
-        started_at: shared::db::now_ms(),
+        started_at: shared::storage::now_ms(),
         stopped_at: None,
-        state: "running".into(),
+        state: RunState::Running,
         workers,
         base_port: base_port as i64,
         bind: "0.0.0.0".into(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use shared::db::now_ms;
+use shared::storage::now_ms;
 use shared::units::{ByteSize, human_bytes};
 
 use super::{Memory, Mode};

@@ -1,4 +1,4 @@
-//! Counting videos by shard and status without counting the table.
+//! Counting videos by shard and status on SQLite, without counting the table.
 //!
 //! `video_counts` (migration 0003) holds the number of videos per `(shard, status)` for
 //! one recorded layout, `shard = video_id % workers`, and triggers on `videos` keep it
@@ -24,10 +24,30 @@
 
 use sqlx::{Connection, Executor, Row, SqliteConnection};
 
-use super::BusyRetry;
+use super::SqliteStore;
 use super::lease::parse_status;
 use crate::error::DbError;
 use crate::status::{ShardCounts, VideoStatus};
+use crate::storage::busy::{BusyRetry, retry_busy};
+
+impl SqliteStore {
+    pub(crate) async fn shard_progress(&self, workers: u32) -> Result<Vec<ShardCounts>, DbError> {
+        retry_busy(|| async { by_shard(&mut *self.pool().acquire().await?, workers).await }).await
+    }
+
+    pub(crate) async fn ensure_count_layout(&self, workers: u32) -> Result<bool, DbError> {
+        ensure_count_layout(&mut *self.pool().acquire().await?, workers).await
+    }
+
+    /// One index probe, whatever the table's size.
+    pub(crate) async fn has_videos(&self) -> Result<bool, DbError> {
+        retry_busy(|| async {
+            let any: i64 = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM videos)").fetch_one(self.pool()).await?;
+            Ok(any == 1)
+        })
+        .await
+    }
+}
 
 /// The counts as the table holds them: the layout they are kept for and one entry per
 /// `(shard, status)` row.

@@ -1,131 +1,12 @@
-//! Changes made by people rather than workers: importing videos and requeueing failed
-//! ones. Each is all or nothing.
+//! An import on SQLite: one write transaction on a connection of its own.
 
 use std::sync::Arc;
 
 use sqlx::{Connection, Executor, SqliteConnection, SqlitePool};
 
-use super::BusyRetry;
-use super::lease::parse_status;
 use crate::error::DbError;
-use crate::status::VideoStatus;
-
-/// What `requeue_video` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequeueOutcome {
-    Requeued,
-    Missing,
-    NotFailed(VideoStatus),
-}
-
-const REQUEUE: &str = "UPDATE videos SET status = 'pending', attempts = 0, run_after = 0, last_error = NULL, \
-                       last_outcome = NULL WHERE status = 'failed'";
-
-/// Puts a failed video back to pending with a fresh set of attempts, due at once.
-pub async fn requeue_video(pool: &SqlitePool, video_id: i64) -> Result<RequeueOutcome, DbError> {
-    super::retry_busy(|| async {
-        let changed = sqlx::query(sqlx::AssertSqlSafe(format!("{REQUEUE} AND video_id = ?")))
-            .bind(video_id)
-            .execute(pool)
-            .await?
-            .rows_affected();
-        if changed == 1 {
-            return Ok(RequeueOutcome::Requeued);
-        }
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM videos WHERE video_id = ?")
-            .bind(video_id)
-            .fetch_optional(pool)
-            .await?;
-        Ok(match status {
-            None => RequeueOutcome::Missing,
-            Some(s) => RequeueOutcome::NotFailed(parse_status(&s)),
-        })
-    })
-    .await
-}
-
-/// Requeues every failed video; returns how many.
-pub async fn requeue_all_failed(pool: &SqlitePool) -> Result<u64, DbError> {
-    super::retry_busy(|| async { Ok(sqlx::query(REQUEUE).execute(pool).await?.rows_affected()) }).await
-}
-
-/// Requeues exactly `ids`, all of which must be failed; if any is missing or not
-/// failed, nothing changes and the offenders are returned.
-pub async fn requeue_ids(
-    pool: &SqlitePool,
-    ids: &[i64],
-) -> Result<Result<u64, Vec<(i64, Option<VideoStatus>)>>, DbError> {
-    super::retry_busy(|| async {
-        let mut conn = pool.acquire().await?;
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        let mut bad = Vec::new();
-        for &id in ids {
-            let status: Option<String> = sqlx::query_scalar("SELECT status FROM videos WHERE video_id = ?")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            match status.as_deref().map(parse_status) {
-                Some(VideoStatus::Failed) => {}
-                other => bad.push((id, other)),
-            }
-        }
-        if !bad.is_empty() {
-            return Ok(Err(bad));
-        }
-        let mut n = 0;
-        for &id in ids {
-            n += sqlx::query(sqlx::AssertSqlSafe(format!("{REQUEUE} AND video_id = ?")))
-                .bind(id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        }
-        tx.commit().await?;
-        Ok(Ok(n))
-    })
-    .await
-}
-
-/// A video to import.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewVideo {
-    pub video_id: i64,
-    pub source: String,
-    pub payload: Option<String>,
-}
-
-/// A video to import and the line of the file it came from.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ImportRow {
-    pub line: u64,
-    pub video: NewVideo,
-}
-
-/// An id that an earlier line of the same file already had.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Repeat {
-    pub line: u64,
-    pub video_id: i64,
-    pub first_line: u64,
-}
-
-/// What an import did.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ImportReport {
-    pub inserted: u64,
-    /// Ids that were in the table before the import, left as they were.
-    pub existing: u64,
-    /// The first `EXISTING_NAMED` of them (in file order, by id within a batch): a
-    /// report names a few, not millions.
-    pub existing_ids: Vec<i64>,
-}
-
-/// Ids already in the table that a report names; the rest are only counted.
-pub const EXISTING_NAMED: usize = 10;
-
-/// Rows per INSERT: few enough statements that their overhead disappears, few enough
-/// variables (3 per row) to stay far below SQLite's limit.
-pub const IMPORT_BATCH: usize = 500;
+use crate::storage::busy::BusyRetry;
+use crate::storage::{EXISTING_NAMED, IMPORT_BATCH, ImportReport, ImportRow, Repeat};
 
 /// One import, streamed: rows are added batch by batch inside ONE write transaction,
 /// which `commit` makes visible at once and `roll_back` (or dropping it) undoes whole.
@@ -133,7 +14,7 @@ pub const IMPORT_BATCH: usize = 500;
 /// Repeats within the file are found through a temporary table of (id, first line)
 /// rather than a map in memory, so a file of any length imports in constant memory;
 /// the temporary table spills to a temporary file, not to RAM.
-pub struct Import {
+pub struct SqliteImport {
     /// A connection of its own, taken out of the pool: the pragmas set for the import
     /// and the temporary table end with it, and closing it without a commit undoes
     /// everything.
@@ -149,6 +30,12 @@ pub struct Import {
     /// Statement texts for the last batch size seen (all but the last batch are full),
     /// built once so that sqlx's statement cache finds them.
     sql: BatchSql,
+}
+
+impl std::fmt::Debug for SqliteImport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteImport").field("writing", &self.writing).field("report", &self.report).finish()
+    }
 }
 
 #[derive(Default)]
@@ -182,9 +69,9 @@ impl BatchSql {
     }
 }
 
-impl Import {
+impl SqliteImport {
     /// Takes the write lock (waiting for other writers) and prepares the import.
-    pub async fn begin(pool: &SqlitePool) -> Result<Import, DbError> {
+    pub(crate) async fn begin(pool: &SqlitePool) -> Result<SqliteImport, DbError> {
         let mut conn = pool.acquire().await?.detach();
         // The ids seen so far go to a temporary file, whatever the build's default.
         conn.execute("PRAGMA temp_store = FILE").await?;
@@ -202,7 +89,7 @@ impl Import {
         }
         let (low, high): (Option<i64>, Option<i64>) =
             sqlx::query_as("SELECT min(video_id), max(video_id) FROM main.videos").fetch_one(&mut conn).await?;
-        Ok(Import {
+        Ok(SqliteImport {
             conn,
             writing: true,
             before: low.zip(high),
@@ -213,14 +100,14 @@ impl Import {
 
     /// Stops writing rows: the caller found a bad line, so the import will be rolled
     /// back; rows added from now on are only checked for repeats.
-    pub fn stop_writing(&mut self) {
+    pub(crate) fn stop_writing(&mut self) {
         self.writing = false;
     }
 
     /// Adds rows (in file order) and returns those whose id an earlier line already
     /// had. Ids that were in the table before the import are left alone and counted in
     /// the report.
-    pub async fn add(&mut self, mut rows: Vec<ImportRow>) -> Result<Vec<Repeat>, DbError> {
+    pub(crate) async fn add(&mut self, mut rows: Vec<ImportRow>) -> Result<Vec<Repeat>, DbError> {
         let mut repeats = Vec::new();
         while !rows.is_empty() {
             let rest = rows.split_off(rows.len().min(IMPORT_BATCH));
@@ -284,7 +171,7 @@ impl Import {
     }
 
     /// Makes every row added visible at once.
-    pub async fn commit(mut self) -> Result<ImportReport, DbError> {
+    pub(crate) async fn commit(mut self) -> Result<ImportReport, DbError> {
         // A COMMIT refused as busy (readers of a rollback-journal file) leaves the
         // transaction open, so it can be tried again.
         let mut busy = BusyRetry::new();
@@ -299,7 +186,7 @@ impl Import {
     }
 
     /// Undoes everything the import did.
-    pub async fn roll_back(mut self) -> Result<(), DbError> {
+    pub(crate) async fn roll_back(mut self) -> Result<(), DbError> {
         self.conn.execute("ROLLBACK").await?;
         self.conn.close().await?;
         Ok(())

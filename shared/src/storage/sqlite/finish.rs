@@ -1,5 +1,5 @@
-//! Finishing attempts: recording done, retry-later and failed videos, fenced on the
-//! claim token so a late finisher whose lease was taken over changes nothing.
+//! Finishing attempts on SQLite: recording done, retry-later and failed videos, fenced on
+//! the claim token so a late finisher whose lease was taken over changes nothing.
 //!
 //! A batch is one `UPDATE ... FROM (VALUES ...)` statement per chunk, the values bound
 //! as parameters. (Passing the batch as a JSON array cost a third of the writer's CPU
@@ -11,32 +11,21 @@ use std::sync::OnceLock;
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 
 use crate::error::DbError;
-use crate::status::{Outcome, VideoStatus};
-
-/// How one attempt ended, ready to be written.
-#[derive(Debug, Clone)]
-pub struct Finish {
-    pub video_id: i64,
-    /// The claim token; the write only lands if the video still carries it.
-    pub token: i64,
-    /// `done`, `pending` (retry at `run_after`) or `failed`.
-    pub status: VideoStatus,
-    pub outcome: Outcome,
-    pub result: Option<String>,
-    pub error: Option<String>,
-    /// What a successful handler said on stderr (its tail); kept only for `done`.
-    pub warnings: Option<String>,
-    pub run_after: i64,
-    pub finished_at: i64,
-    pub duration_ms: i64,
-}
+use crate::status::VideoStatus;
+use crate::storage::Finish;
 
 /// Parameters a row: the `?`s of one VALUES row, in `finish_batch`'s binding order.
 const ROW_PARAMS: usize = 10;
 
 /// Rows per statement variant: powers of four up to 256 (10 parameters a row, far below
 /// SQLite's 32766-parameter limit).
-const CHUNK_SIZES: [usize; 5] = [1, 4, 16, 64, 256];
+pub(super) const CHUNK_SIZES: [usize; 5] = [1, 4, 16, 64, 256];
+
+/// The statement variant for the first chunk of `rows` rows: the smallest that holds
+/// them all, else the largest.
+pub(super) fn chunk_size(rows: usize) -> usize {
+    CHUNK_SIZES.iter().copied().find(|&n| n >= rows).unwrap_or(CHUNK_SIZES[CHUNK_SIZES.len() - 1])
+}
 
 fn statement(rows: usize) -> &'static str {
     static STATEMENTS: OnceLock<Vec<String>> = OnceLock::new();
@@ -50,8 +39,7 @@ fn statement(rows: usize) -> &'static str {
                 format!(
                     "UPDATE videos SET \
                        status = j.column3, last_outcome = j.column4, result = j.column5, \
-                       last_error = CASE WHEN j.column3 = 'done' THEN NULL ELSE j.column6 END, \
-                       warnings = CASE WHEN j.column3 = 'done' THEN j.column10 END, \
+                       last_error = j.column6, warnings = j.column10, \
                        run_after = j.column7, finished_at = j.column8, duration_ms = j.column9, \
                        lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
                      FROM (VALUES {values}) AS j \
@@ -71,21 +59,24 @@ pub async fn finish_batch(conn: &mut SqliteConnection, batch: &[Finish]) -> Resu
     let mut applied = Vec::with_capacity(batch.len());
     let mut rest = batch;
     while !rest.is_empty() {
-        let size = CHUNK_SIZES.iter().copied().find(|&n| n >= rest.len()).unwrap_or(CHUNK_SIZES[CHUNK_SIZES.len() - 1]);
+        let size = chunk_size(rest.len());
         let (chunk, tail) = rest.split_at(size.min(rest.len()));
         let mut q = sqlx::query(AssertSqlSafe(statement(size)));
         for f in chunk {
+            // A done video keeps no error and a failed one no warnings (its stderr is in
+            // its error already).
+            let done = f.status == VideoStatus::Done;
             q = q
                 .bind(f.video_id)
                 .bind(f.token)
                 .bind(f.status.as_str())
                 .bind(f.outcome.as_str())
                 .bind(f.result.as_deref())
-                .bind(f.error.as_deref())
+                .bind(f.error.as_deref().filter(|_| !done))
                 .bind(f.run_after)
                 .bind(f.finished_at)
                 .bind(f.duration_ms)
-                .bind(f.warnings.as_deref());
+                .bind(f.warnings.as_deref().filter(|_| done));
         }
         for _ in 0..(size - chunk.len()) * ROW_PARAMS {
             q = q.bind(None::<i64>);

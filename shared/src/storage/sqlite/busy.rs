@@ -5,24 +5,17 @@
 //! and the sleeper's shard starves. We install a handler that polls every few tens of
 //! microseconds instead, so the lock changes hands as soon as it is free. What is still
 //! refused after the deadline (and SQLITE_BUSY_SNAPSHOT, which no handler can wait out)
-//! is retried by `retry_busy` with jittered backoff; it never reaches a video.
+//! is retried by `storage::busy` with jittered backoff; it never reaches a video.
 
 use std::cell::Cell;
 use std::ffi::{c_int, c_void};
-use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
 use sqlx::SqliteConnection;
 
-use crate::error::DbError;
-
 /// How long one statement waits for the lock inside SQLite before it gives up.
 const HANDLER_DEADLINE: Duration = Duration::from_secs(5);
-
-/// Busy errors retried by `retry_busy` since the process started (for `/metrics`).
-pub static BUSY_RETRIES: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     /// When the current wait began. The handler runs on the connection's own thread
@@ -66,68 +59,4 @@ pub(crate) async fn install(conn: &mut SqliteConnection) -> Result<(), sqlx::Err
         return Err(sqlx::Error::Protocol(format!("sqlite3_busy_handler returned {rc}")));
     }
     Ok(())
-}
-
-/// Backoff between tries of a statement that SQLite refused as locked. Loops that hold
-/// a `&mut` connection use it directly:
-///
-/// ```ignore
-/// let mut busy = BusyRetry::new();
-/// let rows = loop {
-///     match claim(&mut conn).await {
-///         Err(e) => busy.wait(e).await?,
-///         Ok(rows) => break rows,
-///     }
-/// };
-/// ```
-#[derive(Debug)]
-pub struct BusyRetry {
-    tries: u32,
-    delay: Duration,
-}
-
-impl BusyRetry {
-    const MAX_TRIES: u32 = 200;
-
-    pub fn new() -> BusyRetry {
-        BusyRetry { tries: 0, delay: Duration::from_millis(1) }
-    }
-
-    /// Sleeps a jittered, growing interval if `e` is "database is locked" and tries are
-    /// left; otherwise hands the error back.
-    pub async fn wait(&mut self, e: DbError) -> Result<(), DbError> {
-        self.tries += 1;
-        if !e.is_busy() {
-            return Err(e);
-        }
-        if self.tries >= Self::MAX_TRIES {
-            return Err(DbError::Busy { attempts: self.tries });
-        }
-        BUSY_RETRIES.fetch_add(1, Ordering::Relaxed);
-        let jitter = rand::rng().random_range(0.5..1.5);
-        tokio::time::sleep(self.delay.mul_f64(jitter)).await;
-        self.delay = (self.delay * 2).min(Duration::from_millis(100));
-        Ok(())
-    }
-}
-
-impl Default for BusyRetry {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Runs `op` until it succeeds or fails with something other than "database is locked".
-pub async fn retry_busy<T, F, Fut>(mut op: F) -> Result<T, DbError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, DbError>>,
-{
-    let mut busy = BusyRetry::new();
-    loop {
-        match op().await {
-            Err(e) => busy.wait(e).await?,
-            ok => return ok,
-        }
-    }
 }

@@ -1,44 +1,32 @@
-//! Opening the fleet database: refusing files that are not SQLite, creating and
-//! migrating a new one (and setting WAL once, at creation), and a pool whose connections
-//! all wait for locks with the polling busy handler.
+//! Opening a SQLite fleet database: refusing files that are not SQLite (or are another
+//! application's), creating and migrating a new one (and setting WAL once, at creation),
+//! and a pool whose connections all wait for locks with the polling busy handler.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{ConnectOptions, Executor, Row};
+use sqlx::{ConnectOptions, Executor};
 
 use super::{busy, migrate};
 use crate::error::DbError;
+use crate::storage::busy::retry_busy;
 
-/// Milliseconds since the Unix epoch: the clock every time column uses.
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-/// What to tell a user whose database file is damaged: one sentence naming the file and
-/// how to get its rows back.
-pub fn corrupt_advice(path: &Path) -> String {
-    let p = path.display();
-    format!(
-        "the database {p} is damaged (SQLite reports it as corrupt); stop everything that uses it, recover its rows with `sqlite3 {p} .recover | sqlite3 {p}.recovered`, and start again on the recovered file"
-    )
-}
-
-/// An open, migrated fleet database.
+/// An open SQLite fleet database: its file and a pool whose connections all wait for
+/// locks with the polling busy handler.
 #[derive(Clone, Debug)]
-pub struct Db {
+pub struct SqliteStore {
     path: PathBuf,
     pool: SqlitePool,
 }
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
-impl Db {
+impl SqliteStore {
     /// Opens the database at `path`, creating and migrating it if it is new, and checks
     /// that it can be written. `max_connections` bounds the pool.
-    pub async fn open(path: &Path, max_connections: u32) -> Result<Db, DbError> {
+    pub async fn open(path: &Path, max_connections: u32) -> Result<SqliteStore, DbError> {
         let is_new = inspect(path)?;
         if is_new {
             create_private(path)?;
@@ -72,7 +60,7 @@ impl Db {
             .connect_with(options.synchronous(SqliteSynchronous::Full).disable_statement_logging())
             .await
             .map_err(|e| open_error(path, e))?;
-        let db = Db { path: path.to_path_buf(), pool };
+        let db = SqliteStore { path: path.to_path_buf(), pool };
         if let Err(e) = refuse_foreign(&db).await {
             db.close().await;
             return Err(e);
@@ -86,14 +74,14 @@ impl Db {
     /// to create one, and refuses a SQLite file that is not a fleet's, so a typo in
     /// `--db` neither leaves an empty database behind nor adds our tables to someone
     /// else's file.
-    pub async fn open_existing(path: &Path, max_connections: u32) -> Result<Db, DbError> {
-        Db::open_read_only(path).await?.close().await;
-        Db::open(path, max_connections).await
+    pub async fn open_existing(path: &Path, max_connections: u32) -> Result<SqliteStore, DbError> {
+        SqliteStore::open_read_only(path).await?.close().await;
+        SqliteStore::open(path, max_connections).await
     }
 
     /// Opens an existing fleet database read-only, without migrating it: for `status`,
     /// `export`, `stop`, `logs` and the monitor, which only read.
-    pub async fn open_read_only(path: &Path) -> Result<Db, DbError> {
+    pub async fn open_read_only(path: &Path) -> Result<SqliteStore, DbError> {
         let missing = || DbError::Open {
             path: path.into(),
             reason: "no such database (run `supervisor import` or `supervisor start` first)".into(),
@@ -118,7 +106,7 @@ impl Db {
             .connect_with(options)
             .await
             .map_err(|e| open_error(path, e))?;
-        let db = Db { path: path.to_path_buf(), pool };
+        let db = SqliteStore { path: path.to_path_buf(), pool };
         let read_only = |e: sqlx::Error| match &e {
             // A WAL database needs its -shm file, which a reader creates next to the file.
             sqlx::Error::Database(d) if is_read_only_code(d.code().as_deref()) => DbError::Open {
@@ -162,7 +150,7 @@ impl Db {
     /// Takes the write lock and lets it go, so an unwritable database is reported at
     /// start, not as a failure of the first video.
     async fn check_writable(&self) -> Result<(), DbError> {
-        let result = super::retry_busy(|| async {
+        let result = retry_busy(|| async {
             let mut conn = self.pool.acquire().await?;
             conn.execute("BEGIN IMMEDIATE").await?;
             conn.execute("ROLLBACK").await?;
@@ -184,8 +172,7 @@ impl Db {
 
     /// Number of rows in the videos table (a full count; not for hot paths).
     pub async fn count_videos(&self) -> Result<i64, DbError> {
-        let row = sqlx::query("SELECT count(*) AS n FROM videos").fetch_one(&self.pool).await?;
-        Ok(row.get("n"))
+        Ok(sqlx::query_scalar("SELECT count(*) FROM videos").fetch_one(&self.pool).await?)
     }
 }
 
@@ -213,7 +200,7 @@ fn is_bookkeeping(table: &str) -> bool {
 
 /// Refuses a SQLite file that holds another application's tables and none of ours, so
 /// a `--db` pointing at the wrong file never gets our schema added to it.
-async fn refuse_foreign(db: &Db) -> Result<(), DbError> {
+async fn refuse_foreign(db: &SqliteStore) -> Result<(), DbError> {
     let tables: Vec<String> = sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
         .fetch_all(&db.pool)
         .await

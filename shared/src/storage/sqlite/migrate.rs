@@ -12,8 +12,9 @@
 
 use sqlx::{Connection, Executor};
 
-use super::open::Db;
+use super::open::SqliteStore;
 use crate::error::DbError;
+use crate::storage::busy::retry_busy;
 
 /// One file of `migrations/`, embedded at build time.
 #[derive(Debug)]
@@ -24,10 +25,10 @@ pub struct Migration {
 }
 
 pub static MIGRATIONS: &[Migration] = &[
-    Migration { name: "0001_videos.sql", sql: include_str!("../../../migrations/0001_videos.sql") },
-    Migration { name: "0002_fleet.sql", sql: include_str!("../../../migrations/0002_fleet.sql") },
-    Migration { name: "0003_counts.sql", sql: include_str!("../../../migrations/0003_counts.sql") },
-    Migration { name: "0004_warnings.sql", sql: include_str!("../../../migrations/0004_warnings.sql") },
+    Migration { name: "0001_videos.sql", sql: include_str!("../../../../migrations/0001_videos.sql") },
+    Migration { name: "0002_fleet.sql", sql: include_str!("../../../../migrations/0002_fleet.sql") },
+    Migration { name: "0003_counts.sql", sql: include_str!("../../../../migrations/0003_counts.sql") },
+    Migration { name: "0004_warnings.sql", sql: include_str!("../../../../migrations/0004_warnings.sql") },
 ];
 
 /// wrangler's bookkeeping table, created with the same definition it uses.
@@ -37,12 +38,12 @@ const D1_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS d1_migrations(
     applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL
 )";
 
-pub(crate) async fn run(db: &Db) -> Result<(), DbError> {
+pub(crate) async fn run(db: &SqliteStore) -> Result<(), DbError> {
     // The common case, an up-to-date database, is answered by a read: no write lock.
     if pending(db).await?.is_empty() {
         return Ok(());
     }
-    super::retry_busy(|| async {
+    retry_busy(|| async {
         let mut conn = db.pool().acquire().await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         tx.execute(D1_MIGRATIONS_TABLE).await?;
@@ -94,7 +95,7 @@ pub(crate) async fn run(db: &Db) -> Result<(), DbError> {
 }
 
 /// Names of our migrations not yet recorded in `d1_migrations`.
-async fn pending(db: &Db) -> Result<Vec<&'static str>, DbError> {
+async fn pending(db: &SqliteStore) -> Result<Vec<&'static str>, DbError> {
     let has_table: i64 =
         sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'd1_migrations'")
             .fetch_one(db.pool())

@@ -1,4 +1,4 @@
-//! Claiming: taking a batch of due, pending videos of one shard in one statement.
+//! Claiming on SQLite: taking a batch of due, pending videos of one shard in one statement.
 //!
 //! The statement is `UPDATE ... WHERE video_id IN (SELECT ... LIMIT n) RETURNING ...`,
 //! never a read followed by a write (a deferred transaction that reads and then writes
@@ -19,26 +19,13 @@ use sqlx::{AssertSqlSafe, Executor, Row, SqliteConnection};
 
 use crate::config::{DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_SOURCE};
 use crate::error::DbError;
+use crate::storage::Claimed;
+use crate::storage::busy::BusyRetry;
 use crate::units::human_bytes;
 
 /// Largest batch one claim takes. Beyond a few hundred rows a bigger statement buys
 /// little and holds the write lock longer.
 pub const MAX_BATCH: usize = 512;
-
-/// A video this worker now holds a lease on.
-#[derive(Debug, Clone)]
-pub struct Claimed {
-    pub video_id: i64,
-    pub source: String,
-    pub payload: Option<String>,
-    /// The attempt this claim starts, from 1.
-    pub attempt: u32,
-    /// The token of this claim; finishing is fenced on it.
-    pub token: i64,
-    /// Why this video cannot run (its source or payload is above the limits, and was
-    /// not read): it is to be failed at once.
-    pub rejected: Option<String>,
-}
 
 /// Claims for one shard. The SQL text carries N, K and the batch size as literals: the
 /// expression index only matches a literal `video_id % N`, and SQLite re-prepares a
@@ -110,7 +97,7 @@ impl Claimer {
             shard_index_name(self.workers),
             self.workers
         );
-        let mut busy = super::BusyRetry::new();
+        let mut busy = BusyRetry::new();
         loop {
             match conn.execute(AssertSqlSafe(sql.as_str())).await {
                 Err(e) => busy.wait(e.into()).await?,

@@ -1,0 +1,78 @@
+//! Retrying what the database refused as busy ("database is locked", a stale snapshot):
+//! with jittered, growing sleeps, inside the storage module, so no caller ever loops on
+//! a lock and no lock ever becomes a failed video.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::RngExt;
+
+use crate::error::DbError;
+
+/// Busy errors retried since the process started (for `/metrics`).
+pub static BUSY_RETRIES: AtomicU64 = AtomicU64::new(0);
+
+/// Backoff between tries of a statement that SQLite refused as locked. Loops that hold
+/// a connection of their own use it directly:
+///
+/// ```ignore
+/// let mut busy = BusyRetry::new();
+/// let rows = loop {
+///     match claim(&mut conn).await {
+///         Err(e) => busy.wait(e).await?,
+///         Ok(rows) => break rows,
+///     }
+/// };
+/// ```
+#[derive(Debug)]
+pub struct BusyRetry {
+    tries: u32,
+    delay: Duration,
+}
+
+impl BusyRetry {
+    const MAX_TRIES: u32 = 200;
+
+    pub fn new() -> BusyRetry {
+        BusyRetry { tries: 0, delay: Duration::from_millis(1) }
+    }
+
+    /// Sleeps a jittered, growing interval if `e` is "database is locked" and tries are
+    /// left; otherwise hands the error back.
+    pub async fn wait(&mut self, e: DbError) -> Result<(), DbError> {
+        self.tries += 1;
+        if !e.is_busy() {
+            return Err(e);
+        }
+        if self.tries >= Self::MAX_TRIES {
+            return Err(DbError::Busy { attempts: self.tries });
+        }
+        BUSY_RETRIES.fetch_add(1, Ordering::Relaxed);
+        let jitter = rand::rng().random_range(0.5..1.5);
+        tokio::time::sleep(self.delay.mul_f64(jitter)).await;
+        self.delay = (self.delay * 2).min(Duration::from_millis(100));
+        Ok(())
+    }
+}
+
+impl Default for BusyRetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs `op` until it succeeds or fails with something other than "database is locked".
+pub async fn retry_busy<T, F, Fut>(mut op: F) -> Result<T, DbError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, DbError>>,
+{
+    let mut busy = BusyRetry::new();
+    loop {
+        match op().await {
+            Err(e) => busy.wait(e).await?,
+            ok => return ok,
+        }
+    }
+}

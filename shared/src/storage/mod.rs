@@ -1,0 +1,35 @@
+//! The fleet's storage, the one place that speaks SQL. Callers hold a [`Store`] and use
+//! domain verbs: a worker's [`Shard`] claims a batch, finishes it fenced, renews,
+//! reclaims and hands back leases; the store counts videos, keeps the fleet's records,
+//! imports, requeues, exports and sums up a run. Each verb dispatches to a backend
+//! (SQLite today, in `sqlite/`), and "database is locked" is retried in here (`busy.rs`),
+//! never by callers. What becomes of a failed attempt is decided by `crate::retry`, and
+//! written here as decided.
+
+mod busy;
+mod claim;
+mod counts;
+mod export;
+mod finish;
+mod fleet;
+mod import;
+mod lease;
+mod requeue;
+mod shard;
+pub mod sqlite;
+mod store;
+mod summary;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use busy::BUSY_RETRIES;
+pub use claim::Claimed;
+pub use export::{ExportFilter, ExportRow};
+pub use finish::Finish;
+pub use fleet::{EventKind, FleetEvent, FleetRun, FleetWorker, RunState, SlotStatus, UnknownWord};
+pub use import::{EXISTING_NAMED, IMPORT_BATCH, Import, ImportReport, ImportRow, NewVideo, Repeat};
+pub use lease::owner_of;
+pub use requeue::RequeueOutcome;
+pub use shard::{ClaimRound, Shard, ShardSpec};
+pub use store::{DEFAULT_LOG_FILTER, Store, corrupt_advice, now_ms};
+pub use summary::{RunTotals, ShardAttempts};

@@ -1,0 +1,128 @@
+//! The supervisor's records on SQLite: runs, worker slots and events.
+
+use super::SqliteStore;
+use crate::error::DbError;
+use crate::storage::busy::retry_busy;
+use crate::storage::{EventKind, FleetEvent, FleetRun, FleetWorker, RunState, SlotStatus, now_ms};
+
+impl SqliteStore {
+    /// Records a new run and its worker slots; returns the run id.
+    pub(crate) async fn insert_run(&self, run: &FleetRun) -> Result<i64, DbError> {
+        retry_busy(|| async {
+            let mut tx = self.pool().begin().await?;
+            let id = sqlx::query(
+                "INSERT INTO fleet_runs (supervisor_pid, host, started_at, state, workers, base_port, bind, mem_limit_bytes, \
+                 mem_enforce, handler, concurrency, log_dir, control_token) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            )
+            .bind(run.supervisor_pid)
+            .bind(&run.host)
+            .bind(run.started_at)
+            .bind(run.state.as_str())
+            .bind(run.workers)
+            .bind(run.base_port)
+            .bind(&run.bind)
+            .bind(run.mem_limit_bytes)
+            .bind(&run.mem_enforce)
+            .bind(&run.handler)
+            .bind(run.concurrency)
+            .bind(&run.log_dir)
+            .bind(&run.control_token)
+            .execute(&mut *tx)
+            .await?
+            .last_insert_rowid();
+            for k in 0..run.workers {
+                sqlx::query("INSERT INTO fleet_workers (run_id, worker_id, port, state) VALUES (?, ?, ?, ?)")
+                    .bind(id)
+                    .bind(k)
+                    .bind(run.base_port + k)
+                    .bind(SlotStatus::Starting.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(id)
+        })
+        .await
+    }
+
+    /// Writes a worker slot's current state.
+    pub(crate) async fn update_worker(&self, w: &FleetWorker) -> Result<(), DbError> {
+        retry_busy(|| async {
+            sqlx::query(
+                "UPDATE fleet_workers SET pid = ?, state = ?, started_at = ?, restarts = ?, last_reason = ?, \
+                 last_restart_at = ?, rss_bytes = ?, memory_kills = ?, updated_at = ? WHERE run_id = ? AND worker_id = ?",
+            )
+            .bind(w.pid)
+            .bind(w.state.as_str())
+            .bind(w.started_at)
+            .bind(w.restarts)
+            .bind(&w.last_reason)
+            .bind(w.last_restart_at)
+            .bind(w.rss_bytes)
+            .bind(w.memory_kills)
+            .bind(now_ms())
+            .bind(w.run_id)
+            .bind(w.worker_id)
+            .execute(self.pool())
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn add_event(
+        &self,
+        run_id: i64,
+        worker_id: u32,
+        kind: EventKind,
+        reason: &str,
+    ) -> Result<(), DbError> {
+        retry_busy(|| async {
+            sqlx::query("INSERT INTO fleet_events (run_id, worker_id, at, kind, reason) VALUES (?, ?, ?, ?, ?)")
+                .bind(run_id)
+                .bind(worker_id)
+                .bind(now_ms())
+                .bind(kind.as_str())
+                .bind(reason)
+                .execute(self.pool())
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn set_run_state(&self, run_id: i64, state: RunState, stopped: bool) -> Result<(), DbError> {
+        retry_busy(|| async {
+            sqlx::query(
+                "UPDATE fleet_runs SET state = ?, stopped_at = CASE WHEN ? THEN ? ELSE stopped_at END WHERE run_id = ?",
+            )
+            .bind(state.as_str())
+            .bind(stopped)
+            .bind(now_ms())
+            .bind(run_id)
+            .execute(self.pool())
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The most recent run, if any fleet was ever started on this database.
+    pub(crate) async fn latest_run(&self) -> Result<Option<FleetRun>, DbError> {
+        Ok(sqlx::query_as("SELECT * FROM fleet_runs ORDER BY run_id DESC LIMIT 1").fetch_optional(self.pool()).await?)
+    }
+
+    pub(crate) async fn run_workers(&self, run_id: i64) -> Result<Vec<FleetWorker>, DbError> {
+        Ok(sqlx::query_as("SELECT * FROM fleet_workers WHERE run_id = ? ORDER BY worker_id")
+            .bind(run_id)
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    pub(crate) async fn run_events(&self, run_id: i64) -> Result<Vec<FleetEvent>, DbError> {
+        Ok(sqlx::query_as("SELECT run_id, worker_id, at, kind, reason FROM fleet_events WHERE run_id = ? ORDER BY id")
+            .bind(run_id)
+            .fetch_all(self.pool())
+            .await?)
+    }
+}

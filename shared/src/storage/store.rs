@@ -1,0 +1,83 @@
+//! The handle every caller holds: an open fleet database, an enum over the backends.
+//! Opening, closing and the few questions about the database itself live here; each
+//! concern adds its verbs from a module of its own (`shard.rs`, `fleet.rs`, ...).
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::sqlite::SqliteStore;
+use crate::error::DbError;
+
+/// An open, migrated (or, read-only, recognised) fleet database. Cheap to clone: clones
+/// share the connections.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(SqliteStore),
+}
+
+impl Store {
+    /// Opens the database at `path`, creating and migrating it if it is new, and checks
+    /// that it can be written. `max_connections` bounds the pool.
+    pub async fn open(path: &Path, max_connections: u32) -> Result<Store, DbError> {
+        Ok(Store::Sqlite(SqliteStore::open(path, max_connections).await?))
+    }
+
+    /// Opens an existing fleet database for commands that change rows (`retry`); refuses
+    /// to create one, and refuses a database that is not a fleet's, so a typo in `--db`
+    /// neither leaves an empty database behind nor adds our tables to someone else's.
+    pub async fn open_existing(path: &Path, max_connections: u32) -> Result<Store, DbError> {
+        Ok(Store::Sqlite(SqliteStore::open_existing(path, max_connections).await?))
+    }
+
+    /// Opens an existing fleet database read-only, without migrating it: for `status`,
+    /// `export`, `stop`, `logs` and the monitor, which only read.
+    pub async fn open_read_only(path: &Path) -> Result<Store, DbError> {
+        Ok(Store::Sqlite(SqliteStore::open_read_only(path).await?))
+    }
+
+    /// Closes every connection (on SQLite, checkpointing the WAL).
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(s) => s.close().await,
+        }
+    }
+
+    /// A cheap round trip, for `/health`.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        match self {
+            Store::Sqlite(s) => s.ping().await,
+        }
+    }
+
+    /// Number of videos (a full count; not for hot paths).
+    pub async fn count_videos(&self) -> Result<i64, DbError> {
+        match self {
+            Store::Sqlite(s) => s.count_videos().await,
+        }
+    }
+
+    /// The SQLite backend, for shared's own tests, which check the SQL itself.
+    pub fn as_sqlite(&self) -> Option<&SqliteStore> {
+        match self {
+            Store::Sqlite(s) => Some(s),
+        }
+    }
+}
+
+/// The binaries' default log filter: info, with the database driver's own chatter (every
+/// statement at debug, any slower than a second at warn) kept to its warnings.
+pub const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn";
+
+/// Milliseconds since the Unix epoch: the clock every time column uses.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// What to tell a user whose database file is damaged: one sentence naming the file and
+/// how to get its rows back.
+pub fn corrupt_advice(path: &Path) -> String {
+    let p = path.display();
+    format!(
+        "the database {p} is damaged (SQLite reports it as corrupt); stop everything that uses it, recover its rows with `sqlite3 {p} .recover | sqlite3 {p}.recovered`, and start again on the recovered file"
+    )
+}
