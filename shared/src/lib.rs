@@ -1,5 +1,6 @@
-//! What the shardfleet binaries share: units on the command line, the database and its
-//! statements, the handler and retry flags, the `/status` types, and TLS.
+//! What the shardfleet binaries share: units on the command line, the storage (every
+//! SQL statement, behind `storage::Store`), the handler and retry flags and the retry
+//! decision, the `/status` types, and TLS.
 
 pub mod cgroup;
 pub mod config;

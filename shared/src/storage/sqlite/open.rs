@@ -26,7 +26,7 @@ const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 impl SqliteStore {
     /// Opens the database at `path`, creating and migrating it if it is new, and checks
     /// that it can be written. `max_connections` bounds the pool.
-    pub async fn open(path: &Path, max_connections: u32) -> Result<SqliteStore, DbError> {
+    pub(crate) async fn open(path: &Path, max_connections: u32) -> Result<SqliteStore, DbError> {
         let is_new = inspect(path)?;
         if is_new {
             create_private(path)?;
@@ -74,14 +74,14 @@ impl SqliteStore {
     /// to create one, and refuses a SQLite file that is not a fleet's, so a typo in
     /// `--db` neither leaves an empty database behind nor adds our tables to someone
     /// else's file.
-    pub async fn open_existing(path: &Path, max_connections: u32) -> Result<SqliteStore, DbError> {
+    pub(crate) async fn open_existing(path: &Path, max_connections: u32) -> Result<SqliteStore, DbError> {
         SqliteStore::open_read_only(path).await?.close().await;
         SqliteStore::open(path, max_connections).await
     }
 
     /// Opens an existing fleet database read-only, without migrating it: for `status`,
     /// `export`, `stop`, `logs` and the monitor, which only read.
-    pub async fn open_read_only(path: &Path) -> Result<SqliteStore, DbError> {
+    pub(crate) async fn open_read_only(path: &Path) -> Result<SqliteStore, DbError> {
         let missing = || DbError::Open {
             path: path.into(),
             reason: "no such database (run `supervisor import` or `supervisor start` first)".into(),
@@ -128,6 +128,7 @@ impl SqliteStore {
         Ok(db)
     }
 
+    /// The pool, for the SQL of this backend (and shared's own tests of it).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
@@ -142,7 +143,7 @@ impl SqliteStore {
     }
 
     /// A cheap round trip through the pool, for `/health`.
-    pub async fn ping(&self) -> Result<(), DbError> {
+    pub(crate) async fn ping(&self) -> Result<(), DbError> {
         sqlx::query("SELECT 1").fetch_one(&self.pool).await?;
         Ok(())
     }
@@ -166,12 +167,12 @@ impl SqliteStore {
     }
 
     /// Closes every connection, checkpointing the WAL.
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         self.pool.close().await;
     }
 
     /// Number of rows in the videos table (a full count; not for hot paths).
-    pub async fn count_videos(&self) -> Result<i64, DbError> {
+    pub(crate) async fn count_videos(&self) -> Result<i64, DbError> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM videos").fetch_one(&self.pool).await?)
     }
 }
