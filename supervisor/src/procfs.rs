@@ -14,9 +14,18 @@ pub fn is_running(pid: i64, name: &str) -> bool {
         return false;
     }
     match fs::read(format!("/proc/{pid}/cmdline")) {
+        // A leader that has exited has no memory left to read its command line from, so
+        // it reads empty while its other threads may still hold the process's files; a
+        // pid recycled that fast would be a kernel thread, whose parent is kthreadd (2).
+        Ok(cmd) if cmd.is_empty() => any_thread_alive(pid) && !is_kernel_thread(pid),
         Ok(cmd) => String::from_utf8_lossy(&cmd).contains(name) && any_thread_alive(pid),
         Err(_) => false,
     }
+}
+
+fn is_kernel_thread(pid: i64) -> bool {
+    let ppid = |stat: String| stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse::<i64>().ok();
+    pid == 2 || fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(ppid) == Some(2)
 }
 
 /// Whether some thread of `pid` is not yet a zombie. The leader of a threaded process
@@ -108,5 +117,25 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(!is_running(child.id() as i64, "sleep"));
+    }
+
+    #[test]
+    fn a_process_whose_main_thread_exited_is_running_until_its_last_thread_ends() {
+        // The main thread leaves with pthread_exit while another sleeps on: the leader is
+        // a zombie with an empty command line, and the process still holds its files.
+        let script = "import threading, time, ctypes\n\
+                      threading.Thread(target=lambda: time.sleep(1.0)).start()\n\
+                      ctypes.CDLL(None).pthread_exit(None)\n";
+        let mut child = std::process::Command::new("python3").args(["-c", script]).spawn().unwrap();
+        let pid = child.id() as i64;
+        let leader_gone = || fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !leader_gone() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(leader_gone(), "the main thread never exited");
+        assert!(is_running(pid, "python3"), "a process with a live thread was counted gone");
+        child.wait().unwrap();
+        assert!(!is_running(pid, "python3"));
     }
 }
