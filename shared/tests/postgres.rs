@@ -34,7 +34,10 @@ fn policy(max_attempts: u32) -> RetryPolicy {
 async fn import(db: &Store, ids: std::ops::RangeInclusive<i64>) {
     let mut import = db.begin_import().await.unwrap();
     let rows = ids
-        .map(|id| ImportRow { line: id as u64, video: NewVideo { video_id: id, source: format!("src-{id}"), payload: None } })
+        .map(|id| ImportRow {
+            line: id as u64,
+            video: NewVideo { video_id: id, source: format!("src-{id}"), payload: None },
+        })
         .collect();
     assert!(import.add(rows).await.unwrap().is_empty());
     import.commit().await.unwrap();
@@ -74,7 +77,8 @@ async fn a_shard_claims_finishes_and_counts_on_postgres_and_a_late_finisher_chan
     };
     let round = second.finish_and_claim(&[done(&again, "new")], 0, later, Duration::from_secs(10)).await.unwrap();
     assert_eq!(round.applied, [1]);
-    let late = first.finish_and_claim(&[done(&claimed.claimed[0], "old")], 0, later, Duration::from_secs(10)).await.unwrap();
+    let late =
+        first.finish_and_claim(&[done(&claimed.claimed[0], "old")], 0, later, Duration::from_secs(10)).await.unwrap();
     assert!(late.applied.is_empty(), "a late finisher changes nothing");
 
     let shards = db.shard_progress(2).await.unwrap();
@@ -82,5 +86,7 @@ async fn a_shard_claims_finishes_and_counts_on_postgres_and_a_late_finisher_chan
     assert_eq!((shards[0].pending, shards[0].done), (5, 0));
     let totals = db.run_totals(0, 2).await.unwrap();
     assert_eq!(totals.attempts(), 6, "five expired attempts and one done");
+    // Closing waits for every connection, the shard sessions' too.
+    drop((first, second));
     db.close().await;
 }
