@@ -45,6 +45,15 @@ impl DbLocation {
     }
 }
 
+/// The `--db` of a command given neither `--db` nor `FLEET_DB`: `DATABASE_URL` if it is
+/// set (the variable PostgreSQL tools and hosted platforms use), else `fleet.db`.
+pub fn default_db() -> &'static str {
+    static DEFAULT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DEFAULT.get_or_init(|| {
+        std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "fleet.db".to_string())
+    })
+}
+
 /// Why a `--db` value cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LocationError {

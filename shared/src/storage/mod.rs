@@ -31,7 +31,7 @@ pub use finish::Finish;
 pub use fleet::{EventKind, FleetEvent, FleetRun, FleetWorker, RunState, SlotStatus, UnknownWord};
 pub use import::{EXISTING_NAMED, IMPORT_BATCH, Import, ImportReport, ImportRow, NewVideo, Repeat};
 pub use lease::owner_of;
-pub use location::{DbLocation, LocationError};
+pub use location::{DbLocation, LocationError, default_db};
 pub use requeue::RequeueOutcome;
 pub use shard::{ClaimRound, Shard, ShardSpec};
 pub use store::{DEFAULT_LOG_FILTER, Store, corrupt_advice, now_ms};

@@ -2,7 +2,6 @@
 //! Opening, closing and the few questions about the database itself live here; each
 //! concern adds its verbs from a module of its own (`shard.rs`, `fleet.rs`, ...).
 
-use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::location::DbLocation;
@@ -94,9 +93,14 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// What to tell a user whose database file is damaged: one sentence naming the file and
-/// how to get its rows back.
-pub fn corrupt_advice(path: &Path) -> String {
+/// What to tell a user whose database is damaged: one sentence naming it and how to get
+/// its rows back.
+pub fn corrupt_advice(db: &DbLocation) -> String {
+    let DbLocation::Sqlite(path) = db else {
+        return format!(
+            "the database {db} reports damaged data; stop everything that uses it and have PostgreSQL's own tools (amcheck, a restore from backup) look at it"
+        );
+    };
     let p = path.display();
     format!(
         "the database {p} is damaged (SQLite reports it as corrupt); stop everything that uses it, recover its rows with `sqlite3 {p} .recover | sqlite3 {p}.recovered`, and start again on the recovered file"
