@@ -73,10 +73,11 @@ pub async fn run(args: &ImportArgs) -> Result<String, Failure> {
     let report = match result {
         Ok(report) => report,
         Err(failure) => {
-            if created && failure.code == crate::exit::USAGE {
-                if let Some(path) = args.db.db.path() {
-                    remove_database(path);
-                }
+            if created
+                && failure.code == crate::exit::USAGE
+                && let Some(path) = args.db.db.path()
+            {
+                remove_database(path);
             }
             return Err(failure);
         }
