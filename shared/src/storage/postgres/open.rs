@@ -67,6 +67,16 @@ impl PgStore {
         if read_only {
             options = options.options([("default_transaction_read_only", "on")]);
         }
+        // One connection first, so a server that is not there, or a database that does
+        // not exist, is reported as the server put it, at once: the pool would retry
+        // until its timeout and then say only that it timed out.
+        match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
+            Err(_) => return Err(bad(sqlx::Error::PoolTimedOut)),
+            Ok(Err(e)) => return Err(bad(e)),
+            Ok(Ok(conn)) => {
+                let _ = sqlx::Connection::close(conn).await;
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .min_connections(0)
