@@ -168,3 +168,37 @@ async fn a_postgres_url_that_cannot_be_used_is_refused_in_one_sentence_and_creat
     assert!(text(&out).contains("is not a database this build can use"), "{}", text(&out));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing was created");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_reaches_postgres_over_verified_tls_and_a_server_it_cannot_verify_is_refused() {
+    let Some(url) = fresh_database() else { return };
+    let Ok(ca) = std::env::var("FLEET_TEST_POSTGRES_CA") else {
+        eprintln!("skipped: FLEET_TEST_POSTGRES_CA is not set (.ci/postgres turns TLS on where openssl is found)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("videos.csv");
+    let rows: String = (1..=20).map(|i| format!("{i},v{i}\n")).collect();
+    std::fs::write(&csv, format!("video_id,source\n{rows}")).unwrap();
+    let verified = format!("{url}?sslmode=verify-full&sslrootcert={ca}");
+
+    // The CA the test server's certificate is signed by is not among the system's roots.
+    let unverified = supervisor(dir.path())
+        .args(["import"])
+        .arg(&csv)
+        .args(["--db", &format!("{url}?sslmode=verify-full")])
+        .output()
+        .unwrap();
+    // A database that cannot be reached is a runtime failure for import and start (1),
+    // as a locked SQLite file is; the read-only commands call any --db they cannot use
+    // a usage error (2).
+    assert_eq!(unverified.status.code(), Some(1), "{}", text(&unverified));
+    assert!(text(&unverified).contains("UnknownIssuer"), "{}", text(&unverified));
+
+    let import = supervisor(dir.path()).args(["import"]).arg(&csv).args(["--db", &verified]).output().unwrap();
+    assert_eq!(import.status.code(), Some(0), "{}", text(&import));
+    // The workers are handed the same URL, its TLS parameters included.
+    let run = start(dir.path(), &verified, free_ports(2), &["--sleep", "1ms", "--exit-when-done"]).output().unwrap();
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+    assert_eq!(done(&url), 20);
+}
