@@ -159,6 +159,15 @@ mod tests {
     }
 
     #[test]
+    fn the_log_format_is_a_setting_like_any_other() {
+        let s = parse_with("workers = 1\nmem-limit = \"100M\"\nsleep = \"1ms\"\nlog-format = \"json\"\n", &[]).unwrap();
+        assert_eq!(s.log_format, shared::logging::LogFormat::Json);
+        let e =
+            parse_with("workers = 1\nmem-limit = \"100M\"\nsleep = \"1ms\"\nlog-format = \"xml\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("invalid value 'xml' for '--log-format"), "{e}");
+    }
+
+    #[test]
     fn unknown_settings_and_bad_values_are_named() {
         let e = parse_with("workerz = 3\n", &[]).unwrap_err().to_string();
         assert!(e.contains("unknown setting \"workerz\""), "{e}");
