@@ -64,12 +64,13 @@ async fn under_systemd_a_worker_says_ready_reports_progress_pings_its_watchdog_a
     let t = TestDb::new().await;
     t.seed(40).await;
     let notify = NotifySocket::bind();
+    // The handler fails if it can see the worker's socket or watchdog: they are not its own.
     let mut w = spawn_worker_with_env(
         &t.path,
         0,
         1,
         0,
-        &["--sleep", "20ms", "--concurrency", "2"],
+        &["--exec", "sh -c 'sleep 0.02; test -z \"$NOTIFY_SOCKET$WATCHDOG_USEC$WATCHDOG_PID\"'", "--concurrency", "2"],
         &[("NOTIFY_SOCKET", &notify.path), ("WATCHDOG_USEC", "500000")],
     )
     .unwrap();
