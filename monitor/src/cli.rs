@@ -1,10 +1,10 @@
 //! The monitor's command line, and the validated configuration `run` takes.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use reqwest::Url;
+use shared::storage::DbLocation;
 use shared::units::{duration_arg, format_duration};
 
 /// Polls shorter than this would cost more than they show: people read a dashboard at
@@ -24,10 +24,11 @@ const DEFAULT_BASE_PORT: u16 = 3001;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "monitor", version)]
 pub struct Cli {
-    /// The fleet's SQLite database: the supervisor's records of its latest run say how
-    /// many workers there are, where they listen and the control token.
-    #[arg(long, value_name = "PATH", conflicts_with_all = ["workers", "base_port", "targets"])]
-    pub db: Option<PathBuf>,
+    /// The fleet's database (a SQLite file or a postgres:// URL): the supervisor's
+    /// records of its latest run say how many workers there are, where they listen and
+    /// the control token.
+    #[arg(long, value_name = "PATH|URL", conflicts_with_all = ["workers", "base_port", "targets"])]
+    pub db: Option<DbLocation>,
 
     /// Port of worker 0; worker K listens on base-port + K on 127.0.0.1.
     #[arg(long, value_name = "PORT", requires = "workers")]
@@ -72,7 +73,7 @@ pub struct Cli {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
     /// The supervisor's records in this database.
-    Db(PathBuf),
+    Db(DbLocation),
     /// `workers` workers on 127.0.0.1 from port `base` upwards.
     Ports { base: u16, workers: u32 },
     /// Explicit base URLs, one per worker.
@@ -149,14 +150,15 @@ impl Cli {
         }
         // The supervisor keeps its records in the same database the workers use, so in
         // the fleet's directory `monitor` alone finds everything.
-        let db = std::env::var_os("FLEET_DB").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("fleet.db"));
-        if db.exists() {
+        let named = std::env::var("FLEET_DB").ok().filter(|d| !d.is_empty());
+        let db: DbLocation =
+            named.as_deref().unwrap_or(shared::storage::default_db()).parse().map_err(|e| format!("{e}"))?;
+        if db.path().is_none_or(|p| p.exists()) {
             return Ok(Source::Db(db));
         }
         Err(format!(
-            "no workers to watch: pass --db PATH, --workers N (with --base-port, default 3001) or --targets URL,... \
-             ({} does not exist)",
-            db.display()
+            "no workers to watch: pass --db PATH|URL, --workers N (with --base-port, default 3001) or --targets URL,... \
+             ({db} does not exist)"
         ))
     }
 }

@@ -2,12 +2,10 @@
 //! range, or from a list of URLs; and, with a database, keeping up with the records
 //! (restarts, a new run) while the monitor runs.
 
-use std::path::Path;
-
 use anyhow::Context;
 use reqwest::Url;
 use shared::status::ShardCounts;
-use shared::storage::{FleetRun, FleetWorker, Store};
+use shared::storage::{DbLocation, FleetRun, FleetWorker, Store};
 
 use crate::cli::Source;
 
@@ -110,20 +108,18 @@ pub struct NewRun {
 }
 
 impl Records {
-    async fn open(path: &Path) -> anyhow::Result<Records> {
+    async fn open(path: &DbLocation) -> anyhow::Result<Records> {
         // Read-only and never migrating: watching a fleet must not change its database.
         let db = Store::open_read_only(path).await?;
-        let run = db
-            .latest_run()
-            .await
-            .with_context(|| format!("cannot read the fleet records in {}", path.display()))?
-            .with_context(|| {
-                format!(
-                    "{} has no fleet run recorded: start one with `supervisor start`, or name the workers with \
-                     --workers N or --targets URL,...",
-                    path.display()
-                )
-            })?;
+        let run =
+            db.latest_run().await.with_context(|| format!("cannot read the fleet records in {path}"))?.with_context(
+                || {
+                    format!(
+                        "{path} has no fleet run recorded: start one with `supervisor start`, or name the workers with \
+                     --workers N or --targets URL,..."
+                    )
+                },
+            )?;
         let workers = db.run_workers(run.run_id).await?;
         Ok(Records { db, run, workers })
     }

@@ -41,6 +41,26 @@ pub enum DbError {
     UnknownMigration { path: PathBuf, migration: String },
     #[error("migration {migration} failed: {source}")]
     Migration { migration: String, source: sqlx::Error },
+    #[error("cannot connect to the PostgreSQL database {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error(
+        "the PostgreSQL database {url} is not a shardfleet one (it has no videos, attempts and fleet_runs tables); run `supervisor import` or `supervisor start` on it first"
+    )]
+    NotFleetDb { url: String },
+    #[error(
+        "the PostgreSQL database {url} holds another application's tables ({tables}) and no shardfleet ones; it was left as it is: give the fleet a database of its own"
+    )]
+    ForeignDb { url: String, tables: String },
+    #[error(
+        "the PostgreSQL database {url} has a partial schema: migration {migration} is not recorded and only some of its tables exist (found {found})"
+    )]
+    PartialDb { url: String, migration: String, found: String },
+    #[error(
+        "the PostgreSQL database {url} was migrated by a newer shardfleet: it records migration {migration}, which this build does not know"
+    )]
+    UnknownDbMigration { url: String, migration: String },
+    #[error("line {line}: video {video_id} holds a NUL character, which PostgreSQL cannot store; nothing was imported")]
+    NulInText { line: u64, video_id: i64 },
     #[error("database is locked: gave up after {attempts} tries")]
     Busy { attempts: u32 },
     #[error(transparent)]
@@ -93,12 +113,17 @@ pub fn is_corrupt(e: &sqlx::Error) -> bool {
     }
 }
 
-/// Whether an sqlx error is SQLite telling us the database is locked.
+/// Whether an sqlx error is the database refusing for now what it will take later:
+/// SQLite's "database is locked" (and a stale snapshot), PostgreSQL's serialization
+/// failure, deadlock (one side is rolled back) and lock not available.
 pub fn is_busy(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => {
             let code = db.code();
-            matches!(code.as_deref(), Some("5") | Some("517") | Some("261") | Some("6"))
+            matches!(
+                code.as_deref(),
+                Some("5") | Some("517") | Some("261") | Some("6") | Some("40001") | Some("40P01") | Some("55P03")
+            )
         }
         _ => false,
     }

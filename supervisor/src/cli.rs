@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use shared::config::{HandlerArgs, JobArgs};
 use shared::logging::LogFormat;
+use shared::storage::DbLocation;
 use shared::units::{ByteSize, duration_arg};
 
 /// Runs a fleet of shardfleet workers over one SQLite database: each worker owns the
@@ -48,7 +49,7 @@ impl Command {
     }
 
     /// The database the command works on.
-    pub fn db_path(&self) -> &std::path::Path {
+    pub fn db(&self) -> &DbLocation {
         match self {
             Command::Start(a) => &a.db.db,
             Command::Import(a) => &a.db.db,
@@ -63,9 +64,12 @@ impl Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct DbArg {
-    /// The fleet's SQLite database.
-    #[arg(long, env = "FLEET_DB", default_value = "fleet.db")]
-    pub db: PathBuf,
+    /// The fleet's database: a SQLite file (default fleet.db) or a PostgreSQL URL
+    /// (postgres://user@host/dbname). Without --db or FLEET_DB, DATABASE_URL is used when
+    /// it is set.
+    #[arg(long, env = "FLEET_DB", value_name = "PATH|URL", default_value = shared::storage::default_db(),
+          hide_default_value = true, hide_env_values = true)]
+    pub db: DbLocation,
 }
 
 /// How the memory limit is enforced.

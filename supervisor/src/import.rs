@@ -64,15 +64,20 @@ pub async fn run(args: &ImportArgs) -> Result<String, Failure> {
     let limits = Limits { max_source: args.max_source_bytes, max_payload: args.max_payload_bytes };
     // The header and the format are checked before the database is touched.
     let reader = Reader::open(&args.file, limits).map_err(Failure::usage)?;
-    let created = !args.db.db.exists();
+    // A new SQLite file is removed again if the import is refused; a PostgreSQL
+    // database keeps its (empty) schema.
+    let created = args.db.db.path().is_some_and(|p| !p.exists());
     let db = Store::open(&args.db.db, 1).await.context("cannot use the database")?;
     let result = stream(reader, &db).await;
     db.close().await;
     let report = match result {
         Ok(report) => report,
         Err(failure) => {
-            if created && failure.code == crate::exit::USAGE {
-                remove_database(&args.db.db);
+            if created
+                && failure.code == crate::exit::USAGE
+                && let Some(path) = args.db.db.path()
+            {
+                remove_database(path);
             }
             return Err(failure);
         }

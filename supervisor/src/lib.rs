@@ -70,21 +70,21 @@ pub async fn run(
     hurry: CancellationToken,
     out: tracing_appender::non_blocking::NonBlocking,
 ) -> Result<Done, Failure> {
-    let db_path = command.db_path().to_path_buf();
-    run_command(command, shutdown, hurry, out).await.map_err(|f| classify(f, &db_path))
+    let db = command.db().clone();
+    run_command(command, shutdown, hurry, out).await.map_err(|f| classify(f, &db))
 }
 
 /// Two database failures read the same from every command: a file that is not the
 /// fleet's is bad input (exit 2, and it was left alone); a damaged file is told as one
 /// sentence that names it and how to recover it, not as SQLite's error code.
-fn classify(f: Failure, db_path: &std::path::Path) -> Failure {
+fn classify(f: Failure, db: &shared::storage::DbLocation) -> Failure {
     use shared::DbError;
     let db_error = || f.error.chain().find_map(|c| c.downcast_ref::<DbError>());
     if matches!(db_error(), Some(DbError::Foreign { .. } | DbError::NotFleet { .. } | DbError::NotSqlite { .. })) {
         return Failure { code: exit::USAGE, ..f };
     }
     if shared::error::chain_is_corrupt(f.error.as_ref()) {
-        Failure { code: exit::FAILURE, error: anyhow::anyhow!(shared::storage::corrupt_advice(db_path)) }
+        Failure { code: exit::FAILURE, error: anyhow::anyhow!(shared::storage::corrupt_advice(db)) }
     } else {
         f
     }

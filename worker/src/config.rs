@@ -1,12 +1,12 @@
 //! The worker's command line, and the validated configuration `run` takes.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use shared::config::{HandlerArgs, JobArgs};
 use shared::logging::LogFormat;
+use shared::storage::DbLocation;
 use shared::units::{ByteSize, duration_arg};
 
 /// A shardfleet worker: claims the videos of its shard (video_id % workers = worker-id)
@@ -45,9 +45,12 @@ pub struct Cli {
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: IpAddr,
 
-    /// The fleet's SQLite database; created and migrated if missing.
-    #[arg(long, env = "FLEET_DB", default_value = "fleet.db")]
-    pub db: PathBuf,
+    /// The fleet's database, created and migrated if missing: a SQLite file (default
+    /// fleet.db) or a PostgreSQL URL (postgres://user@host/dbname). Without --db or
+    /// FLEET_DB, DATABASE_URL is used when it is set.
+    #[arg(long, env = "FLEET_DB", value_name = "PATH|URL", default_value = shared::storage::default_db(),
+          hide_default_value = true, hide_env_values = true)]
+    pub db: DbLocation,
 
     #[command(flatten)]
     pub handler: HandlerArgs,
@@ -107,7 +110,7 @@ pub struct WorkerConfig {
     pub workers: u32,
     pub bind: IpAddr,
     pub port: u16,
-    pub db: PathBuf,
+    pub db: DbLocation,
     pub handler: HandlerArgs,
     pub job: JobArgs,
     pub control_token: Option<String>,

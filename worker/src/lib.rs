@@ -89,7 +89,7 @@ pub async fn run(
     tracing::info!(
         worker_id = config.worker_id,
         workers = config.workers,
-        db = %config.db.display(),
+        db = %config.db,
         handler = %config.handler.describe(),
         concurrency = config.job.concurrency,
         "worker started"

@@ -16,7 +16,7 @@ fn bad_input_is_one_sentence_and_a_non_zero_exit() {
     let empty = tempfile::tempdir().unwrap();
     let dir = empty.path();
     let cases: [(&[&str], &str); 7] = [
-        (&[], "monitor: no workers to watch: pass --db PATH, --workers N"),
+        (&[], "monitor: no workers to watch: pass --db PATH|URL, --workers N"),
         (&["--workers", "0"], "monitor: --workers must be at least 1"),
         (&["--targets", "ftp://127.0.0.1:3001"], "only http:// is supported"),
         (&["--targets", "http://127.0.0.1:3001,http://"], "invalid target \"http://\""),

@@ -13,6 +13,7 @@ impl Store {
     pub async fn shard_progress(&self, workers: u32) -> Result<Vec<ShardCounts>, DbError> {
         match self {
             Store::Sqlite(s) => s.shard_progress(workers).await,
+            Store::Postgres(s) => s.shard_progress(workers).await,
         }
     }
 
@@ -28,6 +29,7 @@ impl Store {
     pub async fn ensure_count_layout(&self, workers: u32) -> Result<bool, DbError> {
         match self {
             Store::Sqlite(s) => s.ensure_count_layout(workers).await,
+            Store::Postgres(s) => s.ensure_count_layout(workers).await,
         }
     }
 
@@ -35,6 +37,7 @@ impl Store {
     pub async fn has_videos(&self) -> Result<bool, DbError> {
         match self {
             Store::Sqlite(s) => s.has_videos().await,
+            Store::Postgres(s) => s.has_videos().await,
         }
     }
 }

@@ -45,6 +45,7 @@ impl Store {
     ) -> Result<BoxStream<'_, Result<ExportRow, DbError>>, DbError> {
         match self {
             Store::Sqlite(s) => s.export_rows(filter).await,
+            Store::Postgres(s) => s.export_rows(filter).await,
         }
     }
 }

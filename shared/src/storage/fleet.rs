@@ -190,6 +190,7 @@ impl Store {
     pub async fn insert_run(&self, run: &FleetRun) -> Result<i64, DbError> {
         match self {
             Store::Sqlite(s) => s.insert_run(run).await,
+            Store::Postgres(s) => s.insert_run(run).await,
         }
     }
 
@@ -197,6 +198,7 @@ impl Store {
     pub async fn update_worker(&self, w: &FleetWorker) -> Result<(), DbError> {
         match self {
             Store::Sqlite(s) => s.update_worker(w).await,
+            Store::Postgres(s) => s.update_worker(w).await,
         }
     }
 
@@ -204,6 +206,7 @@ impl Store {
     pub async fn add_event(&self, run_id: i64, worker_id: u32, kind: EventKind, reason: &str) -> Result<(), DbError> {
         match self {
             Store::Sqlite(s) => s.add_event(run_id, worker_id, kind, reason).await,
+            Store::Postgres(s) => s.add_event(run_id, worker_id, kind, reason).await,
         }
     }
 
@@ -211,6 +214,7 @@ impl Store {
     pub async fn set_run_state(&self, run_id: i64, state: RunState, stopped: bool) -> Result<(), DbError> {
         match self {
             Store::Sqlite(s) => s.set_run_state(run_id, state, stopped).await,
+            Store::Postgres(s) => s.set_run_state(run_id, state, stopped).await,
         }
     }
 
@@ -218,6 +222,7 @@ impl Store {
     pub async fn latest_run(&self) -> Result<Option<FleetRun>, DbError> {
         match self {
             Store::Sqlite(s) => s.latest_run().await,
+            Store::Postgres(s) => s.latest_run().await,
         }
     }
 
@@ -225,6 +230,7 @@ impl Store {
     pub async fn run_workers(&self, run_id: i64) -> Result<Vec<FleetWorker>, DbError> {
         match self {
             Store::Sqlite(s) => s.run_workers(run_id).await,
+            Store::Postgres(s) => s.run_workers(run_id).await,
         }
     }
 
@@ -232,6 +238,7 @@ impl Store {
     pub async fn run_events(&self, run_id: i64) -> Result<Vec<FleetEvent>, DbError> {
         match self {
             Store::Sqlite(s) => s.run_events(run_id).await,
+            Store::Postgres(s) => s.run_events(run_id).await,
         }
     }
 }

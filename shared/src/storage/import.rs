@@ -2,6 +2,7 @@
 //! memory, and reports ids that repeat within the file or were already there.
 
 use super::Store;
+use super::postgres::PgImport;
 use super::sqlite::SqliteImport;
 use crate::error::DbError;
 
@@ -52,6 +53,7 @@ pub const IMPORT_BATCH: usize = 500;
 #[derive(Debug)]
 pub enum Import {
     Sqlite(SqliteImport),
+    Postgres(PgImport),
 }
 
 impl Store {
@@ -59,6 +61,7 @@ impl Store {
     pub async fn begin_import(&self) -> Result<Import, DbError> {
         match self {
             Store::Sqlite(s) => Ok(Import::Sqlite(SqliteImport::begin(s.pool()).await?)),
+            Store::Postgres(s) => Ok(Import::Postgres(PgImport::begin(s.pool()).await?)),
         }
     }
 }
@@ -69,6 +72,7 @@ impl Import {
     pub fn stop_writing(&mut self) {
         match self {
             Import::Sqlite(i) => i.stop_writing(),
+            Import::Postgres(i) => i.stop_writing(),
         }
     }
 
@@ -78,6 +82,7 @@ impl Import {
     pub async fn add(&mut self, rows: Vec<ImportRow>) -> Result<Vec<Repeat>, DbError> {
         match self {
             Import::Sqlite(i) => i.add(rows).await,
+            Import::Postgres(i) => i.add(rows).await,
         }
     }
 
@@ -85,6 +90,7 @@ impl Import {
     pub async fn commit(self) -> Result<ImportReport, DbError> {
         match self {
             Import::Sqlite(i) => i.commit().await,
+            Import::Postgres(i) => i.commit().await,
         }
     }
 
@@ -92,6 +98,7 @@ impl Import {
     pub async fn roll_back(self) -> Result<(), DbError> {
         match self {
             Import::Sqlite(i) => i.roll_back().await,
+            Import::Postgres(i) => i.roll_back().await,
         }
     }
 }

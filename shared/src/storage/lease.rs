@@ -5,7 +5,7 @@
 
 use super::Store;
 use crate::error::DbError;
-use crate::retry::RetryPolicy;
+use crate::retry::{Ending, RetryPolicy};
 use crate::status::{Outcome, VideoStatus};
 
 impl Store {
@@ -24,6 +24,7 @@ impl Store {
     ) -> Result<Vec<(i64, VideoStatus)>, DbError> {
         match self {
             Store::Sqlite(s) => s.release_process(worker_id, pid, outcome, error, now, policy).await,
+            Store::Postgres(s) => s.release_process(worker_id, pid, outcome, error, now, policy).await,
         }
     }
 }
@@ -46,6 +47,59 @@ pub fn owner_of(owner: &str) -> Option<(u32, u32)> {
     let (worker_id, rest) = owner.strip_prefix("worker-")?.split_once('/')?;
     let (pid, _nonce) = rest.split_once(':')?;
     Some((worker_id.parse().ok()?, pid.parse().ok()?))
+}
+
+/// A running video's claim, as read before it is settled without its worker.
+pub(crate) struct Held {
+    pub video_id: i64,
+    /// None only for a row someone else set running without a claim.
+    pub token: Option<i64>,
+    pub attempts: i64,
+    pub owner: Option<String>,
+    pub started_at: Option<i64>,
+}
+
+/// A claim settled without its worker, ready to be written.
+pub(crate) struct Settle {
+    pub video_id: i64,
+    pub token: Option<i64>,
+    pub status: VideoStatus,
+    /// 1 when the attempt is handed back uncounted: the claim's increment is undone.
+    pub give_back: i64,
+    pub outcome: Outcome,
+    pub error: String,
+    pub run_after: i64,
+    pub finished_at: i64,
+    pub duration_ms: Option<i64>,
+    /// For a lapsed lease: the write lands only while it is still lapsed at this time.
+    pub lapsed_before: Option<i64>,
+}
+
+impl Settle {
+    pub(crate) fn of(
+        h: &Held,
+        policy: &RetryPolicy,
+        ending: Ending,
+        outcome: Outcome,
+        error: String,
+        now: i64,
+        lapsed_before: Option<i64>,
+    ) -> Settle {
+        let attempt = u32::try_from(h.attempts).unwrap_or(0);
+        let next = policy.next(attempt, ending, now);
+        Settle {
+            video_id: h.video_id,
+            token: h.token,
+            status: next.status(),
+            give_back: i64::from(!next.counts()),
+            outcome,
+            error,
+            run_after: next.run_after(now),
+            finished_at: now,
+            duration_ms: h.started_at.map(|s| now - s),
+            lapsed_before,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ impl Store {
     pub async fn requeue_video(&self, video_id: i64) -> Result<RequeueOutcome, DbError> {
         match self {
             Store::Sqlite(s) => s.requeue_video(video_id).await,
+            Store::Postgres(s) => s.requeue_video(video_id).await,
         }
     }
 
@@ -25,6 +26,7 @@ impl Store {
     pub async fn requeue_all_failed(&self) -> Result<u64, DbError> {
         match self {
             Store::Sqlite(s) => s.requeue_all_failed().await,
+            Store::Postgres(s) => s.requeue_all_failed().await,
         }
     }
 
@@ -33,6 +35,7 @@ impl Store {
     pub async fn requeue_ids(&self, ids: &[i64]) -> Result<Result<u64, Vec<(i64, Option<VideoStatus>)>>, DbError> {
         match self {
             Store::Sqlite(s) => s.requeue_ids(ids).await,
+            Store::Postgres(s) => s.requeue_ids(ids).await,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use super::postgres::PgShard;
 use super::sqlite::SqliteShard;
 use super::{Claimed, Finish, Store};
 use crate::config::{DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_SOURCE};
@@ -57,6 +58,7 @@ pub struct ClaimRound {
 #[derive(Debug)]
 pub enum Shard {
     Sqlite(SqliteShard),
+    Postgres(PgShard),
 }
 
 impl Store {
@@ -66,6 +68,7 @@ impl Store {
     pub async fn open_shard(&self, spec: ShardSpec) -> Result<Shard, DbError> {
         match self {
             Store::Sqlite(s) => Ok(Shard::Sqlite(SqliteShard::open(s, spec).await?)),
+            Store::Postgres(s) => Ok(Shard::Postgres(PgShard::open(s, spec).await?)),
         }
     }
 }
@@ -75,6 +78,7 @@ impl Shard {
     pub fn owner(&self) -> &str {
         match self {
             Shard::Sqlite(s) => s.owner(),
+            Shard::Postgres(s) => s.owner(),
         }
     }
 
@@ -89,6 +93,7 @@ impl Shard {
     ) -> Result<ClaimRound, DbError> {
         match self {
             Shard::Sqlite(s) => s.finish_and_claim(finishes, want, now, lease).await,
+            Shard::Postgres(s) => s.finish_and_claim(finishes, want, now, lease).await,
         }
     }
 
@@ -96,6 +101,7 @@ impl Shard {
     pub async fn renew(&mut self, expires_at: i64) -> Result<u64, DbError> {
         match self {
             Shard::Sqlite(s) => s.renew(expires_at).await,
+            Shard::Postgres(s) => s.renew(expires_at).await,
         }
     }
 
@@ -110,6 +116,7 @@ impl Shard {
     ) -> Result<Vec<(i64, VideoStatus)>, DbError> {
         match self {
             Shard::Sqlite(s) => s.reclaim_expired(now, policy).await,
+            Shard::Postgres(s) => s.reclaim_expired(now, policy).await,
         }
     }
 
@@ -118,6 +125,7 @@ impl Shard {
     pub async fn counts(&mut self) -> Result<ShardCounts, DbError> {
         match self {
             Shard::Sqlite(s) => s.counts().await,
+            Shard::Postgres(s) => s.counts().await,
         }
     }
 
@@ -126,6 +134,7 @@ impl Shard {
     pub async fn hand_back(&mut self, now: i64, error: &str, policy: &RetryPolicy) -> Result<Vec<i64>, DbError> {
         match self {
             Shard::Sqlite(s) => s.hand_back(now, error, policy).await,
+            Shard::Postgres(s) => s.hand_back(now, error, policy).await,
         }
     }
 }

@@ -47,6 +47,7 @@ impl Store {
     pub async fn run_totals(&self, since: i64, workers: u32) -> Result<RunTotals, DbError> {
         match self {
             Store::Sqlite(s) => s.run_totals(since, workers).await,
+            Store::Postgres(s) => s.run_totals(since, workers).await,
         }
     }
 }

@@ -45,9 +45,7 @@ pub struct AttemptRow {
 }
 
 fn pool(store: &Store) -> &SqlitePool {
-    match store {
-        Store::Sqlite(s) => s.pool(),
-    }
+    store.as_sqlite().expect("these helpers read SQLite; PostgreSQL ones are in testing::pg").pool()
 }
 
 const VIDEO_COLUMNS: &str = "SELECT video_id, source, payload, status, attempts, result, last_error, last_outcome, \

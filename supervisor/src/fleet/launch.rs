@@ -3,11 +3,11 @@
 //! spawn itself (`spawn.rs`: the token pipe, the cgroup join, the parent-death signal).
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use shared::storage::now_ms;
+use shared::storage::{DbLocation, now_ms};
 use shared::units::human_duration;
 
 use super::exit_cause::ExitCause;
@@ -30,7 +30,7 @@ pub(super) fn worker_exe() -> anyhow::Result<PathBuf> {
 
 /// Worker `k`'s command line: its shard, its port, and the fleet's flags it needs. The
 /// control token is not among them: it goes through a pipe (`spawn.rs`).
-fn worker_args(args: &StartArgs, k: u32, port: u16, db_path: &Path) -> Vec<OsString> {
+fn worker_args(args: &StartArgs, k: u32, port: u16, db: &DbLocation) -> Vec<OsString> {
     let mut argv: Vec<OsString> = [
         "--worker-id".to_string(),
         k.to_string(),
@@ -49,7 +49,7 @@ fn worker_args(args: &StartArgs, k: u32, port: u16, db_path: &Path) -> Vec<OsStr
     .into_iter()
     .map(OsString::from)
     .collect();
-    argv.push(db_path.as_os_str().to_owned());
+    argv.push(db.as_arg());
     argv.extend(args.handler.to_args());
     argv.extend(args.job.to_args().into_iter().map(OsString::from));
     argv
@@ -191,7 +191,7 @@ mod tests {
     #[test]
     fn a_worker_is_told_its_shard_its_port_and_the_fleet_s_limit() {
         let args = start_args(&["--workers", "3", "--sleep", "1ms", "--control-token", "secret-token-1234"]);
-        let argv = worker_args(&args, 2, 3003, Path::new("/data/fleet.db"));
+        let argv = worker_args(&args, 2, 3003, &DbLocation::Sqlite("/data/fleet.db".into()));
         assert_eq!(value_of(&argv, "--worker-id").as_deref(), Some("2"));
         assert_eq!(value_of(&argv, "--workers").as_deref(), Some("3"));
         assert_eq!(value_of(&argv, "--port").as_deref(), Some("3003"));
@@ -204,7 +204,7 @@ mod tests {
     #[test]
     fn the_control_token_is_never_on_a_worker_s_command_line_or_in_its_environment() {
         let args = start_args(&["--workers", "1", "--sleep", "1ms", "--control-token", "secret-token-1234"]);
-        let argv = worker_args(&args, 0, 3001, Path::new("/data/fleet.db"));
+        let argv = worker_args(&args, 0, 3001, &DbLocation::Sqlite("/data/fleet.db".into()));
         assert!(argv.iter().all(|a| !a.to_string_lossy().contains("secret-token-1234")), "{argv:?}");
         let env = worker_env(0, None);
         assert!(env.iter().all(|(k, v)| !k.contains("TOKEN") && !v.contains("secret-token-1234")), "{env:?}");

@@ -98,7 +98,7 @@ pub struct Fleet {
     reader: Store,
     /// The database file, absolute: workers get it as --db, and the advice about a
     /// damaged database names it.
-    db_path: PathBuf,
+    db_path: shared::storage::DbLocation,
     /// This run's record; its id tags every bookkeeping write.
     run: FleetRun,
     memory: Memory,

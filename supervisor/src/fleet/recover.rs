@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use shared::retry::RetryPolicy;
 use shared::status::Outcome;
-use shared::storage::{FleetRun, RunState, Store, now_ms};
+use shared::storage::{DbLocation, FleetRun, RunState, Store, now_ms};
 use shared::units::human_duration;
 
 use super::Fleet;
@@ -20,13 +20,17 @@ const PREVIOUS_WORKERS_WAIT: Duration = Duration::from_secs(5);
 /// Waits (bounded) until the workers of the database's last run, if its supervisor is
 /// gone, have exited and freed their ports. Reads only; a database that cannot be read
 /// here is left for `prepare` to report.
-pub async fn wait_for_previous_workers(db_path: &std::path::Path) {
-    if !db_path.exists() {
+pub async fn wait_for_previous_workers(db: &DbLocation) {
+    if db.path().is_some_and(|p| !p.exists()) {
         return;
     }
-    let Ok(db) = Store::open_read_only(db_path).await else { return };
+    let Ok(db) = Store::open_read_only(db).await else { return };
     let pids: Vec<i64> = match db.latest_run().await {
-        Ok(Some(prev)) if prev.state.is_live() && !procfs::is_running(prev.supervisor_pid, "supervisor") => {
+        Ok(Some(prev))
+            if prev.state.is_live()
+                && procfs::is_this_host(prev.host.as_deref())
+                && !procfs::is_running(prev.supervisor_pid, "supervisor") =>
+        {
             db.run_workers(prev.run_id).await.unwrap_or_default().iter().filter_map(|w| w.pid).collect()
         }
         _ => Vec::new(),

@@ -71,12 +71,14 @@ pub async fn check_batch_has_videos(args: &StartArgs) -> anyhow::Result<()> {
     if !args.exit_when_done {
         return Ok(());
     }
-    let path = &args.db.db;
-    let empty = match std::fs::metadata(path) {
-        Err(_) => true,
-        Ok(m) if m.len() == 0 => true,
-        // A file that is not a fleet's is for `prepare` to refuse, in its own words.
-        Ok(_) => match Store::open_read_only(path).await {
+    let db = &args.db.db;
+    let file = db.path().map(std::fs::metadata);
+    let empty = match file {
+        Some(Err(_)) => true,
+        Some(Ok(m)) if m.len() == 0 => true,
+        // A database that is not a fleet's (or a PostgreSQL one with no schema yet) is
+        // for `prepare` to refuse or set up, in its own words.
+        _ => match Store::open_read_only(db).await {
             Ok(db) => {
                 let has = db.has_videos().await;
                 db.close().await;
@@ -86,10 +88,7 @@ pub async fn check_batch_has_videos(args: &StartArgs) -> anyhow::Result<()> {
         },
     };
     if empty {
-        bail!(
-            "{} holds no videos, so a batch run has nothing to do; add some with `supervisor import FILE` first",
-            path.display()
-        );
+        bail!("{db} holds no videos, so a batch run has nothing to do; add some with `supervisor import FILE` first");
     }
     Ok(())
 }
@@ -127,18 +126,24 @@ impl Fleet {
     /// spawned yet.
     pub async fn prepare(args: StartArgs, out: NonBlocking) -> anyhow::Result<Fleet> {
         let exe = launch::worker_exe()?;
-        let db_path = std::path::absolute(&args.db.db).context("cannot resolve --db")?;
+        let db_path = args.db.db.absolute().context("cannot resolve --db")?;
         // One connection: every write of ours comes from this one loop, in turn.
         let db = Store::open(&db_path, 1).await.context("cannot use the database")?;
         // Kept shard counts for this N, so status and the done check never count the table.
         db.ensure_count_layout(args.workers).await.context("cannot count the videos by shard")?;
         let reader = Store::open_read_only(&db_path).await.context("cannot read the database")?;
         if let Some(prev) = db.latest_run().await? {
+            if prev.state.is_live() && !procfs::is_this_host(prev.host.as_deref()) {
+                bail!(
+                    "a fleet is already running on {db_path} from host {} (supervisor pid {}); stop it with `supervisor stop` first",
+                    prev.host.as_deref().unwrap_or("?"),
+                    prev.supervisor_pid
+                );
+            }
             let live = procfs::is_running(prev.supervisor_pid, "supervisor");
             if live && prev.state.is_live() {
                 bail!(
-                    "a fleet is already running on {} (supervisor pid {}); stop it with `supervisor stop` first",
-                    db_path.display(),
+                    "a fleet is already running on {db_path} (supervisor pid {}); stop it with `supervisor stop` first",
                     prev.supervisor_pid
                 );
             }
@@ -146,8 +151,7 @@ impl Fleet {
         }
         if !reader.has_videos().await? {
             tracing::warn!(
-                "{} holds no videos yet; the workers wait for some: add them with `supervisor import FILE`",
-                db_path.display()
+                "{db_path} holds no videos yet; the workers wait for some: add them with `supervisor import FILE`"
             );
         }
         warn_if_too_big(&args);
@@ -161,7 +165,9 @@ impl Fleet {
         );
         let log_dir = match &args.log_dir {
             Some(d) => d.clone(),
-            None => db_path.parent().unwrap_or(std::path::Path::new(".")).join("fleet-logs"),
+            // Next to a SQLite file; a PostgreSQL fleet's logs are this host's, in the
+            // working directory.
+            None => db_path.path().and_then(|p| p.parent()).unwrap_or(std::path::Path::new(".")).join("fleet-logs"),
         };
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -172,7 +178,7 @@ impl Fleet {
         let mut run = FleetRun {
             run_id: 0,
             supervisor_pid: std::process::id() as i64,
-            host: std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()),
+            host: procfs::hostname(),
             started_at: now_ms(),
             stopped_at: None,
             state: RunState::Running,

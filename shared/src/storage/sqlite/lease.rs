@@ -17,7 +17,7 @@ use crate::error::DbError;
 use crate::retry::{Ending, RetryPolicy};
 use crate::status::{Outcome, VideoStatus};
 use crate::storage::busy::retry_busy;
-use crate::storage::lease::owner_pattern;
+use crate::storage::lease::{Held, Settle, owner_pattern};
 
 /// Extends every lease `owner` holds to `expires_at`. One statement however many videos
 /// the worker runs; returns how many it renewed.
@@ -30,16 +30,6 @@ pub async fn renew_owner(conn: &mut SqliteConnection, owner: &str, expires_at: i
     .execute(conn)
     .await?;
     Ok(r.rows_affected())
-}
-
-/// A running video's claim, as read before it is settled without its worker.
-struct Held {
-    video_id: i64,
-    /// None only for a row someone else set running without a claim.
-    token: Option<i64>,
-    attempts: i64,
-    owner: Option<String>,
-    started_at: Option<i64>,
 }
 
 const HELD_COLUMNS: &str = "SELECT video_id, lease_token, attempts, lease_owner, started_at FROM videos";
@@ -110,49 +100,6 @@ pub async fn release_matching(
     let settles: Vec<Settle> =
         held(rows).iter().map(|h| Settle::of(h, policy, ending, outcome, error.to_string(), now, None)).collect();
     settle(conn, &settles).await
-}
-
-/// A claim settled without its worker, ready to be written.
-struct Settle {
-    video_id: i64,
-    token: Option<i64>,
-    status: VideoStatus,
-    /// 1 when the attempt is handed back uncounted: the claim's increment is undone.
-    give_back: i64,
-    outcome: Outcome,
-    error: String,
-    run_after: i64,
-    finished_at: i64,
-    duration_ms: Option<i64>,
-    /// For a lapsed lease: the write lands only while it is still lapsed at this time.
-    lapsed_before: Option<i64>,
-}
-
-impl Settle {
-    fn of(
-        h: &Held,
-        policy: &RetryPolicy,
-        ending: Ending,
-        outcome: Outcome,
-        error: String,
-        now: i64,
-        lapsed_before: Option<i64>,
-    ) -> Settle {
-        let attempt = u32::try_from(h.attempts).unwrap_or(0);
-        let next = policy.next(attempt, ending, now);
-        Settle {
-            video_id: h.video_id,
-            token: h.token,
-            status: next.status(),
-            give_back: i64::from(!next.counts()),
-            outcome,
-            error,
-            run_after: next.run_after(now),
-            finished_at: now,
-            duration_ms: h.started_at.map(|s| now - s),
-            lapsed_before,
-        }
-    }
 }
 
 /// Parameters a row of the settling statement.

@@ -1,0 +1,31 @@
+//! The PostgreSQL backend, for fleets that span hosts: the same tables, columns and
+//! guarantees as the SQLite backend, with PostgreSQL's own ways to get them.
+//!
+//! - Claims are one statement: `FOR UPDATE SKIP LOCKED` picks due rows no one else is
+//!   locking, the outer `UPDATE` checks `status = 'pending'` again after the lock, and N
+//!   is a literal so the partial index on `(video_id % N)` is used (`claim.rs`).
+//! - Finishes and settlements bind arrays (`unnest`), fenced on the claim's token
+//!   (`finish.rs`, `lease.rs`); the history and counts triggers are per statement, over
+//!   transition tables (`migrations/postgres/`).
+//! - Migrations run in one transaction under an advisory lock (`migrate.rs`), so hosts
+//!   that start at the same moment apply them once.
+//! - What PostgreSQL refuses for now (a deadlock, a serialization failure) is retried
+//!   like SQLite's "database is locked" (`crate::error::is_busy`).
+
+mod claim;
+mod counts;
+mod export;
+mod finish;
+mod fleet;
+mod import;
+mod lease;
+mod migrate;
+mod open;
+mod requeue;
+mod shard;
+mod summary;
+
+pub use import::PgImport;
+pub use migrate::PG_MIGRATIONS;
+pub use open::PgStore;
+pub use shard::PgShard;

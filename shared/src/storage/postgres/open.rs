@@ -1,0 +1,158 @@
+//! Connecting to a PostgreSQL fleet database: a pool, a refusal of a database that
+//! holds another application's tables, and the migrations.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Executor};
+
+use super::migrate;
+use crate::error::DbError;
+use crate::storage::location::redact;
+
+/// An open PostgreSQL fleet database: its URL (shown redacted) and a pool.
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    url: String,
+    pool: PgPool,
+}
+
+/// How long a command waits for a connection before saying the server cannot be
+/// reached: long enough for a server that is starting, short enough for a typo.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Tables our migrations create.
+pub(super) const OUR_TABLES: &[&str] =
+    &["videos", "attempts", "fleet_runs", "fleet_workers", "fleet_events", "video_counts", "video_counts_layout"];
+
+impl PgStore {
+    /// Connects, refuses another application's database, applies what migrations are
+    /// missing and returns the store.
+    pub(crate) async fn open(url: &str, max_connections: u32) -> Result<PgStore, DbError> {
+        let db = PgStore::connect(url, max_connections, false).await?;
+        if let Err(e) = db.refuse_foreign().await.and(migrate::run(&db).await) {
+            db.close().await;
+            return Err(e);
+        }
+        Ok(db)
+    }
+
+    /// Connects to a database that must already be a fleet's, and migrates it.
+    pub(crate) async fn open_existing(url: &str, max_connections: u32) -> Result<PgStore, DbError> {
+        let db = PgStore::connect(url, max_connections, false).await?;
+        if let Err(e) = db.require_fleet().await.and(migrate::run(&db).await) {
+            db.close().await;
+            return Err(e);
+        }
+        Ok(db)
+    }
+
+    /// Connects to a fleet database for reading: every transaction is read-only, so a
+    /// reader can change nothing whatever it runs.
+    pub(crate) async fn open_read_only(url: &str) -> Result<PgStore, DbError> {
+        let db = PgStore::connect(url, 2, true).await?;
+        if let Err(e) = db.require_fleet().await {
+            db.close().await;
+            return Err(e);
+        }
+        Ok(db)
+    }
+
+    async fn connect(url: &str, max_connections: u32, read_only: bool) -> Result<PgStore, DbError> {
+        let shown = redact(url);
+        let bad = |e: sqlx::Error| DbError::Connect { url: shown.clone(), reason: connect_reason(e) };
+        let mut options = PgConnectOptions::from_str(url).map_err(bad)?.disable_statement_logging();
+        options = options.application_name("shardfleet");
+        if read_only {
+            options = options.options([("default_transaction_read_only", "on")]);
+        }
+        // One connection first, so a server that is not there, or a database that does
+        // not exist, is reported as the server put it, at once: the pool would retry
+        // until its timeout and then say only that it timed out.
+        match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
+            Err(_) => return Err(bad(sqlx::Error::PoolTimedOut)),
+            Ok(Err(e)) => return Err(bad(e)),
+            Ok(Ok(conn)) => {
+                let _ = sqlx::Connection::close(conn).await;
+            }
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .min_connections(0)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(bad)?;
+        Ok(PgStore { url: shown, pool })
+    }
+
+    /// The pool, for the SQL of this backend (and shared's own tests of it).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The URL, password redacted.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub(crate) async fn ping(&self) -> Result<(), DbError> {
+        self.pool.execute("SELECT 1").await?;
+        Ok(())
+    }
+
+    pub(crate) async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub(crate) async fn count_videos(&self) -> Result<i64, DbError> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM videos").fetch_one(&self.pool).await?)
+    }
+
+    /// The tables of the schema the connection works in (`search_path`'s first).
+    pub(super) async fn tables(&self) -> Result<Vec<String>, DbError> {
+        Ok(sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn require_fleet(&self) -> Result<(), DbError> {
+        let tables = self.tables().await?;
+        if ["videos", "attempts", "fleet_runs"].iter().all(|t| tables.iter().any(|have| have == t)) {
+            Ok(())
+        } else {
+            Err(DbError::NotFleetDb { url: self.url.clone() })
+        }
+    }
+
+    /// Refuses a database that holds other tables and none of ours, so a `--db` naming
+    /// the wrong database never gets our schema added to it.
+    async fn refuse_foreign(&self) -> Result<(), DbError> {
+        let tables = self.tables().await?;
+        if tables.iter().any(|t| OUR_TABLES.contains(&t.as_str()) || t == migrate::RECORD_TABLE) {
+            return Ok(());
+        }
+        if tables.is_empty() {
+            return Ok(());
+        }
+        let mut names: Vec<String> = tables.iter().take(5).cloned().collect();
+        if tables.len() > 5 {
+            names.push(format!("and {} more", tables.len() - 5));
+        }
+        Err(DbError::ForeignDb { url: self.url.clone(), tables: names.join(", ") })
+    }
+}
+
+/// The part of a connection error a user can act on.
+fn connect_reason(e: sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(d) => d.message().to_string(),
+        sqlx::Error::PoolTimedOut => format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()),
+        sqlx::Error::Io(io) => io.to_string(),
+        other => other.to_string(),
+    }
+}
