@@ -30,13 +30,15 @@ use tokio_util::sync::CancellationToken;
 pub use config::{Cli, WorkerConfig};
 pub use runner::RunEnd;
 
-use crate::handler::Handler;
+use crate::handler::{Handler, Pacer, work_share};
 use crate::live::{Identity, Live};
 use crate::metrics::Metrics;
 use crate::runner::Runner;
 
 /// How often the worker samples its own memory for `/status`.
 const RSS_EVERY: Duration = Duration::from_secs(1);
+/// How often an HTTP worker's share of the work left is read (`feed_work_share`).
+const SHARE_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs the worker until `shutdown` fires (or its shard is done, with
 /// `--exit-when-done`). The HTTP server on `listener` serves until the runner has
@@ -85,6 +87,9 @@ pub async fn run(
     });
     let server = tokio::spawn(http::serve(listener, app, config.header_timeout, stop_serving.clone()));
     let sampler = tokio::spawn(sample_rss(live.clone(), stop_serving.clone()));
+    if let Some(pacer) = handler.pacer() {
+        tokio::spawn(feed_work_share(db.clone(), config.worker_id, config.workers, pacer, stop_serving.clone()));
+    }
 
     tracing::info!(
         worker_id = config.worker_id,
@@ -104,6 +109,26 @@ pub async fn run(
     }
     db.close().await;
     end
+}
+
+/// Once a second, tells the HTTP handler's pacer this worker's share of the fleet's
+/// work left, from the database's kept counts (a few rows): its calls go at its learnt
+/// pace times that share, so that every shard ends at the same moment (`pacer.rs` says
+/// why). A count that cannot be read leaves the share as it was.
+async fn feed_work_share(db: Store, worker_id: u32, workers: u32, pacer: Arc<Pacer>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(SHARE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                let Ok(shards) = db.shard_progress(workers).await else { continue };
+                let left: Vec<u64> = shards.iter().map(|c| c.pending + c.running).collect();
+                let worked: Vec<bool> = shards.iter().map(|c| c.running > 0).collect();
+                pacer.set_share(work_share(worker_id as usize, &left, &worked));
+            }
+        }
+    }
 }
 
 /// Keeps `/status`'s `rss_bytes` current without reading /proc per request.

@@ -18,7 +18,7 @@ use crate::memory::MemoryKills;
 
 pub use exec::{ExecHandler, STDERR_TAIL, STDOUT_LIMIT};
 pub use http::HttpHandler;
-pub use pacer::{PaceReport, Pacer};
+pub use pacer::{PaceReport, Pacer, work_share};
 pub use sleep::SleepHandler;
 
 /// One video as a handler sees it.
