@@ -1,0 +1,374 @@
+//! The storage against both backends, each test run once on a fresh SQLite file and
+//! once on a fresh PostgreSQL database (`<test>::sqlite`, `<test>::postgres`; the
+//! latter skipped, with the reason printed, when FLEET_TEST_POSTGRES_URL names no
+//! server): claiming by shard, due times, fencing of late finishers, lapsed leases,
+//! hand-backs, warnings, and the kept counts through every kind of write. What is
+//! particular to one backend is in `sqlite.rs` and `postgres.rs`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assert_exact, claim, done, ensure, finish, finish_with_warnings, import, policy, seed};
+use futures_util::TryStreamExt;
+use shared::status::{Outcome, ShardCounts, VideoStatus};
+use shared::storage::testing;
+use shared::storage::{DbLocation, ExportFilter, Finish, RequeueOutcome, ShardSpec, Store, now_ms};
+
+/// Room for two shard sessions and the test's own reads.
+async fn open(db: DbLocation) -> Store {
+    Store::open(db, 4).await.unwrap()
+}
+
+/// `on_both_backends!(name);` above `async fn name(db: Store)` makes two tests of it,
+/// `name::sqlite` and `name::postgres`, each given a fresh database of its own.
+macro_rules! on_both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().unwrap();
+                super::$name(super::open(dir.path().join("fleet.db").into()).await).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                let Some(url) = testkit::fresh_postgres().await else { return };
+                super::$name(super::open(url).await).await;
+            }
+        }
+    };
+}
+
+fn ids(claimed: &[shared::storage::Claimed]) -> Vec<i64> {
+    claimed.iter().map(|c| c.video_id).collect()
+}
+
+on_both_backends!(a_claim_takes_only_due_pending_videos_of_its_own_shard);
+async fn a_claim_takes_only_due_pending_videos_of_its_own_shard(db: Store) {
+    seed(&db, 1..=30).await;
+    testing::execute(&db, &format!("UPDATE videos SET run_after = {} WHERE video_id = 3", now_ms() + 60_000))
+        .await
+        .unwrap();
+    let mut shard = db.open_shard(ShardSpec::new(3, 0)).await.unwrap();
+    let got = claim(&mut shard, 64, now_ms(), Duration::from_secs(10)).await;
+    assert_eq!(ids(&got), [6, 9, 12, 15, 18, 21, 24, 27, 30], "video 3 is not due yet");
+    assert!(got.iter().all(|c| c.attempt == 1 && c.token == got[0].token));
+    let again = claim(&mut shard, 64, now_ms(), Duration::from_secs(10)).await;
+    assert!(again.is_empty(), "claimed videos are not claimed twice");
+}
+
+on_both_backends!(a_claim_takes_the_earliest_due_first_and_no_more_than_asked);
+async fn a_claim_takes_the_earliest_due_first_and_no_more_than_asked(db: Store) {
+    seed(&db, 1..=6).await;
+    // Video 5 has waited longest (a retry's backoff ran out long ago).
+    testing::execute(&db, "UPDATE videos SET run_after = 1 WHERE video_id = 5").await.unwrap();
+    let mut shard = db.open_shard(ShardSpec::new(1, 0)).await.unwrap();
+    let got = shard.finish_and_claim(&[], 3, now_ms(), Duration::from_secs(10)).await.unwrap();
+    // A want of 3 is claimed as 2 + 1: batches are powers of two.
+    assert_eq!(ids(&got.claimed), [5, 1, 2]);
+    assert!(!got.short, "more is due");
+    let rest = shard.finish_and_claim(&[], 8, now_ms(), Duration::from_secs(10)).await.unwrap();
+    assert_eq!(ids(&rest.claimed), [3, 4, 6]);
+    assert!(rest.short, "fewer than asked: nothing more is due");
+}
+
+on_both_backends!(a_late_finisher_whose_lease_was_taken_over_cannot_overwrite_the_newer_result);
+async fn a_late_finisher_whose_lease_was_taken_over_cannot_overwrite_the_newer_result(db: Store) {
+    seed(&db, 1..=1).await;
+    let mut first = db.open_shard(ShardSpec::new(1, 0)).await.unwrap();
+    let now = now_ms();
+    let old = claim(&mut first, 1, now, Duration::from_secs(1)).await.remove(0);
+
+    // The old worker stalls; its lease lapses and the video is taken back and claimed anew.
+    let later = now + 5_000;
+    let own = first.reclaim_expired(later, &policy(3)).await.unwrap();
+    assert!(own.is_empty(), "a worker never takes back its own leases");
+    let mut second = db.open_shard(ShardSpec::new(1, 0)).await.unwrap();
+    let taken = second.reclaim_expired(later, &policy(3)).await.unwrap();
+    assert_eq!(taken, [(1, VideoStatus::Pending)]);
+    let new = claim(&mut second, 1, later, Duration::from_secs(10)).await.remove(0);
+    assert_eq!(new.attempt, 2);
+    assert_eq!(finish(&mut second, &[done(&new, "new")]).await, [1]);
+
+    // The old worker wakes up and reports: nothing changes.
+    assert!(finish(&mut first, &[done(&old, "old")]).await.is_empty());
+    let row = testing::video(&db, 1).await.unwrap().unwrap();
+    assert_eq!((row.result.as_deref(), row.attempts, row.status), (Some("new"), 2, VideoStatus::Done));
+    let history: Vec<(i64, String, Option<String>)> =
+        testing::attempts(&db).await.unwrap().into_iter().map(|a| (a.attempt, a.outcome, a.worker)).collect();
+    assert_eq!(
+        history,
+        [(1, "expired".into(), Some(first.owner().into())), (2, "done".into(), Some(second.owner().into()))],
+        "one history row per attempt, none for the discarded late result"
+    );
+}
+
+on_both_backends!(a_renewed_lease_is_not_taken_back);
+async fn a_renewed_lease_is_not_taken_back(db: Store) {
+    seed(&db, 1..=2).await;
+    let mut worker = db.open_shard(ShardSpec::new(1, 0)).await.unwrap();
+    let mut sweeper = db.open_shard(ShardSpec::new(1, 0)).await.unwrap();
+    let now = now_ms();
+    claim(&mut worker, 2, now, Duration::from_secs(1)).await;
+    assert_eq!(worker.renew(now + 60_000).await.unwrap(), 2);
+    assert!(sweeper.reclaim_expired(now + 5_000, &policy(3)).await.unwrap().is_empty());
+    assert_eq!(testing::count_table(&db, 1).await.unwrap()[0].running, 2);
+}
+
+on_both_backends!(a_lapsed_lease_is_retried_at_once_until_its_last_attempt_then_fails_with_the_reason);
+async fn a_lapsed_lease_is_retried_at_once_until_its_last_attempt_then_fails_with_the_reason(db: Store) {
+    seed(&db, 1..=1).await;
+    let mut gone = db.open_shard(ShardSpec::new(1, 0)).await.unwrap();
+    let mut sweeper = db.open_shard(ShardSpec::new(1, 0)).await.unwrap();
+    let now = now_ms();
+    claim(&mut gone, 1, now, Duration::from_secs(1)).await;
+    let later = now + 5_000;
+    assert_eq!(sweeper.reclaim_expired(later, &policy(2)).await.unwrap(), [(1, VideoStatus::Pending)]);
+    let due = testing::video(&db, 1).await.unwrap().unwrap().run_after;
+    assert_eq!(due, later, "a lost worker's video is due again at once, with no backoff");
+
+    claim(&mut gone, 1, later, Duration::from_secs(1)).await;
+    let latest = later + 5_000;
+    assert_eq!(sweeper.reclaim_expired(latest, &policy(2)).await.unwrap(), [(1, VideoStatus::Failed)]);
+    let row = testing::video(&db, 1).await.unwrap().unwrap();
+    assert_eq!(row.attempts, 2);
+    assert_eq!(row.last_error, Some(format!("lease expired: {} stopped renewing it", gone.owner())));
+}
+
+on_both_backends!(a_released_video_gets_its_attempt_back_and_a_crashed_one_does_not);
+async fn a_released_video_gets_its_attempt_back_and_a_crashed_one_does_not(db: Store) {
+    seed(&db, 1..=2).await;
+    let mut a = db.open_shard(ShardSpec::new(2, 0)).await.unwrap();
+    let mut b = db.open_shard(ShardSpec::new(2, 1)).await.unwrap();
+    claim(&mut a, 1, now_ms(), Duration::from_secs(10)).await;
+    claim(&mut b, 1, now_ms(), Duration::from_secs(10)).await;
+    assert_eq!(a.hand_back(now_ms(), "stopping", &policy(3)).await.unwrap(), [2]);
+    // Worker 1 of this very process "died": its claims go back as a crash.
+    let pid = std::process::id();
+    let back = db.release_process(1, pid, Outcome::Crashed, "worker died", now_ms(), &policy(1)).await.unwrap();
+    assert_eq!(back, [(1, VideoStatus::Failed)]);
+    let rows: Vec<(i64, VideoStatus, i64)> =
+        testing::videos(&db).await.unwrap().into_iter().map(|v| (v.video_id, v.status, v.attempts)).collect();
+    assert_eq!(rows, [(1, VideoStatus::Failed, 1), (2, VideoStatus::Pending, 0)], "video 1 used its only attempt");
+    let outcomes: Vec<String> = testing::attempts(&db).await.unwrap().into_iter().map(|a| a.outcome).collect();
+    assert_eq!(outcomes, ["released", "crashed"]);
+}
+
+on_both_backends!(warnings_are_kept_for_a_done_attempt_and_never_for_a_failed_one);
+async fn warnings_are_kept_for_a_done_attempt_and_never_for_a_failed_one(db: Store) {
+    seed(&db, 1..=2).await;
+    let warned = Some("File ended prematurely".to_string());
+    assert_eq!(
+        finish_with_warnings(&db, 1, VideoStatus::Done, "File ended prematurely").await,
+        (warned.clone(), warned)
+    );
+    assert_eq!(finish_with_warnings(&db, 2, VideoStatus::Failed, "ignored").await, (None, None));
+    let error = testing::attempts(&db).await.unwrap().into_iter().find(|a| a.video_id == 2).unwrap().error;
+    assert_eq!(error.as_deref(), Some("exit code 1: boom"), "a failure's stderr stays in its error");
+}
+
+on_both_backends!(the_kept_counts_equal_a_full_count_through_import_claim_finish_retry_release_and_delete);
+async fn the_kept_counts_equal_a_full_count_through_import_claim_finish_retry_release_and_delete(db: Store) {
+    assert_exact(&db, 1, "fresh").await;
+    assert!(ensure(&db, 3).await);
+    import(&db, 1..=60).await;
+    assert_exact(&db, 3, "after the import").await;
+
+    let mut shard = db.open_shard(ShardSpec::new(3, 1)).await.unwrap();
+    let now = now_ms();
+    let lease = Duration::from_secs(10);
+    let got = shard.finish_and_claim(&[], 16, now, lease).await.unwrap().claimed;
+    assert_eq!(got.len(), 16);
+    assert_exact(&db, 3, "after a claim").await;
+
+    let ending =
+        |i: usize, status, outcome| Finish { status, outcome, error: Some("boom".into()), ..done(&got[i], "") };
+    let batch = [
+        ending(0, VideoStatus::Done, Outcome::Done),
+        ending(1, VideoStatus::Done, Outcome::Done),
+        ending(2, VideoStatus::Pending, Outcome::Error),
+        ending(3, VideoStatus::Failed, Outcome::Error),
+    ];
+    shard.finish_and_claim(&batch, 0, now, lease).await.unwrap();
+    assert_exact(&db, 3, "after finishing done, retry-later and failed").await;
+    let again = shard.finish_and_claim(&batch, 0, now, lease).await.unwrap();
+    assert!(again.applied.is_empty(), "a repeated finish changes nothing");
+    assert_exact(&db, 3, "after a fenced-off finish").await;
+
+    let mut someone_else = db.open_shard(ShardSpec::new(3, 1)).await.unwrap();
+    let expired = someone_else.reclaim_expired(now + 60_000, &policy(1)).await.unwrap();
+    assert_eq!(expired.len(), 12);
+    assert_exact(&db, 3, "after reclaiming lapsed leases").await;
+
+    let more = shard.finish_and_claim(&[], 4, now_ms(), lease).await.unwrap().claimed;
+    assert_eq!(more.len(), 4);
+    assert_eq!(shard.hand_back(now_ms(), "stopping", &policy(3)).await.unwrap().len(), 4);
+    assert_exact(&db, 3, "after a release").await;
+    drop((shard, someone_else));
+
+    assert!(db.requeue_all_failed().await.unwrap() > 0);
+    assert_exact(&db, 3, "after requeueing the failed").await;
+    testing::execute(&db, "DELETE FROM videos WHERE video_id % 7 = 0").await.unwrap();
+    assert_exact(&db, 3, "after deletes").await;
+}
+
+on_both_backends!(writes_from_outside_the_fleet_keep_the_counts_exact);
+async fn writes_from_outside_the_fleet_keep_the_counts_exact(db: Store) {
+    assert!(ensure(&db, 4).await);
+    let mut statements = vec![
+        "INSERT INTO videos (video_id, source) VALUES (1, 'a'), (2, 'b'), (3, 'c'), (10, 'd'), (11, 'e'), (-6, 'n')",
+        "INSERT INTO videos (video_id, source, status) VALUES (20, 'f', 'done'), (21, 'g', 'failed')",
+        "INSERT INTO videos (video_id, source) VALUES (1, 'again') ON CONFLICT (video_id) DO NOTHING",
+        "INSERT INTO videos (video_id, source) VALUES (2, 'b') ON CONFLICT (video_id) DO UPDATE SET status = 'done'",
+        "UPDATE videos SET status = 'running' WHERE video_id IN (3, 10)",
+        "UPDATE videos SET status = 'running' WHERE video_id = 3",
+        "UPDATE videos SET video_id = 13 WHERE video_id = 10",
+        "UPDATE videos SET video_id = 30, status = 'done' WHERE video_id = 11",
+        "UPDATE videos SET video_id = -7 WHERE video_id = 30",
+        "UPDATE videos SET source = 'renamed', attempts = 2",
+        "DELETE FROM videos WHERE video_id = 1",
+        "DELETE FROM videos WHERE status = 'failed'",
+    ];
+    if !db.is_postgres() {
+        // SQLite numbers a row given no id (a rowid table); PostgreSQL's video_id has
+        // no default, so it refuses such a row.
+        statements.insert(4, "INSERT INTO videos (source) VALUES ('no id given')");
+    }
+    for sql in statements {
+        testing::execute(&db, sql).await.unwrap();
+        // Negative ids belong to no shard: kept counts leave them out.
+        let (_, kept) = testing::kept_counts(&db).await.unwrap();
+        let counted: Vec<_> = testing::table_counts(&db, 4).await.unwrap().into_iter().filter(|c| c.0 >= 0).collect();
+        assert_eq!(kept, counted, "{sql}: kept counts differ from a full count");
+    }
+    testing::execute(&db, "DELETE FROM videos").await.unwrap();
+    assert_exact(&db, 4, "after deleting every row").await;
+}
+
+on_both_backends!(a_fleet_of_another_size_recounts_once_and_its_counts_stay_exact);
+async fn a_fleet_of_another_size_recounts_once_and_its_counts_stay_exact(db: Store) {
+    import(&db, 1..=50).await;
+    assert!(ensure(&db, 3).await, "the first fleet of 3 recounts");
+    assert!(!ensure(&db, 3).await, "a second starter of the same fleet does not");
+    testing::execute(&db, "UPDATE videos SET status = 'done' WHERE video_id <= 10").await.unwrap();
+    assert_exact(&db, 3, "N = 3").await;
+
+    assert!(ensure(&db, 4).await, "a fleet of 4 recounts");
+    assert_exact(&db, 4, "right after the recount for N = 4").await;
+    import(&db, 51..=70).await;
+    testing::execute(&db, "UPDATE videos SET status = 'failed' WHERE video_id % 5 = 0").await.unwrap();
+    assert_exact(&db, 4, "N = 4, after more writes").await;
+    let shards = db.shard_progress(4).await.unwrap();
+    assert_eq!(shards.iter().map(ShardCounts::total).sum::<u64>(), 70);
+}
+
+on_both_backends!(two_starters_at_once_recount_only_once);
+async fn two_starters_at_once_recount_only_once(db: Store) {
+    import(&db, 1..=2000).await;
+    let (a, b) = tokio::join!(ensure(&db, 5), ensure(&db, 5));
+    assert!(a ^ b, "exactly one of them recounted ({a}, {b})");
+    assert_exact(&db, 5, "after both").await;
+}
+
+on_both_backends!(readers_answer_from_the_kept_counts_for_their_layout_and_count_the_table_otherwise);
+async fn readers_answer_from_the_kept_counts_for_their_layout_and_count_the_table_otherwise(db: Store) {
+    import(&db, 1..=30).await;
+    ensure(&db, 3).await;
+    // Skew the kept counts so a reader that counts the table is told apart from one that
+    // reads them.
+    testing::execute(&db, "UPDATE video_counts SET videos = videos + 100 WHERE shard = 2 AND status = 'done'")
+        .await
+        .unwrap();
+
+    let shards = db.shard_progress(3).await.unwrap();
+    assert_eq!(shards[2], ShardCounts { pending: 10, running: 0, done: 100, failed: 0 });
+    let totals = db.totals().await.unwrap();
+    assert_eq!(totals, ShardCounts { pending: 30, running: 0, done: 100, failed: 0 }, "totals sum any layout");
+    let mut shard = db.open_shard(ShardSpec::new(3, 2)).await.unwrap();
+    assert_eq!(shard.counts().await.unwrap().done, 100);
+    drop(shard);
+
+    // Another layout is counted from the table.
+    let by_two = db.shard_progress(2).await.unwrap();
+    assert_eq!(by_two, [ShardCounts { pending: 15, ..Default::default() }; 2]);
+    let mut shard = db.open_shard(ShardSpec::new(2, 1)).await.unwrap();
+    assert_eq!(shard.counts().await.unwrap().pending, 15);
+}
+
+on_both_backends!(requeueing_puts_failed_videos_back_with_their_attempts_reset_and_leaves_others_alone);
+async fn requeueing_puts_failed_videos_back_with_their_attempts_reset_and_leaves_others_alone(db: Store) {
+    seed(&db, 1..=5).await;
+    for id in [1, 2, 3] {
+        testing::mark_failed(&db, id, 3, "boom").await.unwrap();
+    }
+    assert_eq!(db.requeue_video(1).await.unwrap(), RequeueOutcome::Requeued);
+    assert_eq!(db.requeue_video(4).await.unwrap(), RequeueOutcome::NotFailed(VideoStatus::Pending));
+    assert_eq!(db.requeue_video(99).await.unwrap(), RequeueOutcome::Missing);
+    let v1 = testing::video(&db, 1).await.unwrap().unwrap();
+    assert_eq!((v1.status, v1.attempts, v1.last_error), (VideoStatus::Pending, 0, None));
+
+    // A list is all or nothing: one that is not failed stops the lot.
+    let refused = db.requeue_ids(&[2, 4, 98]).await.unwrap().unwrap_err();
+    assert_eq!(refused, [(4, Some(VideoStatus::Pending)), (98, None)]);
+    assert_eq!(testing::video(&db, 2).await.unwrap().unwrap().status, VideoStatus::Failed, "nothing requeued");
+    assert_eq!(db.requeue_ids(&[2]).await.unwrap(), Ok(1));
+    assert_eq!(db.requeue_all_failed().await.unwrap(), 1, "only video 3 was left failed");
+    assert_eq!(testing::count_table(&db, 1).await.unwrap()[0], ShardCounts { pending: 5, ..Default::default() });
+    assert_exact(&db, 1, "after requeueing").await;
+}
+
+on_both_backends!(an_export_streams_every_row_in_id_order_filtered_by_status_and_warnings);
+async fn an_export_streams_every_row_in_id_order_filtered_by_status_and_warnings(db: Store) {
+    seed(&db, 1..=4).await;
+    testing::mark_failed(&db, 4, 3, "boom").await.unwrap();
+    finish_with_warnings(&db, 2, VideoStatus::Done, "w").await;
+    finish_with_warnings(&db, 3, VideoStatus::Done, "").await;
+    testing::execute(&db, "UPDATE videos SET warnings = NULL WHERE video_id = 3").await.unwrap();
+
+    let export = |filter: ExportFilter<'static>| {
+        let db = db.clone();
+        async move {
+            let rows: Vec<_> = db.export_rows(filter).await.unwrap().try_collect().await.unwrap();
+            rows.into_iter().map(|r| (r.video_id, r.status, r.warnings)).collect::<Vec<_>>()
+        }
+    };
+    let all = export(ExportFilter::default()).await;
+    assert_eq!(all.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    let statuses: &'static [VideoStatus] = &[VideoStatus::Failed, VideoStatus::Pending];
+    let some = export(ExportFilter { statuses, ..Default::default() }).await;
+    assert_eq!(some.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 4]);
+    let warned = export(ExportFilter { warned: true, ..Default::default() }).await;
+    assert_eq!(warned, [(2, VideoStatus::Done, Some("w".to_string()))]);
+}
+
+on_both_backends!(the_run_totals_count_attempts_by_shard_since_the_run_began);
+async fn the_run_totals_count_attempts_by_shard_since_the_run_began(db: Store) {
+    seed(&db, 1..=4).await;
+    let began = now_ms();
+    let lease = Duration::from_secs(10);
+    let mut even = db.open_shard(ShardSpec::new(2, 0)).await.unwrap();
+    let mut odd = db.open_shard(ShardSpec::new(2, 1)).await.unwrap();
+    let got = claim(&mut even, 2, began, lease).await;
+    let timed = |c, ms| Finish { duration_ms: ms, ..done(c, "ok") };
+    assert_eq!(finish(&mut even, &[timed(&got[0], 100), timed(&got[1], 300)]).await, [2, 4]);
+    let got = claim(&mut odd, 1, began, lease).await;
+    let failed = Finish {
+        status: VideoStatus::Failed,
+        outcome: Outcome::Memory,
+        error: Some("oom".into()),
+        ..done(&got[0], "")
+    };
+    assert_eq!(finish(&mut odd, &[failed]).await, [1]);
+
+    let totals = db.run_totals(began, 2).await.unwrap();
+    assert_eq!(totals.attempts(), 3);
+    assert_eq!(totals.finished, 3);
+    assert_eq!(totals.memory_kills, 1);
+    assert_eq!(totals.avg_done_ms, Some(200.0));
+    let shards: Vec<(u32, u64, Option<f64>)> =
+        totals.shards.iter().map(|s| (s.shard, s.attempts, s.avg_done_ms)).collect();
+    assert_eq!(shards, [(0, 2, Some(200.0)), (1, 1, None)]);
+    let later = db.run_totals(now_ms() + 60_000, 2).await.unwrap();
+    assert_eq!(later.attempts(), 0, "attempts before the run began are not its own");
+}
