@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use shared::config::{HandlerArgs, JobArgs};
+use shared::logging::LogFormat;
 use shared::storage::DbLocation;
 use shared::units::{ByteSize, duration_arg};
 
@@ -39,6 +40,14 @@ pub enum Command {
 }
 
 impl Command {
+    /// How the command logs: `start` as its flags say, the others as text.
+    pub fn log_format(&self) -> LogFormat {
+        match self {
+            Command::Start(a) => a.log_format,
+            _ => LogFormat::Text,
+        }
+    }
+
     /// The database the command works on.
     pub fn db(&self) -> &DbLocation {
         match self {
@@ -128,6 +137,12 @@ pub struct StartArgs {
     /// Rotated log files kept per worker.
     #[arg(long, default_value_t = 3)]
     pub log_keep: u32,
+
+    /// What the supervisor prints, its own lines and its workers' merged: readable text,
+    /// or one JSON object per line (for journald or Kubernetes log collectors), worker
+    /// lines naming their `worker_id`. The workers log in the same format.
+    #[arg(long, env = shared::logging::LOG_FORMAT_ENV, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// A TOML file setting any of these flags (default: fleet.toml in the working
     /// directory, if present). Flags and environment variables win over the file.

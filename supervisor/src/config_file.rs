@@ -159,6 +159,27 @@ mod tests {
     }
 
     #[test]
+    fn the_log_format_is_a_setting_like_any_other() {
+        let s = parse_with("workers = 1\nmem-limit = \"100M\"\nsleep = \"1ms\"\nlog-format = \"json\"\n", &[]).unwrap();
+        assert_eq!(s.log_format, shared::logging::LogFormat::Json);
+        let e =
+            parse_with("workers = 1\nmem-limit = \"100M\"\nsleep = \"1ms\"\nlog-format = \"xml\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("invalid value 'xml' for '--log-format"), "{e}");
+    }
+
+    #[test]
+    fn the_example_config_of_the_systemd_unit_is_one_the_supervisor_takes() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/fleet.toml");
+        let argv = ["supervisor", "start", "--config"].map(OsString::from).into_iter().chain([path.into()]).collect();
+        let s = match Cli::try_parse_from(merge(argv).unwrap()).unwrap().command {
+            Command::Start(s) => *s,
+            _ => unreachable!(),
+        };
+        assert_eq!((s.workers, s.mem_limit.to_string(), s.job.grace.as_secs()), (4, "250M".into(), 30));
+        assert_eq!(s.handler.exec.as_deref(), Some("/opt/shardfleet/analyse.sh {video_id} {source}"));
+    }
+
+    #[test]
     fn unknown_settings_and_bad_values_are_named() {
         let e = parse_with("workerz = 3\n", &[]).unwrap_err().to_string();
         assert!(e.contains("unknown setting \"workerz\""), "{e}");

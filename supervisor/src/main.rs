@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use shared::logging::{LogOptions, plain_line};
 use std::io::Write;
 use std::time::Duration;
 use supervisor::cli::Cli;
@@ -30,15 +31,14 @@ fn main() -> ExitCode {
         // at a few hundred KiB, where 100k lines cost 3 MiB of the supervisor's RSS.
         .buffered_lines_limit(4096)
         .finish(std::io::stdout());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| shared::storage::DEFAULT_LOG_FILTER.into()),
-        )
-        .with_target(false)
-        .with_writer(out.clone())
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
+    let format = cli.command.log_format();
+    let options = LogOptions {
+        ansi: std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        without_time: false,
+        target: false,
+        worker_id: None,
+    };
+    shared::logging::init(format, options, out.clone());
     // One thread: it is the thread that spawns workers, and a worker's parent-death
     // signal fires when the spawning thread exits, so it must live as long as we do.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -75,6 +75,7 @@ fn main() -> ExitCode {
                 let (wrote, written) = std::sync::mpsc::channel();
                 std::thread::spawn(move || {
                     let mut stdout = std::io::stdout().lock();
+                    let text = plain_line(format, "INFO", None, &text);
                     let _ = writeln!(stdout, "{text}").and_then(|_| stdout.flush());
                     let _ = wrote.send(());
                 });
@@ -92,7 +93,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(Failure { code, error }) => {
-            eprintln!("supervisor: {error:#}");
+            eprintln!("{}", plain_line(format, "ERROR", None, &format!("supervisor: {error:#}")));
             ExitCode::from(code)
         }
     }

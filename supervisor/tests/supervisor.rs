@@ -528,6 +528,39 @@ async fn the_config_file_sets_flags_below_the_environment_and_the_command_line()
     assert_eq!(t.video(5).await.result.as_deref(), Some("hi"));
 }
 
+#[tokio::test]
+async fn with_json_logs_from_the_config_file_every_line_of_the_fleet_is_a_json_object() {
+    let t = TestDb::new().await;
+    t.seed(20).await;
+    std::fs::write(t.dir.path().join("fleet.toml"), "log-format = \"json\"\n").unwrap();
+    let out = run_to_end(start(
+        &t,
+        2,
+        &["--mem-limit", "200M", "--exec", "sh -c 'test {video_id} != 7'", "--max-attempts", "1", "--exit-when-done"],
+    ));
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(3), "video 7 failed: {all}");
+    let lines: Vec<serde_json::Value> =
+        all.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    for l in &lines {
+        assert!(l["timestamp"].is_string() && l["level"].is_string() && l["message"].is_string(), "{l}");
+    }
+    for k in [0, 1] {
+        assert!(lines.iter().any(|l| l["worker_id"] == k && l["message"] == "worker started"), "worker {k}: {all}");
+    }
+    assert!(lines.iter().any(|l| l["worker_id"] == 1 && l["video_id"] == 7 && l["level"] == "WARN"), "{all}");
+    let summary = lines.last().unwrap()["message"].as_str().unwrap();
+    assert!(summary.contains("videos: 19 done, 1 failed, 20 in all"), "the summary is the last object: {summary}");
+
+    let bad = supervisor(t.dir.path())
+        .env("FLEET_LOG_FORMAT", "xml")
+        .args(["start", "--workers", "1", "--mem-limit", "200M", "--sleep", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad).contains("invalid value 'xml' for '--log-format"), "{}", text(&bad));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_stops_the_fleet_at_once_and_hands_back_what_it_held() {
     let t = TestDb::new().await;

@@ -45,7 +45,11 @@ fn a_database_wrangler_migrated_runs_the_fleet_and_wrangler_then_has_nothing_to_
     let dir = tempfile::tempdir().unwrap();
     let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
     std::fs::create_dir(dir.path().join("migrations")).unwrap();
-    for f in std::fs::read_dir(&migrations).unwrap().flatten() {
+    // Only the SQLite files: `migrations/postgres/` is the other backend's and
+    // wrangler, like a user's D1 project, reads only the top folder's .sql files.
+    for f in
+        std::fs::read_dir(&migrations).unwrap().flatten().filter(|f| f.path().extension().is_some_and(|e| e == "sql"))
+    {
         std::fs::copy(f.path(), dir.path().join("migrations").join(f.file_name())).unwrap();
     }
     std::fs::write(

@@ -216,6 +216,19 @@ pub fn spawn_worker(db: &Path, k: u32, n: u32, args: &[&str]) -> WorkerProc {
 /// Starts worker `k` of `n` on `port` (0: any free port) with `args` added, and waits
 /// until it listens; an error carries its logs.
 pub fn spawn_worker_on(db: &Path, k: u32, n: u32, port: u16, args: &[&str]) -> Result<WorkerProc, String> {
+    spawn_worker_with_env(db, k, n, port, args, &[])
+}
+
+/// Starts worker `k` of `n` on `port` (0: any free port) with `args` added and these
+/// environment variables set, and waits until it listens; an error carries its logs.
+pub fn spawn_worker_with_env(
+    db: &Path,
+    k: u32,
+    n: u32,
+    port: u16,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<WorkerProc, String> {
     let mut child = Command::new(worker_bin())
         .args(["--worker-id", &k.to_string(), "--workers", &n.to_string(), "--port", &port.to_string(), "--db"])
         .arg(db)
@@ -224,6 +237,12 @@ pub fn spawn_worker_on(db: &Path, k: u32, n: u32, port: u16, args: &[&str]) -> R
         .env_remove("WORKER_CONCURRENCY")
         .env_remove("FLEET_CONTROL_TOKEN")
         .env_remove("FLEET_CA_CERT")
+        // A test run under a service manager must not have its workers talk to it.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("FLEET_LOG_FORMAT")
+        .envs(env.iter().copied())
         .current_dir(db.parent().unwrap())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -238,8 +257,11 @@ pub fn spawn_worker_on(db: &Path, k: u32, n: u32, port: u16, args: &[&str]) -> R
         let (logs, port_tx) = (logs.clone(), port_tx.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                // The port is the digits after the address, whatever follows them (the
+                // closing quote of a JSON log line).
                 if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
-                    let _ = port_tx.send(rest.trim().parse::<u16>().unwrap());
+                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    let _ = port_tx.send(digits.parse::<u16>().unwrap());
                 }
                 logs.lock().unwrap().push(line);
             }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use shared::config::{HandlerArgs, JobArgs};
+use shared::logging::LogFormat;
 use shared::storage::DbLocation;
 use shared::units::{ByteSize, duration_arg};
 
@@ -14,9 +15,16 @@ use shared::units::{ByteSize, duration_arg};
 #[derive(Parser, Debug, Clone)]
 #[command(name = "worker", version)]
 pub struct Cli {
-    /// This worker's shard, from 0 to workers-1.
-    #[arg(long, env = "WORKER_ID")]
-    pub worker_id: u32,
+    /// This worker's shard, from 0 to workers-1. Required, unless
+    /// --worker-id-from-hostname says where else to find it.
+    #[arg(long, env = "WORKER_ID", value_parser = worker_id_arg)]
+    pub worker_id: Option<u32>,
+
+    /// Take the worker id from the host name's trailing ordinal (`shardfleet-3` is 3),
+    /// as a Kubernetes StatefulSet names its pods. For clusters whose pods lack the
+    /// apps.kubernetes.io/pod-index label that WORKER_ID can come from.
+    #[arg(long, env = "FLEET_WORKER_ID_FROM_HOSTNAME", conflicts_with = "worker_id")]
+    pub worker_id_from_hostname: bool,
 
     /// Number of workers (shards) in the fleet.
     #[arg(long, env = "FLEET_WORKERS")]
@@ -88,6 +96,11 @@ pub struct Cli {
     /// Why the supervisor last restarted this slot (set by the supervisor).
     #[arg(long, env = "FLEET_LAST_RESTART_REASON", hide = true)]
     pub last_restart_reason: Option<String>,
+
+    /// Log lines as readable text, or as one JSON object each (for journald or
+    /// Kubernetes log collectors).
+    #[arg(long, env = shared::logging::LOG_FORMAT_ENV, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// Everything `run` needs, checked.
@@ -111,15 +124,33 @@ pub struct WorkerConfig {
 }
 
 impl Cli {
+    /// The worker id: given, or read from the host name when asked to. Never guessed:
+    /// a worker without one (a Deployment's pod, a unit without `%i`) refuses to start.
+    pub fn resolve_worker_id(&self) -> Result<u32, String> {
+        match (self.worker_id, self.worker_id_from_hostname) {
+            (Some(k), _) => Ok(k),
+            (None, true) => {
+                let name = nix::unistd::gethostname()
+                    .map_err(|e| format!("--worker-id-from-hostname: cannot read the host name: {e}"))?;
+                worker_id_from_name(&name.to_string_lossy())
+            }
+            (None, false) => Err("no worker id: give --worker-id K (or WORKER_ID), each worker of the fleet its own \
+                 from 0 to workers-1; a Kubernetes StatefulSet sets WORKER_ID from its pods' \
+                 apps.kubernetes.io/pod-index label (a Deployment cannot number its pods, so it cannot run workers)"
+                .into()),
+        }
+    }
+
     /// Checks the flags against each other; the error is one sentence for the user.
     pub fn into_config(self) -> Result<WorkerConfig, String> {
         if self.workers == 0 {
             return Err("--workers must be at least 1".into());
         }
-        if self.worker_id >= self.workers {
+        let worker_id = self.resolve_worker_id()?;
+        if worker_id >= self.workers {
+            let from = if self.worker_id.is_some() { "--worker-id" } else { "the host name's worker id" };
             return Err(format!(
-                "--worker-id {} is out of range: with --workers {} it must be between 0 and {}",
-                self.worker_id,
+                "{from} {worker_id} is out of range: with --workers {} it must be between 0 and {}",
                 self.workers,
                 self.workers - 1
             ));
@@ -137,16 +168,14 @@ impl Cli {
         }
         let port = match self.port {
             Some(p) => p,
-            None => self
-                .base_port
-                .checked_add(self.worker_id as u16)
-                .filter(|_| self.worker_id <= u16::MAX as u32)
-                .ok_or_else(|| {
-                    format!("--base-port {} + worker id {} is past port 65535", self.base_port, self.worker_id)
-                })?,
+            None => {
+                self.base_port.checked_add(worker_id as u16).filter(|_| worker_id <= u16::MAX as u32).ok_or_else(
+                    || format!("--base-port {} + worker id {worker_id} is past port 65535", self.base_port),
+                )?
+            }
         };
         Ok(WorkerConfig {
-            worker_id: self.worker_id,
+            worker_id,
             workers: self.workers,
             bind: self.bind,
             port,
@@ -162,6 +191,31 @@ impl Cli {
             last_restart_reason: self.last_restart_reason,
         })
     }
+}
+
+/// A worker id; an empty one (WORKER_ID from a pod label the cluster does not set) is
+/// named as such rather than as a number that does not parse.
+fn worker_id_arg(s: &str) -> Result<u32, String> {
+    if s.trim().is_empty() {
+        return Err("the worker id is empty; from Kubernetes' apps.kubernetes.io/pod-index label it is empty \
+             before Kubernetes 1.28, where --worker-id-from-hostname (FLEET_WORKER_ID_FROM_HOSTNAME=1) takes it \
+             from the pod's name instead"
+            .into());
+    }
+    s.trim().parse().map_err(|_| format!("{s:?} is not a worker id (a number from 0 to workers-1)"))
+}
+
+/// The ordinal at the end of a StatefulSet pod's name: `shardfleet-3` is worker 3.
+fn worker_id_from_name(name: &str) -> Result<u32, String> {
+    name.rsplit_once('-')
+        .map(|(_, ordinal)| ordinal)
+        .filter(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|o| o.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "--worker-id-from-hostname: the host name {name:?} does not end in -N, the ordinal a StatefulSet gives its pods"
+            )
+        })
 }
 
 /// Reads the control token from an inherited descriptor and closes it, so that no
@@ -214,6 +268,36 @@ mod tests {
         assert_eq!(c.control_token.as_deref(), Some("from-a-pipe-123"));
         let e = parse(&["--worker-id", "0", "--workers", "1", "--control-token-fd", "999999"]).unwrap_err();
         assert!(e.contains("no such open file descriptor"), "{e}");
+    }
+
+    #[test]
+    fn a_statefulset_pods_name_gives_its_ordinal_and_other_names_are_refused() {
+        assert_eq!(worker_id_from_name("shardfleet-3"), Ok(3));
+        assert_eq!(worker_id_from_name("my-fleet-worker-12"), Ok(12));
+        for bad in ["shardfleet", "shardfleet-", "shardfleet-3a", "shardfleet-7d9f8b-x2kq9"] {
+            let e = worker_id_from_name(bad).unwrap_err();
+            assert!(e.contains("does not end in -N"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_worker_without_a_worker_id_is_refused_and_told_where_one_comes_from() {
+        let e = parse(&["--workers", "3"]).unwrap_err();
+        assert!(e.starts_with("no worker id: give --worker-id K (or WORKER_ID)"), "{e}");
+        assert!(e.contains("apps.kubernetes.io/pod-index"), "{e}");
+        let both = Cli::try_parse_from([
+            "worker",
+            "--sleep",
+            "0",
+            "--workers",
+            "3",
+            "--worker-id",
+            "1",
+            "--worker-id-from-hostname",
+        ]);
+        assert!(both.is_err(), "an id and a place to find one are one too many");
+        let empty = parse(&["--workers", "3", "--worker-id", ""]).unwrap_err();
+        assert!(empty.contains("the worker id is empty"), "{empty}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod http;
 pub mod live;
 pub mod memory;
 pub mod metrics;
+pub mod notify;
 pub mod orphan;
 pub mod pool;
 pub mod runner;

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use shared::logging::{LogOptions, plain_line};
 use tokio_util::sync::CancellationToken;
 use worker::{Cli, RunEnd};
 
@@ -10,30 +11,29 @@ use shared::exit::{WORKER_DB_CORRUPT, WORKER_FAILURE as EXIT_FAILURE, WORKER_USA
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| shared::storage::DEFAULT_LOG_FILTER.into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    // Under the supervisor, which timestamps every line it collects, ours would repeat it.
-    if std::env::var_os("FLEET_LOG_NO_TIME").is_some() {
-        logs.without_time().init();
-    } else {
-        logs.init();
-    }
+    let format = cli.log_format;
+    let worker_id = cli.resolve_worker_id().ok();
+    let options = LogOptions {
+        ansi: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        // Under the supervisor, which timestamps every line it collects, ours would repeat it.
+        without_time: std::env::var_os("FLEET_LOG_NO_TIME").is_some(),
+        target: true,
+        worker_id,
+    };
+    shared::logging::init(format, options, std::io::stderr);
+    // Lines printed past tracing keep to the format too: under `json`, every line parses.
+    let fail = |message: String| eprintln!("{}", plain_line(format, "ERROR", worker_id, &message));
     let config = match cli.into_config() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("worker: {e}");
+            fail(format!("worker: {e}"));
             return ExitCode::from(EXIT_USAGE);
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("worker: cannot start the async runtime: {e}");
+            fail(format!("worker: cannot start the async runtime: {e}"));
             return ExitCode::from(EXIT_FAILURE);
         }
     };
@@ -43,11 +43,11 @@ fn main() -> ExitCode {
         let listener = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                eprintln!("worker: port {} on {} is already in use", config.port, config.bind);
+                fail(format!("worker: port {} on {} is already in use", config.port, config.bind));
                 return ExitCode::from(EXIT_USAGE);
             }
             Err(e) => {
-                eprintln!("worker: cannot listen on {addr}: {e}");
+                fail(format!("worker: cannot listen on {addr}: {e}"));
                 return ExitCode::from(EXIT_USAGE);
             }
         };
@@ -57,23 +57,24 @@ fn main() -> ExitCode {
         }
         let (shutdown, hurry) = (CancellationToken::new(), CancellationToken::new());
         if let Err(e) = shared::signals::on_signals(shutdown.clone(), hurry.clone()) {
-            eprintln!("worker: cannot install signal handlers: {e}");
+            fail(format!("worker: cannot install signal handlers: {e}"));
             return ExitCode::from(EXIT_FAILURE);
         }
         let db_path = config.db.clone();
         match worker::run(config, listener, shutdown, hurry).await {
             Ok(RunEnd::Stopped) => ExitCode::SUCCESS,
             Ok(RunEnd::ShardDone(c)) => {
-                println!("shard finished: {} done, {} failed", c.done, c.failed);
+                let line = format!("shard finished: {} done, {} failed", c.done, c.failed);
+                println!("{}", plain_line(format, "INFO", worker_id, &line));
                 ExitCode::SUCCESS
             }
             Err(e) if is_corrupt(&e) => {
-                eprintln!("worker: {e:#}");
-                eprintln!("worker: {}", shared::storage::corrupt_advice(&db_path));
+                fail(format!("worker: {e:#}"));
+                fail(format!("worker: {}", shared::storage::corrupt_advice(&db_path)));
                 ExitCode::from(WORKER_DB_CORRUPT)
             }
             Err(e) => {
-                eprintln!("worker: {e:#}");
+                fail(format!("worker: {e:#}"));
                 ExitCode::from(EXIT_FAILURE)
             }
         }

@@ -20,6 +20,7 @@ use crate::config::WorkerConfig;
 use crate::handler::{Handler, JobResult};
 use crate::live::Live;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::pool::{Ended, Pool};
 
 /// How often the shard's counts are re-read, to catch changes made by others (imports,
@@ -58,6 +59,9 @@ pub struct Runner {
     /// When to look for due videos next; pushed out by `--poll` when a claim came back
     /// short, so an idle worker does not take the write lock in a loop.
     next_claim_at: Instant,
+    /// systemd's notify socket, when there is one: readiness, progress, and the
+    /// watchdog, which this loop pings so that a stuck loop is noticed.
+    notify: Notifier,
 }
 
 impl Runner {
@@ -79,6 +83,7 @@ impl Runner {
         let pool =
             Pool::start(handler, cfg.worker_id, cfg.job.job_timeout, kill_jobs.clone(), drain_jobs.clone(), ended_tx);
         Ok(Runner {
+            notify: Notifier::from_env(cfg.worker_id, cfg.workers),
             cfg,
             shard,
             policy,
@@ -99,6 +104,8 @@ impl Runner {
     pub async fn run(mut self, shutdown: CancellationToken, hurry: CancellationToken) -> anyhow::Result<RunEnd> {
         self.resync().await?;
         self.reclaim().await?;
+        // The HTTP server is up (run spawned it first) and the database just answered.
+        self.notify.ready(self.live.state(), self.live.counts());
         let lease = self.cfg.job.lease;
         let mut renew = interval(lease / 3);
         let mut sweep = interval((lease / 2).min(Duration::from_secs(1)));
@@ -123,6 +130,7 @@ impl Runner {
             }
             self.start_jobs(claimed);
             self.update_state(draining.is_some(), short, got);
+            self.notify.tick(self.live.state(), self.live.counts());
 
             if draining.is_some() && self.in_flight == 0 {
                 break RunEnd::Stopped;
@@ -132,11 +140,13 @@ impl Runner {
                 self.resync().await?;
                 let counts = self.live.counts();
                 if counts.finished() {
+                    self.notify.stopping(counts);
                     break RunEnd::ShardDone(counts);
                 }
             }
 
             let claim_wait = self.next_claim_at;
+            let ping_due = self.notify.ping_due();
             let can_claim =
                 draining.is_none() && !self.live.paused() && self.in_flight < self.cfg.job.concurrency as usize;
             tokio::select! {
@@ -146,6 +156,7 @@ impl Runner {
                     draining = Some(Instant::now() + self.cfg.job.grace);
                     self.drain_jobs.cancel();
                     self.live.set_state(WorkerState::Draining);
+                    self.notify.stopping(self.live.counts());
                 }
                 _ = hurry.cancelled(), if !self.kill_jobs.is_cancelled() => {
                     tracing::warn!("second signal: killing jobs in flight");
@@ -155,6 +166,9 @@ impl Runner {
                     tracing::warn!(in_flight = self.in_flight, "grace period over: killing jobs in flight");
                     self.kill_jobs.cancel();
                 }
+                // The watchdog is pinged by the next turn of this loop, never by a timer
+                // of its own: a turn that never comes (a stuck write) means no ping.
+                _ = sleep_until(ping_due.unwrap_or_else(Instant::now)), if ping_due.is_some() => {}
                 n = self.ended.recv_many(&mut buf, 64) => {
                     if n > 0 {
                         self.collect(&mut buf);

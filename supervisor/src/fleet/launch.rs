@@ -42,6 +42,8 @@ fn worker_args(args: &StartArgs, k: u32, port: u16, db: &DbLocation) -> Vec<OsSt
         args.bind.to_string(),
         "--mem-limit".into(),
         args.mem_limit.to_string(),
+        "--log-format".into(),
+        args.log_format.to_string(),
         "--db".into(),
     ]
     .into_iter()
@@ -196,6 +198,7 @@ mod tests {
         assert_eq!(value_of(&argv, "--mem-limit").as_deref(), Some("250M"));
         assert_eq!(value_of(&argv, "--db").as_deref(), Some("/data/fleet.db"));
         assert_eq!(value_of(&argv, "--sleep").as_deref(), Some("1ms"));
+        assert_eq!(value_of(&argv, "--log-format").as_deref(), Some("text"));
     }
 
     #[test]

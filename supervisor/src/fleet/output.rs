@@ -1,10 +1,12 @@
 //! The workers' output: every line a worker prints goes, timestamped, to its own log
-//! file and to the supervisor's stdout as one merged stream prefixed `[worker-K]`. One
-//! task owns both, so lines never interleave mid-line.
+//! file and to the supervisor's stdout as one merged stream prefixed `[worker-K]` (with
+//! `--log-format json`, as one JSON object per line instead). One task owns both, so
+//! lines never interleave mid-line.
 
 use std::io::Write;
 use std::path::PathBuf;
 
+use shared::logging::{LogFormat, plain_line};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::mpsc;
 use tracing_appender::non_blocking::NonBlocking;
@@ -16,6 +18,8 @@ use crate::logs::{LogFile, log_path};
 pub struct LogLine {
     pub worker: u32,
     pub text: String,
+    /// From its stderr: a line that is not JSON there is an error of the worker's.
+    pub stderr: bool,
 }
 
 /// Opens the log files and starts the task that writes them.
@@ -26,6 +30,7 @@ pub fn start(
     workers: u32,
     max_bytes: u64,
     keep: u32,
+    format: LogFormat,
     mut out: NonBlocking,
 ) -> anyhow::Result<(mpsc::UnboundedSender<LogLine>, tokio::task::JoinHandle<()>)> {
     let mut files = Vec::new();
@@ -50,10 +55,29 @@ pub fn start(
                 tracing::error!("cannot write worker {k}'s log file: {e}");
             }
             // One write per line: the merged stream stays line-atomic.
-            let _ = out.write_all(format!("{ts} [worker-{}] {}\n", line.worker, line.text).as_bytes());
+            let _ = out.write_all(console_line(format, &ts, &line).as_bytes());
         }
     });
     Ok((tx, task))
+}
+
+/// A worker's line as the merged console stream shows it: prefixed for text; for JSON,
+/// as the worker wrote it when it is a JSON object (it names its worker), else wrapped
+/// in one (a worker's own fatal error, a handler's stray output).
+fn console_line(format: LogFormat, ts: &str, line: &LogLine) -> String {
+    match format {
+        LogFormat::Text => format!("{ts} [worker-{}] {}\n", line.worker, line.text),
+        LogFormat::Json
+            if line.text.starts_with('{')
+                && serde_json::from_str::<serde_json::Value>(&line.text).is_ok_and(|v| v.is_object()) =>
+        {
+            format!("{}\n", line.text)
+        }
+        LogFormat::Json => {
+            let level = if line.stderr { "ERROR" } else { "INFO" };
+            format!("{}\n", plain_line(format, level, Some(line.worker), &line.text))
+        }
+    }
 }
 
 /// Forwards a worker's stdout and stderr, line by line, until they close.
@@ -64,17 +88,17 @@ pub fn forward(
     tx: mpsc::UnboundedSender<LogLine>,
 ) {
     if let Some(s) = stdout {
-        tokio::spawn(pump(worker, s, tx.clone()));
+        tokio::spawn(pump(worker, s, false, tx.clone()));
     }
     if let Some(s) = stderr {
-        tokio::spawn(pump(worker, s, tx));
+        tokio::spawn(pump(worker, s, true, tx));
     }
 }
 
-async fn pump(worker: u32, stream: impl AsyncRead + Unpin, tx: mpsc::UnboundedSender<LogLine>) {
+async fn pump(worker: u32, stream: impl AsyncRead + Unpin, stderr: bool, tx: mpsc::UnboundedSender<LogLine>) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(text)) = lines.next_line().await {
-        if tx.send(LogLine { worker, text }).is_err() {
+        if tx.send(LogLine { worker, text, stderr }).is_err() {
             return;
         }
     }

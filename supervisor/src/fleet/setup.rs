@@ -193,7 +193,8 @@ impl Fleet {
             control_token: Some(token.clone()),
         };
         run.run_id = db.insert_run(&run).await?;
-        let (logs, logger) = output::start(log_dir, args.workers, args.log_max_size.bytes(), args.log_keep, out)?;
+        let (logs, logger) =
+            output::start(log_dir, args.workers, args.log_max_size.bytes(), args.log_keep, args.log_format, out)?;
         let (records, recorder) = records::start(db.clone(), run.run_id);
         let (events_tx, events) = mpsc::unbounded_channel();
         let policy = RestartPolicy {

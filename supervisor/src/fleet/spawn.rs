@@ -38,6 +38,9 @@ pub fn spawn_worker(
         .envs(env.iter().map(|(k, v)| (k, v)))
         // Its handlers could read it back from the worker's /proc/<pid>/environ.
         .env_remove("FLEET_CONTROL_TOKEN")
+        // A supervisor run as a systemd notify service keeps its socket to itself: the
+        // workers' readiness and watchdog are not the supervisor's (worker/src/notify.rs).
+        .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

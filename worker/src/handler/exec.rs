@@ -68,6 +68,11 @@ impl ExecHandler {
             .env("WORKER_ID", job.worker_id.to_string())
             // The control token is the supervisor's and the worker's, not the handler's.
             .env_remove("FLEET_CONTROL_TOKEN")
+            // systemd's notify socket and watchdog are the worker's: a handler that spoke
+            // to them would speak for the worker (`crate::notify`).
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

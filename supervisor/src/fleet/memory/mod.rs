@@ -191,9 +191,14 @@ fn try_v2(tag: &str) -> anyhow::Result<PathBuf> {
         bail!("the memory controller is not available in {}", own.display());
     }
     // Children get the memory controller only if our cgroup delegates it; that fails
-    // when our cgroup holds processes itself (the "no internal processes" rule).
+    // when our cgroup holds processes itself (the "no internal processes" rule). The
+    // cgroup systemd delegates to a service (Delegate=memory) holds the supervisor
+    // alone: it moves into a leaf of its own and tries again.
     let control = fs::read_to_string(own.join("cgroup.subtree_control")).unwrap_or_default();
-    if !control.split_whitespace().any(|c| c == "memory") {
+    if !control.split_whitespace().any(|c| c == "memory")
+        && let Err(e) = write(&own.join("cgroup.subtree_control"), "+memory")
+    {
+        move_into_leaf(&own).map_err(|_| e).context("cannot delegate the memory controller")?;
         write(&own.join("cgroup.subtree_control"), "+memory").context("cannot delegate the memory controller")?;
     }
     remove_stale(&own);
@@ -204,6 +209,26 @@ fn try_v2(tag: &str) -> anyhow::Result<PathBuf> {
         return Err(e);
     }
     Ok(root)
+}
+
+/// The leaf below its own cgroup that the supervisor moves into, as systemd 254's
+/// `DelegateSubgroup=supervisor` would have placed it (deploy/README.md).
+const LEAF: &str = "supervisor";
+
+/// Moves this process into `own/supervisor`, so that `own` holds no process and may
+/// pass controllers on; only when this process is alone in `own`, since moving out of a
+/// cgroup that others share (a login session's) would not free it and is not ours to do.
+fn move_into_leaf(own: &Path) -> anyhow::Result<()> {
+    let me = std::process::id().to_string();
+    let procs = fs::read_to_string(own.join("cgroup.procs"))?;
+    if procs.split_whitespace().any(|p| p != me) {
+        bail!("other processes share {}", own.display());
+    }
+    let leaf = own.join(LEAF);
+    fs::create_dir_all(&leaf).with_context(|| format!("cannot create {}", leaf.display()))?;
+    write(&leaf.join("cgroup.procs"), &me)?;
+    tracing::info!("moved into {} so that its parent can give the workers' cgroups memory limits", leaf.display());
+    Ok(())
 }
 
 fn try_v1(tag: &str) -> anyhow::Result<PathBuf> {
@@ -221,4 +246,24 @@ fn try_v1(tag: &str) -> anyhow::Result<PathBuf> {
         bail!("cannot set a limit in {}: {e}", root.display());
     }
     Ok(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_supervisor_moves_into_a_leaf_only_when_it_is_alone_in_its_cgroup() {
+        let alone = tempfile::tempdir().unwrap();
+        fs::write(alone.path().join("cgroup.procs"), format!("{}\n", std::process::id())).unwrap();
+        move_into_leaf(alone.path()).unwrap();
+        let moved = fs::read_to_string(alone.path().join("supervisor/cgroup.procs")).unwrap();
+        assert_eq!(moved, std::process::id().to_string());
+
+        let shared = tempfile::tempdir().unwrap();
+        fs::write(shared.path().join("cgroup.procs"), format!("1\n{}\n", std::process::id())).unwrap();
+        let e = move_into_leaf(shared.path()).unwrap_err();
+        assert!(e.to_string().starts_with("other processes share"), "{e}");
+        assert!(!shared.path().join("supervisor").exists(), "a shared cgroup is left as it was");
+    }
 }

@@ -1,0 +1,204 @@
+//! Whole fleets on PostgreSQL: real supervisors and workers against the test server in
+//! FLEET_TEST_POSTGRES_URL (`.ci/run` starts one; without it these tests say why and
+//! pass). The questions are the SQLite suite's: is anything lost or done twice when any
+//! process is killed, and do the commands read the same database.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use shared::storage::{ImportRow, NewVideo, Store};
+use testkit::{bin, free_ports, wait_for};
+
+const LONG: Duration = Duration::from_secs(90);
+
+/// A fresh database on the test server, by URL, or None with the reason printed.
+fn fresh_database() -> Option<String> {
+    let Ok(server) = std::env::var("FLEET_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: FLEET_TEST_POSTGRES_URL is not set (.ci/run starts a PostgreSQL server and sets it)");
+        return None;
+    };
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let name = format!("fleet_sup_{}_{nanos:x}", std::process::id());
+    psql(&server, &format!("CREATE DATABASE {name}"));
+    let (base, _) = server.rsplit_once('/').expect("the server URL names a database");
+    Some(format!("{base}/{name}"))
+}
+
+/// Runs one statement with psql (the test reads what no command shows, such as the
+/// attempts history) and returns its unaligned output.
+fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql").args([url, "-Atqc", sql]).output().expect("psql runs");
+    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn supervisor(dir: &Path) -> Command {
+    let mut cmd = Command::new(bin("supervisor"));
+    cmd.current_dir(dir)
+        .env("FLEET_WORKER_BIN", bin("worker"))
+        .env("RUST_LOG", shared::storage::DEFAULT_LOG_FILTER)
+        .env_remove("FLEET_DB")
+        .env_remove("DATABASE_URL")
+        .env_remove("WORKER_CONCURRENCY")
+        .env_remove("FLEET_WORKERS")
+        .env_remove("FLEET_CONTROL_TOKEN");
+    cmd
+}
+
+fn start(dir: &Path, url: &str, base: u16, args: &[&str]) -> Command {
+    let mut cmd = supervisor(dir);
+    cmd.args(["start", "--workers", "2", "--mem-limit", "250M", "--base-port", &base.to_string(), "--db", url])
+        .args(args);
+    cmd
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+async fn seed(url: &str, n: i64) {
+    let db = Store::open(url.parse::<shared::storage::DbLocation>().unwrap(), 1).await.unwrap();
+    let mut import = db.begin_import().await.unwrap();
+    let rows = (1..=n)
+        .map(|id| ImportRow {
+            line: id as u64,
+            video: NewVideo { video_id: id, source: format!("v{id}"), payload: None },
+        })
+        .collect();
+    assert!(import.add(rows).await.unwrap().is_empty());
+    import.commit().await.unwrap();
+    db.close().await;
+}
+
+fn done(url: &str) -> i64 {
+    psql(url, "SELECT count(*) FROM videos WHERE status = 'done'").parse().unwrap()
+}
+
+fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+}
+
+fn worker_pids(url: &str) -> Vec<i64> {
+    psql(
+        url,
+        "SELECT pid FROM fleet_workers WHERE run_id = (SELECT max(run_id) FROM fleet_runs) AND pid IS NOT NULL \
+         AND state = 'running' ORDER BY worker_id",
+    )
+    .lines()
+    .filter_map(|l| l.parse().ok())
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_fleet_loses_nothing_when_a_worker_and_then_its_supervisor_are_sigkilled() {
+    let Some(url) = fresh_database() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    seed(&url, 300).await;
+    let mut first = start(dir.path(), &url, free_ports(2), &["--sleep", "20ms", "--concurrency", "4"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    wait_for(LONG, "30 videos done", || async { done(&url) >= 30 }).await;
+    let pids = worker_pids(&url);
+    assert_eq!(pids.len(), 2, "both workers running");
+    kill(Pid::from_raw(pids[0] as i32), Signal::SIGKILL).unwrap();
+    wait_for(LONG, "worker 0 back and 120 videos done", || async {
+        let now = worker_pids(&url);
+        done(&url) >= 120 && now.len() == 2 && now[0] != pids[0]
+    })
+    .await;
+    let crashed: i64 = psql(&url, "SELECT count(*) FROM attempts WHERE outcome = 'crashed'").parse().unwrap();
+    assert!(crashed >= 1, "the dead worker's claims were handed back as crashed attempts");
+
+    let pids = worker_pids(&url);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(pids.iter().all(|&p| !alive(p)), "workers outlived their supervisor: {pids:?}");
+
+    let out = start(dir.path(), &url, free_ports(2), &["--sleep", "1ms", "--concurrency", "8", "--exit-when-done"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(done(&url), 300);
+    let twice = psql(
+        &url,
+        "SELECT count(*) FROM (SELECT video_id FROM attempts WHERE outcome = 'done' GROUP BY 1 HAVING count(*) > 1) t",
+    );
+    assert_eq!(twice, "0", "no video was completed twice");
+    assert_eq!(psql(&url, "SELECT state FROM fleet_runs ORDER BY run_id LIMIT 1"), "crashed");
+    let kept = psql(&url, "SELECT sum(videos) FROM video_counts WHERE status = 'done'");
+    assert_eq!(kept, "300", "the kept counts agree with the rows");
+
+    // The read-only commands read the same database.
+    let status = supervisor(dir.path()).args(["status", "--db", &url]).output().unwrap();
+    assert!(text(&status).contains("300 done"), "{}", text(&status));
+    let export = supervisor(dir.path()).args(["export", "--db", &url, "--status", "done"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&export.stdout).lines().count(), 301, "a header and 300 rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_url_that_cannot_be_used_is_refused_in_one_sentence_and_creates_nothing() {
+    let Some(url) = fresh_database() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // A database that exists but is not a fleet's: read-only commands refuse it and
+    // leave it without our tables.
+    let out = supervisor(dir.path()).args(["status", "--db", &url]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("is not a shardfleet one"), "{}", text(&out));
+    assert_eq!(psql(&url, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"), "0");
+
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let missing = format!("{base}/no_such_database_here");
+    let out = supervisor(dir.path()).args(["export", "--db", &missing]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("database \"no_such_database_here\" does not exist"), "{}", text(&out));
+
+    let out = supervisor(dir.path()).args(["status", "--db", "mysql://u@127.0.0.1/db"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("is not a database this build can use"), "{}", text(&out));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing was created");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_reaches_postgres_over_verified_tls_and_a_server_it_cannot_verify_is_refused() {
+    let Some(url) = fresh_database() else { return };
+    let Ok(ca) = std::env::var("FLEET_TEST_POSTGRES_CA") else {
+        eprintln!("skipped: FLEET_TEST_POSTGRES_CA is not set (.ci/postgres turns TLS on where openssl is found)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("videos.csv");
+    let rows: String = (1..=20).map(|i| format!("{i},v{i}\n")).collect();
+    std::fs::write(&csv, format!("video_id,source\n{rows}")).unwrap();
+    let verified = format!("{url}?sslmode=verify-full&sslrootcert={ca}");
+
+    // The CA the test server's certificate is signed by is not among the system's roots.
+    let unverified = supervisor(dir.path())
+        .args(["import"])
+        .arg(&csv)
+        .args(["--db", &format!("{url}?sslmode=verify-full")])
+        .output()
+        .unwrap();
+    // A database that cannot be reached is a runtime failure for import and start (1),
+    // as a locked SQLite file is; the read-only commands call any --db they cannot use
+    // a usage error (2).
+    assert_eq!(unverified.status.code(), Some(1), "{}", text(&unverified));
+    assert!(text(&unverified).contains("UnknownIssuer"), "{}", text(&unverified));
+
+    let import = supervisor(dir.path()).args(["import"]).arg(&csv).args(["--db", &verified]).output().unwrap();
+    assert_eq!(import.status.code(), Some(0), "{}", text(&import));
+    // The workers are handed the same URL, its TLS parameters included.
+    let run = start(dir.path(), &verified, free_ports(2), &["--sleep", "1ms", "--exit-when-done"]).output().unwrap();
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+    assert_eq!(done(&url), 20);
+}
