@@ -40,8 +40,12 @@ macro_rules! on_both_backends {
     };
 }
 
+/// The ids of `claimed`, in id order: neither backend's `UPDATE ... RETURNING` promises
+/// the order of the rows it returns.
 fn ids(claimed: &[shared::storage::Claimed]) -> Vec<i64> {
-    claimed.iter().map(|c| c.video_id).collect()
+    let mut ids: Vec<i64> = claimed.iter().map(|c| c.video_id).collect();
+    ids.sort_unstable();
+    ids
 }
 
 on_both_backends!(a_claim_takes_only_due_pending_videos_of_its_own_shard);
@@ -61,15 +65,18 @@ async fn a_claim_takes_only_due_pending_videos_of_its_own_shard(db: Store) {
 on_both_backends!(a_claim_takes_the_earliest_due_first_and_no_more_than_asked);
 async fn a_claim_takes_the_earliest_due_first_and_no_more_than_asked(db: Store) {
     seed(&db, 1..=6).await;
-    // Video 5 has waited longest (a retry's backoff ran out long ago).
-    testing::execute(&db, "UPDATE videos SET run_after = 1 WHERE video_id = 5").await.unwrap();
+    // Videos 5 and 6 have been due longest (retries whose backoff ran out long ago); the
+    // rest became due later, so an order by id alone would take 1, 2 and 3.
+    testing::execute(&db, "UPDATE videos SET run_after = CASE video_id WHEN 5 THEN 1 WHEN 6 THEN 2 ELSE 3 END")
+        .await
+        .unwrap();
     let mut shard = db.open_shard(ShardSpec::new(1, 0)).await.unwrap();
     let got = shard.finish_and_claim(&[], 3, now_ms(), Duration::from_secs(10)).await.unwrap();
-    // A want of 3 is claimed as 2 + 1: batches are powers of two.
-    assert_eq!(ids(&got.claimed), [5, 1, 2]);
+    // A want of 3 is claimed as 2 + 1 (batches are powers of two): 5 and 6, then 1.
+    assert_eq!(ids(&got.claimed), [1, 5, 6]);
     assert!(!got.short, "more is due");
     let rest = shard.finish_and_claim(&[], 8, now_ms(), Duration::from_secs(10)).await.unwrap();
-    assert_eq!(ids(&rest.claimed), [3, 4, 6]);
+    assert_eq!(ids(&rest.claimed), [2, 3, 4]);
     assert!(rest.short, "fewer than asked: nothing more is due");
 }
 
