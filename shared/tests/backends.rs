@@ -13,7 +13,10 @@ use common::{assert_exact, claim, done, ensure, finish, finish_with_warnings, im
 use futures_util::TryStreamExt;
 use shared::status::{Outcome, ShardCounts, VideoStatus};
 use shared::storage::testing;
-use shared::storage::{DbLocation, ExportFilter, Finish, RequeueOutcome, ShardSpec, Store, now_ms};
+use shared::storage::{
+    DbLocation, EXISTING_NAMED, ExportFilter, Finish, ImportReport, ImportRow, NewVideo, Repeat, RequeueOutcome,
+    ShardSpec, Store, now_ms,
+};
 
 /// Room for two shard sessions and the test's own reads.
 async fn open(db: DbLocation) -> Store {
@@ -378,4 +381,101 @@ async fn the_run_totals_count_attempts_by_shard_since_the_run_began(db: Store) {
     assert_eq!(shards, [(0, 2, Some(200.0)), (1, 1, None)]);
     let later = db.run_totals(now_ms() + 60_000, 2).await.unwrap();
     assert_eq!(later.attempts(), 0, "attempts before the run began are not its own");
+}
+
+/// Import rows for `(line, id)` pairs, with source `new-<id>`.
+fn import_rows(lines_and_ids: &[(u64, i64)]) -> Vec<ImportRow> {
+    lines_and_ids
+        .iter()
+        .map(|&(line, id)| ImportRow {
+            line,
+            video: NewVideo { video_id: id, source: format!("new-{id}"), payload: Some(format!("{{\"n\":{id}}}")) },
+        })
+        .collect()
+}
+
+on_both_backends!(an_import_adds_new_videos_and_counts_and_names_those_already_there_leaving_them_alone);
+async fn an_import_adds_new_videos_and_counts_and_names_those_already_there_leaving_them_alone(db: Store) {
+    seed(&db, 1..=3).await;
+    testing::mark_failed(&db, 3, 2, "boom").await.unwrap();
+    let mut import = db.begin_import().await.unwrap();
+    // Two batches: the second holds only new ids, above every id there before.
+    assert!(import.add(import_rows(&[(1, 2), (2, 4), (3, 3), (4, 5)])).await.unwrap().is_empty());
+    assert!(import.add(import_rows(&[(5, 6), (6, 7)])).await.unwrap().is_empty());
+    let report = import.commit().await.unwrap();
+    assert_eq!(report, ImportReport { inserted: 4, existing: 2, existing_ids: vec![2, 3] });
+
+    let rows: Vec<(i64, Option<String>, Option<String>, VideoStatus)> =
+        testing::videos(&db).await.unwrap().into_iter().map(|v| (v.video_id, v.source, v.payload, v.status)).collect();
+    let new = |id: i64| (id, Some(format!("new-{id}")), Some(format!("{{\"n\":{id}}}")), VideoStatus::Pending);
+    let old = |id: i64, status| (id, Some(format!("src-{id}")), None, status);
+    assert_eq!(
+        rows,
+        [
+            old(1, VideoStatus::Pending),
+            old(2, VideoStatus::Pending),
+            old(3, VideoStatus::Failed),
+            new(4),
+            new(5),
+            new(6),
+            new(7)
+        ],
+        "videos already there keep their source, payload and status"
+    );
+}
+
+on_both_backends!(an_import_names_only_the_first_few_videos_already_there_and_counts_them_all);
+async fn an_import_names_only_the_first_few_videos_already_there_and_counts_them_all(db: Store) {
+    seed(&db, 1..=25).await;
+    let mut import = db.begin_import().await.unwrap();
+    let lines: Vec<(u64, i64)> = (1..=30).map(|id| (id as u64, id)).collect();
+    assert!(import.add(import_rows(&lines)).await.unwrap().is_empty());
+    let report = import.commit().await.unwrap();
+    assert_eq!((report.inserted, report.existing), (5, 25));
+    assert_eq!(report.existing_ids, (1..=EXISTING_NAMED as i64).collect::<Vec<_>>());
+}
+
+on_both_backends!(a_repeated_id_in_the_file_is_reported_with_the_line_that_had_it_first);
+async fn a_repeated_id_in_the_file_is_reported_with_the_line_that_had_it_first(db: Store) {
+    let mut import = db.begin_import().await.unwrap();
+    assert!(import.add(import_rows(&[(2, 10), (3, 11), (4, 12)])).await.unwrap().is_empty());
+    // Id 11 repeats line 3 (an earlier batch), id 13 its own batch's line 6.
+    let repeats = import.add(import_rows(&[(5, 13), (6, 11), (7, 13)])).await.unwrap();
+    assert_eq!(
+        repeats,
+        [Repeat { line: 6, video_id: 11, first_line: 3 }, Repeat { line: 7, video_id: 13, first_line: 5 }]
+    );
+    // The caller stops at a bad file; later rows are still checked for repeats.
+    let repeats = import.add(import_rows(&[(8, 10), (9, 14)])).await.unwrap();
+    assert_eq!(repeats, [Repeat { line: 8, video_id: 10, first_line: 2 }]);
+    import.roll_back().await.unwrap();
+    assert_eq!(db.count_videos().await.unwrap(), 0, "a rolled-back import leaves nothing");
+}
+
+on_both_backends!(an_import_is_seen_all_at_once_at_commit_and_not_at_all_after_a_roll_back_or_a_drop);
+async fn an_import_is_seen_all_at_once_at_commit_and_not_at_all_after_a_roll_back_or_a_drop(db: Store) {
+    // Each import begins under a time limit: one that waits for a lock an earlier import
+    // failed to give back would otherwise hang the test instead of failing it.
+    let begin = |what: &'static str| {
+        let db = db.clone();
+        async move { tokio::time::timeout(Duration::from_secs(20), db.begin_import()).await.expect(what).unwrap() }
+    };
+
+    let mut import = begin("a first import begins").await;
+    assert!(import.add(import_rows(&[(1, 1), (2, 2)])).await.unwrap().is_empty());
+    assert_eq!(db.count_videos().await.unwrap(), 0, "other connections see nothing before the commit");
+    import.roll_back().await.unwrap();
+    assert_eq!(db.count_videos().await.unwrap(), 0, "a rolled-back import leaves nothing");
+
+    let mut import = begin("an import after a roll-back begins").await;
+    assert!(import.add(import_rows(&[(1, 3), (2, 4)])).await.unwrap().is_empty());
+    // A caller that returns early with an error (`?`) drops its import half done.
+    drop(import);
+    assert_eq!(db.count_videos().await.unwrap(), 0, "a dropped import leaves nothing");
+
+    let mut import = begin("an import after a drop begins").await;
+    assert!(import.add(import_rows(&[(1, 5), (2, 6)])).await.unwrap().is_empty());
+    assert_eq!(import.commit().await.unwrap().inserted, 2);
+    let ids: Vec<i64> = testing::videos(&db).await.unwrap().into_iter().map(|v| v.video_id).collect();
+    assert_eq!(ids, [5, 6], "only the committed import's rows, none of the dropped one's");
 }
