@@ -2,8 +2,9 @@
 //! once on a fresh PostgreSQL database (`<test>::sqlite`, `<test>::postgres`; the
 //! latter skipped, with the reason printed, when FLEET_TEST_POSTGRES_URL names no
 //! server): claiming by shard, due times, fencing of late finishers, lapsed leases,
-//! hand-backs, warnings, and the kept counts through every kind of write. What is
-//! particular to one backend is in `sqlite.rs` and `postgres.rs`.
+//! hand-backs, warnings, the kept counts through every kind of write, import, requeue,
+//! export, run totals and the supervisor's run records. What is particular to one
+//! backend is in `sqlite.rs` and `postgres.rs`.
 
 mod common;
 
@@ -14,8 +15,8 @@ use futures_util::TryStreamExt;
 use shared::status::{Outcome, ShardCounts, VideoStatus};
 use shared::storage::testing;
 use shared::storage::{
-    DbLocation, EXISTING_NAMED, ExportFilter, Finish, ImportReport, ImportRow, NewVideo, Repeat, RequeueOutcome,
-    ShardSpec, Store, now_ms,
+    DbLocation, EXISTING_NAMED, EventKind, ExportFilter, Finish, FleetRun, FleetWorker, ImportReport, ImportRow,
+    NewVideo, Repeat, RequeueOutcome, RunState, ShardSpec, SlotStatus, Store, now_ms,
 };
 
 /// Room for two shard sessions and the test's own reads.
@@ -478,4 +479,85 @@ async fn an_import_is_seen_all_at_once_at_commit_and_not_at_all_after_a_roll_bac
     assert_eq!(import.commit().await.unwrap().inserted, 2);
     let ids: Vec<i64> = testing::videos(&db).await.unwrap().into_iter().map(|v| v.video_id).collect();
     assert_eq!(ids, [5, 6], "only the committed import's rows, none of the dropped one's");
+}
+
+/// A run as `supervisor start` records it, of `workers` slots from port `base_port`.
+fn new_run(workers: i64, base_port: i64) -> FleetRun {
+    FleetRun {
+        run_id: 0,
+        supervisor_pid: i64::from(std::process::id()),
+        host: Some("test-host".into()),
+        started_at: now_ms(),
+        stopped_at: None,
+        state: RunState::Running,
+        workers,
+        base_port,
+        bind: "127.0.0.1".into(),
+        mem_limit_bytes: Some(250 << 20),
+        mem_enforce: "sample".into(),
+        handler: "sleep 20ms".into(),
+        concurrency: 4,
+        log_dir: None,
+        control_token: Some("secret".into()),
+    }
+}
+
+on_both_backends!(a_run_its_worker_slots_and_its_events_read_back_as_the_supervisor_wrote_them);
+async fn a_run_its_worker_slots_and_its_events_read_back_as_the_supervisor_wrote_them(db: Store) {
+    assert_eq!(db.latest_run().await.unwrap(), None, "no fleet ever started here");
+    let first = db.insert_run(&new_run(2, 7000)).await.unwrap();
+    let run = new_run(3, 8000);
+    let id = db.insert_run(&run).await.unwrap();
+    assert!(id > first, "run ids grow: the latest run is the highest");
+    assert_eq!(db.latest_run().await.unwrap(), Some(FleetRun { run_id: id, ..run }));
+
+    // Every slot starts as `starting` on its own port.
+    let slots = db.run_workers(id).await.unwrap();
+    let ports: Vec<(i64, i64, SlotStatus)> = slots.iter().map(|w| (w.worker_id, w.port, w.state)).collect();
+    assert_eq!(
+        ports,
+        [(0, 8000, SlotStatus::Starting), (1, 8001, SlotStatus::Starting), (2, 8002, SlotStatus::Starting)]
+    );
+
+    let before = now_ms();
+    let running = FleetWorker {
+        pid: Some(4242),
+        state: SlotStatus::Running,
+        started_at: Some(before),
+        restarts: 1,
+        last_reason: Some("exit code 101".into()),
+        last_restart_at: Some(before - 10),
+        rss_bytes: Some(1 << 20),
+        memory_kills: 2,
+        ..slots[1].clone()
+    };
+    db.update_worker(&running).await.unwrap();
+    let slots = db.run_workers(id).await.unwrap();
+    let updated_at = slots[1].updated_at.expect("an update stamps its time");
+    assert!(updated_at >= before);
+    assert_eq!(slots[1], FleetWorker { updated_at: Some(updated_at), ..running });
+    assert_eq!(slots[0].state, SlotStatus::Starting, "the other slots are left as they were");
+    assert_eq!(db.run_workers(first).await.unwrap().len(), 2, "each run has its own slots");
+
+    db.add_event(id, 1, EventKind::Restart, "exit code 101").await.unwrap();
+    db.add_event(id, 2, EventKind::MemoryKill, "handler used 300 MiB").await.unwrap();
+    db.add_event(first, 0, EventKind::Kill, "another run's").await.unwrap();
+    let events: Vec<(i64, EventKind, String)> =
+        db.run_events(id).await.unwrap().into_iter().map(|e| (e.worker_id, e.kind, e.reason)).collect();
+    assert_eq!(
+        events,
+        [(1, EventKind::Restart, "exit code 101".into()), (2, EventKind::MemoryKill, "handler used 300 MiB".into())],
+        "the run's own events, oldest first"
+    );
+
+    db.set_run_state(id, RunState::Stopping, false).await.unwrap();
+    let stopping = db.latest_run().await.unwrap().unwrap();
+    assert_eq!((stopping.state, stopping.stopped_at), (RunState::Stopping, None));
+    db.set_run_state(id, RunState::Stopped, true).await.unwrap();
+    let stopped = db.latest_run().await.unwrap().unwrap();
+    assert_eq!(stopped.state, RunState::Stopped);
+    assert!(stopped.stopped_at.is_some_and(|t| t >= before), "stopping stamps its end");
+    let runs: Vec<(i64, RunState)> =
+        testing::fleet_runs(&db).await.unwrap().into_iter().map(|r| (r.run_id, r.state)).collect();
+    assert_eq!(runs, [(first, RunState::Running), (id, RunState::Stopped)], "the other run is untouched");
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{claim, done, import, policy};
 use shared::status::VideoStatus;
 use shared::storage::testing;
-use shared::storage::{DbLocation, Finish, ShardSpec, Store, now_ms};
+use shared::storage::{DbLocation, Finish, ImportRow, NewVideo, ShardSpec, Store, now_ms};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 
 fn pg(db: &Store) -> &PgPool {
@@ -247,4 +247,22 @@ async fn two_sessions_of_one_shard_claiming_at_once_never_get_the_same_video() {
     assert_eq!(both, (1..=3000).collect(), "every video was claimed");
     let rows = testing::videos(&db).await.unwrap();
     assert!(rows.iter().all(|v| v.status == VideoStatus::Running && v.attempts == 1), "one claim each");
+}
+
+#[tokio::test]
+async fn an_import_of_text_holding_a_nul_is_refused_by_its_line_and_imports_nothing() {
+    let Some(url) = testkit::fresh_postgres().await else { return };
+    let db = Store::open(&url, 2).await.unwrap();
+    // SQLite stores a NUL in text; PostgreSQL's text cannot hold one. The import names
+    // the line rather than failing on the server's encoding error.
+    let row = |line, id, source: &str| ImportRow {
+        line,
+        video: NewVideo { video_id: id, source: source.into(), payload: None },
+    };
+    let mut import = db.begin_import().await.unwrap();
+    assert!(import.add(vec![row(2, 1, "fine")]).await.unwrap().is_empty());
+    let err = import.add(vec![row(3, 2, "also fine"), row(4, 3, "bad\0name")]).await.unwrap_err().to_string();
+    assert_eq!(err, "line 4: video 3 holds a NUL character, which PostgreSQL cannot store; nothing was imported");
+    import.roll_back().await.unwrap();
+    assert_eq!(db.count_videos().await.unwrap(), 0, "nothing was imported");
 }

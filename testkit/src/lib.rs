@@ -142,7 +142,9 @@ pub const POSTGRES_SERVER_VAR: &str = "FLEET_TEST_POSTGRES_URL";
 pub async fn fresh_postgres() -> Option<DbLocation> {
     let server = std::env::var(POSTGRES_SERVER_VAR).ok().filter(|s| !s.is_empty());
     let Some(server) = server else {
-        eprintln!("skipped: {POSTGRES_SERVER_VAR} is not set (.ci/run starts a PostgreSQL server and sets it)");
+        eprintln!(
+            "skipping PostgreSQL: {POSTGRES_SERVER_VAR} is not set (.ci/run starts a PostgreSQL server and sets it)"
+        );
         return None;
     };
     let db = testing::create_postgres_database(&server).await;

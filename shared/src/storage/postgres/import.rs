@@ -33,10 +33,8 @@ impl PgImport {
     pub(crate) async fn begin(pool: &PgPool) -> Result<PgImport, DbError> {
         let mut tx = pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(IMPORT_LOCK).execute(&mut *tx).await?;
-        tx.execute(
-            "CREATE TEMP TABLE import_seen (video_id BIGINT PRIMARY KEY, line BIGINT NOT NULL) ON COMMIT DROP",
-        )
-        .await?;
+        tx.execute("CREATE TEMP TABLE import_seen (video_id BIGINT PRIMARY KEY, line BIGINT NOT NULL) ON COMMIT DROP")
+            .await?;
         let (low, high): (Option<i64>, Option<i64>) =
             sqlx::query_as("SELECT min(video_id), max(video_id) FROM videos").fetch_one(&mut *tx).await?;
         Ok(PgImport { tx, writing: true, before: low.zip(high), report: ImportReport::default() })
