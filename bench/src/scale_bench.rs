@@ -147,6 +147,10 @@ async fn record_run(path: &Path) -> anyhow::Result<f64> {
         concurrency: 1,
         log_dir: None,
         control_token: None,
+        worker_ids: None,
+        heartbeat_at: None,
+        stop_requested_at: None,
+        advertise: None,
     };
     if db.latest_run().await?.is_none() {
         db.insert_run(&run).await?;

@@ -96,6 +96,17 @@ impl WorkerReport {
         self.status.as_ref().map_or(self.slot, |s| s.worker_id)
     }
 
+    /// Where it serves, as the tables show it: `:3001` on loopback, `host:3004` for a
+    /// worker another host runs.
+    pub fn place(&self) -> String {
+        let port = self.port().map_or_else(String::new, |p| format!(":{p}"));
+        let host = reqwest::Url::parse(&self.url).ok().and_then(|u| u.host_str().map(str::to_string));
+        match host {
+            Some(h) if !matches!(h.as_str(), "127.0.0.1" | "[::1]" | "localhost") => format!("{h}{port}"),
+            _ => port,
+        }
+    }
+
     pub fn port(&self) -> Option<u16> {
         self.status
             .as_ref()
@@ -588,6 +599,7 @@ pub(crate) mod tests {
                 slot: k,
                 base: format!("http://127.0.0.1:{}", 3001 + k).parse().unwrap(),
                 expect: Some((k, n)),
+                token: None,
             })
             .collect()
     }

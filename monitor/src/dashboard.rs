@@ -219,7 +219,7 @@ fn draw_workers(frame: &mut Frame, area: Rect, fleet: &Fleet, ui: &Ui, now_ms: i
 }
 
 fn worker_row<'a>(fleet: &Fleet, w: &'a WorkerReport, now_ms: i64) -> Row<'a> {
-    let port = w.port().map_or_else(String::new, |p| format!(":{p}"));
+    let port = w.place();
     let id = Cell::from(format!("{} {port}", w.worker_id()));
     let restarts = Cell::from(match (&w.last_restart_reason, w.restarts) {
         (Some(why), n) if n > 0 => text::fit(&format!("{n} {why}"), RESTARTS_WIDTH as usize),

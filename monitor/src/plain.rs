@@ -49,7 +49,7 @@ pub fn snapshot(fleet: &Fleet) -> String {
 }
 
 fn worker_line(fleet: &Fleet, w: &WorkerReport) -> String {
-    let port = w.port().map_or_else(String::new, |p| format!(":{p}"));
+    let port = w.place();
     let head = format!("  worker {:<2} {port:<6} {:<5}", w.worker_id(), w.health.as_str());
     let restarts = match (&w.last_restart_reason, w.restarts) {
         (_, 0) => "restarts 0".to_string(),
@@ -181,7 +181,7 @@ mod tests {
     fn with_every_worker_down_a_snapshot_says_since_when_its_figures_stand_and_shows_no_rate_or_eta() {
         // 2027-01-15T08:00:00Z.
         const T0: i64 = 1_800_000_000_000;
-        let target = Target { slot: 0, base: "http://127.0.0.1:3001".parse().unwrap(), expect: None };
+        let target = Target { slot: 0, base: "http://127.0.0.1:3001".parse().unwrap(), expect: None, token: None };
         let mut fleet = Fleet::new(vec![target]);
         for s in 0..=22u64 {
             let answer = if s <= 10 {
@@ -200,7 +200,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_failed_attempt_is_printed_once_as_it_appears() {
-        let target = Target { slot: 0, base: "http://127.0.0.1:3001".parse().unwrap(), expect: None };
+        let target = Target { slot: 0, base: "http://127.0.0.1:3001".parse().unwrap(), expect: None, token: None };
         let (tx, rx) = mpsc::channel(4);
         let errors = [
             vec![failed(7, 1_000)],

@@ -238,7 +238,7 @@ mod tests {
     }
 
     fn target(port: u16, expect: Option<(u32, u32)>) -> Target {
-        Target { slot: 0, base: format!("http://127.0.0.1:{port}").parse().unwrap(), expect }
+        Target { slot: 0, base: format!("http://127.0.0.1:{port}").parse().unwrap(), expect, token: None }
     }
 
     fn closed_port() -> u16 {

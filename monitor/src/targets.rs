@@ -20,6 +20,9 @@ pub struct Target {
     /// The `(worker_id, workers)` it must report when the layout is known, so that a
     /// stray process on the port is not counted as part of the fleet.
     pub expect: Option<(u32, u32)>,
+    /// With --db: the control token of the run it belongs to (each host's supervisor
+    /// may have its own).
+    pub token: Option<String>,
 }
 
 impl Target {
@@ -59,7 +62,7 @@ pub async fn discover(source: &Source, control_token: Option<String>) -> anyhow:
             targets: urls
                 .iter()
                 .enumerate()
-                .map(|(i, u)| Target { slot: i as u32, base: u.clone(), expect: None })
+                .map(|(i, u)| Target { slot: i as u32, base: u.clone(), expect: None, token: None })
                 .collect(),
             records: None,
             control_token,
@@ -67,7 +70,7 @@ pub async fn discover(source: &Source, control_token: Option<String>) -> anyhow:
         Source::Db(path) => {
             let records = Records::open(path).await?;
             let targets = records.targets();
-            let control_token = control_token.or_else(|| records.run.control_token.clone());
+            let control_token = control_token.or_else(|| records.newest().control_token.clone());
             Ok(Discovery { targets, records: Some(records), control_token })
         }
     }
@@ -79,27 +82,30 @@ fn local_target(worker_id: u32, port: u16, workers: u32) -> Target {
 
 fn target_on(host: &str, worker_id: u32, port: u16, workers: u32) -> Target {
     let base = Url::parse(&format!("http://{host}:{port}/")).expect("a host and a port make a valid URL");
-    Target { slot: worker_id, base, expect: Some((worker_id, workers)) }
+    Target { slot: worker_id, base, expect: Some((worker_id, workers)), token: None }
 }
 
-/// The supervisor's records of the latest run in a fleet database.
+/// The supervisor's records in a fleet database: the live runs (one per host of a fleet
+/// that spans hosts, each running some of the worker ids), or the latest run if none is.
 #[derive(Debug)]
 pub struct Records {
     db: Store,
-    run: FleetRun,
+    /// Oldest first; never empty.
+    runs: Vec<FleetRun>,
+    /// Every worker slot of those runs.
     workers: Vec<FleetWorker>,
 }
 
 /// What changed in the records since the last read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refresh {
-    /// The worker slots as the supervisor last saw them (restarts, last reason, state).
+    /// The worker slots as the supervisors last saw them (restarts, last reason, state).
     pub slots: Vec<FleetWorker>,
-    /// Set when a new run was started: it replaces the old one.
+    /// Set when the runs changed (a new start on any host): they replace the old ones.
     pub new_run: Option<NewRun>,
 }
 
-/// A run started since the monitor began: its workers, token and memory limit.
+/// Runs started since the monitor began: their workers, token and memory limit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewRun {
     pub targets: Vec<Target>,
@@ -111,32 +117,35 @@ impl Records {
     async fn open(path: &DbLocation) -> anyhow::Result<Records> {
         // Read-only and never migrating: watching a fleet must not change its database.
         let db = Store::open_read_only(path).await?;
-        let run =
-            db.latest_run().await.with_context(|| format!("cannot read the fleet records in {path}"))?.with_context(
-                || {
-                    format!(
-                        "{path} has no fleet run recorded: start one with `supervisor start`, or name the workers with \
-                     --workers N or --targets URL,..."
-                    )
-                },
-            )?;
-        let workers = db.run_workers(run.run_id).await?;
-        Ok(Records { db, run, workers })
+        let runs = read_runs(&db).await.with_context(|| format!("cannot read the fleet records in {path}"))?;
+        if runs.is_empty() {
+            anyhow::bail!(
+                "{path} has no fleet run recorded: start one with `supervisor start`, or name the workers with \
+                 --workers N or --targets URL,..."
+            );
+        }
+        let workers = read_workers(&db, &runs).await?;
+        Ok(Records { db, runs, workers })
     }
 
-    /// The run's workers, on the address they were bound to (loopback for a wildcard).
+    /// The newest of the runs.
+    pub fn newest(&self) -> &FleetRun {
+        self.runs.last().expect("records hold at least one run")
+    }
+
+    /// Every worker of the fleet, each on the address its run records (`--advertise`,
+    /// else the address it was bound to, loopback for a wildcard).
     pub fn targets(&self) -> Vec<Target> {
-        let host = connect_host(&self.run.bind);
-        let n = self.run.workers.max(0) as u32;
+        let newest = self.newest();
+        let n = newest.workers.max(0) as u32;
         (0..n)
             .map(|k| {
-                let port = self
-                    .workers
-                    .iter()
-                    .find(|w| w.worker_id == i64::from(k))
-                    .map(|w| w.port)
-                    .unwrap_or(self.run.base_port + i64::from(k));
-                target_on(&host, k, u16::try_from(port).unwrap_or(0), n)
+                let slot = self.workers.iter().rev().find(|w| w.worker_id == i64::from(k));
+                let run = slot.and_then(|w| self.runs.iter().find(|r| r.run_id == w.run_id)).unwrap_or(newest);
+                let port = slot.map(|w| w.port).unwrap_or(newest.base_port + i64::from(k));
+                let mut target = target_on(&connect_host(&run.reach()), k, u16::try_from(port).unwrap_or(0), n);
+                target.token = run.control_token.clone();
+                target
             })
             .collect()
     }
@@ -146,25 +155,24 @@ impl Records {
     }
 
     pub fn mem_limit_bytes(&self) -> Option<u64> {
-        self.run.mem_limit_bytes.and_then(|b| u64::try_from(b).ok())
+        self.newest().mem_limit_bytes.and_then(|b| u64::try_from(b).ok())
     }
 
-    /// Re-reads the latest run and its slots.
+    /// Re-reads the runs and their slots.
     pub async fn refresh(&mut self) -> Result<Refresh, shared::DbError> {
-        let latest = self.db.latest_run().await?;
+        let runs = read_runs(&self.db).await?;
+        let ids = |runs: &[FleetRun]| runs.iter().map(|r| r.run_id).collect::<Vec<_>>();
         let mut new_run = None;
-        if let Some(run) = latest
-            && run.run_id != self.run.run_id
-        {
-            self.run = run;
-            self.workers = self.db.run_workers(self.run.run_id).await?;
+        if !runs.is_empty() && ids(&runs) != ids(&self.runs) {
+            self.runs = runs;
+            self.workers = read_workers(&self.db, &self.runs).await?;
             new_run = Some(NewRun {
                 targets: self.targets(),
-                control_token: self.run.control_token.clone(),
+                control_token: self.newest().control_token.clone(),
                 mem_limit_bytes: self.mem_limit_bytes(),
             });
         } else {
-            self.workers = self.db.run_workers(self.run.run_id).await?;
+            self.workers = read_workers(&self.db, &self.runs).await?;
         }
         Ok(Refresh { slots: self.workers.clone(), new_run })
     }
@@ -172,8 +180,25 @@ impl Records {
     /// Every shard's counts straight from the videos table: one scan, for shards whose
     /// worker cannot tell.
     pub async fn shard_counts(&self) -> Result<Vec<ShardCounts>, shared::DbError> {
-        self.db.shard_progress(self.run.workers.max(1) as u32).await
+        self.db.shard_progress(self.newest().workers.max(1) as u32).await
     }
+}
+
+/// The live runs, or the latest run if none is live.
+async fn read_runs(db: &Store) -> Result<Vec<FleetRun>, shared::DbError> {
+    let live = db.live_runs().await?;
+    if !live.is_empty() {
+        return Ok(live);
+    }
+    Ok(db.latest_run().await?.into_iter().collect())
+}
+
+async fn read_workers(db: &Store, runs: &[FleetRun]) -> Result<Vec<FleetWorker>, shared::DbError> {
+    let mut workers = Vec::new();
+    for r in runs {
+        workers.extend(db.run_workers(r.run_id).await?);
+    }
+    Ok(workers)
 }
 
 /// Where to connect to reach a worker bound to `bind`: a wildcard address is reached on
@@ -195,9 +220,10 @@ mod tests {
 
     #[test]
     fn a_status_url_keeps_the_base_path_prefix() {
-        let t = Target { slot: 0, base: Url::parse("http://127.0.0.1:8080/fleet/w0/").unwrap(), expect: None };
+        let t =
+            Target { slot: 0, base: Url::parse("http://127.0.0.1:8080/fleet/w0/").unwrap(), expect: None, token: None };
         assert_eq!(t.url("/status").as_str(), "http://127.0.0.1:8080/fleet/w0/status");
-        let t = Target { slot: 0, base: Url::parse("http://127.0.0.1:3001").unwrap(), expect: None };
+        let t = Target { slot: 0, base: Url::parse("http://127.0.0.1:3001").unwrap(), expect: None, token: None };
         assert_eq!(t.url("/status").as_str(), "http://127.0.0.1:3001/status");
         assert_eq!(t.port(), Some(3001));
     }

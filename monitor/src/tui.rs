@@ -81,11 +81,14 @@ pub async fn run(
                     Action::Redraw => dirty = true,
                     Action::Nothing => {}
                     Action::Send(i, command) => {
-                        let (Some(token), Some(target), Some(worker)) =
-                            (controls.token.clone(), fleet.targets().get(i).cloned(), fleet.workers().get(i))
-                        else {
-                            continue;
+                        let Some(target) = fleet.targets().get(i).cloned() else { continue };
+                        // A fleet over several hosts has a token per supervisor: the
+                        // worker's own run's, unless --control-token names one.
+                        let token = match &target.token {
+                            Some(t) if controls.token_from_run => Some(t.clone()),
+                            _ => controls.token.clone(),
                         };
+                        let (Some(token), Some(worker)) = (token, fleet.workers().get(i)) else { continue };
                         let control = Control::new(controls.client.clone(), token);
                         let worker_id = worker.worker_id();
                         let (said_tx, poll_now, cancel) = (said_tx.clone(), poll_now.clone(), cancel.clone());

@@ -77,6 +77,18 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, as the schema's checks list them.
+    pub const ALL: &[Outcome] = &[
+        Outcome::Done,
+        Outcome::Error,
+        Outcome::Timeout,
+        Outcome::Memory,
+        Outcome::Expired,
+        Outcome::Released,
+        Outcome::Crashed,
+        Outcome::Rejected,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Done => "done",

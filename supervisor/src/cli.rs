@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use shared::config::{HandlerArgs, JobArgs};
+use shared::ids::WorkerIds;
 use shared::logging::LogFormat;
 use shared::storage::DbLocation;
 use shared::units::{ByteSize, duration_arg};
@@ -101,9 +102,23 @@ pub struct StartArgs {
     #[arg(long, default_value_t = 3001, value_parser = clap::value_parser!(u16).range(1..))]
     pub base_port: u16,
 
-    /// Address the workers listen on.
+    /// Address the workers listen on. Beyond loopback (0.0.0.0, a host address) other
+    /// hosts and a remote monitor can reach them; their control endpoints still need
+    /// the control token.
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: IpAddr,
+
+    /// Run only these worker ids of the fleet's N on this host (`3-5`, `0,2`, `0-1,4`);
+    /// another host's supervisor, on the same PostgreSQL database, runs the rest.
+    /// Default: all of them.
+    #[arg(long, env = "FLEET_WORKER_IDS", value_name = "IDS")]
+    pub worker_ids: Option<WorkerIds>,
+
+    /// The host name or address other hosts and `monitor --db` reach this host's
+    /// workers at, recorded with the run (default: the --bind address, loopback for a
+    /// wildcard).
+    #[arg(long, env = "FLEET_ADVERTISE", value_name = "HOST")]
+    pub advertise: Option<String>,
 
     #[command(flatten)]
     pub handler: HandlerArgs,
@@ -192,6 +207,13 @@ pub struct StartArgs {
     pub control_token: Option<String>,
 }
 
+impl StartArgs {
+    /// The worker ids this supervisor runs: `--worker-ids`, or all of them.
+    pub fn ids(&self) -> WorkerIds {
+        self.worker_ids.clone().unwrap_or_else(|| WorkerIds::all(self.workers))
+    }
+}
+
 /// `--crash-loop 5/60s`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CrashLoop {
@@ -247,6 +269,10 @@ pub struct StatusArgs {
 pub struct StopArgs {
     #[command(flatten)]
     pub db: DbArg,
+    /// Stop only the supervisors running these worker ids (one host's part of a fleet
+    /// that spans hosts). Default: every supervisor of the fleet, on every host.
+    #[arg(long, value_name = "IDS")]
+    pub worker_ids: Option<WorkerIds>,
     /// How long to wait for the fleet to stop.
     #[arg(long, value_name = "DUR", default_value = "90s", value_parser = duration_arg)]
     pub timeout: Duration,

@@ -132,7 +132,7 @@ async fn run_command(
         }
         Command::Stop(a) => {
             let db = Store::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
-            say(stop::stop(&db, a.timeout).await?)?;
+            say(stop::stop(db, &a.db.db, a.worker_ids.as_ref(), a.timeout).await?)?;
             Ok(exit::DONE.into())
         }
         Command::Retry(a) => retry(a).await.map(Done::from),

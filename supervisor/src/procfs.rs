@@ -25,6 +25,11 @@ pub fn is_running(pid: i64, name: &str) -> bool {
 
 /// This host's name, as runs record it.
 pub fn hostname() -> Option<String> {
+    // FLEET_HOST names the host where the kernel's name is no use (a container's
+    // random one) or, in tests, plays a second host on one machine.
+    if let Some(name) = std::env::var("FLEET_HOST").ok().filter(|h| !h.trim().is_empty()) {
+        return Some(name.trim().to_string());
+    }
     fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string())
 }
 

@@ -13,13 +13,25 @@ use crate::procfs;
 pub struct FleetView {
     /// The latest run, if a fleet was ever started on this database.
     pub run: Option<FleetRun>,
-    /// Whether that run's supervisor process is alive now.
+    /// Whether that run's supervisor is alive now.
     pub supervisor_alive: bool,
+    /// The runs shown: every live one (one per host of a fleet that spans hosts, each
+    /// with its worker ids), or the latest if none is live.
+    pub runs: Vec<RunView>,
+    /// The workers of every run shown, by worker id.
     pub workers: Vec<WorkerView>,
     /// Every video by status (all shards).
     pub totals: ShardCounts,
-    /// The last restarts and memory kills, oldest first.
+    /// The last restarts and memory kills of the runs shown, oldest first.
     pub events: Vec<FleetEvent>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunView {
+    #[serde(flatten)]
+    pub run: FleetRun,
+    /// Whether its supervisor is alive: its pid on this host, a fresh heartbeat on another.
+    pub alive: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -27,40 +39,71 @@ pub struct WorkerView {
     #[serde(flatten)]
     pub record: FleetWorker,
     pub shard: ShardCounts,
+    /// The host its supervisor runs on, and where it is reached (`host:port`).
+    pub host: Option<String>,
+    pub address: String,
+    /// Whether its supervisor is alive.
+    #[serde(skip)]
+    pub supervised: bool,
 }
 
 pub async fn load(db: &Store) -> anyhow::Result<FleetView> {
-    let run = db.latest_run().await?;
-    let Some(run) = run else {
+    let latest = db.latest_run().await?;
+    let Some(latest) = latest else {
         let totals = db.totals().await?;
-        return Ok(FleetView { run: None, supervisor_alive: false, workers: Vec::new(), totals, events: Vec::new() });
+        return Ok(FleetView {
+            run: None,
+            supervisor_alive: false,
+            runs: Vec::new(),
+            workers: Vec::new(),
+            totals,
+            events: Vec::new(),
+        });
     };
-    let shards = db.shard_progress(run.workers as u32).await?;
+    let db_now = db.clock().await?;
+    let mut shown = db.live_runs().await?;
+    if shown.is_empty() {
+        shown.push(latest.clone());
+    }
+    // The newest run's size counts the shards (runs beside it share it).
+    let workers_n = shown.last().map_or(latest.workers, |r| r.workers);
+    let shards = db.shard_progress(workers_n.max(1) as u32).await?;
     let mut totals = ShardCounts::default();
     for s in &shards {
         totals += *s;
     }
-    let workers = db
-        .run_workers(run.run_id)
-        .await?
-        .into_iter()
-        .map(|record| {
+    let mut workers = Vec::new();
+    let mut events = Vec::new();
+    let mut runs = Vec::new();
+    for run in shown {
+        let alive = crate::fleet::run_is_alive(&run, db_now);
+        let reach = connect_host(&run.reach());
+        for record in db.run_workers(run.run_id).await? {
             let shard = shards.get(record.worker_id as usize).copied().unwrap_or_default();
-            WorkerView { record, shard }
-        })
-        .collect();
-    let mut events = db.run_events(run.run_id).await?;
+            let address = format!("{reach}:{}", record.port);
+            workers.push(WorkerView { record, shard, host: run.host.clone(), address, supervised: alive });
+        }
+        events.extend(db.run_events(run.run_id).await?);
+        runs.push(RunView { run, alive });
+    }
+    workers.sort_by_key(|w| w.record.worker_id);
+    events.sort_by_key(|e| e.at);
     let keep = events.len().saturating_sub(10);
     events.drain(..keep);
-    let supervisor_alive = procfs::is_running(run.supervisor_pid, "supervisor");
-    Ok(FleetView { run: Some(run), supervisor_alive, workers, totals, events })
+    let supervisor_alive = crate::fleet::run_is_alive(&latest, db_now);
+    Ok(FleetView { run: Some(latest), supervisor_alive, runs, workers, totals, events })
+}
+
+/// A host as it goes before `:port`: an IPv6 address in brackets.
+fn connect_host(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() }
 }
 
 /// The human table.
 pub fn render(v: &FleetView) -> String {
     let mut out = String::new();
     let t = &v.totals;
-    let Some(run) = &v.run else {
+    if v.runs.is_empty() {
         out.push_str("no fleet has been started on this database\n");
         out.push_str(&format!(
             "videos: {} total · {} done · {} failed · {} running · {} pending\n",
@@ -71,25 +114,46 @@ pub fn render(v: &FleetView) -> String {
             t.pending
         ));
         return out;
-    };
+    }
     let now = now_ms();
-    let state = if v.supervisor_alive || !run.state.is_live() {
-        run.state.to_string()
-    } else {
-        "crashed (supervisor is gone)".into()
+    // One host's fleet reads as it always has; a fleet over several supervisors names
+    // each, and the table gains their hosts.
+    let spread = v.runs.len() > 1 || v.runs.iter().any(|r| r.run.worker_ids.is_some());
+    for RunView { run, alive } in &v.runs {
+        let state = if *alive || !run.state.is_live() {
+            run.state.to_string()
+        } else if procfs::is_this_host(run.host.as_deref()) {
+            "crashed (supervisor is gone)".into()
+        } else {
+            let seen = run.heartbeat_at.unwrap_or(run.started_at);
+            format!("not heard from for {} (its next start takes it over)", ago(now - seen))
+        };
+        let since = if *alive {
+            format!("up {}", ago(now - run.started_at))
+        } else {
+            format!("started {} ago", ago(now - run.started_at))
+        };
+        let who = crate::fleet::describe_run(run);
+        if spread {
+            out.push_str(&format!(
+                "fleet: {state} · {who} · {since} · worker ids {} of {} · {}\n",
+                run.ids(),
+                run.workers,
+                run.handler
+            ));
+        } else {
+            out.push_str(&format!("fleet: {state} · {who} · {since} · {} workers · {}\n", run.workers, run.handler));
+        }
+    }
+    let limit = |run: &FleetRun| {
+        run.mem_limit_bytes.map(|b| shared::units::ByteSize(b as u64).to_string()).unwrap_or_else(|| "none".into())
     };
-    let since = if v.supervisor_alive {
-        format!("up {}", ago(now - run.started_at))
-    } else {
-        format!("started {} ago", ago(now - run.started_at))
-    };
+    let first = &v.runs[0].run;
     out.push_str(&format!(
-        "fleet: {state} · supervisor pid {} · {since} · {} workers · {}\n",
-        run.supervisor_pid, run.workers, run.handler
+        "memory limit: {} per worker, enforced by {}\n",
+        limit(first),
+        enforce_words(&first.mem_enforce)
     ));
-    let limit =
-        run.mem_limit_bytes.map(|b| shared::units::ByteSize(b as u64).to_string()).unwrap_or_else(|| "none".into());
-    out.push_str(&format!("memory limit: {limit} per worker, enforced by {}\n", enforce_words(&run.mem_enforce)));
     out.push_str(&format!(
         "videos: {} total · {} done · {} failed · {} running · {} pending\n\n",
         t.total(),
@@ -98,11 +162,16 @@ pub fn render(v: &FleetView) -> String {
         t.running,
         t.pending
     ));
-    let header = ["worker", "pid", "port", "state", "uptime", "restarts", "last restart", "memory", "progress"];
+    let mut header = vec!["worker", "pid", "port", "state", "uptime", "restarts", "last restart", "memory", "progress"];
+    if spread {
+        header.splice(1..1, ["host", "address"]);
+    }
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for w in &v.workers {
         let r = &w.record;
-        let alive = v.supervisor_alive && r.state == SlotStatus::Running;
+        let run = v.runs.iter().find(|run| run.run.run_id == r.run_id).map(|run| &run.run).unwrap_or(first);
+        let limit = limit(run);
+        let alive = w.supervised && r.state == SlotStatus::Running;
         let uptime = match (alive, r.started_at) {
             (true, Some(s)) => ago(now - s),
             _ => "-".into(),
@@ -119,17 +188,21 @@ pub fn render(v: &FleetView) -> String {
         let total = w.shard.total();
         let finished = w.shard.done + w.shard.failed;
         let pct = (finished * 100).checked_div(total).unwrap_or(100);
-        rows.push(vec![
+        let mut row = vec![
             r.worker_id.to_string(),
             r.pid.filter(|_| alive).map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             r.port.to_string(),
-            if v.supervisor_alive { r.state.to_string() } else { SlotStatus::Stopped.to_string() },
+            if w.supervised { r.state.to_string() } else { SlotStatus::Stopped.to_string() },
             uptime,
             r.restarts.to_string(),
             reason,
             memory,
             format!("{finished}/{total} ({pct}%) {} failed", w.shard.failed),
-        ]);
+        ];
+        if spread {
+            row.splice(1..1, [w.host.clone().unwrap_or_else(|| "-".into()), w.address.clone()]);
+        }
+        rows.push(row);
     }
     out.push_str(&table(&rows));
     if !v.events.is_empty() {
@@ -209,6 +282,10 @@ mod tests {
             concurrency: 1,
             log_dir: None,
             control_token: None,
+            worker_ids: None,
+            heartbeat_at: None,
+            stop_requested_at: None,
+            advertise: None,
         };
         db.insert_run(&run).await.unwrap();
         db.close().await;

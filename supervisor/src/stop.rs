@@ -1,34 +1,95 @@
-//! `supervisor stop`: asks the running supervisor to drain (SIGTERM) and waits until it
-//! has exited.
+//! `supervisor stop`: asks every live supervisor of the fleet (or those running
+//! `--worker-ids`) to drain, and waits until they have exited. The request goes through
+//! the database, which every supervisor polls with its heartbeat, so one command stops
+//! a fleet spread over several hosts; a supervisor on this host also gets SIGTERM, the
+//! quickest way to tell it.
 
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use shared::storage::Store;
+use shared::ids::WorkerIds;
+use shared::storage::{DbLocation, FleetRun, Store, now_ms};
 
+use crate::fleet::{describe_run, run_is_alive};
 use crate::procfs;
 
 /// Returns a line for the user.
-pub async fn stop(db: &Store, timeout: Duration) -> anyhow::Result<String> {
-    let Some(run) = db.latest_run().await? else {
-        return Ok("no fleet has been started on this database; nothing to stop".into());
-    };
-    let pid = run.supervisor_pid;
-    if !procfs::is_running(pid, "supervisor") {
-        return Ok(format!("no fleet is running (the last one, supervisor pid {pid}, is {})", run.state));
+/// `db` is `location` opened read-only.
+pub async fn stop(
+    db: Store,
+    location: &DbLocation,
+    which: Option<&WorkerIds>,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let live = db.live_runs().await?;
+    let db_now = db.clock().await?;
+    let wanted: Vec<FleetRun> =
+        live.into_iter().filter(|r| which.is_none_or(|ids| !ids.overlap(&r.ids()).is_empty())).collect();
+    let (alive, dead): (Vec<FleetRun>, Vec<FleetRun>) = wanted.into_iter().partition(|r| run_is_alive(r, db_now));
+    let mut lines: Vec<String> = dead
+        .iter()
+        .map(|r| {
+            let seen = r.heartbeat_at.unwrap_or(r.started_at);
+            format!(
+                "{} (worker ids {}) is not running: last heard from {} ago; the next start of its ids takes it over",
+                describe_run(r),
+                r.ids(),
+                crate::status::ago(db_now - seen)
+            )
+        })
+        .collect();
+    if alive.is_empty() {
+        let latest = db.latest_run().await?;
+        db.close().await;
+        if !lines.is_empty() {
+            return Ok(lines.join("\n"));
+        }
+        return Ok(match (latest, which) {
+            (None, _) => "no fleet has been started on this database; nothing to stop".into(),
+            (Some(_), Some(ids)) => format!("no supervisor is running worker ids {ids}; nothing to stop"),
+            (Some(run), None) => {
+                format!("no fleet is running (the last one, supervisor pid {}, is {})", run.supervisor_pid, run.state)
+            }
+        });
     }
-    // Let go of the database first: the supervisor checkpoints the WAL into the file when
-    // it closes the last connection, and ours would be one.
-    db.close().await;
-    kill(Pid::from_raw(pid as i32), Signal::SIGTERM)?;
+    let here = |r: &FleetRun| procfs::is_this_host(r.host.as_deref());
+    // Writing the request needs a writable connection; the database is a fleet's already.
+    let writer = Store::open(location, 1).await?;
+    writer.request_stop(&alive.iter().map(|r| r.run_id).collect::<Vec<_>>(), now_ms()).await?;
+    writer.close().await;
+    // Let go of a SQLite file before waiting: the supervisor checkpoints the WAL into the
+    // file when it closes the last connection, and ours would be one. (Runs on other
+    // hosts are PostgreSQL's, and are watched through the database.)
+    let watch_db = alive.iter().any(|r| !here(r));
+    if !watch_db {
+        db.close().await;
+    }
+    for r in alive.iter().filter(|r| here(r)) {
+        let _ = kill(Pid::from_raw(r.supervisor_pid as i32), Signal::SIGTERM);
+    }
     let deadline = Instant::now() + timeout;
-    while procfs::is_running(pid, "supervisor") {
+    let mut waiting = alive.clone();
+    while !waiting.is_empty() {
+        let still_live: Vec<i64> =
+            if watch_db { db.live_runs().await?.iter().map(|r| r.run_id).collect() } else { vec![] };
+        waiting.retain(|r| {
+            if here(r) { procfs::is_running(r.supervisor_pid, "supervisor") } else { still_live.contains(&r.run_id) }
+        });
+        if waiting.is_empty() {
+            break;
+        }
         if Instant::now() > deadline {
-            bail!("the supervisor (pid {pid}) did not stop within {}", shared::units::format_duration(timeout));
+            let names: Vec<String> = waiting.iter().map(describe_run).collect();
+            bail!("{} did not stop within {}", names.join(", "), shared::units::format_duration(timeout));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(format!("fleet stopped (supervisor pid {pid})"))
+    db.close().await;
+    lines.extend(alive.iter().map(|r| match &r.worker_ids {
+        None if here(r) => format!("fleet stopped ({})", describe_run(r)),
+        _ => format!("fleet stopped: worker ids {} ({})", r.ids(), describe_run(r)),
+    }));
+    Ok(lines.join("\n"))
 }

@@ -926,6 +926,10 @@ async fn status_and_logs_end_quietly_when_their_reader_goes_away() {
         concurrency: 1,
         log_dir: Some(t.dir.path().join("logs").display().to_string()),
         control_token: None,
+        worker_ids: None,
+        heartbeat_at: None,
+        stop_requested_at: None,
+        advertise: None,
     };
     t.db.insert_run(&run).await.unwrap();
     std::fs::create_dir(t.dir.path().join("logs")).unwrap();

@@ -55,6 +55,7 @@ fn fleet() -> Fleet {
             slot: k,
             base: format!("http://127.0.0.1:{}", 3001 + k).parse().unwrap(),
             expect: Some((k, 5)),
+            token: None,
         })
         .collect();
     let mut fleet = Fleet::new(targets);
@@ -158,7 +159,12 @@ fn question_mark_opens_the_help_over_the_dashboard() {
 #[test]
 fn with_every_worker_down_the_progress_reads_as_last_seen_with_no_rate_or_eta() {
     let targets: Vec<Target> = (0..2)
-        .map(|k| Target { slot: k, base: format!("http://127.0.0.1:{}", 3001 + k).parse().unwrap(), expect: None })
+        .map(|k| Target {
+            slot: k,
+            base: format!("http://127.0.0.1:{}", 3001 + k).parse().unwrap(),
+            expect: None,
+            token: None,
+        })
         .collect();
     let mut fleet = Fleet::new(targets);
     for i in 0..=30u64 {

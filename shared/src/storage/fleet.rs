@@ -9,7 +9,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 
-use super::Store;
+use super::{Store, now_ms};
 use crate::error::DbError;
 
 /// A word kept in the records that this build does not know.
@@ -154,6 +154,39 @@ pub struct FleetRun {
     pub log_dir: Option<String>,
     #[serde(skip)]
     pub control_token: Option<String>,
+    /// The worker ids this run starts (`--worker-ids`); None: all of them. Read with
+    /// [`FleetRun::ids`]. (Absent in databases from before migration 0005.)
+    #[sqlx(default)]
+    pub worker_ids: Option<String>,
+    /// When its supervisor last said it is alive.
+    #[sqlx(default)]
+    pub heartbeat_at: Option<i64>,
+    /// When `supervisor stop` asked it to stop.
+    #[sqlx(default)]
+    pub stop_requested_at: Option<i64>,
+    /// Where other hosts reach its workers (`--advertise`), if not at `bind`.
+    #[sqlx(default)]
+    pub advertise: Option<String>,
+}
+
+impl FleetRun {
+    /// The worker ids this run starts.
+    pub fn ids(&self) -> crate::ids::WorkerIds {
+        self.worker_ids
+            .as_deref()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| crate::ids::WorkerIds::all(self.workers.max(0) as u32))
+    }
+
+    /// The address other hosts and the monitor reach this run's workers at.
+    pub fn reach(&self) -> String {
+        match &self.advertise {
+            Some(host) => host.clone(),
+            None if self.bind == "0.0.0.0" => "127.0.0.1".into(),
+            None if self.bind == "::" => "::1".into(),
+            None => self.bind.clone(),
+        }
+    }
 }
 
 /// One worker slot of a run, as the supervisor last saw it.
@@ -185,12 +218,82 @@ pub struct FleetEvent {
     pub reason: String,
 }
 
+/// What a new run found among the live ones, decided by its supervisor: the live runs
+/// it takes over (dead ones whose ids it shares), or why it must not start.
+pub type RunConflicts = Result<Vec<i64>, String>;
+
+/// What a heartbeat learned about its own run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOrder {
+    /// Nothing: carry on.
+    CarryOn,
+    /// `supervisor stop` asked it to stop.
+    Stop,
+    /// Another supervisor found its heartbeat stale and took its ids over: its workers
+    /// must stop before the new ones start the same shards twice.
+    TakenOver,
+}
+
 impl Store {
-    /// Records a new run and its worker slots (all `starting`); returns the run id.
+    /// Records a new run and its worker slots (those of `run.ids()`, all `starting`);
+    /// returns the run id.
     pub async fn insert_run(&self, run: &FleetRun) -> Result<i64, DbError> {
+        Ok(self.begin_run(run, |_, _| Ok(Vec::new())).await?.expect("a run that takes no decision is never refused"))
+    }
+
+    /// Records a new run unless a live one forbids it, atomically: under the database's
+    /// write lock (SQLite) or an advisory lock (PostgreSQL), `decide` sees every live run
+    /// (running or stopping) and the database's clock in ms (heartbeats are stamped by
+    /// it, so hosts' clocks never disagree about their age), and says which runs it takes
+    /// over (marked `crashed`) or why the new run must not start. Two supervisors
+    /// starting at once never both pass. Returns the new run's id, or `decide`'s refusal.
+    pub async fn begin_run(
+        &self,
+        run: &FleetRun,
+        decide: impl Fn(&[FleetRun], i64) -> RunConflicts,
+    ) -> Result<Result<i64, String>, DbError> {
         match self {
-            Store::Sqlite(s) => s.insert_run(run).await,
-            Store::Postgres(s) => s.insert_run(run).await,
+            Store::Sqlite(s) => s.begin_run(run, &decide).await,
+            Store::Postgres(s) => s.begin_run(run, &decide).await,
+        }
+    }
+
+    /// Runs whose supervisor was last seen driving them (running or stopping), oldest
+    /// first: with `--worker-ids`, several hosts' runs at once.
+    pub async fn live_runs(&self) -> Result<Vec<FleetRun>, DbError> {
+        match self {
+            Store::Sqlite(s) => s.live_runs().await,
+            Store::Postgres(s) => s.live_runs().await,
+        }
+    }
+
+    /// Stamps run `run_id` alive now, by the database's clock; returns what it must do.
+    pub async fn heartbeat(&self, run_id: i64) -> Result<RunOrder, DbError> {
+        let (stop, live) = match self {
+            Store::Sqlite(s) => s.heartbeat(run_id).await?,
+            Store::Postgres(s) => s.heartbeat(run_id).await?,
+        };
+        Ok(match (stop, live) {
+            (_, false) => RunOrder::TakenOver,
+            (true, true) => RunOrder::Stop,
+            (false, true) => RunOrder::CarryOn,
+        })
+    }
+
+    /// The database's clock in ms, which heartbeats are stamped by: what their age is
+    /// judged against on any host.
+    pub async fn clock(&self) -> Result<i64, DbError> {
+        match self {
+            Store::Sqlite(_) => Ok(now_ms()),
+            Store::Postgres(s) => s.clock().await,
+        }
+    }
+
+    /// Asks the supervisors of `run_ids` to stop (each sees it at its next heartbeat).
+    pub async fn request_stop(&self, run_ids: &[i64], now: i64) -> Result<(), DbError> {
+        match self {
+            Store::Sqlite(s) => s.request_stop(run_ids, now).await,
+            Store::Postgres(s) => s.request_stop(run_ids, now).await,
         }
     }
 

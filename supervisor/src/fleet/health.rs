@@ -111,7 +111,7 @@ impl Fleet {
         if !ok {
             return;
         }
-        if let Some(took) = self.slots[k as usize].answered(pid, Instant::now()) {
+        if let Some(took) = self.slot_mut(k).answered(pid, Instant::now()) {
             tracing::info!("worker {k} ready in {} ms", took.as_millis());
             self.write_record(k);
         }

@@ -77,7 +77,8 @@ impl Fleet {
             return;
         }
         let now = Instant::now();
-        while self.next_start < self.args.workers {
+        // `next_start` counts this supervisor's slots, in id order.
+        while (self.next_start as usize) < self.slots.len() {
             if !self.args.stagger.is_zero() && self.next_start > 0 {
                 let prev = &self.slots[self.next_start as usize - 1];
                 let prev_settled = prev.state() == SlotState::Running
@@ -94,7 +95,7 @@ impl Fleet {
                     );
                 }
             }
-            let k = self.next_start;
+            let k = self.slots[self.next_start as usize].id;
             self.next_start += 1;
             self.start_slot(k);
             // The gap runs from the spawn, not from this pass's start: spawning takes a
@@ -102,12 +103,12 @@ impl Fleet {
             // gap shorter than --stagger.
             self.last_start = Some(Instant::now());
         }
-        for k in 0..self.slots.len() {
-            if self.slots[k].due().is_some_and(|t| t <= now) {
-                if matches!(self.slots[k].state(), SlotState::Errored(_)) {
+        for k in self.ids() {
+            if self.slot(k).due().is_some_and(|t| t <= now) {
+                if matches!(self.slot(k).state(), SlotState::Errored(_)) {
                     tracing::info!("worker {k}: cooldown over; trying it again");
                 }
-                self.start_slot(k as u32);
+                self.start_slot(k);
             }
         }
     }
@@ -115,7 +116,7 @@ impl Fleet {
     /// The next moment a timer of ours needs the loop: a restart, or the stagger.
     pub(super) fn next_wake(&self) -> Option<Instant> {
         let mut wake = self.slots.iter().filter_map(|s| s.due()).min();
-        if self.next_start < self.args.workers && self.next_start > 0 {
+        if (self.next_start as usize) < self.slots.len() && self.next_start > 0 {
             let prev = &self.slots[self.next_start as usize - 1];
             let t =
                 [self.last_start.map(|t| t + self.args.stagger), prev.started().map(|s| s + self.args.ready_timeout)]
@@ -130,18 +131,17 @@ impl Fleet {
 
     /// Starts worker `k` in a fresh cgroup; a start that fails counts as a crash.
     fn start_slot(&mut self, k: u32) {
-        let ki = k as usize;
-        if let Some(old) = self.slots[ki].take_cgroup() {
+        if let Some(old) = self.slot_mut(k).take_cgroup() {
             self.memory.release_worker(&old);
         }
         match self.memory.prepare_worker(k) {
-            Ok(cgroup) => self.slots[ki].set_cgroup(cgroup),
+            Ok(cgroup) => self.slot_mut(k).set_cgroup(cgroup),
             Err(e) => {
                 self.crashed(k, ExitCause::NoCgroup(format!("{e:#}")));
                 return;
             }
         }
-        let slot = &self.slots[ki];
+        let slot = self.slot(k);
         let args = worker_args(&self.args, k, slot.port, &self.db_path);
         let env = worker_env(slot.restarts(), slot.last_reason());
         let child = spawn::spawn_worker(&self.exe, &args, &env, &self.token, slot.cgroup_procs());
@@ -162,8 +162,8 @@ impl Fleet {
             let status = child.wait().await;
             let _ = tx.send(Event::Exited { slot: k, pid, status });
         });
-        self.slots[ki].spawned(pid, Instant::now(), now_ms());
-        tracing::info!("worker {k} started (pid {pid}, port {})", self.slots[ki].port);
+        self.slot_mut(k).spawned(pid, Instant::now(), now_ms());
+        tracing::info!("worker {k} started (pid {pid}, port {})", self.slot(k).port);
         self.write_record(k);
     }
 }

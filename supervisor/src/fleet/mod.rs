@@ -21,6 +21,7 @@ mod setup;
 mod slot;
 mod spawn;
 mod summary;
+mod takeover;
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use shared::storage::{FleetRun, RunState, Store};
+use shared::storage::{FleetRun, RunOrder, RunState, Store};
 use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, interval, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -45,6 +46,7 @@ pub use recover::wait_for_previous_workers;
 use restart::RestartPolicy;
 pub use setup::{check_batch_has_videos, check_ports, preflight};
 use slot::{Slot, SlotState};
+pub use takeover::{HEARTBEAT_EVERY, describe as describe_run, is_alive as run_is_alive};
 
 use crate::cli::StartArgs;
 
@@ -139,6 +141,10 @@ pub struct Fleet {
     history: Vec<Incident>,
     /// Why the run cannot go on (a damaged database): it stops, and `run` fails with this.
     fatal: Option<String>,
+    /// What the heartbeat learned: a stop asked through the database, or a takeover.
+    orders: mpsc::UnboundedReceiver<RunOrder>,
+    /// Stamps the run record alive every second (`takeover.rs` says why).
+    heartbeat: tokio::task::JoinHandle<()>,
 }
 
 impl Fleet {
@@ -160,13 +166,21 @@ impl Fleet {
         }
         let mut killed_all = false;
         let mut hurried = false;
-        tracing::info!(
-            "starting {} workers on ports {}-{} ({})",
-            self.args.workers,
-            self.args.base_port,
-            self.args.base_port as u32 + self.args.workers - 1,
-            self.args.handler.describe()
-        );
+        match &self.run.worker_ids {
+            None => tracing::info!(
+                "starting {} workers on ports {}-{} ({})",
+                self.args.workers,
+                self.args.base_port,
+                self.args.base_port as u32 + self.args.workers - 1,
+                self.args.handler.describe()
+            ),
+            Some(ids) => tracing::info!(
+                "starting workers {ids} of {} on ports base {} + id ({})",
+                self.args.workers,
+                self.args.base_port,
+                self.args.handler.describe()
+            ),
+        }
         loop {
             self.start_due();
             if self.stopping.is_some() && self.slots.iter().all(|s| s.pid().is_none()) {
@@ -189,6 +203,18 @@ impl Fleet {
                     self.signal_all(Signal::SIGINT);
                     self.stopping = Some(Instant::now() + Duration::from_secs(3));
                 }
+                Some(order) = self.orders.recv(), if self.stopping.is_none() => match order {
+                    RunOrder::Stop => {
+                        tracing::info!("stopping: `supervisor stop` asked for it through the database");
+                        self.begin_stop(RunEnd::Stopped);
+                    }
+                    RunOrder::TakenOver | RunOrder::CarryOn => {
+                        tracing::error!(
+                            "another supervisor took over this run's worker ids (its heartbeat had gone stale); stopping"
+                        );
+                        self.begin_stop(RunEnd::Stopped);
+                    }
+                },
                 Some(ev) = self.events.recv() => self.handle(ev),
                 _ = sample.tick(), if self.memory.mode == Mode::Sample => self.sample().await,
                 _ = health.tick() => self.check_health(false),
@@ -218,7 +244,7 @@ impl Fleet {
     }
 
     async fn check_done(&mut self) -> anyhow::Result<()> {
-        let totals = match self.reader.totals().await {
+        let totals = match self.own_totals().await {
             Err(e) if e.is_corrupt() => {
                 tracing::error!("the done check found the database damaged ({e}); ending the run");
                 self.fatal.get_or_insert_with(|| shared::storage::corrupt_advice(&self.db_path));
@@ -251,6 +277,20 @@ impl Fleet {
         Ok(())
     }
 
+    /// The videos of this supervisor's shards: all of them, or with `--worker-ids` only
+    /// those shards (the other hosts' end their own runs).
+    async fn own_totals(&self) -> Result<shared::status::ShardCounts, shared::DbError> {
+        if self.slots.len() == self.args.workers as usize {
+            return self.reader.totals().await;
+        }
+        let shards = self.reader.shard_progress(self.args.workers).await?;
+        let mut own = shared::status::ShardCounts::default();
+        for s in &self.slots {
+            own += shards.get(s.id as usize).copied().unwrap_or_default();
+        }
+        Ok(own)
+    }
+
     fn begin_stop(&mut self, end: RunEnd) {
         if self.stopping.is_some() {
             return;
@@ -278,17 +318,34 @@ impl Fleet {
         }
     }
 
+    /// Worker `k`'s slot. Slots exist for this supervisor's ids only (`--worker-ids`),
+    /// in order; events and starts only ever name those.
+    fn slot(&self, k: u32) -> &Slot {
+        let i = self.slots.binary_search_by_key(&k, |s| s.id).expect("worker ids name this run's slots");
+        &self.slots[i]
+    }
+
+    fn slot_mut(&mut self, k: u32) -> &mut Slot {
+        let i = self.slots.binary_search_by_key(&k, |s| s.id).expect("worker ids name this run's slots");
+        &mut self.slots[i]
+    }
+
+    /// This supervisor's worker ids, in order.
+    fn ids(&self) -> Vec<u32> {
+        self.slots.iter().map(|s| s.id).collect()
+    }
+
     fn write_records(&mut self) {
         if self.memory.mode != Mode::Sample {
             self.measure_for_record();
         }
-        for k in 0..self.slots.len() as u32 {
+        for k in self.ids() {
             self.write_record(k);
         }
     }
 
     fn write_record(&self, k: u32) {
-        let record = self.slots[k as usize].record(self.run.run_id, Instant::now(), self.args.ready_timeout);
+        let record = self.slot(k).record(self.run.run_id, Instant::now(), self.args.ready_timeout);
         self.record(Record::Worker(record));
     }
 
@@ -304,11 +361,13 @@ impl Fleet {
     }
 
     async fn finish(mut self) -> anyhow::Result<(RunEnd, Option<String>)> {
-        for k in 0..self.slots.len() as u32 {
-            self.slots[k as usize].stop();
+        for k in self.ids() {
+            self.slot_mut(k).stop();
             self.write_record(k);
         }
         self.memory.cleanup();
+        // No beat after the final state: the record must read as ended.
+        self.heartbeat.abort();
         let state = match self.end {
             _ if self.fatal.is_some() => RunState::Damaged,
             RunEnd::Stopped => RunState::Stopped,

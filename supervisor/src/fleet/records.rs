@@ -6,11 +6,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use shared::storage::{EventKind, FleetWorker, RunState, Store};
+use shared::storage::{EventKind, FleetWorker, RunOrder, RunState, Store};
 use shared::units::format_utc_ms;
 use tokio::sync::mpsc;
 
 use super::exit_cause::ExitCause;
+use super::takeover::HEARTBEAT_EVERY;
 
 #[derive(Debug)]
 pub enum Record {
@@ -85,6 +86,27 @@ pub fn start(db: Store, run_id: i64) -> (mpsc::UnboundedSender<Record>, tokio::t
         }
     });
     (tx, task)
+}
+
+/// Stamps run `run_id` alive every [`HEARTBEAT_EVERY`] until aborted, and passes on
+/// the first order other than carrying on (a stop asked through the database, or a
+/// takeover), then ends. A beat that fails is tried again at the next.
+pub fn beat(db: Store, run_id: i64, orders: mpsc::UnboundedSender<RunOrder>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(HEARTBEAT_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            match db.heartbeat(run_id).await {
+                Ok(RunOrder::CarryOn) => {}
+                Ok(order) => {
+                    let _ = orders.send(order);
+                    return;
+                }
+                Err(e) => tracing::warn!("could not stamp the run record alive: {e}"),
+            }
+        }
+    })
 }
 
 #[cfg(test)]

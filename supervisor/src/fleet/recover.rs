@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use shared::retry::RetryPolicy;
 use shared::status::Outcome;
-use shared::storage::{DbLocation, FleetRun, RunState, Store, now_ms};
+use shared::storage::{DbLocation, FleetRun, Store, now_ms};
 use shared::units::human_duration;
 
 use super::Fleet;
@@ -17,24 +17,20 @@ use crate::procfs;
 /// host, and a service manager restarts the supervisor at once.
 const PREVIOUS_WORKERS_WAIT: Duration = Duration::from_secs(5);
 
-/// Waits (bounded) until the workers of the database's last run, if its supervisor is
-/// gone, have exited and freed their ports. Reads only; a database that cannot be read
+/// Waits (bounded) until the workers of this host's live-looking runs whose supervisor
+/// is gone have exited and freed their ports. Reads only; a database that cannot be read
 /// here is left for `prepare` to report.
 pub async fn wait_for_previous_workers(db: &DbLocation) {
     if db.path().is_some_and(|p| !p.exists()) {
         return;
     }
     let Ok(db) = Store::open_read_only(db).await else { return };
-    let pids: Vec<i64> = match db.latest_run().await {
-        Ok(Some(prev))
-            if prev.state.is_live()
-                && procfs::is_this_host(prev.host.as_deref())
-                && !procfs::is_running(prev.supervisor_pid, "supervisor") =>
-        {
-            db.run_workers(prev.run_id).await.unwrap_or_default().iter().filter_map(|w| w.pid).collect()
+    let mut pids: Vec<i64> = Vec::new();
+    for prev in db.live_runs().await.unwrap_or_default() {
+        if procfs::is_this_host(prev.host.as_deref()) && !procfs::is_running(prev.supervisor_pid, "supervisor") {
+            pids.extend(db.run_workers(prev.run_id).await.unwrap_or_default().iter().filter_map(|w| w.pid));
         }
-        _ => Vec::new(),
-    };
+    }
     db.close().await;
     let deadline = Instant::now() + PREVIOUS_WORKERS_WAIT;
     let alive = || pids.iter().filter(|&&p| procfs::is_running(p, "worker")).count();
@@ -69,12 +65,11 @@ impl Fleet {
     }
 }
 
-/// A previous run whose supervisor died left claims behind: its workers died with it
-/// (parent-death signal), so whatever they held is handed back now.
+/// A previous run whose supervisor died (taken over by this start, `takeover.rs`) left
+/// claims behind: its workers died with it (parent-death signal), so whatever they held
+/// is handed back now. On another host that may not be known; its workers' finishes
+/// are fenced either way.
 pub(super) async fn recover_previous(db: &Store, prev: &FleetRun, policy: &RetryPolicy) -> anyhow::Result<()> {
-    if !prev.state.is_live() {
-        return Ok(());
-    }
     let mut handed_back = 0;
     for w in db.run_workers(prev.run_id).await? {
         if let Some(pid) = w.pid {
@@ -83,10 +78,11 @@ pub(super) async fn recover_previous(db: &Store, prev: &FleetRun, policy: &Retry
             handed_back += db.release_process(k, pid as u32, Outcome::Crashed, &error, now_ms(), policy).await?.len();
         }
     }
-    db.set_run_state(prev.run_id, RunState::Crashed, true).await?;
     tracing::warn!(
-        "the previous run (supervisor pid {}) ended without stopping; handed back {handed_back} videos its workers held",
-        prev.supervisor_pid
+        "run {} ({}) ended without stopping; took over its worker ids {} and handed back {handed_back} videos its workers held",
+        prev.run_id,
+        super::takeover::describe(prev),
+        prev.ids()
     );
     Ok(())
 }

@@ -93,7 +93,7 @@ impl Fleet {
     /// dealt with at once, then it restarts, or, while the fleet stops, it is listed if
     /// its end was not a clean one.
     pub(super) fn on_exit(&mut self, slot: u32, pid: u32, status: std::io::Result<ExitStatus>) {
-        if !self.slots[slot as usize].runs(pid) {
+        if !self.slot_mut(slot).runs(pid) {
             return;
         }
         let code = status.as_ref().ok().and_then(|s| s.code());
@@ -103,17 +103,18 @@ impl Fleet {
             self.fatal = Some(shared::storage::corrupt_advice(&self.db_path));
             self.begin_stop(RunEnd::Stopped);
         }
-        let cause = self.slots[slot as usize].exit_cause(&status, self.args.mem_limit);
+        let limit = self.args.mem_limit;
+        let cause = self.slot_mut(slot).exit_cause(&status, limit);
         // Its handlers lead process groups of their own and survived it: end them.
-        for pgid in self.slots[slot as usize].take_orphans() {
+        for pgid in self.slot_mut(slot).take_orphans() {
             let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
         }
         self.release_claims(slot, pid, cause.outcome(), &cause.to_string());
-        if let Some(cg) = self.slots[slot as usize].take_cgroup() {
+        if let Some(cg) = self.slot_mut(slot).take_cgroup() {
             self.memory.release_worker(&cg);
         }
         if self.stopping.is_some() {
-            self.slots[slot as usize].stop();
+            self.slot_mut(slot).stop();
             tracing::info!("worker {slot} stopped ({cause})");
             if let Some(kind) = stop_event(&cause, code, fatal_exit) {
                 self.list(Incident::exit(now_ms(), slot, kind, &cause));
@@ -128,7 +129,8 @@ impl Fleet {
     /// or rests as errored.
     pub(super) fn crashed(&mut self, k: u32, reason: ExitCause) {
         let now = Instant::now();
-        let comeback = self.slots[k as usize].crashed(reason.clone(), now, now_ms(), &self.policy);
+        let policy = self.policy;
+        let comeback = self.slot_mut(k).crashed(reason.clone(), now, now_ms(), &policy);
         match comeback {
             Comeback::Errored(until) => {
                 tracing::error!(

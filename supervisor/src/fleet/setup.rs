@@ -17,7 +17,7 @@ use super::health::HealthRounds;
 use super::memory::Memory;
 use super::restart::RestartPolicy;
 use super::slot::Slot;
-use super::{Fleet, RunEnd, launch, output, records, recover};
+use super::{Fleet, RunEnd, launch, output, records, recover, takeover};
 use crate::cli::StartArgs;
 use crate::procfs;
 
@@ -36,6 +36,14 @@ pub fn preflight(args: &StartArgs) -> anyhow::Result<()> {
     if last > u16::MAX as u32 {
         bail!("--base-port {} with {} workers needs ports up to {last}, past 65535", args.base_port, args.workers);
     }
+    if let Some(ids) = &args.worker_ids {
+        ids.check(args.workers).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(host) = &args.advertise
+        && (host.is_empty() || host.contains(['/', ' ', '@', '?', '#']))
+    {
+        bail!("--advertise {host:?} is not a host name or address");
+    }
     if args.sample_interval > Duration::from_millis(250) || args.sample_interval < Duration::from_millis(10) {
         bail!("--sample-interval must be between 10ms and 250ms");
     }
@@ -46,7 +54,7 @@ pub fn preflight(args: &StartArgs) -> anyhow::Result<()> {
 /// A port someone else holds is a fact of the host, not a bad flag: a runtime failure.
 /// An address this host does not have, or a port it may not bind, is a bad flag.
 pub fn check_ports(args: &StartArgs) -> Result<(), crate::Failure> {
-    for k in 0..args.workers {
+    for k in args.ids().iter() {
         let port = args.base_port + k as u16;
         if let Err(e) = std::net::TcpListener::bind((args.bind, port)) {
             if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -132,23 +140,6 @@ impl Fleet {
         // Kept shard counts for this N, so status and the done check never count the table.
         db.ensure_count_layout(args.workers).await.context("cannot count the videos by shard")?;
         let reader = Store::open_read_only(&db_path).await.context("cannot read the database")?;
-        if let Some(prev) = db.latest_run().await? {
-            if prev.state.is_live() && !procfs::is_this_host(prev.host.as_deref()) {
-                bail!(
-                    "a fleet is already running on {db_path} from host {} (supervisor pid {}); stop it with `supervisor stop` first",
-                    prev.host.as_deref().unwrap_or("?"),
-                    prev.supervisor_pid
-                );
-            }
-            let live = procfs::is_running(prev.supervisor_pid, "supervisor");
-            if live && prev.state.is_live() {
-                bail!(
-                    "a fleet is already running on {db_path} (supervisor pid {}); stop it with `supervisor stop` first",
-                    prev.supervisor_pid
-                );
-            }
-            recover::recover_previous(&db, &prev, &args.job.retry_policy()).await?;
-        }
         if !reader.has_videos().await? {
             tracing::warn!(
                 "{db_path} holds no videos yet; the workers wait for some: add them with `supervisor import FILE`"
@@ -175,6 +166,7 @@ impl Fleet {
             .create(&log_dir)
             .with_context(|| format!("cannot create the log directory {}", log_dir.display()))?;
         let token = args.control_token.clone().unwrap_or_else(random_token);
+        let ids = args.ids();
         let mut run = FleetRun {
             run_id: 0,
             supervisor_pid: std::process::id() as i64,
@@ -191,11 +183,20 @@ impl Fleet {
             concurrency: args.job.concurrency as i64,
             log_dir: Some(log_dir.display().to_string()),
             control_token: Some(token.clone()),
+            worker_ids: (!ids.is_all(args.workers)).then(|| ids.to_string()),
+            heartbeat_at: None,
+            stop_requested_at: None,
+            advertise: args.advertise.clone(),
         };
-        run.run_id = db.insert_run(&run).await?;
+        let taken = begin(&db, &mut run).await.map_err(|why| anyhow::anyhow!("{why} (database {db_path})"))?;
+        for prev in taken {
+            recover::recover_previous(&db, &prev, &args.job.retry_policy()).await?;
+        }
         let (logs, logger) =
             output::start(log_dir, args.workers, args.log_max_size.bytes(), args.log_keep, args.log_format, out)?;
         let (records, recorder) = records::start(db.clone(), run.run_id);
+        let (orders_tx, orders) = mpsc::unbounded_channel();
+        let heartbeat = records::beat(db.clone(), run.run_id, orders_tx);
         let (events_tx, events) = mpsc::unbounded_channel();
         let policy = RestartPolicy {
             delay: args.restart_delay,
@@ -204,7 +205,8 @@ impl Fleet {
             crash_loop: args.crash_loop,
             cooldown: args.errored_cooldown,
         };
-        let slots = (0..args.workers).map(|k| Slot::new(k, args.base_port + k as u16)).collect();
+        // Only this host's ids get a slot; the others' workers are another supervisor's.
+        let slots = ids.iter().map(|k| Slot::new(k, args.base_port + k as u16)).collect();
         let reach = if args.bind.is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { args.bind };
         Ok(Fleet {
             reader,
@@ -233,7 +235,71 @@ impl Fleet {
             end: RunEnd::Stopped,
             history: Vec::new(),
             fatal: None,
+            orders,
+            heartbeat,
         })
+    }
+}
+
+/// Records `run` (setting its id) unless a live run forbids it; returns the dead runs it
+/// took over. The decision and the record are one step (`Store::begin_run`), so two
+/// supervisors starting at the same moment cannot both pass.
+///
+/// A run on another host that is in the way may have died a moment ago: its heartbeat is
+/// young, but will not advance. So before refusing, the start watches it for two beats;
+/// if it stands still, the start keeps trying until the run is stale and takes it over
+/// (no person has to come and clear it). One that beats is alive: refused.
+async fn begin(db: &Store, run: &mut FleetRun) -> Result<Vec<FleetRun>, String> {
+    let patience =
+        Instant::now() + Duration::from_millis(takeover::STALE_AFTER_MS as u64) + 4 * takeover::HEARTBEAT_EVERY;
+    let mut watched: Option<(i64, Option<i64>)> = None;
+    loop {
+        let outcome = std::sync::Mutex::new(None);
+        let begun = db
+            .begin_run(run, |live, db_now| {
+                let decided = takeover::decide(run, live, db_now);
+                let mut outcome = outcome.lock().unwrap_or_else(|e| e.into_inner());
+                *outcome = Some(match &decided {
+                    Ok(ids) => Ok(live.iter().filter(|r| ids.contains(&r.run_id)).cloned().collect::<Vec<_>>()),
+                    Err(refusal) => Err(refusal.clone()),
+                });
+                decided.map_err(|r| r.why)
+            })
+            .await
+            .map_err(|e| format!("cannot record the run: {e}"))?;
+        let outcome = outcome.into_inner().unwrap_or_else(|e| e.into_inner());
+        match (begun, outcome) {
+            (Ok(id), Some(Ok(taken))) => {
+                run.run_id = id;
+                return Ok(taken);
+            }
+            (Ok(id), _) => {
+                run.run_id = id;
+                return Ok(Vec::new());
+            }
+            (Err(why), Some(Err(refusal))) => {
+                let by = &refusal.by;
+                let remote = !procfs::is_this_host(by.host.as_deref());
+                let stood_still = match watched {
+                    Some((id, beat)) if id == by.run_id => beat == by.heartbeat_at,
+                    _ => true,
+                };
+                if !remote || !stood_still || Instant::now() > patience {
+                    return Err(why);
+                }
+                if watched.is_none_or(|(id, _)| id != by.run_id) {
+                    tracing::info!(
+                        "{} runs worker ids {}; waiting to see whether it is alive (a run whose heartbeat stops is taken over after {} s)",
+                        takeover::describe(by),
+                        by.ids(),
+                        takeover::STALE_AFTER_MS / 1000
+                    );
+                }
+                watched = Some((by.run_id, by.heartbeat_at));
+                tokio::time::sleep(2 * takeover::HEARTBEAT_EVERY).await;
+            }
+            (Err(why), _) => return Err(why),
+        }
     }
 }
 

@@ -60,6 +60,10 @@ pub fn fleet_run(workers: i64, base_port: u16) -> FleetRun {
         concurrency: 4,
         log_dir: None,
         control_token: None,
+        worker_ids: None,
+        heartbeat_at: None,
+        stop_requested_at: None,
+        advertise: None,
     }
 }
 

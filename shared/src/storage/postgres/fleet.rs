@@ -1,21 +1,49 @@
 //! The supervisor's records on PostgreSQL: runs, worker slots and events.
 
-use sqlx::Acquire;
+use sqlx::{Acquire, AssertSqlSafe};
 
 use super::PgStore;
 use crate::error::DbError;
 use crate::storage::busy::retry_busy;
+use crate::storage::fleet::RunConflicts;
 use crate::storage::{EventKind, FleetEvent, FleetRun, FleetWorker, RunState, SlotStatus, now_ms};
 
+const LIVE_RUNS: &str = "SELECT * FROM fleet_runs WHERE state IN ('running', 'stopping') ORDER BY run_id";
+
+/// The database's clock in ms: every host's heartbeat is stamped and judged by it, so
+/// clocks that disagree between hosts never make a live run look dead.
+const DB_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+/// The advisory lock a starting supervisor holds while it decides ("RUNS" in a number).
+const BEGIN_RUN_LOCK: i64 = 0x5346_5255_4e53;
+
 impl PgStore {
-    pub(crate) async fn insert_run(&self, run: &FleetRun) -> Result<i64, DbError> {
+    pub(crate) async fn begin_run(
+        &self,
+        run: &FleetRun,
+        decide: &dyn Fn(&[FleetRun], i64) -> RunConflicts,
+    ) -> Result<Result<i64, String>, DbError> {
         retry_busy(|| async {
             let mut conn = self.pool().acquire().await?;
             let mut tx = conn.begin().await?;
+            // Row locks cannot stop a second supervisor inserting beside the first, so
+            // every start takes one lock for the decision; heartbeats do not need it.
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(BEGIN_RUN_LOCK).execute(&mut *tx).await?;
+            let live: Vec<FleetRun> = sqlx::query_as(LIVE_RUNS).fetch_all(&mut *tx).await?;
+            let now: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT {DB_NOW}"))).fetch_one(&mut *tx).await?;
+            let taken = match decide(&live, now) {
+                Ok(taken) => taken,
+                Err(why) => return Ok(Err(why)),
+            };
+            sqlx::query("UPDATE fleet_runs SET state = 'crashed', stopped_at = $1 WHERE run_id = ANY($2)")
+                .bind(now)
+                .bind(&taken)
+                .execute(&mut *tx)
+                .await?;
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO fleet_runs (supervisor_pid, host, started_at, state, workers, base_port, bind, \
-                 mem_limit_bytes, mem_enforce, handler, concurrency, log_dir, control_token) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING run_id",
+                 mem_limit_bytes, mem_enforce, handler, concurrency, log_dir, control_token, worker_ids, heartbeat_at, \
+                 advertise) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING run_id",
             )
             .bind(run.supervisor_pid)
             .bind(&run.host)
@@ -30,20 +58,63 @@ impl PgStore {
             .bind(run.concurrency)
             .bind(&run.log_dir)
             .bind(&run.control_token)
+            .bind(&run.worker_ids)
+            .bind(now)
+            .bind(&run.advertise)
             .fetch_one(&mut *tx)
             .await?;
+            let ids: Vec<i64> = run.ids().iter().map(i64::from).collect();
             sqlx::query(
-                "INSERT INTO fleet_workers (run_id, worker_id, port, state) \
-                 SELECT $1, k, $2 + k, $3 FROM generate_series(0, $4 - 1) AS k",
+                "INSERT INTO fleet_workers (run_id, worker_id, port, state) SELECT $1, k, $2 + k, $3 FROM unnest($4) AS k",
             )
             .bind(id)
             .bind(run.base_port)
             .bind(SlotStatus::Starting.as_str())
-            .bind(run.workers)
+            .bind(&ids)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(id)
+            Ok(Ok(id))
+        })
+        .await
+    }
+
+    pub(crate) async fn live_runs(&self) -> Result<Vec<FleetRun>, DbError> {
+        retry_busy(|| async { Ok(sqlx::query_as(LIVE_RUNS).fetch_all(self.pool()).await?) }).await
+    }
+
+    /// Whether a stop was requested, and whether the run is still live.
+    pub(crate) async fn heartbeat(&self, run_id: i64) -> Result<(bool, bool), DbError> {
+        retry_busy(|| async {
+            let answer: Option<(bool, bool)> = sqlx::query_as(AssertSqlSafe(format!(
+                "UPDATE fleet_runs SET heartbeat_at = {DB_NOW} WHERE run_id = $1 \
+                 RETURNING stop_requested_at IS NOT NULL, state IN ('running', 'stopping')"
+            )))
+            .bind(run_id)
+            .fetch_optional(self.pool())
+            .await?;
+            Ok(answer.unwrap_or((false, false)))
+        })
+        .await
+    }
+
+    pub(crate) async fn clock(&self) -> Result<i64, DbError> {
+        retry_busy(|| async {
+            Ok(sqlx::query_scalar(AssertSqlSafe(format!("SELECT {DB_NOW}"))).fetch_one(self.pool()).await?)
+        })
+        .await
+    }
+
+    pub(crate) async fn request_stop(&self, run_ids: &[i64], now: i64) -> Result<(), DbError> {
+        retry_busy(|| async {
+            sqlx::query(
+                "UPDATE fleet_runs SET stop_requested_at = coalesce(stop_requested_at, $1) WHERE run_id = ANY($2)",
+            )
+            .bind(now)
+            .bind(run_ids)
+            .execute(self.pool())
+            .await?;
+            Ok(())
         })
         .await
     }

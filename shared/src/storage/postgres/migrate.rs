@@ -17,8 +17,10 @@ pub struct PgMigration {
     pub sql: &'static str,
 }
 
-pub static PG_MIGRATIONS: &[PgMigration] =
-    &[PgMigration { name: "0001_schema.sql", sql: include_str!("../../../../migrations/postgres/0001_schema.sql") }];
+pub static PG_MIGRATIONS: &[PgMigration] = &[
+    PgMigration { name: "0001_schema.sql", sql: include_str!("../../../../migrations/postgres/0001_schema.sql") },
+    PgMigration { name: "0002_hosts.sql", sql: include_str!("../../../../migrations/postgres/0002_hosts.sql") },
+];
 
 /// The table that records applied migrations.
 pub(super) const RECORD_TABLE: &str = "fleet_migrations";

@@ -1,50 +1,124 @@
 //! The supervisor's records on SQLite: runs, worker slots and events.
 
+use sqlx::{Connection, SqliteConnection};
+
 use super::SqliteStore;
 use crate::error::DbError;
 use crate::storage::busy::retry_busy;
+use crate::storage::fleet::RunConflicts;
 use crate::storage::{EventKind, FleetEvent, FleetRun, FleetWorker, RunState, SlotStatus, now_ms};
 
+const LIVE_RUNS: &str = "SELECT * FROM fleet_runs WHERE state IN ('running', 'stopping') ORDER BY run_id";
+
 impl SqliteStore {
-    /// Records a new run and its worker slots; returns the run id.
-    pub(crate) async fn insert_run(&self, run: &FleetRun) -> Result<i64, DbError> {
+    pub(crate) async fn begin_run(
+        &self,
+        run: &FleetRun,
+        decide: &dyn Fn(&[FleetRun], i64) -> RunConflicts,
+    ) -> Result<Result<i64, String>, DbError> {
         retry_busy(|| async {
-            let mut tx = self.pool().begin().await?;
-            let id = sqlx::query(
-                "INSERT INTO fleet_runs (supervisor_pid, host, started_at, state, workers, base_port, bind, mem_limit_bytes, \
-                 mem_enforce, handler, concurrency, log_dir, control_token) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            )
-            .bind(run.supervisor_pid)
-            .bind(&run.host)
-            .bind(run.started_at)
-            .bind(run.state.as_str())
-            .bind(run.workers)
-            .bind(run.base_port)
-            .bind(&run.bind)
-            .bind(run.mem_limit_bytes)
-            .bind(&run.mem_enforce)
-            .bind(&run.handler)
-            .bind(run.concurrency)
-            .bind(&run.log_dir)
-            .bind(&run.control_token)
-            .execute(&mut *tx)
-            .await?
-            .last_insert_rowid();
-            for k in 0..run.workers {
-                sqlx::query("INSERT INTO fleet_workers (run_id, worker_id, port, state) VALUES (?, ?, ?, ?)")
-                    .bind(id)
-                    .bind(k)
-                    .bind(run.base_port + k)
-                    .bind(SlotStatus::Starting.as_str())
+            let mut conn = self.pool().acquire().await?;
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            let live: Vec<FleetRun> = sqlx::query_as(LIVE_RUNS).fetch_all(&mut *tx).await?;
+            // One file, one host: this host's clock is the database's.
+            let now = now_ms();
+            let taken = match decide(&live, now) {
+                Ok(taken) => taken,
+                Err(why) => return Ok(Err(why)),
+            };
+            for run_id in taken {
+                sqlx::query("UPDATE fleet_runs SET state = 'crashed', stopped_at = ? WHERE run_id = ?")
+                    .bind(now)
+                    .bind(run_id)
                     .execute(&mut *tx)
                     .await?;
             }
+            let id = insert(&mut tx, run, now).await?;
             tx.commit().await?;
-            Ok(id)
+            Ok(Ok(id))
         })
         .await
     }
 
+    pub(crate) async fn live_runs(&self) -> Result<Vec<FleetRun>, DbError> {
+        retry_busy(|| async { Ok(sqlx::query_as(LIVE_RUNS).fetch_all(self.pool()).await?) }).await
+    }
+
+    /// Whether a stop was requested, and whether the run is still live.
+    pub(crate) async fn heartbeat(&self, run_id: i64) -> Result<(bool, bool), DbError> {
+        retry_busy(|| async {
+            let answer: Option<(bool, bool)> = sqlx::query_as(
+                "UPDATE fleet_runs SET heartbeat_at = ? WHERE run_id = ? \
+                 RETURNING stop_requested_at IS NOT NULL, state IN ('running', 'stopping')",
+            )
+            .bind(now_ms())
+            .bind(run_id)
+            .fetch_optional(self.pool())
+            .await?;
+            Ok(answer.unwrap_or((false, false)))
+        })
+        .await
+    }
+
+    pub(crate) async fn request_stop(&self, run_ids: &[i64], now: i64) -> Result<(), DbError> {
+        retry_busy(|| async {
+            let mut conn = self.pool().acquire().await?;
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            for &id in run_ids {
+                sqlx::query(
+                    "UPDATE fleet_runs SET stop_requested_at = coalesce(stop_requested_at, ?) WHERE run_id = ?",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Inserts the run and its workers' rows, in the caller's transaction.
+async fn insert(conn: &mut SqliteConnection, run: &FleetRun, now: i64) -> Result<i64, DbError> {
+    let id = sqlx::query(
+        "INSERT INTO fleet_runs (supervisor_pid, host, started_at, state, workers, base_port, bind, mem_limit_bytes, \
+         mem_enforce, handler, concurrency, log_dir, control_token, worker_ids, heartbeat_at, advertise) \
+         VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+    )
+    .bind(run.supervisor_pid)
+    .bind(&run.host)
+    .bind(run.started_at)
+    .bind(run.state.as_str())
+    .bind(run.workers)
+    .bind(run.base_port)
+    .bind(&run.bind)
+    .bind(run.mem_limit_bytes)
+    .bind(&run.mem_enforce)
+    .bind(&run.handler)
+    .bind(run.concurrency)
+    .bind(&run.log_dir)
+    .bind(&run.control_token)
+    .bind(&run.worker_ids)
+    .bind(now)
+    .bind(&run.advertise)
+    .execute(&mut *conn)
+    .await?
+    .last_insert_rowid();
+    for k in run.ids().iter() {
+        sqlx::query("INSERT INTO fleet_workers (run_id, worker_id, port, state) VALUES (?, ?, ?, ?)")
+            .bind(id)
+            .bind(k)
+            .bind(run.base_port + i64::from(k))
+            .bind(SlotStatus::Starting.as_str())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(id)
+}
+
+impl SqliteStore {
     /// Writes a worker slot's current state.
     pub(crate) async fn update_worker(&self, w: &FleetWorker) -> Result<(), DbError> {
         retry_busy(|| async {

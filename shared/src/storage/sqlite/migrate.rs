@@ -29,6 +29,8 @@ pub static MIGRATIONS: &[Migration] = &[
     Migration { name: "0002_fleet.sql", sql: include_str!("../../../../migrations/0002_fleet.sql") },
     Migration { name: "0003_counts.sql", sql: include_str!("../../../../migrations/0003_counts.sql") },
     Migration { name: "0004_warnings.sql", sql: include_str!("../../../../migrations/0004_warnings.sql") },
+    Migration { name: "0005_hosts.sql", sql: include_str!("../../../../migrations/0005_hosts.sql") },
+    Migration { name: "0006_checks.sql", sql: include_str!("../../../../migrations/0006_checks.sql") },
 ];
 
 /// wrangler's bookkeeping table, created with the same definition it uses.

@@ -56,19 +56,20 @@ fn handler_reason(rss: u64, total: u64, limit: ByteSize) -> String {
 impl Fleet {
     /// Sampling mode: measures each worker's tree and kills what breaks the limit.
     pub(in crate::fleet) async fn sample(&mut self) {
-        for k in 0..self.slots.len() {
-            let Some(pid) = self.slots[k].pid() else { continue };
-            if self.slots[k].is_being_killed() {
+        for i in 0..self.slots.len() {
+            let k = self.slots[i].id;
+            let Some(pid) = self.slots[i].pid() else { continue };
+            if self.slots[i].is_being_killed() {
                 continue;
             }
             let usage = procfs::tree_usage(pid as i32);
-            self.slots[k].measured(Some(&usage));
+            self.slots[i].measured(Some(&usage));
             match self.memory.verdict(&usage) {
                 None => {}
                 Some(Victim::Handler { pgid, rss, total }) => {
                     let reason = handler_reason(rss, total, self.args.mem_limit);
                     // Tell the worker first, so the attempt is recorded with this reason.
-                    let port = self.slots[k].port;
+                    let port = self.slots[i].port;
                     let told =
                         probe::announce_memory_kill(self.reach, port, &self.token, pgid, &reason, ANNOUNCE_TIMEOUT)
                             .await;
@@ -76,15 +77,15 @@ impl Fleet {
                         tracing::warn!("worker {k}: could not tell it about the memory kill: {e}");
                     }
                     let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
-                    self.slots[k].count_memory_kill();
+                    self.slots[i].count_memory_kill();
                     tracing::warn!("worker {k}: handler (process group {pgid}) {reason}");
-                    self.list(Incident::handler_memory_kill(now_ms(), k as u32, reason));
+                    self.list(Incident::handler_memory_kill(now_ms(), k, reason));
                 }
                 Some(Victim::Worker { total }) => {
                     let reason = ExitCause::SampledOverLimit { tree: total, limit: self.args.mem_limit };
                     tracing::warn!("worker {k}: {reason}; killing it");
-                    self.slots[k].count_memory_kill();
-                    if let Some(pid) = self.slots[k].kill(reason) {
+                    self.slots[i].count_memory_kill();
+                    if let Some(pid) = self.slots[i].kill(reason) {
                         let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
                     }
                 }

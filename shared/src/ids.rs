@@ -1,0 +1,144 @@
+//! Which worker ids a supervisor runs: `--worker-ids 3-5` on one host, `0-2` on another,
+//! for one fleet of 6 shards. Written and read in the run records as the same text.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+/// A non-empty set of worker ids, written as ranges and single ids: `3-5`, `0,2,4`,
+/// `0-1,4`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerIds(BTreeSet<u32>);
+
+impl WorkerIds {
+    /// Every id of a fleet of `workers`: 0..workers-1.
+    pub fn all(workers: u32) -> WorkerIds {
+        WorkerIds((0..workers).collect())
+    }
+
+    pub fn contains(&self, id: u32) -> bool {
+        self.0.contains(&id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.0.iter().copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The highest id.
+    pub fn max(&self) -> u32 {
+        self.0.last().copied().unwrap_or(0)
+    }
+
+    /// Whether these are all the ids of a fleet of `workers`.
+    pub fn is_all(&self, workers: u32) -> bool {
+        self.0.len() == workers as usize && self.max() + 1 == workers
+    }
+
+    /// The ids both sets hold.
+    pub fn overlap(&self, other: &WorkerIds) -> WorkerIds {
+        WorkerIds(self.0.intersection(&other.0).copied().collect())
+    }
+
+    /// Refuses ids a fleet of `workers` does not have.
+    pub fn check(&self, workers: u32) -> Result<(), String> {
+        if self.max() >= workers {
+            return Err(format!(
+                "--worker-ids {self} names worker {}, but a fleet of {workers} has ids 0-{}",
+                self.max(),
+                workers.saturating_sub(1)
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for WorkerIds {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<WorkerIds, String> {
+        let bad = |why: &str| format!("invalid worker ids {s:?}: {why} (examples: 3-5, 0,2,4, 0-1,4)");
+        let mut ids = BTreeSet::new();
+        for part in s.split(',').map(str::trim) {
+            let number = |t: &str| t.trim().parse::<u32>().map_err(|_| bad(&format!("{t:?} is not a worker id")));
+            match part.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b) = (number(a)?, number(b)?);
+                    if a > b {
+                        return Err(bad(&format!("the range {a}-{b} runs backwards")));
+                    }
+                    if b - a > 100_000 {
+                        return Err(bad("the range is larger than any fleet"));
+                    }
+                    ids.extend(a..=b);
+                }
+                None => {
+                    ids.insert(number(part)?);
+                }
+            }
+        }
+        Ok(WorkerIds(ids))
+    }
+}
+
+/// Ranges of consecutive ids joined by commas: `0-2,5`.
+impl fmt::Display for WorkerIds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        let mut ids = self.0.iter().copied().peekable();
+        while let Some(start) = ids.next() {
+            let mut end = start;
+            while ids.peek() == Some(&(end + 1)) {
+                end = ids.next().unwrap_or(end);
+            }
+            parts.push(if start == end { start.to_string() } else { format!("{start}-{end}") });
+        }
+        f.write_str(&parts.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_read_as_ranges_and_lists_and_write_back_in_their_shortest_form() {
+        let ids: WorkerIds = "5,3-4, 0".parse().unwrap();
+        assert_eq!(ids.iter().collect::<Vec<_>>(), [0, 3, 4, 5]);
+        assert_eq!(ids.to_string(), "0,3-5");
+        assert_eq!(WorkerIds::all(3).to_string(), "0-2");
+        assert!(WorkerIds::all(3).is_all(3));
+        assert!(!"0-1".parse::<WorkerIds>().unwrap().is_all(3));
+    }
+
+    #[test]
+    fn overlapping_sets_say_which_ids_they_share() {
+        let a: WorkerIds = "0-3".parse().unwrap();
+        let b: WorkerIds = "3-5".parse().unwrap();
+        assert_eq!(a.overlap(&b).to_string(), "3");
+        assert!(a.overlap(&"4-5".parse().unwrap()).is_empty());
+    }
+
+    #[test]
+    fn bad_ids_are_named() {
+        for (input, why) in [
+            ("", "\"\" is not a worker id"),
+            ("3-", "\"\" is not a worker id"),
+            ("5-3", "the range 5-3 runs backwards"),
+            ("a", "\"a\" is not a worker id"),
+            ("-1", "\"\" is not a worker id"),
+        ] {
+            let e = input.parse::<WorkerIds>().unwrap_err();
+            assert!(e.contains(why), "{input}: {e}");
+        }
+        let e = "3-6".parse::<WorkerIds>().unwrap().check(6).unwrap_err();
+        assert_eq!(e, "--worker-ids 3-6 names worker 6, but a fleet of 6 has ids 0-5");
+    }
+}

@@ -1,0 +1,179 @@
+//! Who may start: a new run against the live runs on its database. Several supervisors
+//! may drive one fleet, each its own worker ids (`--worker-ids`, usually one host each
+//! on PostgreSQL); two live ones must never run the same id, and a dead one must never
+//! keep its ids from being run.
+//!
+//! Whether a live-looking run is alive is known two ways. On this host, by its
+//! supervisor's pid (gone means dead, at once). On another host the pid means nothing
+//! here, so by its heartbeat, stamped every second by the database's clock: older than
+//! [`STALE_AFTER`] means dead. A supervisor that is in fact alive but was cut off that
+//! long finds at its next heartbeat that it was taken over, and stops its workers
+//! (their finishes are fenced meanwhile, so nothing is recorded twice).
+
+use shared::storage::FleetRun;
+
+use crate::procfs;
+
+/// How often a running supervisor stamps its run record.
+pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A run on another host whose heartbeat is this old is taken for dead (ms): ten beats
+/// missed, so a database that is slow for a few seconds does not end a live run.
+pub const STALE_AFTER_MS: i64 = 10_000;
+
+/// Whether `prev` (a live-looking run) still has a supervisor driving it, at the
+/// database's `db_now`.
+pub fn is_alive(prev: &FleetRun, db_now: i64) -> bool {
+    if procfs::is_this_host(prev.host.as_deref()) {
+        return procfs::is_running(prev.supervisor_pid, "supervisor");
+    }
+    // A record from before heartbeats were kept has its start to go by.
+    let seen = prev.heartbeat_at.unwrap_or(prev.started_at);
+    db_now - seen < STALE_AFTER_MS
+}
+
+/// Why a run must not start: a live run in its way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub why: String,
+    pub by: Box<FleetRun>,
+}
+
+/// The live runs `run` takes over (dead ones whose ids it shares), or why it must not
+/// start. Dead runs whose ids it does not share are left for their own ids' next start.
+pub fn decide(run: &FleetRun, live: &[FleetRun], db_now: i64) -> Result<Vec<i64>, Refusal> {
+    let mine = run.ids();
+    let mut taken = Vec::new();
+    for prev in live {
+        let theirs = prev.ids();
+        let shared = mine.overlap(&theirs);
+        if !is_alive(prev, db_now) {
+            // A dead run of another fleet size is in the way of every id: its shards
+            // are not ours to split.
+            if !shared.is_empty() || prev.workers != run.workers {
+                taken.push(prev.run_id);
+            }
+            continue;
+        }
+        let who = describe(prev);
+        if prev.workers != run.workers {
+            let why = format!(
+                "a fleet of {} workers is running on this database ({who}); a fleet of {} cannot run beside it: \
+                 stop it first with `supervisor stop`",
+                prev.workers, run.workers
+            );
+            return Err(Refusal { why, by: Box::new(prev.clone()) });
+        }
+        if !shared.is_empty() {
+            let why = format!(
+                "worker ids {shared} are already running ({who}, ids {theirs}); start the other ids with \
+                 --worker-ids, or stop that supervisor first with `supervisor stop --worker-ids {theirs}`"
+            );
+            return Err(Refusal { why, by: Box::new(prev.clone()) });
+        }
+    }
+    Ok(taken)
+}
+
+/// "supervisor pid 123 on host b" or, on this host, "supervisor pid 123".
+pub fn describe(run: &FleetRun) -> String {
+    match run.host.as_deref() {
+        Some(host) if !procfs::is_this_host(Some(host)) => {
+            format!("supervisor pid {} on host {host}", run.supervisor_pid)
+        }
+        _ => format!("supervisor pid {}", run.supervisor_pid),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shared::storage::RunState;
+
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn run(host: &str, pid: i64, workers: i64, ids: Option<&str>, heartbeat_at: Option<i64>) -> FleetRun {
+        FleetRun {
+            run_id: pid,
+            supervisor_pid: pid,
+            host: Some(host.into()),
+            started_at: NOW - 60_000,
+            stopped_at: None,
+            state: RunState::Running,
+            workers,
+            base_port: 3001,
+            bind: "127.0.0.1".into(),
+            mem_limit_bytes: None,
+            mem_enforce: "none".into(),
+            handler: "sleep".into(),
+            concurrency: 1,
+            log_dir: None,
+            control_token: None,
+            worker_ids: ids.map(Into::into),
+            heartbeat_at,
+            stop_requested_at: None,
+            advertise: None,
+        }
+    }
+
+    fn here() -> String {
+        procfs::hostname().expect("this host has a name")
+    }
+
+    #[test]
+    fn disjoint_ids_of_one_fleet_run_side_by_side() {
+        let live = [run("b", 7, 6, Some("0-2"), Some(NOW - 500))];
+        assert_eq!(decide(&run(&here(), 1, 6, Some("3-5"), None), &live, NOW), Ok(vec![]));
+    }
+
+    #[test]
+    fn overlapping_ids_of_a_live_run_on_another_host_are_refused_naming_the_ids_and_the_host() {
+        let live = [run("b", 7, 6, Some("0-3"), Some(NOW - 500))];
+        let why = decide(&run(&here(), 1, 6, Some("3-5"), None), &live, NOW).unwrap_err().why;
+        assert!(why.contains("worker ids 3 are already running") && why.contains("on host b"), "{why}");
+    }
+
+    #[test]
+    fn a_run_on_another_host_whose_heartbeat_is_stale_is_taken_over() {
+        let live = [run("b", 7, 6, Some("0-3"), Some(NOW - STALE_AFTER_MS - 1))];
+        assert_eq!(decide(&run(&here(), 1, 6, Some("3-5"), None), &live, NOW), Ok(vec![7]));
+    }
+
+    #[test]
+    fn a_run_on_this_host_whose_supervisor_is_gone_is_taken_over_at_once() {
+        // A fresh heartbeat does not matter on this host: the pid is the truth.
+        let live = [run(&here(), i32::MAX as i64, 2, None, Some(NOW))];
+        assert_eq!(decide(&run(&here(), 1, 2, None, None), &live, NOW), Ok(vec![i32::MAX as i64]));
+    }
+
+    #[test]
+    fn a_pid_reused_by_another_program_counts_as_a_gone_supervisor() {
+        // A live process, but not a supervisor.
+        let mut sleeper = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = i64::from(sleeper.id());
+        // Until it execs, the child is a copy of this test binary, whose name holds
+        // "supervisor".
+        while !std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep")) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let live = [run(&here(), pid, 2, None, Some(NOW))];
+        let decided = decide(&run(&here(), 1, 2, None, None), &live, NOW);
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        assert_eq!(decided, Ok(vec![pid]));
+    }
+
+    #[test]
+    fn a_live_fleet_of_another_size_refuses_any_ids() {
+        let live = [run("b", 7, 4, Some("0-1"), Some(NOW))];
+        let why = decide(&run(&here(), 1, 6, Some("4-5"), None), &live, NOW).unwrap_err().why;
+        assert!(why.contains("a fleet of 4 workers is running"), "{why}");
+    }
+
+    #[test]
+    fn a_dead_run_of_other_ids_is_left_to_its_own_next_start() {
+        let live = [run("b", 7, 6, Some("0-2"), Some(NOW - STALE_AFTER_MS - 1))];
+        assert_eq!(decide(&run(&here(), 1, 6, Some("3-5"), None), &live, NOW), Ok(vec![]));
+    }
+}

@@ -1,0 +1,249 @@
+//! Fleets driven by several supervisors, each running some of the worker ids
+//! (`--worker-ids`): on one host over SQLite, and over PostgreSQL as several hosts
+//! would, each "host" a supervisor with its own `FLEET_HOST` name on this machine (so
+//! its pids mean nothing to the others, exactly as on another machine). The PostgreSQL
+//! tests use the server in FLEET_TEST_POSTGRES_URL and say why they skip without one.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use testkit::{TestDb, bin, free_ports, wait_for};
+
+const LONG: Duration = Duration::from_secs(90);
+
+fn supervisor(dir: &Path, host: &str) -> Command {
+    let mut cmd = Command::new(bin("supervisor"));
+    cmd.current_dir(dir)
+        .env("FLEET_WORKER_BIN", bin("worker"))
+        .env("FLEET_HOST", host)
+        .env("RUST_LOG", shared::storage::DEFAULT_LOG_FILTER)
+        .env_remove("FLEET_DB")
+        .env_remove("DATABASE_URL")
+        .env_remove("FLEET_WORKER_IDS")
+        .env_remove("WORKER_CONCURRENCY")
+        .env_remove("FLEET_WORKERS")
+        .env_remove("FLEET_CONTROL_TOKEN");
+    cmd
+}
+
+/// `supervisor start` of a 4-shard fleet on `db` running `ids` (all if empty).
+fn start(dir: &Path, host: &str, db: &str, base: u16, ids: &str, args: &[&str]) -> Command {
+    let mut cmd = supervisor(dir, host);
+    cmd.args(["start", "--workers", "4", "--mem-limit", "250M", "--base-port", &base.to_string(), "--db", db]);
+    if !ids.is_empty() {
+        cmd.args(["--worker-ids", ids]);
+    }
+    cmd.args(args);
+    cmd
+}
+
+fn spawn_quiet(mut cmd: Command) -> Child {
+    cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn status_json(dir: &Path, db: &str) -> serde_json::Value {
+    let out = supervisor(dir, "anywhere").args(["status", "--json", "--db", db]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Workers the status shows running, by id, with their hosts.
+fn running(dir: &Path, db: &str) -> Vec<(i64, String)> {
+    let v = status_json(dir, db);
+    v["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["state"] == "running")
+        .map(|w| (w["worker_id"].as_i64().unwrap(), w["host"].as_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+fn done(dir: &Path, db: &str) -> u64 {
+    status_json(dir, db)["totals"]["done"].as_u64().unwrap()
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "pid {} did not exit within {within:?}", child.id());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_supervisors_with_disjoint_worker_ids_run_one_fleet_and_one_that_overlaps_is_refused() {
+    let t = TestDb::new().await;
+    t.seed(400).await;
+    let (dir, db) = (t.dir.path(), t.path.to_str().unwrap().to_string());
+    let base = free_ports(4);
+    let mut low = spawn_quiet(start(dir, "h", &db, base, "0-1", &["--sleep", "10ms"]));
+    let mut high = spawn_quiet(start(dir, "h", &db, base, "2-3", &["--sleep", "10ms"]));
+    wait_for(LONG, "all four workers running", || async { running(dir, &db).len() == 4 }).await;
+
+    // Ids 1 and 2 are taken, one by each: refused, naming them; nothing is started.
+    let out = start(dir, "h", &db, free_ports(4), "1-2", &["--sleep", "10ms"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("worker ids 1 are already running") || said.contains("worker ids 2 are already running"),
+        "{said}"
+    );
+    assert_eq!(status_json(dir, &db)["runs"].as_array().unwrap().len(), 2, "the refused start left no record");
+
+    let shown = supervisor(dir, "h").args(["status", "--db", &db]).output().unwrap();
+    let shown = text(&shown);
+    assert!(shown.contains("worker ids 0-1 of 4") && shown.contains("worker ids 2-3 of 4"), "{shown}");
+
+    // Stopping one part leaves the other running.
+    let out = supervisor(dir, "h").args(["stop", "--db", &db, "--worker-ids", "3"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("worker ids 2-3"), "{}", text(&out));
+    assert!(wait_exit(&mut high, LONG).success());
+    assert_eq!(running(dir, &db).iter().map(|w| w.0).collect::<Vec<_>>(), [0, 1]);
+    assert!(low.try_wait().unwrap().is_none(), "the other supervisor still runs");
+
+    // Ids 2-3 again, beside the running 0-1, and the whole fleet finishes.
+    let out = start(dir, "h", &db, base, "2-3", &["--sleep", "1ms", "--exit-when-done"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    wait_for(LONG, "every video done", || async { done(dir, &db) == 400 }).await;
+    let out = supervisor(dir, "h").args(["stop", "--db", &db]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(wait_exit(&mut low, LONG).success());
+
+    assert_eq!(t.done_twice().await, 0, "no video was completed twice");
+    assert_eq!(t.outside_their_shard(4).await, 0, "every video was done by its own shard's worker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_id_outside_the_fleet_is_refused_before_anything_is_written() {
+    let t = TestDb::new().await;
+    t.seed(4).await;
+    let (dir, db) = (t.dir.path(), t.path.to_str().unwrap().to_string());
+    for (ids, says) in [
+        ("2-4", "names worker 4, but a fleet of 4 has ids 0-3"),
+        ("3-1", "runs backwards"),
+        ("x", "is not a worker id"),
+    ] {
+        let out = start(dir, "h", &db, free_ports(4), ids, &["--sleep", "1ms"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{ids}: {}", text(&out));
+        assert!(text(&out).contains(says), "{ids}: {}", text(&out));
+    }
+    assert!(status_json(dir, &db)["run"].is_null(), "no run was recorded");
+}
+
+/// A fresh database on the PostgreSQL test server, by URL, or None with the reason.
+fn fresh_postgres() -> Option<String> {
+    let Ok(server) = std::env::var("FLEET_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: FLEET_TEST_POSTGRES_URL is not set (.ci/run starts a PostgreSQL server and sets it)");
+        return None;
+    };
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let name = format!("fleet_hosts_{}_{nanos:x}", std::process::id());
+    psql(&server, &format!("CREATE DATABASE {name}"));
+    let (base, _) = server.rsplit_once('/').expect("the server URL names a database");
+    Some(format!("{base}/{name}"))
+}
+
+fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql").args([url, "-Atqc", sql]).output().expect("psql runs");
+    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn import(dir: &Path, url: &str, n: u32) {
+    let csv = dir.join("videos.csv");
+    std::fs::write(&csv, (1..=n).fold("video_id,source\n".to_string(), |acc, i| acc + &format!("{i},src-{i}\n")))
+        .unwrap();
+    let out = supervisor(dir, "a").args(["import", csv.to_str().unwrap(), "--db", url]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+fn done_twice(url: &str) -> String {
+    psql(
+        url,
+        "SELECT count(*) FROM (SELECT video_id FROM attempts WHERE outcome = 'done' GROUP BY 1 HAVING count(*) > 1) t",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_share_a_postgres_fleet_and_one_stop_from_a_third_stops_both_through_the_database() {
+    let Some(url) = fresh_postgres() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    import(dir, &url, 400);
+    let (base_a, base_b) = (free_ports(4), free_ports(4));
+    let mut a = spawn_quiet(start(dir, "host-a", &url, base_a, "0-1", &["--sleep", "10ms"]));
+    let mut b = spawn_quiet(start(dir, "host-b", &url, base_b, "2-3", &["--sleep", "10ms"]));
+    wait_for(LONG, "all four workers running", || async { running(dir, &url).len() == 4 }).await;
+    let hosts: Vec<(i64, String)> = running(dir, &url);
+    assert_eq!(
+        hosts,
+        [(0, "host-a".into()), (1, "host-a".into()), (2, "host-b".into()), (3, "host-b".into())],
+        "status shows every host's workers"
+    );
+    let v = status_json(dir, &url);
+    let addresses: Vec<&str> =
+        v["workers"].as_array().unwrap().iter().map(|w| w["address"].as_str().unwrap()).collect();
+    assert_eq!(addresses[0], format!("127.0.0.1:{base_a}"));
+    assert_eq!(addresses[3], format!("127.0.0.1:{}", base_b + 3));
+
+    // A third host asking for an id host-b runs is refused (host-b's heartbeat moves).
+    let out = start(dir, "host-c", &url, free_ports(4), "3", &["--sleep", "1ms"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("on host host-b"), "{}", text(&out));
+
+    // The monitor finds every worker from the database, on each run's address.
+    let out = Command::new(bin("monitor")).args(["--db", &url, "--once", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let up = report["workers"].as_array().unwrap().iter().filter(|w| w["health"] == "up").count();
+    assert_eq!(up, 4, "{report}");
+
+    // `stop` on a host that runs neither: no signal can reach them, the database does.
+    let out = supervisor(dir, "host-c").args(["stop", "--db", &url]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(wait_exit(&mut a, LONG).success());
+    assert!(wait_exit(&mut b, LONG).success());
+    assert_eq!(psql(&url, "SELECT string_agg(state, ',' ORDER BY run_id) FROM fleet_runs"), "stopped,stopped");
+    assert_eq!(done_twice(&url), "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_supervisor_was_killed_is_taken_over_once_its_heartbeat_stops() {
+    let Some(url) = fresh_postgres() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    import(dir, &url, 300);
+    let mut b = spawn_quiet(start(dir, "host-b", &url, free_ports(4), "", &["--sleep", "20ms"]));
+    wait_for(LONG, "host-b's workers running and 20 videos done", || async {
+        running(dir, &url).len() == 4 && done(dir, &url) >= 20
+    })
+    .await;
+    kill(Pid::from_raw(b.id() as i32), Signal::SIGKILL).unwrap();
+    b.wait().unwrap();
+
+    // Host a does not know whether host-b is dead: it watches the heartbeat stand still,
+    // then takes the ids over, hands back what host-b's workers held, and finishes.
+    let began = Instant::now();
+    let out = start(dir, "host-a", &url, free_ports(4), "", &["--sleep", "1ms", "--exit-when-done"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("took over its worker ids 0-3"), "{}", text(&out));
+    assert!(began.elapsed() >= Duration::from_secs(5), "it waited for the heartbeat to go stale");
+    assert_eq!(
+        psql(&url, "SELECT string_agg(host || ':' || state, ',' ORDER BY run_id) FROM fleet_runs"),
+        "host-b:crashed,host-a:done"
+    );
+    assert_eq!(psql(&url, "SELECT count(*) FROM videos WHERE status = 'done'"), "300");
+    assert_eq!(done_twice(&url), "0");
+}
