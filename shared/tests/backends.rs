@@ -3,8 +3,9 @@
 //! latter skipped, with the reason printed, when FLEET_TEST_POSTGRES_URL names no
 //! server): claiming by shard, due times, fencing of late finishers, lapsed leases,
 //! hand-backs, warnings, the kept counts through every kind of write, import, requeue,
-//! export, run totals and the supervisor's run records. What is particular to one
-//! backend is in `sqlite.rs` and `postgres.rs`.
+//! export, run totals, the supervisor's run records and heartbeats, and the words the
+//! schema accepts. What is particular to one backend is in `sqlite.rs` and
+//! `postgres.rs`.
 
 mod common;
 
@@ -16,7 +17,7 @@ use shared::status::{Outcome, ShardCounts, VideoStatus};
 use shared::storage::testing;
 use shared::storage::{
     DbLocation, EXISTING_NAMED, EventKind, ExportFilter, Finish, FleetRun, FleetWorker, ImportReport, ImportRow,
-    NewVideo, Repeat, RequeueOutcome, RunState, ShardSpec, SlotStatus, Store, now_ms,
+    NewVideo, Repeat, RequeueOutcome, RunOrder, RunState, ShardSpec, SlotStatus, Store, now_ms,
 };
 
 /// Room for two shard sessions and the test's own reads.
@@ -499,6 +500,10 @@ fn new_run(workers: i64, base_port: i64) -> FleetRun {
         concurrency: 4,
         log_dir: None,
         control_token: Some("secret".into()),
+        worker_ids: None,
+        heartbeat_at: None,
+        stop_requested_at: None,
+        advertise: None,
     }
 }
 
@@ -506,18 +511,18 @@ on_both_backends!(a_run_its_worker_slots_and_its_events_read_back_as_the_supervi
 async fn a_run_its_worker_slots_and_its_events_read_back_as_the_supervisor_wrote_them(db: Store) {
     assert_eq!(db.latest_run().await.unwrap(), None, "no fleet ever started here");
     let first = db.insert_run(&new_run(2, 7000)).await.unwrap();
-    let run = new_run(3, 8000);
+    // Worker ids 1 and 3 of a fleet of 4, reached at another address: one host's share.
+    let run = FleetRun { worker_ids: Some("1,3".into()), advertise: Some("10.0.0.7".into()), ..new_run(4, 8000) };
     let id = db.insert_run(&run).await.unwrap();
     assert!(id > first, "run ids grow: the latest run is the highest");
-    assert_eq!(db.latest_run().await.unwrap(), Some(FleetRun { run_id: id, ..run }));
+    let latest = db.latest_run().await.unwrap().unwrap();
+    assert!(latest.heartbeat_at.is_some(), "a new run is alive from the start");
+    assert_eq!(latest, FleetRun { run_id: id, heartbeat_at: latest.heartbeat_at, ..run });
 
-    // Every slot starts as `starting` on its own port.
+    // A slot for each of its ids, `starting`, on the port of its id.
     let slots = db.run_workers(id).await.unwrap();
     let ports: Vec<(i64, i64, SlotStatus)> = slots.iter().map(|w| (w.worker_id, w.port, w.state)).collect();
-    assert_eq!(
-        ports,
-        [(0, 8000, SlotStatus::Starting), (1, 8001, SlotStatus::Starting), (2, 8002, SlotStatus::Starting)]
-    );
+    assert_eq!(ports, [(1, 8001, SlotStatus::Starting), (3, 8003, SlotStatus::Starting)]);
 
     let before = now_ms();
     let running = FleetWorker {
@@ -540,13 +545,13 @@ async fn a_run_its_worker_slots_and_its_events_read_back_as_the_supervisor_wrote
     assert_eq!(db.run_workers(first).await.unwrap().len(), 2, "each run has its own slots");
 
     db.add_event(id, 1, EventKind::Restart, "exit code 101").await.unwrap();
-    db.add_event(id, 2, EventKind::MemoryKill, "handler used 300 MiB").await.unwrap();
+    db.add_event(id, 3, EventKind::MemoryKill, "handler used 300 MiB").await.unwrap();
     db.add_event(first, 0, EventKind::Kill, "another run's").await.unwrap();
     let events: Vec<(i64, EventKind, String)> =
         db.run_events(id).await.unwrap().into_iter().map(|e| (e.worker_id, e.kind, e.reason)).collect();
     assert_eq!(
         events,
-        [(1, EventKind::Restart, "exit code 101".into()), (2, EventKind::MemoryKill, "handler used 300 MiB".into())],
+        [(1, EventKind::Restart, "exit code 101".into()), (3, EventKind::MemoryKill, "handler used 300 MiB".into())],
         "the run's own events, oldest first"
     );
 
@@ -560,4 +565,121 @@ async fn a_run_its_worker_slots_and_its_events_read_back_as_the_supervisor_wrote
     let runs: Vec<(i64, RunState)> =
         testing::fleet_runs(&db).await.unwrap().into_iter().map(|r| (r.run_id, r.state)).collect();
     assert_eq!(runs, [(first, RunState::Running), (id, RunState::Stopped)], "the other run is untouched");
+}
+
+on_both_backends!(a_heartbeat_hears_a_stop_request_and_a_takeover_and_a_refused_start_records_nothing);
+async fn a_heartbeat_hears_a_stop_request_and_a_takeover_and_a_refused_start_records_nothing(db: Store) {
+    let old = db.insert_run(&new_run(2, 7000)).await.unwrap();
+    let before = db.clock().await.unwrap();
+    assert_eq!(db.heartbeat(old).await.unwrap(), RunOrder::CarryOn);
+    let stamped = db.latest_run().await.unwrap().unwrap().heartbeat_at.unwrap();
+    assert!(stamped >= before, "a heartbeat is stamped by the database's clock, now");
+
+    // `supervisor stop` asks; the first request's time stays.
+    db.request_stop(&[old], 1_000).await.unwrap();
+    db.request_stop(&[old], 2_000).await.unwrap();
+    assert_eq!(db.heartbeat(old).await.unwrap(), RunOrder::Stop);
+    assert_eq!(db.latest_run().await.unwrap().unwrap().stop_requested_at, Some(1_000));
+
+    // A start that its decision refuses records nothing.
+    let refused = db
+        .begin_run(&new_run(2, 7100), |live, _| {
+            assert_eq!(live.iter().map(|r| r.run_id).collect::<Vec<_>>(), [old], "the decision sees the live run");
+            Err("worker ids 0-1 are run by another supervisor".into())
+        })
+        .await
+        .unwrap();
+    assert_eq!(refused, Err("worker ids 0-1 are run by another supervisor".to_string()));
+    assert_eq!(testing::fleet_runs(&db).await.unwrap().len(), 1, "no run was recorded");
+
+    // One that takes the old run over marks it crashed, and the old supervisor hears it.
+    let new = db.begin_run(&new_run(2, 7200), |_, _| Ok(vec![old])).await.unwrap().unwrap();
+    let runs: Vec<(i64, RunState, bool)> = testing::fleet_runs(&db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.run_id, r.state, r.stopped_at.is_some()))
+        .collect();
+    assert_eq!(runs, [(old, RunState::Crashed, true), (new, RunState::Running, false)]);
+    assert_eq!(db.heartbeat(old).await.unwrap(), RunOrder::TakenOver);
+    assert_eq!(db.heartbeat(new).await.unwrap(), RunOrder::CarryOn);
+    assert_eq!(db.live_runs().await.unwrap().iter().map(|r| r.run_id).collect::<Vec<_>>(), [new]);
+    assert_eq!(db.heartbeat(new + 100).await.unwrap(), RunOrder::TakenOver, "a run that is not there is no one's");
+}
+
+const MEM_ENFORCE: [&str; 4] = ["cgroup-v2", "cgroup-v1", "sample", "none"];
+
+/// One `fleet_runs` row with this state and enforcement.
+fn run_row(id: i64, state: &str, mem_enforce: &str) -> String {
+    format!(
+        "INSERT INTO fleet_runs (run_id, supervisor_pid, started_at, state, workers, base_port, bind, mem_enforce, \
+         handler, concurrency) VALUES ({id}, 1, 0, '{state}', 2, 3001, '127.0.0.1', '{mem_enforce}', 'sleep', 1)"
+    )
+}
+
+/// Runs `sql` on the fleet database as another tool would; Err with the database's words.
+async fn write(db: &Store, sql: &str) -> Result<(), String> {
+    testing::execute(db, sql).await.map_err(|e| e.to_string())
+}
+
+/// `sql` is refused by a CHECK: PostgreSQL's constraints, or SQLite's checking triggers
+/// (migration 0006), which raise the words SQLite's own CHECK constraints use.
+async fn refused(db: &Store, sql: &str) {
+    let e = write(db, sql).await.expect_err(sql);
+    let check = if db.is_postgres() { "violates check constraint" } else { "CHECK constraint failed" };
+    assert!(e.contains(check), "{sql}: {e}");
+}
+
+// The schema holds every state, outcome and kind to the words the code writes: each of
+// the Rust types' words is accepted, anything else is refused by the database itself,
+// so a tool writing around the fleet cannot leave a row the fleet would misread.
+on_both_backends!(every_word_the_code_writes_is_accepted_and_any_other_is_refused_by_the_database);
+async fn every_word_the_code_writes_is_accepted_and_any_other_is_refused_by_the_database(db: Store) {
+    let mut id = 0;
+    for state in RunState::ALL {
+        for enforce in MEM_ENFORCE {
+            id += 1;
+            write(&db, &run_row(id, state.as_str(), enforce)).await.unwrap();
+        }
+    }
+    refused(&db, &run_row(1000, "paused", "none")).await;
+    refused(&db, &run_row(1001, "running", "cgroup-v3")).await;
+    refused(&db, "UPDATE fleet_runs SET state = 'Running' WHERE run_id = 1").await;
+    refused(
+        &db,
+        "INSERT INTO fleet_runs (supervisor_pid, started_at, state, workers, base_port, bind, mem_enforce, handler, \
+         concurrency) VALUES (1, 0, 'running', 0, 3001, '127.0.0.1', 'none', 'sleep', 1)",
+    )
+    .await;
+
+    for (k, state) in SlotStatus::ALL.iter().enumerate() {
+        let sql =
+            format!("INSERT INTO fleet_workers (run_id, worker_id, port, state) VALUES (1, {k}, 3001, '{state}')");
+        write(&db, &sql).await.unwrap();
+    }
+    refused(&db, "INSERT INTO fleet_workers (run_id, worker_id, port, state) VALUES (1, 99, 3001, 'sleeping')").await;
+    refused(&db, "UPDATE fleet_workers SET state = 'gone' WHERE worker_id = 0").await;
+
+    for kind in EventKind::ALL {
+        let sql =
+            format!("INSERT INTO fleet_events (run_id, worker_id, at, kind, reason) VALUES (1, 0, 0, '{kind}', 'r')");
+        write(&db, &sql).await.unwrap();
+    }
+    refused(&db, "INSERT INTO fleet_events (run_id, worker_id, at, kind, reason) VALUES (1, 0, 0, 'unhealthy', 'r')")
+        .await;
+
+    // Outcomes: in the history (plus 'unknown', which the history trigger writes for a
+    // row some tool moved out of running without one) and as a video's last outcome.
+    write(&db, "INSERT INTO videos (video_id, source) VALUES (1, 's')").await.unwrap();
+    for outcome in Outcome::ALL.iter().map(|o| o.as_str()).chain(["unknown"]) {
+        let sql = format!("INSERT INTO attempts (video_id, attempt, outcome) VALUES (1, 1, '{outcome}')");
+        write(&db, &sql).await.unwrap();
+        if outcome != "unknown" {
+            write(&db, &format!("UPDATE videos SET last_outcome = '{outcome}' WHERE video_id = 1")).await.unwrap();
+        }
+    }
+    refused(&db, "INSERT INTO attempts (video_id, attempt, outcome) VALUES (1, 1, 'ok')").await;
+    refused(&db, "UPDATE videos SET last_outcome = 'unknown' WHERE video_id = 1").await;
+    refused(&db, "UPDATE videos SET attempts = -1 WHERE video_id = 1").await;
+    refused(&db, "UPDATE videos SET status = 'paused' WHERE video_id = 1").await;
 }
