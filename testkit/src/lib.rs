@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use shared::status::{ShardCounts, VideoStatus, WorkerStatus};
 use shared::storage::testing;
-use shared::storage::{FleetWorker, NewVideo, Store, owner_of};
+use shared::storage::{DbLocation, FleetWorker, NewVideo, Store, owner_of};
 
 /// A temp dir holding `fleet.db`, migrated and seeded by the test. Reads go through
 /// shared's storage (`storage::testing` for the rows themselves), never around it.
@@ -130,6 +130,25 @@ impl TestDb {
             None => Vec::new(),
         }
     }
+}
+
+/// The variable naming the PostgreSQL server the tests may create databases on.
+pub const POSTGRES_SERVER_VAR: &str = "FLEET_TEST_POSTGRES_URL";
+
+/// A fresh, empty PostgreSQL database of the test's own on the server that
+/// `FLEET_TEST_POSTGRES_URL` names (`.ci/run` starts one and sets it), or None, with one
+/// line saying the test is skipped and why, when the variable is unset. A server that is
+/// named but does not answer fails the test: a skip would hide it.
+pub async fn fresh_postgres() -> Option<DbLocation> {
+    let server = std::env::var(POSTGRES_SERVER_VAR).ok().filter(|s| !s.is_empty());
+    let Some(server) = server else {
+        eprintln!(
+            "skipping PostgreSQL: {POSTGRES_SERVER_VAR} is not set (.ci/run starts a PostgreSQL server and sets it)"
+        );
+        return None;
+    };
+    let db = testing::create_postgres_database(&server).await;
+    Some(db.unwrap_or_else(|e| panic!("no database on the test server {POSTGRES_SERVER_VAR}={server}: {e}")))
 }
 
 /// An HTTP client for a test's own calls. reqwest has no TLS crypto of its own in this

@@ -167,3 +167,12 @@ fn too_large(what: &str, bytes: i64, limit: u64) -> String {
 pub fn shard_index_name(workers: u32) -> String {
     format!("videos_pending_mod{workers}")
 }
+
+/// The text of the claim statement for a batch of `want`, as a session `worker_id` of
+/// `workers` runs it: for tests that `EXPLAIN` it (`storage::testing`).
+#[cfg(feature = "testing")]
+pub fn claim_statement(workers: u32, worker_id: u32, want: usize) -> String {
+    let spec = crate::storage::ShardSpec::new(workers, worker_id);
+    let claimer = Claimer::new(workers, worker_id, String::new(), spec.max_source, spec.max_payload);
+    claimer.statements[want.clamp(1, MAX_BATCH).ilog2() as usize].clone()
+}

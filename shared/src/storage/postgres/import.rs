@@ -3,8 +3,7 @@
 //! long the file). Imports take an advisory lock, so two imports into one database
 //! run one after the other, as on SQLite.
 
-use sqlx::pool::PoolConnection;
-use sqlx::{Executor, PgPool, Postgres};
+use sqlx::{Executor, PgPool, Postgres, Transaction};
 
 use crate::error::DbError;
 use crate::storage::{EXISTING_NAMED, IMPORT_BATCH, ImportReport, ImportRow, Repeat};
@@ -12,8 +11,12 @@ use crate::storage::{EXISTING_NAMED, IMPORT_BATCH, ImportReport, ImportRow, Repe
 const IMPORT_LOCK: i64 = 0x5346_494d_504f_5254;
 
 pub struct PgImport {
-    /// In an open transaction; returned to the pool only after COMMIT or ROLLBACK.
-    conn: PoolConnection<Postgres>,
+    /// The import's transaction, on a connection of its own. A `Transaction`, not a
+    /// connection on which BEGIN was run: dropped without a commit (a caller returning
+    /// early with an error), it rolls back before the connection serves anyone else.
+    /// A bare connection went back to the pool still in the transaction, holding the
+    /// import lock, and the next import waited for it forever.
+    tx: Transaction<'static, Postgres>,
     writing: bool,
     /// Lowest and highest id in the table when the import began.
     before: Option<(i64, i64)>,
@@ -28,16 +31,13 @@ impl std::fmt::Debug for PgImport {
 
 impl PgImport {
     pub(crate) async fn begin(pool: &PgPool) -> Result<PgImport, DbError> {
-        let mut conn = pool.acquire().await?;
-        conn.execute("BEGIN").await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(IMPORT_LOCK).execute(&mut *conn).await?;
-        conn.execute(
-            "CREATE TEMP TABLE import_seen (video_id BIGINT PRIMARY KEY, line BIGINT NOT NULL) ON COMMIT DROP",
-        )
-        .await?;
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(IMPORT_LOCK).execute(&mut *tx).await?;
+        tx.execute("CREATE TEMP TABLE import_seen (video_id BIGINT PRIMARY KEY, line BIGINT NOT NULL) ON COMMIT DROP")
+            .await?;
         let (low, high): (Option<i64>, Option<i64>) =
-            sqlx::query_as("SELECT min(video_id), max(video_id) FROM videos").fetch_one(&mut *conn).await?;
-        Ok(PgImport { conn, writing: true, before: low.zip(high), report: ImportReport::default() })
+            sqlx::query_as("SELECT min(video_id), max(video_id) FROM videos").fetch_one(&mut *tx).await?;
+        Ok(PgImport { tx, writing: true, before: low.zip(high), report: ImportReport::default() })
     }
 
     pub(crate) fn stop_writing(&mut self) {
@@ -69,14 +69,14 @@ impl PgImport {
         )
         .bind(&ids)
         .bind(&lines)
-        .execute(&mut *self.conn)
+        .execute(&mut *self.tx)
         .await?
         .rows_affected();
         if new_ids < rows.len() as u64 {
             let first: std::collections::HashMap<i64, i64> =
                 sqlx::query_as::<_, (i64, i64)>("SELECT video_id, line FROM import_seen WHERE video_id = ANY($1)")
                     .bind(&ids)
-                    .fetch_all(&mut *self.conn)
+                    .fetch_all(&mut *self.tx)
                     .await?
                     .into_iter()
                     .collect();
@@ -100,7 +100,7 @@ impl PgImport {
             let there: Vec<i64> =
                 sqlx::query_scalar("SELECT video_id FROM videos WHERE video_id = ANY($1) ORDER BY video_id")
                     .bind(&ids)
-                    .fetch_all(&mut *self.conn)
+                    .fetch_all(&mut *self.tx)
                     .await?;
             self.report.existing += there.len() as u64;
             let room = EXISTING_NAMED.saturating_sub(self.report.existing_ids.len());
@@ -115,19 +115,19 @@ impl PgImport {
         .bind(&ids)
         .bind(&sources)
         .bind(&payloads)
-        .execute(&mut *self.conn)
+        .execute(&mut *self.tx)
         .await?
         .rows_affected();
         Ok(())
     }
 
-    pub(crate) async fn commit(mut self) -> Result<ImportReport, DbError> {
-        self.conn.execute("COMMIT").await?;
+    pub(crate) async fn commit(self) -> Result<ImportReport, DbError> {
+        self.tx.commit().await?;
         Ok(self.report)
     }
 
-    pub(crate) async fn roll_back(mut self) -> Result<(), DbError> {
-        self.conn.execute("ROLLBACK").await?;
+    pub(crate) async fn roll_back(self) -> Result<(), DbError> {
+        self.tx.rollback().await?;
         Ok(())
     }
 }

@@ -26,7 +26,7 @@ pub static PG_MIGRATIONS: &[PgMigration] = &[
 pub(super) const RECORD_TABLE: &str = "fleet_migrations";
 
 /// The advisory lock key every migrating process takes ("shardfleet" in a number).
-pub(super) const MIGRATE_LOCK: i64 = 0x5346_4d49_4752_4154;
+pub(crate) const MIGRATE_LOCK: i64 = 0x5346_4d49_4752_4154;
 
 pub(super) async fn run(db: &PgStore) -> Result<(), DbError> {
     // The common case, an up-to-date database, is answered by a read: no lock.

@@ -25,7 +25,11 @@ mod requeue;
 mod shard;
 mod summary;
 
+#[cfg(feature = "testing")]
+pub(crate) use claim::claim_statement;
 pub use import::PgImport;
+#[cfg(feature = "testing")]
+pub(crate) use migrate::MIGRATE_LOCK;
 pub use migrate::PG_MIGRATIONS;
 pub use open::PgStore;
 pub use shard::PgShard;

@@ -31,7 +31,13 @@ impl PgStore {
     /// missing and returns the store.
     pub(crate) async fn open(url: &str, max_connections: u32) -> Result<PgStore, DbError> {
         let db = PgStore::connect(url, max_connections, false).await?;
-        if let Err(e) = db.refuse_foreign().await.and(migrate::run(&db).await) {
+        // The check first and the migrations only if it passes: `check.and(migrate)`
+        // would run the migrations before looking at the check's answer.
+        let checked_then_migrated = async {
+            db.refuse_foreign().await?;
+            migrate::run(&db).await
+        };
+        if let Err(e) = checked_then_migrated.await {
             db.close().await;
             return Err(e);
         }
@@ -41,7 +47,11 @@ impl PgStore {
     /// Connects to a database that must already be a fleet's, and migrates it.
     pub(crate) async fn open_existing(url: &str, max_connections: u32) -> Result<PgStore, DbError> {
         let db = PgStore::connect(url, max_connections, false).await?;
-        if let Err(e) = db.require_fleet().await.and(migrate::run(&db).await) {
+        let checked_then_migrated = async {
+            db.require_fleet().await?;
+            migrate::run(&db).await
+        };
+        if let Err(e) = checked_then_migrated.await {
             db.close().await;
             return Err(e);
         }
