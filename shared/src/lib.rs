@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod config;
 pub mod error;
 pub mod exit;
+pub mod host;
 pub mod ids;
 pub mod logging;
 pub mod retry;

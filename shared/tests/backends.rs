@@ -585,15 +585,17 @@ async fn a_heartbeat_hears_a_stop_request_and_a_takeover_and_a_refused_start_rec
     let refused = db
         .begin_run(&new_run(2, 7100), |live, _| {
             assert_eq!(live.iter().map(|r| r.run_id).collect::<Vec<_>>(), [old], "the decision sees the live run");
-            Err("worker ids 0-1 are run by another supervisor".into())
+            Err("worker ids 0-1 are run by another supervisor".to_string())
         })
         .await
         .unwrap();
-    assert_eq!(refused, Err("worker ids 0-1 are run by another supervisor".to_string()));
+    assert_eq!(refused.map(|b| b.run_id), Err("worker ids 0-1 are run by another supervisor".to_string()));
     assert_eq!(testing::fleet_runs(&db).await.unwrap().len(), 1, "no run was recorded");
 
     // One that takes the old run over marks it crashed, and the old supervisor hears it.
-    let new = db.begin_run(&new_run(2, 7200), |_, _| Ok(vec![old])).await.unwrap().unwrap();
+    let begun = db.begin_run(&new_run(2, 7200), |_, _| Ok::<_, String>(vec![old])).await.unwrap().unwrap();
+    assert_eq!(begun.taken.iter().map(|r| r.run_id).collect::<Vec<_>>(), [old], "the runs taken over come back");
+    let new = begun.run_id;
     let runs: Vec<(i64, RunState, bool)> = testing::fleet_runs(&db)
         .await
         .unwrap()

@@ -23,22 +23,6 @@ pub fn is_running(pid: i64, name: &str) -> bool {
     }
 }
 
-/// This host's name, as runs record it.
-pub fn hostname() -> Option<String> {
-    // FLEET_HOST names the host where the kernel's name is no use (a container's
-    // random one) or, in tests, plays a second host on one machine.
-    if let Some(name) = std::env::var("FLEET_HOST").ok().filter(|h| !h.trim().is_empty()) {
-        return Some(name.trim().to_string());
-    }
-    fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string())
-}
-
-/// Whether a run recorded on `host` ran here, so its pids mean something here. A run
-/// that recorded no host is taken for this host's (SQLite fleets are one host's).
-pub fn is_this_host(host: Option<&str>) -> bool {
-    host.is_none() || host == hostname().as_deref()
-}
-
 fn is_kernel_thread(pid: i64) -> bool {
     let ppid = |stat: String| stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse::<i64>().ok();
     pid == 2 || fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(ppid) == Some(2)

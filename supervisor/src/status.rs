@@ -2,11 +2,10 @@
 //! not a supervisor is running.
 
 use serde::Serialize;
+use shared::ids::WorkerIds;
 use shared::status::ShardCounts;
 use shared::storage::{FleetEvent, FleetRun, FleetWorker, SlotStatus, Store, now_ms};
 use shared::units::human_bytes;
-
-use crate::procfs;
 
 /// `supervisor status --json`.
 #[derive(Debug, Serialize)]
@@ -24,6 +23,12 @@ pub struct FleetView {
     pub totals: ShardCounts,
     /// The last restarts and memory kills of the runs shown, oldest first.
     pub events: Vec<FleetEvent>,
+    /// Worker ids of the fleet that no live supervisor runs (with `--worker-ids`: a host
+    /// that is down or not started), as ranges; None when every id is run.
+    pub unowned_ids: Option<String>,
+    /// The database's clock when this was read, which heartbeats are stamped by.
+    #[serde(skip)]
+    pub db_now: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,6 +63,8 @@ pub async fn load(db: &Store) -> anyhow::Result<FleetView> {
             workers: Vec::new(),
             totals,
             events: Vec::new(),
+            unowned_ids: None,
+            db_now: now_ms(),
         });
     };
     let db_now = db.clock().await?;
@@ -91,7 +98,15 @@ pub async fn load(db: &Store) -> anyhow::Result<FleetView> {
     let keep = events.len().saturating_sub(10);
     events.drain(..keep);
     let supervisor_alive = crate::fleet::run_is_alive(&latest, db_now);
-    Ok(FleetView { run: Some(latest), supervisor_alive, runs, workers, totals, events })
+    let unowned: std::collections::BTreeSet<u32> = (0..workers_n.max(0) as u32)
+        .filter(|k| !runs.iter().any(|r| r.run.state.is_live() && r.alive && r.run.ids().contains(*k)))
+        .collect();
+    // Only worth saying while some supervisor runs: a stopped fleet runs no id at all.
+    let unowned_ids = (runs.iter().any(|r| r.run.state.is_live() && r.alive) && !unowned.is_empty())
+        .then(|| unowned.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(",").parse::<WorkerIds>())
+        .and_then(Result::ok)
+        .map(|ids| ids.to_string());
+    Ok(FleetView { run: Some(latest), supervisor_alive, runs, workers, totals, events, unowned_ids, db_now })
 }
 
 /// A host as it goes before `:port`: an IPv6 address in brackets.
@@ -122,11 +137,11 @@ pub fn render(v: &FleetView) -> String {
     for RunView { run, alive } in &v.runs {
         let state = if *alive || !run.state.is_live() {
             run.state.to_string()
-        } else if procfs::is_this_host(run.host.as_deref()) {
+        } else if shared::host::is_this_host(run.host.as_deref()) {
             "crashed (supervisor is gone)".into()
         } else {
             let seen = run.heartbeat_at.unwrap_or(run.started_at);
-            format!("not heard from for {} (its next start takes it over)", ago(now - seen))
+            format!("not heard from for {} (its next start takes it over)", ago(v.db_now - seen))
         };
         let since = if *alive {
             format!("up {}", ago(now - run.started_at))
@@ -144,6 +159,9 @@ pub fn render(v: &FleetView) -> String {
         } else {
             out.push_str(&format!("fleet: {state} · {who} · {since} · {} workers · {}\n", run.workers, run.handler));
         }
+    }
+    if let Some(ids) = &v.unowned_ids {
+        out.push_str(&format!("worker ids {ids}: no supervisor runs them; their videos wait\n"));
     }
     let limit = |run: &FleetRun| {
         run.mem_limit_bytes.map(|b| shared::units::ByteSize(b as u64).to_string()).unwrap_or_else(|| "none".into())

@@ -25,27 +25,28 @@ pub async fn stop(
 ) -> anyhow::Result<String> {
     let live = db.live_runs().await?;
     let db_now = db.clock().await?;
-    let wanted: Vec<FleetRun> =
+    let in_scope: Vec<FleetRun> =
         live.into_iter().filter(|r| which.is_none_or(|ids| !ids.overlap(&r.ids()).is_empty())).collect();
-    let (alive, dead): (Vec<FleetRun>, Vec<FleetRun>) = wanted.into_iter().partition(|r| run_is_alive(r, db_now));
+    let here = |r: &FleetRun| shared::host::is_this_host(r.host.as_deref());
+    let (alive, dead): (Vec<FleetRun>, Vec<FleetRun>) = in_scope.iter().cloned().partition(|r| run_is_alive(r, db_now));
     let mut lines: Vec<String> = dead
         .iter()
-        .map(|r| {
-            let seen = r.heartbeat_at.unwrap_or(r.started_at);
-            format!(
+        .map(|r| match (&r.worker_ids, here(r)) {
+            (None, true) => format!(
+                "no fleet is running (the last one, supervisor pid {}, died without stopping; the next start takes it over)",
+                r.supervisor_pid
+            ),
+            _ => format!(
                 "{} (worker ids {}) is not running: last heard from {} ago; the next start of its ids takes it over",
                 describe_run(r),
                 r.ids(),
-                crate::status::ago(db_now - seen)
-            )
+                crate::status::ago(db_now - r.heartbeat_at.unwrap_or(r.started_at))
+            ),
         })
         .collect();
-    if alive.is_empty() {
+    if in_scope.is_empty() {
         let latest = db.latest_run().await?;
         db.close().await;
-        if !lines.is_empty() {
-            return Ok(lines.join("\n"));
-        }
         return Ok(match (latest, which) {
             (None, _) => "no fleet has been started on this database; nothing to stop".into(),
             (Some(_), Some(ids)) => format!("no supervisor is running worker ids {ids}; nothing to stop"),
@@ -54,11 +55,30 @@ pub async fn stop(
             }
         });
     }
-    let here = |r: &FleetRun| procfs::is_this_host(r.host.as_deref());
-    // Writing the request needs a writable connection; the database is a fleet's already.
-    let writer = Store::open(location, 1).await?;
-    writer.request_stop(&alive.iter().map(|r| r.run_id).collect::<Vec<_>>(), now_ms()).await?;
-    writer.close().await;
+    // The request goes to every live run in scope, even one that looks dead from here:
+    // if it is alive after all, it hears it. A request that cannot be written is no
+    // loss for this host's supervisors, which get SIGTERM.
+    let ids: Vec<i64> = in_scope.iter().map(|r| r.run_id).collect();
+    let requested = async {
+        let writer = Store::open_existing(location, 1).await?;
+        let written = writer.request_stop(&ids, now_ms()).await;
+        writer.close().await;
+        written
+    }
+    .await;
+    if let Err(e) = requested {
+        if alive.iter().all(here) {
+            tracing::warn!(
+                "could not write the stop request into the database ({e}); signalling this host's supervisors"
+            );
+        } else {
+            bail!("could not write the stop request into the database: {e}");
+        }
+    }
+    if alive.is_empty() {
+        db.close().await;
+        return Ok(lines.join("\n"));
+    }
     // Let go of a SQLite file before waiting: the supervisor checkpoints the WAL into the
     // file when it closes the last connection, and ours would be one. (Runs on other
     // hosts are PostgreSQL's, and are watched through the database.)
@@ -72,10 +92,16 @@ pub async fn stop(
     let deadline = Instant::now() + timeout;
     let mut waiting = alive.clone();
     while !waiting.is_empty() {
-        let still_live: Vec<i64> =
-            if watch_db { db.live_runs().await?.iter().map(|r| r.run_id).collect() } else { vec![] };
+        // Another host's run is waited for while it is live and beating: one that dies
+        // while draining stops beating, and is not waited for past that.
+        let still: Vec<i64> = if watch_db {
+            let now = db.clock().await?;
+            db.live_runs().await?.iter().filter(|r| run_is_alive(r, now)).map(|r| r.run_id).collect()
+        } else {
+            Vec::new()
+        };
         waiting.retain(|r| {
-            if here(r) { procfs::is_running(r.supervisor_pid, "supervisor") } else { still_live.contains(&r.run_id) }
+            if here(r) { procfs::is_running(r.supervisor_pid, "supervisor") } else { still.contains(&r.run_id) }
         });
         if waiting.is_empty() {
             break;

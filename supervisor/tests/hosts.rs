@@ -96,7 +96,7 @@ async fn two_supervisors_with_disjoint_worker_ids_run_one_fleet_and_one_that_ove
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let said = text(&out);
     assert!(
-        said.contains("worker ids 1 are already running") || said.contains("worker ids 2 are already running"),
+        said.contains("worker id 1 is already running") || said.contains("worker id 2 is already running"),
         "{said}"
     );
     assert_eq!(status_json(dir, &db)["runs"].as_array().unwrap().len(), 2, "the refused start left no record");
@@ -239,11 +239,97 @@ async fn a_host_whose_supervisor_was_killed_is_taken_over_once_its_heartbeat_sto
     let out = start(dir, "host-a", &url, free_ports(4), "", &["--sleep", "1ms", "--exit-when-done"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("took over its worker ids 0-3"), "{}", text(&out));
+    // It waited for the heartbeat to go stale (10 s after the kill), and no longer than
+    // its patience: no one had to come and clear the old run.
     assert!(began.elapsed() >= Duration::from_secs(5), "it waited for the heartbeat to go stale");
+    assert!(began.elapsed() < Duration::from_secs(45), "took {:?}", began.elapsed());
     assert_eq!(
         psql(&url, "SELECT string_agg(host || ':' || state, ',' ORDER BY run_id) FROM fleet_runs"),
         "host-b:crashed,host-a:done"
     );
     assert_eq!(psql(&url, "SELECT count(*) FROM videos WHERE status = 'done'"), "300");
     assert_eq!(done_twice(&url), "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_starts_at_the_same_moment_for_the_same_ids_exactly_one_runs() {
+    let t = TestDb::new().await;
+    t.seed(100).await;
+    let (dir, db) = (t.dir.path(), t.path.to_str().unwrap().to_string());
+    let mut a = start(dir, "h", &db, free_ports(4), "", &["--sleep", "50ms"]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut b = start(dir, "h", &db, free_ports(4), "", &["--sleep", "50ms"]).stderr(Stdio::piped()).spawn().unwrap();
+    // The loser exits at once; the winner runs until stopped.
+    let deadline = Instant::now() + LONG;
+    let (loser, mut winner) = loop {
+        if let Some(status) = a.try_wait().unwrap() {
+            break ((status, a), b);
+        }
+        if let Some(status) = b.try_wait().unwrap() {
+            break ((status, b), a);
+        }
+        assert!(Instant::now() < deadline, "neither start was refused");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (status, child) = loser;
+    let said = text(&child.wait_with_output().unwrap());
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(said.contains("a fleet is already running"), "{said}");
+    wait_for(LONG, "the winner's four workers running", || async { running(dir, &db).len() == 4 }).await;
+    assert_eq!(status_json(dir, &db)["runs"].as_array().unwrap().len(), 1, "one run recorded");
+    let out = supervisor(dir, "h").args(["stop", "--db", &db]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(wait_exit(&mut winner, LONG).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_stopped_through_the_database_keeps_beating_while_it_drains() {
+    let t = TestDb::new().await;
+    t.seed(8).await;
+    let (dir, db) = (t.dir.path(), t.path.to_str().unwrap().to_string());
+    // Jobs of 13 s: the drain outlasts the 10 s after which a silent run counts as dead.
+    let mut sup = spawn_quiet(start(dir, "h1", &db, free_ports(4), "0-1", &["--sleep", "13s", "--grace", "60s"]));
+    wait_for(LONG, "both workers busy", || async {
+        let v = status_json(dir, &db);
+        v["workers"].as_array().unwrap().iter().filter(|w| w["state"] == "running").count() == 2
+            && v["totals"]["running"].as_u64().unwrap() >= 2
+    })
+    .await;
+    // From another host name: no signal can reach it, only the database's request.
+    let began = Instant::now();
+    let stop = supervisor(dir, "h2").args(["stop", "--db", &db]).stdout(Stdio::piped()).spawn().unwrap();
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let v = status_json(dir, &db);
+    assert_eq!(v["runs"][0]["alive"], true, "still beating 11 s into its drain: {v}");
+    assert_eq!(v["runs"][0]["state"], "stopping", "{v}");
+    let said = String::from_utf8_lossy(&stop.wait_with_output().unwrap().stdout).to_string();
+    assert!(said.contains("fleet stopped: worker ids 0-1"), "{said}");
+    assert!(began.elapsed() >= Duration::from_secs(11), "stop waited for the drain");
+    assert!(wait_exit(&mut sup, LONG).success());
+    // Shards 0 and 1 of 4 hold videos 1, 4, 5 and 8, all under way when the stop came.
+    assert_eq!(t.by_status().await.get("done"), Some(&4), "the jobs under way finished");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_whose_run_was_taken_over_stops_its_workers_at_once_and_fails() {
+    let t = TestDb::new().await;
+    t.seed(40).await;
+    let (dir, db) = (t.dir.path(), t.path.to_str().unwrap().to_string());
+    let mut sup = start(dir, "h", &db, free_ports(4), "", &["--sleep", "30s", "--grace", "60s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(LONG, "its workers busy", || async { status_json(dir, &db)["totals"]["running"].as_u64().unwrap() >= 4 })
+        .await;
+    // What another host's start does when it finds this run's heartbeat stale.
+    shared::storage::testing::execute(&t.db, "UPDATE fleet_runs SET state = 'crashed', stopped_at = 1").await.unwrap();
+    let began = Instant::now();
+    let status = wait_exit(&mut sup, Duration::from_secs(20));
+    // No 60 s drain: its shards are someone else's now.
+    assert!(began.elapsed() < Duration::from_secs(15), "took {:?}", began.elapsed());
+    let said = text(&sup.wait_with_output().unwrap());
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(said.contains("was taken over by another supervisor"), "{said}");
+    let v = status_json(dir, &db);
+    assert_eq!(v["run"]["state"], "crashed", "its record stays as the taker left it: {v}");
 }

@@ -178,12 +178,18 @@ impl FleetRun {
             .unwrap_or_else(|| crate::ids::WorkerIds::all(self.workers.max(0) as u32))
     }
 
-    /// The address other hosts and the monitor reach this run's workers at.
+    /// The address this run's workers are reached at: `--advertise`, else the bind
+    /// address; a wildcard bind is reached on loopback from the run's own host and at
+    /// the run's host name from any other.
     pub fn reach(&self) -> String {
+        let wildcard = matches!(self.bind.as_str(), "0.0.0.0" | "::");
         match &self.advertise {
             Some(host) => host.clone(),
-            None if self.bind == "0.0.0.0" => "127.0.0.1".into(),
+            None if wildcard && !crate::host::is_this_host(self.host.as_deref()) => {
+                self.host.clone().unwrap_or_else(|| "127.0.0.1".into())
+            }
             None if self.bind == "::" => "::1".into(),
+            None if wildcard => "127.0.0.1".into(),
             None => self.bind.clone(),
         }
     }
@@ -218,9 +224,16 @@ pub struct FleetEvent {
     pub reason: String,
 }
 
-/// What a new run found among the live ones, decided by its supervisor: the live runs
-/// it takes over (dead ones whose ids it shares), or why it must not start.
-pub type RunConflicts = Result<Vec<i64>, String>;
+/// How a starting run decides, given the live runs and the database's clock: the runs
+/// it takes over, or why it must not start ([`Store::begin_run`]).
+pub type Decide<'a, E> = dyn Fn(&[FleetRun], i64) -> Result<Vec<i64>, E> + 'a;
+
+/// A run recorded by [`Store::begin_run`]: its id, and the live runs it took over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Begun {
+    pub run_id: i64,
+    pub taken: Vec<FleetRun>,
+}
 
 /// What a heartbeat learned about its own run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,7 +251,8 @@ impl Store {
     /// Records a new run and its worker slots (those of `run.ids()`, all `starting`);
     /// returns the run id.
     pub async fn insert_run(&self, run: &FleetRun) -> Result<i64, DbError> {
-        Ok(self.begin_run(run, |_, _| Ok(Vec::new())).await?.expect("a run that takes no decision is never refused"))
+        let begun = self.begin_run(run, |_, _| Ok::<_, std::convert::Infallible>(Vec::new())).await?;
+        Ok(begun.unwrap_or_else(|never| match never {}).run_id)
     }
 
     /// Records a new run unless a live one forbids it, atomically: under the database's
@@ -246,12 +260,13 @@ impl Store {
     /// (running or stopping) and the database's clock in ms (heartbeats are stamped by
     /// it, so hosts' clocks never disagree about their age), and says which runs it takes
     /// over (marked `crashed`) or why the new run must not start. Two supervisors
-    /// starting at once never both pass. Returns the new run's id, or `decide`'s refusal.
-    pub async fn begin_run(
+    /// starting at once never both pass. Returns the new run and the runs it took over,
+    /// or `decide`'s refusal (and then nothing is written).
+    pub async fn begin_run<E>(
         &self,
         run: &FleetRun,
-        decide: impl Fn(&[FleetRun], i64) -> RunConflicts,
-    ) -> Result<Result<i64, String>, DbError> {
+        decide: impl Fn(&[FleetRun], i64) -> Result<Vec<i64>, E>,
+    ) -> Result<Result<Begun, E>, DbError> {
         match self {
             Store::Sqlite(s) => s.begin_run(run, &decide).await,
             Store::Postgres(s) => s.begin_run(run, &decide).await,
@@ -313,7 +328,9 @@ impl Store {
         }
     }
 
-    /// Sets the run's state; `stopped` also stamps its end, now.
+    /// Sets the run's state while it is live; `stopped` also stamps its end, now. A run
+    /// that has ended, or that another supervisor took over (marked `crashed`), keeps
+    /// the state it has: its own supervisor, late, must not bring it back to life.
     pub async fn set_run_state(&self, run_id: i64, state: RunState, stopped: bool) -> Result<(), DbError> {
         match self {
             Store::Sqlite(s) => s.set_run_state(run_id, state, stopped).await,

@@ -105,7 +105,8 @@ pub struct Fleet {
     run: FleetRun,
     memory: Memory,
     policy: RestartPolicy,
-    /// One per worker id, indexed by it.
+    /// One per worker id this supervisor runs (`--worker-ids`; all by default), in id
+    /// order: a position is not an id, so look one up with `slot(k)`.
     slots: Vec<Slot>,
     /// The worker binary, found at setup, so a missing one fails the start at once.
     exe: PathBuf,
@@ -143,6 +144,9 @@ pub struct Fleet {
     fatal: Option<String>,
     /// What the heartbeat learned: a stop asked through the database, or a takeover.
     orders: mpsc::UnboundedReceiver<RunOrder>,
+    /// Another supervisor took this run's ids over: nothing is handed back or recorded
+    /// as this run's any more, and the run ends in failure.
+    taken_over: bool,
     /// Stamps the run record alive every second (`takeover.rs` says why).
     heartbeat: tokio::task::JoinHandle<()>,
 }
@@ -175,9 +179,9 @@ impl Fleet {
                 self.args.handler.describe()
             ),
             Some(ids) => tracing::info!(
-                "starting workers {ids} of {} on ports base {} + id ({})",
+                "starting workers {ids} of {} on ports {} ({})",
                 self.args.workers,
-                self.args.base_port,
+                self.slots.iter().map(|s| s.port.to_string()).collect::<Vec<_>>().join(", "),
                 self.args.handler.describe()
             ),
         }
@@ -203,16 +207,24 @@ impl Fleet {
                     self.signal_all(Signal::SIGINT);
                     self.stopping = Some(Instant::now() + Duration::from_secs(3));
                 }
-                Some(order) = self.orders.recv(), if self.stopping.is_none() => match order {
+                Some(order) = self.orders.recv(), if !self.taken_over => match order {
                     RunOrder::Stop => {
-                        tracing::info!("stopping: `supervisor stop` asked for it through the database");
-                        self.begin_stop(RunEnd::Stopped);
+                        if self.stopping.is_none() {
+                            tracing::info!("stopping: `supervisor stop` asked for it through the database");
+                            self.begin_stop(RunEnd::Stopped);
+                        }
                     }
                     RunOrder::TakenOver | RunOrder::CarryOn => {
+                        // Its shards are another supervisor's now: no drain, the workers
+                        // stop their jobs at once (as on a second signal).
                         tracing::error!(
-                            "another supervisor took over this run's worker ids (its heartbeat had gone stale); stopping"
+                            "another supervisor took over this run's worker ids (this run's heartbeat had gone stale); \
+                             stopping its workers now"
                         );
+                        self.taken_over = true;
                         self.begin_stop(RunEnd::Stopped);
+                        self.signal_all(Signal::SIGINT);
+                        self.stopping = Some(Instant::now() + Duration::from_secs(3));
                     }
                 },
                 Some(ev) = self.events.recv() => self.handle(ev),
@@ -262,12 +274,14 @@ impl Fleet {
         let errored: Vec<u32> =
             self.slots.iter().filter(|s| matches!(s.state(), SlotState::Errored(_))).map(|s| s.id).collect();
         if !errored.is_empty() {
+            // This supervisor's shards only: other hosts' are theirs to finish.
             let shards = self.reader.shard_progress(self.args.workers).await?;
-            let live_left: u64 = shards
+            let live_left: u64 = self
+                .slots
                 .iter()
-                .enumerate()
-                .filter(|(k, _)| !errored.contains(&(*k as u32)))
-                .map(|(_, c)| c.pending + c.running)
+                .filter(|s| !errored.contains(&s.id))
+                .filter_map(|s| shards.get(s.id as usize))
+                .map(|c| c.pending + c.running)
                 .sum();
             if live_left == 0 {
                 tracing::error!("only errored workers ({errored:?}) have work left; ending the run");
@@ -386,6 +400,14 @@ impl Fleet {
             self.reader.close().await;
             self.db.close().await;
             bail!(why);
+        }
+        if self.taken_over {
+            self.reader.close().await;
+            self.db.close().await;
+            bail!(
+                "run {} was taken over by another supervisor, which found its heartbeat stale; its workers were stopped",
+                self.run.run_id
+            );
         }
         let summary = if self.end != RunEnd::Stopped || self.args.exit_when_done {
             let text =

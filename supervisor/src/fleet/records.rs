@@ -88,19 +88,26 @@ pub fn start(db: Store, run_id: i64) -> (mpsc::UnboundedSender<Record>, tokio::t
     (tx, task)
 }
 
-/// Stamps run `run_id` alive every [`HEARTBEAT_EVERY`] until aborted, and passes on
-/// the first order other than carrying on (a stop asked through the database, or a
-/// takeover), then ends. A beat that fails is tried again at the next.
+/// Stamps run `run_id` alive every [`HEARTBEAT_EVERY`] until aborted (at the run's
+/// end, after its drain: a draining run is alive) and passes on what it hears: a stop
+/// asked through the database (once), or a takeover, after which it ends. A beat that
+/// fails is tried again at the next.
 pub fn beat(db: Store, run_id: i64, orders: mpsc::UnboundedSender<RunOrder>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(HEARTBEAT_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut told_stop = false;
         loop {
             every.tick().await;
             match db.heartbeat(run_id).await {
                 Ok(RunOrder::CarryOn) => {}
-                Ok(order) => {
-                    let _ = orders.send(order);
+                Ok(RunOrder::Stop) if told_stop => {}
+                Ok(RunOrder::Stop) => {
+                    told_stop = true;
+                    let _ = orders.send(RunOrder::Stop);
+                }
+                Ok(RunOrder::TakenOver) => {
+                    let _ = orders.send(RunOrder::TakenOver);
                     return;
                 }
                 Err(e) => tracing::warn!("could not stamp the run record alive: {e}"),

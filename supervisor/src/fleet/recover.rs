@@ -27,7 +27,7 @@ pub async fn wait_for_previous_workers(db: &DbLocation) {
     let Ok(db) = Store::open_read_only(db).await else { return };
     let mut pids: Vec<i64> = Vec::new();
     for prev in db.live_runs().await.unwrap_or_default() {
-        if procfs::is_this_host(prev.host.as_deref()) && !procfs::is_running(prev.supervisor_pid, "supervisor") {
+        if shared::host::is_this_host(prev.host.as_deref()) && !procfs::is_running(prev.supervisor_pid, "supervisor") {
             pids.extend(db.run_workers(prev.run_id).await.unwrap_or_default().iter().filter_map(|w| w.pid));
         }
     }

@@ -109,7 +109,12 @@ impl Fleet {
         for pgid in self.slot_mut(slot).take_orphans() {
             let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
         }
-        self.release_claims(slot, pid, cause.outcome(), &cause.to_string());
+        // A run taken over hands nothing back: its ids are another supervisor's now,
+        // whose worker of the same id may even have the same pid on its own host, and
+        // what this one still held was handed back by the takeover (and is fenced).
+        if !self.taken_over {
+            self.release_claims(slot, pid, cause.outcome(), &cause.to_string());
+        }
         if let Some(cg) = self.slot_mut(slot).take_cgroup() {
             self.memory.release_worker(&cg);
         }

@@ -19,7 +19,6 @@ use super::restart::RestartPolicy;
 use super::slot::Slot;
 use super::{Fleet, RunEnd, launch, output, records, recover, takeover};
 use crate::cli::StartArgs;
-use crate::procfs;
 
 /// Checks of the flags, made before anything is spawned or written; the error is one
 /// sentence.
@@ -40,9 +39,9 @@ pub fn preflight(args: &StartArgs) -> anyhow::Result<()> {
         ids.check(args.workers).map_err(anyhow::Error::msg)?;
     }
     if let Some(host) = &args.advertise
-        && (host.is_empty() || host.contains(['/', ' ', '@', '?', '#']))
+        && !shared::host::is_valid(host)
     {
-        bail!("--advertise {host:?} is not a host name or address");
+        bail!("--advertise {host:?} is not a host name or IP address (no port, scheme or zone)");
     }
     if args.sample_interval > Duration::from_millis(250) || args.sample_interval < Duration::from_millis(10) {
         bail!("--sample-interval must be between 10ms and 250ms");
@@ -104,24 +103,24 @@ pub async fn check_batch_has_videos(args: &StartArgs) -> anyhow::Result<()> {
 /// Warns when the fleet cannot fit the host: it will run, but slowly or into the kernel's
 /// OOM killer, and the user should hear why before it happens.
 fn warn_if_too_big(args: &StartArgs) {
+    // This host's workers: with --worker-ids, the others run elsewhere.
+    let here = args.ids().len() as u32;
     let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-    if args.workers > cores * 8 {
+    if here > cores * 8 {
         tracing::warn!(
-            "{} workers on {cores} cores: far more processes than cores; start-up and health checks will be slow (a few workers per core is plenty; raise --concurrency instead)",
-            args.workers
+            "{here} workers on {cores} cores: far more processes than cores; start-up and health checks will be slow (a few workers per core is plenty; raise --concurrency instead)"
         );
     }
     let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
         let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
         line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
     });
-    let wanted = args.mem_limit.bytes().saturating_mul(args.workers as u64);
+    let wanted = args.mem_limit.bytes().saturating_mul(u64::from(here));
     if let Some(total) = total
         && wanted > total
     {
         tracing::warn!(
-            "{} workers x {} = {} is more than this host's memory ({}): the kernel may kill workers before their limit does",
-            args.workers,
+            "{here} workers x {} = {} is more than this host's memory ({}): the kernel may kill workers before their limit does",
             args.mem_limit,
             human_bytes(wanted),
             human_bytes(total)
@@ -137,8 +136,6 @@ impl Fleet {
         let db_path = args.db.db.absolute().context("cannot resolve --db")?;
         // One connection: every write of ours comes from this one loop, in turn.
         let db = Store::open(&db_path, 1).await.context("cannot use the database")?;
-        // Kept shard counts for this N, so status and the done check never count the table.
-        db.ensure_count_layout(args.workers).await.context("cannot count the videos by shard")?;
         let reader = Store::open_read_only(&db_path).await.context("cannot read the database")?;
         if !reader.has_videos().await? {
             tracing::warn!(
@@ -170,7 +167,7 @@ impl Fleet {
         let mut run = FleetRun {
             run_id: 0,
             supervisor_pid: std::process::id() as i64,
-            host: procfs::hostname(),
+            host: shared::host::name(),
             started_at: now_ms(),
             stopped_at: None,
             state: RunState::Running,
@@ -189,14 +186,21 @@ impl Fleet {
             advertise: args.advertise.clone(),
         };
         let taken = begin(&db, &mut run).await.map_err(|why| anyhow::anyhow!("{why} (database {db_path})"))?;
+        // The heartbeat first, on a connection of its own: nothing this start does next
+        // (handing back a dead run's claims, a recount) may keep it from beating, or
+        // another host could take this run for dead.
+        let (orders_tx, orders) = mpsc::unbounded_channel();
+        let beat_db = Store::open(&db_path, 1).await.context("cannot use the database")?;
+        let heartbeat = records::beat(beat_db, run.run_id, orders_tx);
         for prev in taken {
             recover::recover_previous(&db, &prev, &args.job.retry_policy()).await?;
         }
+        // Kept shard counts for this N, so status and the done check never count the
+        // table. After the run is recorded: a start refused for another N changes nothing.
+        db.ensure_count_layout(args.workers).await.context("cannot count the videos by shard")?;
         let (logs, logger) =
             output::start(log_dir, args.workers, args.log_max_size.bytes(), args.log_keep, args.log_format, out)?;
         let (records, recorder) = records::start(db.clone(), run.run_id);
-        let (orders_tx, orders) = mpsc::unbounded_channel();
-        let heartbeat = records::beat(db.clone(), run.run_id, orders_tx);
         let (events_tx, events) = mpsc::unbounded_channel();
         let policy = RestartPolicy {
             delay: args.restart_delay,
@@ -236,6 +240,7 @@ impl Fleet {
             history: Vec::new(),
             fatal: None,
             orders,
+            taken_over: false,
             heartbeat,
         })
     }
@@ -252,54 +257,36 @@ impl Fleet {
 async fn begin(db: &Store, run: &mut FleetRun) -> Result<Vec<FleetRun>, String> {
     let patience =
         Instant::now() + Duration::from_millis(takeover::STALE_AFTER_MS as u64) + 4 * takeover::HEARTBEAT_EVERY;
+    // The run in the way, and its heartbeat when last seen.
     let mut watched: Option<(i64, Option<i64>)> = None;
     loop {
-        let outcome = std::sync::Mutex::new(None);
         let begun = db
-            .begin_run(run, |live, db_now| {
-                let decided = takeover::decide(run, live, db_now);
-                let mut outcome = outcome.lock().unwrap_or_else(|e| e.into_inner());
-                *outcome = Some(match &decided {
-                    Ok(ids) => Ok(live.iter().filter(|r| ids.contains(&r.run_id)).cloned().collect::<Vec<_>>()),
-                    Err(refusal) => Err(refusal.clone()),
-                });
-                decided.map_err(|r| r.why)
-            })
+            .begin_run(run, |live, db_now| takeover::decide(run, live, db_now))
             .await
             .map_err(|e| format!("cannot record the run: {e}"))?;
-        let outcome = outcome.into_inner().unwrap_or_else(|e| e.into_inner());
-        match (begun, outcome) {
-            (Ok(id), Some(Ok(taken))) => {
-                run.run_id = id;
-                return Ok(taken);
+        let refusal = match begun {
+            Ok(begun) => {
+                run.run_id = begun.run_id;
+                return Ok(begun.taken);
             }
-            (Ok(id), _) => {
-                run.run_id = id;
-                return Ok(Vec::new());
-            }
-            (Err(why), Some(Err(refusal))) => {
-                let by = &refusal.by;
-                let remote = !procfs::is_this_host(by.host.as_deref());
-                let stood_still = match watched {
-                    Some((id, beat)) if id == by.run_id => beat == by.heartbeat_at,
-                    _ => true,
-                };
-                if !remote || !stood_still || Instant::now() > patience {
-                    return Err(why);
-                }
-                if watched.is_none_or(|(id, _)| id != by.run_id) {
-                    tracing::info!(
-                        "{} runs worker ids {}; waiting to see whether it is alive (a run whose heartbeat stops is taken over after {} s)",
-                        takeover::describe(by),
-                        by.ids(),
-                        takeover::STALE_AFTER_MS / 1000
-                    );
-                }
-                watched = Some((by.run_id, by.heartbeat_at));
-                tokio::time::sleep(2 * takeover::HEARTBEAT_EVERY).await;
-            }
-            (Err(why), _) => return Err(why),
+            Err(refusal) => refusal,
+        };
+        let by = &refusal.by;
+        let remote = !shared::host::is_this_host(by.host.as_deref());
+        let beat_since = watched.is_some_and(|(id, beat)| id == by.run_id && beat != by.heartbeat_at);
+        if !remote || by.heartbeat_at.is_none() || beat_since || Instant::now() > patience {
+            return Err(refusal.why);
         }
+        if watched.is_none_or(|(id, _)| id != by.run_id) {
+            tracing::info!(
+                "{} runs worker ids {}; waiting to see whether it is alive (a run whose heartbeat stops is taken over after {} s)",
+                takeover::describe(by),
+                by.ids(),
+                takeover::STALE_AFTER_MS / 1000
+            );
+        }
+        watched = Some((by.run_id, by.heartbeat_at));
+        tokio::time::sleep(2 * takeover::HEARTBEAT_EVERY).await;
     }
 }
 

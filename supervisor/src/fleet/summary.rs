@@ -19,8 +19,13 @@ pub async fn build(
     history: &[Incident],
     end: RunEnd,
 ) -> anyhow::Result<String> {
+    // With --worker-ids the summary is of this supervisor's shards; the attempts of the
+    // run's time span are the whole fleet's (other hosts' included), and said so.
+    let ids = run.ids();
+    let partial = run.worker_ids.is_some();
     let shards = db.shard_progress(args.workers).await?;
-    let (done, failed, total) = shards.iter().fold((0, 0, 0), |(d, f, t), c| (d + c.done, f + c.failed, t + c.total()));
+    let own = || shards.iter().enumerate().filter(|(k, _)| ids.contains(*k as u32));
+    let (done, failed, total) = own().fold((0, 0, 0), |(d, f, t), (_, c)| (d + c.done, f + c.failed, t + c.total()));
     // This run's attempts: those that started after it began.
     let this_run = db.run_totals(run.started_at, args.workers).await?;
     let (finished_this_run, attempts, warned) = (this_run.finished, this_run.attempts(), this_run.warned);
@@ -34,9 +39,10 @@ pub async fn build(
 
     let mut out = String::new();
     out.push_str("== shardfleet run summary ==\n");
+    let workers = if partial { format!("{ids} of {}", args.workers) } else { args.workers.to_string() };
     out.push_str(&format!(
-        "mode: batch (--exit-when-done) · workers: {} · concurrency: {} per worker · handler: {}\n",
-        args.workers, args.job.concurrency, run.handler
+        "mode: batch (--exit-when-done) · workers: {workers} · concurrency: {} per worker · handler: {}\n",
+        args.job.concurrency, run.handler
     ));
     out.push_str(&format!(
         "memory limit: {} per worker, enforced by {}\n",
@@ -44,9 +50,11 @@ pub async fn build(
         crate::status::enforce_words(&run.mem_enforce)
     ));
     out.push_str(&format!("total time: {:.1}s\n", secs));
-    out.push_str(&format!("videos: {done} done, {failed} failed, {total} in all\n"));
+    let of = if partial { format!(" (shards {ids})") } else { String::new() };
+    out.push_str(&format!("videos{of}: {done} done, {failed} failed, {total} in all\n"));
+    let span = if partial { "the whole fleet since this run began" } else { "this run" };
     out.push_str(&format!(
-        "this run: {finished_this_run} videos finished in {attempts} attempts · {:.1} videos/s · average {} per video\n",
+        "{span}: {finished_this_run} videos finished in {attempts} attempts · {:.1} videos/s · average {} per video\n",
         finished_this_run as f64 / secs,
         this_run.avg_done_ms.map(|ms| format!("{ms:.0} ms")).unwrap_or_else(|| "-".into()),
     ));
@@ -56,7 +64,7 @@ pub async fn build(
         ));
     }
     out.push_str("per worker:\n");
-    for (k, c) in shards.iter().enumerate() {
+    for (k, c) in own() {
         let (att, avg) = this_run.shard(k as u32).map(|s| (s.attempts, s.avg_done_ms)).unwrap_or((0, None));
         out.push_str(&format!(
             "  worker {k}: {} done, {} failed, {att} attempts this run, average {}\n",
@@ -75,6 +83,7 @@ pub async fn build(
     }
     out.push_str(&format!("memory-limit kills: {memory_kills} ({handler_kills} handlers, {worker_kills} workers)\n"));
     out.push_str(&match end {
+        RunEnd::AllDone if partial => format!("result: every video of shards {ids} is done (exit 0)"),
         RunEnd::AllDone => "result: every video is done (exit 0)".to_string(),
         RunEnd::SomeFailed => {
             format!("result: {failed} videos failed (exit 3); `supervisor export --status failed` lists them")

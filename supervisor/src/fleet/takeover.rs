@@ -6,7 +6,7 @@
 //! Whether a live-looking run is alive is known two ways. On this host, by its
 //! supervisor's pid (gone means dead, at once). On another host the pid means nothing
 //! here, so by its heartbeat, stamped every second by the database's clock: older than
-//! [`STALE_AFTER`] means dead. A supervisor that is in fact alive but was cut off that
+//! [`STALE_AFTER_MS`] means dead. A supervisor that is in fact alive but was cut off that
 //! long finds at its next heartbeat that it was taken over, and stops its workers
 //! (their finishes are fenced meanwhile, so nothing is recorded twice).
 
@@ -24,12 +24,15 @@ pub const STALE_AFTER_MS: i64 = 10_000;
 /// Whether `prev` (a live-looking run) still has a supervisor driving it, at the
 /// database's `db_now`.
 pub fn is_alive(prev: &FleetRun, db_now: i64) -> bool {
-    if procfs::is_this_host(prev.host.as_deref()) {
+    if shared::host::is_this_host(prev.host.as_deref()) {
         return procfs::is_running(prev.supervisor_pid, "supervisor");
     }
-    // A record from before heartbeats were kept has its start to go by.
-    let seen = prev.heartbeat_at.unwrap_or(prev.started_at);
-    db_now - seen < STALE_AFTER_MS
+    match prev.heartbeat_at {
+        Some(seen) => db_now - seen < STALE_AFTER_MS,
+        // A supervisor from before heartbeats (a host not yet upgraded) never beats:
+        // alive as far as anyone can tell, since it will not stop for a takeover.
+        None => true,
+    }
 }
 
 /// Why a run must not start: a live run in its way.
@@ -56,6 +59,11 @@ pub fn decide(run: &FleetRun, live: &[FleetRun], db_now: i64) -> Result<Vec<i64>
             continue;
         }
         let who = describe(prev);
+        if prev.worker_ids.is_none() && run.worker_ids.is_none() {
+            // One supervisor per fleet, as on one host: said as it always was.
+            let why = format!("a fleet is already running ({who}); stop it with `supervisor stop` first");
+            return Err(Refusal { why, by: Box::new(prev.clone()) });
+        }
         if prev.workers != run.workers {
             let why = format!(
                 "a fleet of {} workers is running on this database ({who}); a fleet of {} cannot run beside it: \
@@ -65,9 +73,11 @@ pub fn decide(run: &FleetRun, live: &[FleetRun], db_now: i64) -> Result<Vec<i64>
             return Err(Refusal { why, by: Box::new(prev.clone()) });
         }
         if !shared.is_empty() {
+            let ids =
+                if shared.len() == 1 { format!("worker id {shared} is") } else { format!("worker ids {shared} are") };
             let why = format!(
-                "worker ids {shared} are already running ({who}, ids {theirs}); start the other ids with \
-                 --worker-ids, or stop that supervisor first with `supervisor stop --worker-ids {theirs}`"
+                "{ids} already running ({who}, ids {theirs}); start the other ids with --worker-ids, or stop \
+                 that supervisor first with `supervisor stop --worker-ids {theirs}`"
             );
             return Err(Refusal { why, by: Box::new(prev.clone()) });
         }
@@ -78,7 +88,7 @@ pub fn decide(run: &FleetRun, live: &[FleetRun], db_now: i64) -> Result<Vec<i64>
 /// "supervisor pid 123 on host b" or, on this host, "supervisor pid 123".
 pub fn describe(run: &FleetRun) -> String {
     match run.host.as_deref() {
-        Some(host) if !procfs::is_this_host(Some(host)) => {
+        Some(host) if !shared::host::is_this_host(Some(host)) => {
             format!("supervisor pid {} on host {host}", run.supervisor_pid)
         }
         _ => format!("supervisor pid {}", run.supervisor_pid),
@@ -118,25 +128,33 @@ mod tests {
     }
 
     fn here() -> String {
-        procfs::hostname().expect("this host has a name")
+        shared::host::name().expect("this host has a name")
+    }
+
+    /// Another host's name, whatever this one is called.
+    fn there() -> String {
+        format!("not-{}", here())
     }
 
     #[test]
     fn disjoint_ids_of_one_fleet_run_side_by_side() {
-        let live = [run("b", 7, 6, Some("0-2"), Some(NOW - 500))];
+        let live = [run(&there(), 7, 6, Some("0-2"), Some(NOW - 500))];
         assert_eq!(decide(&run(&here(), 1, 6, Some("3-5"), None), &live, NOW), Ok(vec![]));
     }
 
     #[test]
     fn overlapping_ids_of_a_live_run_on_another_host_are_refused_naming_the_ids_and_the_host() {
-        let live = [run("b", 7, 6, Some("0-3"), Some(NOW - 500))];
+        let live = [run(&there(), 7, 6, Some("0-3"), Some(NOW - 500))];
         let why = decide(&run(&here(), 1, 6, Some("3-5"), None), &live, NOW).unwrap_err().why;
-        assert!(why.contains("worker ids 3 are already running") && why.contains("on host b"), "{why}");
+        assert!(
+            why.contains("worker id 3 is already running") && why.contains(&format!("on host {}", there())),
+            "{why}"
+        );
     }
 
     #[test]
     fn a_run_on_another_host_whose_heartbeat_is_stale_is_taken_over() {
-        let live = [run("b", 7, 6, Some("0-3"), Some(NOW - STALE_AFTER_MS - 1))];
+        let live = [run(&there(), 7, 6, Some("0-3"), Some(NOW - STALE_AFTER_MS - 1))];
         assert_eq!(decide(&run(&here(), 1, 6, Some("3-5"), None), &live, NOW), Ok(vec![7]));
     }
 
@@ -166,14 +184,29 @@ mod tests {
 
     #[test]
     fn a_live_fleet_of_another_size_refuses_any_ids() {
-        let live = [run("b", 7, 4, Some("0-1"), Some(NOW))];
+        let live = [run(&there(), 7, 4, Some("0-1"), Some(NOW))];
         let why = decide(&run(&here(), 1, 6, Some("4-5"), None), &live, NOW).unwrap_err().why;
         assert!(why.contains("a fleet of 4 workers is running"), "{why}");
     }
 
     #[test]
+    fn a_run_on_another_host_that_never_beat_is_taken_for_alive() {
+        let live = [run(&there(), 7, 2, None, None)];
+        let why = decide(&run(&here(), 1, 2, None, None), &live, NOW).unwrap_err().why;
+        assert!(why.contains("a fleet is already running"), "{why}");
+    }
+
+    #[test]
+    fn one_fleet_over_another_is_refused_in_the_words_of_one_host() {
+        let live = [run(&there(), 7, 2, None, Some(NOW))];
+        let why = decide(&run(&here(), 1, 2, None, None), &live, NOW).unwrap_err().why;
+        assert!(why.starts_with("a fleet is already running (supervisor pid 7 on host"), "{why}");
+        assert!(why.ends_with("stop it with `supervisor stop` first"), "{why}");
+    }
+
+    #[test]
     fn a_dead_run_of_other_ids_is_left_to_its_own_next_start() {
-        let live = [run("b", 7, 6, Some("0-2"), Some(NOW - STALE_AFTER_MS - 1))];
+        let live = [run(&there(), 7, 6, Some("0-2"), Some(NOW - STALE_AFTER_MS - 1))];
         assert_eq!(decide(&run(&here(), 1, 6, Some("3-5"), None), &live, NOW), Ok(vec![]));
     }
 }

@@ -1,11 +1,11 @@
 //! The supervisor's records on PostgreSQL: runs, worker slots and events.
 
-use sqlx::{Acquire, AssertSqlSafe};
+use sqlx::{AssertSqlSafe, Connection};
 
 use super::PgStore;
 use crate::error::DbError;
 use crate::storage::busy::retry_busy;
-use crate::storage::fleet::RunConflicts;
+use crate::storage::fleet::{Begun, Decide};
 use crate::storage::{EventKind, FleetEvent, FleetRun, FleetWorker, RunState, SlotStatus, now_ms};
 
 const LIVE_RUNS: &str = "SELECT * FROM fleet_runs WHERE state IN ('running', 'stopping') ORDER BY run_id";
@@ -18,14 +18,16 @@ const DB_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 const BEGIN_RUN_LOCK: i64 = 0x5346_5255_4e53;
 
 impl PgStore {
-    pub(crate) async fn begin_run(
+    pub(crate) async fn begin_run<E>(
         &self,
         run: &FleetRun,
-        decide: &dyn Fn(&[FleetRun], i64) -> RunConflicts,
-    ) -> Result<Result<i64, String>, DbError> {
+        decide: &Decide<'_, E>,
+    ) -> Result<Result<Begun, E>, DbError> {
         retry_busy(|| async {
             let mut conn = self.pool().acquire().await?;
-            let mut tx = conn.begin().await?;
+            // READ COMMITTED whatever the server's default: the live runs must be read
+            // after the lock is granted, not from a snapshot taken while waiting for it.
+            let mut tx = conn.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED").await?;
             // Row locks cannot stop a second supervisor inserting beside the first, so
             // every start takes one lock for the decision; heartbeats do not need it.
             sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(BEGIN_RUN_LOCK).execute(&mut *tx).await?;
@@ -33,7 +35,7 @@ impl PgStore {
             let now: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT {DB_NOW}"))).fetch_one(&mut *tx).await?;
             let taken = match decide(&live, now) {
                 Ok(taken) => taken,
-                Err(why) => return Ok(Err(why)),
+                Err(refusal) => return Ok(Err(refusal)),
             };
             sqlx::query("UPDATE fleet_runs SET state = 'crashed', stopped_at = $1 WHERE run_id = ANY($2)")
                 .bind(now)
@@ -74,7 +76,8 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(Ok(id))
+            let taken = live.into_iter().filter(|r| taken.contains(&r.run_id)).collect();
+            Ok(Ok(Begun { run_id: id, taken }))
         })
         .await
     }
@@ -169,7 +172,7 @@ impl PgStore {
         retry_busy(|| async {
             sqlx::query(
                 "UPDATE fleet_runs SET state = $1, stopped_at = CASE WHEN $2 THEN $3 ELSE stopped_at END \
-                 WHERE run_id = $4",
+                 WHERE run_id = $4 AND state IN ('running', 'stopping')",
             )
             .bind(state.as_str())
             .bind(stopped)

@@ -5,17 +5,17 @@ use sqlx::{Connection, SqliteConnection};
 use super::SqliteStore;
 use crate::error::DbError;
 use crate::storage::busy::retry_busy;
-use crate::storage::fleet::RunConflicts;
+use crate::storage::fleet::{Begun, Decide};
 use crate::storage::{EventKind, FleetEvent, FleetRun, FleetWorker, RunState, SlotStatus, now_ms};
 
 const LIVE_RUNS: &str = "SELECT * FROM fleet_runs WHERE state IN ('running', 'stopping') ORDER BY run_id";
 
 impl SqliteStore {
-    pub(crate) async fn begin_run(
+    pub(crate) async fn begin_run<E>(
         &self,
         run: &FleetRun,
-        decide: &dyn Fn(&[FleetRun], i64) -> RunConflicts,
-    ) -> Result<Result<i64, String>, DbError> {
+        decide: &Decide<'_, E>,
+    ) -> Result<Result<Begun, E>, DbError> {
         retry_busy(|| async {
             let mut conn = self.pool().acquire().await?;
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
@@ -24,9 +24,9 @@ impl SqliteStore {
             let now = now_ms();
             let taken = match decide(&live, now) {
                 Ok(taken) => taken,
-                Err(why) => return Ok(Err(why)),
+                Err(refusal) => return Ok(Err(refusal)),
             };
-            for run_id in taken {
+            for &run_id in &taken {
                 sqlx::query("UPDATE fleet_runs SET state = 'crashed', stopped_at = ? WHERE run_id = ?")
                     .bind(now)
                     .bind(run_id)
@@ -35,7 +35,8 @@ impl SqliteStore {
             }
             let id = insert(&mut tx, run, now).await?;
             tx.commit().await?;
-            Ok(Ok(id))
+            let taken = live.into_iter().filter(|r| taken.contains(&r.run_id)).collect();
+            Ok(Ok(Begun { run_id: id, taken }))
         })
         .await
     }
@@ -168,7 +169,8 @@ impl SqliteStore {
     pub(crate) async fn set_run_state(&self, run_id: i64, state: RunState, stopped: bool) -> Result<(), DbError> {
         retry_busy(|| async {
             sqlx::query(
-                "UPDATE fleet_runs SET state = ?, stopped_at = CASE WHEN ? THEN ? ELSE stopped_at END WHERE run_id = ?",
+                "UPDATE fleet_runs SET state = ?, stopped_at = CASE WHEN ? THEN ? ELSE stopped_at END \
+                 WHERE run_id = ? AND state IN ('running', 'stopping')",
             )
             .bind(state.as_str())
             .bind(stopped)
