@@ -143,16 +143,9 @@ async fn a_worker_id_outside_the_fleet_is_refused_before_anything_is_written() {
 }
 
 /// A fresh database on the PostgreSQL test server, by URL, or None with the reason.
-fn fresh_postgres() -> Option<String> {
-    let Ok(server) = std::env::var("FLEET_TEST_POSTGRES_URL") else {
-        eprintln!("skipped: FLEET_TEST_POSTGRES_URL is not set (.ci/run starts a PostgreSQL server and sets it)");
-        return None;
-    };
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let name = format!("fleet_hosts_{}_{nanos:x}", std::process::id());
-    psql(&server, &format!("CREATE DATABASE {name}"));
-    let (base, _) = server.rsplit_once('/').expect("the server URL names a database");
-    Some(format!("{base}/{name}"))
+async fn fresh_postgres() -> Option<String> {
+    let db = testkit::fresh_postgres().await?;
+    Some(db.as_arg().into_string().expect("a URL is text"))
 }
 
 fn psql(url: &str, sql: &str) -> String {
@@ -178,7 +171,7 @@ fn done_twice(url: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_share_a_postgres_fleet_and_one_stop_from_a_third_stops_both_through_the_database() {
-    let Some(url) = fresh_postgres() else { return };
+    let Some(url) = fresh_postgres().await else { return };
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     import(dir, &url, 400);
@@ -221,7 +214,7 @@ async fn two_hosts_share_a_postgres_fleet_and_one_stop_from_a_third_stops_both_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_whose_supervisor_was_killed_is_taken_over_once_its_heartbeat_stops() {
-    let Some(url) = fresh_postgres() else { return };
+    let Some(url) = fresh_postgres().await else { return };
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     import(dir, &url, 300);
