@@ -27,31 +27,31 @@ pub struct LogLine {
 /// lines on the console (the log files keep them), never a stalled fleet.
 pub fn start(
     dir: PathBuf,
-    workers: u32,
+    ids: &shared::ids::WorkerIds,
     max_bytes: u64,
     keep: u32,
     format: LogFormat,
     mut out: NonBlocking,
 ) -> anyhow::Result<(mpsc::UnboundedSender<LogLine>, tokio::task::JoinHandle<()>)> {
-    let mut files = Vec::new();
-    for k in 0..workers {
+    // This supervisor's workers' files only (`--worker-ids`): another host's ids log there.
+    let mut files = std::collections::BTreeMap::new();
+    for k in ids.iter() {
         let path = log_path(&dir, k);
-        files.push(
-            LogFile::open(path.clone(), max_bytes, keep)
-                .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?,
-        );
+        let file = LogFile::open(path.clone(), max_bytes, keep)
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+        // The file, and whether a write to it has failed (said once).
+        files.insert(k, (file, false));
     }
     let (tx, mut rx) = mpsc::unbounded_channel::<LogLine>();
     let task = tokio::spawn(async move {
-        let mut failed = vec![false; files.len()];
         while let Some(line) = rx.recv().await {
             let ts = shared::units::format_utc_ms(shared::storage::now_ms());
-            let k = line.worker as usize;
-            if let Some(file) = files.get_mut(k)
+            let k = line.worker;
+            if let Some((file, failed)) = files.get_mut(&k)
                 && let Err(e) = file.write_line(&format!("{ts} {}\n", line.text))
-                && !failed[k]
+                && !*failed
             {
-                failed[k] = true;
+                *failed = true;
                 tracing::error!("cannot write worker {k}'s log file: {e}");
             }
             // One write per line: the merged stream stays line-atomic.

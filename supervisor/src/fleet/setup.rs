@@ -199,7 +199,7 @@ impl Fleet {
         // table. After the run is recorded: a start refused for another N changes nothing.
         db.ensure_count_layout(args.workers).await.context("cannot count the videos by shard")?;
         let (logs, logger) =
-            output::start(log_dir, args.workers, args.log_max_size.bytes(), args.log_keep, args.log_format, out)?;
+            output::start(log_dir, &ids, args.log_max_size.bytes(), args.log_keep, args.log_format, out)?;
         let (records, recorder) = records::start(db.clone(), run.run_id);
         let (events_tx, events) = mpsc::unbounded_channel();
         let policy = RestartPolicy {
