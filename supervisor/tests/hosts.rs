@@ -326,3 +326,45 @@ async fn a_supervisor_whose_run_was_taken_over_stops_its_workers_at_once_and_fai
     let v = status_json(dir, &db);
     assert_eq!(v["run"]["state"], "crashed", "its record stays as the taker left it: {v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_finish_a_postgres_fleet_together_when_one_is_sigkilled_and_restarted_mid_run() {
+    let Some(url) = fresh_postgres().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    import(dir, &url, 600);
+    let batch = ["--sleep", "20ms", "--concurrency", "4", "--exit-when-done"];
+    let mut a = spawn_quiet(start(dir, "host-a", &url, free_ports(4), "0-1", &batch));
+    let mut b = spawn_quiet(start(dir, "host-b", &url, free_ports(4), "2-3", &batch));
+    wait_for(LONG, "all four workers running and 100 videos done", || async {
+        running(dir, &url).len() == 4 && done(dir, &url) >= 100
+    })
+    .await;
+    let b_workers: Vec<i64> = psql(
+        &url,
+        "SELECT pid FROM fleet_workers w JOIN fleet_runs r USING (run_id) WHERE r.host = 'host-b' AND w.pid IS NOT NULL",
+    )
+    .lines()
+    .filter_map(|l| l.parse().ok())
+    .collect();
+    kill(Pid::from_raw(b.id() as i32), Signal::SIGKILL).unwrap();
+    b.wait().unwrap();
+    wait_for(LONG, "host-b's workers gone with their supervisor", || async {
+        b_workers.iter().all(|&p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+    })
+    .await;
+
+    // Host b comes back (its service manager restarts it): its old run's pid is gone on
+    // its own host, so it takes over at once and hands back what its workers held.
+    let out = start(dir, "host-b", &url, free_ports(4), "2-3", &batch).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("every video of shards 2-3 is done"), "{}", text(&out));
+    assert!(wait_exit(&mut a, LONG).success());
+
+    assert_eq!(psql(&url, "SELECT count(*) FROM videos WHERE status = 'done'"), "600");
+    assert_eq!(done_twice(&url), "0", "no video was completed twice");
+    assert_eq!(
+        psql(&url, "SELECT string_agg(host || ':' || state, ',' ORDER BY host, run_id) FROM fleet_runs"),
+        "host-a:done,host-b:crashed,host-b:done"
+    );
+}
