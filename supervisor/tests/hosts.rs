@@ -40,8 +40,44 @@ fn start(dir: &Path, host: &str, db: &str, base: u16, ids: &str, args: &[&str]) 
     cmd
 }
 
-fn spawn_quiet(mut cmd: Command) -> Child {
-    cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+/// A supervisor the test started, SIGKILLed if the test ends (or fails) while it runs:
+/// its workers go with it (parent-death signal), so a failed test leaves no fleet behind.
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn spawn_quiet(mut cmd: Command) -> Running {
+    Running(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap())
+}
+
+/// The rest of what `child`, which has exited, wrote to stderr.
+fn stderr_of(child: &mut Child) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut text);
+    }
+    text
 }
 
 fn text(out: &Output) -> String {
@@ -249,8 +285,10 @@ async fn of_two_starts_at_the_same_moment_for_the_same_ids_exactly_one_runs() {
     let t = TestDb::new().await;
     t.seed(100).await;
     let (dir, db) = (t.dir.path(), t.path.to_str().unwrap().to_string());
-    let mut a = start(dir, "h", &db, free_ports(4), "", &["--sleep", "50ms"]).stderr(Stdio::piped()).spawn().unwrap();
-    let mut b = start(dir, "h", &db, free_ports(4), "", &["--sleep", "50ms"]).stderr(Stdio::piped()).spawn().unwrap();
+    let spawn = || {
+        Running(start(dir, "h", &db, free_ports(4), "", &["--sleep", "50ms"]).stderr(Stdio::piped()).spawn().unwrap())
+    };
+    let (mut a, mut b) = (spawn(), spawn());
     // The loser exits at once; the winner runs until stopped.
     let deadline = Instant::now() + LONG;
     let (loser, mut winner) = loop {
@@ -263,8 +301,10 @@ async fn of_two_starts_at_the_same_moment_for_the_same_ids_exactly_one_runs() {
         assert!(Instant::now() < deadline, "neither start was refused");
         std::thread::sleep(Duration::from_millis(20));
     };
-    let (status, child) = loser;
-    let said = text(&child.wait_with_output().unwrap());
+    // Nobody reads the winner's stderr: closed, so a full pipe can never hold it up.
+    drop(winner.stderr.take());
+    let (status, mut child) = loser;
+    let said = stderr_of(&mut child);
     assert_eq!(status.code(), Some(1), "{said}");
     assert!(said.contains("a fleet is already running"), "{said}");
     wait_for(LONG, "the winner's four workers running", || async { running(dir, &db).len() == 4 }).await;
@@ -307,11 +347,13 @@ async fn a_supervisor_whose_run_was_taken_over_stops_its_workers_at_once_and_fai
     let t = TestDb::new().await;
     t.seed(40).await;
     let (dir, db) = (t.dir.path(), t.path.to_str().unwrap().to_string());
-    let mut sup = start(dir, "h", &db, free_ports(4), "", &["--sleep", "30s", "--grace", "60s"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut sup = Running(
+        start(dir, "h", &db, free_ports(4), "", &["--sleep", "30s", "--grace", "60s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     wait_for(LONG, "its workers busy", || async { status_json(dir, &db)["totals"]["running"].as_u64().unwrap() >= 4 })
         .await;
     // What another host's start does when it finds this run's heartbeat stale.
@@ -320,7 +362,7 @@ async fn a_supervisor_whose_run_was_taken_over_stops_its_workers_at_once_and_fai
     let status = wait_exit(&mut sup, Duration::from_secs(20));
     // No 60 s drain: its shards are someone else's now.
     assert!(began.elapsed() < Duration::from_secs(15), "took {:?}", began.elapsed());
-    let said = text(&sup.wait_with_output().unwrap());
+    let said = stderr_of(&mut sup);
     assert_eq!(status.code(), Some(1), "{said}");
     assert!(said.contains("was taken over by another supervisor"), "{said}");
     let v = status_json(dir, &db);
