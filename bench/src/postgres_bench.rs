@@ -105,8 +105,8 @@ struct Measured {
     client_cpu: f64,
     /// Transactions the database committed during the run (PostgreSQL's count).
     commits: Option<i64>,
-    /// When autovacuum analyzed `videos` during the run, in seconds from its start; None
-    /// if it did not (before the end).
+    /// When autovacuum last analyzed `videos`, in seconds from the run's start (negative:
+    /// before it); None if it had not by the run's end.
     analyzed_at: Option<f64>,
 }
 
@@ -229,8 +229,10 @@ fn measured_line(n: i64, m: &Measured) -> String {
     if let Some(c) = m.commits {
         s.push_str(&format!(", {c} transactions"));
     }
-    if let Some(at) = m.analyzed_at {
-        s.push_str(&format!(", autovacuum analyzed videos {at:.1} s into the run"));
+    match m.analyzed_at {
+        Some(at) if at < 0.0 => s.push_str(&format!(", autovacuum analyzed videos {:.1} s before the run", -at)),
+        Some(at) => s.push_str(&format!(", autovacuum analyzed videos {at:.1} s into the run")),
+        None => {}
     }
     s
 }
@@ -320,6 +322,7 @@ async fn raw_loop(db: &Database, server: &Server, n: i64, planning: Planning) ->
     let (sql_a, sql_b) = (raw_loop_sql(0), raw_loop_sql(1));
     let commits_before = server.commits(&db.name).await?;
     let cpu_before = server.cpu_secs();
+    let started_epoch = epoch_secs();
     let start = Instant::now();
     let (ra, rb) = tokio::join!(
         sqlx::raw_sql(AssertSqlSafe(sql_a.as_str())).execute(&mut a),
@@ -344,7 +347,7 @@ async fn raw_loop(db: &Database, server: &Server, n: i64, planning: Planning) ->
         server_cpu: cpu_before.zip(cpu_after).map(|(a, b)| b - a),
         client_cpu: 0.0,
         commits: Some(commits),
-        analyzed_at: None,
+        analyzed_at: autoanalyzed(url, started_epoch, secs).await?,
     })
 }
 
@@ -422,10 +425,7 @@ async fn fleet_run(
         _ => None,
     };
     let analyzed_at = match db {
-        // Only an ANALYZE within the run tells how it ran.
-        DbLocation::Postgres(url) => {
-            last_autoanalyze(url).await?.map(|at| at - started_epoch).filter(|&at| (0.0..=secs).contains(&at))
-        }
+        DbLocation::Postgres(url) => autoanalyzed(url, started_epoch, secs).await?,
         DbLocation::Sqlite(_) => None,
     };
     Ok(Measured { secs, server_cpu, client_cpu, commits, analyzed_at })
@@ -435,9 +435,10 @@ fn epoch_secs() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
-/// When autovacuum last analyzed `videos`, in seconds since the epoch: until it has,
-/// the claim is planned without statistics (the database is new).
-async fn last_autoanalyze(url: &str) -> anyhow::Result<Option<f64>> {
+/// When autovacuum last analyzed `videos`, in seconds from the run's start (negative:
+/// before it, between the import and the start), if it did by the run's end. Until it
+/// has, the claim is planned without statistics: the database is new.
+async fn autoanalyzed(url: &str, started_epoch: f64, secs: f64) -> anyhow::Result<Option<f64>> {
     let mut conn = PgConnection::connect(url).await?;
     let at: Option<f64> = sqlx::query_scalar(
         "SELECT extract(epoch FROM last_autoanalyze)::float8 FROM pg_stat_user_tables WHERE relname = 'videos'",
@@ -446,7 +447,7 @@ async fn last_autoanalyze(url: &str) -> anyhow::Result<Option<f64>> {
     .await?
     .flatten();
     conn.close().await?;
-    Ok(at)
+    Ok(at.map(|at| at - started_epoch).filter(|&at| at <= secs))
 }
 
 /// A spawned `supervisor start`; stopped (SIGTERM, then SIGKILL) if dropped while it
@@ -690,8 +691,9 @@ fn report(opts: &Options, runs: usize, results: &Results, version: &str, load: &
          - **CPU**: server = the postmaster, the backends it reaped and those still alive (/proc); fleet = the \
          supervisor and the workers it reaped (`getrusage(RUSAGE_CHILDREN)`). The machine has {cores} cores, so \
          a run can use at most {cores} × its wall time. Transactions: `pg_stat_database.xact_commit` of the \
-         database over the run (the supervisor's and workers' reads are transactions too). Autovacuum: when it \
-         first analyzed the new table, in seconds into the run (median), if it did before the run ended.\n\n\
+         database over the run (the supervisor's and workers' reads are transactions too). Autovacuum: whether \
+         it analyzed the new table before the run (between the import and the start) or during it, and when \
+         (median seconds into the run); until then the claim is planned without statistics.\n\n\
          | measurement | videos/s | ratio to raw loop | wall | CPU: server / fleet | transactions (videos per) | autovacuum ANALYZE |\n\
          |---|---|---|---|---|---|---|\n",
         cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(0),
@@ -705,25 +707,32 @@ fn report(opts: &Options, runs: usize, results: &Results, version: &str, load: &
         let c = med(v, &|m| m.commits.map_or(f64::NAN, |c| c as f64));
         if c.is_nan() { String::new() } else { format!("{c:.0} ({:.0})", n as f64 / c) }
     };
-    // Runs in which autovacuum analyzed the table, and the median moment it did.
+    // Runs in which autovacuum analyzed the table before or during the run, and the
+    // median moment it did in those during.
     let analyzed = |v: &[Measured]| {
-        let at: Vec<f64> = v.iter().filter_map(|m| m.analyzed_at).collect();
-        match at.len() {
-            0 => "not in the run".to_string(),
-            k => format!("{:.0} s ({k} of {} runs)", median(at), v.len()),
+        let before = v.iter().filter(|m| m.analyzed_at.is_some_and(|at| at < 0.0)).count();
+        let during: Vec<f64> = v.iter().filter_map(|m| m.analyzed_at).filter(|&at| at >= 0.0).collect();
+        let mut parts = Vec::new();
+        if before > 0 {
+            parts.push(format!("before the run in {before} of {} runs", v.len()));
         }
+        if !during.is_empty() {
+            parts.push(format!("at {:.0} s in {} of {} runs", median(during.clone()), during.len(), v.len()));
+        }
+        if parts.is_empty() { "not by the run's end".to_string() } else { parts.join("; ") }
     };
     for (label, v) in [
         (format!("raw loop: 2 PL/pgSQL sessions, claim {RAW_BATCH} + done, no history"), raw),
         ("raw loop, same, analyzed and custom plans".to_string(), raw_tuned),
     ] {
         out.push_str(&format!(
-            "| {label} | {:.0} | {:.2} | {:.2} s | {:.1} s / none (it runs in the server) | {} | |\n",
+            "| {label} | {:.0} | {:.2} | {:.2} s | {:.1} s / none (it runs in the server) | {} | {} |\n",
             med(v, &rate),
             med(v, &rate) / raw_rate,
             med(v, &|m| m.secs),
             med(v, &|m| m.server_cpu.unwrap_or(f64::NAN)),
             commits(v),
+            analyzed(v),
         ));
     }
     for (setup, ms) in fleets {
