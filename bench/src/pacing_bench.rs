@@ -226,7 +226,7 @@ fn import(supervisor: &Path, dir: &Path, db: &Path, videos: i64) -> anyhow::Resu
 
 /// A supervisor command that sees none of the caller's fleet settings (FLEET_*,
 /// WORKER_*, a fleet.toml in the working directory), so the run is the one described.
-fn fleet_command(program: &Path, dir: &Path) -> Command {
+pub(crate) fn fleet_command(program: &Path, dir: &Path) -> Command {
     let mut cmd = Command::new(program);
     cmd.current_dir(dir).env("RUST_LOG", "warn");
     for (key, _) in std::env::vars_os() {
