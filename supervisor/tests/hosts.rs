@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use testkit::{TestDb, bin, free_ports, wait_for};
+use testkit::{Running, TestDb, bin, free_ports, wait_for};
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -38,32 +38,6 @@ fn start(dir: &Path, host: &str, db: &str, base: u16, ids: &str, args: &[&str]) 
     }
     cmd.args(args);
     cmd
-}
-
-/// A supervisor the test started, SIGKILLed if the test ends (or fails) while it runs:
-/// its workers go with it (parent-death signal), so a failed test leaves no fleet behind.
-struct Running(Child);
-
-impl std::ops::Deref for Running {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Running {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 fn spawn_quiet(mut cmd: Command) -> Running {
@@ -178,12 +152,6 @@ async fn a_worker_id_outside_the_fleet_is_refused_before_anything_is_written() {
     assert!(status_json(dir, &db)["run"].is_null(), "no run was recorded");
 }
 
-/// A fresh database on the PostgreSQL test server, by URL, or None with the reason.
-async fn fresh_postgres() -> Option<String> {
-    let db = testkit::fresh_postgres().await?;
-    Some(db.as_arg().into_string().expect("a URL is text"))
-}
-
 fn psql(url: &str, sql: &str) -> String {
     let out = Command::new("psql").args([url, "-Atqc", sql]).output().expect("psql runs");
     assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
@@ -207,7 +175,7 @@ fn done_twice(url: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_share_a_postgres_fleet_and_one_stop_from_a_third_stops_both_through_the_database() {
-    let Some(url) = fresh_postgres().await else { return };
+    let Some(url) = testkit::fresh_postgres_url().await else { return };
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     import(dir, &url, 400);
@@ -250,7 +218,7 @@ async fn two_hosts_share_a_postgres_fleet_and_one_stop_from_a_third_stops_both_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_whose_supervisor_was_killed_is_taken_over_once_its_heartbeat_stops() {
-    let Some(url) = fresh_postgres().await else { return };
+    let Some(url) = testkit::fresh_postgres_url().await else { return };
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     import(dir, &url, 300);
@@ -371,7 +339,7 @@ async fn a_supervisor_whose_run_was_taken_over_stops_its_workers_at_once_and_fai
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_finish_a_postgres_fleet_together_when_one_is_sigkilled_and_restarted_mid_run() {
-    let Some(url) = fresh_postgres().await else { return };
+    let Some(url) = testkit::fresh_postgres_url().await else { return };
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     import(dir, &url, 600);

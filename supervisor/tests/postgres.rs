@@ -14,12 +14,6 @@ use testkit::{bin, free_ports, wait_for};
 
 const LONG: Duration = Duration::from_secs(90);
 
-/// A fresh database on the test server, by URL, or None with the reason printed.
-async fn fresh_database() -> Option<String> {
-    let db = testkit::fresh_postgres().await?;
-    Some(db.as_arg().into_string().expect("a URL is text"))
-}
-
 /// Runs one statement with psql (the test reads what no command shows, such as the
 /// attempts history) and returns its unaligned output.
 fn psql(url: &str, sql: &str) -> String {
@@ -88,7 +82,7 @@ fn worker_pids(url: &str) -> Vec<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_fleet_loses_nothing_when_a_worker_and_then_its_supervisor_are_sigkilled() {
-    let Some(url) = fresh_database().await else { return };
+    let Some(url) = testkit::fresh_postgres_url().await else { return };
     let dir = tempfile::tempdir().unwrap();
     seed(&url, 300).await;
     let mut first = start(dir.path(), &url, free_ports(2), &["--sleep", "20ms", "--concurrency", "4"])
@@ -141,7 +135,7 @@ async fn a_postgres_fleet_loses_nothing_when_a_worker_and_then_its_supervisor_ar
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_url_that_cannot_be_used_is_refused_in_one_sentence_and_creates_nothing() {
-    let Some(url) = fresh_database().await else { return };
+    let Some(url) = testkit::fresh_postgres_url().await else { return };
     let dir = tempfile::tempdir().unwrap();
     // A database that exists but is not a fleet's: read-only commands refuse it and
     // leave it without our tables.
@@ -164,7 +158,7 @@ async fn a_postgres_url_that_cannot_be_used_is_refused_in_one_sentence_and_creat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_reaches_postgres_over_verified_tls_and_a_server_it_cannot_verify_is_refused() {
-    let Some(url) = fresh_database().await else { return };
+    let Some(url) = testkit::fresh_postgres_url().await else { return };
     let Ok(ca) = std::env::var("FLEET_TEST_POSTGRES_CA") else {
         eprintln!("skipped: FLEET_TEST_POSTGRES_CA is not set (.ci/postgres turns TLS on where openssl is found)");
         return;

@@ -2,14 +2,14 @@
 //! real where the machine allows it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use shared::status::VideoStatus;
 use shared::storage::{FleetRun, FleetWorker, RunState, SlotStatus, owner_of, testing};
-use testkit::{TestDb, VideoRow, bin, free_ports, wait_for};
+use testkit::{Running, TestDb, VideoRow, bin, free_ports, wait_for};
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -41,37 +41,6 @@ fn text(out: &Output) -> String {
 
 fn run_to_end(mut cmd: Command) -> Output {
     cmd.output().expect("supervisor runs")
-}
-
-/// A supervisor started in the background, stopped (SIGTERM, then SIGKILL) if the test
-/// ends without waiting for it, so a failing test leaves no fleet running.
-struct Running(Child);
-
-impl std::ops::Deref for Running {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Running {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 fn spawn(mut cmd: Command) -> Running {

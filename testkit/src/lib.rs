@@ -151,6 +151,11 @@ pub async fn fresh_postgres() -> Option<DbLocation> {
     Some(db.unwrap_or_else(|e| panic!("no database on the test server {POSTGRES_SERVER_VAR}={server}: {e}")))
 }
 
+/// [`fresh_postgres`] as the URL a command line takes.
+pub async fn fresh_postgres_url() -> Option<String> {
+    Some(fresh_postgres().await?.as_arg().into_string().expect("a URL is text"))
+}
+
 /// An HTTP client for a test's own calls. reqwest has no TLS crypto of its own in this
 /// workspace (see `shared::tls`): a client built without this panics.
 pub fn http() -> reqwest::Client {
@@ -366,4 +371,38 @@ pub fn run_worker_to_end(args: &[&str], cwd: &Path) -> (i32, String) {
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
     (out.status.code().unwrap_or(-1), text)
+}
+
+/// A process (a supervisor) started in the background, stopped (SIGTERM, then SIGKILL) if the test
+/// ends without waiting for it, so a failing test leaves no fleet running.
+pub struct Running(pub Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }

@@ -100,19 +100,11 @@ impl Metrics {
             );
             registry.register("http_slowdowns", "Bursts of push-back the pace was cut for", m.slowdowns.clone());
         }
-        let by_outcome = [
-            Outcome::Done,
-            Outcome::Error,
-            Outcome::Timeout,
-            Outcome::Memory,
-            Outcome::Expired,
-            Outcome::Released,
-            Outcome::Crashed,
-            Outcome::Rejected,
-        ]
-        .into_iter()
-        .map(|o| (o, m.attempts.get_or_create(&OutcomeLabel { outcome: o.as_str().into() }).clone()))
-        .collect();
+        let by_outcome = Outcome::ALL
+            .iter()
+            .copied()
+            .map(|o| (o, m.attempts.get_or_create(&OutcomeLabel { outcome: o.as_str().into() }).clone()))
+            .collect();
         Metrics { registry, by_outcome, ..m }
     }
 
