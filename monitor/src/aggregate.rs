@@ -590,6 +590,9 @@ pub(crate) mod tests {
             recent_errors: vec![],
             version: "0.1.0".into(),
             pacing: None,
+            steal: None,
+            helping: vec![],
+            took_from: Default::default(),
         }
     }
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args};
+use serde::{Deserialize, Serialize};
 
 use crate::retry::RetryPolicy;
 use crate::tls::TrustedRoots;
@@ -158,6 +159,29 @@ pub fn validate_control_token(token: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Which other shards a worker takes videos from (`--steal`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Steal {
+    /// None: the shards are strict.
+    Off,
+    /// Shards whose worker is gone (no heartbeat for longer than its lease).
+    #[default]
+    Orphaned,
+    /// Orphaned shards, and when the own shard has nothing due, the busiest live one.
+    Idle,
+}
+
+impl std::fmt::Display for Steal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Steal::Off => "off",
+            Steal::Orphaned => "orphaned",
+            Steal::Idle => "idle",
+        })
+    }
+}
+
 /// How jobs run: concurrency, retries, timeouts, leases and pacing.
 #[derive(Args, Debug, Clone, PartialEq)]
 pub struct JobArgs {
@@ -200,6 +224,15 @@ pub struct JobArgs {
     #[arg(long, value_name = "DUR", value_parser = duration_arg)]
     pub min_delay: Option<Duration>,
 
+    /// Whether a worker also takes videos of other shards. `off`: the shards are strict,
+    /// a worker runs only its own. `orphaned`: it also finishes a shard whose worker has
+    /// not beaten for longer than its lease (gone for good: a dead host, a pod never
+    /// scheduled), and leaves it as soon as that worker beats again. `idle`: as
+    /// orphaned, and whenever its own shard has nothing due it helps the shard with the
+    /// largest backlog.
+    #[arg(long, env = "FLEET_STEAL", value_enum, default_value_t = Steal::Orphaned)]
+    pub steal: Steal,
+
     /// A video whose source is larger than this fails at once (outcome `rejected`)
     /// instead of running: rows written by other tools are not checked by `import`.
     #[arg(long, value_name = "SIZE", default_value_t = DEFAULT_MAX_SOURCE)]
@@ -230,6 +263,8 @@ impl JobArgs {
             self.max_source_bytes.bytes().to_string(),
             "--max-payload-bytes".into(),
             self.max_payload_bytes.bytes().to_string(),
+            "--steal".into(),
+            self.steal.to_string(),
         ];
         if let Some(t) = self.job_timeout {
             a.extend(["--job-timeout".into(), format_duration(t)]);
@@ -298,6 +333,8 @@ mod tests {
             "2s",
             "--rate",
             "5/s",
+            "--steal",
+            "idle",
         ]);
         let mut argv: Vec<OsString> = vec!["x".into()];
         argv.extend(cli.handler.to_args());

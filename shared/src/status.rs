@@ -1,10 +1,13 @@
 //! The JSON a worker serves on `/status`, defined once so the monitor and supervisor
 //! read exactly what workers write.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::config::Steal;
 
 /// Where a video is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -246,6 +249,17 @@ pub struct WorkerStatus {
     /// workers older than the field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pacing: Option<Pacing>,
+    /// Which other shards this worker takes videos from (`--steal`); absent from
+    /// workers older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steal: Option<Steal>,
+    /// The other shards this worker may take from now: orphaned ones, and with `--steal
+    /// idle` the live ones with a backlog.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub helping: Vec<u32>,
+    /// Videos this process took from other shards, by shard.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub took_from: BTreeMap<u32, u64>,
 }
 
 /// The pace of an `--http` handler's calls, learnt from the server's push-back under the

@@ -685,3 +685,56 @@ async fn every_word_the_code_writes_is_accepted_and_any_other_is_refused_by_the_
     refused(&db, "UPDATE videos SET attempts = -1 WHERE video_id = 1").await;
     refused(&db, "UPDATE videos SET status = 'paused' WHERE video_id = 1").await;
 }
+
+on_both_backends!(a_helping_round_takes_its_own_shard_first_then_a_small_batch_of_the_helped_one);
+async fn a_helping_round_takes_its_own_shard_first_then_a_small_batch_of_the_helped_one(db: Store) {
+    seed(&db, 1..=60).await;
+    let mut shard = db.open_shard(ShardSpec::new(2, 0)).await.unwrap();
+    let lease = Duration::from_secs(10);
+    let own = shard.finish_and_claim_helping(&[], 28, &[1], now_ms(), lease).await.unwrap();
+    assert_eq!(own.claimed.len(), 28, "the own shard had enough");
+    assert!(own.claimed.iter().all(|c| c.video_id % 2 == 0));
+
+    let round = shard.finish_and_claim_helping(&[], 64, &[1], now_ms(), lease).await.unwrap();
+    let (mine, helped): (Vec<i64>, Vec<i64>) = ids(&round.claimed).into_iter().partition(|id| id % 2 == 0);
+    assert_eq!(mine, [58, 60], "the rest of the own shard first");
+    assert_eq!(helped.len(), shared::storage::STEAL_BATCH, "then at most a small batch of the helped shard");
+    assert!(!round.short, "the helped shard had more than the batch");
+
+    // The helped shard's owner still claims what is left, and nothing twice.
+    let mut owner = db.open_shard(ShardSpec::new(2, 1)).await.unwrap();
+    let rest = claim(&mut owner, 64, now_ms(), lease).await;
+    assert_eq!(rest.len(), 30 - shared::storage::STEAL_BATCH);
+    assert!(rest.iter().all(|c| !helped.contains(&c.video_id)));
+}
+
+on_both_backends!(a_helper_sweeps_the_lapsed_leases_of_the_shard_it_helps);
+async fn a_helper_sweeps_the_lapsed_leases_of_the_shard_it_helps(db: Store) {
+    seed(&db, 1..=4).await;
+    let now = now_ms();
+    let mut gone = db.open_shard(ShardSpec::new(2, 1)).await.unwrap();
+    assert_eq!(claim(&mut gone, 2, now, Duration::from_secs(1)).await.len(), 2);
+    let mut helper = db.open_shard(ShardSpec::new(2, 0)).await.unwrap();
+    assert!(helper.reclaim_expired(now + 5_000, &policy(3)).await.unwrap().is_empty(), "its own shard holds none");
+    let mut swept = helper.reclaim_expired_in(1, now + 5_000, &policy(3)).await.unwrap();
+    swept.sort_unstable_by_key(|s| s.0);
+    assert_eq!(swept, [(1, VideoStatus::Pending), (3, VideoStatus::Pending)]);
+}
+
+on_both_backends!(heartbeats_are_kept_per_fleet_size_and_worker_and_overwritten_by_the_next);
+async fn heartbeats_are_kept_per_fleet_size_and_worker_and_overwritten_by_the_next(db: Store) {
+    let mut w0 = db.open_shard(ShardSpec::new(2, 0)).await.unwrap();
+    let mut w1 = db.open_shard(ShardSpec::new(2, 1)).await.unwrap();
+    let mut other_fleet = db.open_shard(ShardSpec::new(3, 0)).await.unwrap();
+    w0.beat(1_000, 15_000).await.unwrap();
+    w1.beat(2_000, 15_000).await.unwrap();
+    other_fleet.beat(3_000, 15_000).await.unwrap();
+    w0.beat(4_000, 9_000).await.unwrap();
+    let beats = w1.beats().await.unwrap();
+    let seen: Vec<(u32, i64, i64)> = beats.iter().map(|b| (b.worker_id, b.beat_at, b.lease_ms)).collect();
+    assert_eq!(seen, [(0, 4_000, 9_000), (1, 2_000, 15_000)]);
+    assert_eq!(beats[0].owner, w0.owner());
+    assert_eq!(other_fleet.beats().await.unwrap().len(), 1);
+    let counts = w0.all_counts().await.unwrap();
+    assert_eq!(counts.len(), 2);
+}

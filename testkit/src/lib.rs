@@ -236,6 +236,21 @@ pub fn spawn_worker_with_env(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> Result<WorkerProc, String> {
+    spawn_worker_at(db.as_os_str(), db.parent().unwrap(), k, n, port, args, env)
+}
+
+/// Starts worker `k` of `n` on `db` (a SQLite path or a PostgreSQL URL) with `cwd` as its
+/// working directory, on `port` (0: any free port) with `args` and `env` added, and
+/// waits until it listens; an error carries its logs.
+pub fn spawn_worker_at(
+    db: &std::ffi::OsStr,
+    cwd: &Path,
+    k: u32,
+    n: u32,
+    port: u16,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<WorkerProc, String> {
     let mut child = Command::new(worker_bin())
         .args(["--worker-id", &k.to_string(), "--workers", &n.to_string(), "--port", &port.to_string(), "--db"])
         .arg(db)
@@ -249,8 +264,9 @@ pub fn spawn_worker_with_env(
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")
         .env_remove("FLEET_LOG_FORMAT")
+        .env_remove("FLEET_STEAL")
         .envs(env.iter().copied())
-        .current_dir(db.parent().unwrap())
+        .current_dir(cwd)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -71,7 +71,9 @@ pub struct Cli {
     #[arg(long, value_name = "FD", conflicts_with = "control_token")]
     pub control_token_fd: Option<u32>,
 
-    /// Exit (0) once the shard has no pending or running video left.
+    /// Exit (0) once the shard has no pending or running video left; with --steal
+    /// orphaned or idle, once no shard of the fleet has, so that a shard whose worker
+    /// dies late is still finished by the others.
     #[arg(long)]
     pub exit_when_done: bool,
 

@@ -18,6 +18,7 @@ pub mod notify;
 pub mod orphan;
 pub mod pool;
 pub mod runner;
+pub mod steal;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,6 +71,7 @@ pub async fn run(
             mem_limit_bytes: config.mem_limit.map(|b| b.bytes()),
             restarts: config.restarts,
             last_restart_reason: config.last_restart_reason.clone(),
+            steal: config.job.steal,
         })
         .with_pacer(handler.pacer()),
     );

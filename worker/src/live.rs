@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shared::status::{InFlight, Pacing, RecentError, ShardCounts, VideoStatus, WorkerState, WorkerStatus};
+use shared::status::{InFlight, Pacing, RecentError, ShardCounts, Steal, VideoStatus, WorkerState, WorkerStatus};
 
 use crate::handler::Pacer;
 use tokio::sync::Notify;
@@ -29,6 +29,7 @@ pub struct Identity {
     pub mem_limit_bytes: Option<u64>,
     pub restarts: u32,
     pub last_restart_reason: Option<String>,
+    pub steal: Steal,
 }
 
 #[derive(Debug)]
@@ -56,6 +57,10 @@ struct Inner {
     job_ms: VecDeque<f64>,
     processed: u64,
     rss_bytes: u64,
+    /// Other shards this worker may take from now (`crate::steal`).
+    helping: Vec<u32>,
+    /// Videos claimed from other shards, by shard.
+    took_from: BTreeMap<u32, u64>,
 }
 
 impl Live {
@@ -75,6 +80,8 @@ impl Live {
                 job_ms: VecDeque::new(),
                 processed: 0,
                 rss_bytes: 0,
+                helping: Vec::new(),
+                took_from: BTreeMap::new(),
             }),
             wake: Notify::new(),
             pacer: None,
@@ -162,6 +169,19 @@ impl Live {
         self.lock().rss_bytes = bytes;
     }
 
+    /// The other shards this worker may take from now.
+    pub fn set_helping(&self, shards: Vec<u32>) {
+        self.lock().helping = shards;
+    }
+
+    /// Counts videos claimed from other shards (`shard` of each).
+    pub fn took(&self, shards: impl IntoIterator<Item = u32>) {
+        let mut g = self.lock();
+        for k in shards {
+            *g.took_from.entry(k).or_default() += 1;
+        }
+    }
+
     pub fn snapshot(&self) -> WorkerStatus {
         let elapsed = self.started.elapsed();
         let g = self.lock();
@@ -191,6 +211,9 @@ impl Live {
                 let r = p.report();
                 Pacing { calls_per_sec: r.calls_per_sec, push_backs: r.push_backs, slowdowns: r.slowdowns }
             }),
+            steal: Some(self.id.steal),
+            helping: g.helping.clone(),
+            took_from: g.took_from.clone(),
         }
     }
 }

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub claims: Counter,
     pub claimed: Counter,
     pub lease_reclaims: Counter,
+    /// Videos claimed from other shards (`--steal`).
+    pub stolen: Counter,
     /// Results discarded because the lease had been taken over.
     pub fenced: Counter,
     busy_retries: Counter,
@@ -60,6 +62,7 @@ impl Metrics {
             claims: Counter::default(),
             claimed: Counter::default(),
             lease_reclaims: Counter::default(),
+            stolen: Counter::default(),
             fenced: Counter::default(),
             busy_retries: Counter::default(),
             shard: Family::default(),
@@ -75,6 +78,11 @@ impl Metrics {
         registry.register("claims", "Claim statements that took at least one video", m.claims.clone());
         registry.register("videos_claimed", "Videos claimed", m.claimed.clone());
         registry.register("lease_reclaims", "Videos taken back after their lease lapsed", m.lease_reclaims.clone());
+        registry.register(
+            "videos_taken_from_other_shards",
+            "Videos claimed from other shards (--steal)",
+            m.stolen.clone(),
+        );
         registry.register(
             "fenced_results",
             "Results discarded because the lease had been taken over",

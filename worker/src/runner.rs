@@ -22,6 +22,7 @@ use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::pool::{Ended, Pool};
+use crate::steal::Helper;
 
 /// How often the shard's counts are re-read, to catch changes made by others (imports,
 /// `supervisor retry`).
@@ -62,6 +63,11 @@ pub struct Runner {
     /// systemd's notify socket, when there is one: readiness, progress, and the
     /// watchdog, which this loop pings so that a stuck loop is noticed.
     notify: Notifier,
+    /// Which other shards this worker takes from (`--steal`).
+    helper: Helper,
+    /// With `--exit-when-done`, when to look again whether shards without a live worker
+    /// still hold work (so a finished worker waiting on them does not spin).
+    next_exit_look: Instant,
 }
 
 impl Runner {
@@ -77,6 +83,7 @@ impl Runner {
         let shard = db.open_shard(spec).await.context("cannot create the shard index")?;
         db.ensure_count_layout(cfg.workers).await.context("cannot count the videos by shard")?;
         let policy = cfg.job.retry_policy();
+        let helper = Helper::new(cfg.job.steal, cfg.workers, cfg.worker_id, now_ms(), cfg.job.lease.as_millis() as i64);
         let (ended_tx, ended) = mpsc::unbounded_channel();
         let kill_jobs = CancellationToken::new();
         let drain_jobs = CancellationToken::new();
@@ -96,13 +103,18 @@ impl Runner {
             unwritten: Vec::new(),
             in_flight: 0,
             next_claim_at: Instant::now(),
+            helper,
+            next_exit_look: Instant::now(),
         })
     }
 
     /// Runs until `shutdown` fires (or, with `--exit-when-done`, the shard is finished).
     /// `hurry` (a second signal) kills jobs at once instead of waiting out the grace.
     pub async fn run(mut self, shutdown: CancellationToken, hurry: CancellationToken) -> anyhow::Result<RunEnd> {
+        // Beat first: a restarted worker takes its shard back from its helpers at once.
+        self.beat().await?;
         self.resync().await?;
+        self.look().await?;
         self.reclaim().await?;
         // The HTTP server is up (run spawned it first) and the database just answered.
         self.notify.ready(self.live.state(), self.live.counts());
@@ -135,14 +147,22 @@ impl Runner {
             if draining.is_some() && self.in_flight == 0 {
                 break RunEnd::Stopped;
             }
-            if self.cfg.exit_when_done && draining.is_none() && self.in_flight == 0 && self.live.counts().finished() {
+            if self.cfg.exit_when_done
+                && draining.is_none()
+                && self.in_flight == 0
+                && self.live.counts().finished()
+                && Instant::now() >= self.next_exit_look
+            {
                 // The counts are kept incrementally; confirm with a real count first.
                 self.resync().await?;
+                self.look().await?;
                 let counts = self.live.counts();
-                if counts.finished() {
+                if counts.finished() && !self.helper.work_left() {
                     self.notify.stopping(counts);
                     break RunEnd::ShardDone(counts);
                 }
+                // Shards without a live worker still hold work: help, and look again.
+                self.next_exit_look = Instant::now() + self.cfg.poll;
             }
 
             let claim_wait = self.next_claim_at;
@@ -174,8 +194,14 @@ impl Runner {
                         self.collect(&mut buf);
                     }
                 }
-                _ = renew.tick() => self.renew().await?,
-                _ = sweep.tick() => self.reclaim().await?,
+                _ = renew.tick() => {
+                    self.beat().await?;
+                    self.renew().await?;
+                }
+                _ = sweep.tick() => {
+                    self.look().await?;
+                    self.reclaim().await?;
+                }
                 _ = resync.tick() => self.resync().await?,
                 _ = sleep_until(claim_wait), if can_claim && claim_wait > Instant::now() => {}
                 _ = self.live.wake.notified() => self.next_claim_at = Instant::now(),
@@ -207,7 +233,7 @@ impl Runner {
         let finishes: Vec<Finish> = self.unwritten.iter().map(|e| self.to_finish(e)).collect();
         let round = self
             .shard
-            .finish_and_claim(&finishes, want, now_ms(), self.cfg.job.lease)
+            .finish_and_claim_helping(&finishes, want, self.helper.targets(), now_ms(), self.cfg.job.lease)
             .await
             .context("cannot write to the database")?;
         let (applied, claimed, short) = (round.applied, round.claimed, round.short);
@@ -216,7 +242,12 @@ impl Runner {
         if !claimed.is_empty() {
             self.metrics.claims.inc();
             self.metrics.claimed.inc_by(claimed.len() as u64);
-            self.live.shift(VideoStatus::Pending, VideoStatus::Running, claimed.len() as u64);
+            let foreign: Vec<u32> = claimed.iter().filter_map(|c| self.helper.foreign(c.video_id)).collect();
+            self.live.shift(VideoStatus::Pending, VideoStatus::Running, (claimed.len() - foreign.len()) as u64);
+            if !foreign.is_empty() {
+                self.metrics.stolen.inc_by(foreign.len() as u64);
+                self.live.took(foreign);
+            }
         }
         Ok((claimed, short))
     }
@@ -261,7 +292,10 @@ impl Runner {
                 );
                 continue;
             }
-            self.live.shift(VideoStatus::Running, f.status, 1);
+            // The live counts are the own shard's; a helped shard's video is not in them.
+            if self.helper.foreign(f.video_id).is_none() {
+                self.live.shift(VideoStatus::Running, f.status, 1);
+            }
             self.metrics.attempt(f.outcome).inc();
             // A rejected video never ran: its zero time would skew the job-time figures.
             if f.outcome != Outcome::Rejected {
@@ -344,17 +378,56 @@ impl Runner {
         Ok(())
     }
 
-    /// Takes back videos of this shard whose lease lapsed (their worker died).
+    /// Takes back videos whose lease lapsed (their worker died): of this shard, and of
+    /// the orphaned shards this worker helps, which have no owner to do it.
     async fn reclaim(&mut self) -> anyhow::Result<()> {
-        let taken =
-            self.shard.reclaim_expired(now_ms(), &self.policy).await.context("cannot reclaim expired leases")?;
-        if !taken.is_empty() {
-            tracing::warn!(videos = taken.len(), ids = ?taken.iter().map(|t| t.0).take(20).collect::<Vec<_>>(), "took back videos whose lease lapsed");
+        let (_, own) = self.shard.spec();
+        for shard in std::iter::once(own).chain(self.helper.orphaned()) {
+            let taken = self
+                .shard
+                .reclaim_expired_in(shard, now_ms(), &self.policy)
+                .await
+                .context("cannot reclaim expired leases")?;
+            if taken.is_empty() {
+                continue;
+            }
+            tracing::warn!(videos = taken.len(), shard, ids = ?taken.iter().map(|t| t.0).take(20).collect::<Vec<_>>(), "took back videos whose lease lapsed");
             self.metrics.lease_reclaims.inc_by(taken.len() as u64);
-            for (_, status) in &taken {
-                self.live.shift(VideoStatus::Running, *status, 1);
+            if shard == own {
+                for (_, status) in &taken {
+                    self.live.shift(VideoStatus::Running, *status, 1);
+                }
             }
             self.next_claim_at = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Says this worker is alive (`worker_beats`): its shard is not orphaned.
+    async fn beat(&mut self) -> anyhow::Result<()> {
+        let lease = self.cfg.job.lease.as_millis() as i64;
+        self.shard.beat(now_ms(), lease).await.context("cannot write the worker's heartbeat")?;
+        Ok(())
+    }
+
+    /// Looks again at which shards to help: the workers' heartbeats and each shard's
+    /// counts (two small reads, once a sweep).
+    async fn look(&mut self) -> anyhow::Result<()> {
+        if !self.helper.enabled() {
+            return Ok(());
+        }
+        let beats = self.shard.beats().await.context("cannot read the workers' heartbeats")?;
+        let counts = self.shard.all_counts().await.context("cannot count the videos by shard")?;
+        let before = self.helper.targets().to_vec();
+        self.helper.look(&beats, counts, now_ms());
+        let now = self.helper.targets();
+        if now != before.as_slice() {
+            let orphaned = self.helper.orphaned();
+            tracing::info!(helping = ?now, ?orphaned, "shards helped changed");
+            self.live.set_helping(now.to_vec());
+            if !now.is_empty() {
+                self.next_claim_at = Instant::now();
+            }
         }
         Ok(())
     }
@@ -380,7 +453,8 @@ impl Runner {
             .context("cannot hand back claimed videos")?;
         if !released.is_empty() {
             tracing::info!(videos = released.len(), "handed back unfinished videos; their attempts do not count");
-            self.live.shift(VideoStatus::Running, VideoStatus::Pending, released.len() as u64);
+            let own = released.iter().filter(|&&id| self.helper.foreign(id).is_none()).count();
+            self.live.shift(VideoStatus::Running, VideoStatus::Pending, own as u64);
         }
         self.pool.close().await;
         Ok(())

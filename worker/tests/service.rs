@@ -232,7 +232,18 @@ async fn a_pod_named_like_a_statefulsets_third_pod_works_its_shard_as_worker_2()
     let out = Command::new("unshare")
         .args(["--uts", "sh", "-c", "hostname shardfleet-2 && exec \"$0\" \"$@\""])
         .arg(testkit::worker_bin())
-        .args(["--worker-id-from-hostname", "--workers", "3", "--port", "0", "--sleep", "0", "--exit-when-done"])
+        .args([
+            "--worker-id-from-hostname",
+            "--workers",
+            "3",
+            "--port",
+            "0",
+            "--sleep",
+            "0",
+            "--exit-when-done",
+            "--steal",
+            "off",
+        ])
         .arg("--db")
         .arg(&t.path)
         .env_remove("WORKER_ID")

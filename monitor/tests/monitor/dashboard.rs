@@ -40,6 +40,9 @@ fn status(id: u32, done: u64, failed: u64) -> WorkerStatus {
         recent_errors: vec![],
         version: "0.1.0".into(),
         pacing: None,
+        steal: None,
+        helping: vec![],
+        took_from: Default::default(),
     }
 }
 

@@ -6,6 +6,7 @@
 //! never by callers. What becomes of a failed attempt is decided by `crate::retry`, and
 //! written here as decided.
 
+mod beats;
 mod busy;
 mod claim;
 mod counts;
@@ -24,6 +25,7 @@ mod summary;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use beats::Beat;
 pub use busy::BUSY_RETRIES;
 pub use claim::Claimed;
 pub use export::{ExportFilter, ExportRow};
@@ -33,6 +35,6 @@ pub use import::{EXISTING_NAMED, IMPORT_BATCH, Import, ImportReport, ImportRow, 
 pub use lease::owner_of;
 pub use location::{DbLocation, LocationError, default_db};
 pub use requeue::RequeueOutcome;
-pub use shard::{ClaimRound, Shard, ShardSpec};
+pub use shard::{ClaimRound, STEAL_BATCH, Shard, ShardSpec};
 pub use store::{DEFAULT_LOG_FILTER, Store, corrupt_advice, now_ms};
 pub use summary::{RunTotals, ShardAttempts};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::postgres::PgShard;
 use super::sqlite::SqliteShard;
-use super::{Claimed, Finish, Store};
+use super::{Beat, Claimed, Finish, Store};
 use crate::config::{DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_SOURCE};
 use crate::error::DbError;
 use crate::retry::RetryPolicy;
@@ -82,8 +82,9 @@ impl Shard {
         }
     }
 
-    /// Writes `finishes` (fenced on their claims) and claims up to `want` due videos,
-    /// leased until `now + lease`, together: one transaction where the backend has them.
+    /// Writes `finishes` (fenced on their claims) and claims up to `want` due videos of
+    /// the own shard, leased until `now + lease`, together: one transaction where the
+    /// backend has them.
     pub async fn finish_and_claim(
         &mut self,
         finishes: &[Finish],
@@ -91,9 +92,23 @@ impl Shard {
         now: i64,
         lease: Duration,
     ) -> Result<ClaimRound, DbError> {
+        self.finish_and_claim_helping(finishes, want, &[], now, lease).await
+    }
+
+    /// As [`Shard::finish_and_claim`], and when the own shard has fewer than `want` due,
+    /// then up to [`STEAL_BATCH`] from each shard of `help` in turn (`--steal`). The
+    /// round is short when the last shard asked had fewer due than asked for.
+    pub async fn finish_and_claim_helping(
+        &mut self,
+        finishes: &[Finish],
+        want: usize,
+        help: &[u32],
+        now: i64,
+        lease: Duration,
+    ) -> Result<ClaimRound, DbError> {
         match self {
-            Shard::Sqlite(s) => s.finish_and_claim(finishes, want, now, lease).await,
-            Shard::Postgres(s) => s.finish_and_claim(finishes, want, now, lease).await,
+            Shard::Sqlite(s) => s.finish_and_claim(finishes, want, help, now, lease).await,
+            Shard::Postgres(s) => s.finish_and_claim(finishes, want, help, now, lease).await,
         }
     }
 
@@ -114,9 +129,53 @@ impl Shard {
         now: i64,
         policy: &RetryPolicy,
     ) -> Result<Vec<(i64, VideoStatus)>, DbError> {
+        let own = self.spec().1;
+        self.reclaim_expired_in(own, now, policy).await
+    }
+
+    /// As [`Shard::reclaim_expired`], in shard `shard` of the same fleet: a worker that
+    /// helps an orphaned shard also sweeps its lapsed leases, since no owner will.
+    pub async fn reclaim_expired_in(
+        &mut self,
+        shard: u32,
+        now: i64,
+        policy: &RetryPolicy,
+    ) -> Result<Vec<(i64, VideoStatus)>, DbError> {
         match self {
-            Shard::Sqlite(s) => s.reclaim_expired(now, policy).await,
-            Shard::Postgres(s) => s.reclaim_expired(now, policy).await,
+            Shard::Sqlite(s) => s.reclaim_expired(shard, now, policy).await,
+            Shard::Postgres(s) => s.reclaim_expired(shard, now, policy).await,
+        }
+    }
+
+    /// The videos of every shard of the fleet by status, indexed by shard.
+    pub async fn all_counts(&mut self) -> Result<Vec<ShardCounts>, DbError> {
+        match self {
+            Shard::Sqlite(s) => s.all_counts().await,
+            Shard::Postgres(s) => s.all_counts().await,
+        }
+    }
+
+    /// Writes this worker's heartbeat: alive at `now`, with a lease of `lease_ms`.
+    pub async fn beat(&mut self, now: i64, lease_ms: i64) -> Result<(), DbError> {
+        match self {
+            Shard::Sqlite(s) => s.beat(now, lease_ms).await,
+            Shard::Postgres(s) => s.beat(now, lease_ms).await,
+        }
+    }
+
+    /// The last heartbeat of each worker of this fleet size that ever beat.
+    pub async fn beats(&mut self) -> Result<Vec<Beat>, DbError> {
+        match self {
+            Shard::Sqlite(s) => s.beats().await,
+            Shard::Postgres(s) => s.beats().await,
+        }
+    }
+
+    /// The fleet size and the own shard: `(workers, worker_id)`.
+    pub fn spec(&self) -> (u32, u32) {
+        match self {
+            Shard::Sqlite(s) => s.spec(),
+            Shard::Postgres(s) => s.spec(),
         }
     }
 
@@ -136,5 +195,32 @@ impl Shard {
             Shard::Sqlite(s) => s.hand_back(now, error, policy).await,
             Shard::Postgres(s) => s.hand_back(now, error, policy).await,
         }
+    }
+}
+
+/// Most videos one round claims from each shard it helps: small, so a returning owner
+/// gets its shard back within a few jobs and several helpers share an orphaned shard.
+pub const STEAL_BATCH: usize = 16;
+
+/// Where one round claims from and how many at most from each: the own shard up to
+/// `want`, then each helped shard (other than the own) up to `STEAL_BATCH`.
+pub(crate) fn sources(own: u32, want: usize, help: &[u32]) -> Vec<(u32, usize)> {
+    if want == 0 {
+        return Vec::new();
+    }
+    let mut out = vec![(own, want)];
+    out.extend(help.iter().filter(|&&k| k != own).map(|&k| (k, want.min(STEAL_BATCH))));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_asks_its_own_shard_first_then_a_small_batch_of_each_helped_one() {
+        assert_eq!(sources(1, 64, &[3, 1, 0]), [(1, 64), (3, STEAL_BATCH), (0, STEAL_BATCH)]);
+        assert_eq!(sources(1, 2, &[3]), [(1, 2), (3, 2)]);
+        assert!(sources(1, 0, &[3]).is_empty());
     }
 }

@@ -96,7 +96,7 @@ pub async fn shard_counts(conn: &mut PgConnection, workers: u32, worker_id: u32)
     Ok(counts)
 }
 
-async fn by_shard(conn: &mut PgConnection, workers: u32) -> Result<Vec<ShardCounts>, DbError> {
+pub(crate) async fn by_shard(conn: &mut PgConnection, workers: u32) -> Result<Vec<ShardCounts>, DbError> {
     if let Some((layout, rows)) = kept(conn, None).await? {
         if layout == workers {
             return Ok((0..workers).map(|k| sum(&rows, Some(k.into()))).collect());

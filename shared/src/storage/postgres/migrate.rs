@@ -20,6 +20,7 @@ pub struct PgMigration {
 pub static PG_MIGRATIONS: &[PgMigration] = &[
     PgMigration { name: "0001_schema.sql", sql: include_str!("../../../../migrations/postgres/0001_schema.sql") },
     PgMigration { name: "0002_hosts.sql", sql: include_str!("../../../../migrations/postgres/0002_hosts.sql") },
+    PgMigration { name: "0003_beats.sql", sql: include_str!("../../../../migrations/postgres/0003_beats.sql") },
 ];
 
 /// The table that records applied migrations.

@@ -12,6 +12,7 @@
 //! - What PostgreSQL refuses for now (a deadlock, a serialization failure) is retried
 //!   like SQLite's "database is locked" (`crate::error::is_busy`).
 
+mod beats;
 mod claim;
 mod counts;
 mod export;

@@ -74,6 +74,12 @@ impl PgStore {
         let bad = |e: sqlx::Error| DbError::Connect { url: shown.clone(), reason: connect_reason(e) };
         let mut options = PgConnectOptions::from_str(url).map_err(bad)?.disable_statement_logging();
         options = options.application_name("shardfleet");
+        // Plan each statement for the values it is run with. A prepared claim's generic
+        // plan cannot see that `run_after <= $4` keeps nearly every row, and chose a
+        // bitmap scan of the whole pending shard and a sort over the ordered index
+        // scan that stops after the batch: 20 ms a claim instead of 0.1 (fleet-bench
+        // postgres). Planning anew costs far less than that.
+        options = options.options([("plan_cache_mode", "force_custom_plan")]);
         if read_only {
             options = options.options([("default_transaction_read_only", "on")]);
         }

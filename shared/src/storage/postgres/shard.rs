@@ -10,12 +10,13 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Acquire, Postgres};
 
 use super::claim::Claimer;
-use super::{PgStore, counts, finish, lease};
+use super::{PgStore, beats, counts, finish, lease};
 use crate::error::DbError;
 use crate::retry::{Ending, RetryPolicy};
 use crate::status::{Outcome, ShardCounts, VideoStatus};
 use crate::storage::busy::BusyRetry;
-use crate::storage::{ClaimRound, Finish, ShardSpec};
+use crate::storage::shard::sources;
+use crate::storage::{Beat, ClaimRound, Finish, ShardSpec};
 
 pub struct PgShard {
     conn: PoolConnection<Postgres>,
@@ -41,10 +42,15 @@ impl PgShard {
         self.claimer.owner()
     }
 
+    pub fn spec(&self) -> (u32, u32) {
+        (self.claimer.workers(), self.claimer.worker_id())
+    }
+
     pub(crate) async fn finish_and_claim(
         &mut self,
         finishes: &[Finish],
         want: usize,
+        help: &[u32],
         now: i64,
         lease: Duration,
     ) -> Result<ClaimRound, DbError> {
@@ -56,13 +62,21 @@ impl PgShard {
             let attempt = async {
                 let mut tx = self.conn.begin().await?;
                 let applied = finish::finish_batch(&mut tx, finishes).await?;
+                // The own shard first, then a small batch from each shard helped.
                 let mut claimed = Vec::new();
                 let mut short = false;
-                while claimed.len() < want && !short {
-                    let ask = batch_size(want - claimed.len());
-                    let got = self.claimer.claim(&mut tx, ask, now, lease).await?;
-                    short = got.len() < ask;
-                    claimed.extend(got);
+                for (shard, cap) in sources(self.claimer.worker_id(), want, help) {
+                    let until = (claimed.len() + cap).min(want);
+                    short = false;
+                    while claimed.len() < until && !short {
+                        let ask = batch_size(until - claimed.len());
+                        let got = self.claimer.claim(&mut tx, shard, ask, now, lease).await?;
+                        short = got.len() < ask;
+                        claimed.extend(got);
+                    }
+                    if claimed.len() >= want {
+                        break;
+                    }
                 }
                 tx.commit().await?;
                 Ok::<_, DbError>(ClaimRound { applied, claimed, short })
@@ -86,14 +100,15 @@ impl PgShard {
 
     pub(crate) async fn reclaim_expired(
         &mut self,
+        shard: u32,
         now: i64,
         policy: &RetryPolicy,
     ) -> Result<Vec<(i64, VideoStatus)>, DbError> {
-        let (workers, worker_id) = (self.claimer.workers(), self.claimer.worker_id());
+        let workers = self.claimer.workers();
         let mut busy = BusyRetry::new();
         loop {
             let own = self.claimer.owner();
-            match lease::reclaim_expired(&mut self.conn, workers, worker_id, own, now, policy).await {
+            match lease::reclaim_expired(&mut self.conn, workers, shard, own, now, policy).await {
                 Ok(taken) => return Ok(taken),
                 Err(e) => busy.wait(e).await?,
             }
@@ -106,6 +121,39 @@ impl PgShard {
         loop {
             match counts::shard_counts(&mut self.conn, workers, worker_id).await {
                 Ok(c) => return Ok(c),
+                Err(e) => busy.wait(e).await?,
+            }
+        }
+    }
+
+    pub(crate) async fn all_counts(&mut self) -> Result<Vec<ShardCounts>, DbError> {
+        let workers = self.claimer.workers();
+        let mut busy = BusyRetry::new();
+        loop {
+            match counts::by_shard(&mut self.conn, workers).await {
+                Ok(c) => return Ok(c),
+                Err(e) => busy.wait(e).await?,
+            }
+        }
+    }
+
+    pub(crate) async fn beat(&mut self, now: i64, lease_ms: i64) -> Result<(), DbError> {
+        let (workers, worker_id) = (self.claimer.workers(), self.claimer.worker_id());
+        let mut busy = BusyRetry::new();
+        loop {
+            match beats::beat(&mut self.conn, workers, worker_id, self.claimer.owner(), now, lease_ms).await {
+                Ok(()) => return Ok(()),
+                Err(e) => busy.wait(e).await?,
+            }
+        }
+    }
+
+    pub(crate) async fn beats(&mut self) -> Result<Vec<Beat>, DbError> {
+        let workers = self.claimer.workers();
+        let mut busy = BusyRetry::new();
+        loop {
+            match beats::beats(&mut self.conn, workers).await {
+                Ok(b) => return Ok(b),
                 Err(e) => busy.wait(e).await?,
             }
         }

@@ -12,6 +12,7 @@
 //! size (`octet_length` reads it from the record header), so a 50 MB source cannot
 //! take the worker's memory; the runner fails such a video at once.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use rand::RngExt;
@@ -39,29 +40,38 @@ pub struct Claimer {
     /// Largest source and payload returned, in bytes.
     max_source: u64,
     max_payload: u64,
-    /// `statements[i]` claims `2^i` rows.
-    statements: Vec<String>,
+    /// `statements[&k][i]` claims `2^i` rows of shard `k`: the worker's own shard, and
+    /// the shards it helped (`--steal`), made on first use.
+    statements: HashMap<u32, Vec<String>>,
 }
 
 impl Claimer {
     /// A claimer with the default row limits ([`DEFAULT_MAX_SOURCE`], [`DEFAULT_MAX_PAYLOAD`]).
     pub fn new(workers: u32, worker_id: u32, owner: impl Into<String>) -> Claimer {
         assert!(workers > 0 && worker_id < workers, "config validation guarantees 0 <= worker_id < workers");
-        Claimer { workers, worker_id, owner: owner.into(), max_source: 0, max_payload: 0, statements: Vec::new() }
+        Claimer { workers, worker_id, owner: owner.into(), max_source: 0, max_payload: 0, statements: HashMap::new() }
             .with_limits(DEFAULT_MAX_SOURCE.bytes(), DEFAULT_MAX_PAYLOAD.bytes())
     }
 
     /// The same claimer, returning sources up to `max_source` bytes and payloads up to
     /// `max_payload` bytes; larger rows come back rejected.
     pub fn with_limits(mut self, max_source: u64, max_payload: u64) -> Claimer {
-        let (workers, worker_id) = (self.workers, self.worker_id);
-        self.statements = (0..=MAX_BATCH.trailing_zeros())
+        self.max_source = max_source;
+        self.max_payload = max_payload;
+        self.statements = HashMap::from([(self.worker_id, self.statements_for(self.worker_id))]);
+        self
+    }
+
+    /// The claim statements for shard `shard`, one per batch size.
+    fn statements_for(&self, shard: u32) -> Vec<String> {
+        let (workers, max_source, max_payload) = (self.workers, self.max_source, self.max_payload);
+        (0..=MAX_BATCH.trailing_zeros())
             .map(|i| {
                 format!(
                     "UPDATE videos SET status = 'running', attempts = attempts + 1, lease_owner = ?1, \
                      lease_token = ?2, lease_expires_at = ?3, started_at = ?4, finished_at = NULL, duration_ms = NULL \
                      WHERE video_id IN (SELECT video_id FROM videos INDEXED BY {index} \
-                     WHERE status = 'pending' AND video_id % {workers} = {worker_id} AND run_after <= ?4 \
+                     WHERE status = 'pending' AND video_id % {workers} = {shard} AND run_after <= ?4 \
                      ORDER BY run_after, video_id LIMIT {limit}) \
                      RETURNING video_id, \
                      CASE WHEN typeof(source) = 'text' AND octet_length(source) <= {max_source} THEN source END, \
@@ -71,10 +81,7 @@ impl Claimer {
                     limit = 1usize << i,
                 )
             })
-            .collect();
-        self.max_source = max_source;
-        self.max_payload = max_payload;
-        self
+            .collect()
     }
 
     /// The lease owner this claimer writes: unique to the worker process.
@@ -112,21 +119,27 @@ impl Claimer {
         if want == 0 { 0 } else { 1 << want.min(MAX_BATCH).ilog2() }
     }
 
-    /// Claims up to `want` due videos (`batch_size(want)` of them at most), leasing them
-    /// until `now + lease`. Fewer than that means nothing more is due now.
+    /// Claims up to `want` due videos of shard `shard` (`batch_size(want)` of them at
+    /// most), leasing them until `now + lease`. Fewer than that means nothing more is
+    /// due there now.
     pub async fn claim(
-        &self,
+        &mut self,
         conn: &mut SqliteConnection,
+        shard: u32,
         want: usize,
         now: i64,
         lease: Duration,
     ) -> Result<Vec<Claimed>, DbError> {
-        if want == 0 {
+        if want == 0 || shard >= self.workers {
             return Ok(Vec::new());
         }
         let i = (want.min(MAX_BATCH)).ilog2() as usize;
         let token: i64 = rand::rng().random_range(1..i64::MAX);
-        let rows = sqlx::query(AssertSqlSafe(self.statements[i].as_str()))
+        if !self.statements.contains_key(&shard) {
+            let made = self.statements_for(shard);
+            self.statements.insert(shard, made);
+        }
+        let rows = sqlx::query(AssertSqlSafe(self.statements[&shard][i].as_str()))
             .bind(&self.owner)
             .bind(token)
             .bind(now + lease.as_millis() as i64)

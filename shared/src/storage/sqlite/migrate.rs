@@ -31,6 +31,7 @@ pub static MIGRATIONS: &[Migration] = &[
     Migration { name: "0004_warnings.sql", sql: include_str!("../../../../migrations/0004_warnings.sql") },
     Migration { name: "0005_hosts.sql", sql: include_str!("../../../../migrations/0005_hosts.sql") },
     Migration { name: "0006_checks.sql", sql: include_str!("../../../../migrations/0006_checks.sql") },
+    Migration { name: "0007_beats.sql", sql: include_str!("../../../../migrations/0007_beats.sql") },
 ];
 
 /// wrangler's bookkeeping table, created with the same definition it uses.

@@ -3,6 +3,7 @@
 //! handler. Each state change that must be atomic is one statement, since D1 has no
 //! BEGIN; transactions here only batch statements that are correct on their own.
 
+mod beats;
 mod busy;
 mod claim;
 mod counts;

@@ -12,12 +12,13 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Connection, Sqlite};
 
 use super::claim::Claimer;
-use super::{SqliteStore, counts, finish, lease};
+use super::{SqliteStore, beats, counts, finish, lease};
 use crate::error::DbError;
 use crate::retry::{Ending, RetryPolicy};
 use crate::status::{Outcome, ShardCounts, VideoStatus};
 use crate::storage::busy::BusyRetry;
-use crate::storage::{ClaimRound, Finish, ShardSpec};
+use crate::storage::shard::sources;
+use crate::storage::{Beat, ClaimRound, Finish, ShardSpec};
 
 pub struct SqliteShard {
     conn: PoolConnection<Sqlite>,
@@ -43,10 +44,15 @@ impl SqliteShard {
         self.claimer.owner()
     }
 
+    pub fn spec(&self) -> (u32, u32) {
+        (self.claimer.workers(), self.claimer.worker_id())
+    }
+
     pub(crate) async fn finish_and_claim(
         &mut self,
         finishes: &[Finish],
         want: usize,
+        help: &[u32],
         now: i64,
         lease: Duration,
     ) -> Result<ClaimRound, DbError> {
@@ -58,14 +64,22 @@ impl SqliteShard {
             let attempt = async {
                 let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
                 let applied = finish::finish_batch(&mut tx, finishes).await?;
-                // Batches are powers of two: fill `want` with a few of them (7 = 4+2+1).
+                // Batches are powers of two: fill `want` with a few of them (7 = 4+2+1),
+                // from the own shard first, then a small batch from each shard helped.
                 let mut claimed = Vec::new();
                 let mut short = false;
-                while claimed.len() < want && !short {
-                    let ask = Claimer::batch_size(want - claimed.len());
-                    let got = self.claimer.claim(&mut tx, ask, now, lease).await?;
-                    short = got.len() < ask;
-                    claimed.extend(got);
+                for (shard, cap) in sources(self.claimer.worker_id(), want, help) {
+                    let until = (claimed.len() + cap).min(want);
+                    short = false;
+                    while claimed.len() < until && !short {
+                        let ask = Claimer::batch_size(until - claimed.len());
+                        let got = self.claimer.claim(&mut tx, shard, ask, now, lease).await?;
+                        short = got.len() < ask;
+                        claimed.extend(got);
+                    }
+                    if claimed.len() >= want {
+                        break;
+                    }
                 }
                 tx.commit().await?;
                 Ok::<_, DbError>(ClaimRound { applied, claimed, short })
@@ -89,14 +103,15 @@ impl SqliteShard {
 
     pub(crate) async fn reclaim_expired(
         &mut self,
+        shard: u32,
         now: i64,
         policy: &RetryPolicy,
     ) -> Result<Vec<(i64, VideoStatus)>, DbError> {
-        let (workers, worker_id) = (self.claimer.workers(), self.claimer.worker_id());
+        let workers = self.claimer.workers();
         let mut busy = BusyRetry::new();
         loop {
             let own = self.claimer.owner();
-            match lease::reclaim_expired(&mut self.conn, workers, worker_id, own, now, policy).await {
+            match lease::reclaim_expired(&mut self.conn, workers, shard, own, now, policy).await {
                 Ok(taken) => return Ok(taken),
                 Err(e) => busy.wait(e).await?,
             }
@@ -109,6 +124,39 @@ impl SqliteShard {
         loop {
             match counts::shard_counts(&mut self.conn, workers, worker_id).await {
                 Ok(c) => return Ok(c),
+                Err(e) => busy.wait(e).await?,
+            }
+        }
+    }
+
+    pub(crate) async fn all_counts(&mut self) -> Result<Vec<ShardCounts>, DbError> {
+        let workers = self.claimer.workers();
+        let mut busy = BusyRetry::new();
+        loop {
+            match counts::by_shard(&mut self.conn, workers).await {
+                Ok(c) => return Ok(c),
+                Err(e) => busy.wait(e).await?,
+            }
+        }
+    }
+
+    pub(crate) async fn beat(&mut self, now: i64, lease_ms: i64) -> Result<(), DbError> {
+        let (workers, worker_id) = (self.claimer.workers(), self.claimer.worker_id());
+        let mut busy = BusyRetry::new();
+        loop {
+            match beats::beat(&mut self.conn, workers, worker_id, self.claimer.owner(), now, lease_ms).await {
+                Ok(()) => return Ok(()),
+                Err(e) => busy.wait(e).await?,
+            }
+        }
+    }
+
+    pub(crate) async fn beats(&mut self) -> Result<Vec<Beat>, DbError> {
+        let workers = self.claimer.workers();
+        let mut busy = BusyRetry::new();
+        loop {
+            match beats::beats(&mut self.conn, workers).await {
+                Ok(b) => return Ok(b),
                 Err(e) => busy.wait(e).await?,
             }
         }
