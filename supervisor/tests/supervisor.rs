@@ -232,6 +232,8 @@ async fn a_worker_that_always_crashes_becomes_errored_while_the_other_finishes_i
             "--crash-loop",
             "3/60s",
             "--exit-when-done",
+            "--steal",
+            "off",
         ],
     );
     cmd.env("FLEET_WORKER_BIN", crashing_worker(t.dir.path()));
@@ -244,6 +246,37 @@ async fn a_worker_that_always_crashes_becomes_errored_while_the_other_finishes_i
     assert_eq!(w1.last_reason.as_deref(), Some("exit code 7"));
     assert!(all.contains("marked errored"), "{all}");
     assert!(all.contains("work is left that only errored workers could do (exit 4)"), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shard_of_a_worker_errored_by_a_crash_loop_is_finished_by_the_others() {
+    let t = TestDb::new().await;
+    t.seed(40).await;
+    let mut cmd = start(
+        &t,
+        2,
+        &[
+            "--mem-limit",
+            "250M",
+            "--sleep",
+            "5ms",
+            "--restart-delay",
+            "10ms",
+            "--crash-loop",
+            "3/60s",
+            "--lease",
+            "1s",
+            "--exit-when-done",
+        ],
+    );
+    cmd.env("FLEET_WORKER_BIN", crashing_worker(t.dir.path()));
+    let out = run_to_end(cmd);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert_eq!(t.counts().await.done, 40, "both shards done");
+    assert_eq!(workers(&t).await[1].restarts, 3, "worker 1 never ran");
+    assert_eq!(t.done_twice().await, 0);
+    assert!(t.attempts().await.iter().all(|a| a.worker.as_deref().is_some_and(|w| w.starts_with("worker-0/"))));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use shared::config::Steal;
 use shared::storage::{FleetRun, RunOrder, RunState, Store};
 use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, interval, sleep_until};
@@ -270,10 +271,13 @@ impl Fleet {
             self.begin_stop(if totals.failed == 0 { RunEnd::AllDone } else { RunEnd::SomeFailed });
             return Ok(());
         }
-        // Work only errored workers could do would keep the run waiting for nothing.
+        // Work only errored workers could do would keep the run waiting for nothing;
+        // unless the others help orphaned shards (`--steal`), which an errored worker's
+        // is once its heartbeat has lapsed.
         let errored: Vec<u32> =
             self.slots.iter().filter(|s| matches!(s.state(), SlotState::Errored(_))).map(|s| s.id).collect();
-        if !errored.is_empty() {
+        let helped = self.args.job.steal != Steal::Off && errored.len() < self.slots.len();
+        if !errored.is_empty() && !helped {
             // This supervisor's shards only: other hosts' are theirs to finish.
             let shards = self.reader.shard_progress(self.args.workers).await?;
             let live_left: u64 = self
