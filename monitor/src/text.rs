@@ -100,9 +100,35 @@ pub fn percent(ratio: f64) -> String {
     format!("{p:.0}%")
 }
 
+/// What a worker does for other shards (`--steal`): `helping 1,3 · took 12 of 1, 4 of 3`;
+/// empty when it does nothing for them.
+pub fn helping(s: &shared::status::WorkerStatus) -> String {
+    let mut parts = Vec::new();
+    if !s.helping.is_empty() {
+        let shards: Vec<String> = s.helping.iter().map(u32::to_string).collect();
+        parts.push(format!("helping {}", shards.join(",")));
+    }
+    if !s.took_from.is_empty() {
+        let took: Vec<String> = s.took_from.iter().map(|(k, n)| format!("{n} of {k}")).collect();
+        parts.push(format!("took {}", took.join(", ")));
+    }
+    parts.join(" · ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_worker_does_for_other_shards_reads_in_one_short_phrase() {
+        let mut s = crate::aggregate::tests::status(0, 4);
+        assert_eq!(helping(&s), "");
+        s.helping = vec![1, 3];
+        s.took_from = [(1, 12), (3, 4)].into_iter().collect();
+        assert_eq!(helping(&s), "helping 1,3 · took 12 of 1, 4 of 3");
+        s.helping.clear();
+        assert_eq!(helping(&s), "took 12 of 1, 4 of 3");
+    }
 
     #[test]
     fn durations_read_in_at_most_two_units() {
