@@ -158,10 +158,12 @@ impl Records {
         self.newest().mem_limit_bytes.and_then(|b| u64::try_from(b).ok())
     }
 
-    /// Re-reads the runs and their slots.
+    /// Re-reads the runs and their slots. A new run, or a run re-partitioned by
+    /// `supervisor scale` (a new size or new ids), gives new targets.
     pub async fn refresh(&mut self) -> Result<Refresh, shared::DbError> {
         let runs = read_runs(&self.db).await?;
-        let ids = |runs: &[FleetRun]| runs.iter().map(|r| r.run_id).collect::<Vec<_>>();
+        let ids =
+            |runs: &[FleetRun]| runs.iter().map(|r| (r.run_id, r.workers, r.worker_ids.clone())).collect::<Vec<_>>();
         let mut new_run = None;
         if !runs.is_empty() && ids(&runs) != ids(&self.runs) {
             self.runs = runs;

@@ -47,6 +47,45 @@ impl WorkerIds {
         WorkerIds(self.0.intersection(&other.0).copied().collect())
     }
 
+    /// The ids `from..to`, which must not be empty.
+    pub fn range(from: u32, to: u32) -> WorkerIds {
+        WorkerIds((from..to).collect())
+    }
+
+    /// Splits the ids of a fleet of `workers` into one contiguous range per share, as
+    /// near to the shares' proportions as whole ids allow, each range at least one id.
+    /// None when there are fewer ids than shares.
+    pub fn split(workers: u32, shares: &[usize]) -> Option<Vec<WorkerIds>> {
+        let n = u32::try_from(shares.len()).ok()?;
+        if n == 0 || workers < n {
+            return None;
+        }
+        let total = shares.iter().sum::<usize>().max(1) as u64;
+        let extra = u64::from(workers - n);
+        let mut counts: Vec<u32> = shares.iter().map(|&s| 1 + (extra * s as u64 / total) as u32).collect();
+        let mut left = workers - counts.iter().sum::<u32>();
+        // The ids rounding left over go to the largest remainders.
+        let mut order: Vec<usize> = (0..shares.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(extra * shares[i] as u64 % total));
+        for &i in order.iter().cycle() {
+            if left == 0 {
+                break;
+            }
+            counts[i] += 1;
+            left -= 1;
+        }
+        let mut from = 0;
+        Some(
+            counts
+                .into_iter()
+                .map(|c| {
+                    from += c;
+                    WorkerIds::range(from - c, from)
+                })
+                .collect(),
+        )
+    }
+
     /// Refuses ids a fleet of `workers` does not have.
     pub fn check(&self, workers: u32) -> Result<(), String> {
         if self.max() >= workers {
@@ -107,6 +146,16 @@ impl fmt::Display for WorkerIds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_fleet_size_is_split_among_hosts_in_proportion_to_what_they_ran() {
+        let text = |v: Vec<WorkerIds>| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(text(WorkerIds::split(4, &[3, 3]).unwrap()), ["0-1", "2-3"]);
+        assert_eq!(text(WorkerIds::split(6, &[1, 1, 1]).unwrap()), ["0-1", "2-3", "4-5"]);
+        assert_eq!(text(WorkerIds::split(5, &[1, 3]).unwrap()), ["0-1", "2-4"]);
+        assert_eq!(text(WorkerIds::split(3, &[8]).unwrap()), ["0-2"]);
+        assert_eq!(WorkerIds::split(2, &[3, 3, 3]), None, "every host keeps at least one id");
+    }
 
     #[test]
     fn ids_read_as_ranges_and_lists_and_write_back_in_their_shortest_form() {

@@ -32,6 +32,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Stop a running fleet: workers finish or hand back what they hold, then exit.
     Stop(StopArgs),
+    /// Change the number of workers (shards) of a running fleet without stopping its run:
+    /// the workers finish or hand back what they hold, then N start on the new shards.
+    Scale(ScaleArgs),
     /// Put failed videos back to pending, with a fresh set of attempts.
     Retry(RetryArgs),
     /// Write videos and their results as CSV or JSON lines.
@@ -56,6 +59,7 @@ impl Command {
             Command::Import(a) => &a.db.db,
             Command::Status(a) => &a.db.db,
             Command::Stop(a) => &a.db.db,
+            Command::Scale(a) => &a.db.db,
             Command::Retry(a) => &a.db.db,
             Command::Export(a) => &a.db.db,
             Command::Logs(a) => &a.db.db,
@@ -275,6 +279,18 @@ pub struct StopArgs {
     pub worker_ids: Option<WorkerIds>,
     /// How long to wait for the fleet to stop.
     #[arg(long, value_name = "DUR", default_value = "90s", value_parser = duration_arg)]
+    pub timeout: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ScaleArgs {
+    /// The new number of workers; worker K then owns the videos where video_id % N = K.
+    #[arg(value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+    #[command(flatten)]
+    pub db: DbArg,
+    /// How long to wait for every supervisor to run the new layout.
+    #[arg(long, value_name = "DUR", default_value = "120s", value_parser = duration_arg)]
     pub timeout: Duration,
 }
 

@@ -18,6 +18,7 @@ pub mod fleet;
 pub mod import;
 pub mod logs;
 pub mod procfs;
+pub mod scale;
 pub mod status;
 pub mod stop;
 
@@ -133,6 +134,16 @@ async fn run_command(
         Command::Stop(a) => {
             let db = Store::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
             say(stop::stop(db, &a.db.db, a.worker_ids.as_ref(), a.timeout).await?)?;
+            Ok(exit::DONE.into())
+        }
+        Command::Scale(a) => {
+            let db = Store::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
+            match scale::scale(db, &a.db.db, a.workers, a.timeout).await {
+                Ok(lines) => say(lines)?,
+                // Refused before anything was written: bad input, exit 2.
+                Err(e) if e.is::<scale::Refused>() => return Err(Failure::usage(e)),
+                Err(e) => return Err(e.into()),
+            }
             Ok(exit::DONE.into())
         }
         Command::Retry(a) => retry(a).await.map(Done::from),

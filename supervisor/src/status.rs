@@ -37,6 +37,8 @@ pub struct RunView {
     pub run: FleetRun,
     /// Whether its supervisor is alive: its pid on this host, a fresh heartbeat on another.
     pub alive: bool,
+    /// The layouts it ran, oldest first: more than one after `supervisor scale`.
+    pub layouts: Vec<shared::storage::Layout>,
 }
 
 #[derive(Debug, Serialize)]
@@ -91,7 +93,8 @@ pub async fn load(db: &Store) -> anyhow::Result<FleetView> {
             workers.push(WorkerView { record, shard, host: run.host.clone(), address, supervised: alive });
         }
         events.extend(db.run_events(run.run_id).await?);
-        runs.push(RunView { run, alive });
+        let layouts = db.layouts(run.run_id).await?;
+        runs.push(RunView { run, alive, layouts });
     }
     workers.sort_by_key(|w| w.record.worker_id);
     events.sort_by_key(|e| e.at);
@@ -134,7 +137,7 @@ pub fn render(v: &FleetView) -> String {
     // One host's fleet reads as it always has; a fleet over several supervisors names
     // each, and the table gains their hosts.
     let spread = v.runs.len() > 1 || v.runs.iter().any(|r| r.run.worker_ids.is_some());
-    for RunView { run, alive } in &v.runs {
+    for RunView { run, alive, layouts } in &v.runs {
         let state = if *alive || !run.state.is_live() {
             run.state.to_string()
         } else if shared::host::is_this_host(run.host.as_deref()) {
@@ -158,6 +161,16 @@ pub fn render(v: &FleetView) -> String {
             ));
         } else {
             out.push_str(&format!("fleet: {state} · {who} · {since} · {} workers · {}\n", run.workers, run.handler));
+        }
+        if layouts.len() > 1 {
+            let steps: Vec<String> = layouts
+                .iter()
+                .map(|l| {
+                    let ids = l.worker_ids.as_deref().map_or_else(String::new, |ids| format!(" (ids {ids})"));
+                    format!("{}{ids} at {}", l.workers, shared::units::format_utc_ms(l.at))
+                })
+                .collect();
+            out.push_str(&format!("  re-partitioned (supervisor scale): {}\n", steps.join(" → ")));
         }
     }
     if let Some(ids) = &v.unowned_ids {

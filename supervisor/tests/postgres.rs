@@ -189,3 +189,40 @@ async fn a_fleet_reaches_postgres_over_verified_tls_and_a_server_it_cannot_verif
     assert_eq!(run.status.code(), Some(0), "{}", text(&run));
     assert_eq!(done(&url), 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_splits_the_new_size_among_the_supervisors_of_a_postgres_fleet_and_nothing_runs_twice() {
+    let Some(url) = testkit::fresh_postgres_url().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    seed(&url, 200).await;
+    let base = free_ports(4);
+    let part = |ids: &str| {
+        let mut cmd = start(
+            dir.path(),
+            &url,
+            base,
+            &["--sleep", "50ms", "--concurrency", "1", "--exit-when-done", "--worker-ids", ids],
+        );
+        testkit::Running(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap())
+    };
+    let (mut a, mut b) = (part("0"), part("1"));
+    wait_for(LONG, "10 videos done", || async { done(&url) >= 10 }).await;
+
+    let out = supervisor(dir.path()).args(["scale", "4", "--db", &url]).output().unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("now 4 shards, running workers 0-1"), "{said}");
+    assert!(said.contains("now 4 shards, running workers 2-3"), "{said}");
+    assert!(a.wait().unwrap().success());
+    assert!(b.wait().unwrap().success());
+
+    assert_eq!(done(&url), 200);
+    let twice = psql(
+        &url,
+        "SELECT count(*) FROM (SELECT video_id FROM attempts WHERE outcome = 'done' GROUP BY 1 HAVING count(*) > 1) t",
+    );
+    assert_eq!(twice, "0", "no video was completed twice");
+    assert_eq!(psql(&url, "SELECT string_agg(workers::text, ',' ORDER BY layout_id) FROM fleet_layouts"), "2,2,4,4");
+    let by_new: i64 = psql(&url, "SELECT count(*) FROM attempts WHERE worker LIKE 'worker-3/%'").parse().unwrap();
+    assert!(by_new > 0, "worker 3 of the new layout ran videos");
+}

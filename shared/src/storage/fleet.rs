@@ -236,7 +236,7 @@ pub struct Begun {
 }
 
 /// What a heartbeat learned about its own run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunOrder {
     /// Nothing: carry on.
     CarryOn,
@@ -245,6 +245,30 @@ pub enum RunOrder {
     /// Another supervisor found its heartbeat stale and took its ids over: its workers
     /// must stop before the new ones start the same shards twice.
     TakenOver,
+    /// `supervisor scale` asked it to run `workers` shards, the ids `ids` of them (None:
+    /// all).
+    Rescale { workers: u32, ids: Option<String> },
+}
+
+/// What a heartbeat's write returned: a stop asked, the run still live, a scale asked
+/// (size and ids).
+pub(crate) type Beaten = (bool, bool, Option<i64>, Option<String>);
+
+/// `supervisor scale`'s request to one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleAsk {
+    pub run_id: i64,
+    pub workers: u32,
+    /// The worker ids the run should run ("0-3"); None: all of them.
+    pub ids: Option<String>,
+}
+
+/// One layout a run ran: from `at`, `workers` shards, its ids `worker_ids` of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, FromRow)]
+pub struct Layout {
+    pub at: i64,
+    pub workers: i64,
+    pub worker_ids: Option<String>,
 }
 
 impl Store {
@@ -284,15 +308,44 @@ impl Store {
 
     /// Stamps run `run_id` alive now, by the database's clock; returns what it must do.
     pub async fn heartbeat(&self, run_id: i64) -> Result<RunOrder, DbError> {
-        let (stop, live) = match self {
+        let (stop, live, scale_to, scale_ids) = match self {
             Store::Sqlite(s) => s.heartbeat(run_id).await?,
             Store::Postgres(s) => s.heartbeat(run_id).await?,
         };
-        Ok(match (stop, live) {
-            (_, false) => RunOrder::TakenOver,
-            (true, true) => RunOrder::Stop,
-            (false, true) => RunOrder::CarryOn,
+        Ok(match (stop, live, scale_to) {
+            (_, false, _) => RunOrder::TakenOver,
+            (true, true, _) => RunOrder::Stop,
+            (false, true, Some(n)) if n > 0 => RunOrder::Rescale { workers: n as u32, ids: scale_ids },
+            (false, true, _) => RunOrder::CarryOn,
         })
+    }
+
+    /// Asks each run of `asks` to change to its new layout (each supervisor sees it at
+    /// its next heartbeat), all in one transaction.
+    pub async fn request_scale(&self, asks: &[ScaleAsk]) -> Result<(), DbError> {
+        match self {
+            Store::Sqlite(s) => s.request_scale(asks).await,
+            Store::Postgres(s) => s.request_scale(asks).await,
+        }
+    }
+
+    /// Records that `run` runs its new layout (`workers`, `worker_ids`) from `now`: the
+    /// run record, fresh slot rows for its ids, and a layout row, in one transaction.
+    /// Clears the scale request.
+    pub async fn rescaled(&self, run: &FleetRun, now: i64) -> Result<(), DbError> {
+        match self {
+            Store::Sqlite(s) => s.rescaled(run, now).await,
+            Store::Postgres(s) => s.rescaled(run, now).await,
+        }
+    }
+
+    /// The layouts run `run_id` ran, oldest first (runs recorded before migration 0008
+    /// have none).
+    pub async fn layouts(&self, run_id: i64) -> Result<Vec<Layout>, DbError> {
+        match self {
+            Store::Sqlite(s) => s.layouts(run_id).await,
+            Store::Postgres(s) => s.layouts(run_id).await,
+        }
     }
 
     /// The database's clock in ms, which heartbeats are stamped by: what their age is

@@ -30,7 +30,9 @@ pub use busy::BUSY_RETRIES;
 pub use claim::Claimed;
 pub use export::{ExportFilter, ExportRow};
 pub use finish::Finish;
-pub use fleet::{Begun, EventKind, FleetEvent, FleetRun, FleetWorker, RunOrder, RunState, SlotStatus, UnknownWord};
+pub use fleet::{
+    Begun, EventKind, FleetEvent, FleetRun, FleetWorker, Layout, RunOrder, RunState, ScaleAsk, SlotStatus, UnknownWord,
+};
 pub use import::{EXISTING_NAMED, IMPORT_BATCH, Import, ImportReport, ImportRow, NewVideo, Repeat};
 pub use lease::owner_of;
 pub use location::{DbLocation, LocationError, default_db};

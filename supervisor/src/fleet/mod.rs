@@ -16,6 +16,7 @@ mod output;
 mod probe;
 mod records;
 mod recover;
+mod rescale;
 mod restart;
 mod setup;
 mod slot;
@@ -150,6 +151,9 @@ pub struct Fleet {
     taken_over: bool,
     /// Stamps the run record alive every second (`takeover.rs` says why).
     heartbeat: tokio::task::JoinHandle<()>,
+    /// A new layout (`supervisor scale`) waiting for the old workers' drain: the fleet
+    /// size and this supervisor's ids in it (`rescale.rs`).
+    rescaling: Option<(u32, shared::ids::WorkerIds)>,
 }
 
 impl Fleet {
@@ -187,10 +191,14 @@ impl Fleet {
             ),
         }
         loop {
-            self.start_due();
             if self.stopping.is_some() && self.slots.iter().all(|s| s.pid().is_none()) {
-                break;
+                if self.rescaling.is_none() {
+                    break;
+                }
+                self.apply_rescale().await?;
+                killed_all = false;
             }
+            self.start_due();
             let wake = self.next_wake();
             let stop_at = self.stopping;
             tokio::select! {
@@ -215,6 +223,7 @@ impl Fleet {
                             self.begin_stop(RunEnd::Stopped);
                         }
                     }
+                    RunOrder::Rescale { workers, ids } => self.begin_rescale(workers, ids),
                     RunOrder::TakenOver | RunOrder::CarryOn => {
                         // Its shards are another supervisor's now: no drain, the workers
                         // stop their jobs at once (as on a second signal).
@@ -311,6 +320,11 @@ impl Fleet {
 
     fn begin_stop(&mut self, end: RunEnd) {
         if self.stopping.is_some() {
+            // A stop during a re-partition's drain: the drain goes on, and is the end.
+            if self.rescaling.take().is_some() {
+                self.end = end;
+                self.record(Record::RunState { state: RunState::Stopping, stopped: false });
+            }
             return;
         }
         self.end = end;

@@ -47,6 +47,15 @@ pub fn start(
         while let Some(line) = rx.recv().await {
             let ts = shared::units::format_utc_ms(shared::storage::now_ms());
             let k = line.worker;
+            // A worker id this run did not start with (`supervisor scale` added it).
+            if let std::collections::btree_map::Entry::Vacant(slot) = files.entry(k) {
+                match LogFile::open(log_path(&dir, k), max_bytes, keep) {
+                    Ok(file) => {
+                        slot.insert((file, false));
+                    }
+                    Err(e) => tracing::error!("cannot open worker {k}'s log file: {e}"),
+                }
+            }
             if let Some((file, failed)) = files.get_mut(&k)
                 && let Err(e) = file.write_line(&format!("{ts} {}\n", line.text))
                 && !*failed

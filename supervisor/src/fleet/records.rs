@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use shared::storage::{EventKind, FleetWorker, RunOrder, RunState, Store};
+use shared::storage::{EventKind, FleetRun, FleetWorker, RunOrder, RunState, Store};
 use shared::units::format_utc_ms;
 use tokio::sync::mpsc;
 
@@ -16,8 +16,18 @@ use super::takeover::HEARTBEAT_EVERY;
 #[derive(Debug)]
 pub enum Record {
     Worker(FleetWorker),
-    Event { worker: u32, kind: EventKind, reason: String },
-    RunState { state: RunState, stopped: bool },
+    Event {
+        worker: u32,
+        kind: EventKind,
+        reason: String,
+    },
+    RunState {
+        state: RunState,
+        stopped: bool,
+    },
+    /// The run re-partitioned (`supervisor scale`): its new size and ids, from now. In
+    /// this queue, so that the old slots' last records land before the new slots' rows.
+    Layout(Box<FleetRun>),
 }
 
 /// A kill or restart of this run: recorded as an event, and listed in the summary.
@@ -59,6 +69,14 @@ impl fmt::Display for Incident {
 
 /// Starts the writer for run `run_id`; it ends when every sender is dropped, after
 /// writing what it was sent.
+async fn write_workers(db: &Store, latest: BTreeMap<i64, FleetWorker>) {
+    for w in latest.values() {
+        if let Err(e) = db.update_worker(w).await {
+            tracing::warn!("could not record worker {}: {e}", w.worker_id);
+        }
+    }
+}
+
 pub fn start(db: Store, run_id: i64) -> (mpsc::UnboundedSender<Record>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Record>();
     let task = tokio::spawn(async move {
@@ -73,16 +91,16 @@ pub fn start(db: Store, run_id: i64) -> (mpsc::UnboundedSender<Record>, tokio::t
                     }
                     Record::Event { worker, kind, reason } => db.add_event(run_id, worker, kind, &reason).await,
                     Record::RunState { state, stopped } => db.set_run_state(run_id, state, stopped).await,
+                    Record::Layout(run) => {
+                        write_workers(&db, std::mem::take(&mut latest)).await;
+                        db.rescaled(&run, shared::storage::now_ms()).await
+                    }
                 };
                 if let Err(e) = written {
                     tracing::warn!("could not record the fleet's state: {e}");
                 }
             }
-            for w in latest.values() {
-                if let Err(e) = db.update_worker(w).await {
-                    tracing::warn!("could not record worker {}: {e}", w.worker_id);
-                }
-            }
+            write_workers(&db, latest).await;
         }
     });
     (tx, task)
@@ -97,10 +115,18 @@ pub fn beat(db: Store, run_id: i64, orders: mpsc::UnboundedSender<RunOrder>) -> 
         let mut every = tokio::time::interval(HEARTBEAT_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut told_stop = false;
+        let mut told_scale = None;
         loop {
             every.tick().await;
             match db.heartbeat(run_id).await {
-                Ok(RunOrder::CarryOn) => {}
+                Ok(RunOrder::CarryOn) => told_scale = None,
+                // Passed on once per request: it stays in the record until it is done.
+                Ok(RunOrder::Rescale { workers, ids }) => {
+                    if told_scale.as_ref() != Some(&(workers, ids.clone())) {
+                        told_scale = Some((workers, ids.clone()));
+                        let _ = orders.send(RunOrder::Rescale { workers, ids });
+                    }
+                }
                 Ok(RunOrder::Stop) if told_stop => {}
                 Ok(RunOrder::Stop) => {
                     told_stop = true;

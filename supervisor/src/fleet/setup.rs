@@ -242,6 +242,7 @@ impl Fleet {
             orders,
             taken_over: false,
             heartbeat,
+            rescaling: None,
         })
     }
 }

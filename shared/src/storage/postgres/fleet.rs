@@ -1,11 +1,11 @@
 //! The supervisor's records on PostgreSQL: runs, worker slots and events.
 
-use sqlx::{AssertSqlSafe, Connection};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 use super::PgStore;
 use crate::error::DbError;
 use crate::storage::busy::retry_busy;
-use crate::storage::fleet::{Begun, Decide};
+use crate::storage::fleet::{Beaten, Begun, Decide, Layout, ScaleAsk};
 use crate::storage::{EventKind, FleetEvent, FleetRun, FleetWorker, RunState, SlotStatus, now_ms};
 
 const LIVE_RUNS: &str = "SELECT * FROM fleet_runs WHERE state IN ('running', 'stopping') ORDER BY run_id";
@@ -65,16 +65,7 @@ impl PgStore {
             .bind(&run.advertise)
             .fetch_one(&mut *tx)
             .await?;
-            let ids: Vec<i64> = run.ids().iter().map(i64::from).collect();
-            sqlx::query(
-                "INSERT INTO fleet_workers (run_id, worker_id, port, state) SELECT $1, k, $2 + k, $3 FROM unnest($4) AS k",
-            )
-            .bind(id)
-            .bind(run.base_port)
-            .bind(SlotStatus::Starting.as_str())
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await?;
+            insert_slots_and_layout(&mut tx, run, id, now).await?;
             tx.commit().await?;
             let taken = live.into_iter().filter(|r| taken.contains(&r.run_id)).collect();
             Ok(Ok(Begun { run_id: id, taken }))
@@ -87,16 +78,63 @@ impl PgStore {
     }
 
     /// Whether a stop was requested, and whether the run is still live.
-    pub(crate) async fn heartbeat(&self, run_id: i64) -> Result<(bool, bool), DbError> {
+    pub(crate) async fn heartbeat(&self, run_id: i64) -> Result<Beaten, DbError> {
         retry_busy(|| async {
-            let answer: Option<(bool, bool)> = sqlx::query_as(AssertSqlSafe(format!(
+            let answer: Option<Beaten> = sqlx::query_as(AssertSqlSafe(format!(
                 "UPDATE fleet_runs SET heartbeat_at = {DB_NOW} WHERE run_id = $1 \
-                 RETURNING stop_requested_at IS NOT NULL, state IN ('running', 'stopping')"
+                 RETURNING stop_requested_at IS NOT NULL, state IN ('running', 'stopping'), scale_to, scale_ids"
             )))
             .bind(run_id)
             .fetch_optional(self.pool())
             .await?;
-            Ok(answer.unwrap_or((false, false)))
+            Ok(answer.unwrap_or((false, false, None, None)))
+        })
+        .await
+    }
+
+    pub(crate) async fn request_scale(&self, asks: &[ScaleAsk]) -> Result<(), DbError> {
+        retry_busy(|| async {
+            let mut tx = self.pool().begin().await?;
+            for ask in asks {
+                sqlx::query("UPDATE fleet_runs SET scale_to = $1, scale_ids = $2 WHERE run_id = $3")
+                    .bind(i64::from(ask.workers))
+                    .bind(&ask.ids)
+                    .bind(ask.run_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn rescaled(&self, run: &FleetRun, now: i64) -> Result<(), DbError> {
+        retry_busy(|| async {
+            let mut tx = self.pool().begin().await?;
+            sqlx::query(
+                "UPDATE fleet_runs SET workers = $1, worker_ids = $2, scale_to = NULL, scale_ids = NULL \
+                 WHERE run_id = $3",
+            )
+            .bind(run.workers)
+            .bind(&run.worker_ids)
+            .bind(run.run_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM fleet_workers WHERE run_id = $1").bind(run.run_id).execute(&mut *tx).await?;
+            insert_slots_and_layout(&mut tx, run, run.run_id, now).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn layouts(&self, run_id: i64) -> Result<Vec<Layout>, DbError> {
+        retry_busy(|| async {
+            Ok(sqlx::query_as("SELECT at, workers, worker_ids FROM fleet_layouts WHERE run_id = $1 ORDER BY layout_id")
+                .bind(run_id)
+                .fetch_all(self.pool())
+                .await?)
         })
         .await
     }
@@ -202,4 +240,27 @@ impl PgStore {
             .fetch_all(self.pool())
             .await?)
     }
+}
+
+/// The rows of run `id`'s worker slots (all `starting`) and of its layout from `now`, in
+/// the caller's transaction.
+async fn insert_slots_and_layout(conn: &mut PgConnection, run: &FleetRun, id: i64, now: i64) -> Result<(), DbError> {
+    let ids: Vec<i64> = run.ids().iter().map(i64::from).collect();
+    sqlx::query(
+        "INSERT INTO fleet_workers (run_id, worker_id, port, state) SELECT $1, k, $2 + k, $3 FROM unnest($4) AS k",
+    )
+    .bind(id)
+    .bind(run.base_port)
+    .bind(SlotStatus::Starting.as_str())
+    .bind(&ids)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("INSERT INTO fleet_layouts (run_id, at, workers, worker_ids) VALUES ($1, $2, $3, $4)")
+        .bind(id)
+        .bind(now)
+        .bind(run.workers)
+        .bind(&run.worker_ids)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }

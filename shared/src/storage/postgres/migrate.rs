@@ -21,6 +21,7 @@ pub static PG_MIGRATIONS: &[PgMigration] = &[
     PgMigration { name: "0001_schema.sql", sql: include_str!("../../../../migrations/postgres/0001_schema.sql") },
     PgMigration { name: "0002_hosts.sql", sql: include_str!("../../../../migrations/postgres/0002_hosts.sql") },
     PgMigration { name: "0003_beats.sql", sql: include_str!("../../../../migrations/postgres/0003_beats.sql") },
+    PgMigration { name: "0004_layouts.sql", sql: include_str!("../../../../migrations/postgres/0004_layouts.sql") },
 ];
 
 /// The table that records applied migrations.

@@ -5,7 +5,7 @@ use sqlx::{Connection, SqliteConnection};
 use super::SqliteStore;
 use crate::error::DbError;
 use crate::storage::busy::retry_busy;
-use crate::storage::fleet::{Begun, Decide};
+use crate::storage::fleet::{Beaten, Begun, Decide, Layout, ScaleAsk};
 use crate::storage::{EventKind, FleetEvent, FleetRun, FleetWorker, RunState, SlotStatus, now_ms};
 
 const LIVE_RUNS: &str = "SELECT * FROM fleet_runs WHERE state IN ('running', 'stopping') ORDER BY run_id";
@@ -46,17 +46,65 @@ impl SqliteStore {
     }
 
     /// Whether a stop was requested, and whether the run is still live.
-    pub(crate) async fn heartbeat(&self, run_id: i64) -> Result<(bool, bool), DbError> {
+    pub(crate) async fn heartbeat(&self, run_id: i64) -> Result<Beaten, DbError> {
         retry_busy(|| async {
-            let answer: Option<(bool, bool)> = sqlx::query_as(
+            let answer: Option<Beaten> = sqlx::query_as(
                 "UPDATE fleet_runs SET heartbeat_at = ? WHERE run_id = ? \
-                 RETURNING stop_requested_at IS NOT NULL, state IN ('running', 'stopping')",
+                 RETURNING stop_requested_at IS NOT NULL, state IN ('running', 'stopping'), scale_to, scale_ids",
             )
             .bind(now_ms())
             .bind(run_id)
             .fetch_optional(self.pool())
             .await?;
-            Ok(answer.unwrap_or((false, false)))
+            Ok(answer.unwrap_or((false, false, None, None)))
+        })
+        .await
+    }
+
+    pub(crate) async fn request_scale(&self, asks: &[ScaleAsk]) -> Result<(), DbError> {
+        retry_busy(|| async {
+            let mut conn = self.pool().acquire().await?;
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            for ask in asks {
+                sqlx::query("UPDATE fleet_runs SET scale_to = ?, scale_ids = ? WHERE run_id = ?")
+                    .bind(i64::from(ask.workers))
+                    .bind(&ask.ids)
+                    .bind(ask.run_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn rescaled(&self, run: &FleetRun, now: i64) -> Result<(), DbError> {
+        retry_busy(|| async {
+            let mut conn = self.pool().acquire().await?;
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            sqlx::query(
+                "UPDATE fleet_runs SET workers = ?, worker_ids = ?, scale_to = NULL, scale_ids = NULL WHERE run_id = ?",
+            )
+            .bind(run.workers)
+            .bind(&run.worker_ids)
+            .bind(run.run_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM fleet_workers WHERE run_id = ?").bind(run.run_id).execute(&mut *tx).await?;
+            insert_slots_and_layout(&mut tx, run, run.run_id, now).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn layouts(&self, run_id: i64) -> Result<Vec<Layout>, DbError> {
+        retry_busy(|| async {
+            Ok(sqlx::query_as("SELECT at, workers, worker_ids FROM fleet_layouts WHERE run_id = ? ORDER BY layout_id")
+                .bind(run_id)
+                .fetch_all(self.pool())
+                .await?)
         })
         .await
     }
@@ -107,6 +155,18 @@ async fn insert(conn: &mut SqliteConnection, run: &FleetRun, now: i64) -> Result
     .execute(&mut *conn)
     .await?
     .last_insert_rowid();
+    insert_slots_and_layout(conn, run, id, now).await?;
+    Ok(id)
+}
+
+/// The rows of run `id`'s worker slots (all `starting`) and of its layout from `now`, in
+/// the caller's transaction.
+async fn insert_slots_and_layout(
+    conn: &mut SqliteConnection,
+    run: &FleetRun,
+    id: i64,
+    now: i64,
+) -> Result<(), DbError> {
     for k in run.ids().iter() {
         sqlx::query("INSERT INTO fleet_workers (run_id, worker_id, port, state) VALUES (?, ?, ?, ?)")
             .bind(id)
@@ -116,7 +176,14 @@ async fn insert(conn: &mut SqliteConnection, run: &FleetRun, now: i64) -> Result
             .execute(&mut *conn)
             .await?;
     }
-    Ok(id)
+    sqlx::query("INSERT INTO fleet_layouts (run_id, at, workers, worker_ids) VALUES (?, ?, ?, ?)")
+        .bind(id)
+        .bind(now)
+        .bind(run.workers)
+        .bind(&run.worker_ids)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 impl SqliteStore {

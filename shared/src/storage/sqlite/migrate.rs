@@ -32,6 +32,7 @@ pub static MIGRATIONS: &[Migration] = &[
     Migration { name: "0005_hosts.sql", sql: include_str!("../../../../migrations/0005_hosts.sql") },
     Migration { name: "0006_checks.sql", sql: include_str!("../../../../migrations/0006_checks.sql") },
     Migration { name: "0007_beats.sql", sql: include_str!("../../../../migrations/0007_beats.sql") },
+    Migration { name: "0008_layouts.sql", sql: include_str!("../../../../migrations/0008_layouts.sql") },
 ];
 
 /// wrangler's bookkeeping table, created with the same definition it uses.
