@@ -213,6 +213,14 @@ async fn scale_splits_the_new_size_among_the_supervisors_of_a_postgres_fleet_and
     assert_eq!(out.status.code(), Some(0), "{said}");
     assert!(said.contains("now 4 shards, running workers 0-1"), "{said}");
     assert!(said.contains("now 4 shards, running workers 2-3"), "{said}");
+    wait_for(LONG, "worker 3 of 4 to finish a video", || async {
+        psql(&url, "SELECT count(*) FROM attempts WHERE worker LIKE 'worker-3/%' AND outcome = 'done'") != "0"
+    })
+    .await;
+    let out = supervisor(dir.path()).args(["scale", "2", "--db", &url]).output().unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("now 2 shards, running workers 0") && said.contains("now 2 shards, running workers 1"));
     assert!(a.wait().unwrap().success());
     assert!(b.wait().unwrap().success());
 
@@ -222,7 +230,10 @@ async fn scale_splits_the_new_size_among_the_supervisors_of_a_postgres_fleet_and
         "SELECT count(*) FROM (SELECT video_id FROM attempts WHERE outcome = 'done' GROUP BY 1 HAVING count(*) > 1) t",
     );
     assert_eq!(twice, "0", "no video was completed twice");
-    assert_eq!(psql(&url, "SELECT string_agg(workers::text, ',' ORDER BY layout_id) FROM fleet_layouts"), "2,2,4,4");
+    assert_eq!(
+        psql(&url, "SELECT string_agg(workers::text, ',' ORDER BY layout_id) FROM fleet_layouts"),
+        "2,2,4,4,2,2"
+    );
     let by_new: i64 = psql(&url, "SELECT count(*) FROM attempts WHERE worker LIKE 'worker-3/%'").parse().unwrap();
     assert!(by_new > 0, "worker 3 of the new layout ran videos");
 }

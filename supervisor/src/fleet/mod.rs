@@ -304,10 +304,12 @@ impl Fleet {
         Ok(())
     }
 
-    /// The videos of this supervisor's shards: all of them, or with `--worker-ids` only
-    /// those shards (the other hosts' end their own runs).
+    /// The videos this supervisor waits for: all of them, or with `--worker-ids` and
+    /// `--steal off` only its own shards (the other hosts' end their own runs). Helping
+    /// workers (`--steal`) finish the shards of a host that died, so their run lasts
+    /// until the whole fleet's work is done.
     async fn own_totals(&self) -> Result<shared::status::ShardCounts, shared::DbError> {
-        if self.slots.len() == self.args.workers as usize {
+        if self.slots.len() == self.args.workers as usize || self.args.job.steal != Steal::Off {
             return self.reader.totals().await;
         }
         let shards = self.reader.shard_progress(self.args.workers).await?;
