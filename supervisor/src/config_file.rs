@@ -123,13 +123,14 @@ mod tests {
     #[test]
     fn the_file_fills_what_the_flags_leave_out() {
         let s = parse_with(
-            "workers = 3\nmem_limit = \"300M\"\nsleep = \"10ms\"\nexit-when-done = true\nconcurrency = 9\n",
+            "workers = 3\nmem_limit = \"300M\"\nsleep = \"10ms\"\nexit-when-done = true\nconcurrency = 9\n\
+             steal = \"idle\"\n",
             &[],
         )
         .unwrap();
         assert_eq!(
-            (s.workers, s.mem_limit.to_string(), s.job.concurrency, s.exit_when_done),
-            (3, "300M".into(), 9, true)
+            (s.workers, s.mem_limit.to_string(), s.job.concurrency, s.exit_when_done, s.job.steal),
+            (3, "300M".into(), 9, true, shared::config::Steal::Idle)
         );
     }
 

@@ -185,6 +185,35 @@ async fn with_db_a_new_run_replaces_the_old_fleet_in_a_running_monitor() {
     let _ = monitor.wait();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_db_a_running_monitor_follows_a_fleet_re_partitioned_by_supervisor_scale() {
+    let t = TestDb::new().await;
+    let (_fleet, base) = spawn_fleet(&t.path, 2, &["--sleep", "0"]);
+    let mut run = fleet_run(1, base);
+    run.run_id = t.db.insert_run(&run).await.unwrap();
+    let (mut monitor, rx) = spawn_monitor_lines(&["--db", t.path.to_str().unwrap(), "--interval", "200ms"]);
+    let wait_line = |wanted: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| panic!("no line with {wanted:?}"));
+            if line.contains(wanted) {
+                return line;
+            }
+        }
+    };
+    wait_line(&format!("  worker 0  :{base}"));
+
+    // What the supervisor records when `supervisor scale 2` has re-partitioned the run.
+    run.workers = 2;
+    t.db.rescaled(&run, shared::storage::now_ms()).await.unwrap();
+    let line = wait_line(&format!("  worker 1  :{}", base + 1));
+    assert!(line.contains(" up "), "{line}");
+    wait_line("workers 2/2 up");
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+}
+
 /// Answers every request with a JSON body that is not a worker's status.
 fn impostor() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
