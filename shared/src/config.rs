@@ -228,8 +228,8 @@ pub struct JobArgs {
     /// a worker runs only its own. `orphaned`: it also finishes a shard whose worker has
     /// not beaten for longer than its lease (gone for good: a dead host, a pod never
     /// scheduled), and leaves it as soon as that worker beats again. `idle`: as
-    /// orphaned, and whenever its own shard has nothing due it helps the shard with the
-    /// largest backlog.
+    /// orphaned, and whenever its own shard has nothing due it helps the busy shards,
+    /// the largest backlog first.
     #[arg(long, env = "FLEET_STEAL", value_enum, default_value_t = Steal::Orphaned)]
     pub steal: Steal,
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use shared::ids::WorkerIds;
-use shared::storage::{DbLocation, FleetRun, ScaleAsk, Store};
+use shared::storage::{DbLocation, FleetRun, RunState, ScaleAsk, Store};
 
 use crate::fleet::{describe_run, run_is_alive};
 
@@ -23,7 +23,14 @@ pub struct Refused(String);
 /// them; returns lines for the user. `db` is `location` opened read-only.
 pub async fn scale(db: Store, location: &DbLocation, workers: u32, timeout: Duration) -> anyhow::Result<String> {
     let db_now = db.clock().await?;
-    let mut alive: Vec<FleetRun> = db.live_runs().await?.into_iter().filter(|r| run_is_alive(r, db_now)).collect();
+    // A run that is stopping would ignore the request, and its share of the new ids
+    // would be run by no one: only runs that carry on get a part.
+    let mut alive: Vec<FleetRun> = db
+        .live_runs()
+        .await?
+        .into_iter()
+        .filter(|r| r.state == RunState::Running && r.stop_requested_at.is_none() && run_is_alive(r, db_now))
+        .collect();
     if alive.is_empty() {
         db.close().await;
         return Err(Refused(
@@ -44,6 +51,19 @@ pub async fn scale(db: Store, location: &DbLocation, workers: u32, timeout: Dura
         ))
         .into());
     };
+    if let Some((run, ids)) =
+        alive.iter().zip(&split).find(|(r, ids)| r.base_port + i64::from(ids.max()) > i64::from(u16::MAX))
+    {
+        db.close().await;
+        return Err(Refused(format!(
+            "cannot scale to {workers} workers: {} would run worker {} on port {}, past 65535 (its --base-port is {})",
+            describe_run(run),
+            ids.max(),
+            run.base_port + i64::from(ids.max()),
+            run.base_port
+        ))
+        .into());
+    }
     let asks: Vec<ScaleAsk> = alive
         .iter()
         .zip(&split)

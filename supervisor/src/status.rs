@@ -93,7 +93,9 @@ pub async fn load(db: &Store) -> anyhow::Result<FleetView> {
             workers.push(WorkerView { record, shard, host: run.host.clone(), address, supervised: alive });
         }
         events.extend(db.run_events(run.run_id).await?);
-        let layouts = db.layouts(run.run_id).await?;
+        // Extra detail: a database this build has not migrated (read-only commands never
+        // migrate) has no layouts table, and status must still answer.
+        let layouts = db.layouts(run.run_id).await.unwrap_or_default();
         runs.push(RunView { run, alive, layouts });
     }
     workers.sort_by_key(|w| w.record.worker_id);

@@ -1117,3 +1117,48 @@ async fn scale_without_a_running_fleet_or_with_a_bad_size_is_refused_and_changes
     }
     assert!(t.db.latest_run().await.unwrap().is_none(), "no run was recorded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_asked_while_a_re_partition_drains_ends_the_run_instead() {
+    let t = TestDb::new().await;
+    t.seed(20).await;
+    let base = free_ports(2);
+    let mut cmd = supervisor(t.dir.path());
+    cmd.args(["start", "--workers", "1", "--base-port", &base.to_string(), "--db"]).arg(&t.path).args([
+        "--mem-limit",
+        "250M",
+        "--sleep",
+        "3s",
+        "--concurrency",
+        "1",
+    ]);
+    let mut sup = spawn(cmd);
+    wait_for(LONG, "a video running", || async { t.counts().await.running >= 1 }).await;
+
+    let scaling = {
+        let mut cmd = supervisor(t.dir.path());
+        cmd.args(["scale", "2", "--db"]).arg(&t.path).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let status_url = format!("http://127.0.0.1:{base}/status");
+    wait_for(LONG, "worker 0 draining for the re-partition", || async {
+        let answer = testkit::http().get(&status_url).send().await;
+        match answer {
+            Ok(r) => r.json::<serde_json::Value>().await.is_ok_and(|s| s["state"] == "draining"),
+            Err(_) => false,
+        }
+    })
+    .await;
+    let stop = run_to_end({
+        let mut cmd = supervisor(t.dir.path());
+        cmd.args(["stop", "--db"]).arg(&t.path);
+        cmd
+    });
+    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+    assert!(sup.wait().unwrap().success());
+    let scaled = scaling.wait_with_output().unwrap();
+    assert_eq!(scaled.status.code(), Some(1), "{}", text(&scaled));
+    assert!(text(&scaled).contains("ended before it re-partitioned"), "{}", text(&scaled));
+    assert_eq!(t.counts().await.running, 0, "nothing left running");
+    assert_eq!(workers(&t).await.len(), 1, "the new layout never started");
+}

@@ -420,12 +420,12 @@ impl Runner {
         let counts = self.shard.all_counts().await.context("cannot count the videos by shard")?;
         let before = self.helper.targets().to_vec();
         self.helper.look(&beats, counts, now_ms());
-        let now = self.helper.targets();
-        if now != before.as_slice() {
+        let helping = self.helper.targets();
+        if helping != before.as_slice() {
             let orphaned = self.helper.orphaned();
-            tracing::info!(helping = ?now, ?orphaned, "shards helped changed");
-            self.live.set_helping(now.to_vec());
-            if !now.is_empty() {
+            tracing::info!(?helping, ?orphaned, "shards helped changed");
+            self.live.set_helping(helping.to_vec());
+            if !helping.is_empty() {
                 self.next_claim_at = Instant::now();
             }
         }

@@ -97,7 +97,7 @@ impl Shard {
 
     /// As [`Shard::finish_and_claim`], and when the own shard has fewer than `want` due,
     /// then up to [`STEAL_BATCH`] from each shard of `help` in turn (`--steal`). The
-    /// round is short when the last shard asked had fewer due than asked for.
+    /// round is short when every shard asked had fewer due than asked for.
     pub async fn finish_and_claim_helping(
         &mut self,
         finishes: &[Finish],

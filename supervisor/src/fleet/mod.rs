@@ -202,7 +202,8 @@ impl Fleet {
             let wake = self.next_wake();
             let stop_at = self.stopping;
             tokio::select! {
-                _ = shutdown.cancelled(), if self.stopping.is_none() => {
+                // A re-partition's drain sets `stopping` too: a stop then still counts.
+                _ = shutdown.cancelled(), if self.stopping.is_none() || self.rescaling.is_some() => {
                     tracing::info!("stopping: workers finish or hand back their videos");
                     self.begin_stop(RunEnd::Stopped);
                 }
@@ -218,7 +219,7 @@ impl Fleet {
                 }
                 Some(order) = self.orders.recv(), if !self.taken_over => match order {
                     RunOrder::Stop => {
-                        if self.stopping.is_none() {
+                        if self.stopping.is_none() || self.rescaling.is_some() {
                             tracing::info!("stopping: `supervisor stop` asked for it through the database");
                             self.begin_stop(RunEnd::Stopped);
                         }

@@ -67,8 +67,7 @@ impl fmt::Display for Incident {
     }
 }
 
-/// Starts the writer for run `run_id`; it ends when every sender is dropped, after
-/// writing what it was sent.
+/// Writes the latest record of each worker slot.
 async fn write_workers(db: &Store, latest: BTreeMap<i64, FleetWorker>) {
     for w in latest.values() {
         if let Err(e) = db.update_worker(w).await {
@@ -77,6 +76,8 @@ async fn write_workers(db: &Store, latest: BTreeMap<i64, FleetWorker>) {
     }
 }
 
+/// Starts the writer for run `run_id`; it ends when every sender is dropped, after
+/// writing what it was sent.
 pub fn start(db: Store, run_id: i64) -> (mpsc::UnboundedSender<Record>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Record>();
     let task = tokio::spawn(async move {
@@ -93,7 +94,20 @@ pub fn start(db: Store, run_id: i64) -> (mpsc::UnboundedSender<Record>, tokio::t
                     Record::RunState { state, stopped } => db.set_run_state(run_id, state, stopped).await,
                     Record::Layout(run) => {
                         write_workers(&db, std::mem::take(&mut latest)).await;
-                        db.rescaled(&run, shared::storage::now_ms()).await
+                        // Tried until it lands: the heartbeat passes a scale request on
+                        // once, and a run whose record kept the old size would mislead
+                        // status, takeovers and the waiting `supervisor scale`.
+                        let mut tries = 0;
+                        loop {
+                            match db.rescaled(&run, shared::storage::now_ms()).await {
+                                Err(e) if tries < 30 => {
+                                    tries += 1;
+                                    tracing::warn!("could not record the new layout ({e}); trying again");
+                                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                                }
+                                done => break done,
+                            }
+                        }
                     }
                 };
                 if let Err(e) = written {

@@ -3,9 +3,11 @@
 //! a stop does (jobs in flight finish, or at the end of `--grace` are handed back
 //! uncounted), and once none is left it records the new layout, in the recorder's queue
 //! (`Record::Layout`: the run's size and ids, fresh slot rows, a `fleet_layouts` row),
-//! and starts the new one. Old and new workers never run together, so the shards change
-//! at one moment: no video is claimed under two layouts, and a helper of the old layout
-//! (`--steal`) is gone before the new one beats.
+//! and starts the new one. On this host old and new workers never run together, so its
+//! shards change at one moment, and a helper of the old layout (`--steal`) is gone
+//! before the new one beats. (Supervisors on other hosts switch when they see their own
+//! request; claims are atomic, so that moment can move a video to another host, never
+//! run it twice.)
 
 use std::time::{Duration, Instant};
 
@@ -26,9 +28,11 @@ impl Fleet {
         }
         let ids = match ids.as_deref().map(str::parse::<WorkerIds>) {
             None => WorkerIds::all(workers),
-            Some(Ok(ids)) if ids.check(workers).is_ok() => ids,
+            Some(Ok(ids)) if ids.check(workers).is_ok() && u32::from(self.args.base_port) + ids.max() <= 65535 => ids,
             Some(Ok(ids)) => {
-                tracing::error!("ignoring a scale request for worker ids {ids} of {workers}: no such ids");
+                tracing::error!(
+                    "ignoring a scale request for worker ids {ids} of {workers}: no such ids, or a port past 65535"
+                );
                 return;
             }
             Some(Err(e)) => {
@@ -56,7 +60,11 @@ impl Fleet {
     pub(super) async fn apply_rescale(&mut self) -> anyhow::Result<()> {
         let Some((workers, ids)) = self.rescaling.take() else { return Ok(()) };
         // Kept counts for the new size, so the done check and status keep reading rows.
-        self.db.ensure_count_layout(workers).await?;
+        // Without them they count the table instead: slower, not wrong, so no reason to
+        // give up the run.
+        if let Err(e) = self.db.ensure_count_layout(workers).await {
+            tracing::warn!("could not keep the counts for {workers} shards ({e}); they are counted from the table");
+        }
         let was = (self.args.workers, self.args.ids());
         self.args.workers = workers;
         self.args.worker_ids = (!ids.is_all(workers)).then(|| ids.clone());

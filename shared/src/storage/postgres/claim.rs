@@ -104,6 +104,13 @@ impl Claimer {
         }
         let mut tx = conn.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(INDEX_LOCK).execute(&mut *tx).await?;
+        // Another worker may have built it while this one waited for the lock.
+        let built: bool =
+            sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(&name).fetch_one(&mut *tx).await?;
+        if built {
+            tx.commit().await?;
+            return Ok(());
+        }
         let sql = format!(
             "CREATE INDEX IF NOT EXISTS {name} ON videos ((video_id % {}), run_after, video_id) WHERE status = 'pending'",
             self.workers

@@ -77,7 +77,7 @@ impl PgStore {
         retry_busy(|| async { Ok(sqlx::query_as(LIVE_RUNS).fetch_all(self.pool()).await?) }).await
     }
 
-    /// Whether a stop was requested, and whether the run is still live.
+    /// Whether a stop was requested, whether the run is still live, and a scale asked.
     pub(crate) async fn heartbeat(&self, run_id: i64) -> Result<Beaten, DbError> {
         retry_busy(|| async {
             let answer: Option<Beaten> = sqlx::query_as(AssertSqlSafe(format!(
@@ -112,13 +112,20 @@ impl PgStore {
     pub(crate) async fn rescaled(&self, run: &FleetRun, now: i64) -> Result<(), DbError> {
         retry_busy(|| async {
             let mut tx = self.pool().begin().await?;
+            sqlx::query("UPDATE fleet_runs SET workers = $1, worker_ids = $2 WHERE run_id = $3")
+                .bind(run.workers)
+                .bind(&run.worker_ids)
+                .bind(run.run_id)
+                .execute(&mut *tx)
+                .await?;
+            // Only the request this layout answers: a newer one stays for the heartbeat.
             sqlx::query(
-                "UPDATE fleet_runs SET workers = $1, worker_ids = $2, scale_to = NULL, scale_ids = NULL \
-                 WHERE run_id = $3",
+                "UPDATE fleet_runs SET scale_to = NULL, scale_ids = NULL \
+                 WHERE run_id = $1 AND scale_to = $2 AND scale_ids IS NOT DISTINCT FROM $3",
             )
+            .bind(run.run_id)
             .bind(run.workers)
             .bind(&run.worker_ids)
-            .bind(run.run_id)
             .execute(&mut *tx)
             .await?;
             sqlx::query("DELETE FROM fleet_workers WHERE run_id = $1").bind(run.run_id).execute(&mut *tx).await?;

@@ -74,12 +74,6 @@ impl PgStore {
         let bad = |e: sqlx::Error| DbError::Connect { url: shown.clone(), reason: connect_reason(e) };
         let mut options = PgConnectOptions::from_str(url).map_err(bad)?.disable_statement_logging();
         options = options.application_name("shardfleet");
-        // Plan each statement for the values it is run with. A prepared claim's generic
-        // plan cannot see that `run_after <= $4` keeps nearly every row, and chose a
-        // bitmap scan of the whole pending shard and a sort over the ordered index
-        // scan that stops after the batch: 20 ms a claim instead of 0.1 (fleet-bench
-        // postgres). Planning anew costs far less than that.
-        options = options.options([("plan_cache_mode", "force_custom_plan")]);
         if read_only {
             options = options.options([("default_transaction_read_only", "on")]);
         }
@@ -94,6 +88,18 @@ impl PgStore {
             }
         }
         let pool = PgPoolOptions::new()
+            // Plan each statement for the values it is run with. A prepared claim's
+            // generic plan cannot see that `run_after <= $4` keeps nearly every row, and
+            // chose a bitmap scan of the whole pending shard and a sort over the ordered
+            // index scan that stops after the batch: 20 ms a claim instead of 0.1
+            // (fleet-bench postgres). Planning anew costs far less. A SET once per
+            // connection, not a start-up option, which poolers such as PgBouncer refuse.
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("SET plan_cache_mode = force_custom_plan").await?;
+                    Ok(())
+                })
+            })
             .max_connections(max_connections.max(1))
             .min_connections(0)
             .acquire_timeout(CONNECT_TIMEOUT)

@@ -63,8 +63,11 @@ impl PgShard {
                 let mut tx = self.conn.begin().await?;
                 let applied = finish::finish_batch(&mut tx, finishes).await?;
                 // The own shard first, then a small batch from each shard helped.
+                // Short when every shard asked had fewer due than asked for: more may be
+                // due in one that filled its batch.
                 let mut claimed = Vec::new();
                 let mut short = false;
+                let mut all_short = true;
                 for (shard, cap) in sources(self.claimer.worker_id(), want, help) {
                     let until = (claimed.len() + cap).min(want);
                     short = false;
@@ -74,11 +77,13 @@ impl PgShard {
                         short = got.len() < ask;
                         claimed.extend(got);
                     }
+                    all_short &= short;
                     if claimed.len() >= want {
                         break;
                     }
                 }
                 tx.commit().await?;
+                let short = short && all_short;
                 Ok::<_, DbError>(ClaimRound { applied, claimed, short })
             };
             match attempt.await {

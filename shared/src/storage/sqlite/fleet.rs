@@ -45,7 +45,7 @@ impl SqliteStore {
         retry_busy(|| async { Ok(sqlx::query_as(LIVE_RUNS).fetch_all(self.pool()).await?) }).await
     }
 
-    /// Whether a stop was requested, and whether the run is still live.
+    /// Whether a stop was requested, whether the run is still live, and a scale asked.
     pub(crate) async fn heartbeat(&self, run_id: i64) -> Result<Beaten, DbError> {
         retry_busy(|| async {
             let answer: Option<Beaten> = sqlx::query_as(
@@ -83,12 +83,20 @@ impl SqliteStore {
         retry_busy(|| async {
             let mut conn = self.pool().acquire().await?;
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            sqlx::query("UPDATE fleet_runs SET workers = ?, worker_ids = ? WHERE run_id = ?")
+                .bind(run.workers)
+                .bind(&run.worker_ids)
+                .bind(run.run_id)
+                .execute(&mut *tx)
+                .await?;
+            // Only the request this layout answers: a newer one stays for the heartbeat.
             sqlx::query(
-                "UPDATE fleet_runs SET workers = ?, worker_ids = ?, scale_to = NULL, scale_ids = NULL WHERE run_id = ?",
+                "UPDATE fleet_runs SET scale_to = NULL, scale_ids = NULL \
+                 WHERE run_id = ? AND scale_to = ? AND scale_ids IS ?",
             )
+            .bind(run.run_id)
             .bind(run.workers)
             .bind(&run.worker_ids)
-            .bind(run.run_id)
             .execute(&mut *tx)
             .await?;
             sqlx::query("DELETE FROM fleet_workers WHERE run_id = ?").bind(run.run_id).execute(&mut *tx).await?;

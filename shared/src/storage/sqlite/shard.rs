@@ -66,8 +66,11 @@ impl SqliteShard {
                 let applied = finish::finish_batch(&mut tx, finishes).await?;
                 // Batches are powers of two: fill `want` with a few of them (7 = 4+2+1),
                 // from the own shard first, then a small batch from each shard helped.
+                // Short when every shard asked had fewer due than asked for: more may be
+                // due in one that filled its batch.
                 let mut claimed = Vec::new();
                 let mut short = false;
+                let mut all_short = true;
                 for (shard, cap) in sources(self.claimer.worker_id(), want, help) {
                     let until = (claimed.len() + cap).min(want);
                     short = false;
@@ -77,11 +80,13 @@ impl SqliteShard {
                         short = got.len() < ask;
                         claimed.extend(got);
                     }
+                    all_short &= short;
                     if claimed.len() >= want {
                         break;
                     }
                 }
                 tx.commit().await?;
+                let short = short && all_short;
                 Ok::<_, DbError>(ClaimRound { applied, claimed, short })
             };
             match attempt.await {
