@@ -215,29 +215,22 @@ fn crashing_worker(dir: &Path) -> PathBuf {
     worker_whose_worker_1(dir, "flaky-worker.sh", "echo 'worker 1 cannot start' >&2; exit 7")
 }
 
+/// A batch fleet of 2 whose worker 1 crashes at every start and is marked errored after
+/// three restarts, with `args` added.
+fn crash_looping_fleet(t: &TestDb, args: &[&str]) -> Command {
+    let mut all = vec!["--mem-limit", "250M", "--sleep", "5ms", "--restart-delay", "10ms", "--crash-loop", "3/60s"];
+    all.push("--exit-when-done");
+    all.extend_from_slice(args);
+    let mut cmd = start(t, 2, &all);
+    cmd.env("FLEET_WORKER_BIN", crashing_worker(t.dir.path()));
+    cmd
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_always_crashes_becomes_errored_while_the_other_finishes_its_shard() {
     let t = TestDb::new().await;
     t.seed(40).await;
-    let mut cmd = start(
-        &t,
-        2,
-        &[
-            "--mem-limit",
-            "250M",
-            "--sleep",
-            "5ms",
-            "--restart-delay",
-            "10ms",
-            "--crash-loop",
-            "3/60s",
-            "--exit-when-done",
-            "--steal",
-            "off",
-        ],
-    );
-    cmd.env("FLEET_WORKER_BIN", crashing_worker(t.dir.path()));
-    let out = run_to_end(cmd);
+    let out = run_to_end(crash_looping_fleet(&t, &["--steal", "off"]));
     let all = text(&out);
     assert_eq!(out.status.code(), Some(4), "{all}");
     assert_eq!(t.shard(0, 2).await.done, 20, "worker 0 finished its shard");
@@ -252,25 +245,7 @@ async fn a_worker_that_always_crashes_becomes_errored_while_the_other_finishes_i
 async fn the_shard_of_a_worker_errored_by_a_crash_loop_is_finished_by_the_others() {
     let t = TestDb::new().await;
     t.seed(40).await;
-    let mut cmd = start(
-        &t,
-        2,
-        &[
-            "--mem-limit",
-            "250M",
-            "--sleep",
-            "5ms",
-            "--restart-delay",
-            "10ms",
-            "--crash-loop",
-            "3/60s",
-            "--lease",
-            "1s",
-            "--exit-when-done",
-        ],
-    );
-    cmd.env("FLEET_WORKER_BIN", crashing_worker(t.dir.path()));
-    let out = run_to_end(cmd);
+    let out = run_to_end(crash_looping_fleet(&t, &["--lease", "1s"]));
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert_eq!(t.counts().await.done, 40, "both shards done");

@@ -9,7 +9,7 @@ use shared::storage::{FleetRun, FleetWorker, SlotStatus};
 
 use crate::helper::{
     LONG, TestDb, WorkerProc, closed_port, fleet_run, monitor_json, run_monitor, spawn_fleet, spawn_monitor_lines,
-    spawn_worker, wait_for,
+    spawn_worker, wait_for, wait_line,
 };
 
 /// Waits until the database has nothing pending or running and every worker's own
@@ -163,16 +163,7 @@ async fn with_db_a_new_run_replaces_the_old_fleet_in_a_running_monitor() {
     let (_first, first_base) = spawn_fleet(&t.path, 1, &["--sleep", "0"]);
     t.db.insert_run(&fleet_run(1, first_base)).await.unwrap();
     let (mut monitor, rx) = spawn_monitor_lines(&["--db", t.path.to_str().unwrap(), "--interval", "200ms"]);
-    let wait_line = |wanted: &str| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).unwrap_or_else(|_| panic!("no line with {wanted:?}"));
-            if line.contains(wanted) {
-                return line;
-            }
-        }
-    };
+    let wait_line = |wanted: &str| wait_line(&rx, wanted);
     let line = wait_line(&format!("  worker 0  :{first_base}"));
     assert!(line.contains(" up "), "a wildcard bind is reached on loopback: {line}");
 
@@ -192,16 +183,7 @@ async fn with_db_a_running_monitor_follows_a_fleet_re_partitioned_by_supervisor_
     let mut run = fleet_run(1, base);
     run.run_id = t.db.insert_run(&run).await.unwrap();
     let (mut monitor, rx) = spawn_monitor_lines(&["--db", t.path.to_str().unwrap(), "--interval", "200ms"]);
-    let wait_line = |wanted: &str| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).unwrap_or_else(|_| panic!("no line with {wanted:?}"));
-            if line.contains(wanted) {
-                return line;
-            }
-        }
-    };
+    let wait_line = |wanted: &str| wait_line(&rx, wanted);
     wait_line(&format!("  worker 0  :{base}"));
 
     // What the supervisor records when `supervisor scale 2` has re-partitioned the run.

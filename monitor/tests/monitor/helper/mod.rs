@@ -87,3 +87,15 @@ pub fn spawn_monitor_lines(args: &[&str]) -> (std::process::Child, std::sync::mp
     });
     (monitor, rx)
 }
+
+/// The next line from `rx` that contains `wanted`; panics after 20 s without one.
+pub fn wait_line(rx: &std::sync::mpsc::Receiver<String>, wanted: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx.recv_timeout(left).unwrap_or_else(|_| panic!("no line with {wanted:?}"));
+        if line.contains(wanted) {
+            return line;
+        }
+    }
+}
