@@ -160,7 +160,10 @@ async fn a_postgres_url_that_cannot_be_used_is_refused_in_one_sentence_and_creat
 async fn a_fleet_reaches_postgres_over_verified_tls_and_a_server_it_cannot_verify_is_refused() {
     let Some(url) = testkit::fresh_postgres_url().await else { return };
     let Ok(ca) = std::env::var("FLEET_TEST_POSTGRES_CA") else {
-        eprintln!("skipped: FLEET_TEST_POSTGRES_CA is not set (.ci/postgres turns TLS on where openssl is found)");
+        testkit::skip(
+            "postgres-tls",
+            "FLEET_TEST_POSTGRES_CA is not set (.ci/postgres turns TLS on where openssl is found)",
+        );
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -125,7 +125,7 @@ async fn memory_limit_run(t: &TestDb, mode: &str) -> Option<Output> {
     ));
     let all = text(&out);
     if mode == "cgroup" && all.contains("no usable memory cgroup") {
-        eprintln!("skipping the cgroup case: {}", all.lines().last().unwrap_or(""));
+        testkit::skip("cgroup", all.lines().last().unwrap_or(""));
         return None;
     }
     Some(out)
@@ -147,7 +147,7 @@ async fn assert_memory_kill(t: &TestDb, out: &Output) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_past_the_memory_limit_fails_its_attempt_in_cgroup_mode_and_the_fleet_carries_on() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: creating cgroups needs root here");
+        testkit::skip("root", "creating cgroups needs root here");
         return;
     }
     let t = TestDb::new().await;
@@ -645,7 +645,7 @@ async fn a_killed_workers_handlers_do_not_outlive_it_in_sampling_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_workers_handlers_do_not_outlive_it_in_cgroup_mode() {
     if !nix::unistd::geteuid().is_root() || shared::cgroup::own_memory_cgroup().is_none() {
-        eprintln!("skipping: no memory cgroup to put workers in here");
+        testkit::skip("cgroup", "no memory cgroup to put workers in here");
         return;
     }
     killed_worker_leaves_no_handler("cgroup").await;

@@ -39,7 +39,7 @@ fn run_wrangler(wrangler: &Path, dir: &Path, args: &[&str]) -> Output {
 #[test]
 fn a_database_wrangler_migrated_runs_the_fleet_and_wrangler_then_has_nothing_to_apply() {
     let Some(wrangler) = wrangler() else {
-        eprintln!("skipping: wrangler is not installed (set WRANGLER, or run .ci/run, which installs it)");
+        testkit::skip("wrangler", "wrangler is not installed (set WRANGLER, or run .ci/run, which installs it)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -132,6 +132,26 @@ impl TestDb {
     }
 }
 
+/// The variable listing, comma-separated, the services whose absence must fail a test
+/// instead of skipping it. `.ci/run` sets it to everything it installs, so a CI run
+/// cannot pass by skipping. The names: `postgres`, `postgres-tls`, `cgroup`, `wrangler`,
+/// `sqlite3`, `uts`, `root`, `systemd`, `kubernetes`, `podman`, and those later tests add.
+pub const REQUIRE_VAR: &str = "FLEET_TEST_REQUIRE";
+
+/// Whether `service` is named in `FLEET_TEST_REQUIRE`.
+pub fn required(service: &str) -> bool {
+    std::env::var(REQUIRE_VAR).is_ok_and(|v| v.split(',').any(|s| s.trim() == service))
+}
+
+/// A test skips because `service` is missing here, saying `why` in one line. Panics
+/// instead when `FLEET_TEST_REQUIRE` names the service: there, a skip would hide it.
+pub fn skip(service: &str, why: impl std::fmt::Display) {
+    if required(service) {
+        panic!("{service} is required here ({REQUIRE_VAR}) but missing: {why}");
+    }
+    eprintln!("skipping ({service}): {why}");
+}
+
 /// The variable naming the PostgreSQL server the tests may create databases on.
 pub const POSTGRES_SERVER_VAR: &str = "FLEET_TEST_POSTGRES_URL";
 
@@ -142,8 +162,9 @@ pub const POSTGRES_SERVER_VAR: &str = "FLEET_TEST_POSTGRES_URL";
 pub async fn fresh_postgres() -> Option<DbLocation> {
     let server = std::env::var(POSTGRES_SERVER_VAR).ok().filter(|s| !s.is_empty());
     let Some(server) = server else {
-        eprintln!(
-            "skipping PostgreSQL: {POSTGRES_SERVER_VAR} is not set (.ci/run starts a PostgreSQL server and sets it)"
+        skip(
+            "postgres",
+            format_args!("{POSTGRES_SERVER_VAR} is not set (.ci/run starts a PostgreSQL server and sets it)"),
         );
         return None;
     };

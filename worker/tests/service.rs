@@ -104,7 +104,7 @@ async fn under_systemd_a_worker_says_ready_reports_progress_pings_its_watchdog_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_loop_is_held_up_stops_pinging_its_watchdog_until_the_loop_turns_again() {
     if Command::new("sqlite3").arg("-version").output().is_err() {
-        eprintln!("skipped: no sqlite3 command to hold the database's write lock with");
+        testkit::skip("sqlite3", "no sqlite3 command to hold the database's write lock with");
         return;
     }
     let t = TestDb::new().await;
@@ -224,7 +224,7 @@ async fn a_pod_named_like_a_statefulsets_third_pod_works_its_shard_as_worker_2()
     // A host name of the test's own needs a UTS namespace, which only root may make.
     let probe = Command::new("unshare").args(["--uts", "true"]).output();
     if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!("skipped: cannot make a UTS namespace here (unshare --uts needs root)");
+        testkit::skip("uts", "cannot make a UTS namespace here (unshare --uts needs root)");
         return;
     }
     let t = TestDb::new().await;
