@@ -486,10 +486,9 @@ pub(crate) async fn check_done(db: &DbLocation, n: i64) -> anyhow::Result<()> {
     let counts = testing::count_table(&store, 1).await?[0];
     // `count(CASE ...)`: the one spelling of a filtered count both backends take.
     let sql = "SELECT count(*), count(CASE WHEN outcome = 'done' THEN 1 END) FROM attempts";
-    let (attempts, done_attempts): (i64, i64) = match &store {
-        Store::Postgres(s) => sqlx::query_as(sql).fetch_one(s.pool()).await?,
-        Store::Sqlite(s) => sqlx::query_as(sql).fetch_one(s.pool()).await?,
-    };
+    let row = testing::query(&store, sql).await?.remove(0);
+    let count = |i: usize| row[i].as_deref().and_then(|n| n.parse::<i64>().ok()).unwrap_or(0);
+    let (attempts, done_attempts) = (count(0), count(1));
     store.close().await;
     if counts.done as i64 != n || attempts != n || done_attempts != n {
         bail!("the fleet left {} of {n} videos done, {attempts} attempts of which {done_attempts} done", counts.done);

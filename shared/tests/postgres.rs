@@ -11,16 +11,13 @@ use std::time::Duration;
 
 use common::{claim, done, import, policy};
 use shared::status::VideoStatus;
-use shared::storage::postgres::PG_MIGRATIONS;
-use shared::storage::testing;
+use shared::storage::testing::{self, POSTGRES_MIGRATIONS as PG_MIGRATIONS};
 use shared::storage::{DbLocation, Finish, ImportRow, NewVideo, ShardSpec, Store, now_ms};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 
-fn pg(db: &Store) -> &PgPool {
-    match db {
-        Store::Postgres(s) => s.pool(),
-        Store::Sqlite(_) => panic!("a PostgreSQL store"),
-    }
+/// A pool of the test's own on the database, as another client of it.
+async fn pg(db: &DbLocation) -> PgPool {
+    PgPool::connect(url(db)).await.unwrap()
 }
 
 fn url(db: &DbLocation) -> &str {
@@ -192,7 +189,7 @@ async fn a_claim_reads_the_shards_pending_index() {
             .bind(1_i64)
             .bind(now + 10_000)
             .bind(now)
-            .fetch_all(pg(&db))
+            .fetch_all(&pg(&url).await)
             .await
             .unwrap();
         let plan = plan.join("\n");
@@ -214,7 +211,8 @@ async fn a_claim_passes_over_rows_another_transaction_holds_instead_of_waiting()
     let mut shard = db.open_shard(ShardSpec::new(1, 0)).await.unwrap();
 
     // Another writer (a supervisor handing back, a stealing worker) holds videos 1-5.
-    let mut other = pg(&db).begin().await.unwrap();
+    let pool = pg(&url).await;
+    let mut other = pool.begin().await.unwrap();
     sqlx::query("SELECT video_id FROM videos WHERE video_id <= 5 FOR UPDATE").execute(&mut *other).await.unwrap();
     let round = tokio::time::timeout(Duration::from_secs(10), claim(&mut shard, 64, now_ms(), Duration::from_secs(10)))
         .await

@@ -7,12 +7,8 @@ mod common;
 use common::{assert_exact, ensure, finish_with_warnings};
 use shared::status::{ShardCounts, VideoStatus};
 use shared::storage::Store;
-use shared::storage::sqlite::{MIGRATIONS, Migration};
-use sqlx::{Connection, Executor, SqliteConnection, SqlitePool};
-
-fn pool(db: &Store) -> &SqlitePool {
-    db.as_sqlite().expect("a SQLite store").pool()
-}
+use shared::storage::testing::{self, Migration, SQLITE_MIGRATIONS as MIGRATIONS};
+use sqlx::{Connection, Executor, SqliteConnection};
 
 /// Applies the migration files the way `sqlite3 fleet.db < migrations/*.sql` would: no
 /// bookkeeping table.
@@ -44,10 +40,10 @@ async fn a_schema_applied_by_sqlite3_is_adopted_not_applied_twice() {
     conn.close().await.unwrap();
 
     let db = Store::open(&path, 2).await.unwrap();
-    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM d1_migrations").fetch_all(pool(&db)).await.unwrap();
+    let names: Vec<String> = testing::column(&db, "SELECT name FROM d1_migrations").await.unwrap();
     assert_eq!(names, MIGRATIONS.iter().map(|m| m.name).collect::<Vec<_>>());
     assert_eq!(db.count_videos().await.unwrap(), 1, "existing rows are untouched");
-    let journal = db.as_sqlite().unwrap().journal_mode().await.unwrap();
+    let journal = testing::column(&db, "PRAGMA journal_mode").await.unwrap().remove(0);
     assert_eq!(journal, "delete", "the journal mode of an existing file is left alone");
 }
 
@@ -68,7 +64,7 @@ async fn a_database_wrangler_migrated_is_used_as_it_is() {
     conn.close().await.unwrap();
 
     let db = Store::open(&path, 2).await.unwrap();
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM d1_migrations").fetch_one(pool(&db)).await.unwrap();
+    let rows: i64 = testing::scalar(&db, "SELECT count(*) FROM d1_migrations").await.unwrap();
     assert_eq!(rows, MIGRATIONS.len() as i64);
 }
 
@@ -97,7 +93,7 @@ async fn a_sqlite3_schema_that_has_the_warnings_columns_is_adopted_with_its_trig
 
     // Running 0004 again would fail on its first ALTER TABLE: adoption is what lets it open.
     let db = Store::open(&path, 2).await.unwrap();
-    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM d1_migrations").fetch_one(pool(&db)).await.unwrap();
+    let recorded: i64 = testing::scalar(&db, "SELECT count(*) FROM d1_migrations").await.unwrap();
     assert_eq!(recorded, MIGRATIONS.len() as i64);
     let warned = Some("w".to_string());
     assert_eq!(finish_with_warnings(&db, 1, VideoStatus::Done, "w").await, (warned.clone(), warned));
@@ -113,8 +109,7 @@ async fn a_sqlite3_schema_from_before_the_warnings_gets_the_columns_and_the_new_
 
     // The trigger 0004 replaces already exists; the missing columns say it never ran.
     let db = Store::open(&path, 2).await.unwrap();
-    let recorded: Vec<String> =
-        sqlx::query_scalar("SELECT name FROM d1_migrations ORDER BY id").fetch_all(pool(&db)).await.unwrap();
+    let recorded: Vec<String> = testing::column(&db, "SELECT name FROM d1_migrations ORDER BY id").await.unwrap();
     assert_eq!(recorded, MIGRATIONS.iter().map(|m| m.name).collect::<Vec<_>>());
     let warned = Some("File ended prematurely".to_string());
     assert_eq!(
@@ -206,8 +201,7 @@ async fn a_version_2_database_gets_counts_of_the_videos_it_already_has() {
     reader.close().await;
 
     let db = Store::open(&path, 1).await.unwrap();
-    let names: Vec<String> =
-        sqlx::query_scalar("SELECT name FROM d1_migrations ORDER BY id").fetch_all(pool(&db)).await.unwrap();
+    let names: Vec<String> = testing::column(&db, "SELECT name FROM d1_migrations ORDER BY id").await.unwrap();
     assert_eq!(names, MIGRATIONS.iter().map(|m| m.name).collect::<Vec<_>>(), "every later migration applied");
     assert_exact(&db, 1, "right after the migration").await;
     assert_eq!(db.totals().await.unwrap(), ShardCounts { pending: 2, running: 0, done: 1, failed: 1 });
@@ -225,7 +219,7 @@ async fn a_version_3_schema_applied_by_another_tool_is_adopted_and_counts() {
     conn.close().await.unwrap();
 
     let db = Store::open(&path, 1).await.unwrap();
-    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM d1_migrations").fetch_one(pool(&db)).await.unwrap();
+    let recorded: i64 = testing::scalar(&db, "SELECT count(*) FROM d1_migrations").await.unwrap();
     assert_eq!(recorded, MIGRATIONS.len() as i64, "the third migration is recorded, not applied again");
     assert_exact(&db, 1, "adopted").await;
 }

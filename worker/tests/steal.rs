@@ -44,10 +44,7 @@ impl Db {
     }
 
     fn name(&self) -> &'static str {
-        match self.store {
-            Store::Sqlite(_) => "SQLite",
-            Store::Postgres(_) => "PostgreSQL",
-        }
+        if self.store.is_postgres() { "PostgreSQL" } else { "SQLite" }
     }
 
     fn spawn(&self, k: u32, n: u32, args: &[&str]) -> WorkerProc {

@@ -4,6 +4,9 @@
 //! from one whose owner is only busy. Who may take from whom is decided in the worker
 //! (`worker::steal`); this module only reads and writes the rows.
 
+use super::conn::{Conn, args};
+use crate::error::DbError;
+
 /// One worker's last heartbeat in a fleet of a given size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Beat {
@@ -23,6 +26,38 @@ impl Beat {
     pub fn lapsed(&self, now: i64) -> bool {
         self.beat_at.saturating_add(self.lease_ms) < now
     }
+}
+
+/// Writes worker `worker_id`'s beat in a fleet of `workers`.
+pub(crate) async fn beat(
+    conn: &mut dyn Conn,
+    (workers, worker_id): (u32, u32),
+    owner: &str,
+    now: i64,
+    lease_ms: i64,
+) -> Result<(), DbError> {
+    conn.execute(
+        "INSERT INTO worker_beats (workers, worker_id, owner, beat_at, lease_ms) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (workers, worker_id) DO UPDATE SET owner = excluded.owner, beat_at = excluded.beat_at, \
+         lease_ms = excluded.lease_ms",
+        args![workers, worker_id, owner, now, lease_ms],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Every beat of a fleet of `workers`, by worker id.
+pub(crate) async fn beats(conn: &mut dyn Conn, workers: u32) -> Result<Vec<Beat>, DbError> {
+    let rows = conn
+        .fetch(
+            "SELECT worker_id, owner, beat_at, lease_ms FROM worker_beats WHERE workers = $1 ORDER BY worker_id",
+            args![workers],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Beat { worker_id: r.int(0) as u32, owner: r.text(1), beat_at: r.int(2), lease_ms: r.int(3) })
+        .collect())
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! Retrying what the database refused as busy ("database is locked", a stale snapshot):
-//! with jittered, growing sleeps, inside the storage module, so no caller ever loops on
-//! a lock and no lock ever becomes a failed video.
+//! Retrying what the database refused for now ("database is locked", a stale snapshot,
+//! a serialization failure): with jittered, growing sleeps, in this one place, so no
+//! verb writes its own loop, no caller ever loops on a lock, and no lock ever becomes a
+//! failed video. [`retry`] lends a borrowed connection to each try.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,6 +62,42 @@ impl Default for BusyRetry {
         Self::new()
     }
 }
+
+/// Runs `$body` with `$c` bound to the connection `$conn` lends it, again while the
+/// database refuses it for now; evaluates to its `Result`. Each try gets the connection
+/// anew, so the body may begin a transaction on it, and `?` and `return` inside the
+/// body end that try, not the caller. (A macro, not a function taking a closure: a
+/// closure lent a `&mut dyn Conn` makes a future the compiler cannot prove `Send` for
+/// every lifetime, and the workers run these futures in spawned tasks.)
+macro_rules! retrying {
+    ($conn:expr, |$c:ident| $body:expr) => {{
+        let mut busy = $crate::storage::busy::BusyRetry::new();
+        loop {
+            let $c: &mut dyn $crate::storage::conn::Conn = &mut *$conn;
+            match async { $body }.await {
+                Err(e) => {
+                    if let Err(e) = busy.wait(e).await {
+                        break Err(e);
+                    }
+                }
+                ok => break ok,
+            }
+        }
+    }};
+}
+pub(crate) use retrying;
+
+/// [`retrying`] on a connection from `$store`'s pool, for one verb.
+macro_rules! run {
+    ($store:expr, |$c:ident| $body:expr) => {
+        async {
+            let mut conn = $store.conn().await?;
+            $crate::storage::busy::retrying!(conn, |$c| $body)
+        }
+        .await
+    };
+}
+pub(crate) use run;
 
 /// Runs `op` until it succeeds or fails with something other than "database is locked".
 pub async fn retry_busy<T, F, Fut>(mut op: F) -> Result<T, DbError>

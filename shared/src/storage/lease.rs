@@ -1,9 +1,16 @@
-//! Leases: who holds one (the owner names a claim writes), and the leases of workers
-//! that are gone, which the supervisor hands back when a worker dies or when it finds
-//! the claims of a run whose supervisor was killed. (A worker's own leases, renewed,
-//! reclaimed and handed back, are its [`Shard`](super::Shard)'s.)
+//! Leases: who holds one (the owner names a claim writes), renewing the ones a live
+//! worker holds, taking back the ones whose worker stopped renewing, and handing back
+//! the ones a stopping (or dead) worker held.
+//!
+//! Taking back and handing back read the claims concerned, let the retry policy decide
+//! what becomes of each (`crate::retry`), and write those decisions in one statement,
+//! fenced like a finish: a row changes only while it is still running under the same
+//! claim token (and, for a lapsed lease, still lapsed), so a worker that finished or
+//! renewed in between keeps what it did.
 
 use super::Store;
+use super::busy::run;
+use super::conn::{Arg, BatchCols, Col, Conn, Row, args};
 use crate::error::DbError;
 use crate::retry::{Ending, RetryPolicy};
 use crate::status::{Outcome, VideoStatus};
@@ -22,11 +29,132 @@ impl Store {
         now: i64,
         policy: &RetryPolicy,
     ) -> Result<Vec<(i64, VideoStatus)>, DbError> {
-        match self {
-            Store::Sqlite(s) => s.release_process(worker_id, pid, outcome, error, now, policy).await,
-            Store::Postgres(s) => s.release_process(worker_id, pid, outcome, error, now, policy).await,
-        }
+        let pattern = owner_pattern(worker_id, pid);
+        let why = (Ending::WorkerGone, outcome);
+        run!(self, |c| release_matching(c, &pattern, now, why, error, policy).await)
     }
+}
+
+/// Extends every lease `owner` holds to `expires_at`. One statement however many videos
+/// the worker runs; returns how many it renewed.
+pub(crate) async fn renew_owner(conn: &mut dyn Conn, owner: &str, expires_at: i64) -> Result<u64, DbError> {
+    conn.execute(
+        "UPDATE videos SET lease_expires_at = $1 WHERE status = 'running' AND lease_owner = $2 AND lease_expires_at < $1",
+        args![expires_at, owner],
+    )
+    .await
+}
+
+const HELD_COLUMNS: &str = "SELECT video_id, lease_token, attempts, lease_owner, started_at FROM videos";
+
+/// Rows written by other tools may hold anything: what does not decode reads as absent
+/// rather than panicking (the write is fenced on what was read, so nothing is lost).
+fn held(rows: Vec<Row>) -> Vec<Held> {
+    rows.into_iter()
+        .map(|r| Held {
+            video_id: r.int(0),
+            token: r.opt_int(1),
+            attempts: r.int(2),
+            owner: r.opt_text(3),
+            started_at: r.opt_int(4),
+        })
+        .collect()
+}
+
+/// Takes back the videos of shard `shard` whose lease lapsed before `now`, except those
+/// `own` holds: a live worker whose renewal was held up (a long lock held by someone
+/// else) must not take back the jobs it is still running. Their worker is gone, so
+/// `policy` decides as for a lost worker. The modulus is bound here: the sweep reads
+/// the small set of running rows, not the pending index. Returns each video taken back
+/// with its new status.
+pub(crate) async fn reclaim_expired(
+    conn: &mut dyn Conn,
+    (workers, shard): (u32, u32),
+    own: &str,
+    now: i64,
+    policy: &RetryPolicy,
+) -> Result<Vec<(i64, VideoStatus)>, DbError> {
+    let sql = format!(
+        "{HELD_COLUMNS} WHERE status = 'running' AND lease_expires_at < $1 AND video_id % $2 = $3 AND lease_owner <> $4"
+    );
+    let rows = conn.fetch(&sql, args![now, workers, shard, own]).await?;
+    let settles: Vec<Settle> = held(rows)
+        .into_iter()
+        .map(|h| {
+            let error = format!("lease expired: {} stopped renewing it", h.owner.as_deref().unwrap_or("?"));
+            Settle::of(&h, policy, Ending::WorkerGone, Outcome::Expired, error, now, Some(now))
+        })
+        .collect();
+    settle(conn, &settles).await
+}
+
+/// Hands back every running video whose owner matches `owner_like` (a LIKE pattern such
+/// as `worker-1/4242:%`, the owner names of one process; an owner name is its own
+/// pattern), recording `outcome` and `error`. `ending` says why: a worker stopping on
+/// request hands back its attempts, a dead one's count; `policy` decides the rest.
+pub(crate) async fn release_matching(
+    conn: &mut dyn Conn,
+    owner_like: &str,
+    now: i64,
+    (ending, outcome): (Ending, Outcome),
+    error: &str,
+    policy: &RetryPolicy,
+) -> Result<Vec<(i64, VideoStatus)>, DbError> {
+    let sql = format!("{HELD_COLUMNS} WHERE status = 'running' AND lease_owner LIKE $1");
+    let rows = conn.fetch(&sql, args![owner_like]).await?;
+    let settles: Vec<Settle> =
+        held(rows).iter().map(|h| Settle::of(h, policy, ending, outcome, error.to_string(), now, None)).collect();
+    settle(conn, &settles).await
+}
+
+const SETTLE: &str = "UPDATE videos SET \
+       status = j.status, attempts = attempts - j.give_back, last_outcome = j.outcome, last_error = j.error, \
+       run_after = j.run_after, finished_at = j.finished_at, duration_ms = j.duration_ms, \
+       lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+     FROM {rows} \
+     WHERE videos.video_id = j.video_id AND videos.status = 'running' \
+       AND videos.lease_token IS NOT DISTINCT FROM j.token \
+       AND (j.lapsed_before IS NULL OR videos.lease_expires_at < j.lapsed_before) \
+     RETURNING videos.video_id, videos.status";
+
+const SETTLE_COLS: BatchCols = BatchCols(&[
+    ("video_id", Col::Int),
+    ("token", Col::Int),
+    ("status", Col::Text),
+    ("give_back", Col::Int),
+    ("outcome", Col::Text),
+    ("error", Col::Text),
+    ("run_after", Col::Int),
+    ("finished_at", Col::Int),
+    ("duration_ms", Col::Int),
+    ("lapsed_before", Col::Int),
+]);
+
+/// Writes settled claims; returns each video whose write took effect, with its status.
+async fn settle(conn: &mut dyn Conn, settles: &[Settle]) -> Result<Vec<(i64, VideoStatus)>, DbError> {
+    if settles.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<Vec<Arg>> = settles
+        .iter()
+        .map(|s| {
+            vec![
+                s.video_id.into(),
+                s.token.into(),
+                s.status.as_str().into(),
+                s.give_back.into(),
+                s.outcome.as_str().into(),
+                s.error.as_str().into(),
+                s.run_after.into(),
+                s.finished_at.into(),
+                s.duration_ms.into(),
+                s.lapsed_before.into(),
+            ]
+        })
+        .collect();
+    let written = conn.batch(SETTLE, SETTLE_COLS, &rows).await?;
+    // Our own write: the status is one this build wrote.
+    Ok(written.iter().map(|r| (r.int(0), r.text(1).parse().unwrap_or(VideoStatus::Pending))).collect())
 }
 
 /// The lease owner name of a worker process; `nonce` tells apart two processes that

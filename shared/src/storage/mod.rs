@@ -9,6 +9,7 @@
 mod beats;
 mod busy;
 mod claim;
+mod conn;
 mod counts;
 mod export;
 mod finish;
@@ -16,10 +17,10 @@ mod fleet;
 mod import;
 mod lease;
 pub mod location;
-pub mod postgres;
+pub(crate) mod postgres;
 mod requeue;
 mod shard;
-pub mod sqlite;
+pub(crate) mod sqlite;
 mod store;
 mod summary;
 #[cfg(feature = "testing")]

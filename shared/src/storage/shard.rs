@@ -1,16 +1,24 @@
-//! A worker's session on its shard: the one writer of a worker process. It claims,
-//! writes finished attempts, renews and reclaims leases, counts the shard and hands back
-//! what it holds, each with busy retries inside.
+//! A worker's session on its shard: the one writer of a worker process, on one
+//! connection of its own, so every write of the worker goes through it in turn and
+//! batches naturally. The finished attempts that arrived while the last round ran are
+//! written with the next claim in one transaction (on SQLite `BEGIN IMMEDIATE`; on
+//! PostgreSQL READ COMMITTED). Each statement in it is correct on its own (the claim and
+//! the fenced finish are single statements, as D1 needs), so the transaction only saves
+//! commits and makes the round all or nothing. Every call is retried here when the
+//! database refuses it for now (`busy::retry`).
 
 use std::time::Duration;
 
-use super::postgres::PgShard;
-use super::sqlite::SqliteShard;
-use super::{Beat, Claimed, Finish, Store};
+use rand::RngExt;
+
+use super::busy::retrying;
+use super::claim::{Claimer, batch_size};
+use super::conn::{Begin, Conn};
+use super::{Beat, Claimed, Finish, Store, beats, counts, finish, lease};
 use crate::config::{DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_SOURCE};
 use crate::error::DbError;
-use crate::retry::RetryPolicy;
-use crate::status::{ShardCounts, VideoStatus};
+use crate::retry::{Ending, RetryPolicy};
+use crate::status::{Outcome, ShardCounts, VideoStatus};
 
 /// Which shard a worker owns and how large a row it takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,10 +63,15 @@ pub struct ClaimRound {
 
 /// A worker's own connection to its shard, with its lease owner name (unique to the
 /// process) and the claim statements for its shard.
-#[derive(Debug)]
-pub enum Shard {
-    Sqlite(SqliteShard),
-    Postgres(PgShard),
+pub struct Shard {
+    conn: Box<dyn Conn>,
+    claimer: Claimer,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard").field("claimer", &self.claimer).finish_non_exhaustive()
+    }
 }
 
 impl Store {
@@ -66,25 +79,28 @@ impl Store {
     /// index if it is not there yet. (A worker also makes the counts kept for its number
     /// of shards: [`Store::ensure_count_layout`].)
     pub async fn open_shard(&self, spec: ShardSpec) -> Result<Shard, DbError> {
-        match self {
-            Store::Sqlite(s) => Ok(Shard::Sqlite(SqliteShard::open(s, spec).await?)),
-            Store::Postgres(s) => Ok(Shard::Postgres(PgShard::open(s, spec).await?)),
-        }
+        let mut conn = self.conn().await?;
+        let owner = lease::owner_name(spec.worker_id, std::process::id(), rand::rng().random::<u32>());
+        let backend = conn.backend();
+        let claimer = Claimer::new(backend, spec.workers, spec.worker_id, owner, spec.max_source, spec.max_payload);
+        claimer.ensure_index(&mut *conn).await?;
+        Ok(Shard { conn, claimer })
     }
 }
 
 impl Shard {
     /// The lease owner name this session writes: the worker's id, pid and a nonce.
     pub fn owner(&self) -> &str {
-        match self {
-            Shard::Sqlite(s) => s.owner(),
-            Shard::Postgres(s) => s.owner(),
-        }
+        &self.claimer.owner
+    }
+
+    /// The fleet size and the own shard: `(workers, worker_id)`.
+    pub fn spec(&self) -> (u32, u32) {
+        (self.claimer.workers, self.claimer.worker_id)
     }
 
     /// Writes `finishes` (fenced on their claims) and claims up to `want` due videos of
-    /// the own shard, leased until `now + lease`, together: one transaction where the
-    /// backend has them.
+    /// the own shard, leased until `now + lease`, together, in one transaction.
     pub async fn finish_and_claim(
         &mut self,
         finishes: &[Finish],
@@ -106,18 +122,43 @@ impl Shard {
         now: i64,
         lease: Duration,
     ) -> Result<ClaimRound, DbError> {
-        match self {
-            Shard::Sqlite(s) => s.finish_and_claim(finishes, want, help, now, lease).await,
-            Shard::Postgres(s) => s.finish_and_claim(finishes, want, help, now, lease).await,
+        if finishes.is_empty() && want == 0 {
+            return Ok(ClaimRound::default());
         }
+        let claimer = &self.claimer;
+        retrying!(self.conn, |c| {
+            let mut tx = c.begin(Begin::Write).await?;
+            let applied = finish::finish_batch(&mut *tx, finishes).await?;
+            // Batches are powers of two: fill `want` with a few of them (7 = 4+2+1),
+            // from the own shard first, then a small batch from each shard helped.
+            // Short when every shard asked had fewer due than asked for: more may be
+            // due in one that filled its batch.
+            let mut claimed = Vec::new();
+            let mut short = false;
+            let mut all_short = true;
+            for (shard, cap) in sources(claimer.worker_id, want, help) {
+                let until = (claimed.len() + cap).min(want);
+                short = false;
+                while claimed.len() < until && !short {
+                    let ask = batch_size(until - claimed.len());
+                    let got = claimer.claim(&mut *tx, shard, ask, now, lease).await?;
+                    short = got.len() < ask;
+                    claimed.extend(got);
+                }
+                all_short &= short;
+                if claimed.len() >= want {
+                    break;
+                }
+            }
+            tx.commit().await?;
+            Ok(ClaimRound { applied, claimed, short: short && all_short })
+        })
     }
 
     /// Extends every lease this session holds to `expires_at`; returns how many.
     pub async fn renew(&mut self, expires_at: i64) -> Result<u64, DbError> {
-        match self {
-            Shard::Sqlite(s) => s.renew(expires_at).await,
-            Shard::Postgres(s) => s.renew(expires_at).await,
-        }
+        let owner = &self.claimer.owner;
+        retrying!(self.conn, |c| lease::renew_owner(c, owner, expires_at).await)
     }
 
     /// Takes back the shard's videos whose lease lapsed before `now`, except this
@@ -129,7 +170,7 @@ impl Shard {
         now: i64,
         policy: &RetryPolicy,
     ) -> Result<Vec<(i64, VideoStatus)>, DbError> {
-        let own = self.spec().1;
+        let own = self.claimer.worker_id;
         self.reclaim_expired_in(own, now, policy).await
     }
 
@@ -141,60 +182,41 @@ impl Shard {
         now: i64,
         policy: &RetryPolicy,
     ) -> Result<Vec<(i64, VideoStatus)>, DbError> {
-        match self {
-            Shard::Sqlite(s) => s.reclaim_expired(shard, now, policy).await,
-            Shard::Postgres(s) => s.reclaim_expired(shard, now, policy).await,
-        }
+        let (workers, owner) = (self.claimer.workers, &self.claimer.owner);
+        retrying!(self.conn, |c| lease::reclaim_expired(c, (workers, shard), owner, now, policy).await)
     }
 
     /// The videos of every shard of the fleet by status, indexed by shard.
     pub async fn all_counts(&mut self) -> Result<Vec<ShardCounts>, DbError> {
-        match self {
-            Shard::Sqlite(s) => s.all_counts().await,
-            Shard::Postgres(s) => s.all_counts().await,
-        }
-    }
-
-    /// Writes this worker's heartbeat: alive at `now`, with a lease of `lease_ms`.
-    pub async fn beat(&mut self, now: i64, lease_ms: i64) -> Result<(), DbError> {
-        match self {
-            Shard::Sqlite(s) => s.beat(now, lease_ms).await,
-            Shard::Postgres(s) => s.beat(now, lease_ms).await,
-        }
-    }
-
-    /// The last heartbeat of each worker of this fleet size that ever beat.
-    pub async fn beats(&mut self) -> Result<Vec<Beat>, DbError> {
-        match self {
-            Shard::Sqlite(s) => s.beats().await,
-            Shard::Postgres(s) => s.beats().await,
-        }
-    }
-
-    /// The fleet size and the own shard: `(workers, worker_id)`.
-    pub fn spec(&self) -> (u32, u32) {
-        match self {
-            Shard::Sqlite(s) => s.spec(),
-            Shard::Postgres(s) => s.spec(),
-        }
+        let workers = self.claimer.workers;
+        retrying!(self.conn, |c| counts::by_shard(c, workers).await)
     }
 
     /// The shard's videos by status: the kept counts, or a count of the shard's rows
     /// where they are not kept for this number of shards.
     pub async fn counts(&mut self) -> Result<ShardCounts, DbError> {
-        match self {
-            Shard::Sqlite(s) => s.counts().await,
-            Shard::Postgres(s) => s.counts().await,
-        }
+        let (workers, worker_id) = self.spec();
+        retrying!(self.conn, |c| counts::shard_counts(c, workers, worker_id).await)
+    }
+
+    /// Writes this worker's heartbeat: alive at `now`, with a lease of `lease_ms`.
+    pub async fn beat(&mut self, now: i64, lease_ms: i64) -> Result<(), DbError> {
+        let (spec, owner) = (self.spec(), &self.claimer.owner);
+        retrying!(self.conn, |c| beats::beat(c, spec, owner, now, lease_ms).await)
+    }
+
+    /// The last heartbeat of each worker of this fleet size that ever beat.
+    pub async fn beats(&mut self) -> Result<Vec<Beat>, DbError> {
+        let workers = self.claimer.workers;
+        retrying!(self.conn, |c| beats::beats(c, workers).await)
     }
 
     /// Hands back every video this session still holds (jobs the worker stopped on its
     /// way out), as `policy` decides for a handed-back attempt; returns the ids.
     pub async fn hand_back(&mut self, now: i64, error: &str, policy: &RetryPolicy) -> Result<Vec<i64>, DbError> {
-        match self {
-            Shard::Sqlite(s) => s.hand_back(now, error, policy).await,
-            Shard::Postgres(s) => s.hand_back(now, error, policy).await,
-        }
+        let (owner, why) = (&self.claimer.owner, (Ending::HandedBack, Outcome::Released));
+        let back = retrying!(self.conn, |c| lease::release_matching(c, owner, now, why, error, policy).await)?;
+        Ok(back.into_iter().map(|(id, _)| id).collect())
     }
 }
 

@@ -4,15 +4,22 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::busy::run;
+use super::conn::{Backend, Conn, ConnExt};
 use super::location::DbLocation;
 use super::postgres::PgStore;
 use super::sqlite::SqliteStore;
 use crate::error::DbError;
 
 /// An open, migrated (or, read-only, recognised) fleet database. Cheap to clone: clones
-/// share the connections.
+/// share the connections. Which backend it is stays inside `storage`.
 #[derive(Clone, Debug)]
-pub enum Store {
+pub struct Store(Pool);
+
+/// The backend's connections: what opening and closing differ in. Every verb runs on
+/// a connection from it, through the seam (`conn.rs`).
+#[derive(Clone, Debug)]
+enum Pool {
     Sqlite(SqliteStore),
     Postgres(PgStore),
 }
@@ -21,66 +28,77 @@ impl Store {
     /// Opens the database at `path`, creating and migrating it if it is new, and checks
     /// that it can be written. `max_connections` bounds the pool.
     pub async fn open(db: impl Into<DbLocation>, max_connections: u32) -> Result<Store, DbError> {
-        Ok(match db.into() {
-            DbLocation::Sqlite(path) => Store::Sqlite(SqliteStore::open(&path, max_connections).await?),
-            DbLocation::Postgres(url) => Store::Postgres(PgStore::open(&url, max_connections).await?),
-        })
+        Ok(Store(match db.into() {
+            DbLocation::Sqlite(path) => Pool::Sqlite(SqliteStore::open(&path, max_connections).await?),
+            DbLocation::Postgres(url) => Pool::Postgres(PgStore::open(&url, max_connections).await?),
+        }))
     }
 
     /// Opens an existing fleet database for commands that change rows (`retry`); refuses
     /// to create one, and refuses a database that is not a fleet's, so a typo in `--db`
     /// neither leaves an empty database behind nor adds our tables to someone else's.
     pub async fn open_existing(db: impl Into<DbLocation>, max_connections: u32) -> Result<Store, DbError> {
-        Ok(match db.into() {
-            DbLocation::Sqlite(path) => Store::Sqlite(SqliteStore::open_existing(&path, max_connections).await?),
-            DbLocation::Postgres(url) => Store::Postgres(PgStore::open_existing(&url, max_connections).await?),
-        })
+        Ok(Store(match db.into() {
+            DbLocation::Sqlite(path) => Pool::Sqlite(SqliteStore::open_existing(&path, max_connections).await?),
+            DbLocation::Postgres(url) => Pool::Postgres(PgStore::open_existing(&url, max_connections).await?),
+        }))
     }
 
     /// Opens an existing fleet database read-only, without migrating it: for `status`,
     /// `export`, `stop`, `logs` and the monitor, which only read.
     pub async fn open_read_only(db: impl Into<DbLocation>) -> Result<Store, DbError> {
-        Ok(match db.into() {
-            DbLocation::Sqlite(path) => Store::Sqlite(SqliteStore::open_read_only(&path).await?),
-            DbLocation::Postgres(url) => Store::Postgres(PgStore::open_read_only(&url).await?),
-        })
+        Ok(Store(match db.into() {
+            DbLocation::Sqlite(path) => Pool::Sqlite(SqliteStore::open_read_only(&path).await?),
+            DbLocation::Postgres(url) => Pool::Postgres(PgStore::open_read_only(&url).await?),
+        }))
     }
 
     /// Closes every connection (on SQLite, checkpointing the WAL).
     pub async fn close(&self) {
-        match self {
-            Store::Sqlite(s) => s.close().await,
-            Store::Postgres(s) => s.close().await,
+        match &self.0 {
+            Pool::Sqlite(s) => s.close().await,
+            Pool::Postgres(s) => s.close().await,
         }
     }
 
     /// A cheap round trip, for `/health`.
     pub async fn ping(&self) -> Result<(), DbError> {
-        match self {
-            Store::Sqlite(s) => s.ping().await,
-            Store::Postgres(s) => s.ping().await,
-        }
+        self.conn().await?.fetch("SELECT 1", &[]).await?;
+        Ok(())
     }
 
     /// Number of videos (a full count; not for hot paths).
     pub async fn count_videos(&self) -> Result<i64, DbError> {
-        match self {
-            Store::Sqlite(s) => s.count_videos().await,
-            Store::Postgres(s) => s.count_videos().await,
-        }
+        Ok(run!(self, |c| c.scalar("SELECT count(*) FROM videos", &[]).await)?.int().unwrap_or(0))
     }
 
     /// Whether this is a PostgreSQL database.
     pub fn is_postgres(&self) -> bool {
-        matches!(self, Store::Postgres(_))
+        self.backend() == Backend::Postgres
     }
 
-    /// The SQLite backend, for shared's own tests, which check the SQL itself.
-    pub fn as_sqlite(&self) -> Option<&SqliteStore> {
-        match self {
-            Store::Sqlite(s) => Some(s),
-            Store::Postgres(_) => None,
+    /// Which database this is.
+    pub(crate) fn backend(&self) -> Backend {
+        match &self.0 {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
         }
+    }
+
+    /// A connection from the pool, for one verb.
+    pub(crate) async fn conn(&self) -> Result<Box<dyn Conn>, DbError> {
+        Ok(match &self.0 {
+            Pool::Sqlite(s) => Box::new(super::sqlite::Link(s.pool().acquire().await?)),
+            Pool::Postgres(s) => Box::new(super::postgres::Link(s.pool().acquire().await?)),
+        })
+    }
+
+    /// A connection of the pool's, taken out of it: closed, not returned, when dropped.
+    pub(crate) async fn detached_conn(&self) -> Result<Box<dyn Conn>, DbError> {
+        Ok(match &self.0 {
+            Pool::Sqlite(s) => Box::new(super::sqlite::Link(Box::new(s.pool().acquire().await?.detach()))),
+            Pool::Postgres(s) => Box::new(super::postgres::Link(Box::new(s.pool().acquire().await?.detach()))),
+        })
     }
 }
 

@@ -5,9 +5,10 @@
 use std::ops::RangeInclusive;
 use std::path::Path;
 
-use sqlx::{AssertSqlSafe, Connection, Decode, Executor, Row, SqliteConnection, Type};
+use sqlx::{AssertSqlSafe, Connection, SqliteConnection};
 
-use super::sqlite::{MIGRATIONS, Migration};
+use super::busy::run;
+use super::conn::{Arg, Backend, Begin, ConnExt, Row, Val, args};
 use super::{DbLocation, FleetRun, NewVideo, Store};
 use crate::error::DbError;
 use crate::status::{ShardCounts, VideoStatus};
@@ -43,93 +44,91 @@ pub struct AttemptRow {
     pub finished_at: Option<i64>,
 }
 
-/// Runs `$body` with `$pool` bound to the store's pool, whichever backend it is. The
-/// helpers below write SQL both backends understand (`$1` placeholders work on SQLite
-/// too), so one text serves both; the body is type-checked once per backend.
-macro_rules! with_pool {
-    ($store:expr, |$pool:ident| $body:expr) => {
-        match $store {
-            Store::Sqlite(s) => {
-                let $pool = s.pool();
-                $body
-            }
-            Store::Postgres(s) => {
-                let $pool = s.pool();
-                $body
-            }
-        }
-    };
-}
-
 const VIDEO_COLUMNS: &str = "SELECT video_id, source, payload, status, attempts, result, last_error, last_outcome, \
                              warnings, lease_owner, run_after FROM videos";
 
-/// Decodes a row of `VIDEO_COLUMNS` from either backend.
-fn video_row<R>(r: &R) -> Result<VideoRow, DbError>
-where
-    R: Row,
-    usize: sqlx::ColumnIndex<R>,
-    i64: Type<R::Database> + for<'r> Decode<'r, R::Database>,
-    String: Type<R::Database> + for<'r> Decode<'r, R::Database>,
-{
-    let status: String = r.try_get(3)?;
+fn video_row(r: &Row) -> Result<VideoRow, DbError> {
     Ok(VideoRow {
-        video_id: r.try_get(0)?,
-        source: r.try_get(1).ok(),
-        payload: r.try_get(2).ok().flatten(),
-        status: status.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))?,
-        attempts: r.try_get(4)?,
-        result: r.try_get(5)?,
-        last_error: r.try_get(6)?,
-        last_outcome: r.try_get(7)?,
-        warnings: r.try_get(8)?,
-        lease_owner: r.try_get(9)?,
-        run_after: r.try_get(10)?,
+        video_id: r.int(0),
+        source: r.opt_text(1),
+        payload: r.opt_text(2),
+        status: r.text(3).parse().map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+        attempts: r.int(4),
+        result: r.opt_text(5),
+        last_error: r.opt_text(6),
+        last_outcome: r.opt_text(7),
+        warnings: r.opt_text(8),
+        lease_owner: r.opt_text(9),
+        run_after: r.int(10),
     })
 }
 
-/// Every video, by id.
+/// Every video's row, by id.
 pub async fn videos(store: &Store) -> Result<Vec<VideoRow>, DbError> {
     let sql = format!("{VIDEO_COLUMNS} ORDER BY video_id");
-    with_pool!(store, |pool| {
-        let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(pool).await?;
-        rows.iter().map(video_row).collect()
-    })
+    run!(store, |c| c.fetch(&sql, &[]).await)?.iter().map(video_row).collect()
 }
 
-/// Video `id`, if there is one.
+/// Video `id`'s row, if there is one.
 pub async fn video(store: &Store, id: i64) -> Result<Option<VideoRow>, DbError> {
     let sql = format!("{VIDEO_COLUMNS} WHERE video_id = $1");
-    with_pool!(store, |pool| {
-        let row = sqlx::query(AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?;
-        row.as_ref().map(video_row).transpose()
-    })
+    run!(store, |c| c.fetch_optional(&sql, args![id]).await)?.as_ref().map(video_row).transpose()
 }
 
-/// Every attempt of the history, in the order they were recorded.
+/// The first column of every row of a query of the test's own, as text.
+pub async fn column(store: &Store, sql: &str) -> Result<Vec<String>, DbError> {
+    Ok(query(store, sql).await?.into_iter().map(|r| r.into_iter().next().flatten().unwrap_or_default()).collect())
+}
+
+/// The one number a query of the test's own returns (a count).
+pub async fn scalar(store: &Store, sql: &str) -> Result<i64, DbError> {
+    Ok(run!(store, |c| c.scalar(sql, &[]).await)?.int().unwrap_or(0))
+}
+
+/// Every attempt, in the order recorded.
 pub async fn attempts(store: &Store) -> Result<Vec<AttemptRow>, DbError> {
-    type Attempt = (i64, i64, Option<String>, String, Option<String>, Option<String>, Option<i64>, Option<i64>);
-    let sql =
-        "SELECT video_id, attempt, worker, outcome, error, warnings, started_at, finished_at FROM attempts ORDER BY id";
-    let rows: Vec<Attempt> = with_pool!(store, |pool| sqlx::query_as(sql).fetch_all(pool).await?);
+    let sql = "SELECT video_id, attempt, worker, outcome, error, warnings, started_at, finished_at FROM attempts \
+               ORDER BY id";
+    let rows = run!(store, |c| c.fetch(sql, &[]).await)?;
     Ok(rows
-        .into_iter()
-        .map(|(video_id, attempt, worker, outcome, error, warnings, started_at, finished_at)| AttemptRow {
-            video_id,
-            attempt,
-            worker,
-            outcome,
-            error,
-            warnings,
-            started_at,
-            finished_at,
+        .iter()
+        .map(|r| AttemptRow {
+            video_id: r.int(0),
+            attempt: r.int(1),
+            worker: r.opt_text(2),
+            outcome: r.text(3),
+            error: r.opt_text(4),
+            warnings: r.opt_text(5),
+            started_at: r.opt_int(6),
+            finished_at: r.opt_int(7),
+        })
+        .collect())
+}
+
+/// The rows of one query of the test's own, as text (NULL as None), for checks of the
+/// SQL itself (the schema, the plans, the pragmas).
+pub async fn query(store: &Store, sql: &str) -> Result<Vec<Vec<Option<String>>>, DbError> {
+    let rows = run!(store, |c| c.fetch(sql, &[]).await)?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            r.vals
+                .iter()
+                .map(|v| match v {
+                    Val::Null => None,
+                    Val::Int(i) => Some(i.to_string()),
+                    Val::Real(f) => Some(f.to_string()),
+                    Val::Text(t) => Some(t.clone()),
+                    Val::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                })
+                .collect()
         })
         .collect())
 }
 
 /// Attempts in the history (one count, whatever its size).
 pub async fn count_attempts(store: &Store) -> Result<i64, DbError> {
-    Ok(with_pool!(store, |pool| sqlx::query_scalar("SELECT count(*) FROM attempts").fetch_one(pool).await?))
+    Ok(run!(store, |c| c.scalar("SELECT count(*) FROM attempts", &[]).await)?.int().unwrap_or(0))
 }
 
 /// Videos by shard (`video_id % workers`) and status, counted from the table itself,
@@ -148,7 +147,8 @@ pub async fn count_table(store: &Store, workers: u32) -> Result<Vec<ShardCounts>
 /// video (negative ids in negative shards), in order: what the kept counts must equal.
 pub async fn table_counts(store: &Store, workers: u32) -> Result<Vec<(i64, String, i64)>, DbError> {
     let sql = "SELECT video_id % $1, status, count(*) FROM videos GROUP BY 1, 2 ORDER BY 1, 2";
-    Ok(with_pool!(store, |pool| sqlx::query_as(sql).bind(i64::from(workers)).fetch_all(pool).await?))
+    let rows = run!(store, |c| c.fetch(sql, args![workers]).await)?;
+    Ok(rows.iter().map(|r| (r.int(0), r.text(1), r.int(2))).collect())
 }
 
 /// The layout the shard counts are kept for (None if forgotten) and the kept
@@ -157,25 +157,24 @@ pub async fn table_counts(store: &Store, workers: u32) -> Result<Vec<(i64, Strin
 pub async fn kept_counts(store: &Store) -> Result<(Option<i64>, Vec<(i64, String, i64)>), DbError> {
     let layout = "SELECT workers FROM video_counts_layout";
     let kept = "SELECT shard, status, videos FROM video_counts WHERE videos <> 0 ORDER BY 1, 2";
-    with_pool!(store, |pool| {
-        let layout: Option<i64> = sqlx::query_scalar(layout).fetch_optional(pool).await?;
-        Ok((layout, sqlx::query_as(kept).fetch_all(pool).await?))
+    run!(store, |c| {
+        let layout = c.fetch_optional(layout, &[]).await?.map(|r| r.int(0));
+        let rows = c.fetch(kept, &[]).await?;
+        Ok((layout, rows.iter().map(|r| (r.int(0), r.text(1), r.int(2))).collect()))
     })
 }
 
 /// Every run ever recorded, oldest first.
 pub async fn fleet_runs(store: &Store) -> Result<Vec<FleetRun>, DbError> {
-    Ok(with_pool!(store, |pool| sqlx::query_as("SELECT * FROM fleet_runs ORDER BY run_id").fetch_all(pool).await?))
+    let rows = run!(store, |c| c.fetch("SELECT * FROM fleet_runs ORDER BY run_id", &[]).await)?;
+    rows.iter().map(FleetRun::from_row).collect()
 }
 
 /// Runs `sql` (one or more statements, no parameters) on the store's database as
 /// another tool would: around the domain verbs, through the triggers. For writes a test
 /// needs that no verb makes (a video not due yet, a skewed count, a delete).
 pub async fn execute(store: &Store, sql: &str) -> Result<(), DbError> {
-    with_pool!(store, |pool| {
-        sqlx::raw_sql(AssertSqlSafe(sql)).execute(pool).await?;
-    });
-    Ok(())
+    run!(store, |c| c.script(sql).await)
 }
 
 /// Adds videos `ids` in one statement, whatever their number: source
@@ -191,45 +190,32 @@ pub async fn seed_numbered(
     }
     // SQLite has no generate_series without an extension; PostgreSQL would type a
     // recursive CTE's column as the bound parameter's, fine too, but reads better so.
-    let sql = match store {
-        Store::Sqlite(_) => {
+    let sql = match store.backend() {
+        Backend::Sqlite => {
             "INSERT INTO videos (video_id, source, payload) \
              WITH RECURSIVE s(i) AS (SELECT $1 UNION ALL SELECT i + 1 FROM s WHERE i < $2) \
              SELECT i, $3 || i || $4, CASE WHEN $5 THEN '{\"n\":' || i || '}' END FROM s"
         }
-        Store::Postgres(_) => {
+        Backend::Postgres => {
             "INSERT INTO videos (video_id, source, payload) \
              SELECT i, $3 || i || $4, CASE WHEN $5 THEN '{\"n\":' || i || '}' END FROM generate_series($1, $2) AS i"
         }
     };
-    with_pool!(store, |pool| {
-        sqlx::query(sql)
-            .bind(ids.start())
-            .bind(ids.end())
-            .bind(prefix)
-            .bind(suffix)
-            .bind(with_payload)
-            .execute(pool)
-            .await?;
-    });
+    let (first, last) = (*ids.start(), *ids.end());
+    run!(store, |c| c.execute(sql, args![first, last, prefix, suffix, with_payload]).await)?;
     Ok(())
 }
 
 /// Adds `videos` in one transaction, as they are.
 pub async fn insert_videos(store: &Store, videos: &[NewVideo]) -> Result<(), DbError> {
-    with_pool!(store, |pool| {
-        let mut tx = pool.begin().await?;
+    run!(store, |c| {
+        let mut tx = c.begin(Begin::Write).await?;
         for v in videos {
-            sqlx::query("INSERT INTO videos (video_id, source, payload) VALUES ($1, $2, $3)")
-                .bind(v.video_id)
-                .bind(&v.source)
-                .bind(&v.payload)
-                .execute(&mut *tx)
-                .await?;
+            let sql = "INSERT INTO videos (video_id, source, payload) VALUES ($1, $2, $3)";
+            tx.execute(sql, args![v.video_id, &v.source, &v.payload]).await?;
         }
-        tx.commit().await?
-    });
-    Ok(())
+        tx.commit().await
+    })
 }
 
 /// Adds `rows` videos numbered after the highest id there, `per_statement` rows per
@@ -238,40 +224,33 @@ pub async fn insert_numbered(store: &Store, rows: i64, per_statement: usize) -> 
     let values: Vec<String> = (0..per_statement).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
     let sql = format!("INSERT INTO videos (video_id, source) VALUES {}", values.join(","));
     let highest = "SELECT COALESCE(max(video_id), 0) FROM videos";
-    with_pool!(store, |pool| {
-        let mut conn = pool.acquire().await?;
-        let after: i64 = sqlx::query_scalar(highest).fetch_one(&mut *conn).await?;
-        // SQLite takes the write lock up front (BEGIN IMMEDIATE), as the fleet's own
-        // writers do; PostgreSQL locks rows as it writes them.
-        let begin = if store.is_postgres() { "BEGIN" } else { "BEGIN IMMEDIATE" };
-        let mut tx = conn.begin_with(begin).await?;
+    run!(store, |c| {
+        let after = c.scalar(highest, &[]).await?.int().unwrap_or(0);
+        // A write transaction, as the fleet's own writers take (on SQLite the write
+        // lock up front).
+        let mut tx = c.begin(Begin::Write).await?;
         for first in (after + 1..=after + rows).step_by(per_statement) {
-            let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
-            for id in first..first + per_statement as i64 {
-                q = q.bind(id).bind(format!("https://videos.example/{id}.mp4"));
-            }
-            q.execute(&mut *tx).await?;
+            let ids: Vec<i64> = (first..first + per_statement as i64).collect();
+            let sources: Vec<String> = ids.iter().map(|id| format!("https://videos.example/{id}.mp4")).collect();
+            let args: Vec<Arg> =
+                ids.iter().zip(&sources).flat_map(|(&id, src)| [Arg::from(id), Arg::from(src)]).collect();
+            tx.execute(&sql, &args).await?;
         }
-        tx.commit().await?
-    });
-    Ok(())
+        tx.commit().await
+    })
 }
 
 /// Marks video `id` failed after `attempts` attempts with `error`, as if it had run out.
 pub async fn mark_failed(store: &Store, id: i64, attempts: i64, error: &str) -> Result<(), DbError> {
     let sql = "UPDATE videos SET status = 'failed', attempts = $1, last_error = $2 WHERE video_id = $3";
-    with_pool!(store, |pool| {
-        sqlx::query(sql).bind(attempts).bind(error).bind(id).execute(pool).await?;
-    });
+    run!(store, |c| c.execute(sql, args![attempts, error, id]).await)?;
     Ok(())
 }
 
 /// Forgets which layout the shard counts are kept for, so readers count the table as
 /// they did before kept counts.
 pub async fn forget_count_layout(store: &Store) -> Result<(), DbError> {
-    with_pool!(store, |pool| {
-        pool.execute("DELETE FROM video_counts_layout").await?;
-    });
+    run!(store, |c| c.execute("DELETE FROM video_counts_layout", &[]).await)?;
     Ok(())
 }
 
@@ -279,11 +258,12 @@ pub async fn forget_count_layout(store: &Store) -> Result<(), DbError> {
 /// cost. (PostgreSQL's one update trigger also writes the history, so it cannot be
 /// dropped for the counts alone.)
 pub async fn drop_count_triggers(store: &Store) -> Result<(), DbError> {
-    let pool = store.as_sqlite().expect("drop_count_triggers is for SQLite databases").pool();
-    for t in ["video_counts_insert", "video_counts_update", "video_counts_delete"] {
-        pool.execute(AssertSqlSafe(format!("DROP TRIGGER {t}"))).await?;
-    }
-    Ok(())
+    assert_eq!(store.backend(), Backend::Sqlite, "drop_count_triggers is for SQLite databases");
+    execute(
+        store,
+        "DROP TRIGGER video_counts_insert; DROP TRIGGER video_counts_update; DROP TRIGGER video_counts_delete",
+    )
+    .await
 }
 
 /// A new, empty database on the PostgreSQL server at `server` (a URL naming any
@@ -321,8 +301,12 @@ fn with_database(server: &str, name: &str) -> String {
 /// batch of `want` (rounded down to a power of two), as its text: for `EXPLAIN`.
 /// Parameters: $1 owner, $2 token, $3 lease expiry, $4 now.
 pub fn postgres_claim_sql(workers: u32, worker_id: u32, want: usize) -> String {
-    super::postgres::claim_statement(workers, worker_id, want)
+    super::claim::postgres_claim_statement(workers, worker_id, want)
 }
+
+/// The migrations of each backend, in order, as this build applies them.
+pub use super::postgres::PG_MIGRATIONS as POSTGRES_MIGRATIONS;
+pub use super::sqlite::{MIGRATIONS as SQLITE_MIGRATIONS, Migration};
 
 /// The advisory lock every PostgreSQL migration runs under: a test holds it to line
 /// openers up behind it.
@@ -342,7 +326,7 @@ pub async fn execute_foreign(path: &Path, sql: &str) -> Result<(), DbError> {
 /// SQLite only: applies the migrations before `first_left_out` (all, with None) to the
 /// file at `path` the way `sqlite3 fleet.db < migrations/*.sql` would: no bookkeeping.
 pub async fn migrate_like_sqlite3(path: &Path, first_left_out: Option<&str>) -> Result<(), DbError> {
-    let applied: Vec<&Migration> = MIGRATIONS.iter().take_while(|m| Some(m.name) != first_left_out).collect();
+    let applied: Vec<&Migration> = SQLITE_MIGRATIONS.iter().take_while(|m| Some(m.name) != first_left_out).collect();
     for m in applied {
         execute_foreign(path, m.sql).await?;
     }

@@ -12,25 +12,15 @@
 //! - What PostgreSQL refuses for now (a deadlock, a serialization failure) is retried
 //!   like SQLite's "database is locked" (`crate::error::is_busy`).
 
-mod beats;
-mod claim;
-mod counts;
-mod export;
-mod finish;
-mod fleet;
-mod import;
-mod lease;
+mod conn;
 mod migrate;
 mod open;
-mod requeue;
-mod shard;
-mod summary;
+mod sql;
 
-#[cfg(feature = "testing")]
-pub(crate) use claim::claim_statement;
-pub use import::PgImport;
+pub(crate) use conn::Link;
 #[cfg(feature = "testing")]
 pub(crate) use migrate::MIGRATE_LOCK;
+#[cfg(feature = "testing")]
 pub use migrate::PG_MIGRATIONS;
-pub use open::PgStore;
-pub use shard::PgShard;
+pub(crate) use open::PgStore;
+pub(crate) use sql::SQL;

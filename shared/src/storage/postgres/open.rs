@@ -109,8 +109,8 @@ impl PgStore {
         Ok(PgStore { url: shown, pool })
     }
 
-    /// The pool, for the SQL of this backend (and shared's own tests of it).
-    pub fn pool(&self) -> &PgPool {
+    /// The pool, for the seam's connections.
+    pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
     }
 
@@ -119,17 +119,8 @@ impl PgStore {
         &self.url
     }
 
-    pub(crate) async fn ping(&self) -> Result<(), DbError> {
-        self.pool.execute("SELECT 1").await?;
-        Ok(())
-    }
-
     pub(crate) async fn close(&self) {
         self.pool.close().await;
-    }
-
-    pub(crate) async fn count_videos(&self) -> Result<i64, DbError> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM videos").fetch_one(&self.pool).await?)
     }
 
     /// The tables of the schema the connection works in (`search_path`'s first).

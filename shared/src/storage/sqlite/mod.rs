@@ -3,22 +3,13 @@
 //! handler. Each state change that must be atomic is one statement, since D1 has no
 //! BEGIN; transactions here only batch statements that are correct on their own.
 
-mod beats;
 mod busy;
-mod claim;
-mod counts;
-mod export;
-mod finish;
-mod fleet;
-mod import;
-mod lease;
+mod conn;
 mod migrate;
 mod open;
-mod requeue;
-mod shard;
-mod summary;
+mod sql;
 
-pub use import::SqliteImport;
+pub(crate) use conn::Link;
 pub use migrate::{MIGRATIONS, Migration};
-pub use open::SqliteStore;
-pub use shard::SqliteShard;
+pub(crate) use open::SqliteStore;
+pub(crate) use sql::SQL;

@@ -128,24 +128,13 @@ impl SqliteStore {
         Ok(db)
     }
 
-    /// The pool, for the SQL of this backend (and shared's own tests of it).
-    pub fn pool(&self) -> &SqlitePool {
+    /// The pool, for the seam's connections.
+    pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// The journal mode the file is in (`wal`, `delete`, ...).
-    pub async fn journal_mode(&self) -> Result<String, DbError> {
-        Ok(sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&self.pool).await?)
-    }
-
-    /// A cheap round trip through the pool, for `/health`.
-    pub(crate) async fn ping(&self) -> Result<(), DbError> {
-        sqlx::query("SELECT 1").fetch_one(&self.pool).await?;
-        Ok(())
     }
 
     /// Takes the write lock and lets it go, so an unwritable database is reported at
@@ -169,11 +158,6 @@ impl SqliteStore {
     /// Closes every connection, checkpointing the WAL.
     pub(crate) async fn close(&self) {
         self.pool.close().await;
-    }
-
-    /// Number of rows in the videos table (a full count; not for hot paths).
-    pub(crate) async fn count_videos(&self) -> Result<i64, DbError> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM videos").fetch_one(&self.pool).await?)
     }
 }
 

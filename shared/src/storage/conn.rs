@@ -1,0 +1,286 @@
+//! The seam between the storage logic and a backend: a connection that runs one
+//! statement with plain values and hands back plain rows, opens a transaction of the
+//! kind asked for, and writes a batch of rows as one statement. Every verb of the
+//! storage is written once over [`Conn`]; `sqlite/` and `postgres/` each implement it
+//! and supply their own SQL where the dialects differ ([`Sql`]).
+//!
+//! Values cross the seam as [`Arg`] and [`Val`], not as driver types, so no verb is
+//! generic over a driver and nothing outside `storage` sees a connection type.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::error::DbError;
+
+/// A boxed future of a storage call: what a `dyn Conn` method returns.
+pub(crate) type Fut<'a, T> = Pin<Box<dyn Future<Output = Result<T, DbError>> + Send + 'a>>;
+
+/// Which database a connection speaks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The statements that differ between the dialects.
+    pub(crate) fn sql(self) -> &'static Sql {
+        match self {
+            Backend::Sqlite => &super::sqlite::SQL,
+            Backend::Postgres => &super::postgres::SQL,
+        }
+    }
+}
+
+/// A value bound to a statement. Nulls are typed, since PostgreSQL checks a parameter's
+/// type against its column's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Arg<'a> {
+    Int(Option<i64>),
+    Text(Option<&'a str>),
+    Bool(bool),
+}
+
+impl From<i64> for Arg<'_> {
+    fn from(v: i64) -> Self {
+        Arg::Int(Some(v))
+    }
+}
+impl From<u32> for Arg<'_> {
+    fn from(v: u32) -> Self {
+        Arg::Int(Some(i64::from(v)))
+    }
+}
+impl From<Option<i64>> for Arg<'_> {
+    fn from(v: Option<i64>) -> Self {
+        Arg::Int(v)
+    }
+}
+impl From<bool> for Arg<'_> {
+    fn from(v: bool) -> Self {
+        Arg::Bool(v)
+    }
+}
+impl<'a> From<&'a str> for Arg<'a> {
+    fn from(v: &'a str) -> Self {
+        Arg::Text(Some(v))
+    }
+}
+impl<'a> From<&'a String> for Arg<'a> {
+    fn from(v: &'a String) -> Self {
+        Arg::Text(Some(v))
+    }
+}
+impl<'a> From<Option<&'a str>> for Arg<'a> {
+    fn from(v: Option<&'a str>) -> Self {
+        Arg::Text(v)
+    }
+}
+impl<'a> From<&'a Option<String>> for Arg<'a> {
+    fn from(v: &'a Option<String>) -> Self {
+        Arg::Text(v.as_deref())
+    }
+}
+
+/// Binds a list of values: `args![a, b, c]`.
+macro_rules! args {
+    ($($v:expr),* $(,)?) => { &[$($crate::storage::conn::Arg::from($v)),*] };
+}
+pub(crate) use args;
+
+/// A value read back. Text that is not UTF-8 (SQLite keeps whatever a writer put) comes
+/// back as bytes, so it reads as absent, never as a panic.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Val {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+/// One row: its values, and the result's column names for reads by name.
+#[derive(Debug, Clone)]
+pub(crate) struct Row {
+    pub names: Arc<[String]>,
+    pub vals: Vec<Val>,
+}
+
+impl Row {
+    fn at(&self, i: usize) -> &Val {
+        self.vals.get(i).unwrap_or(&Val::Null)
+    }
+
+    /// The value of column `name`; null if the result has no such column (a database
+    /// an older build migrated).
+    pub fn named(&self, name: &str) -> &Val {
+        self.names.iter().position(|n| n == name).map_or(&Val::Null, |i| self.at(i))
+    }
+
+    pub fn int(&self, i: usize) -> i64 {
+        self.at(i).int().unwrap_or(0)
+    }
+    pub fn opt_int(&self, i: usize) -> Option<i64> {
+        self.at(i).int()
+    }
+    pub fn real(&self, i: usize) -> Option<f64> {
+        self.at(i).real()
+    }
+    pub fn text(&self, i: usize) -> String {
+        self.opt_text(i).unwrap_or_default()
+    }
+    pub fn opt_text(&self, i: usize) -> Option<String> {
+        self.at(i).text()
+    }
+    pub fn bool(&self, i: usize) -> bool {
+        self.int(i) != 0
+    }
+}
+
+impl Val {
+    pub fn int(&self) -> Option<i64> {
+        match self {
+            Val::Int(v) => Some(*v),
+            Val::Real(v) => Some(*v as i64),
+            _ => None,
+        }
+    }
+    pub fn real(&self) -> Option<f64> {
+        match self {
+            Val::Int(v) => Some(*v as f64),
+            Val::Real(v) => Some(*v),
+            _ => None,
+        }
+    }
+    pub fn text(&self) -> Option<String> {
+        match self {
+            Val::Text(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+    /// Moves the text out (claims hand sources and payloads on without a copy).
+    pub fn take_text(&mut self) -> Option<String> {
+        match std::mem::replace(self, Val::Null) {
+            Val::Text(s) => Some(s),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+}
+
+/// How a transaction begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Begin {
+    /// It will write: on SQLite the write lock is taken at BEGIN (a deferred transaction
+    /// that reads and then writes gets SQLITE_BUSY at once, without waiting).
+    Write,
+    /// It decides from what it reads, and every read must see what committed before its
+    /// lock was granted: READ COMMITTED on PostgreSQL whatever the server's default.
+    Decide,
+}
+
+/// The columns of a batch: the names the statement reads as `j.<name>`, with the type
+/// PostgreSQL's arrays are declared with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchCols(pub &'static [(&'static str, Col)]);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Col {
+    Int,
+    Text,
+}
+
+/// A connection (or a transaction on one) that runs statements.
+pub(crate) trait Conn: Send {
+    fn backend(&self) -> Backend;
+
+    /// Runs one statement (placeholders `$1`, `$2`, ...) and returns its rows.
+    fn fetch<'a>(&'a mut self, sql: &'a str, args: &'a [Arg<'a>]) -> Fut<'a, Vec<Row>>;
+
+    /// Runs one statement; returns how many rows it changed.
+    fn execute<'a>(&'a mut self, sql: &'a str, args: &'a [Arg<'a>]) -> Fut<'a, u64>;
+
+    /// Runs `sql` once over `rows`, in as few statements as the backend needs: `{rows}`
+    /// in `sql` stands for the rows as a table `j` with the columns `cols` (SQLite binds
+    /// chunks of `VALUES`, PostgreSQL one array per column). The first column is the
+    /// batch's key and never NULL. Returns every statement's rows.
+    fn batch<'a>(&'a mut self, sql: &'a str, cols: BatchCols, rows: &'a [Vec<Arg<'a>>]) -> Fut<'a, Vec<Row>>;
+
+    /// Runs a script of one or more statements without parameters, unprepared (a
+    /// migration, a test's setup).
+    fn script<'a>(&'a mut self, sql: &'a str) -> Fut<'a, ()>;
+
+    /// Begins a transaction; it rolls back unless committed.
+    fn begin(&mut self, how: Begin) -> Fut<'_, Box<dyn Tx + '_>>;
+}
+
+/// An open transaction: a connection that is committed at the end.
+pub(crate) trait Tx: Conn {
+    fn commit<'a>(self: Box<Self>) -> Fut<'a, ()>
+    where
+        Self: 'a;
+}
+
+/// Convenience reads over [`Conn`].
+pub(crate) trait ConnExt: Conn {
+    /// The first row, if any.
+    fn fetch_optional<'a>(&'a mut self, sql: &'a str, args: &'a [Arg<'a>]) -> Fut<'a, Option<Row>> {
+        Box::pin(async move { Ok(self.fetch(sql, args).await?.into_iter().next()) })
+    }
+
+    /// The first column of the first row: a count, an id, a flag.
+    fn scalar<'a>(&'a mut self, sql: &'a str, args: &'a [Arg<'a>]) -> Fut<'a, Val> {
+        Box::pin(async move {
+            let row = self.fetch(sql, args).await?.into_iter().next();
+            Ok(row.and_then(|mut r| (!r.vals.is_empty()).then(|| r.vals.swap_remove(0))).unwrap_or(Val::Null))
+        })
+    }
+}
+
+impl<C: Conn + ?Sized> ConnExt for C {}
+
+/// The statements whose text differs between the backends, with why beside each in the
+/// backend's own module. Everything else is written once, in `$n` placeholders, which
+/// the SQLite backend reads as `?n`.
+#[derive(Debug)]
+pub(crate) struct Sql {
+    /// A claim of up to `limit` due, pending videos of shard `shard` of `workers`,
+    /// binding `$1` owner, `$2` token, `$3` lease expiry, `$4` now; returning
+    /// `video_id, source (or NULL past max_source), payload (or NULL past max_payload),
+    /// attempts, octet_length(source), octet_length(payload), typeof(source),
+    /// typeof(payload)`.
+    pub claim: fn(workers: u32, shard: u32, limit: usize, max_source: u64, max_payload: u64) -> String,
+    /// Creates the pending-shard index `name` for a fleet of `workers`.
+    pub shard_index: fn(name: &str, workers: u32) -> String,
+    /// 1 if the index `$1` exists.
+    pub index_exists: &'static str,
+    /// Run first in the transaction that builds a shard index.
+    pub index_lock: &'static [&'static str],
+    /// Run after a bulk change so the planner sees it (empty: nothing to run).
+    pub analyze: &'static str,
+    /// 1 if the table `$1` exists.
+    pub table_exists: &'static str,
+    /// Run first in the transaction that recounts the kept counts.
+    pub recount_lock: &'static [&'static str],
+    /// The recount of the kept counts for `$1` shards, after the lock and the check.
+    pub recount: &'static [&'static str],
+    /// The database's clock in milliseconds since the epoch, as an expression.
+    pub now_ms: &'static str,
+    /// Run first in the transaction that decides whether a run may start.
+    pub decide_lock: &'static [&'static str],
+    /// Appended to a read of rows a transaction will change: ` FOR UPDATE` where the
+    /// database locks rows (SQLite's write lock already covers the whole file).
+    pub lock_rows: &'static str,
+    /// 1 if the table `$1` has the column `$2`.
+    pub column_exists: &'static str,
+    /// Run on an import's own connection before its transaction.
+    pub import_setup: &'static [&'static str],
+    /// Begin an import's transaction and what lives in it (`import_seen`, the ids met
+    /// so far, with the first line of each). Retried whole while refused for now.
+    pub import_begin: &'static [&'static str],
+    /// The database cannot store the NUL character in text (PostgreSQL).
+    pub rejects_nul: bool,
+}

@@ -1,0 +1,169 @@
+//! The SQLite side of the seam: statements run on a `SqliteConnection`, values bound
+//! and read back as SQLite's own types, batches as chunks of `VALUES`.
+
+use std::collections::HashMap;
+use std::ops::DerefMut;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use sqlx::sqlite::{SqliteArguments, SqliteRow};
+use sqlx::{AssertSqlSafe, Column, Connection, Decode, Row as _, Sqlite, SqliteConnection, TypeInfo, ValueRef};
+
+use crate::storage::conn::{Arg, Backend, BatchCols, Begin, Conn, Fut, Row, Tx, Val};
+
+/// A SQLite connection, pooled or borrowed, or a transaction on one.
+pub(crate) struct Link<C>(pub C);
+
+/// Rows per batch statement: powers of four up to 256 (a handful of statement variants
+/// stay in the connection's cache; 10 parameters a row stay far below SQLite's 32,766).
+const CHUNK_SIZES: [usize; 5] = [1, 4, 16, 64, 256];
+
+/// The smallest chunk that holds `rows`, else the largest.
+fn chunk_size(rows: usize) -> usize {
+    CHUNK_SIZES.iter().copied().find(|&n| n >= rows).unwrap_or(CHUNK_SIZES[CHUNK_SIZES.len() - 1])
+}
+
+/// The statements are written once with PostgreSQL's `$n`; SQLite reads `?n` as the
+/// same numbered parameter.
+fn numbered(sql: &str) -> String {
+    sql.replace('$', "?")
+}
+
+type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments>;
+
+fn bind<'q>(q: Query<'q>, arg: &Arg<'_>) -> Query<'q> {
+    match *arg {
+        Arg::Int(v) => q.bind(v),
+        Arg::Text(v) => q.bind(v.map(str::to_owned)),
+        Arg::Bool(v) => q.bind(v),
+    }
+}
+
+/// Reads every column as the type its value has (SQLite types values, not columns).
+fn row(r: &SqliteRow, names: &Arc<[String]>) -> Row {
+    let vals = (0..r.len())
+        .map(|i| {
+            let Ok(raw) = r.try_get_raw(i) else { return Val::Null };
+            if raw.is_null() {
+                return Val::Null;
+            }
+            let kind = raw.type_info().name().to_string();
+            match kind.as_str() {
+                "INTEGER" | "BOOLEAN" => <i64 as Decode<Sqlite>>::decode(raw).map_or(Val::Null, Val::Int),
+                "REAL" => <f64 as Decode<Sqlite>>::decode(raw).map_or(Val::Null, Val::Real),
+                "BLOB" => <Vec<u8> as Decode<Sqlite>>::decode(raw).map_or(Val::Null, Val::Bytes),
+                _ => match <&[u8] as Decode<Sqlite>>::decode(raw) {
+                    Ok(bytes) => match std::str::from_utf8(bytes) {
+                        Ok(s) => Val::Text(s.to_string()),
+                        Err(_) => Val::Bytes(bytes.to_vec()),
+                    },
+                    Err(_) => Val::Null,
+                },
+            }
+        })
+        .collect();
+    Row { names: names.clone(), vals }
+}
+
+fn rows(rs: Vec<SqliteRow>) -> Vec<Row> {
+    let Some(first) = rs.first() else { return Vec::new() };
+    let names: Arc<[String]> = first.columns().iter().map(|c| c.name().to_string()).collect();
+    rs.iter().map(|r| row(r, &names)).collect()
+}
+
+/// `{rows}` as a chunk of `size` rows of `cols`: a subquery naming VALUES' columns.
+/// Chunks come in a few fixed sizes, padded with NULL rows, so the connection's
+/// statement cache holds every variant.
+fn batch_statement(sql: &str, cols: BatchCols, size: usize) -> String {
+    let names: Vec<String> =
+        cols.0.iter().enumerate().map(|(i, (name, _))| format!("column{} AS {name}", i + 1)).collect();
+    let row = format!("({})", vec!["?"; cols.0.len()].join(","));
+    let values = vec![row; size].join(",");
+    // The padding rows are all NULL; the first column is a batch's key, never NULL in a
+    // real row, so they are left out here (an INSERT ... SELECT would insert them).
+    sql.replace(
+        "{rows}",
+        &format!("(SELECT {} FROM (VALUES {values}) WHERE column1 IS NOT NULL) AS j", names.join(", ")),
+    )
+}
+
+impl<C: DerefMut<Target = SqliteConnection> + Send> Conn for Link<C> {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    fn fetch<'a>(&'a mut self, sql: &'a str, args: &'a [Arg<'a>]) -> Fut<'a, Vec<Row>> {
+        Box::pin(async move {
+            let mut q = sqlx::query(AssertSqlSafe(numbered(sql)));
+            for a in args {
+                q = bind(q, a);
+            }
+            Ok(rows(q.fetch_all(&mut *self.0).await?))
+        })
+    }
+
+    fn execute<'a>(&'a mut self, sql: &'a str, args: &'a [Arg<'a>]) -> Fut<'a, u64> {
+        Box::pin(async move {
+            let mut q = sqlx::query(AssertSqlSafe(numbered(sql)));
+            for a in args {
+                q = bind(q, a);
+            }
+            Ok(q.execute(&mut *self.0).await?.rows_affected())
+        })
+    }
+
+    fn batch<'a>(&'a mut self, sql: &'a str, cols: BatchCols, batch: &'a [Vec<Arg<'a>>]) -> Fut<'a, Vec<Row>> {
+        Box::pin(async move {
+            // One statement text per (sql, chunk size), made once: the cache of prepared
+            // statements is keyed by text.
+            static MADE: OnceLock<Mutex<HashMap<(String, usize), Arc<str>>>> = OnceLock::new();
+            let mut out = Vec::with_capacity(batch.len());
+            let mut rest = batch;
+            while !rest.is_empty() {
+                let size = chunk_size(rest.len());
+                let (chunk, tail) = rest.split_at(size.min(rest.len()));
+                let text = {
+                    let mut made = MADE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+                    made.entry((sql.to_string(), size))
+                        .or_insert_with(|| numbered(&batch_statement(sql, cols, size)).into())
+                        .clone()
+                };
+                let mut q = sqlx::query(AssertSqlSafe(text.to_string()));
+                for r in chunk {
+                    for a in r {
+                        q = bind(q, a);
+                    }
+                }
+                for _ in 0..(size - chunk.len()) * cols.0.len() {
+                    q = q.bind(None::<i64>);
+                }
+                out.extend(rows(q.fetch_all(&mut *self.0).await?));
+                rest = tail;
+            }
+            Ok(out)
+        })
+    }
+
+    fn script<'a>(&'a mut self, sql: &'a str) -> Fut<'a, ()> {
+        Box::pin(async move {
+            sqlx::raw_sql(AssertSqlSafe(sql.to_owned())).execute(&mut *self.0).await?;
+            Ok(())
+        })
+    }
+
+    fn begin(&mut self, _how: Begin) -> Fut<'_, Box<dyn Tx + '_>> {
+        Box::pin(async move {
+            // Every transaction here writes or decides: take the write lock at BEGIN.
+            let tx = self.0.begin_with("BEGIN IMMEDIATE").await?;
+            Ok(Box::new(Link(tx)) as Box<dyn Tx + '_>)
+        })
+    }
+}
+
+impl<'c> Tx for Link<sqlx::Transaction<'c, Sqlite>> {
+    fn commit<'a>(self: Box<Self>) -> Fut<'a, ()>
+    where
+        Self: 'a,
+    {
+        Box::pin(async move { Ok(self.0.commit().await?) })
+    }
+}

@@ -1,0 +1,71 @@
+//! The statements whose SQLite text differs from PostgreSQL's, and why.
+
+use crate::storage::conn::Sql;
+
+pub(crate) static SQL: Sql = Sql {
+    // `UPDATE ... WHERE video_id IN (SELECT ... LIMIT n) RETURNING ...`, never a read
+    // followed by a write. `INDEXED BY` the partial index on `(video_id % N, run_after)`
+    // over pending rows, built for this fleet's N: a claim seeks straight to its own
+    // shard's due rows instead of scanning past the other shards' in a shared status
+    // index. `octet_length` reads a value's size from the record header, and `typeof`
+    // tells a text from a blob another tool wrote, so an oversized or non-text row is
+    // rejected without being read.
+    claim: |workers, shard, limit, max_source, max_payload| {
+        format!(
+            "UPDATE videos SET status = 'running', attempts = attempts + 1, lease_owner = ?1, \
+             lease_token = ?2, lease_expires_at = ?3, started_at = ?4, finished_at = NULL, duration_ms = NULL \
+             WHERE video_id IN (SELECT video_id FROM videos INDEXED BY videos_pending_mod{workers} \
+             WHERE status = 'pending' AND video_id % {workers} = {shard} AND run_after <= ?4 \
+             ORDER BY run_after, video_id LIMIT {limit}) \
+             RETURNING video_id, \
+             CASE WHEN typeof(source) = 'text' AND octet_length(source) <= {max_source} THEN source END, \
+             CASE WHEN typeof(payload) = 'text' AND octet_length(payload) <= {max_payload} THEN payload END, \
+             attempts, octet_length(source), octet_length(payload), typeof(source), typeof(payload)"
+        )
+    },
+    shard_index: |name, workers| {
+        format!(
+            "CREATE INDEX IF NOT EXISTS {name} ON videos ((video_id % {workers}), run_after) WHERE status = 'pending'"
+        )
+    },
+    index_exists: "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = $1",
+    // The write lock, taken at BEGIN IMMEDIATE, is the lock.
+    index_lock: &[],
+    // SQLite's planner needs no statistics for the index: the claim names it.
+    analyze: "",
+    table_exists: "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = $1",
+    recount_lock: &[],
+    // Every slot of the layout exists (the triggers only update), numbered as the
+    // triggers number them: shard * 4 + the status's place. A rowid seek measured a third
+    // cheaper than a `(shard, status)` key in the triggers, and cheaper than an upsert.
+    recount: &[
+        "DELETE FROM video_counts",
+        "INSERT OR REPLACE INTO video_counts_layout (id, workers) VALUES (1, $1)",
+        "INSERT INTO video_counts (slot, shard, status, videos) \
+         WITH RECURSIVE shards(k) AS (SELECT 0 UNION ALL SELECT k + 1 FROM shards WHERE k + 1 < $1) \
+         SELECT k * 4 + s.column1, k, s.column2, 0 FROM shards, \
+         (VALUES (0, 'pending'), (1, 'running'), (2, 'done'), (3, 'failed')) AS s",
+        "UPDATE video_counts SET videos = c.n \
+         FROM (SELECT video_id % $1 AS shard, status, count(*) AS n FROM videos GROUP BY 1, 2) AS c \
+         WHERE video_counts.shard = c.shard AND video_counts.status = c.status",
+    ],
+    // One file, one host: this host's clock is the database's.
+    now_ms: "CAST(unixepoch('subsec') * 1000 AS INTEGER)",
+    // The write lock, taken at BEGIN IMMEDIATE, is the lock.
+    decide_lock: &[],
+    // The write lock taken at BEGIN IMMEDIATE covers every row.
+    lock_rows: "",
+    column_exists: "SELECT count(*) FROM pragma_table_info($1) WHERE name = $2",
+    import_setup: &[
+        // The ids seen so far go to a temporary file, whatever the build's default: an
+        // import of any length runs in constant memory.
+        "PRAGMA temp_store = FILE",
+        // The import writes video_id, source and payload; the table's only CHECK is on
+        // status, which it leaves at its default, 'pending'. SQLite builds that CHECK's
+        // IN list anew for every row, a third of the insert's time.
+        "PRAGMA ignore_check_constraints = ON",
+        "CREATE TEMP TABLE import_seen (video_id INTEGER PRIMARY KEY, line INTEGER NOT NULL)",
+    ],
+    import_begin: &["BEGIN IMMEDIATE"],
+    rejects_nul: false,
+};
