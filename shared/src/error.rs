@@ -16,49 +16,41 @@ pub enum ParseError {
     Rate { input: String, reason: &'static str },
 }
 
-/// Anything that went wrong talking to the database.
+/// Anything that went wrong talking to the database. One variant per kind of trouble,
+/// whichever backend met it; `db` names the database as a user gave it (a path, or a
+/// URL with its password hidden).
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("{path} is not a SQLite database")]
     NotSqlite { path: PathBuf },
-    #[error("cannot open database {path}: {reason}")]
-    Open { path: PathBuf, reason: String },
-    #[error("{path} is a SQLite database but not a shardfleet one (it has no videos, attempts and fleet_runs tables)")]
-    NotFleet { path: PathBuf },
+    /// The database cannot be opened or connected to as given: a missing directory, a
+    /// malformed URL, a rejected login, no such database. The user must fix `--db`.
+    #[error("cannot open database {db}: {reason}")]
+    Open { db: String, reason: String },
+    /// The server did not answer, refused the connection or is shutting down: it may
+    /// answer later.
+    #[error("cannot reach database {db}: {reason}")]
+    Unreachable { db: String, reason: String },
     #[error(
-        "{path} holds another application's tables ({tables}) and no shardfleet ones; it was left as it is: give the fleet a database of its own with --db NEW_FILE"
+        "the database {db} is not a shardfleet one (it has no videos, attempts and fleet_runs tables); `supervisor import` or `supervisor start` with this --db makes it one"
     )]
-    Foreign { path: PathBuf, tables: String },
-    #[error("database {path} is read-only or its directory cannot be written")]
-    ReadOnly { path: PathBuf },
+    NotFleet { db: String },
     #[error(
-        "database {path} has a partial schema: migration {migration} is not recorded and only part of what it adds is present (it adds {adds}; found {found})"
+        "the database {db} holds another application's tables ({tables}) and no shardfleet ones; it was left as it is: give the fleet a database of its own with --db"
     )]
-    PartialSchema { path: PathBuf, migration: String, adds: String, found: String },
+    Foreign { db: String, tables: String },
+    #[error("database {db} is read-only or its directory cannot be written")]
+    ReadOnly { db: String },
     #[error(
-        "database {path} was migrated by a newer shardfleet: it records migration {migration}, which this build does not know"
+        "database {db} has a partial schema: migration {migration} is not recorded and only part of what it adds is present (it adds {adds}; found {found})"
     )]
-    UnknownMigration { path: PathBuf, migration: String },
+    PartialSchema { db: String, migration: String, adds: String, found: String },
+    #[error(
+        "database {db} was migrated by a newer shardfleet: it records migration {migration}, which this build does not know"
+    )]
+    UnknownMigration { db: String, migration: String },
     #[error("migration {migration} failed: {source}")]
     Migration { migration: String, source: sqlx::Error },
-    #[error("cannot connect to the PostgreSQL database {url}: {reason}")]
-    Connect { url: String, reason: String },
-    #[error(
-        "the PostgreSQL database {url} is not a shardfleet one (it has no videos, attempts and fleet_runs tables); run `supervisor import` or `supervisor start` on it first"
-    )]
-    NotFleetDb { url: String },
-    #[error(
-        "the PostgreSQL database {url} holds another application's tables ({tables}) and no shardfleet ones; it was left as it is: give the fleet a database of its own"
-    )]
-    ForeignDb { url: String, tables: String },
-    #[error(
-        "the PostgreSQL database {url} has a partial schema: migration {migration} is not recorded and only some of its tables exist (found {found})"
-    )]
-    PartialDb { url: String, migration: String, found: String },
-    #[error(
-        "the PostgreSQL database {url} was migrated by a newer shardfleet: it records migration {migration}, which this build does not know"
-    )]
-    UnknownDbMigration { url: String, migration: String },
     #[error("line {line}: video {video_id} holds a NUL character, which PostgreSQL cannot store; nothing was imported")]
     NulInText { line: u64, video_id: i64 },
     #[error("database is locked: gave up after {attempts} tries")]
@@ -68,6 +60,22 @@ pub enum DbError {
 }
 
 impl DbError {
+    /// Whether the user must fix what `--db` names before anything can run: a file that
+    /// is not a database, another application's database, a login refused, a newer
+    /// schema. Commands exit 2 (usage) for these, 1 for anything else.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            DbError::NotSqlite { .. }
+                | DbError::Open { .. }
+                | DbError::NotFleet { .. }
+                | DbError::Foreign { .. }
+                | DbError::ReadOnly { .. }
+                | DbError::PartialSchema { .. }
+                | DbError::UnknownMigration { .. }
+        )
+    }
+
     /// SQLite's SQLITE_BUSY (5) and SQLITE_BUSY_SNAPSHOT (517): another connection holds
     /// the lock, or our read snapshot went stale. Both are retried, never surfaced as a
     /// failed video.

@@ -134,7 +134,9 @@ async fn a_database_holding_another_applications_table_is_refused_and_left_uncha
     let err = Store::open(&db, 2).await.unwrap_err().to_string();
     assert!(err.contains("holds another application's tables (invoices)"), "{err}");
     let err = Store::open_existing(&db, 2).await.unwrap_err().to_string();
-    assert!(err.contains("is not a shardfleet one"), "{err}");
+    assert!(err.contains("holds another application's tables (invoices)"), "{err}");
+    let err = Store::open_read_only(&db).await.unwrap_err().to_string();
+    assert!(err.contains("holds another application's tables (invoices)"), "{err}");
     assert_eq!(tables(&mut app).await, ["invoices"], "no table of ours was added");
     let kept: i64 = sqlx::query_scalar("SELECT id FROM invoices").fetch_one(&mut app).await.unwrap();
     assert_eq!(kept, 7);

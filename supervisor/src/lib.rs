@@ -75,19 +75,19 @@ pub async fn run(
     run_command(command, shutdown, hurry, out).await.map_err(|f| classify(f, &db))
 }
 
-/// Two database failures read the same from every command: a file that is not the
-/// fleet's is bad input (exit 2, and it was left alone); a damaged file is told as one
+/// Database failures read the same from every command, by kind, whichever backend said
+/// it: a database the user must fix (not a database, another application's, a login
+/// refused, no such database) is bad input (exit 2, and it was left alone); one that
+/// cannot be reached now is a runtime failure (1); a damaged file is told as one
 /// sentence that names it and how to recover it, not as SQLite's error code.
 fn classify(f: Failure, db: &shared::storage::DbLocation) -> Failure {
     use shared::DbError;
-    let db_error = || f.error.chain().find_map(|c| c.downcast_ref::<DbError>());
-    if matches!(db_error(), Some(DbError::Foreign { .. } | DbError::NotFleet { .. } | DbError::NotSqlite { .. })) {
-        return Failure { code: exit::USAGE, ..f };
-    }
     if shared::error::chain_is_corrupt(f.error.as_ref()) {
-        Failure { code: exit::FAILURE, error: anyhow::anyhow!(shared::storage::corrupt_advice(db)) }
-    } else {
-        f
+        return Failure { code: exit::FAILURE, error: anyhow::anyhow!(shared::storage::corrupt_advice(db)) };
+    }
+    match f.error.chain().find_map(|c| c.downcast_ref::<DbError>()) {
+        Some(e) => Failure { code: if e.is_usage() { exit::USAGE } else { exit::FAILURE }, ..f },
+        None => f,
     }
 }
 
@@ -122,7 +122,7 @@ async fn run_command(
             Ok(exit::DONE.into())
         }
         Command::Status(a) => {
-            let db = Store::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
+            let db = Store::open_read_only(&a.db.db).await?;
             let view = status::load(&db).await?;
             if a.json {
                 say(serde_json::to_string_pretty(&view)?)?;
@@ -132,12 +132,12 @@ async fn run_command(
             Ok(exit::DONE.into())
         }
         Command::Stop(a) => {
-            let db = Store::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
+            let db = Store::open_read_only(&a.db.db).await?;
             say(stop::stop(db, &a.db.db, a.worker_ids.as_ref(), a.timeout).await?)?;
             Ok(exit::DONE.into())
         }
         Command::Scale(a) => {
-            let db = Store::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
+            let db = Store::open_read_only(&a.db.db).await?;
             match scale::scale(db, &a.db.db, a.workers, a.timeout).await {
                 Ok(lines) => say(lines)?,
                 // Refused before anything was written: bad input, exit 2.
@@ -148,7 +148,7 @@ async fn run_command(
         }
         Command::Retry(a) => retry(a).await.map(Done::from),
         Command::Export(a) => {
-            let db = Store::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
+            let db = Store::open_read_only(&a.db.db).await?;
             let select = shared::storage::ExportFilter { statuses: &a.status, warned: a.warnings };
             let n = export::export(&db, a.format, select, a.out.as_deref()).await?;
             if let Some(out) = &a.out {
@@ -160,7 +160,7 @@ async fn run_command(
             let dir = match a.log_dir {
                 Some(d) => d,
                 None => {
-                    let db = Store::open_read_only(&a.db.db).await.map_err(Failure::usage)?;
+                    let db = Store::open_read_only(&a.db.db).await?;
                     let run = db.latest_run().await?;
                     run.and_then(|r| r.log_dir).map(Into::into).ok_or_else(|| {
                         Failure::usage(anyhow::anyhow!("no fleet has been started on this database; pass --log-dir"))
@@ -197,7 +197,7 @@ async fn run_command(
 }
 
 async fn retry(a: RetryArgs) -> Result<u8, Failure> {
-    let db = Store::open_existing(&a.db.db, 1).await.map_err(Failure::usage)?;
+    let db = Store::open_existing(&a.db.db, 1).await?;
     if a.select.failed {
         let n = db.requeue_all_failed().await?;
         say(format!("requeued {n} failed videos"))?;

@@ -143,6 +143,14 @@ async fn a_postgres_url_that_cannot_be_used_is_refused_in_one_sentence_and_creat
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("is not a shardfleet one"), "{}", text(&out));
     assert_eq!(psql(&url, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"), "0");
+    // The advice in the message works when followed.
+    let csv = dir.path().join("videos.csv");
+    std::fs::write(&csv, "video_id,source\n1,a.mp4\n").unwrap();
+    let import = supervisor(dir.path()).args(["import"]).arg(&csv).args(["--db", &url]).output().unwrap();
+    assert_eq!(import.status.code(), Some(0), "{}", text(&import));
+    let out = supervisor(dir.path()).args(["status", "--db", &url]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    std::fs::remove_file(&csv).unwrap();
 
     let (base, _) = url.rsplit_once('/').unwrap();
     let missing = format!("{base}/no_such_database_here");
@@ -154,6 +162,44 @@ async fn a_postgres_url_that_cannot_be_used_is_refused_in_one_sentence_and_creat
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("is not a database this build can use"), "{}", text(&out));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing was created");
+}
+
+/// Every command's exit code for a `--db` of each kind of trouble on PostgreSQL: the
+/// same mistake, the same code, whichever command meets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_kind_of_database_trouble_exits_with_its_own_code_from_every_command() {
+    let Some(url) = testkit::fresh_postgres_url().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("videos.csv");
+    std::fs::write(&csv, "video_id,source\n1,a.mp4\n").unwrap();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let (scheme, rest) = base.split_once("://").unwrap();
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let free = free_ports(1);
+    // A port that answers the TCP handshake and then says nothing.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+
+    psql(&url, "CREATE TABLE invoices (id BIGINT PRIMARY KEY)");
+    let cases: [(&str, String, u8, &str); 6] = [
+        ("another application's database", url.clone(), 2, "holds another application's tables (invoices)"),
+        ("a malformed URL", format!("{scheme}://{host}:notaport/x"), 2, "is not a valid PostgreSQL URL"),
+        ("a rejected login", format!("{scheme}://no_such_role@{host}/postgres"), 2, "no_such_role"),
+        ("no such database", format!("{base}/no_such_database_here"), 2, "does not exist"),
+        ("a refused connection", format!("{scheme}://postgres@127.0.0.1:{free}/postgres"), 1, "cannot reach database"),
+        ("no answer", format!("{scheme}://postgres@127.0.0.1:{silent_port}/postgres"), 1, "cannot reach database"),
+    ];
+    for (kind, db, code, says) in cases {
+        for cmd in [&["status"][..], &["export"], &["retry", "--failed"], &["import", csv.to_str().unwrap()]] {
+            let began = Instant::now();
+            let out = supervisor(dir.path()).args(cmd).args(["--db", &db]).output().unwrap();
+            assert_eq!(out.status.code(), Some(code), "{kind}, {cmd:?}: {}", text(&out));
+            assert!(text(&out).contains(says), "{kind}, {cmd:?}: {}", text(&out));
+            assert!(began.elapsed() < Duration::from_secs(15), "{kind}, {cmd:?} answered within the 5 s limit");
+        }
+    }
+    assert_eq!(psql(&url, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"), "1");
+    drop(silent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,10 +225,9 @@ async fn a_fleet_reaches_postgres_over_verified_tls_and_a_server_it_cannot_verif
         .args(["--db", &format!("{url}?sslmode=verify-full")])
         .output()
         .unwrap();
-    // A database that cannot be reached is a runtime failure for import and start (1),
-    // as a locked SQLite file is; the read-only commands call any --db they cannot use
-    // a usage error (2).
-    assert_eq!(unverified.status.code(), Some(1), "{}", text(&unverified));
+    // A server that cannot be verified with the CA given is for the user to fix, as a
+    // rejected login is: a usage error (2) from every command.
+    assert_eq!(unverified.status.code(), Some(2), "{}", text(&unverified));
     assert!(text(&unverified).contains("UnknownIssuer"), "{}", text(&unverified));
 
     let import = supervisor(dir.path()).args(["import"]).arg(&csv).args(["--db", &verified]).output().unwrap();

@@ -597,7 +597,7 @@ async fn read_only_commands_refuse_a_sqlite_file_that_is_not_a_fleet_and_leave_i
     for cmd in [&["status"][..], &["export"], &["stop"], &["retry", "--failed"]] {
         let out = supervisor(dir.path()).args(cmd).arg("--db").arg(&path).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{cmd:?}: {}", text(&out));
-        assert!(text(&out).contains("is a SQLite database but not a shardfleet one"), "{}", text(&out));
+        assert!(text(&out).contains("holds another application's tables (notes)"), "{}", text(&out));
     }
     assert_eq!(std::fs::read(&path).unwrap(), before, "the file is unchanged");
 }

@@ -171,6 +171,27 @@ impl Val {
     }
 }
 
+/// The rows of a result, each value read by the backend's `val`, the column names
+/// shared.
+pub(crate) fn rows<R: sqlx::Row>(rs: Vec<R>, val: fn(&R, usize) -> Val) -> Vec<Row> {
+    use sqlx::Column;
+    let Some(first) = rs.first() else { return Vec::new() };
+    let names: Arc<[String]> = first.columns().iter().map(|c| c.name().to_string()).collect();
+    rs.iter().map(|r| Row { names: names.clone(), vals: (0..r.len()).map(|i| val(r, i)).collect() }).collect()
+}
+
+/// A statement with `args` bound by the backend's `bind`.
+pub(crate) fn query<DB: sqlx::Database>(
+    sql: String,
+    args: &[Arg<'_>],
+    bind: for<'q> fn(Query<'q, DB>, &Arg<'_>) -> Query<'q, DB>,
+) -> Query<'static, DB> {
+    args.iter().fold(sqlx::query(sqlx::AssertSqlSafe(sql)), bind)
+}
+
+/// A statement of backend `DB`, being bound.
+pub(crate) type Query<'q, DB> = sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>;
+
 /// How a transaction begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Begin {
@@ -211,6 +232,7 @@ pub(crate) trait Conn: Send {
 
     /// Runs a script of one or more statements without parameters, unprepared (a
     /// migration, a test's setup).
+    #[cfg(feature = "testing")]
     fn script<'a>(&'a mut self, sql: &'a str) -> Fut<'a, ()>;
 
     /// Begins a transaction; it rolls back unless committed.

@@ -19,6 +19,7 @@ mod lease;
 pub mod location;
 pub(crate) mod postgres;
 mod requeue;
+mod schema;
 mod shard;
 pub(crate) mod sqlite;
 mod store;

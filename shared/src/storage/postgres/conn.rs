@@ -2,17 +2,14 @@
 //! as PostgreSQL's types, batches as one array per column (`unnest`).
 
 use std::ops::DerefMut;
-use std::sync::Arc;
 
-use sqlx::postgres::{PgArguments, PgRow};
-use sqlx::{AssertSqlSafe, Column, Connection, Decode, PgConnection, Postgres, Row as _, TypeInfo, ValueRef};
+use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, Connection, Decode, PgConnection, Postgres, Row as _, TypeInfo, ValueRef};
 
-use crate::storage::conn::{Arg, Backend, BatchCols, Begin, Col, Conn, Fut, Row, Tx, Val};
+use crate::storage::conn::{Arg, Backend, BatchCols, Begin, Col, Conn, Fut, Query, Row, Tx, Val, query, rows};
 
 /// A PostgreSQL connection, pooled or borrowed, or a transaction on one.
 pub(crate) struct Link<C>(pub C);
-
-type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
 /// Text PostgreSQL can store: it refuses the NUL character, which a handler's output may
 /// hold (SQLite keeps it). Replaced rather than failing the write, which would fail the
@@ -21,7 +18,7 @@ fn storable(text: &str) -> String {
     if text.contains('\0') { text.replace('\0', "\u{FFFD}") } else { text.to_owned() }
 }
 
-fn bind<'q>(q: Query<'q>, arg: &Arg<'_>) -> Query<'q> {
+fn bind<'q>(q: Query<'q, Postgres>, arg: &Arg<'_>) -> Query<'q, Postgres> {
     match *arg {
         Arg::Int(v) => q.bind(v),
         Arg::Text(v) => q.bind(v.map(storable)),
@@ -30,33 +27,22 @@ fn bind<'q>(q: Query<'q>, arg: &Arg<'_>) -> Query<'q> {
 }
 
 /// Reads every column by its declared type.
-fn row(r: &PgRow, names: &Arc<[String]>) -> Row {
-    let vals = (0..r.len())
-        .map(|i| {
-            let Ok(raw) = r.try_get_raw(i) else { return Val::Null };
-            if raw.is_null() {
-                return Val::Null;
-            }
-            let kind = raw.type_info().name().to_string();
-            match kind.as_str() {
-                "INT8" => <i64 as Decode<Postgres>>::decode(raw).map_or(Val::Null, Val::Int),
-                "INT4" => <i32 as Decode<Postgres>>::decode(raw).map_or(Val::Null, |v| Val::Int(v.into())),
-                "INT2" => <i16 as Decode<Postgres>>::decode(raw).map_or(Val::Null, |v| Val::Int(v.into())),
-                "BOOL" => <bool as Decode<Postgres>>::decode(raw).map_or(Val::Null, |v| Val::Int(v.into())),
-                "FLOAT8" => <f64 as Decode<Postgres>>::decode(raw).map_or(Val::Null, Val::Real),
-                "FLOAT4" => <f32 as Decode<Postgres>>::decode(raw).map_or(Val::Null, |v| Val::Real(v.into())),
-                "BYTEA" => <Vec<u8> as Decode<Postgres>>::decode(raw).map_or(Val::Null, Val::Bytes),
-                _ => <String as Decode<Postgres>>::decode(raw).map_or(Val::Null, Val::Text),
-            }
-        })
-        .collect();
-    Row { names: names.clone(), vals }
-}
-
-fn rows(rs: Vec<PgRow>) -> Vec<Row> {
-    let Some(first) = rs.first() else { return Vec::new() };
-    let names: Arc<[String]> = first.columns().iter().map(|c| c.name().to_string()).collect();
-    rs.iter().map(|r| row(r, &names)).collect()
+fn val(r: &PgRow, i: usize) -> Val {
+    let Ok(raw) = r.try_get_raw(i) else { return Val::Null };
+    if raw.is_null() {
+        return Val::Null;
+    }
+    let kind = raw.type_info().name().to_string();
+    match kind.as_str() {
+        "INT8" => <i64 as Decode<Postgres>>::decode(raw).map_or(Val::Null, Val::Int),
+        "INT4" => <i32 as Decode<Postgres>>::decode(raw).map_or(Val::Null, |v| Val::Int(v.into())),
+        "INT2" => <i16 as Decode<Postgres>>::decode(raw).map_or(Val::Null, |v| Val::Int(v.into())),
+        "BOOL" => <bool as Decode<Postgres>>::decode(raw).map_or(Val::Null, |v| Val::Int(v.into())),
+        "FLOAT8" => <f64 as Decode<Postgres>>::decode(raw).map_or(Val::Null, Val::Real),
+        "FLOAT4" => <f32 as Decode<Postgres>>::decode(raw).map_or(Val::Null, |v| Val::Real(v.into())),
+        "BYTEA" => <Vec<u8> as Decode<Postgres>>::decode(raw).map_or(Val::Null, Val::Bytes),
+        _ => <String as Decode<Postgres>>::decode(raw).map_or(Val::Null, Val::Text),
+    }
 }
 
 /// `{rows}` as `unnest` of one array per column, named `j`.
@@ -77,23 +63,11 @@ impl<C: DerefMut<Target = PgConnection> + Send> Conn for Link<C> {
     }
 
     fn fetch<'a>(&'a mut self, sql: &'a str, args: &'a [Arg<'a>]) -> Fut<'a, Vec<Row>> {
-        Box::pin(async move {
-            let mut q = sqlx::query(AssertSqlSafe(sql.to_owned()));
-            for a in args {
-                q = bind(q, a);
-            }
-            Ok(rows(q.fetch_all(&mut *self.0).await?))
-        })
+        Box::pin(async move { Ok(rows(query(sql.to_owned(), args, bind).fetch_all(&mut *self.0).await?, val)) })
     }
 
     fn execute<'a>(&'a mut self, sql: &'a str, args: &'a [Arg<'a>]) -> Fut<'a, u64> {
-        Box::pin(async move {
-            let mut q = sqlx::query(AssertSqlSafe(sql.to_owned()));
-            for a in args {
-                q = bind(q, a);
-            }
-            Ok(q.execute(&mut *self.0).await?.rows_affected())
-        })
+        Box::pin(async move { Ok(query(sql.to_owned(), args, bind).execute(&mut *self.0).await?.rows_affected()) })
     }
 
     fn batch<'a>(&'a mut self, sql: &'a str, cols: BatchCols, batch: &'a [Vec<Arg<'a>>]) -> Fut<'a, Vec<Row>> {
@@ -124,10 +98,11 @@ impl<C: DerefMut<Target = PgConnection> + Send> Conn for Link<C> {
                     ),
                 };
             }
-            Ok(rows(q.fetch_all(&mut *self.0).await?))
+            Ok(rows(q.fetch_all(&mut *self.0).await?, val))
         })
     }
 
+    #[cfg(feature = "testing")]
     fn script<'a>(&'a mut self, sql: &'a str) -> Fut<'a, ()> {
         Box::pin(async move {
             sqlx::raw_sql(AssertSqlSafe(sql.to_owned())).execute(&mut *self.0).await?;

@@ -7,8 +7,8 @@
 use sqlx::{Acquire, AssertSqlSafe, Executor};
 
 use super::PgStore;
-use super::open::OUR_TABLES;
 use crate::error::DbError;
+use crate::storage::schema::OUR_TABLES;
 
 /// One file of `migrations/postgres/`, embedded at build time.
 #[derive(Debug)]
@@ -61,9 +61,10 @@ pub(super) async fn run(db: &PgStore) -> Result<(), DbError> {
                 continue;
             }
             if !present.is_empty() {
-                return Err(DbError::PartialDb {
-                    url: db.url().to_string(),
+                return Err(DbError::PartialSchema {
+                    db: db.url().to_string(),
                     migration: m.name.into(),
+                    adds: OUR_TABLES.join(", "),
                     found: present.join(", "),
                 });
             }
@@ -89,7 +90,7 @@ async fn record(tx: &mut sqlx::PgConnection, name: &str) -> Result<(), DbError> 
 
 fn check_known(db: &PgStore, recorded: &[String]) -> Result<(), DbError> {
     match recorded.iter().find(|r| !PG_MIGRATIONS.iter().any(|m| m.name == r.as_str())) {
-        Some(unknown) => Err(DbError::UnknownDbMigration { url: db.url().to_string(), migration: unknown.clone() }),
+        Some(unknown) => Err(DbError::UnknownMigration { db: db.url().to_string(), migration: unknown.clone() }),
         None => Ok(()),
     }
 }

@@ -10,6 +10,7 @@ use sqlx::{ConnectOptions, Executor};
 use super::migrate;
 use crate::error::DbError;
 use crate::storage::location::redact;
+use crate::storage::schema;
 
 /// An open PostgreSQL fleet database: its URL (shown redacted) and a pool.
 #[derive(Clone, Debug)]
@@ -20,11 +21,7 @@ pub struct PgStore {
 
 /// How long a command waits for a connection before saying the server cannot be
 /// reached: long enough for a server that is starting, short enough for a typo.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Tables our migrations create.
-pub(super) const OUR_TABLES: &[&str] =
-    &["videos", "attempts", "fleet_runs", "fleet_workers", "fleet_events", "video_counts", "video_counts_layout"];
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl PgStore {
     /// Connects, refuses another application's database, applies what migrations are
@@ -71,7 +68,7 @@ impl PgStore {
 
     async fn connect(url: &str, max_connections: u32, read_only: bool) -> Result<PgStore, DbError> {
         let shown = redact(url);
-        let bad = |e: sqlx::Error| DbError::Connect { url: shown.clone(), reason: connect_reason(e) };
+        let bad = |e: sqlx::Error| connect_error(&shown, e);
         let mut options = PgConnectOptions::from_str(url).map_err(bad)?.disable_statement_logging();
         options = options.application_name("shardfleet");
         if read_only {
@@ -134,30 +131,29 @@ impl PgStore {
     }
 
     async fn require_fleet(&self) -> Result<(), DbError> {
-        let tables = self.tables().await?;
-        if ["videos", "attempts", "fleet_runs"].iter().all(|t| tables.iter().any(|have| have == t)) {
-            Ok(())
-        } else {
-            Err(DbError::NotFleetDb { url: self.url.clone() })
-        }
+        schema::judge(&self.url, &self.tables().await?, true)
     }
 
     /// Refuses a database that holds other tables and none of ours, so a `--db` naming
     /// the wrong database never gets our schema added to it.
     async fn refuse_foreign(&self) -> Result<(), DbError> {
-        let tables = self.tables().await?;
-        if tables.iter().any(|t| OUR_TABLES.contains(&t.as_str()) || t == migrate::RECORD_TABLE) {
-            return Ok(());
-        }
-        if tables.is_empty() {
-            return Ok(());
-        }
-        let mut names: Vec<String> = tables.iter().take(5).cloned().collect();
-        if tables.len() > 5 {
-            names.push(format!("and {} more", tables.len() - 5));
-        }
-        Err(DbError::ForeignDb { url: self.url.clone(), tables: names.join(", ") })
+        schema::judge(&self.url, &self.tables().await?, false)
     }
+}
+
+/// A connection that failed, by kind: no answer, a refusal or a server shutting down
+/// may pass (exit 1); a malformed URL, a rejected login, no such database or a server
+/// that cannot be verified are for the user to fix (exit 2).
+fn connect_error(url: &str, e: sqlx::Error) -> DbError {
+    let passing = match &e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(d) => {
+            d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53300")
+        }
+        _ => false,
+    };
+    let reason = connect_reason(e);
+    if passing { DbError::Unreachable { db: url.into(), reason } } else { DbError::Open { db: url.into(), reason } }
 }
 
 /// The part of a connection error a user can act on.

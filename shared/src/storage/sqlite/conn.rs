@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::ops::DerefMut;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use sqlx::sqlite::{SqliteArguments, SqliteRow};
-use sqlx::{AssertSqlSafe, Column, Connection, Decode, Row as _, Sqlite, SqliteConnection, TypeInfo, ValueRef};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{AssertSqlSafe, Connection, Decode, Row as _, Sqlite, SqliteConnection, TypeInfo, ValueRef};
 
-use crate::storage::conn::{Arg, Backend, BatchCols, Begin, Conn, Fut, Row, Tx, Val};
+use crate::storage::conn::{Arg, Backend, BatchCols, Begin, Conn, Fut, Query, Row, Tx, Val, query, rows};
 
 /// A SQLite connection, pooled or borrowed, or a transaction on one.
 pub(crate) struct Link<C>(pub C);
@@ -28,9 +28,7 @@ fn numbered(sql: &str) -> String {
     sql.replace('$', "?")
 }
 
-type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments>;
-
-fn bind<'q>(q: Query<'q>, arg: &Arg<'_>) -> Query<'q> {
+fn bind<'q>(q: Query<'q, Sqlite>, arg: &Arg<'_>) -> Query<'q, Sqlite> {
     match *arg {
         Arg::Int(v) => q.bind(v),
         Arg::Text(v) => q.bind(v.map(str::to_owned)),
@@ -39,35 +37,24 @@ fn bind<'q>(q: Query<'q>, arg: &Arg<'_>) -> Query<'q> {
 }
 
 /// Reads every column as the type its value has (SQLite types values, not columns).
-fn row(r: &SqliteRow, names: &Arc<[String]>) -> Row {
-    let vals = (0..r.len())
-        .map(|i| {
-            let Ok(raw) = r.try_get_raw(i) else { return Val::Null };
-            if raw.is_null() {
-                return Val::Null;
-            }
-            let kind = raw.type_info().name().to_string();
-            match kind.as_str() {
-                "INTEGER" | "BOOLEAN" => <i64 as Decode<Sqlite>>::decode(raw).map_or(Val::Null, Val::Int),
-                "REAL" => <f64 as Decode<Sqlite>>::decode(raw).map_or(Val::Null, Val::Real),
-                "BLOB" => <Vec<u8> as Decode<Sqlite>>::decode(raw).map_or(Val::Null, Val::Bytes),
-                _ => match <&[u8] as Decode<Sqlite>>::decode(raw) {
-                    Ok(bytes) => match std::str::from_utf8(bytes) {
-                        Ok(s) => Val::Text(s.to_string()),
-                        Err(_) => Val::Bytes(bytes.to_vec()),
-                    },
-                    Err(_) => Val::Null,
-                },
-            }
-        })
-        .collect();
-    Row { names: names.clone(), vals }
-}
-
-fn rows(rs: Vec<SqliteRow>) -> Vec<Row> {
-    let Some(first) = rs.first() else { return Vec::new() };
-    let names: Arc<[String]> = first.columns().iter().map(|c| c.name().to_string()).collect();
-    rs.iter().map(|r| row(r, &names)).collect()
+fn val(r: &SqliteRow, i: usize) -> Val {
+    let Ok(raw) = r.try_get_raw(i) else { return Val::Null };
+    if raw.is_null() {
+        return Val::Null;
+    }
+    let kind = raw.type_info().name().to_string();
+    match kind.as_str() {
+        "INTEGER" | "BOOLEAN" => <i64 as Decode<Sqlite>>::decode(raw).map_or(Val::Null, Val::Int),
+        "REAL" => <f64 as Decode<Sqlite>>::decode(raw).map_or(Val::Null, Val::Real),
+        "BLOB" => <Vec<u8> as Decode<Sqlite>>::decode(raw).map_or(Val::Null, Val::Bytes),
+        _ => match <&[u8] as Decode<Sqlite>>::decode(raw) {
+            Ok(bytes) => match std::str::from_utf8(bytes) {
+                Ok(s) => Val::Text(s.to_string()),
+                Err(_) => Val::Bytes(bytes.to_vec()),
+            },
+            Err(_) => Val::Null,
+        },
+    }
 }
 
 /// `{rows}` as a chunk of `size` rows of `cols`: a subquery naming VALUES' columns.
@@ -92,23 +79,11 @@ impl<C: DerefMut<Target = SqliteConnection> + Send> Conn for Link<C> {
     }
 
     fn fetch<'a>(&'a mut self, sql: &'a str, args: &'a [Arg<'a>]) -> Fut<'a, Vec<Row>> {
-        Box::pin(async move {
-            let mut q = sqlx::query(AssertSqlSafe(numbered(sql)));
-            for a in args {
-                q = bind(q, a);
-            }
-            Ok(rows(q.fetch_all(&mut *self.0).await?))
-        })
+        Box::pin(async move { Ok(rows(query(numbered(sql), args, bind).fetch_all(&mut *self.0).await?, val)) })
     }
 
     fn execute<'a>(&'a mut self, sql: &'a str, args: &'a [Arg<'a>]) -> Fut<'a, u64> {
-        Box::pin(async move {
-            let mut q = sqlx::query(AssertSqlSafe(numbered(sql)));
-            for a in args {
-                q = bind(q, a);
-            }
-            Ok(q.execute(&mut *self.0).await?.rows_affected())
-        })
+        Box::pin(async move { Ok(query(numbered(sql), args, bind).execute(&mut *self.0).await?.rows_affected()) })
     }
 
     fn batch<'a>(&'a mut self, sql: &'a str, cols: BatchCols, batch: &'a [Vec<Arg<'a>>]) -> Fut<'a, Vec<Row>> {
@@ -136,13 +111,14 @@ impl<C: DerefMut<Target = SqliteConnection> + Send> Conn for Link<C> {
                 for _ in 0..(size - chunk.len()) * cols.0.len() {
                     q = q.bind(None::<i64>);
                 }
-                out.extend(rows(q.fetch_all(&mut *self.0).await?));
+                out.extend(rows(q.fetch_all(&mut *self.0).await?, val));
                 rest = tail;
             }
             Ok(out)
         })
     }
 
+    #[cfg(feature = "testing")]
     fn script<'a>(&'a mut self, sql: &'a str) -> Fut<'a, ()> {
         Box::pin(async move {
             sqlx::raw_sql(AssertSqlSafe(sql.to_owned())).execute(&mut *self.0).await?;

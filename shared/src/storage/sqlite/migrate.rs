@@ -82,7 +82,7 @@ pub(crate) async fn run(db: &SqliteStore) -> Result<(), DbError> {
                 tracing::info!(migration = m.name, "applied migration");
             } else if present.len() < adds.len() {
                 return Err(DbError::PartialSchema {
-                    path: db.path().into(),
+                    db: db.path().display().to_string(),
                     migration: m.name.into(),
                     adds: adds.names().join(", "),
                     found: present.join(", "),

@@ -10,6 +10,7 @@ mod open;
 mod sql;
 
 pub(crate) use conn::Link;
+#[cfg(feature = "testing")]
 pub use migrate::{MIGRATIONS, Migration};
 pub(crate) use open::SqliteStore;
 pub(crate) use sql::SQL;

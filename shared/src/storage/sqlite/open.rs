@@ -12,6 +12,7 @@ use sqlx::{ConnectOptions, Executor};
 use super::{busy, migrate};
 use crate::error::DbError;
 use crate::storage::busy::retry_busy;
+use crate::storage::schema;
 
 /// An open SQLite fleet database: its file and a pool whose connections all wait for
 /// locks with the polling busy handler.
@@ -32,7 +33,7 @@ impl SqliteStore {
             create_private(path)?;
         }
         let mut options = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(|e| DbError::Open { path: path.into(), reason: e.to_string() })?
+            .map_err(|e| DbError::Open { db: shown(path), reason: e.to_string() })?
             .filename(path)
             .create_if_missing(true)
             .busy_timeout(Duration::from_secs(5));
@@ -83,7 +84,7 @@ impl SqliteStore {
     /// `export`, `stop`, `logs` and the monitor, which only read.
     pub(crate) async fn open_read_only(path: &Path) -> Result<SqliteStore, DbError> {
         let missing = || DbError::Open {
-            path: path.into(),
+            db: shown(path),
             reason: "no such database (run `supervisor import` or `supervisor start` first)".into(),
         };
         match std::fs::metadata(path) {
@@ -110,20 +111,18 @@ impl SqliteStore {
         let read_only = |e: sqlx::Error| match &e {
             // A WAL database needs its -shm file, which a reader creates next to the file.
             sqlx::Error::Database(d) if is_read_only_code(d.code().as_deref()) => DbError::Open {
-                path: path.into(),
+                db: shown(path),
                 reason: "it is in WAL mode and its directory cannot be written (readers need its -shm file)".into(),
             },
             _ => DbError::Sql(e),
         };
-        let tables: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('videos', 'attempts', 'fleet_runs')",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .map_err(read_only)?;
-        if tables < 3 {
+        let tables: Vec<String> = sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .fetch_all(&db.pool)
+            .await
+            .map_err(read_only)?;
+        if let Err(e) = schema::judge(&shown(path), &tables, true) {
             db.close().await;
-            return Err(DbError::NotFleet { path: path.into() });
+            return Err(e);
         }
         Ok(db)
     }
@@ -149,7 +148,7 @@ impl SqliteStore {
         .await;
         match result {
             Err(DbError::Sql(sqlx::Error::Database(e))) if is_read_only_code(e.code().as_deref()) => {
-                Err(DbError::ReadOnly { path: self.path.clone() })
+                Err(DbError::ReadOnly { db: shown(&self.path) })
             }
             other => other,
         }
@@ -169,18 +168,8 @@ fn create_private(path: &Path) -> Result<(), DbError> {
     match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(DbError::Open { path: path.into(), reason: e.to_string() }),
+        Err(e) => Err(DbError::Open { db: shown(path), reason: e.to_string() }),
     }
-}
-
-/// Tables our migrations create.
-const OUR_TABLES: &[&str] =
-    &["videos", "attempts", "fleet_runs", "fleet_workers", "fleet_events", "video_counts", "video_counts_layout"];
-
-/// Tables a file may hold besides ours and still be taken for a fleet's: SQLite's own,
-/// and the bookkeeping of wrangler and its local D1 (`d1_migrations`, `_cf_*`).
-fn is_bookkeeping(table: &str) -> bool {
-    table.starts_with("sqlite_") || table.starts_with("_cf_") || table == "d1_migrations"
 }
 
 /// Refuses a SQLite file that holds another application's tables and none of ours, so
@@ -190,19 +179,12 @@ async fn refuse_foreign(db: &SqliteStore) -> Result<(), DbError> {
         .fetch_all(&db.pool)
         .await
         .map_err(|e| open_error(&db.path, e))?;
-    if tables.iter().any(|t| OUR_TABLES.contains(&t.as_str())) {
-        // Ours, whole or in part: the migrations adopt it or name what is missing.
-        return Ok(());
-    }
-    let foreign: Vec<&String> = tables.iter().filter(|t| !is_bookkeeping(t)).collect();
-    if foreign.is_empty() {
-        return Ok(());
-    }
-    let mut names: Vec<String> = foreign.iter().take(5).map(|t| t.to_string()).collect();
-    if foreign.len() > 5 {
-        names.push(format!("and {} more", foreign.len() - 5));
-    }
-    Err(DbError::Foreign { path: db.path.clone(), tables: names.join(", ") })
+    schema::judge(&shown(&db.path), &tables, false)
+}
+
+/// How a path is named in messages.
+fn shown(path: &Path) -> String {
+    path.display().to_string()
 }
 
 /// Returns whether `path` is a new database, or why it cannot be one.
@@ -215,19 +197,19 @@ fn inspect(path: &Path) -> Result<bool, DbError> {
                 && !dir.is_dir()
             {
                 return Err(DbError::Open {
-                    path: path.into(),
+                    db: shown(path),
                     reason: format!("directory {} does not exist", dir.display()),
                 });
             }
             Ok(true)
         }
-        Err(e) => Err(DbError::Open { path: path.into(), reason: e.to_string() }),
-        Ok(m) if m.is_dir() => Err(DbError::Open { path: path.into(), reason: "it is a directory".into() }),
+        Err(e) => Err(DbError::Open { db: shown(path), reason: e.to_string() }),
+        Ok(m) if m.is_dir() => Err(DbError::Open { db: shown(path), reason: "it is a directory".into() }),
         Ok(m) if m.len() == 0 => Ok(true),
         Ok(_) => {
             let mut header = [0u8; 16];
             let mut file =
-                std::fs::File::open(path).map_err(|e| DbError::Open { path: path.into(), reason: e.to_string() })?;
+                std::fs::File::open(path).map_err(|e| DbError::Open { db: shown(path), reason: e.to_string() })?;
             match file.read_exact(&mut header) {
                 Ok(()) if &header == SQLITE_MAGIC => Ok(false),
                 _ => Err(DbError::NotSqlite { path: path.into() }),
@@ -246,7 +228,7 @@ fn is_read_only_code(code: Option<&str>) -> bool {
 fn open_error(path: &Path, e: sqlx::Error) -> DbError {
     match &e {
         sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("8") | Some("14")) => {
-            DbError::Open { path: path.into(), reason: db.message().to_string() }
+            DbError::Open { db: shown(path), reason: db.message().to_string() }
         }
         _ => DbError::Sql(e),
     }
