@@ -15,5 +15,6 @@ pub mod status;
 pub mod storage;
 pub mod tls;
 pub mod units;
+pub mod words;
 
 pub use error::{DbError, ParseError};

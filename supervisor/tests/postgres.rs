@@ -181,7 +181,7 @@ async fn each_kind_of_database_trouble_exits_with_its_own_code_from_every_comman
     let silent_port = silent.local_addr().unwrap().port();
 
     psql(&url, "CREATE TABLE invoices (id BIGINT PRIMARY KEY)");
-    let cases: [(&str, String, u8, &str); 6] = [
+    let cases: [(&str, String, i32, &str); 6] = [
         ("another application's database", url.clone(), 2, "holds another application's tables (invoices)"),
         ("a malformed URL", format!("{scheme}://{host}:notaport/x"), 2, "is not a valid PostgreSQL URL"),
         ("a rejected login", format!("{scheme}://no_such_role@{host}/postgres"), 2, "no_such_role"),

@@ -61,7 +61,7 @@ impl TestDb {
     /// Videos by status, counted from the table; statuses no video has are left out.
     pub async fn by_status(&self) -> BTreeMap<String, i64> {
         let c = self.counts().await;
-        VideoStatus::ALL.into_iter().filter(|&s| c.get(s) > 0).map(|s| (s.to_string(), c.get(s) as i64)).collect()
+        VideoStatus::ALL.iter().copied().filter(|&s| c.get(s) > 0).map(|s| (s.to_string(), c.get(s) as i64)).collect()
     }
 
     /// Every video by status, counted from the table.

@@ -192,6 +192,11 @@ pub(crate) fn query<DB: sqlx::Database>(
 /// A statement of backend `DB`, being bound.
 pub(crate) type Query<'q, DB> = sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>;
 
+/// A word the records hold that this build does not know: the row cannot be read.
+pub(crate) fn word<T: std::str::FromStr<Err = crate::words::UnknownWord>>(text: String) -> Result<T, DbError> {
+    text.parse().map_err(|e: crate::words::UnknownWord| DbError::Sql(sqlx::Error::Decode(Box::new(e))))
+}
+
 /// How a transaction begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Begin {

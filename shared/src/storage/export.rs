@@ -5,7 +5,7 @@ use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::Store;
-use super::conn::{ConnExt, Row, args};
+use super::conn::{ConnExt, Row, args, word};
 use crate::error::DbError;
 use crate::status::VideoStatus;
 
@@ -86,7 +86,7 @@ fn export_row(mut r: Row) -> Result<ExportRow, DbError> {
         video_id: r.int(0),
         source: r.vals[1].take_text().unwrap_or_default(),
         payload: r.vals[2].take_text(),
-        status: status.parse().map_err(|e: String| DbError::Sql(sqlx::Error::Decode(e.into())))?,
+        status: word(status)?,
         attempts: r.int(4),
         result: r.vals[5].take_text(),
         last_error: r.vals[6].take_text(),

@@ -3,80 +3,17 @@
 //! `supervisor status`, `stop`, `logs` and by `monitor --db`, so they work while a fleet
 //! runs and after it stopped.
 
-use std::fmt;
-use std::str::FromStr;
-
 use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::words::UnknownWord;
+use crate::words::words;
+
 use super::busy::run;
-use super::conn::{Begin, Conn, ConnExt, Row, args};
+use super::conn::{Begin, Conn, ConnExt, Row, args, word};
 use super::{Store, now_ms};
 use crate::error::DbError;
-
-/// A word kept in the records that this build does not know.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown {what} {word:?}")]
-pub struct UnknownWord {
-    pub what: &'static str,
-    pub word: String,
-}
-
-/// An enum kept in the records as a word: the word is its `Display`, its JSON and what
-/// the table holds, defined once here.
-macro_rules! words {
-    ($(#[$meta:meta])* $name:ident ($what:literal) { $($(#[$vmeta:meta])* $variant:ident => $word:literal,)+ }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name {
-            $($(#[$vmeta])* $variant,)+
-        }
-
-        impl $name {
-            pub const ALL: &[$name] = &[$($name::$variant,)+];
-
-            /// The word kept in the records.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $word,)+
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = UnknownWord;
-            fn from_str(s: &str) -> Result<Self, UnknownWord> {
-                $name::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| UnknownWord { what: $what, word: s.into() })
-            }
-        }
-
-        impl TryFrom<String> for $name {
-            type Error = UnknownWord;
-            fn try_from(s: String) -> Result<Self, UnknownWord> {
-                s.parse()
-            }
-        }
-
-        impl Serialize for $name {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(self.as_str())
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
-            }
-        }
-    };
-}
 
 words! {
     /// Where a run is in its life.
@@ -274,11 +211,6 @@ fn live_runs_sql() -> &'static str {
     static SQL: LazyLock<String> =
         LazyLock::new(|| format!("SELECT * FROM fleet_runs WHERE {} ORDER BY run_id", live_states()));
     &SQL
-}
-
-/// A word the records hold that this build does not know: the row cannot be read.
-fn word<T: FromStr<Err = UnknownWord>>(text: String) -> Result<T, DbError> {
-    text.parse().map_err(|e: UnknownWord| DbError::Sql(sqlx::Error::Decode(Box::new(e))))
 }
 
 impl FleetRun {
@@ -627,6 +559,7 @@ mod tests {
         }
         assert_eq!(serde_json::from_str::<SlotStatus>("\"not-ready\"").unwrap(), SlotStatus::NotReady);
         let err = "sleeping".parse::<RunState>().unwrap_err();
-        assert_eq!(err.to_string(), "unknown run state \"sleeping\"");
+        let known = "running, stopping, stopped, done, failed, errored, crashed, damaged";
+        assert_eq!(err.to_string(), format!("unknown run state \"sleeping\" (expected {known})"));
     }
 }

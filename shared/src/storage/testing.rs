@@ -8,7 +8,7 @@ use std::path::Path;
 use sqlx::{AssertSqlSafe, Connection, SqliteConnection};
 
 use super::busy::run;
-use super::conn::{Arg, Backend, Begin, ConnExt, Row, Val, args};
+use super::conn::{Arg, Backend, Begin, ConnExt, Row, Val, args, word};
 use super::{DbLocation, FleetRun, NewVideo, Store};
 use crate::error::DbError;
 use crate::status::{ShardCounts, VideoStatus};
@@ -52,7 +52,7 @@ fn video_row(r: &Row) -> Result<VideoRow, DbError> {
         video_id: r.int(0),
         source: r.opt_text(1),
         payload: r.opt_text(2),
-        status: r.text(3).parse().map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+        status: word(r.text(3))?,
         attempts: r.int(4),
         result: r.opt_text(5),
         last_error: r.opt_text(6),

@@ -69,3 +69,30 @@ pub(crate) static SQL: Sql = Sql {
     import_begin: &["BEGIN IMMEDIATE"],
     rejects_nul: false,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::SQL;
+    use crate::status::VideoStatus;
+
+    /// Each status with its place, in the order Rust lists them.
+    fn places() -> Vec<(usize, &'static str)> {
+        VideoStatus::ALL.iter().enumerate().map(|(i, s)| (i, s.as_str())).collect()
+    }
+
+    #[test]
+    fn the_kept_counts_slot_order_of_the_sql_is_the_rust_status_order() {
+        // The triggers of migration 0003 cannot change (wrangler records applied files
+        // by name), so this holds them to the Rust order instead.
+        let triggers = include_str!("../../../../migrations/0003_counts.sql");
+        let last = places().len() - 1;
+        let case: Vec<String> = places()
+            .iter()
+            .map(|&(i, s)| if i == last { format!("ELSE {i} END") } else { format!("WHEN '{s}' THEN {i}") })
+            .collect();
+        assert_eq!(triggers.matches(&case.join(" ")).count(), 4, "every trigger numbers the slots as Rust does");
+        assert_eq!(triggers.matches("CASE").count(), 4, "and no other way");
+        let values: Vec<String> = places().iter().map(|(i, s)| format!("({i}, '{s}')")).collect();
+        assert!(SQL.recount.iter().any(|s| s.contains(&values.join(", "))), "the recount numbers them so too");
+    }
+}
