@@ -8,6 +8,7 @@ pub mod error;
 pub mod exit;
 pub mod host;
 pub mod ids;
+pub mod location;
 pub mod logging;
 pub mod retry;
 pub mod signals;

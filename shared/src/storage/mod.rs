@@ -16,7 +16,6 @@ mod finish;
 mod fleet;
 mod import;
 mod lease;
-pub mod location;
 pub(crate) mod postgres;
 mod requeue;
 mod schema;
@@ -27,6 +26,7 @@ mod summary;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use crate::location::{DbLocation, LocationError, default_db};
 pub use beats::Beat;
 pub use busy::BUSY_RETRIES;
 pub use claim::Claimed;
@@ -37,7 +37,6 @@ pub use fleet::{
 };
 pub use import::{EXISTING_NAMED, IMPORT_BATCH, Import, ImportReport, ImportRow, NewVideo, Repeat};
 pub use lease::owner_of;
-pub use location::{DbLocation, LocationError, default_db};
 pub use requeue::RequeueOutcome;
 pub use shard::{ClaimRound, STEAL_BATCH, Shard, ShardSpec};
 pub use store::{DEFAULT_LOG_FILTER, Store, corrupt_advice, now_ms};

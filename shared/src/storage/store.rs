@@ -6,10 +6,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::busy::run;
 use super::conn::{Backend, Conn, ConnExt};
-use super::location::DbLocation;
 use super::postgres::PgStore;
 use super::sqlite::SqliteStore;
 use crate::error::DbError;
+use crate::location::DbLocation;
 
 /// An open, migrated (or, read-only, recognised) fleet database. Cheap to clone: clones
 /// share the connections. Which backend it is stays inside `storage`.

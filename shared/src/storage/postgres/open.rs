@@ -9,7 +9,7 @@ use sqlx::{ConnectOptions, Executor};
 
 use super::migrate;
 use crate::error::DbError;
-use crate::storage::location::redact;
+use crate::location::redact;
 use crate::storage::schema;
 
 /// An open PostgreSQL fleet database: its URL (shown redacted) and a pool.

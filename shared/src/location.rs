@@ -1,4 +1,4 @@
-//! Where the fleet's database is: a file path (SQLite, the default) or a PostgreSQL URL,
+//! Where the fleet's database is (what `--db` says, before anything is opened): a file path (SQLite, the default) or a PostgreSQL URL,
 //! as every command's `--db` (env `FLEET_DB`, or `DATABASE_URL`) names it.
 
 use std::fmt;
