@@ -22,6 +22,9 @@ fn chunk_size(rows: usize) -> usize {
     CHUNK_SIZES.iter().copied().find(|&n| n >= rows).unwrap_or(CHUNK_SIZES[CHUNK_SIZES.len() - 1])
 }
 
+/// Batch statement texts made so far, by (statement, chunk size).
+type Made = HashMap<(String, usize), Arc<str>>;
+
 /// The statements are written once with PostgreSQL's `$n`; SQLite reads `?n` as the
 /// same numbered parameter.
 fn numbered(sql: &str) -> String {
@@ -90,7 +93,7 @@ impl<C: DerefMut<Target = SqliteConnection> + Send> Conn for Link<C> {
         Box::pin(async move {
             // One statement text per (sql, chunk size), made once: the cache of prepared
             // statements is keyed by text.
-            static MADE: OnceLock<Mutex<HashMap<(String, usize), Arc<str>>>> = OnceLock::new();
+            static MADE: OnceLock<Mutex<Made>> = OnceLock::new();
             let mut out = Vec::with_capacity(batch.len());
             let mut rest = batch;
             while !rest.is_empty() {
