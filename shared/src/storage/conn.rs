@@ -161,6 +161,21 @@ pub(crate) fn rows<R: sqlx::Row>(rs: Vec<R>, val: fn(&R, usize) -> Val) -> Vec<R
     rs.iter().map(|r| Row { names: names.clone(), vals: (0..r.len()).map(|i| val(r, i)).collect() }).collect()
 }
 
+/// Column `i`'s raw value and the name of its type, or None for NULL (or a column
+/// that cannot be read): what a backend's `val` decodes from.
+pub(crate) fn typed<R: sqlx::Row>(r: &R, i: usize) -> Option<(<R::Database as sqlx::Database>::ValueRef<'_>, String)>
+where
+    usize: sqlx::ColumnIndex<R>,
+{
+    use sqlx::{TypeInfo, ValueRef};
+    let raw = r.try_get_raw(i).ok()?;
+    if raw.is_null() {
+        return None;
+    }
+    let kind = raw.type_info().name().to_string();
+    Some((raw, kind))
+}
+
 /// A statement with `args` bound by the backend's `bind`.
 pub(crate) fn query<DB: sqlx::Database>(
     sql: String,

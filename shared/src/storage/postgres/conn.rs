@@ -4,9 +4,9 @@
 use std::ops::DerefMut;
 
 use sqlx::postgres::PgRow;
-use sqlx::{AssertSqlSafe, Connection, Decode, PgConnection, Postgres, Row as _, TypeInfo, ValueRef};
+use sqlx::{AssertSqlSafe, Connection, Decode, PgConnection, Postgres};
 
-use crate::storage::conn::{Arg, Backend, BatchCols, Begin, Col, Conn, Fut, Query, Row, Tx, Val, query, rows};
+use crate::storage::conn::{Arg, Backend, BatchCols, Begin, Col, Conn, Fut, Query, Row, Tx, Val, query, rows, typed};
 
 /// A PostgreSQL connection, pooled or borrowed, or a transaction on one.
 pub(crate) struct Link<C>(pub C);
@@ -28,11 +28,7 @@ fn bind<'q>(q: Query<'q, Postgres>, arg: &Arg<'_>) -> Query<'q, Postgres> {
 
 /// Reads every column by its declared type.
 fn val(r: &PgRow, i: usize) -> Val {
-    let Ok(raw) = r.try_get_raw(i) else { return Val::Null };
-    if raw.is_null() {
-        return Val::Null;
-    }
-    let kind = raw.type_info().name().to_string();
+    let Some((raw, kind)) = typed(r, i) else { return Val::Null };
     match kind.as_str() {
         "INT8" => <i64 as Decode<Postgres>>::decode(raw).map_or(Val::Null, Val::Int),
         "INT4" => <i32 as Decode<Postgres>>::decode(raw).map_or(Val::Null, |v| Val::Int(v.into())),

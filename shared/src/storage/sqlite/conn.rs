@@ -6,9 +6,9 @@ use std::ops::DerefMut;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use sqlx::sqlite::SqliteRow;
-use sqlx::{AssertSqlSafe, Connection, Decode, Row as _, Sqlite, SqliteConnection, TypeInfo, ValueRef};
+use sqlx::{AssertSqlSafe, Connection, Decode, Sqlite, SqliteConnection};
 
-use crate::storage::conn::{Arg, Backend, BatchCols, Begin, Conn, Fut, Query, Row, Tx, Val, query, rows};
+use crate::storage::conn::{Arg, Backend, BatchCols, Begin, Conn, Fut, Query, Row, Tx, Val, query, rows, typed};
 
 /// A SQLite connection, pooled or borrowed, or a transaction on one.
 pub(crate) struct Link<C>(pub C);
@@ -41,11 +41,7 @@ fn bind<'q>(q: Query<'q, Sqlite>, arg: &Arg<'_>) -> Query<'q, Sqlite> {
 
 /// Reads every column as the type its value has (SQLite types values, not columns).
 fn val(r: &SqliteRow, i: usize) -> Val {
-    let Ok(raw) = r.try_get_raw(i) else { return Val::Null };
-    if raw.is_null() {
-        return Val::Null;
-    }
-    let kind = raw.type_info().name().to_string();
+    let Some((raw, kind)) = typed(r, i) else { return Val::Null };
     match kind.as_str() {
         "INTEGER" | "BOOLEAN" => <i64 as Decode<Sqlite>>::decode(raw).map_or(Val::Null, Val::Int),
         "REAL" => <f64 as Decode<Sqlite>>::decode(raw).map_or(Val::Null, Val::Real),
