@@ -10,6 +10,7 @@ pub mod host;
 pub mod ids;
 pub mod location;
 pub mod logging;
+pub mod records;
 pub mod retry;
 pub mod signals;
 pub mod status;

@@ -147,6 +147,19 @@ pub fn redact(url: &str) -> String {
     out
 }
 
+/// `server` naming database `name` instead: its parameters (`?sslmode=verify-full&
+/// sslrootcert=/path/ca.crt`) kept, and a path among them (which holds `/` too) left
+/// alone, so the query is split off before the database name is looked for.
+pub fn with_database(server: &str, name: &str) -> String {
+    let (url, query) = server.split_once('?').map_or((server, None), |(u, q)| (u, Some(q)));
+    let host_at = url.find("://").map_or(0, |i| i + 3);
+    let base = url[host_at..].find('/').map_or(url, |i| &url[..host_at + i]);
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,5 +191,22 @@ mod tests {
         let l: DbLocation = "postgres://fleet:s3cret@db.internal:5432/jobs?password=x&sslmode=require".parse().unwrap();
         assert_eq!(l.to_string(), "postgres://fleet:***@db.internal:5432/jobs?password=***&sslmode=require");
         assert_eq!(redact("postgres://fleet@h/db"), "postgres://fleet@h/db");
+    }
+
+    #[test]
+    fn a_server_url_names_the_new_database_and_keeps_its_parameters() {
+        let cases = [
+            ("postgres://postgres@127.0.0.1:5432/postgres", "postgres://postgres@127.0.0.1:5432/t1"),
+            ("postgres://127.0.0.1:5432", "postgres://127.0.0.1:5432/t1"),
+            ("postgres://127.0.0.1:5432/", "postgres://127.0.0.1:5432/t1"),
+            ("postgres://127.0.0.1:5432?sslmode=require", "postgres://127.0.0.1:5432/t1?sslmode=require"),
+            (
+                "postgres://u:p@localhost/postgres?sslmode=verify-full&sslrootcert=/tmp/pg/ca.crt",
+                "postgres://u:p@localhost/t1?sslmode=verify-full&sslrootcert=/tmp/pg/ca.crt",
+            ),
+        ];
+        for (server, want) in cases {
+            assert_eq!(with_database(server, "t1"), want, "{server}");
+        }
     }
 }

@@ -3,7 +3,6 @@
 //! verb writes its own loop, no caller ever loops on a lock, and no lock ever becomes a
 //! failed video. [`retry`] lends a borrowed connection to each try.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -98,18 +97,3 @@ macro_rules! run {
     };
 }
 pub(crate) use run;
-
-/// Runs `op` until it succeeds or fails with something other than "database is locked".
-pub async fn retry_busy<T, F, Fut>(mut op: F) -> Result<T, DbError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, DbError>>,
-{
-    let mut busy = BusyRetry::new();
-    loop {
-        match op().await {
-            Err(e) => busy.wait(e).await?,
-            ok => return ok,
-        }
-    }
-}

@@ -233,7 +233,6 @@ pub(crate) trait Conn: Send {
 
     /// Runs a script of one or more statements without parameters, unprepared (a
     /// migration, a test's setup).
-    #[cfg(feature = "testing")]
     fn script<'a>(&'a mut self, sql: &'a str) -> Fut<'a, ()>;
 
     /// Begins a transaction; it rolls back unless committed.

@@ -279,22 +279,9 @@ pub async fn create_postgres_database(server: &str) -> Result<DbLocation, DbErro
     let mut admin = sqlx::PgConnection::connect(server).await?;
     sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
     admin.close().await?;
-    with_database(server, &name)
+    crate::location::with_database(server, &name)
         .parse()
         .map_err(|e: super::LocationError| DbError::Sql(sqlx::Error::Configuration(e.to_string().into())))
-}
-
-/// `server` naming database `name` instead: its parameters (`?sslmode=verify-full&
-/// sslrootcert=/path/ca.crt`) kept, and a path among them (which holds `/` too) left
-/// alone, so the query is split off before the database name is looked for.
-fn with_database(server: &str, name: &str) -> String {
-    let (url, query) = server.split_once('?').map_or((server, None), |(u, q)| (u, Some(q)));
-    let host_at = url.find("://").map_or(0, |i| i + 3);
-    let base = url[host_at..].find('/').map_or(url, |i| &url[..host_at + i]);
-    match query {
-        Some(q) => format!("{base}/{name}?{q}"),
-        None => format!("{base}/{name}"),
-    }
 }
 
 /// The claim statement a PostgreSQL shard session `worker_id` of `workers` runs for a
@@ -331,26 +318,4 @@ pub async fn migrate_like_sqlite3(path: &Path, first_left_out: Option<&str>) -> 
         execute_foreign(path, m.sql).await?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::with_database;
-
-    #[test]
-    fn a_server_url_names_the_new_database_and_keeps_its_parameters() {
-        let cases = [
-            ("postgres://postgres@127.0.0.1:5432/postgres", "postgres://postgres@127.0.0.1:5432/t1"),
-            ("postgres://127.0.0.1:5432", "postgres://127.0.0.1:5432/t1"),
-            ("postgres://127.0.0.1:5432/", "postgres://127.0.0.1:5432/t1"),
-            ("postgres://127.0.0.1:5432?sslmode=require", "postgres://127.0.0.1:5432/t1?sslmode=require"),
-            (
-                "postgres://u:p@localhost/postgres?sslmode=verify-full&sslrootcert=/tmp/pg/ca.crt",
-                "postgres://u:p@localhost/t1?sslmode=verify-full&sslrootcert=/tmp/pg/ca.crt",
-            ),
-        ];
-        for (server, want) in cases {
-            assert_eq!(with_database(server, "t1"), want, "{server}");
-        }
-    }
 }

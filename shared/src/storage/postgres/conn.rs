@@ -98,7 +98,6 @@ impl<C: DerefMut<Target = PgConnection> + Send> Conn for Link<C> {
         })
     }
 
-    #[cfg(feature = "testing")]
     fn script<'a>(&'a mut self, sql: &'a str) -> Fut<'a, ()> {
         Box::pin(async move {
             sqlx::raw_sql(AssertSqlSafe(sql.to_owned())).execute(&mut *self.0).await?;

@@ -117,7 +117,6 @@ impl<C: DerefMut<Target = SqliteConnection> + Send> Conn for Link<C> {
         })
     }
 
-    #[cfg(feature = "testing")]
     fn script<'a>(&'a mut self, sql: &'a str) -> Fut<'a, ()> {
         Box::pin(async move {
             sqlx::raw_sql(AssertSqlSafe(sql.to_owned())).execute(&mut *self.0).await?;

@@ -10,11 +10,11 @@
 //! nor empty. Every pending migration runs inside one write transaction, so a failure
 //! leaves the database as it was.
 
-use sqlx::{Connection, Executor};
-
+use super::Link;
 use super::open::SqliteStore;
 use crate::error::DbError;
-use crate::storage::busy::retry_busy;
+use crate::storage::busy::retrying;
+use crate::storage::conn::{Begin, Conn, ConnExt, args};
 
 /// One file of `migrations/`, embedded at build time.
 #[derive(Debug)]
@@ -47,38 +47,32 @@ pub(crate) async fn run(db: &SqliteStore) -> Result<(), DbError> {
     if pending(db).await?.is_empty() {
         return Ok(());
     }
-    retry_busy(|| async {
-        let mut conn = db.pool().acquire().await?;
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        tx.execute(D1_MIGRATIONS_TABLE).await?;
-        let recorded: Vec<String> = sqlx::query_scalar("SELECT name FROM d1_migrations").fetch_all(&mut *tx).await?;
+    let mut conn: Box<dyn Conn> = Box::new(Link(db.pool().acquire().await?));
+    retrying!(conn, |c| {
+        let mut tx = c.begin(Begin::Write).await?;
+        tx.script(D1_MIGRATIONS_TABLE).await?;
+        let recorded: Vec<String> =
+            tx.fetch("SELECT name FROM d1_migrations", &[]).await?.iter().map(|r| r.text(0)).collect();
         for m in MIGRATIONS.iter().filter(|m| !recorded.iter().any(|r| r == m.name)) {
             let adds = additions(m.sql);
             let mut present = Vec::new();
             for name in &adds.objects {
-                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE name = ?")
-                    .bind(name)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                if n > 0 {
+                let sql = "SELECT count(*) FROM sqlite_master WHERE name = $1";
+                if tx.scalar(sql, args![name.as_str()]).await?.int() > Some(0) {
                     present.push(name.clone());
                 }
             }
             for (table, column) in &adds.columns {
-                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pragma_table_info(?) WHERE name = ?")
-                    .bind(table)
-                    .bind(column)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                if n > 0 {
+                let sql = "SELECT count(*) FROM pragma_table_info($1) WHERE name = $2";
+                if tx.scalar(sql, args![table.as_str(), column.as_str()]).await?.int() > Some(0) {
                     present.push(format!("{table}.{column}"));
                 }
             }
             if present.is_empty() {
-                sqlx::raw_sql(m.sql)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|source| DbError::Migration { migration: m.name.into(), source })?;
+                tx.script(m.sql).await.map_err(|e| match e {
+                    DbError::Sql(source) => DbError::Migration { migration: m.name.into(), source },
+                    other => other,
+                })?;
                 tracing::info!(migration = m.name, "applied migration");
             } else if present.len() < adds.len() {
                 return Err(DbError::PartialSchema {
@@ -90,12 +84,10 @@ pub(crate) async fn run(db: &SqliteStore) -> Result<(), DbError> {
             } else {
                 tracing::info!(migration = m.name, "schema already present; recording it as applied");
             }
-            sqlx::query("INSERT INTO d1_migrations (name) VALUES (?)").bind(m.name).execute(&mut *tx).await?;
+            tx.execute("INSERT INTO d1_migrations (name) VALUES ($1)", args![m.name]).await?;
         }
-        tx.commit().await?;
-        Ok(())
+        tx.commit().await
     })
-    .await
 }
 
 /// Names of our migrations not yet recorded in `d1_migrations`.

@@ -9,9 +9,11 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Executor};
 
+use super::Link;
 use super::{busy, migrate};
 use crate::error::DbError;
-use crate::storage::busy::retry_busy;
+use crate::storage::busy::retrying;
+use crate::storage::conn::{Begin, Conn};
 use crate::storage::schema;
 
 /// An open SQLite fleet database: its file and a pool whose connections all wait for
@@ -139,13 +141,9 @@ impl SqliteStore {
     /// Takes the write lock and lets it go, so an unwritable database is reported at
     /// start, not as a failure of the first video.
     async fn check_writable(&self) -> Result<(), DbError> {
-        let result = retry_busy(|| async {
-            let mut conn = self.pool.acquire().await?;
-            conn.execute("BEGIN IMMEDIATE").await?;
-            conn.execute("ROLLBACK").await?;
-            Ok(())
-        })
-        .await;
+        let mut conn: Box<dyn Conn> = Box::new(Link(self.pool.acquire().await?));
+        // Begun and dropped: the write lock taken and let go (the drop rolls back).
+        let result = retrying!(conn, |c| c.begin(Begin::Write).await.map(drop));
         match result {
             Err(DbError::Sql(sqlx::Error::Database(e))) if is_read_only_code(e.code().as_deref()) => {
                 Err(DbError::ReadOnly { db: shown(&self.path) })
