@@ -6,4 +6,5 @@ mod dashboard;
 mod helper;
 mod terminal;
 mod usage;
+mod web;
 mod workers;
