@@ -421,10 +421,18 @@ impl Fleet {
         }
     }
 
-    /// A worker's shard counts as best known: its answer, or for a worker that is not up
-    /// the database's count of its shard, or its last answer.
+    /// A worker's shard counts as best known: the database's, read this round (with
+    /// --db); else its answer; else, for a worker that is not up, the database's last
+    /// count of its shard, or its last answer. The database comes first because videos
+    /// other workers finished for the shard (`--steal`) are in it at once, and in the
+    /// worker's own counts only after its next resync.
     pub fn shard(&self, w: &WorkerReport) -> Option<ShardCounts> {
         let from_db = || self.db_shards.as_ref().and_then(|d| d.get(w.slot as usize)).copied();
+        if self.db_shards_at == Some(self.at_ms)
+            && let Some(counts) = from_db()
+        {
+            return Some(counts);
+        }
         match (&w.status, w.health) {
             (Some(s), WorkerHealth::Up) => Some(s.shard),
             (last, _) => from_db().or(last.as_ref().map(|s| s.shard)),
@@ -910,6 +918,21 @@ pub(crate) mod tests {
         assert_eq!(f.workers()[0].helping_now, [1], "took one since the last poll");
         f.apply(round(3000, vec![may_take(1, vec![]), up(1, 2, counts(1, 0, 0, 0))]));
         assert!(f.workers()[0].helping_now.is_empty(), "took nothing more");
+    }
+
+    #[test]
+    fn counts_read_from_the_database_this_round_win_over_a_workers_own_so_helpers_work_shows_at_once() {
+        let mut f = Fleet::new(targets(2));
+        // Worker 0 helped shard 1 finish its last three videos; worker 1 has not resynced.
+        let answers = || vec![up(0, 2, counts(0, 0, 10, 0)), up(1, 2, counts(3, 0, 7, 0))];
+        let mut r = round(1000, answers());
+        r.db_shards = Some(vec![counts(0, 0, 10, 0), counts(0, 0, 10, 0)]);
+        f.apply(r);
+        let t = f.totals();
+        assert_eq!((t.pending, t.done), (0, 20));
+        // A round without a database read falls back to the workers' answers.
+        f.apply(round(2000, answers()));
+        assert_eq!(f.totals().pending, 3);
     }
 
     #[test]
