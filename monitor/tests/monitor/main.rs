@@ -5,6 +5,7 @@
 mod browser;
 mod dashboard;
 mod helper;
+mod proxy;
 mod terminal;
 mod usage;
 mod web;
