@@ -168,7 +168,10 @@ async fn worker_command(
     let snap = s.snapshot();
     security::authorize(&headers, &s.known_tokens(&snap))?;
     let id: u32 = id.parse().map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "worker ids are numbers"))?;
-    let Some(target) = snap.targets.iter().find(|t| t.slot == id) else {
+    // The page names workers by their own id, which with --targets need not be their
+    // place in the list: find the target through the report, which is in target order.
+    let place = snap.report.workers.iter().position(|w| w.worker_id() == id);
+    let Some(target) = place.and_then(|i| snap.targets.get(i)) else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("there is no worker {id} in this fleet")));
     };
     // Each supervisor gives its run its own token; a worker knows only its run's.

@@ -111,8 +111,10 @@ async fn the_page_of_a_real_fleet_counts_what_the_database_holds_and_shows_hosti
 async fn the_pause_control_reaches_a_real_worker_only_with_the_token_and_from_the_same_origin() {
     let t = TestDb::new().await;
     t.seed(40).await;
-    let (workers, base) = spawn_fleet(&t.path, 2, &["--sleep", "5s", "--control-token", "s3cret-token"]);
-    let page = Page::start(&["--workers", "2", "--base-port", &base.to_string(), "--control-token", "s3cret-token"]);
+    let (workers, _) = spawn_fleet(&t.path, 2, &["--sleep", "5s", "--control-token", "s3cret-token"]);
+    // Listed out of order: the page names workers by their own ids, not their places.
+    let listed = format!("{},{}", workers[1].url(""), workers[0].url(""));
+    let page = Page::start(&["--targets", &listed, "--control-token", "s3cret-token"]);
     let client = testkit::http();
     let pause = page.url("/api/workers/1/pause");
 
