@@ -156,6 +156,24 @@ def check(driver, url, workers, token, hostile, shots):
         fail(f"CSP violations {violations}, console {json.dumps(console)[:600]}")
     print("ok: no console error and no CSP violation")
 
+    # Last, since the failures it causes land in the console: with the fragment
+    # unreachable the page says its figures are stale, and stops saying so once it is
+    # reachable again.
+    stale = '[data-testid="fleet-stale"]'
+    driver.execute_cdp_cmd("Network.enable", {})
+    driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/fragment"]})
+    try:
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, stale))
+    except Exception:
+        fail("no stale banner while the figures cannot be fetched")
+    driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
+    try:
+        # Backed off after the failures: the next try comes within a few seconds.
+        WebDriverWait(driver, 40).until(lambda d: not d.find_elements(By.CSS_SELECTOR, stale))
+    except Exception:
+        fail("the stale banner stayed after the figures could be fetched again")
+    print("ok: the stale banner shows only while the figures cannot be fetched")
+
 
 if __name__ == "__main__":
     main()
