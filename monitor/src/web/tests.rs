@@ -293,3 +293,31 @@ async fn a_balanced_steal_idle_fleet_shows_no_helping() {
     assert!(!html.contains(">helping "), "nobody takes anything now:\n{html}");
     assert!(html.contains("took 3 of 1"), "what was taken stays shown");
 }
+
+#[tokio::test]
+async fn with_db_a_worker_the_supervisor_gave_up_on_reads_errored_and_failed_attempts_offer_a_retry() {
+    let slot = shared::storage::FleetWorker {
+        run_id: 1,
+        worker_id: 1,
+        pid: None,
+        port: 3002,
+        state: shared::storage::SlotStatus::Errored,
+        started_at: None,
+        restarts: 5,
+        last_reason: Some("exit code 1 <b>boom</b>".into()),
+        last_restart_at: None,
+        rss_bytes: None,
+        memory_kills: 0,
+        updated_at: None,
+    };
+    let f = fleet(None).with_records(&[slot], None);
+    let mut snap = snapshot(None);
+    snap.report = f.report();
+    snap.fleet = f;
+    let (_, html) = send(state(Setup { with_db: true, ..Setup::default() }, snap), get("/")).await;
+    assert!(html.contains(r#"data-worker-id="1" data-state="errored""#), "{html}");
+    assert!(html.contains("exit code 1 &lt;b&gt;boom&lt;/b&gt;"), "the last restart reason, escaped");
+    assert!(html.contains(r#"data-action="retry" data-video-id="4""#), "retry of the failed attempt's video");
+    assert!(html.contains(r#"data-action="retry-failed""#));
+    assert!(!html.contains("need the fleet's database"));
+}
