@@ -115,7 +115,11 @@
     } else if (kind === "retry-failed") {
       path = "/api/videos/retry-failed";
     }
-    if (path) send({ path: path, verb: kind, button: button });
+    if (!path) return;
+    // The two that cannot be undone from here ask first.
+    if (kind === "drain" && !window.confirm("Drain worker " + worker + "? It stops claiming, finishes what it holds and exits.")) return;
+    if (kind === "retry-failed" && !window.confirm("Requeue every failed video?")) return;
+    send({ path: path, verb: kind, button: button });
   });
 
   const form = document.getElementById("token-form");
