@@ -2,7 +2,7 @@
 //! results, with the command that produced them, into docs/BENCHMARKS.md.
 //!
 //! Run with `cargo run --release -p bench -- worker` (or `-- monitor`, `-- import`,
-//! `-- postgres`, `-- skew`; see
+//! `-- postgres`, `-- skew`, `-- web`; see
 //! docs/BENCHMARKS.md). It uses the release binaries next to its own executable, so
 //! build them in the same profile.
 
@@ -12,6 +12,7 @@ mod postgres_bench;
 mod scale_bench;
 mod skew_bench;
 mod supervisor_bench;
+mod web_bench;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -139,6 +140,21 @@ enum What {
         #[arg(long, value_delimiter = ',', default_value = "off,orphaned,idle")]
         modes: Vec<String>,
     },
+    /// `monitor --serve` with 50 clients polling its fragment every second: latency of
+    /// the page, the fragment and /api/fleet, the monitor's memory, and the workers'
+    /// requests (only the monitor's own poll should reach them).
+    Web {
+        #[arg(long, default_value_t = 4)]
+        workers: u32,
+        /// Videos in the database (the workers run through them with --sleep 0).
+        #[arg(long, default_value_t = 10_000)]
+        videos: i64,
+        #[arg(long, default_value_t = 50)]
+        clients: usize,
+        /// How long the clients poll, in seconds.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
     /// Wall time and peak RSS of `supervisor import` on a generated CSV file.
     Import {
         /// Lines of the CSV file.
@@ -209,6 +225,13 @@ async fn main() -> anyhow::Result<()> {
             let report = skew_bench::bench_skew(&dir, cli.runs, &opts).await;
             let _ = std::fs::remove_dir_all(&dir);
             write_section(&cli.out, "skew", &command, &report?)?;
+        }
+        What::Web { workers, videos, clients, seconds } => {
+            let dir = tempfile_dir()?;
+            let opts = web_bench::Options { workers, videos, clients, seconds };
+            let report = web_bench::bench_web(&dir, &opts).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            write_section(&cli.out, "web", &command, &report?)?;
         }
         What::Import { lines, baseline } => {
             let dir = tempfile_dir()?;

@@ -74,6 +74,12 @@ pub struct WorkerReport {
     /// With --db: the supervisor's view of the slot (starting, running, backoff,
     /// errored, stopped).
     pub supervisor_state: Option<SlotStatus>,
+    /// The other shards it is helping now: those of a video of theirs it has in flight,
+    /// or that it took a video from since the poll before. Its own `status.helping`
+    /// lists the shards it *may* take from, which in a balanced `--steal idle` fleet is
+    /// every other one although none takes anything. Added after the fields above.
+    #[serde(default)]
+    pub helping_now: Vec<u32>,
 }
 
 impl WorkerReport {
@@ -88,6 +94,7 @@ impl WorkerReport {
             restarts: 0,
             last_restart_reason: None,
             supervisor_state: None,
+            helping_now: Vec::new(),
         }
     }
 
@@ -246,6 +253,9 @@ pub struct Fleet {
     avg_job_ms: Option<f64>,
     /// Videos finished in each round, oldest first, for the sparkline.
     history: VecDeque<u64>,
+    /// Videos done and failed in the last round, counted as `finished_seen` is, for the
+    /// web page's chart of the two.
+    last_increase: (u64, u64),
     at_ms: i64,
     rounds: u64,
 }
@@ -262,6 +272,7 @@ impl Fleet {
             window: VecDeque::new(),
             avg_job_ms: None,
             history: VecDeque::new(),
+            last_increase: (0, 0),
             at_ms: 0,
             rounds: 0,
         }
@@ -285,6 +296,12 @@ impl Fleet {
     /// Throughput per round, oldest first.
     pub fn history(&self) -> &VecDeque<u64> {
         &self.history
+    }
+
+    /// Videos done and failed in the last round: each answering worker's increase since
+    /// its previous answer.
+    pub fn last_increase(&self) -> (u64, u64) {
+        self.last_increase
     }
 
     pub fn rounds(&self) -> u64 {
@@ -314,16 +331,20 @@ impl Fleet {
             self.db_shards_at = Some(round.at_ms);
         }
         let mut finished_now = 0;
+        let mut increase = (0, 0);
         for (w, answer) in self.workers.iter_mut().zip(round.answers) {
             match answer {
                 Answer::Up(status) => {
                     if let Some(before) = &w.status {
                         finished_now += finished(&status.shard).saturating_sub(finished(&before.shard));
+                        increase.0 += status.shard.done.saturating_sub(before.shard.done);
+                        increase.1 += status.shard.failed.saturating_sub(before.shard.failed);
                     }
                     if w.supervisor_state.is_none() {
                         w.restarts = status.restarts;
                         w.last_restart_reason = status.last_restart_reason.clone();
                     }
+                    w.helping_now = helping_now(&status, w.status.as_ref());
                     w.health = WorkerHealth::Up;
                     w.last_seen = Some(round.at_ms);
                     w.error = None;
@@ -332,14 +353,17 @@ impl Fleet {
                 Answer::Down(why) => {
                     w.health = WorkerHealth::Down;
                     w.error = Some(why);
+                    w.helping_now.clear();
                 }
                 Answer::Error(why) => {
                     w.health = WorkerHealth::Error;
                     w.error = Some(why);
+                    w.helping_now.clear();
                 }
             }
         }
         self.finished_seen += finished_now;
+        self.last_increase = increase;
         if self.history.len() == HISTORY {
             self.history.pop_front();
         }
@@ -397,10 +421,18 @@ impl Fleet {
         }
     }
 
-    /// A worker's shard counts as best known: its answer, or for a worker that is not up
-    /// the database's count of its shard, or its last answer.
+    /// A worker's shard counts as best known: the database's, read this round (with
+    /// --db); else its answer; else, for a worker that is not up, the database's last
+    /// count of its shard, or its last answer. The database comes first because videos
+    /// other workers finished for the shard (`--steal`) are in it at once, and in the
+    /// worker's own counts only after its next resync.
     pub fn shard(&self, w: &WorkerReport) -> Option<ShardCounts> {
         let from_db = || self.db_shards.as_ref().and_then(|d| d.get(w.slot as usize)).copied();
+        if self.db_shards_at == Some(self.at_ms)
+            && let Some(counts) = from_db()
+        {
+            return Some(counts);
+        }
         match (&w.status, w.health) {
             (Some(s), WorkerHealth::Up) => Some(s.shard),
             (last, _) => from_db().or(last.as_ref().map(|s| s.shard)),
@@ -527,6 +559,21 @@ impl Fleet {
     pub fn report(&self) -> Report {
         Report { at: self.at_ms, workers: self.workers.clone(), totals: self.totals() }
     }
+}
+
+/// The other shards `now` works for: a video of theirs in flight, or one taken from
+/// them since `before` (the same worker's previous answer).
+fn helping_now(now: &WorkerStatus, before: Option<&WorkerStatus>) -> Vec<u32> {
+    let n = i64::from(now.workers.max(1));
+    let mut shards: Vec<u32> =
+        now.in_flight.iter().map(|j| j.video_id.rem_euclid(n) as u32).filter(|k| *k != now.worker_id).collect();
+    // A restarted worker counts from zero again: its previous life's figures say nothing.
+    let before = before.filter(|b| b.started_at == now.started_at && b.pid == now.pid);
+    let took_before = |k: &u32| before.and_then(|b| b.took_from.get(k)).copied().unwrap_or(0);
+    shards.extend(now.took_from.iter().filter(|(k, n)| **n > took_before(k)).map(|(k, _)| *k));
+    shards.sort_unstable();
+    shards.dedup();
+    shards
 }
 
 fn finished(c: &ShardCounts) -> u64 {
@@ -849,6 +896,43 @@ pub(crate) mod tests {
         let t = f.totals();
         assert_eq!((t.pending, t.done, t.stale, t.as_of), (9, 11, false, Some(30_000)));
         assert_eq!((t.rate, t.eta_seconds), (0.0, None));
+    }
+
+    #[test]
+    fn a_worker_is_helping_only_while_it_runs_or_just_took_a_video_of_another_shard() {
+        let mut f = Fleet::new(targets(2));
+        let may_take = |took: u64, in_flight: Vec<i64>| {
+            let mut s = status(0, 2);
+            // What a balanced `--steal idle` fleet reports: every other shard may be taken from.
+            s.helping = vec![1];
+            s.took_from = [(1, took)].into_iter().filter(|(_, n)| *n > 0).collect();
+            s.in_flight =
+                in_flight.into_iter().map(|id| InFlight { video_id: id, attempt: 1, started_at: 0 }).collect();
+            Answer::Up(Box::new(s))
+        };
+        f.apply(round(0, vec![may_take(0, vec![2, 4]), up(1, 2, counts(1, 0, 0, 0))]));
+        assert!(f.workers()[0].helping_now.is_empty(), "allowed to help is not helping");
+        f.apply(round(1000, vec![may_take(0, vec![2, 3]), up(1, 2, counts(1, 0, 0, 0))]));
+        assert_eq!(f.workers()[0].helping_now, [1], "video 3 of shard 1 in flight");
+        f.apply(round(2000, vec![may_take(1, vec![]), up(1, 2, counts(1, 0, 0, 0))]));
+        assert_eq!(f.workers()[0].helping_now, [1], "took one since the last poll");
+        f.apply(round(3000, vec![may_take(1, vec![]), up(1, 2, counts(1, 0, 0, 0))]));
+        assert!(f.workers()[0].helping_now.is_empty(), "took nothing more");
+    }
+
+    #[test]
+    fn counts_read_from_the_database_this_round_win_over_a_workers_own_so_helpers_work_shows_at_once() {
+        let mut f = Fleet::new(targets(2));
+        // Worker 0 helped shard 1 finish its last three videos; worker 1 has not resynced.
+        let answers = || vec![up(0, 2, counts(0, 0, 10, 0)), up(1, 2, counts(3, 0, 7, 0))];
+        let mut r = round(1000, answers());
+        r.db_shards = Some(vec![counts(0, 0, 10, 0), counts(0, 0, 10, 0)]);
+        f.apply(r);
+        let t = f.totals();
+        assert_eq!((t.pending, t.done), (0, 20));
+        // A round without a database read falls back to the workers' answers.
+        f.apply(round(2000, answers()));
+        assert_eq!(f.totals().pending, 3);
     }
 
     #[test]

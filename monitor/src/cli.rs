@@ -1,5 +1,6 @@
 //! The monitor's command line, and the validated configuration `run` takes.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
@@ -14,6 +15,9 @@ const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// from memory, so a slower one is as good as down.
 const MAX_DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_BASE_PORT: u16 = 3001;
+/// Where `--serve` listens when given no address: loopback, so that nothing is exposed
+/// until asked for.
+pub const DEFAULT_SERVE_ADDR: &str = "127.0.0.1:8080";
 
 /// Watches a shardfleet: polls every worker's /status and shows the fleet's progress, as
 /// a dashboard when stdout is a terminal, as plain text lines otherwise.
@@ -67,6 +71,38 @@ pub struct Cli {
     /// --db the run's own token is used unless this is given.
     #[arg(long, value_name = "TOKEN", env = "FLEET_CONTROL_TOKEN", hide_env_values = true)]
     pub control_token: Option<String>,
+
+    /// Serve the fleet as a live web page on ADDR (default 127.0.0.1:8080) instead of
+    /// drawing a dashboard; runs until stopped.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = DEFAULT_SERVE_ADDR)]
+    pub serve: Option<SocketAddr>,
+
+    /// With --serve: no controls; pause, resume, drain and retry answer 404.
+    #[arg(long, requires = "serve")]
+    pub read_only: bool,
+
+    /// With --serve: serve everything under this path (e.g. /fleet), for a reverse proxy
+    /// that forwards that path unchanged.
+    #[arg(long, value_name = "/PATH", requires = "serve")]
+    pub prefix: Option<String>,
+
+    /// With --serve: also answer requests whose Host is NAME (the name a reverse proxy or
+    /// a browser uses); repeatable, or a comma list. The bound address and localhost are
+    /// always answered; other names are refused, against DNS rebinding.
+    #[arg(long, value_name = "NAME", value_delimiter = ',', requires = "serve")]
+    pub allow_host: Vec<String>,
+}
+
+/// How `--serve` serves the page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeConfig {
+    pub addr: SocketAddr,
+    /// No control routes at all.
+    pub read_only: bool,
+    /// `""`, or a path like `/fleet` with no trailing slash, that every route hangs below.
+    pub prefix: String,
+    /// Extra names a request's Host may carry, lowercased, without a port.
+    pub allow_hosts: Vec<String>,
 }
 
 /// Where the workers are.
@@ -91,6 +127,8 @@ pub enum Mode {
     Once,
     /// One JSON report.
     Json,
+    /// The web page (`--serve`), until stopped.
+    Serve,
 }
 
 /// Everything `run` needs, checked.
@@ -101,6 +139,8 @@ pub struct Config {
     pub timeout: Duration,
     pub mode: Mode,
     pub control_token: Option<String>,
+    /// Set with `--serve` (and `mode` is then `Mode::Serve`).
+    pub serve: Option<ServeConfig>,
 }
 
 impl Cli {
@@ -119,14 +159,34 @@ impl Cli {
         if timeout.is_zero() {
             return Err("--timeout must be longer than zero".into());
         }
+        let serve = self.serve_config()?;
         let mode = match (self.json, self.once, stdout_is_terminal) {
+            _ if serve.is_some() => Mode::Serve,
             (true, _, _) => Mode::Json,
             (_, true, _) => Mode::Once,
             (_, _, true) => Mode::Dashboard,
             _ => Mode::Plain,
         };
         let control_token = self.control_token.filter(|t| !t.is_empty());
-        Ok(Config { source, interval: self.interval, timeout, mode, control_token })
+        Ok(Config { source, interval: self.interval, timeout, mode, control_token, serve })
+    }
+
+    fn serve_config(&self) -> Result<Option<ServeConfig>, String> {
+        let Some(addr) = self.serve else { return Ok(None) };
+        if self.once || self.json {
+            return Err("--serve runs until it is stopped and cannot be combined with --once or --json".into());
+        }
+        let prefix = match self.prefix.as_deref().map(|p| p.trim_end_matches('/')) {
+            None | Some("") => String::new(),
+            Some(p) => parse_prefix(p)?,
+        };
+        let allow_hosts = self
+            .allow_host
+            .iter()
+            .map(|h| parse_allowed_host(h))
+            .filter(|h| h != &Ok(String::new()))
+            .collect::<Result<_, _>>()?;
+        Ok(Some(ServeConfig { addr, read_only: self.read_only, prefix, allow_hosts }))
     }
 
     fn source(&self) -> Result<Source, String> {
@@ -160,6 +220,36 @@ impl Cli {
             "no workers to watch: pass --db PATH|URL, --workers N (with --base-port, default 3001) or --targets URL,... \
              ({db} does not exist)"
         ))
+    }
+}
+
+/// A `--prefix`: an absolute path of plain segments, since it is spliced into every link
+/// and route.
+fn parse_prefix(p: &str) -> Result<String, String> {
+    let plain = |seg: &str| {
+        !seg.is_empty()
+            && seg != "."
+            && seg != ".."
+            && seg.chars().all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c))
+    };
+    match p.strip_prefix('/') {
+        Some(rest) if rest.split('/').all(plain) => Ok(p.to_string()),
+        _ => Err(format!(
+            "--prefix {p:?} is not a plain absolute path: use segments of letters, digits, '-', '.', '_' or '~', like /fleet"
+        )),
+    }
+}
+
+/// An `--allow-host` name: compared with a request's Host without its port, so it must
+/// not carry one, nor anything that is not part of a host name.
+fn parse_allowed_host(h: &str) -> Result<String, String> {
+    let h = h.trim().to_ascii_lowercase();
+    let ok = h.chars().all(|c| c.is_ascii_alphanumeric() || "-._[]:".contains(c))
+        && (!h.contains(':') || h.starts_with('['));
+    if ok {
+        Ok(h)
+    } else {
+        Err(format!("--allow-host {h:?} is not a host name: give the name alone, without a scheme, path or port"))
     }
 }
 
@@ -242,6 +332,51 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_millis(300));
         let c = Cli::try_parse_from(["monitor", "--workers", "1"]).unwrap().into_config(true).unwrap();
         assert_eq!(c.mode, Mode::Dashboard);
+    }
+
+    #[test]
+    fn serve_listens_on_loopback_unless_told_and_refuses_once_and_json() {
+        let c = parse(&["--workers", "1", "--serve"]).unwrap();
+        assert_eq!(c.mode, Mode::Serve);
+        assert_eq!(c.serve.unwrap().addr, DEFAULT_SERVE_ADDR.parse().unwrap());
+        let c = parse(&["--workers", "1", "--serve", "0.0.0.0:9000", "--read-only"]).unwrap();
+        assert_eq!(c.serve.as_ref().unwrap().addr.port(), 9000);
+        assert!(c.serve.unwrap().read_only);
+        for flag in ["--once", "--json"] {
+            let e = parse(&["--workers", "1", "--serve", flag]).unwrap_err();
+            assert_eq!(e, "--serve runs until it is stopped and cannot be combined with --once or --json");
+        }
+        assert!(parse(&["--workers", "1", "--read-only"]).is_err(), "--read-only means nothing without --serve");
+    }
+
+    #[test]
+    fn a_prefix_is_a_plain_path_and_allowed_hosts_are_names_from_a_list_or_repeats() {
+        let c = parse(&[
+            "--workers",
+            "1",
+            "--serve",
+            "--prefix",
+            "/fleet/",
+            "--allow-host",
+            "Mon.example,b",
+            "--allow-host",
+            "c",
+        ])
+        .unwrap()
+        .serve
+        .unwrap();
+        assert_eq!(c.prefix, "/fleet");
+        assert_eq!(c.allow_hosts, ["mon.example", "b", "c"]);
+        assert_eq!(parse(&["--workers", "1", "--serve", "--prefix", "/"]).unwrap().serve.unwrap().prefix, "");
+        for bad in ["fleet", "/a/../b", "/a b", "/\"><script>"] {
+            assert!(parse(&["--workers", "1", "--serve", "--prefix", bad]).unwrap_err().contains("--prefix"), "{bad}");
+        }
+        for bad in ["http://x", "x:8080", "x/y"] {
+            assert!(
+                parse(&["--workers", "1", "--serve", "--allow-host", bad]).unwrap_err().contains("--allow-host"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

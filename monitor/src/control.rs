@@ -1,5 +1,6 @@
-//! Pausing and resuming a worker: `POST /pause` or `/resume` with the fleet's bearer
-//! token. The answer becomes one line for the dashboard's status bar.
+//! Pausing, resuming and draining a worker: `POST /pause`, `/resume` or `/drain` with
+//! the fleet's bearer token. The answer becomes one line for the dashboard's status bar
+//! or the web page.
 
 use reqwest::Client;
 use serde::Deserialize;
@@ -10,6 +11,8 @@ use crate::targets::Target;
 pub enum Command {
     Pause,
     Resume,
+    /// Stop claiming, finish what it holds, exit 0.
+    Drain,
 }
 
 impl Command {
@@ -17,13 +20,15 @@ impl Command {
         match self {
             Command::Pause => "/pause",
             Command::Resume => "/resume",
+            Command::Drain => "/drain",
         }
     }
 
-    fn verb(self) -> &'static str {
+    pub fn verb(self) -> &'static str {
         match self {
             Command::Pause => "pause",
             Command::Resume => "resume",
+            Command::Drain => "drain",
         }
     }
 }
@@ -72,6 +77,7 @@ impl Control {
             Ok(match command {
                 Command::Pause => format!("worker {worker_id}: paused"),
                 Command::Resume => format!("worker {worker_id}: resumed ({state})"),
+                Command::Drain => format!("worker {worker_id}: draining; it exits once its jobs end"),
             })
         } else {
             let why = body.and_then(|b| b.error).unwrap_or_else(|| format!("HTTP {code}"));

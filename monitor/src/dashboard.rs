@@ -250,7 +250,7 @@ fn worker_row<'a>(fleet: &Fleet, w: &'a WorkerReport, now_ms: i64) -> Row<'a> {
             Cell::from(text::job_time(s.avg_job_ms)),
             memory_cell(s, fleet.mem_limit(w)),
             restarts,
-            Cell::from(with_helping(s, in_flight(s, now_ms))),
+            Cell::from(with_helping(w, in_flight(s, now_ms))),
         ]),
         (health, _) => {
             let (label, color) = match health {
@@ -320,8 +320,8 @@ pub fn memory_color(ratio: f64) -> Color {
 }
 
 /// `text` after what the worker does for other shards, if anything (`--steal`).
-fn with_helping(s: &WorkerStatus, text: String) -> String {
-    match text::helping(s) {
+fn with_helping(w: &WorkerReport, text: String) -> String {
+    match text::helping(w) {
         h if h.is_empty() => text,
         h if text.is_empty() => format!("[{h}]"),
         h => format!("[{h}] {text}"),
@@ -361,7 +361,7 @@ fn draw_detail(frame: &mut Frame, area: Rect, fleet: &Fleet, ui: &Ui, now_ms: i6
                 Span::styled("in flight: ", dim),
                 Span::raw(if flying.is_empty() { "none".to_string() } else { flying }),
             ]));
-            let helping = text::helping(s);
+            let helping = text::helping(w);
             if !helping.is_empty() {
                 lines.push(Line::from(vec![Span::styled("other shards: ", dim), Span::raw(helping)]));
             }

@@ -5,7 +5,8 @@
 //! - flags: `cli.rs`; finding workers: `targets.rs`; asking them: `poll.rs`;
 //! - the fleet's state, totals, rate and ETA, and the `--json` schema: `aggregate.rs`;
 //! - output: `dashboard.rs` (drawing and keys), `tui.rs` (the terminal), `plain.rs`;
-//! - pause and resume: `control.rs`.
+//! - pause, resume and drain: `control.rs`;
+//! - the web page (`--serve`): `web/`.
 
 pub mod aggregate;
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod shutdown;
 pub mod targets;
 pub mod text;
 pub mod tui;
+pub mod web;
 
 use std::io::{BufWriter, Write};
 use std::sync::Arc;
@@ -40,9 +42,20 @@ pub async fn discover(config: &Config) -> anyhow::Result<Discovery> {
     targets::discover(&config.source, config.control_token.clone()).await
 }
 
+/// Serves the fleet as a web page on `listener` (`--serve`) until `cancel` fires.
+pub async fn serve(
+    config: Config,
+    discovery: Discovery,
+    listener: tokio::net::TcpListener,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    web::run(config, discovery, listener, cancel).await
+}
+
 /// Polls the fleet and shows it as `config.mode` says: once (`--once`, `--json`), or
 /// every interval until `cancel` fires or the dashboard is quit.
 pub async fn run(config: Config, discovery: Discovery, cancel: CancellationToken) -> anyhow::Result<()> {
+    anyhow::ensure!(config.mode != Mode::Serve, "--serve is run by monitor::serve, which takes the listener");
     let client = poll::client(config.timeout).context("cannot set up the HTTP client")?;
     let Discovery { targets, records, control_token } = discovery;
     let mut fleet = Fleet::new(targets.clone());

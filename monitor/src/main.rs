@@ -42,7 +42,25 @@ fn main() -> ExitCode {
             eprintln!("monitor: cannot install signal handlers: {e}");
             return ExitCode::from(EXIT_FAILURE);
         }
-        match monitor::run(config, discovery, cancel).await {
+        let ran = match config.serve.as_ref().map(|s| s.addr) {
+            Some(addr) => {
+                // Bound before anything is served, so a busy port is a usage error.
+                let listener = match tokio::net::TcpListener::bind(addr).await {
+                    Ok(l) => l,
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                        eprintln!("monitor: cannot serve on {addr}: the port is already in use");
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                    Err(e) => {
+                        eprintln!("monitor: cannot serve on {addr}: {e}");
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                };
+                monitor::serve(config, discovery, listener, cancel).await
+            }
+            None => monitor::run(config, discovery, cancel).await,
+        };
+        match ran {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("monitor: {e:#}");

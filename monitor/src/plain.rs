@@ -83,7 +83,7 @@ fn worker_line(fleet: &Fleet, w: &WorkerReport) -> String {
                 s.in_flight.len(),
                 text::rate(s.throughput_per_sec),
                 text::job_time(s.avg_job_ms),
-            ) + &match text::helping(s) {
+            ) + &match text::helping(w) {
                 h if h.is_empty() => String::new(),
                 h => format!("  {h}"),
             }

@@ -16,8 +16,12 @@ use crate::targets::{Records, Refresh, Target};
 
 /// A `/status` answer is a few KiB; anything far larger is not a worker talking.
 const MAX_BODY: usize = 1 << 20;
-/// With a database, how often shards whose worker is not answering are counted from the
-/// videos table (a full scan, so not every interval).
+/// With a database, the shards' counts are read every round: they are the kept counts
+/// (a few rows), and the only figures that include videos other workers finished for a
+/// shard (`--steal`), which its own worker learns at its next resync. A read slower
+/// than this means a scan of the table (no counts kept for the layout) ...
+const DB_COUNTS_CHEAP: Duration = Duration::from_millis(50);
+/// ... and the next one waits this long.
 const DB_COUNTS_EVERY: Duration = Duration::from_secs(10);
 
 /// What one worker said.
@@ -49,7 +53,8 @@ pub struct Poller {
     client: Client,
     targets: Vec<Target>,
     records: Option<Records>,
-    last_db_counts: Option<Instant>,
+    /// When the counts may be read next; None: at once.
+    next_db_counts: Option<Instant>,
 }
 
 /// The client every request of the monitor goes through.
@@ -69,7 +74,7 @@ pub fn client(timeout: Duration) -> reqwest::Result<Client> {
 
 impl Poller {
     pub fn new(client: Client, targets: Vec<Target>, records: Option<Records>) -> Poller {
-        Poller { client, targets, records, last_db_counts: None }
+        Poller { client, targets, records, next_db_counts: None }
     }
 
     pub fn targets(&self) -> &[Target] {
@@ -91,19 +96,20 @@ impl Poller {
             }
         }
         let answers = join_all(self.targets.iter().map(|t| ask(&self.client, t))).await;
-        let db_shards = self.db_counts_if_needed(&answers).await;
+        let db_shards = self.db_counts().await;
         Round { at_ms, answers, records, db_shards }
     }
 
-    async fn db_counts_if_needed(&mut self, answers: &[Answer]) -> Option<Vec<ShardCounts>> {
+    async fn db_counts(&mut self) -> Option<Vec<ShardCounts>> {
         let records = self.records.as_ref()?;
-        let everyone_answered = answers.iter().all(|a| matches!(a, Answer::Up(_)));
-        let fresh = self.last_db_counts.is_some_and(|t| t.elapsed() < DB_COUNTS_EVERY);
-        if everyone_answered || fresh {
+        if self.next_db_counts.is_some_and(|t| Instant::now() < t) {
             return None;
         }
-        self.last_db_counts = Some(Instant::now());
-        records.shard_counts().await.ok()
+        let started = Instant::now();
+        let counts = records.shard_counts().await.ok();
+        let took = started.elapsed();
+        self.next_db_counts = (took > DB_COUNTS_CHEAP).then(|| Instant::now() + DB_COUNTS_EVERY);
+        counts
     }
 
     /// Polls every `interval` (and at once when `poll_now` is notified) until cancelled,

@@ -103,6 +103,35 @@ pub struct Refresh {
     pub slots: Vec<FleetWorker>,
     /// Set when the runs changed (a new start on any host): they replace the old ones.
     pub new_run: Option<NewRun>,
+    /// The runs these slots belong to, for the page's run line.
+    pub runs: Vec<RunInfo>,
+}
+
+/// A run as the web page shows it: where and since when, never its token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunInfo {
+    pub run_id: i64,
+    /// The host its supervisor runs on, if it recorded one.
+    pub host: Option<String>,
+    /// Its layout: how many shards, and which of them it runs (`3-5`; None: all).
+    pub workers: i64,
+    pub worker_ids: Option<String>,
+    /// Unix milliseconds.
+    pub started_at: i64,
+    pub state: String,
+}
+
+impl From<&FleetRun> for RunInfo {
+    fn from(r: &FleetRun) -> RunInfo {
+        RunInfo {
+            run_id: r.run_id,
+            host: r.host.clone(),
+            workers: r.workers,
+            worker_ids: r.worker_ids.clone(),
+            started_at: r.started_at,
+            state: r.state.to_string(),
+        }
+    }
 }
 
 /// Runs started since the monitor began: their workers, token and memory limit.
@@ -176,7 +205,7 @@ impl Records {
         } else {
             self.workers = read_workers(&self.db, &self.runs).await?;
         }
-        Ok(Refresh { slots: self.workers.clone(), new_run })
+        Ok(Refresh { slots: self.workers.clone(), new_run, runs: self.runs.iter().map(RunInfo::from).collect() })
     }
 
     /// Every shard's counts straight from the videos table: one scan, for shards whose

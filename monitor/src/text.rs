@@ -101,11 +101,13 @@ pub fn percent(ratio: f64) -> String {
 }
 
 /// What a worker does for other shards (`--steal`): `helping 1,3 · took 12 of 1, 4 of 3`;
-/// empty when it does nothing for them.
-pub fn helping(s: &shared::status::WorkerStatus) -> String {
+/// empty when it does nothing for them. `helping` is only what it does now
+/// (`WorkerReport::helping_now`), not the shards it may take from.
+pub fn helping(w: &crate::aggregate::WorkerReport) -> String {
+    let Some(s) = &w.status else { return String::new() };
     let mut parts = Vec::new();
-    if !s.helping.is_empty() {
-        let shards: Vec<String> = s.helping.iter().map(u32::to_string).collect();
+    if !w.helping_now.is_empty() {
+        let shards: Vec<String> = w.helping_now.iter().map(u32::to_string).collect();
         parts.push(format!("helping {}", shards.join(",")));
     }
     if !s.took_from.is_empty() {
@@ -122,12 +124,23 @@ mod tests {
     #[test]
     fn what_a_worker_does_for_other_shards_reads_in_one_short_phrase() {
         let mut s = crate::aggregate::tests::status(0, 4);
-        assert_eq!(helping(&s), "");
-        s.helping = vec![1, 3];
+        s.helping = vec![1, 2, 3];
+        let report = |s: &shared::status::WorkerStatus, now: Vec<u32>| crate::aggregate::WorkerReport {
+            slot: 0,
+            url: "http://127.0.0.1:3001/".into(),
+            health: crate::aggregate::WorkerHealth::Up,
+            last_seen: Some(0),
+            error: None,
+            status: Some(s.clone()),
+            restarts: 0,
+            last_restart_reason: None,
+            supervisor_state: None,
+            helping_now: now,
+        };
+        assert_eq!(helping(&report(&s, vec![])), "", "shards it may help are not shown");
         s.took_from = [(1, 12), (3, 4)].into_iter().collect();
-        assert_eq!(helping(&s), "helping 1,3 · took 12 of 1, 4 of 3");
-        s.helping.clear();
-        assert_eq!(helping(&s), "took 12 of 1, 4 of 3");
+        assert_eq!(helping(&report(&s, vec![1, 3])), "helping 1,3 · took 12 of 1, 4 of 3");
+        assert_eq!(helping(&report(&s, vec![])), "took 12 of 1, 4 of 3");
     }
 
     #[test]

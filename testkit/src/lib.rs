@@ -135,7 +135,8 @@ impl TestDb {
 /// The variable listing, comma-separated, the services whose absence must fail a test
 /// instead of skipping it. `.ci/run` sets it to everything it installs, so a CI run
 /// cannot pass by skipping. The names: `postgres`, `postgres-tls`, `cgroup`, `wrangler`,
-/// `sqlite3`, `uts`, `root`, `systemd`, `kubernetes`, `podman`, and those later tests add.
+/// `sqlite3`, `uts`, `root`, `systemd`, `kubernetes`, `podman`, `prometheus`, `chromium`,
+/// and those later tests add.
 pub const REQUIRE_VAR: &str = "FLEET_TEST_REQUIRE";
 
 /// Whether `service` is named in `FLEET_TEST_REQUIRE`.

@@ -1,12 +1,13 @@
 //! The worker's HTTP surface: health, status and metrics for anyone on the bind
-//! address; pause, resume and retry only for callers with the control token; and the
-//! server loop that serves them.
+//! address; pause, resume, drain and retry only for callers with the control token; and
+//! the server loop that serves them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{MatchedPath, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -33,7 +34,14 @@ pub struct AppState {
     pub db: Store,
     pub control_token: Option<String>,
     pub memory: Arc<MemoryKills>,
+    /// The worker's own stop: `POST /drain` fires it, and the worker stops claiming,
+    /// finishes what it holds and exits 0, as on SIGTERM.
+    pub drain: CancellationToken,
 }
+
+/// The content type of `/metrics`: its body is OpenMetrics text (it ends in `# EOF`),
+/// which Prometheus reads only when told so.
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// How long a request's body may take to arrive once its headers have.
 const BODY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -45,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/pause", post(pause))
         .route("/resume", post(resume))
+        .route("/drain", post(drain))
         .route("/videos/{id}/retry", post(retry))
         .route("/memory-kill/{pgid}", post(memory_kill))
         .fallback(|| async {
@@ -56,7 +65,16 @@ pub fn router(state: AppState) -> Router {
         // A body that never finishes arriving would hold its connection (and, at a stop,
         // the worker) as long as the client likes.
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_request))
         .with_state(state)
+}
+
+/// Counts every request by endpoint, so that a load on the worker (say, from monitors'
+/// pages) shows in `shardfleet_http_requests_total`.
+async fn count_request(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let endpoint = req.extensions().get::<MatchedPath>().map_or("other", |p| p.as_str()).to_string();
+    s.metrics.http_request(&endpoint);
+    next.run(req).await
 }
 
 /// Serves `app` on `listener` until `stop` fires, then stops accepting, lets requests in
@@ -164,7 +182,7 @@ async fn status(State(s): State<AppState>) -> Response {
 async fn metrics(State(s): State<AppState>) -> Response {
     let snap = s.live.snapshot();
     let body = s.metrics.render(snap.shard, snap.rss_bytes, snap.pacing);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body).into_response()
 }
 
 /// Lets a request through only with `Authorization: Bearer <the configured token>`.
@@ -203,6 +221,15 @@ async fn resume(State(s): State<AppState>, headers: HeaderMap) -> Result<Respons
     s.live.set_paused(false);
     tracing::info!("resumed");
     Ok(Json(json!({ "state": s.live.snapshot().state })).into_response())
+}
+
+/// Stops the worker as SIGTERM does: no new claims, jobs in flight finish (within the
+/// grace), then it exits 0.
+async fn drain(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&s, &headers)?;
+    tracing::info!("draining on request: no new claims; exiting once the jobs in flight end");
+    s.drain.cancel();
+    Ok(Json(json!({ "state": "draining" })).into_response())
 }
 
 /// The supervisor (in sampling mode) announces it is about to kill a handler's process

@@ -75,7 +75,10 @@ pub async fn run(
         })
         .with_pacer(handler.pacer()),
     );
-    let metrics = Arc::new(Metrics::new(config.worker_id, handler.pacer().is_some()));
+    let metrics = Arc::new(
+        Metrics::new(config.worker_id, handler.pacer().is_some())
+            .with_memory_limit(config.mem_limit.map(|b| b.bytes())),
+    );
     let control_token = config.control_token.clone();
     let config = Arc::new(config);
 
@@ -86,6 +89,7 @@ pub async fn run(
         db: db.clone(),
         control_token,
         memory,
+        drain: shutdown.clone(),
     });
     let server = tokio::spawn(http::serve(listener, app, config.header_timeout, stop_serving.clone()));
     let sampler = tokio::spawn(sample_rss(live.clone(), stop_serving.clone()));

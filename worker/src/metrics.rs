@@ -14,6 +14,11 @@ pub struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
     pub status: String,
 }
@@ -44,6 +49,8 @@ pub struct Metrics {
     pace: Gauge<f64, std::sync::atomic::AtomicU64>,
     push_backs: Counter,
     slowdowns: Counter,
+    /// HTTP requests served, by route.
+    http_requests: Family<EndpointLabel, Counter>,
 }
 
 impl Metrics {
@@ -70,6 +77,7 @@ impl Metrics {
             pace: Gauge::default(),
             push_backs: Counter::default(),
             slowdowns: Counter::default(),
+            http_requests: Family::default(),
             registry: Registry::default(),
         };
         registry.register("attempts", "Attempts finished, by outcome", m.attempts.clone());
@@ -95,6 +103,7 @@ impl Metrics {
         );
         registry.register("shard_videos", "Videos of this worker's shard by status", m.shard.clone());
         registry.register("rss_bytes", "Resident memory of the worker process", m.rss.clone());
+        registry.register("http_requests", "HTTP requests served, by endpoint", m.http_requests.clone());
         if paced {
             registry.register(
                 "http_pace_calls_per_second",
@@ -114,6 +123,23 @@ impl Metrics {
             .map(|o| (o, m.attempts.get_or_create(&OutcomeLabel { outcome: o.as_str().into() }).clone()))
             .collect();
         Metrics { registry, by_outcome, ..m }
+    }
+
+    /// Exports the memory limit the worker is held to, beside its RSS, so that an alert
+    /// can compare the two. Without a limit there is no series: a 0 would read as a
+    /// limit every RSS is above.
+    pub fn with_memory_limit(mut self, bytes: Option<u64>) -> Metrics {
+        if let Some(bytes) = bytes {
+            let limit: Gauge = Gauge::default();
+            limit.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            self.registry.register("memory_limit_bytes", "Memory limit of the worker's process tree", limit);
+        }
+        self
+    }
+
+    /// Counts one HTTP request to `endpoint` (its route).
+    pub fn http_request(&self, endpoint: &str) {
+        self.http_requests.get_or_create(&EndpointLabel { endpoint: endpoint.to_string() }).inc();
     }
 
     /// The attempts counter of one outcome.

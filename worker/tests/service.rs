@@ -1,7 +1,7 @@
 //! The real `worker` binary as service managers run it: systemd's notify protocol over
 //! a real unix datagram socket as `NOTIFY_SOCKET` (read as systemd reads it for a
-//! `Type=notify` unit with `WatchdogSec=`), JSON log lines for collectors, and the
-//! worker id of a StatefulSet's pod.
+//! `Type=notify` unit with `WatchdogSec=`), JSON log lines for collectors, the worker
+//! id of a StatefulSet's pod, and a real Prometheus server scraping `/metrics`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixDatagram;
@@ -259,4 +259,61 @@ async fn a_pod_named_like_a_statefulsets_third_pod_works_its_shard_as_worker_2()
         .map(|v| v.video_id)
         .collect();
     assert_eq!(done, [2, 5, 8], "worker 2 of 3 did its shard and only it");
+}
+
+/// The path of `name` on `PATH`.
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scraping_every_second_gets_the_fleets_attempts_back() {
+    let Some(prometheus) = which("prometheus") else {
+        return testkit::skip(
+            "prometheus",
+            "no prometheus server (Debian's prometheus package): /metrics is not scraped",
+        );
+    };
+    let t = TestDb::new().await;
+    t.seed(30).await;
+    // Every third video fails for good, so two outcomes are counted.
+    let args = ["--exec", "sh -c 'test $(({video_id} % 3)) -ne 0'", "--max-attempts", "1"];
+    let (workers, _) = testkit::spawn_fleet(&t.path, 2, &args);
+    wait_for(LONG, "every video finished", || async { t.counts().await.finished() }).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let targets: Vec<String> = workers.iter().map(|w| format!("'127.0.0.1:{}'", w.port)).collect();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: shardfleet\n    static_configs:\n      - targets: [{}]\n",
+        targets.join(", ")
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    let port = testkit::free_ports(1);
+    let _server = testkit::Running(
+        Command::new(prometheus)
+            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let query = |q: &str| {
+        let url = format!("http://127.0.0.1:{port}/api/v1/query");
+        let q = q.to_string();
+        async move {
+            let url = reqwest::Url::parse_with_params(&url, [("query", q)]).ok()?;
+            let r = testkit::http().get(url).send().await.ok()?;
+            let v: serde_json::Value = r.json().await.ok()?;
+            v["data"]["result"][0]["value"][1].as_str()?.parse::<f64>().ok()
+        }
+    };
+    wait_for(LONG, "Prometheus to have scraped the fleet's attempts", || async {
+        query(r#"sum(shardfleet_attempts_total{outcome="done"})"#).await == Some(20.0)
+    })
+    .await;
+    assert_eq!(query(r#"sum(shardfleet_attempts_total{outcome="error"})"#).await, Some(10.0));
+    assert_eq!(query(r#"count(up{job="shardfleet"} == 1)"#).await, Some(2.0), "both workers scraped");
+    assert_eq!(query("count(shardfleet_http_requests_total)").await.map(|n| n >= 2.0), Some(true));
 }

@@ -247,6 +247,48 @@ async fn health_status_and_metrics_have_their_shapes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_as_openmetrics_with_the_memory_limit_and_a_count_of_requests() {
+    let t = TestDb::new().await;
+    let w = spawn_worker(&t.path, 0, 1, &["--sleep", "0", "--mem-limit", "250M"]);
+    let client = testkit::http();
+    for _ in 0..3 {
+        client.get(w.url("/status")).send().await.unwrap();
+    }
+    let r = client.get(w.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    let body = r.text().await.unwrap();
+    assert!(body.ends_with("# EOF\n"), "an OpenMetrics body ends in # EOF:\n{body}");
+    assert!(body.contains(&format!("shardfleet_memory_limit_bytes{{worker=\"0\"}} {}", 250u64 << 20)), "{body}");
+    assert!(body.contains("shardfleet_rss_bytes{worker=\"0\"}"), "{body}");
+    let statuses = "shardfleet_http_requests_total{worker=\"0\",endpoint=\"/status\"} ";
+    let line = body.lines().find(|l| l.starts_with(statuses)).unwrap_or_else(|| panic!("no {statuses}:\n{body}"));
+    // The test's three and any its spawn helper made; never fewer than three.
+    assert!(line[statuses.len()..].parse::<u64>().unwrap() >= 3, "{line}");
+
+    let unlimited = spawn_worker(&t.path, 0, 1, &["--sleep", "0"]);
+    let body = client.get(unlimited.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(!body.contains("memory_limit_bytes"), "no limit, no series (a 0 would read as exceeded):\n{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_stops_claiming_finishes_what_the_worker_holds_and_exits_zero() {
+    let t = TestDb::new().await;
+    t.seed(10).await;
+    let mut w =
+        spawn_worker(&t.path, 0, 1, &["--sleep", "1500ms", "--concurrency", "2", "--control-token", "s3cret-token"]);
+    wait_for(LONG, "two jobs in flight", || async { w.status().await["in_flight"].as_array().unwrap().len() == 2 })
+        .await;
+    let client = testkit::http();
+    assert_eq!(client.post(w.url("/drain")).send().await.unwrap().status(), 401, "drain needs the token");
+    let r = client.post(w.url("/drain")).bearer_auth("s3cret-token").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let status = w.wait_exit(LONG);
+    assert_eq!(status.code(), Some(0), "{}", w.log_text());
+    let c = t.counts().await;
+    assert_eq!((c.done, c.running, c.pending), (2, 0, 8), "the two held videos finished; nothing more was claimed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_endpoints_are_refused_without_the_token_and_work_with_it() {
     let t = TestDb::new().await;
     t.seed(4).await;

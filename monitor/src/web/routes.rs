@@ -1,0 +1,237 @@
+//! The web server's routes: `app` builds the router from the shared state, and each
+//! handler is thin: read the latest snapshot, render or forward.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use reqwest::Client;
+use serde_json::json;
+use shared::storage::{DbLocation, RequeueOutcome, Store};
+use tokio::sync::{Notify, OnceCell, watch};
+
+use super::feed::Snapshot;
+use super::security::{self, Hosts};
+use super::{assets, page};
+use crate::control::{Command, Control};
+
+/// Requests carry no body worth more; a bigger one is refused before any handler runs.
+const BODY_LIMIT: usize = 16 * 1024;
+
+/// What never changes while the server runs.
+#[derive(Debug)]
+pub struct Settings {
+    /// `""` or `/fleet`: every route and link hangs below it.
+    pub prefix: String,
+    pub hosts: Hosts,
+    /// No control routes at all.
+    pub read_only: bool,
+    /// How often the page's script asks for new figures: the poll interval, at least 1s.
+    pub refresh: Duration,
+    /// With --db: where retries are written. Without, the failed list and retries do
+    /// not exist and the page says so.
+    pub db: Option<DbLocation>,
+}
+
+impl Settings {
+    /// `path` (starting with `/`) under the prefix.
+    pub fn path(&self, path: &str) -> String {
+        format!("{}{path}", self.prefix)
+    }
+}
+
+/// Everything a handler may touch. Cloned per request; every field is shared.
+#[derive(Clone)]
+pub struct WebState {
+    pub settings: Arc<Settings>,
+    /// The latest snapshot of the one poll loop.
+    pub feed: watch::Receiver<Arc<Snapshot>>,
+    /// Sends commands to workers; with `--read-only` no route uses it.
+    pub client: Client,
+    /// `--control-token`, if given.
+    pub flag_token: Option<Arc<str>>,
+    /// Asks the poll loop for a round now, so that a command's effect shows at once.
+    pub poll_now: Arc<Notify>,
+    /// The fleet database for retries, opened writable on the first retry only: a page
+    /// nobody retries from never writes.
+    pub store: Arc<OnceCell<Store>>,
+}
+
+impl WebState {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.feed.borrow().clone()
+    }
+
+    /// The tokens a caller may present: the flag's and every live run's.
+    fn known_tokens<'a>(&'a self, snap: &'a Snapshot) -> Vec<&'a str> {
+        let mut known: Vec<&str> = self.flag_token.as_deref().into_iter().collect();
+        known.extend(snap.targets.iter().filter_map(|t| t.token.as_deref()));
+        known.retain(|t| !t.is_empty());
+        known.dedup();
+        known
+    }
+}
+
+/// An error answer: a status and one sentence, as JSON. Causes are kept out of it.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError(status, message.into())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.0
+    }
+
+    pub fn message(&self) -> &str {
+        &self.1
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+/// The whole server: page, fragment, assets, API and controls, behind the host check,
+/// the same-origin rule and the security headers.
+pub fn app(state: WebState) -> Router {
+    let s = &state.settings;
+    let mut router = Router::new()
+        .route("/healthz", get(healthz))
+        .route(&s.path("/"), get(index))
+        .route(&s.path("/fragment"), get(fragment))
+        .route(&s.path("/api/fleet"), get(api_fleet))
+        .route(&s.path("/favicon.ico"), get(assets::favicon))
+        .route(&s.path("/assets/app.css"), get(assets::css))
+        .route(&s.path("/assets/app.js"), get(assets::js));
+    if !s.prefix.is_empty() {
+        let home = s.path("/");
+        router = router
+            .route(&s.path("/healthz"), get(healthz))
+            // `/fleet` is the page too; its links are relative to `/fleet/`.
+            .route(&s.prefix, get(move || async move { Redirect::permanent(&home) }));
+    }
+    if !s.read_only {
+        router = router.route(&s.path("/api/workers/{id}/{command}"), post(worker_command));
+        if s.db.is_some() {
+            router = router
+                .route(&s.path("/api/videos/retry-failed"), post(retry_failed))
+                .route(&s.path("/api/videos/{id}/retry"), post(retry_video));
+        }
+    }
+    router
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such page") })
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(security::same_origin_posts))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), security::check_host))
+        .layer(axum::middleware::from_fn(security::headers))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn index(State(s): State<WebState>) -> Html<String> {
+    Html(page::page(&s.snapshot(), &s.settings, shared::storage::now_ms()).into_string())
+}
+
+async fn fragment(State(s): State<WebState>) -> Html<String> {
+    Html(page::live(&s.snapshot(), &s.settings, shared::storage::now_ms()).into_string())
+}
+
+async fn api_fleet(State(s): State<WebState>) -> Response {
+    Json(&s.snapshot().report).into_response()
+}
+
+/// `POST /api/workers/{id}/pause|resume|drain`: forwarded to the worker with its own
+/// run's token.
+async fn worker_command(
+    State(s): State<WebState>,
+    headers: HeaderMap,
+    Path((id, command)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let command = match command.as_str() {
+        "pause" => Command::Pause,
+        "resume" => Command::Resume,
+        "drain" => Command::Drain,
+        _ => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such page")),
+    };
+    let snap = s.snapshot();
+    security::authorize(&headers, &s.known_tokens(&snap))?;
+    let id: u32 = id.parse().map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "worker ids are numbers"))?;
+    // The page names workers by their own id, which with --targets need not be their
+    // place in the list: find the target through the report, which is in target order.
+    let place = snap.report.workers.iter().position(|w| w.worker_id() == id);
+    let Some(target) = place.and_then(|i| snap.targets.get(i)) else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("there is no worker {id} in this fleet")));
+    };
+    // Each supervisor gives its run its own token; a worker knows only its run's.
+    let Some(token) = target.token.clone().or_else(|| s.flag_token.as_deref().map(str::to_string)) else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("no control token is known for worker {id}: start the monitor with --control-token"),
+        ));
+    };
+    match Control::new(s.client.clone(), token).send(target, id, command).await {
+        Ok(said) => {
+            s.poll_now.notify_one();
+            Ok(Json(json!({ "message": said })).into_response())
+        }
+        Err(why) => Err(ApiError::new(StatusCode::BAD_GATEWAY, why)),
+    }
+}
+
+async fn retry_video(
+    State(s): State<WebState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    security::authorize(&headers, &s.known_tokens(&s.snapshot()))?;
+    let id: i64 = id.parse().map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "video ids are numbers"))?;
+    let outcome = store(&s).await?.requeue_video(id).await.map_err(|e| db_error("retry", e))?;
+    match outcome {
+        RequeueOutcome::Requeued => {
+            s.poll_now.notify_one();
+            Ok(Json(json!({ "video_id": id, "status": "pending", "message": format!("video {id} requeued") }))
+                .into_response())
+        }
+        RequeueOutcome::Missing => Err(ApiError::new(StatusCode::NOT_FOUND, format!("there is no video {id}"))),
+        RequeueOutcome::NotFailed(status) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("video {id} is {status}; only failed videos can be retried"),
+        )),
+    }
+}
+
+async fn retry_failed(State(s): State<WebState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    security::authorize(&headers, &s.known_tokens(&s.snapshot()))?;
+    let n = store(&s).await?.requeue_all_failed().await.map_err(|e| db_error("retry", e))?;
+    s.poll_now.notify_one();
+    Ok(Json(json!({ "requeued": n, "message": format!("requeued {n} failed videos") })).into_response())
+}
+
+async fn store(s: &WebState) -> Result<&Store, ApiError> {
+    let db = s.settings.db.as_ref().ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such page"))?;
+    s.store.get_or_try_init(|| Store::open_existing(db.clone(), 1)).await.map_err(|e| db_error("open", e))
+}
+
+/// A database error: logged in full, shown as one sentence.
+fn db_error(what: &str, e: shared::DbError) -> ApiError {
+    eprintln!("monitor: {what} failed: {e}");
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the database refused the change; see the monitor's log")
+}
+
+/// Answers a static asset with its type; the asset may be cached (it changes only with
+/// the binary) but must be revalidated so that an upgrade shows at once.
+pub fn asset(content_type: &'static str, body: &'static [u8]) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
