@@ -6,6 +6,7 @@
 //! docs/BENCHMARKS.md). It uses the release binaries next to its own executable, so
 //! build them in the same profile.
 
+mod contention_bench;
 mod import_bench;
 mod pacing_bench;
 mod postgres_bench;
@@ -155,6 +156,22 @@ enum What {
         #[arg(long, default_value_t = 300)]
         seconds: u64,
     },
+    /// Many workers on one SQLite file: throughput and CPU per video as the fleet
+    /// grows past the point where the write lock is the bottleneck.
+    Contention {
+        /// Videos per run.
+        #[arg(long, default_value_t = 20_000)]
+        videos: i64,
+        /// Fleet sizes, one row each.
+        #[arg(long, value_delimiter = ',', default_value = "8,16,32")]
+        workers: Vec<u32>,
+        /// The `--sleep` of every job.
+        #[arg(long, default_value = "20ms")]
+        job: String,
+        /// `--concurrency` of every worker.
+        #[arg(long, default_value_t = 4)]
+        concurrency: u32,
+    },
     /// Wall time and peak RSS of `supervisor import` on a generated CSV file.
     Import {
         /// Lines of the CSV file.
@@ -232,6 +249,13 @@ async fn main() -> anyhow::Result<()> {
             let report = web_bench::bench_web(&dir, &opts).await;
             let _ = std::fs::remove_dir_all(&dir);
             write_section(&cli.out, "web", &command, &report?)?;
+        }
+        What::Contention { videos, workers, job, concurrency } => {
+            let dir = tempfile_dir()?;
+            let opts = contention_bench::Options { videos, workers, job, concurrency };
+            let report = contention_bench::bench_contention(&dir, cli.runs, &opts).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            write_section(&cli.out, "contention", &command, &report?)?;
         }
         What::Import { lines, baseline } => {
             let dir = tempfile_dir()?;

@@ -238,7 +238,7 @@ fn measured_line(n: i64, m: &Measured) -> String {
 }
 
 /// `video_id,source` for videos 1..=n, as a user would import them.
-fn write_csv(path: &Path, n: i64) -> anyhow::Result<()> {
+pub(crate) fn write_csv(path: &Path, n: i64) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     writeln!(out, "video_id,source")?;
@@ -251,7 +251,7 @@ fn write_csv(path: &Path, n: i64) -> anyhow::Result<()> {
 
 /// `supervisor import` of the file into `db`, which it creates and migrates. (That every
 /// row arrived is checked at the end: every video must be done.)
-fn import(supervisor: &Path, dir: &Path, csv: &Path, db: &DbLocation) -> anyhow::Result<()> {
+pub(crate) fn import(supervisor: &Path, dir: &Path, csv: &Path, db: &DbLocation) -> anyhow::Result<()> {
     let out = fleet_command(supervisor, dir).arg("import").arg(csv).arg("--db").arg(db.as_arg()).output()?;
     if !out.status.success() {
         bail!("supervisor import failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
@@ -353,7 +353,7 @@ async fn raw_loop(db: &Database, server: &Server, n: i64, planning: Planning) ->
 
 /// CPU seconds (user + system) of every child this process has waited for, and their
 /// descendants that those waited for: the fleet, once `supervisor start` has exited.
-fn children_cpu() -> f64 {
+pub(crate) fn children_cpu() -> f64 {
     getrusage(UsageWho::RUSAGE_CHILDREN)
         .map(|u| {
             let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;

@@ -223,3 +223,46 @@ async fn a_version_3_schema_applied_by_another_tool_is_adopted_and_counts() {
     assert_eq!(recorded, MIGRATIONS.len() as i64, "the third migration is recorded, not applied again");
     assert_exact(&db, 1, "adopted").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_waits_for_the_lock_is_counted_and_writers_take_turns_beside_the_file() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet.db");
+    let turns = dir.path().join("fleet.db-writers");
+    let db = Store::open(&path, 2).await.unwrap();
+    let videos: Vec<_> = (1..=10)
+        .map(|id| shared::storage::NewVideo { video_id: id, source: format!("v{id}"), payload: None })
+        .collect();
+    testing::insert_videos(&db, &videos).await.unwrap();
+    assert!(turns.exists(), "a transaction that wrote took its turn on the file beside the database");
+
+    // Another tool holds the write lock for a moment: the fleet's write waits for it in
+    // SQLite's busy handler, and that wait is counted.
+    let before = shared::storage::LOCK_WAITS.load(Ordering::Relaxed);
+    let mut other = SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    other.execute("BEGIN IMMEDIATE").await.unwrap();
+    let waiting = tokio::spawn({
+        let db = db.clone();
+        async move { testing::mark_failed(&db, 1, 3, "x").await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the write waits while the lock is held");
+    other.execute("COMMIT").await.unwrap();
+    waiting.await.unwrap().unwrap();
+    assert!(shared::storage::LOCK_WAITS.load(Ordering::Relaxed) > before, "the wait was counted");
+    db.close().await;
+
+    // A database only read, or refused, gets no turn file.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet.db");
+    Store::open(&path, 1).await.unwrap().close().await;
+    let reader = Store::open_read_only(&path).await.unwrap();
+    reader.totals().await.unwrap();
+    reader.close().await;
+    assert!(
+        !dir.path().join("fleet.db-writers").exists(),
+        "{:?}",
+        std::fs::read_dir(dir.path()).unwrap().collect::<Vec<_>>()
+    );
+}

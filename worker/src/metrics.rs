@@ -42,6 +42,7 @@ pub struct Metrics {
     /// Results discarded because the lease had been taken over.
     pub fenced: Counter,
     busy_retries: Counter,
+    lock_waits: Counter,
     shard: Family<StatusLabel, Gauge>,
     rss: Gauge,
     /// The http handler's pace and push-back, mirrored from its pacer at each render;
@@ -72,6 +73,7 @@ impl Metrics {
             stolen: Counter::default(),
             fenced: Counter::default(),
             busy_retries: Counter::default(),
+            lock_waits: Counter::default(),
             shard: Family::default(),
             rss: Gauge::default(),
             pace: Gauge::default(),
@@ -100,6 +102,11 @@ impl Metrics {
             "db_busy_retries",
             "Statements retried because the database was locked",
             m.busy_retries.clone(),
+        );
+        registry.register(
+            "db_lock_waits",
+            "Statements that waited for SQLite's write lock inside its busy handler, however long",
+            m.lock_waits.clone(),
         );
         registry.register("shard_videos", "Videos of this worker's shard by status", m.shard.clone());
         registry.register("rss_bytes", "Resident memory of the worker process", m.rss.clone());
@@ -151,6 +158,8 @@ impl Metrics {
     pub fn render(&self, counts: ShardCounts, rss: u64, pacing: Option<Pacing>) -> String {
         let busy = shared::storage::BUSY_RETRIES.load(std::sync::atomic::Ordering::Relaxed);
         self.busy_retries.inner().store(busy, std::sync::atomic::Ordering::Relaxed);
+        let waits = shared::storage::LOCK_WAITS.load(std::sync::atomic::Ordering::Relaxed);
+        self.lock_waits.inner().store(waits, std::sync::atomic::Ordering::Relaxed);
         for (s, n) in
             [("pending", counts.pending), ("running", counts.running), ("done", counts.done), ("failed", counts.failed)]
         {

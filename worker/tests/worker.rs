@@ -238,6 +238,7 @@ async fn health_status_and_metrics_have_their_shapes() {
         "shardfleet_job_duration_seconds_bucket",
         "shardfleet_lease_reclaims_total",
         "shardfleet_db_busy_retries_total",
+        "shardfleet_db_lock_waits_total",
         "shardfleet_shard_videos{",
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");

@@ -39,5 +39,6 @@ pub use import::{EXISTING_NAMED, IMPORT_BATCH, Import, ImportReport, ImportRow, 
 pub use lease::owner_of;
 pub use requeue::RequeueOutcome;
 pub use shard::{ClaimRound, STEAL_BATCH, Shard, ShardSpec};
+pub use sqlite::LOCK_WAITS;
 pub use store::{DEFAULT_LOG_FILTER, Store, corrupt_advice, now_ms};
 pub use summary::{RunTotals, ShardAttempts};

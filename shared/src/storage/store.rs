@@ -88,7 +88,7 @@ impl Store {
     /// A connection from the pool, for one verb.
     pub(crate) async fn conn(&self) -> Result<Box<dyn Conn>, DbError> {
         Ok(match &self.0 {
-            Pool::Sqlite(s) => Box::new(super::sqlite::Link(s.pool().acquire().await?)),
+            Pool::Sqlite(s) => Box::new(super::sqlite::Link(s.pool().acquire().await?, s.turns())),
             Pool::Postgres(s) => Box::new(super::postgres::Link(s.pool().acquire().await?)),
         })
     }
@@ -96,7 +96,7 @@ impl Store {
     /// A connection of the pool's, taken out of it: closed, not returned, when dropped.
     pub(crate) async fn detached_conn(&self) -> Result<Box<dyn Conn>, DbError> {
         Ok(match &self.0 {
-            Pool::Sqlite(s) => Box::new(super::sqlite::Link(Box::new(s.pool().acquire().await?.detach()))),
+            Pool::Sqlite(s) => Box::new(super::sqlite::Link(Box::new(s.pool().acquire().await?.detach()), s.turns())),
             Pool::Postgres(s) => Box::new(super::postgres::Link(Box::new(s.pool().acquire().await?.detach()))),
         })
     }

@@ -9,6 +9,7 @@
 
 use std::cell::Cell;
 use std::ffi::{c_int, c_void};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
@@ -16,6 +17,11 @@ use sqlx::SqliteConnection;
 
 /// How long one statement waits for the lock inside SQLite before it gives up.
 const HANDLER_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Waits for the write lock that SQLite's busy handler absorbed since the process
+/// started (one per statement that had to wait, however long), for `/metrics`: these
+/// never reach the retries that `storage::busy` counts.
+pub static LOCK_WAITS: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     /// When the current wait began. The handler runs on the connection's own thread
@@ -28,6 +34,7 @@ unsafe extern "C" fn busy_handler(_arg: *mut c_void, count: c_int) -> c_int {
     let started = WAIT_STARTED.with(|s| {
         if count == 0 || s.get().is_none() {
             s.set(Some(now));
+            LOCK_WAITS.fetch_add(1, Ordering::Relaxed);
         }
         s.get().unwrap_or(now)
     });

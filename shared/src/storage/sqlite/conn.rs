@@ -8,10 +8,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{AssertSqlSafe, Connection, Decode, Sqlite, SqliteConnection};
 
+use super::turns::{Turn, Turns};
 use crate::storage::conn::{Arg, Backend, BatchCols, Begin, Conn, Fut, Query, Row, Tx, Val, query, rows, typed};
 
-/// A SQLite connection, pooled or borrowed, or a transaction on one.
-pub(crate) struct Link<C>(pub C);
+/// A SQLite connection, pooled or borrowed, or a transaction on one; with the
+/// database's writer turns, if its writes take them.
+pub(crate) struct Link<C>(pub C, pub Option<Arc<Turns>>);
 
 /// Rows per batch statement: powers of four up to 256 (a handful of statement variants
 /// stay in the connection's cache; 10 parameters a row stay far below SQLite's 32,766).
@@ -126,18 +128,51 @@ impl<C: DerefMut<Target = SqliteConnection> + Send> Conn for Link<C> {
 
     fn begin(&mut self, _how: Begin) -> Fut<'_, Box<dyn Tx + '_>> {
         Box::pin(async move {
-            // Every transaction here writes or decides: take the write lock at BEGIN.
+            // Every transaction here writes or decides: its turn first (`turns.rs`),
+            // then the write lock, taken at BEGIN.
+            let turn = match &self.1 {
+                Some(turns) => turns.take().await,
+                None => None,
+            };
             let tx = self.0.begin_with("BEGIN IMMEDIATE").await?;
-            Ok(Box::new(Link(tx)) as Box<dyn Tx + '_>)
+            Ok(Box::new(SqliteTx { tx: Link(tx, None), _turn: turn }) as Box<dyn Tx + '_>)
         })
     }
 }
 
-impl<'c> Tx for Link<sqlx::Transaction<'c, Sqlite>> {
+/// A transaction, holding its writer's turn until it ends.
+struct SqliteTx<'c> {
+    tx: Link<sqlx::Transaction<'c, Sqlite>>,
+    _turn: Option<Turn>,
+}
+
+impl Conn for SqliteTx<'_> {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+    fn fetch<'a>(&'a mut self, sql: &'a str, args: &'a [Arg<'a>]) -> Fut<'a, Vec<Row>> {
+        self.tx.fetch(sql, args)
+    }
+    fn execute<'a>(&'a mut self, sql: &'a str, args: &'a [Arg<'a>]) -> Fut<'a, u64> {
+        self.tx.execute(sql, args)
+    }
+    fn batch<'a>(&'a mut self, sql: &'a str, cols: BatchCols, rows: &'a [Vec<Arg<'a>>]) -> Fut<'a, Vec<Row>> {
+        self.tx.batch(sql, cols, rows)
+    }
+    fn script<'a>(&'a mut self, sql: &'a str) -> Fut<'a, ()> {
+        self.tx.script(sql)
+    }
+    fn begin(&mut self, how: Begin) -> Fut<'_, Box<dyn Tx + '_>> {
+        self.tx.begin(how)
+    }
+}
+
+impl<'c> Tx for SqliteTx<'c> {
     fn commit<'a>(self: Box<Self>) -> Fut<'a, ()>
     where
         Self: 'a,
     {
-        Box::pin(async move { Ok(self.0.commit().await?) })
+        // The turn goes when the commit is done, with the rest of `self`.
+        Box::pin(async move { Ok(self.tx.0.commit().await?) })
     }
 }

@@ -47,7 +47,7 @@ pub(crate) async fn run(db: &SqliteStore) -> Result<(), DbError> {
     if pending(db).await?.is_empty() {
         return Ok(());
     }
-    let mut conn: Box<dyn Conn> = Box::new(Link(db.pool().acquire().await?));
+    let mut conn: Box<dyn Conn> = Box::new(Link(db.pool().acquire().await?, None));
     retrying!(conn, |c| {
         let mut tx = c.begin(Begin::Write).await?;
         tx.script(D1_MIGRATIONS_TABLE).await?;

@@ -8,7 +8,9 @@ mod conn;
 mod migrate;
 mod open;
 mod sql;
+mod turns;
 
+pub use busy::LOCK_WAITS;
 pub(crate) use conn::Link;
 #[cfg(feature = "testing")]
 pub use migrate::{MIGRATIONS, Migration};

@@ -4,12 +4,14 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Executor};
 
 use super::Link;
+use super::turns::Turns;
 use super::{busy, migrate};
 use crate::error::DbError;
 use crate::storage::busy::retrying;
@@ -22,6 +24,8 @@ use crate::storage::schema;
 pub struct SqliteStore {
     path: PathBuf,
     pool: SqlitePool,
+    /// The turns its writers take (`turns.rs`); None for a read-only store.
+    turns: Option<Arc<Turns>>,
 }
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
@@ -63,7 +67,8 @@ impl SqliteStore {
             .connect_with(options.synchronous(SqliteSynchronous::Full).disable_statement_logging())
             .await
             .map_err(|e| open_error(path, e))?;
-        let db = SqliteStore { path: path.to_path_buf(), pool };
+        let turns = Some(Arc::new(Turns::of(path)));
+        let db = SqliteStore { path: path.to_path_buf(), pool, turns };
         if let Err(e) = refuse_foreign(&db).await {
             db.close().await;
             return Err(e);
@@ -109,7 +114,7 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|e| open_error(path, e))?;
-        let db = SqliteStore { path: path.to_path_buf(), pool };
+        let db = SqliteStore { path: path.to_path_buf(), pool, turns: None };
         let read_only = |e: sqlx::Error| match &e {
             // A WAL database needs its -shm file, which a reader creates next to the file.
             sqlx::Error::Database(d) if is_read_only_code(d.code().as_deref()) => DbError::Open {
@@ -129,6 +134,11 @@ impl SqliteStore {
         Ok(db)
     }
 
+    /// The turns its writers take, for the seam's connections.
+    pub(crate) fn turns(&self) -> Option<Arc<Turns>> {
+        self.turns.clone()
+    }
+
     /// The pool, for the seam's connections.
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
@@ -141,7 +151,7 @@ impl SqliteStore {
     /// Takes the write lock and lets it go, so an unwritable database is reported at
     /// start, not as a failure of the first video.
     async fn check_writable(&self) -> Result<(), DbError> {
-        let mut conn: Box<dyn Conn> = Box::new(Link(self.pool.acquire().await?));
+        let mut conn: Box<dyn Conn> = Box::new(Link(self.pool.acquire().await?, None));
         // Begun and dropped: the write lock taken and let go (the drop rolls back).
         let result = retrying!(conn, |c| c.begin(Begin::Write).await.map(drop));
         match result {
