@@ -73,6 +73,11 @@ fn main() -> ExitCode {
                 fail(format!("worker: {}", shared::storage::corrupt_advice(&db_path)));
                 ExitCode::from(WORKER_DB_CORRUPT)
             }
+            // A database the user must fix: no restart can mend it.
+            Err(e) if e.chain().any(|c| c.downcast_ref::<shared::DbError>().is_some_and(shared::DbError::is_usage)) => {
+                fail(format!("worker: {e:#}"));
+                ExitCode::from(EXIT_USAGE)
+            }
             Err(e) => {
                 fail(format!("worker: {e:#}"));
                 ExitCode::from(EXIT_FAILURE)

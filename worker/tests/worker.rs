@@ -402,9 +402,28 @@ async fn a_database_that_is_not_sqlite_is_refused_and_left_alone() {
         &["--worker-id", "0", "--workers", "1", "--port", "0", "--sleep", "0", "--db", path.to_str().unwrap()],
         dir.path(),
     );
-    assert_eq!(code, 1);
+    // The same mistake gets the same code as from the supervisor: 2, which a restart
+    // cannot mend (systemd's unit does not restart on it).
+    assert_eq!(code, 2);
     assert!(stderr.contains("is not a SQLite database"), "{stderr}");
     assert_eq!(std::fs::read(&path).unwrap(), b"PK\x03\x04 this is a zip file");
+}
+
+#[tokio::test]
+async fn a_database_holding_another_applications_tables_is_refused_with_exit_2_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("theirs.db");
+    shared::storage::testing::execute_foreign(&path, "CREATE TABLE notes (x); INSERT INTO notes VALUES (1)")
+        .await
+        .unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let (code, stderr) = run_worker_to_end(
+        &["--worker-id", "0", "--workers", "1", "--port", "0", "--sleep", "0", "--db", path.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("holds another application's tables (notes)"), "{stderr}");
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the file is unchanged");
 }
 
 #[tokio::test]
