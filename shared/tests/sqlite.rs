@@ -266,3 +266,27 @@ async fn a_write_that_waits_for_the_lock_is_counted_and_writers_take_turns_besid
         std::fs::read_dir(dir.path()).unwrap().collect::<Vec<_>>()
     );
 }
+
+#[tokio::test]
+async fn an_import_is_in_the_file_itself_once_the_store_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet.db");
+    let db = Store::open(&path, 2).await.unwrap();
+    let mut import = db.begin_import().await.unwrap();
+    let rows = (1..=50)
+        .map(|id| shared::storage::ImportRow {
+            line: id as u64 + 1,
+            video: shared::storage::NewVideo { video_id: id, source: format!("v{id}"), payload: None },
+        })
+        .collect();
+    assert!(import.add(rows).await.unwrap().is_empty());
+    import.commit().await.unwrap();
+    db.close().await;
+    // Copied without its -wal file (as a backup of the file alone would be), it holds
+    // every row: the import's own connection was closed, so the WAL was checkpointed.
+    let copy = dir.path().join("copy.db");
+    std::fs::copy(&path, &copy).unwrap();
+    let copied = Store::open_read_only(&copy).await.unwrap();
+    assert_eq!(copied.count_videos().await.unwrap(), 50);
+    copied.close().await;
+}

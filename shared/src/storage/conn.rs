@@ -237,6 +237,37 @@ pub(crate) trait Conn: Send {
 
     /// Begins a transaction; it rolls back unless committed.
     fn begin(&mut self, how: Begin) -> Fut<'_, Box<dyn Tx + '_>>;
+
+    /// Ends the connection: one taken out of its pool is closed (on SQLite the last to
+    /// close checkpoints the WAL into the file), a pooled one goes back to its pool, a
+    /// transaction rolls back.
+    fn close<'a>(self: Box<Self>) -> Fut<'a, ()>
+    where
+        Self: 'a;
+}
+
+/// How each kind of connection a backend's `Link` wraps ends ([`Conn::close`]).
+pub(crate) trait End: Send {
+    fn end(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+}
+
+impl<DB: sqlx::Database> End for sqlx::pool::PoolConnection<DB> {
+    async fn end(self) -> Result<(), sqlx::Error> {
+        drop(self);
+        Ok(())
+    }
+}
+
+impl<C: sqlx::Connection> End for Box<C> {
+    fn end(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        (*self).close()
+    }
+}
+
+impl<DB: sqlx::Database> End for sqlx::Transaction<'_, DB> {
+    fn end(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        self.rollback()
+    }
 }
 
 /// An open transaction: a connection that is committed at the end.

@@ -210,12 +210,15 @@ impl Import {
         if !analyze.is_empty() {
             let _ = self.conn.execute(analyze, &[]).await;
         }
+        // Closed, not dropped: on SQLite the last connection to close checkpoints the
+        // WAL, so the file alone holds the import once the command exits.
+        self.conn.close().await?;
         Ok(self.report)
     }
 
     /// Undoes everything the import did.
     pub async fn roll_back(mut self) -> Result<(), DbError> {
         self.conn.execute("ROLLBACK", &[]).await?;
-        Ok(())
+        self.conn.close().await
     }
 }

@@ -6,7 +6,9 @@ use std::ops::DerefMut;
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Connection, Decode, PgConnection, Postgres};
 
-use crate::storage::conn::{Arg, Backend, BatchCols, Begin, Col, Conn, Fut, Query, Row, Tx, Val, query, rows, typed};
+use crate::storage::conn::{
+    Arg, Backend, BatchCols, Begin, Col, Conn, End, Fut, Query, Row, Tx, Val, query, rows, typed,
+};
 
 /// A PostgreSQL connection, pooled or borrowed, or a transaction on one.
 pub(crate) struct Link<C>(pub C);
@@ -53,7 +55,14 @@ fn batch_statement(sql: &str, cols: BatchCols) -> String {
     sql.replace("{rows}", &format!("unnest({}) AS j({})", arrays.join(", "), names.join(", ")))
 }
 
-impl<C: DerefMut<Target = PgConnection> + Send> Conn for Link<C> {
+impl<C: DerefMut<Target = PgConnection> + End> Conn for Link<C> {
+    fn close<'a>(self: Box<Self>) -> Fut<'a, ()>
+    where
+        Self: 'a,
+    {
+        Box::pin(async move { Ok(self.0.end().await?) })
+    }
+
     fn backend(&self) -> Backend {
         Backend::Postgres
     }

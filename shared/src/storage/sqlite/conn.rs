@@ -9,7 +9,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{AssertSqlSafe, Connection, Decode, Sqlite, SqliteConnection};
 
 use super::turns::{Turn, Turns};
-use crate::storage::conn::{Arg, Backend, BatchCols, Begin, Conn, Fut, Query, Row, Tx, Val, query, rows, typed};
+use crate::storage::conn::{Arg, Backend, BatchCols, Begin, Conn, End, Fut, Query, Row, Tx, Val, query, rows, typed};
 
 /// A SQLite connection, pooled or borrowed, or a transaction on one; with the
 /// database's writer turns, if its writes take them.
@@ -74,7 +74,14 @@ fn batch_statement(sql: &str, cols: BatchCols, size: usize) -> String {
     )
 }
 
-impl<C: DerefMut<Target = SqliteConnection> + Send> Conn for Link<C> {
+impl<C: DerefMut<Target = SqliteConnection> + End> Conn for Link<C> {
+    fn close<'a>(self: Box<Self>) -> Fut<'a, ()>
+    where
+        Self: 'a,
+    {
+        Box::pin(async move { Ok(self.0.end().await?) })
+    }
+
     fn backend(&self) -> Backend {
         Backend::Sqlite
     }
@@ -164,6 +171,12 @@ impl Conn for SqliteTx<'_> {
     }
     fn begin(&mut self, how: Begin) -> Fut<'_, Box<dyn Tx + '_>> {
         self.tx.begin(how)
+    }
+    fn close<'a>(self: Box<Self>) -> Fut<'a, ()>
+    where
+        Self: 'a,
+    {
+        Box::new(self.tx).close()
     }
 }
 
