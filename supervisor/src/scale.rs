@@ -12,7 +12,7 @@ use anyhow::bail;
 use shared::ids::WorkerIds;
 use shared::storage::{DbLocation, FleetRun, RunState, ScaleAsk, Store};
 
-use crate::fleet::{describe_run, run_is_alive};
+use crate::liveness::{describe as describe_run, is_alive as run_is_alive};
 
 /// Why a scale cannot be asked for: nothing was written.
 #[derive(Debug, thiserror::Error)]

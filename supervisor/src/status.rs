@@ -7,6 +7,9 @@ use shared::status::ShardCounts;
 use shared::storage::{FleetEvent, FleetRun, FleetWorker, SlotStatus, Store, now_ms};
 use shared::units::human_bytes;
 
+use crate::liveness;
+use crate::memory_mode::MemoryMode;
+
 /// `supervisor status --json`.
 #[derive(Debug, Serialize)]
 pub struct FleetView {
@@ -85,7 +88,7 @@ pub async fn load(db: &Store) -> anyhow::Result<FleetView> {
     let mut events = Vec::new();
     let mut runs = Vec::new();
     for run in shown {
-        let alive = crate::fleet::run_is_alive(&run, db_now);
+        let alive = liveness::is_alive(&run, db_now);
         let reach = connect_host(&run.reach());
         for record in db.run_workers(run.run_id).await? {
             let shard = shards.get(record.worker_id as usize).copied().unwrap_or_default();
@@ -102,7 +105,7 @@ pub async fn load(db: &Store) -> anyhow::Result<FleetView> {
     events.sort_by_key(|e| e.at);
     let keep = events.len().saturating_sub(10);
     events.drain(..keep);
-    let supervisor_alive = crate::fleet::run_is_alive(&latest, db_now);
+    let supervisor_alive = liveness::is_alive(&latest, db_now);
     let unowned: std::collections::BTreeSet<u32> = (0..workers_n.max(0) as u32)
         .filter(|k| !runs.iter().any(|r| r.run.state.is_live() && r.alive && r.run.ids().contains(*k)))
         .collect();
@@ -153,7 +156,7 @@ pub fn render(v: &FleetView) -> String {
         } else {
             format!("started {} ago", ago(now - run.started_at))
         };
-        let who = crate::fleet::describe_run(run);
+        let who = liveness::describe(run);
         if spread {
             out.push_str(&format!(
                 "fleet: {state} · {who} · {since} · worker ids {} of {} · {}\n",
@@ -185,7 +188,7 @@ pub fn render(v: &FleetView) -> String {
     out.push_str(&format!(
         "memory limit: {} per worker, enforced by {}\n",
         limit(first),
-        enforce_words(&first.mem_enforce)
+        MemoryMode::enforced_by_word(&first.mem_enforce)
     ));
     out.push_str(&format!(
         "videos: {} total · {} done · {} failed · {} running · {} pending\n\n",
@@ -245,15 +248,6 @@ pub fn render(v: &FleetView) -> String {
         }
     }
     out
-}
-
-pub fn enforce_words(mode: &str) -> &'static str {
-    match mode {
-        "cgroup-v2" => "cgroup v2 (memory.max)",
-        "cgroup-v1" => "cgroup v1 (memory.limit_in_bytes)",
-        "sample" => "sampling each worker's process tree",
-        _ => "nothing",
-    }
 }
 
 fn table(rows: &[Vec<String>]) -> String {

@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use shared::ids::WorkerIds;
 use shared::storage::{DbLocation, FleetRun, Store, now_ms};
 
-use crate::fleet::{describe_run, run_is_alive};
+use crate::liveness::{describe as describe_run, is_alive as run_is_alive};
 use crate::procfs;
 
 /// Returns a line for the user.

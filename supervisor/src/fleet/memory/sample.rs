@@ -10,10 +10,12 @@ use nix::unistd::Pid;
 use shared::storage::now_ms;
 use shared::units::{ByteSize, human_bytes};
 
-use super::{Memory, Mode};
+use super::Memory;
 use crate::fleet::exit_cause::ExitCause;
+use crate::fleet::probe;
 use crate::fleet::records::Incident;
-use crate::fleet::{Fleet, probe};
+use crate::fleet::state::Fleet;
+use crate::memory_mode::MemoryMode as Mode;
 use crate::procfs::{self, TreeUsage};
 
 /// How long the worker has to take note of a handler's memory kill before it happens.
@@ -67,7 +69,7 @@ impl Fleet {
             match self.memory.verdict(&usage) {
                 None => {}
                 Some(Victim::Handler { pgid, rss, total }) => {
-                    let reason = handler_reason(rss, total, self.args.mem_limit);
+                    let reason = handler_reason(rss, total, self.config.mem_limit);
                     // Tell the worker first, so the attempt is recorded with this reason.
                     let port = self.slots[i].port;
                     let told =
@@ -82,7 +84,7 @@ impl Fleet {
                     self.list(Incident::handler_memory_kill(now_ms(), k, reason));
                 }
                 Some(Victim::Worker { total }) => {
-                    let reason = ExitCause::SampledOverLimit { tree: total, limit: self.args.mem_limit };
+                    let reason = ExitCause::SampledOverLimit { tree: total, limit: self.config.mem_limit };
                     tracing::warn!("worker {k}: {reason}; killing it");
                     self.slots[i].count_memory_kill();
                     if let Some(pid) = self.slots[i].kill(reason) {
@@ -105,7 +107,6 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::memory::Mode;
 
     fn sampler(limit: u64) -> Memory {
         Memory { mode: Mode::Sample, limit, root: None, why: String::new() }
