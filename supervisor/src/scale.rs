@@ -51,9 +51,9 @@ pub async fn scale(db: Store, location: &DbLocation, workers: u32, timeout: Dura
         ))
         .into());
     };
-    if let Some((run, ids)) =
-        alive.iter().zip(&split).find(|(r, ids)| r.base_port + i64::from(ids.max()) > i64::from(u16::MAX))
-    {
+    if let Some((run, ids)) = alive.iter().zip(&split).find(|(r, ids)| {
+        u16::try_from(r.base_port).ok().and_then(|base| shared::ports::worker_port(base, ids.max())).is_none()
+    }) {
         db.close().await;
         return Err(Refused(format!(
             "cannot scale to {workers} workers: {} would run worker {} on port {}, past 65535 (its --base-port is {})",

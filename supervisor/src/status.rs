@@ -5,6 +5,7 @@ use serde::Serialize;
 use shared::ids::WorkerIds;
 use shared::status::ShardCounts;
 use shared::storage::{FleetEvent, FleetRun, FleetWorker, SlotStatus, Store, now_ms};
+use shared::time_fmt::age_ms;
 use shared::units::human_bytes;
 
 use crate::liveness;
@@ -149,12 +150,12 @@ pub fn render(v: &FleetView) -> String {
             "crashed (supervisor is gone)".into()
         } else {
             let seen = run.heartbeat_at.unwrap_or(run.started_at);
-            format!("not heard from for {} (its next start takes it over)", ago(v.db_now - seen))
+            format!("not heard from for {} (its next start takes it over)", age_ms(v.db_now - seen))
         };
         let since = if *alive {
-            format!("up {}", ago(now - run.started_at))
+            format!("up {}", age_ms(now - run.started_at))
         } else {
-            format!("started {} ago", ago(now - run.started_at))
+            format!("started {} ago", age_ms(now - run.started_at))
         };
         let who = liveness::describe(run);
         if spread {
@@ -172,7 +173,7 @@ pub fn render(v: &FleetView) -> String {
                 .iter()
                 .map(|l| {
                     let ids = l.worker_ids.as_deref().map_or_else(String::new, |ids| format!(" (ids {ids})"));
-                    format!("{}{ids} at {}", l.workers, shared::units::format_utc_ms(l.at))
+                    format!("{}{ids} at {}", l.workers, shared::time_fmt::timestamp_ms(l.at))
                 })
                 .collect();
             out.push_str(&format!("  re-partitioned (supervisor scale): {}\n", steps.join(" → ")));
@@ -209,11 +210,11 @@ pub fn render(v: &FleetView) -> String {
         let limit = limit(run);
         let alive = w.supervised && r.state == SlotStatus::Running;
         let uptime = match (alive, r.started_at) {
-            (true, Some(s)) => ago(now - s),
+            (true, Some(s)) => age_ms(now - s),
             _ => "-".into(),
         };
         let reason = match (&r.last_reason, r.last_restart_at) {
-            (Some(reason), Some(at)) => format!("{reason} ({} ago)", ago(now - at)),
+            (Some(reason), Some(at)) => format!("{reason} ({} ago)", age_ms(now - at)),
             (Some(reason), None) => reason.clone(),
             _ => "-".into(),
         };
@@ -244,7 +245,7 @@ pub fn render(v: &FleetView) -> String {
     if !v.events.is_empty() {
         out.push_str("\nrecent events:\n");
         for e in &v.events {
-            out.push_str(&format!("  {} ago  worker {}  {}: {}\n", ago(now - e.at), e.worker_id, e.kind, e.reason));
+            out.push_str(&format!("  {} ago  worker {}  {}: {}\n", age_ms(now - e.at), e.worker_id, e.kind, e.reason));
         }
     }
     out
@@ -261,30 +262,11 @@ fn table(rows: &[Vec<String>]) -> String {
         .collect()
 }
 
-/// "3s", "4m12s", "2h05m", "3d04h".
-pub fn ago(ms: i64) -> String {
-    let s = (ms.max(0) / 1000) as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use shared::storage::{RunState, testing};
 
     use super::*;
-
-    #[test]
-    fn durations_read_like_pm2() {
-        assert_eq!(ago(3_500), "3s");
-        assert_eq!(ago(252_000), "4m12s");
-        assert_eq!(ago(7_500_000), "2h05m");
-        assert_eq!(ago(273_600_000), "3d04h");
-    }
 
     #[tokio::test]
     async fn status_answers_from_the_kept_shard_counts() {

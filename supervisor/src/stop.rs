@@ -40,7 +40,7 @@ pub async fn stop(
                 "{} (worker ids {}) is not running: last heard from {} ago; the next start of its ids takes it over",
                 describe_run(r),
                 r.ids(),
-                crate::status::ago(db_now - r.heartbeat_at.unwrap_or(r.started_at))
+                shared::time_fmt::age_ms(db_now - r.heartbeat_at.unwrap_or(r.started_at))
             ),
         })
         .collect();

@@ -91,8 +91,8 @@ impl FleetConfig {
         if args.mem_limit.bytes() < 16 << 20 {
             bail!("--mem-limit {} is too small for a worker; use at least 16M", args.mem_limit);
         }
-        let last = args.base_port as u32 + args.workers - 1;
-        if last > u16::MAX as u32 {
+        if shared::ports::last_port(args.base_port, args.workers).is_none() {
+            let last = u32::from(args.base_port) + args.workers - 1;
             bail!("--base-port {} with {} workers needs ports up to {last}, past 65535", args.base_port, args.workers);
         }
         if let Some(ids) = &args.worker_ids {
@@ -142,7 +142,7 @@ impl FleetConfig {
     /// Worker `k`'s port. The flags were checked to fit every worker of the first
     /// layout, and a new layout's ids to fit (`rescaled`).
     pub fn port(&self, k: u32) -> u16 {
-        self.base_port + k as u16
+        shared::ports::worker_port(self.base_port, k).expect("a layout's ports are checked to fit when it is made")
     }
 
     /// The layout `supervisor scale` asked for: `workers` shards, of which this
@@ -150,7 +150,9 @@ impl FleetConfig {
     pub fn rescaled(&self, workers: u32, ids: Option<&str>) -> Result<Layout, String> {
         let Some(ids) = ids else { return Ok(Layout::new(workers, None)) };
         match ids.parse::<WorkerIds>() {
-            Ok(ids) if ids.check(workers).is_ok() && u32::from(self.base_port) + ids.max() <= 65535 => {
+            Ok(ids)
+                if ids.check(workers).is_ok() && shared::ports::worker_port(self.base_port, ids.max()).is_some() =>
+            {
                 Ok(Layout::new(workers, Some(ids)))
             }
             Ok(ids) => Err(format!(

@@ -4,6 +4,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use shared::backoff::Doubling;
+
 use crate::cli::CrashLoop;
 
 /// When crashed workers come back.
@@ -54,8 +56,8 @@ impl Crashes {
             self.streak = 0;
             Comeback::Errored(now + policy.cooldown)
         } else {
-            let exp = (self.streak - 1).min(20);
-            Comeback::Backoff(now + policy.delay.saturating_mul(1 << exp).min(policy.delay_max))
+            let backoff = Doubling { first: policy.delay, max: policy.delay_max };
+            Comeback::Backoff(now + backoff.after(self.streak - 1))
         }
     }
 }

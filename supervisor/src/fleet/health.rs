@@ -4,9 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-use shared::units::human_duration;
+use shared::time_fmt;
 
 use super::health_rounds::silence;
 use super::probe;
@@ -25,7 +23,7 @@ impl Fleet {
             && let Some(gap) =
                 self.health_rounds.full_round(now, self.config.health_interval, self.config.unhealthy_after)
         {
-            tracing::warn!("the supervisor was stalled for {}; health verdicts wait", human_duration(gap));
+            tracing::warn!("the supervisor was stalled for {}; health verdicts wait", time_fmt::duration(gap));
         }
         let judging = self.health_rounds.judging(now);
         for s in &mut self.slots {
@@ -42,7 +40,7 @@ impl Fleet {
             {
                 tracing::warn!("worker {}: {reason}; killing it", s.id);
                 if let Some(pid) = s.kill(reason) {
-                    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    shared::process::kill_group(pid);
                 }
                 continue;
             }

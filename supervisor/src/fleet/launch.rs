@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use shared::storage::{DbLocation, now_ms};
-use shared::units::human_duration;
+use shared::time_fmt;
 
 use super::config::{FleetConfig, Layout};
 use super::exit_cause::ExitCause;
@@ -92,7 +92,7 @@ impl Fleet {
                     tracing::warn!(
                         "worker {} did not answer /health within {}; reported as not ready, starting the next",
                         prev.id,
-                        human_duration(ready_timeout)
+                        time_fmt::duration(ready_timeout)
                     );
                 }
             }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use shared::storage::{EventKind, FleetRun, FleetWorker, RunState, Store};
-use shared::units::format_utc_ms;
+use shared::time_fmt::timestamp_ms;
 use tokio::sync::mpsc;
 
 use super::exit_cause::ExitCause;
@@ -56,7 +56,7 @@ impl Incident {
 /// The incident's line in the run summary.
 impl fmt::Display for Incident {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (clock, k, reason) = (format_utc_ms(self.at_ms), self.worker, &self.reason);
+        let (clock, k, reason) = (timestamp_ms(self.at_ms), self.worker, &self.reason);
         match self.kind {
             EventKind::Restart => write!(f, "{clock} worker {k}: {reason}"),
             EventKind::Errored => write!(f, "{clock} worker {k}: {reason}; marked errored"),
@@ -131,7 +131,7 @@ mod tests {
 
     #[test]
     fn each_incident_reads_in_the_summary_as_before() {
-        let clock = format_utc_ms(AT);
+        let clock = timestamp_ms(AT);
         let lines = [
             (Incident::exit(AT, 1, EventKind::Restart, &ExitCause::Code(1)), format!("{clock} worker 1: exit code 1")),
             (

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use shared::retry::RetryPolicy;
 use shared::status::Outcome;
 use shared::storage::{DbLocation, FleetRun, Store, now_ms};
-use shared::units::human_duration;
+use shared::time_fmt;
 
 use super::state::Fleet;
 use crate::procfs;
@@ -45,7 +45,7 @@ pub async fn wait_for_previous_workers(db: &DbLocation) {
     if waiting > 0 {
         tracing::warn!(
             "{waiting} workers of the previous run are still alive after {}",
-            human_duration(PREVIOUS_WORKERS_WAIT)
+            time_fmt::duration(PREVIOUS_WORKERS_WAIT)
         );
     }
 }

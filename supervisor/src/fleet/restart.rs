@@ -5,10 +5,8 @@
 use std::process::ExitStatus;
 use std::time::Instant;
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use shared::storage::now_ms;
-use shared::units::human_duration;
+use shared::time_fmt;
 
 use super::exit_cause::ExitCause;
 use shared::storage::EventKind;
@@ -52,7 +50,7 @@ impl Fleet {
         let cause = self.slot_mut(slot).exit_cause(&status, limit);
         // Its handlers lead process groups of their own and survived it: end them.
         for pgid in self.slot_mut(slot).take_orphans() {
-            let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
+            shared::process::kill_group(pgid);
         }
         // A run taken over hands nothing back: its ids are another supervisor's now,
         // whose worker of the same id may even have the same pid on its own host, and
@@ -86,13 +84,13 @@ impl Fleet {
                 tracing::error!(
                     "worker {k} exited ({reason}); it crashed {} times within {}: marked errored, next try in {}",
                     policy.crash_loop.restarts,
-                    human_duration(policy.crash_loop.window),
-                    human_duration(until - now)
+                    time_fmt::duration(policy.crash_loop.window),
+                    time_fmt::duration(until - now)
                 );
                 self.list(Incident::exit(now_ms(), k, EventKind::Errored, &reason));
             }
             Comeback::Backoff(at) => {
-                tracing::warn!("worker {k} exited ({reason}); restarting in {}", human_duration(at - now));
+                tracing::warn!("worker {k} exited ({reason}); restarting in {}", time_fmt::duration(at - now));
                 self.list(Incident::exit(now_ms(), k, EventKind::Restart, &reason));
             }
         }

@@ -135,7 +135,7 @@ impl Fleet {
     fn kill_all(&mut self, reason: ExitCause) {
         for s in &mut self.slots {
             if let Some(pid) = s.kill(reason.clone()) {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+                shared::process::kill_group(pid);
             }
         }
     }

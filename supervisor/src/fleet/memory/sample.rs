@@ -5,8 +5,6 @@
 
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use shared::storage::now_ms;
 use shared::units::{ByteSize, human_bytes};
 
@@ -78,7 +76,7 @@ impl Fleet {
                     if let Err(e) = &told {
                         tracing::warn!("worker {k}: could not tell it about the memory kill: {e}");
                     }
-                    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
+                    shared::process::kill_group(pgid);
                     self.slots[i].count_memory_kill();
                     tracing::warn!("worker {k}: handler (process group {pgid}) {reason}");
                     self.list(Incident::handler_memory_kill(now_ms(), k, reason));
@@ -88,7 +86,7 @@ impl Fleet {
                     tracing::warn!("worker {k}: {reason}; killing it");
                     self.slots[i].count_memory_kill();
                     if let Some(pid) = self.slots[i].kill(reason) {
-                        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                        shared::process::kill_group(pid);
                     }
                 }
             }
