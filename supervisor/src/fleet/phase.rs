@@ -97,8 +97,9 @@ impl Phase {
     pub fn end(&mut self, why: Ending, now: Instant, grace: Duration) -> Vec<Act> {
         match self {
             Phase::Running => {
-                *self = Phase::Draining { deadline: now + grace + DRAIN_SLACK, then: Then::End(why) };
-                vec![Act::RecordStopping, Act::Signal(Signal::SIGTERM), Act::StopIdle]
+                let mut acts = vec![Act::RecordStopping];
+                acts.extend(self.drain(Then::End(why), now, grace));
+                acts
             }
             Phase::Draining { then, .. } | Phase::Killing { then } => match then {
                 Then::Rescale(_) => {
@@ -129,10 +130,7 @@ impl Phase {
     /// the newest one follows. None, and nothing changes, when the run is ending.
     pub fn rescale(&mut self, layout: Layout, now: Instant, grace: Duration) -> Option<Vec<Act>> {
         match self {
-            Phase::Running => {
-                *self = Phase::Draining { deadline: now + grace + DRAIN_SLACK, then: Then::Rescale(layout) };
-                Some(vec![Act::Signal(Signal::SIGTERM), Act::StopIdle])
-            }
+            Phase::Running => Some(self.drain(Then::Rescale(layout), now, grace)),
             Phase::Draining { then: then @ Then::Rescale(_), .. }
             | Phase::Killing { then: then @ Then::Rescale(_) } => {
                 *then = Then::Rescale(layout);
@@ -140,6 +138,13 @@ impl Phase {
             }
             _ => None,
         }
+    }
+
+    /// From running, the one way to drain: every worker is told to finish or hand back
+    /// its jobs within `--grace` (`grace`), none starts again, and `then` follows.
+    fn drain(&mut self, then: Then, now: Instant, grace: Duration) -> Vec<Act> {
+        *self = Phase::Draining { deadline: now + grace + DRAIN_SLACK, then };
+        vec![Act::Signal(Signal::SIGTERM), Act::StopIdle]
     }
 
     /// The drain's deadline passed: what is left is killed.
