@@ -3,7 +3,7 @@
 //! the monitor and the logs read alike. (Flags that must read back, such as a worker's
 //! `--backoff 60s`, use `units::format_duration` instead.)
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 /// humantime's units, largest first, in nanoseconds: a rounded duration keeps two of
 /// them (`4m 12s`, `2h 5m`, `3days 4h`, `250ms`).
@@ -40,11 +40,6 @@ pub fn age_ms(ms: i64) -> String {
 pub fn timestamp_ms(ms: i64) -> String {
     let at = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(at).to_string()
-}
-
-/// The moment `at`, as [`timestamp_ms`] writes it.
-pub fn timestamp(at: SystemTime) -> String {
-    humantime::format_rfc3339_millis(at.max(UNIX_EPOCH)).to_string()
 }
 
 #[cfg(test)]
