@@ -400,7 +400,8 @@ fn draw_errors(frame: &mut Frame, area: Rect, fleet: &Fleet, now_ms: i64) {
     let empty = rows.is_empty();
     let header = Row::new(["when", "video", "worker", "attempt", "outcome", "message"].map(|h| Cell::from(h).bold()));
     let widths = [
-        Constraint::Length(9),
+        // "3days 4h ago": an age in the binaries' one duration format, whole.
+        Constraint::Length(12),
         Constraint::Length(8),
         Constraint::Length(6),
         Constraint::Length(7),

@@ -1,14 +1,10 @@
 //! How numbers read on screen, shared by the dashboard and the plain-text output: short
 //! durations, rates, sizes and text progress bars.
 
-/// `42s`, `6m07s`, `2h13m`, `3d04h`: two units at most, for ETAs and ages.
+/// `42s`, `6m 7s`, `2h 13m`, `3days 4h`: the binaries' one duration format
+/// (`shared::time_fmt`), to the second, for ETAs and ages.
 pub fn duration_short(secs: u64) -> String {
-    match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
-        s if s < 86_400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-        s => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
-    }
+    shared::time_fmt::duration(std::time::Duration::from_secs(secs))
 }
 
 /// An ETA, or a dash while it cannot be known.
@@ -146,9 +142,9 @@ mod tests {
     #[test]
     fn durations_read_in_at_most_two_units() {
         assert_eq!(duration_short(42), "42s");
-        assert_eq!(duration_short(367), "6m07s");
-        assert_eq!(duration_short(7980), "2h13m");
-        assert_eq!(duration_short(3 * 86_400 + 4 * 3600 + 59), "3d04h");
+        assert_eq!(duration_short(367), "6m 7s");
+        assert_eq!(duration_short(7980), "2h 13m");
+        assert_eq!(duration_short(3 * 86_400 + 4 * 3600 + 59), "3days 4h");
         assert_eq!(eta(None), "--");
     }
 

@@ -1,9 +1,21 @@
 //! Which worker ids a supervisor runs: `--worker-ids 3-5` on one host, `0-2` on another,
 //! for one fleet of 6 shards. Written and read in the run records as the same text.
+//! And which shard a video is in (`shard_of`), the rule those ids divide the work by.
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
+
+/// The shard of video `video_id` in a fleet of `workers`: `video_id % workers`. A
+/// negative id belongs to no shard (import refuses it, and the claims never see it);
+/// nor does any id in a fleet of no workers.
+pub fn shard_of(video_id: i64, workers: u32) -> Option<u32> {
+    if video_id < 0 || workers == 0 {
+        return None;
+    }
+    // The remainder is below `workers`, so it fits.
+    Some((video_id % i64::from(workers)) as u32)
+}
 
 /// A non-empty set of worker ids, written as ranges and single ids: `3-5`, `0,2,4`,
 /// `0-1,4`.
@@ -146,6 +158,20 @@ impl fmt::Display for WorkerIds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_video_is_in_the_shard_of_its_id_modulo_the_fleet_size() {
+        assert_eq!(shard_of(7, 3), Some(1));
+        assert_eq!(shard_of(0, 3), Some(0));
+        assert_eq!(shard_of(i64::MAX, 1024), Some((i64::MAX % 1024) as u32));
+    }
+
+    #[test]
+    fn a_negative_id_belongs_to_no_shard() {
+        assert_eq!(shard_of(-1, 3), None);
+        assert_eq!(shard_of(-3, 3), None);
+        assert_eq!(shard_of(5, 0), None);
+    }
 
     #[test]
     fn a_new_fleet_size_is_split_among_hosts_in_proportion_to_what_they_ran() {

@@ -98,7 +98,7 @@ pub fn plain_line(format: LogFormat, level: &str, worker_id: Option<u32>, messag
         LogFormat::Text => message.to_string(),
         LogFormat::Json => {
             let mut line = json!({
-                "timestamp": crate::units::format_utc_ms(crate::storage::now_ms()),
+                "timestamp": crate::time_fmt::timestamp_ms(crate::storage::now_ms()),
                 "level": level,
                 "message": message,
             });

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rand::RngExt;
 
+use crate::backoff::Doubling;
 use crate::status::{Outcome, VideoStatus};
 
 /// Why an attempt ended, as far as retrying goes.
@@ -99,8 +100,7 @@ impl RetryPolicy {
     /// `backoff * 2^(attempt-1)`, capped, with ±20% jitter so a burst of failures does not
     /// come back as a burst.
     pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
-        let exp = attempt.saturating_sub(1).min(30);
-        let base = self.backoff.saturating_mul(1u32 << exp).min(self.backoff_max);
+        let base = Doubling { first: self.backoff, max: self.backoff_max }.after(attempt.saturating_sub(1));
         base.mul_f64(jitter.clamp(0.8, 1.2))
     }
 }

@@ -144,33 +144,6 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
-/// A duration as people write it in a sentence: `250ms`, `10.9s`, `2m05s`, `1h02m`.
-/// Rounded for reading; flags that must round-trip use [`format_duration`].
-pub fn human_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if d < Duration::from_millis(1) {
-        return if d.is_zero() { "0s".into() } else { format!("{:.1}ms", d.as_secs_f64() * 1000.0) };
-    }
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let tenths = (d.as_secs_f64() * 10.0).round() as u64;
-    if tenths < 600 {
-        return if tenths.is_multiple_of(10) {
-            format!("{}s", tenths / 10)
-        } else {
-            format!("{:.1}s", tenths as f64 / 10.0)
-        };
-    }
-    let secs = d.as_secs_f64().round() as u64;
-    match (secs / 3600, secs % 3600 / 60, secs % 60) {
-        (0, m, 0) => format!("{m}m"),
-        (0, m, s) => format!("{m}m{s:02}s"),
-        (h, 0, _) => format!("{h}h"),
-        (h, m, _) => format!("{h}h{m:02}m"),
-    }
-}
-
 /// A clap value parser for durations.
 pub fn duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| e.to_string())
@@ -340,55 +313,5 @@ mod tests {
         assert_eq!(r.interval(), Duration::from_millis(50));
         assert!("0/s".parse::<Rate>().is_err());
         assert!("5".parse::<Rate>().is_err());
-    }
-}
-
-/// `2026-11-22T10:41:07.123Z` for Unix milliseconds (UTC, proleptic Gregorian).
-pub fn format_utc_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", sod / 3600, sod % 3600 / 60, sod % 60)
-}
-
-#[cfg(test)]
-mod time_tests {
-    use super::{format_utc_ms, human_duration};
-    use std::time::Duration;
-
-    #[test]
-    fn utc_timestamps_are_iso_8601() {
-        assert_eq!(format_utc_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(format_utc_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(format_utc_ms(1_795_342_718_727), "2026-11-22T10:18:38.727Z");
-    }
-
-    #[test]
-    fn durations_in_messages_read_as_people_write_them() {
-        let cases = [
-            (Duration::from_micros(10_948_955), "10.9s"),
-            (Duration::from_millis(250), "250ms"),
-            (Duration::from_secs(10), "10s"),
-            (Duration::from_secs(125), "2m05s"),
-            (Duration::from_secs(120), "2m"),
-            (Duration::from_secs(3720), "1h02m"),
-            (Duration::from_secs(7200), "2h"),
-            (Duration::from_micros(400), "0.4ms"),
-            (Duration::ZERO, "0s"),
-        ];
-        for (d, want) in cases {
-            assert_eq!(human_duration(d), want, "{d:?}");
-        }
     }
 }

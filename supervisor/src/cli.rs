@@ -211,13 +211,6 @@ pub struct StartArgs {
     pub control_token: Option<String>,
 }
 
-impl StartArgs {
-    /// The worker ids this supervisor runs: `--worker-ids`, or all of them.
-    pub fn ids(&self) -> WorkerIds {
-        self.worker_ids.clone().unwrap_or_else(|| WorkerIds::all(self.workers))
-    }
-}
-
 /// `--crash-loop 5/60s`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CrashLoop {

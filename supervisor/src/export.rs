@@ -11,7 +11,7 @@ use futures_util::TryStreamExt;
 use serde::Serialize;
 use shared::status::VideoStatus;
 use shared::storage::{ExportFilter, ExportRow, Store};
-use shared::units::format_utc_ms;
+use shared::time_fmt::timestamp_ms;
 
 use crate::cli::ExportFormat;
 
@@ -40,7 +40,7 @@ impl<'a> From<&'a ExportRow> for Line<'a> {
             attempts: r.attempts,
             result: r.result.as_deref(),
             last_error: r.last_error.as_deref(),
-            finished_at: r.finished_at.map(format_utc_ms),
+            finished_at: r.finished_at.map(timestamp_ms),
             duration_ms: r.duration_ms,
             warnings: r.warnings.as_deref(),
         }

@@ -2,21 +2,26 @@
 //! code, so tests can drive it as the real binary does.
 //!
 //! Where things are:
-//! - starting, watching and restarting workers: `fleet/mod.rs` (the loop, stop, finish),
+//! - starting, watching and restarting workers: `fleet/` (`fleet/mod.rs` says where each
+//!   part is: the checked flags, the loop and the run's phases, the run's end),
 //!   `fleet/slot.rs` (one worker's state), `fleet/launch.rs` and `fleet/spawn.rs` (command
 //!   line, token pipe, process group, parent-death signal, cgroup join),
 //!   `fleet/restart.rs` and `fleet/exit_cause.rs` (why a worker ended, backoff, crash
 //!   loop), `fleet/health.rs`, `fleet/recover.rs` (handing back claims, a dead run);
 //! - memory limits: `fleet/memory/` (cgroups; `sample.rs`: sampling) over `procfs.rs`;
 //! - logs: `fleet/output.rs` (capture), `logs.rs` (files, rotation, `supervisor logs`);
-//! - data in and out: `import.rs`, `export.rs`; `status.rs`, `stop.rs`.
+//! - what a run record says of its run: `liveness.rs` (alive or not, and its name),
+//!   `memory_mode.rs` (how it holds memory);
+//! - data in and out: `import.rs`, `export.rs`; `status.rs`, `stop.rs`, `scale.rs`.
 
 pub mod cli;
 pub mod config_file;
 pub mod export;
 pub mod fleet;
 pub mod import;
+pub mod liveness;
 pub mod logs;
+pub mod memory_mode;
 pub mod procfs;
 pub mod scale;
 pub mod status;
@@ -106,14 +111,14 @@ async fn run_command(
 ) -> Result<Done, Failure> {
     match command {
         Command::Start(args) => {
-            fleet::preflight(&args).map_err(Failure::usage)?;
+            let (config, layout) = fleet::FleetConfig::from_args(*args).map_err(Failure::usage)?;
             // A supervisor restarted right after a SIGKILL finds its old workers still
             // on their way out: give them a moment before judging the ports.
-            fleet::wait_for_previous_workers(&args.db.db).await;
-            fleet::check_ports(&args)?;
+            fleet::wait_for_previous_workers(&config.db).await;
+            fleet::check_ports(&config, &layout)?;
 
-            fleet::check_batch_has_videos(&args).await.map_err(Failure::usage)?;
-            let fleet = fleet::Fleet::prepare(*args, out).await?;
+            fleet::check_batch_has_videos(&config).await.map_err(Failure::usage)?;
+            let fleet = fleet::Fleet::prepare(config, layout, out).await?;
             let (end, summary) = fleet.run(shutdown, hurry).await?;
             Ok(Done { code: end.exit_code(), summary })
         }

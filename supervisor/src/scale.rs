@@ -12,7 +12,7 @@ use anyhow::bail;
 use shared::ids::WorkerIds;
 use shared::storage::{DbLocation, FleetRun, RunState, ScaleAsk, Store};
 
-use crate::fleet::{describe_run, run_is_alive};
+use crate::liveness;
 
 /// Why a scale cannot be asked for: nothing was written.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +29,7 @@ pub async fn scale(db: Store, location: &DbLocation, workers: u32, timeout: Dura
         .live_runs()
         .await?
         .into_iter()
-        .filter(|r| r.state == RunState::Running && r.stop_requested_at.is_none() && run_is_alive(r, db_now))
+        .filter(|r| r.state == RunState::Running && r.stop_requested_at.is_none() && liveness::is_alive(r, db_now))
         .collect();
     if alive.is_empty() {
         db.close().await;
@@ -51,13 +51,13 @@ pub async fn scale(db: Store, location: &DbLocation, workers: u32, timeout: Dura
         ))
         .into());
     };
-    if let Some((run, ids)) =
-        alive.iter().zip(&split).find(|(r, ids)| r.base_port + i64::from(ids.max()) > i64::from(u16::MAX))
-    {
+    if let Some((run, ids)) = alive.iter().zip(&split).find(|(r, ids)| {
+        u16::try_from(r.base_port).ok().and_then(|base| shared::ports::worker_port(base, ids.max())).is_none()
+    }) {
         db.close().await;
         return Err(Refused(format!(
             "cannot scale to {workers} workers: {} would run worker {} on port {}, past 65535 (its --base-port is {})",
-            describe_run(run),
+            liveness::describe(run),
             ids.max(),
             run.base_port + i64::from(ids.max()),
             run.base_port
@@ -87,12 +87,12 @@ pub async fn scale(db: Store, location: &DbLocation, workers: u32, timeout: Dura
         let live = db.live_runs().await?;
         waiting.retain(|(run, ask)| match live.iter().find(|r| r.run_id == run.run_id) {
             Some(r) if r.workers == i64::from(workers) && r.worker_ids == ask.ids => {
-                lines.push(format!("{}: now {workers} shards, running workers {}", describe_run(r), r.ids()));
+                lines.push(format!("{}: now {workers} shards, running workers {}", liveness::describe(r), r.ids()));
                 false
             }
-            Some(r) if run_is_alive(r, now) => true,
+            Some(r) if liveness::is_alive(r, now) => true,
             _ => {
-                ended.push(describe_run(run));
+                ended.push(liveness::describe(run));
                 false
             }
         });
@@ -101,7 +101,7 @@ pub async fn scale(db: Store, location: &DbLocation, workers: u32, timeout: Dura
         }
         if Instant::now() > deadline {
             db.close().await;
-            let names: Vec<String> = waiting.iter().map(|(r, _)| describe_run(r)).collect();
+            let names: Vec<String> = waiting.iter().map(|(r, _)| liveness::describe(r)).collect();
             bail!(
                 "asked for {workers} shards, but {} had not re-partitioned within {} (each drains its workers first, \
                  up to --grace); `supervisor status` shows when it has",

@@ -5,7 +5,11 @@ use serde::Serialize;
 use shared::ids::WorkerIds;
 use shared::status::ShardCounts;
 use shared::storage::{FleetEvent, FleetRun, FleetWorker, SlotStatus, Store, now_ms};
+use shared::time_fmt::age_ms;
 use shared::units::human_bytes;
+
+use crate::liveness;
+use crate::memory_mode::MemoryMode;
 
 /// `supervisor status --json`.
 #[derive(Debug, Serialize)]
@@ -85,7 +89,7 @@ pub async fn load(db: &Store) -> anyhow::Result<FleetView> {
     let mut events = Vec::new();
     let mut runs = Vec::new();
     for run in shown {
-        let alive = crate::fleet::run_is_alive(&run, db_now);
+        let alive = liveness::is_alive(&run, db_now);
         let reach = connect_host(&run.reach());
         for record in db.run_workers(run.run_id).await? {
             let shard = shards.get(record.worker_id as usize).copied().unwrap_or_default();
@@ -102,7 +106,7 @@ pub async fn load(db: &Store) -> anyhow::Result<FleetView> {
     events.sort_by_key(|e| e.at);
     let keep = events.len().saturating_sub(10);
     events.drain(..keep);
-    let supervisor_alive = crate::fleet::run_is_alive(&latest, db_now);
+    let supervisor_alive = liveness::is_alive(&latest, db_now);
     let unowned: std::collections::BTreeSet<u32> = (0..workers_n.max(0) as u32)
         .filter(|k| !runs.iter().any(|r| r.run.state.is_live() && r.alive && r.run.ids().contains(*k)))
         .collect();
@@ -146,14 +150,14 @@ pub fn render(v: &FleetView) -> String {
             "crashed (supervisor is gone)".into()
         } else {
             let seen = run.heartbeat_at.unwrap_or(run.started_at);
-            format!("not heard from for {} (its next start takes it over)", ago(v.db_now - seen))
+            format!("not heard from for {} (its next start takes it over)", age_ms(v.db_now - seen))
         };
         let since = if *alive {
-            format!("up {}", ago(now - run.started_at))
+            format!("up {}", age_ms(now - run.started_at))
         } else {
-            format!("started {} ago", ago(now - run.started_at))
+            format!("started {} ago", age_ms(now - run.started_at))
         };
-        let who = crate::fleet::describe_run(run);
+        let who = liveness::describe(run);
         if spread {
             out.push_str(&format!(
                 "fleet: {state} · {who} · {since} · worker ids {} of {} · {}\n",
@@ -169,7 +173,7 @@ pub fn render(v: &FleetView) -> String {
                 .iter()
                 .map(|l| {
                     let ids = l.worker_ids.as_deref().map_or_else(String::new, |ids| format!(" (ids {ids})"));
-                    format!("{}{ids} at {}", l.workers, shared::units::format_utc_ms(l.at))
+                    format!("{}{ids} at {}", l.workers, shared::time_fmt::timestamp_ms(l.at))
                 })
                 .collect();
             out.push_str(&format!("  re-partitioned (supervisor scale): {}\n", steps.join(" → ")));
@@ -185,7 +189,7 @@ pub fn render(v: &FleetView) -> String {
     out.push_str(&format!(
         "memory limit: {} per worker, enforced by {}\n",
         limit(first),
-        enforce_words(&first.mem_enforce)
+        MemoryMode::enforced_by_word(&first.mem_enforce)
     ));
     out.push_str(&format!(
         "videos: {} total · {} done · {} failed · {} running · {} pending\n\n",
@@ -206,11 +210,11 @@ pub fn render(v: &FleetView) -> String {
         let limit = limit(run);
         let alive = w.supervised && r.state == SlotStatus::Running;
         let uptime = match (alive, r.started_at) {
-            (true, Some(s)) => ago(now - s),
+            (true, Some(s)) => age_ms(now - s),
             _ => "-".into(),
         };
         let reason = match (&r.last_reason, r.last_restart_at) {
-            (Some(reason), Some(at)) => format!("{reason} ({} ago)", ago(now - at)),
+            (Some(reason), Some(at)) => format!("{reason} ({} ago)", age_ms(now - at)),
             (Some(reason), None) => reason.clone(),
             _ => "-".into(),
         };
@@ -241,19 +245,10 @@ pub fn render(v: &FleetView) -> String {
     if !v.events.is_empty() {
         out.push_str("\nrecent events:\n");
         for e in &v.events {
-            out.push_str(&format!("  {} ago  worker {}  {}: {}\n", ago(now - e.at), e.worker_id, e.kind, e.reason));
+            out.push_str(&format!("  {} ago  worker {}  {}: {}\n", age_ms(now - e.at), e.worker_id, e.kind, e.reason));
         }
     }
     out
-}
-
-pub fn enforce_words(mode: &str) -> &'static str {
-    match mode {
-        "cgroup-v2" => "cgroup v2 (memory.max)",
-        "cgroup-v1" => "cgroup v1 (memory.limit_in_bytes)",
-        "sample" => "sampling each worker's process tree",
-        _ => "nothing",
-    }
 }
 
 fn table(rows: &[Vec<String>]) -> String {
@@ -267,30 +262,11 @@ fn table(rows: &[Vec<String>]) -> String {
         .collect()
 }
 
-/// "3s", "4m12s", "2h05m", "3d04h".
-pub fn ago(ms: i64) -> String {
-    let s = (ms.max(0) / 1000) as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use shared::storage::{RunState, testing};
 
     use super::*;
-
-    #[test]
-    fn durations_read_like_pm2() {
-        assert_eq!(ago(3_500), "3s");
-        assert_eq!(ago(252_000), "4m12s");
-        assert_eq!(ago(7_500_000), "2h05m");
-        assert_eq!(ago(273_600_000), "3d04h");
-    }
 
     #[tokio::test]
     async fn status_answers_from_the_kept_shard_counts() {

@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use shared::ids::WorkerIds;
 use shared::storage::{DbLocation, FleetRun, Store, now_ms};
 
-use crate::fleet::{describe_run, run_is_alive};
+use crate::liveness;
 use crate::procfs;
 
 /// Returns a line for the user.
@@ -28,7 +28,8 @@ pub async fn stop(
     let in_scope: Vec<FleetRun> =
         live.into_iter().filter(|r| which.is_none_or(|ids| !ids.overlap(&r.ids()).is_empty())).collect();
     let here = |r: &FleetRun| shared::host::is_this_host(r.host.as_deref());
-    let (alive, dead): (Vec<FleetRun>, Vec<FleetRun>) = in_scope.iter().cloned().partition(|r| run_is_alive(r, db_now));
+    let (alive, dead): (Vec<FleetRun>, Vec<FleetRun>) =
+        in_scope.iter().cloned().partition(|r| liveness::is_alive(r, db_now));
     let mut lines: Vec<String> = dead
         .iter()
         .map(|r| match (&r.worker_ids, here(r)) {
@@ -38,9 +39,9 @@ pub async fn stop(
             ),
             _ => format!(
                 "{} (worker ids {}) is not running: last heard from {} ago; the next start of its ids takes it over",
-                describe_run(r),
+                liveness::describe(r),
                 r.ids(),
-                crate::status::ago(db_now - r.heartbeat_at.unwrap_or(r.started_at))
+                shared::time_fmt::age_ms(db_now - r.heartbeat_at.unwrap_or(r.started_at))
             ),
         })
         .collect();
@@ -96,7 +97,7 @@ pub async fn stop(
         // while draining stops beating, and is not waited for past that.
         let still: Vec<i64> = if watch_db {
             let now = db.clock().await?;
-            db.live_runs().await?.iter().filter(|r| run_is_alive(r, now)).map(|r| r.run_id).collect()
+            db.live_runs().await?.iter().filter(|r| liveness::is_alive(r, now)).map(|r| r.run_id).collect()
         } else {
             Vec::new()
         };
@@ -107,15 +108,15 @@ pub async fn stop(
             break;
         }
         if Instant::now() > deadline {
-            let names: Vec<String> = waiting.iter().map(describe_run).collect();
+            let names: Vec<String> = waiting.iter().map(liveness::describe).collect();
             bail!("{} did not stop within {}", names.join(", "), shared::units::format_duration(timeout));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     db.close().await;
     lines.extend(alive.iter().map(|r| match &r.worker_ids {
-        None if here(r) => format!("fleet stopped ({})", describe_run(r)),
-        _ => format!("fleet stopped: worker ids {} ({})", r.ids(), describe_run(r)),
+        None if here(r) => format!("fleet stopped ({})", liveness::describe(r)),
+        _ => format!("fleet stopped: worker ids {} ({})", r.ids(), liveness::describe(r)),
     }));
     Ok(lines.join("\n"))
 }

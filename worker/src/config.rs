@@ -170,11 +170,8 @@ impl Cli {
         }
         let port = match self.port {
             Some(p) => p,
-            None => {
-                self.base_port.checked_add(worker_id as u16).filter(|_| worker_id <= u16::MAX as u32).ok_or_else(
-                    || format!("--base-port {} + worker id {worker_id} is past port 65535", self.base_port),
-                )?
-            }
+            None => shared::ports::worker_port(self.base_port, worker_id)
+                .ok_or_else(|| format!("--base-port {} + worker id {worker_id} is past port 65535", self.base_port))?,
         };
         Ok(WorkerConfig {
             worker_id,

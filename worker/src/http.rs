@@ -251,12 +251,21 @@ async fn retry(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<Str
     authorize(&s, &headers)?;
     let id: i64 =
         id.parse().map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("video id {id:?} is not an integer")))?;
-    let (n, k) = (s.live.id.workers as i64, s.live.id.worker_id as i64);
-    if id.rem_euclid(n) != k {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("video {id} belongs to worker {}, not worker {k}", id.rem_euclid(n)),
-        ));
+    let k = s.live.id.worker_id;
+    match shared::ids::shard_of(id, s.live.id.workers) {
+        Some(shard) if shard == k => {}
+        Some(shard) => {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("video {id} belongs to worker {shard}, not worker {k}"),
+            ));
+        }
+        None => {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("video {id} belongs to no worker: a negative id is in no shard"),
+            ));
+        }
     }
     let outcome = s.db.requeue_video(id).await.map_err(|e| {
         tracing::error!("retry of video {id} failed: {e}");

@@ -101,8 +101,7 @@ impl Helper {
 
     /// The shard a claimed video belongs to, when it is not this worker's own.
     pub fn foreign(&self, video_id: i64) -> Option<u32> {
-        let shard = (video_id % i64::from(self.workers)) as u32;
-        (shard != self.me).then_some(shard)
+        shared::ids::shard_of(video_id, self.workers).filter(|&shard| shard != self.me)
     }
 }
 

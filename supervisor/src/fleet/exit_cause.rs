@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use shared::status::Outcome;
-use shared::units::{ByteSize, human_bytes, human_duration};
+use shared::time_fmt;
+use shared::units::{ByteSize, human_bytes};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExitCause {
@@ -100,10 +101,10 @@ impl fmt::Display for ExitCause {
                 write!(f, "memory limit: the worker's tree used {} (limit {limit}, sampled)", human_bytes(*tree))
             }
             ExitCause::NeverReady { allowance } => {
-                write!(f, "failed health check: never answered /health in {}", human_duration(*allowance))
+                write!(f, "failed health check: never answered /health in {}", time_fmt::duration(*allowance))
             }
             ExitCause::Unhealthy { silent_for } => {
-                write!(f, "failed health check: /health did not answer for {}", human_duration(*silent_for))
+                write!(f, "failed health check: /health did not answer for {}", time_fmt::duration(*silent_for))
             }
             ExitCause::GraceOver => f.write_str("did not stop within the grace period"),
             ExitCause::NoCgroup(e) => write!(f, "cannot set up its memory cgroup: {e}"),

@@ -8,12 +8,13 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use shared::storage::{DbLocation, now_ms};
-use shared::units::human_duration;
+use shared::time_fmt;
 
+use super::config::{FleetConfig, Layout};
 use super::exit_cause::ExitCause;
 use super::slot::SlotState;
-use super::{Event, Fleet, output, spawn};
-use crate::cli::StartArgs;
+use super::state::{Event, Fleet};
+use super::{output, spawn};
 
 /// The `worker` binary: beside our own executable, or `FLEET_WORKER_BIN`.
 pub(super) fn worker_exe() -> anyhow::Result<PathBuf> {
@@ -30,28 +31,28 @@ pub(super) fn worker_exe() -> anyhow::Result<PathBuf> {
 
 /// Worker `k`'s command line: its shard, its port, and the fleet's flags it needs. The
 /// control token is not among them: it goes through a pipe (`spawn.rs`).
-fn worker_args(args: &StartArgs, k: u32, port: u16, db: &DbLocation) -> Vec<OsString> {
+fn worker_args(config: &FleetConfig, layout: &Layout, k: u32, port: u16, db: &DbLocation) -> Vec<OsString> {
     let mut argv: Vec<OsString> = [
         "--worker-id".to_string(),
         k.to_string(),
         "--workers".into(),
-        args.workers.to_string(),
+        layout.workers.to_string(),
         "--port".into(),
         port.to_string(),
         "--bind".into(),
-        args.bind.to_string(),
+        config.bind.to_string(),
         "--mem-limit".into(),
-        args.mem_limit.to_string(),
+        config.mem_limit.to_string(),
         "--log-format".into(),
-        args.log_format.to_string(),
+        config.log_format.to_string(),
         "--db".into(),
     ]
     .into_iter()
     .map(OsString::from)
     .collect();
     argv.push(db.as_arg());
-    argv.extend(args.handler.to_args());
-    argv.extend(args.job.to_args().into_iter().map(OsString::from));
+    argv.extend(config.handler.to_args());
+    argv.extend(config.job.to_args().into_iter().map(OsString::from));
     argv
 }
 
@@ -73,17 +74,17 @@ fn worker_env(restarts: u32, last_reason: Option<&ExitCause>) -> Vec<(String, St
 impl Fleet {
     /// Starts slots whose time has come: first starts (staggered) and restarts.
     pub(super) fn start_due(&mut self) {
-        if self.stopping.is_some() {
+        if !self.phase.is_running() {
             return;
         }
         let now = Instant::now();
-        // `next_start` counts this supervisor's slots, in id order.
-        while (self.next_start as usize) < self.slots.len() {
-            if !self.args.stagger.is_zero() && self.next_start > 0 {
-                let prev = &self.slots[self.next_start as usize - 1];
+        let (stagger, ready_timeout) = (self.config.stagger, self.config.ready_timeout);
+        while self.first_starts.next < self.slots.len() {
+            if !stagger.is_zero() && self.first_starts.next > 0 {
+                let prev = &self.slots[self.first_starts.next - 1];
                 let prev_settled = prev.state() == SlotState::Running
-                    || prev.started().is_none_or(|s| now.saturating_duration_since(s) >= self.args.ready_timeout);
-                let gap_over = self.last_start.is_none_or(|t| now.saturating_duration_since(t) >= self.args.stagger);
+                    || prev.started().is_none_or(|s| now.saturating_duration_since(s) >= ready_timeout);
+                let gap_over = self.first_starts.last.is_none_or(|t| now.saturating_duration_since(t) >= stagger);
                 if !(prev_settled && gap_over) {
                     break;
                 }
@@ -91,17 +92,17 @@ impl Fleet {
                     tracing::warn!(
                         "worker {} did not answer /health within {}; reported as not ready, starting the next",
                         prev.id,
-                        human_duration(self.args.ready_timeout)
+                        time_fmt::duration(ready_timeout)
                     );
                 }
             }
-            let k = self.slots[self.next_start as usize].id;
-            self.next_start += 1;
+            let k = self.slots[self.first_starts.next].id;
+            self.first_starts.next += 1;
             self.start_slot(k);
             // The gap runs from the spawn, not from this pass's start: spawning takes a
             // few milliseconds, which the recorded start times would otherwise show as a
             // gap shorter than --stagger.
-            self.last_start = Some(Instant::now());
+            self.first_starts.last = Some(Instant::now());
         }
         for k in self.ids() {
             if self.slot(k).due().is_some_and(|t| t <= now) {
@@ -116,15 +117,18 @@ impl Fleet {
     /// The next moment a timer of ours needs the loop: a restart, or the stagger.
     pub(super) fn next_wake(&self) -> Option<Instant> {
         let mut wake = self.slots.iter().filter_map(|s| s.due()).min();
-        if (self.next_start as usize) < self.slots.len() && self.next_start > 0 {
-            let prev = &self.slots[self.next_start as usize - 1];
-            let t =
-                [self.last_start.map(|t| t + self.args.stagger), prev.started().map(|s| s + self.args.ready_timeout)]
-                    .into_iter()
-                    .flatten()
-                    .max();
+        let next = self.first_starts.next;
+        if next < self.slots.len() && next > 0 {
+            let prev = &self.slots[next - 1];
+            let t = [
+                self.first_starts.last.map(|t| t + self.config.stagger),
+                prev.started().map(|s| s + self.config.ready_timeout),
+            ]
+            .into_iter()
+            .flatten()
+            .max();
             // Readiness itself arrives as a health event; this is the fallback.
-            wake = [wake, t.map(|t| t.min(Instant::now() + self.args.health_interval))].into_iter().flatten().min();
+            wake = [wake, t.map(|t| t.min(Instant::now() + self.config.health_interval))].into_iter().flatten().min();
         }
         wake
     }
@@ -142,7 +146,7 @@ impl Fleet {
             }
         }
         let slot = self.slot(k);
-        let args = worker_args(&self.args, k, slot.port, &self.db_path);
+        let args = worker_args(&self.config, &self.layout, k, slot.port, &self.db_path);
         let env = worker_env(slot.restarts(), slot.last_reason());
         let child = spawn::spawn_worker(&self.exe, &args, &env, &self.token, slot.cgroup_procs());
         let mut child = match child {
@@ -170,18 +174,8 @@ impl Fleet {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-    use crate::cli::{Cli, Command};
-
-    fn start_args(flags: &[&str]) -> StartArgs {
-        let argv = ["supervisor", "start", "--mem-limit", "250M", "--db", "/tmp/fleet.db"].iter().chain(flags);
-        match Cli::try_parse_from(argv).unwrap().command {
-            Command::Start(args) => *args,
-            other => panic!("{other:?}"),
-        }
-    }
+    use crate::fleet::config::tests::config;
 
     fn value_of(argv: &[OsString], flag: &str) -> Option<String> {
         let at = argv.iter().position(|a| a == flag)?;
@@ -190,8 +184,8 @@ mod tests {
 
     #[test]
     fn a_worker_is_told_its_shard_its_port_and_the_fleet_s_limit() {
-        let args = start_args(&["--workers", "3", "--sleep", "1ms", "--control-token", "secret-token-1234"]);
-        let argv = worker_args(&args, 2, 3003, &DbLocation::Sqlite("/data/fleet.db".into()));
+        let (config, layout) = config(&["--workers", "3", "--sleep", "1ms", "--control-token", "secret-token-1234"]);
+        let argv = worker_args(&config, &layout, 2, 3003, &DbLocation::Sqlite("/data/fleet.db".into()));
         assert_eq!(value_of(&argv, "--worker-id").as_deref(), Some("2"));
         assert_eq!(value_of(&argv, "--workers").as_deref(), Some("3"));
         assert_eq!(value_of(&argv, "--port").as_deref(), Some("3003"));
@@ -203,8 +197,8 @@ mod tests {
 
     #[test]
     fn the_control_token_is_never_on_a_worker_s_command_line_or_in_its_environment() {
-        let args = start_args(&["--workers", "1", "--sleep", "1ms", "--control-token", "secret-token-1234"]);
-        let argv = worker_args(&args, 0, 3001, &DbLocation::Sqlite("/data/fleet.db".into()));
+        let (config, layout) = config(&["--workers", "1", "--sleep", "1ms", "--control-token", "secret-token-1234"]);
+        let argv = worker_args(&config, &layout, 0, 3001, &DbLocation::Sqlite("/data/fleet.db".into()));
         assert!(argv.iter().all(|a| !a.to_string_lossy().contains("secret-token-1234")), "{argv:?}");
         let env = worker_env(0, None);
         assert!(env.iter().all(|(k, v)| !k.contains("TOKEN") && !v.contains("secret-token-1234")), "{env:?}");

@@ -45,7 +45,7 @@ pub fn start(
     let (tx, mut rx) = mpsc::unbounded_channel::<LogLine>();
     let task = tokio::spawn(async move {
         while let Some(line) = rx.recv().await {
-            let ts = shared::units::format_utc_ms(shared::storage::now_ms());
+            let ts = shared::time_fmt::timestamp_ms(shared::storage::now_ms());
             let k = line.worker;
             // A worker id this run did not start with (`supervisor scale` added it).
             if let std::collections::btree_map::Entry::Vacant(slot) = files.entry(k) {

@@ -6,12 +6,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use shared::storage::{EventKind, FleetRun, FleetWorker, RunOrder, RunState, Store};
-use shared::units::format_utc_ms;
+use shared::storage::{EventKind, FleetRun, FleetWorker, RunState, Store};
+use shared::time_fmt::timestamp_ms;
 use tokio::sync::mpsc;
 
 use super::exit_cause::ExitCause;
-use super::takeover::HEARTBEAT_EVERY;
 
 #[derive(Debug)]
 pub enum Record {
@@ -57,7 +56,7 @@ impl Incident {
 /// The incident's line in the run summary.
 impl fmt::Display for Incident {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (clock, k, reason) = (format_utc_ms(self.at_ms), self.worker, &self.reason);
+        let (clock, k, reason) = (timestamp_ms(self.at_ms), self.worker, &self.reason);
         match self.kind {
             EventKind::Restart => write!(f, "{clock} worker {k}: {reason}"),
             EventKind::Errored => write!(f, "{clock} worker {k}: {reason}; marked errored"),
@@ -120,42 +119,6 @@ pub fn start(db: Store, run_id: i64) -> (mpsc::UnboundedSender<Record>, tokio::t
     (tx, task)
 }
 
-/// Stamps run `run_id` alive every [`HEARTBEAT_EVERY`] until aborted (at the run's
-/// end, after its drain: a draining run is alive) and passes on what it hears: a stop
-/// asked through the database (once), or a takeover, after which it ends. A beat that
-/// fails is tried again at the next.
-pub fn beat(db: Store, run_id: i64, orders: mpsc::UnboundedSender<RunOrder>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(HEARTBEAT_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut told_stop = false;
-        let mut told_scale = None;
-        loop {
-            every.tick().await;
-            match db.heartbeat(run_id).await {
-                Ok(RunOrder::CarryOn) => told_scale = None,
-                // Passed on once per request: it stays in the record until it is done.
-                Ok(RunOrder::Rescale { workers, ids }) => {
-                    if told_scale.as_ref() != Some(&(workers, ids.clone())) {
-                        told_scale = Some((workers, ids.clone()));
-                        let _ = orders.send(RunOrder::Rescale { workers, ids });
-                    }
-                }
-                Ok(RunOrder::Stop) if told_stop => {}
-                Ok(RunOrder::Stop) => {
-                    told_stop = true;
-                    let _ = orders.send(RunOrder::Stop);
-                }
-                Ok(RunOrder::TakenOver) => {
-                    let _ = orders.send(RunOrder::TakenOver);
-                    return;
-                }
-                Err(e) => tracing::warn!("could not stamp the run record alive: {e}"),
-            }
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -168,7 +131,7 @@ mod tests {
 
     #[test]
     fn each_incident_reads_in_the_summary_as_before() {
-        let clock = format_utc_ms(AT);
+        let clock = timestamp_ms(AT);
         let lines = [
             (Incident::exit(AT, 1, EventKind::Restart, &ExitCause::Code(1)), format!("{clock} worker 1: exit code 1")),
             (

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use shared::retry::RetryPolicy;
 use shared::status::Outcome;
 use shared::storage::{DbLocation, FleetRun, Store, now_ms};
-use shared::units::human_duration;
+use shared::time_fmt;
 
-use super::Fleet;
+use super::state::Fleet;
 use crate::procfs;
 
 /// How long a new `start` waits for the workers of a run whose supervisor was killed:
@@ -45,7 +45,7 @@ pub async fn wait_for_previous_workers(db: &DbLocation) {
     if waiting > 0 {
         tracing::warn!(
             "{waiting} workers of the previous run are still alive after {}",
-            human_duration(PREVIOUS_WORKERS_WAIT)
+            time_fmt::duration(PREVIOUS_WORKERS_WAIT)
         );
     }
 }
@@ -54,7 +54,8 @@ impl Fleet {
     /// Hands back what a dead worker held, at once: nothing waits for its leases. In a
     /// task of its own, so a busy database does not stall the loop.
     pub(super) fn release_claims(&self, k: u32, pid: u32, outcome: Outcome, reason: &str) {
-        let (db, error, policy) = (self.db.clone(), format!("worker {k} died: {reason}"), self.args.job.retry_policy());
+        let (db, error, policy) =
+            (self.db.clone(), format!("worker {k} died: {reason}"), self.config.job.retry_policy());
         self.releases.spawn(async move {
             match db.release_process(k, pid, outcome, &error, now_ms(), &policy).await {
                 Ok(v) if !v.is_empty() => tracing::info!("worker {k}: handed back {} videos it held", v.len()),
@@ -81,7 +82,7 @@ pub(super) async fn recover_previous(db: &Store, prev: &FleetRun, policy: &Retry
     tracing::warn!(
         "run {} ({}) ended without stopping; took over its worker ids {} and handed back {handed_back} videos its workers held",
         prev.run_id,
-        super::takeover::describe(prev),
+        crate::liveness::describe(prev),
         prev.ids()
     );
     Ok(())

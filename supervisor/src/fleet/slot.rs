@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use shared::storage::{FleetWorker, SlotStatus};
 use shared::units::ByteSize;
 
+use super::crashes::{Comeback, Crashes, RestartPolicy};
 use super::exit_cause::ExitCause;
 use super::memory::WorkerCgroup;
-use super::restart::{Comeback, Crashes, RestartPolicy};
 use crate::procfs::TreeUsage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

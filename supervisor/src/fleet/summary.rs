@@ -7,14 +7,17 @@ use std::time::Duration;
 
 use shared::storage::{FleetRun, Store};
 
-use super::RunEnd;
+use super::config::{FleetConfig, Layout};
+use super::end::RunEnd;
 use super::records::Incident;
-use crate::cli::StartArgs;
+use crate::memory_mode::MemoryMode;
 
+/// The summary of `run`, which ended as `end` after `took`, in `layout`.
 pub async fn build(
     db: &Store,
     run: &FleetRun,
-    args: &StartArgs,
+    config: &FleetConfig,
+    layout: &Layout,
     took: Duration,
     history: &[Incident],
     end: RunEnd,
@@ -23,11 +26,11 @@ pub async fn build(
     // run's time span are the whole fleet's (other hosts' included), and said so.
     let ids = run.ids();
     let partial = run.worker_ids.is_some();
-    let shards = db.shard_progress(args.workers).await?;
+    let shards = db.shard_progress(layout.workers).await?;
     let own = || shards.iter().enumerate().filter(|(k, _)| ids.contains(*k as u32));
     let (done, failed, total) = own().fold((0, 0, 0), |(d, f, t), (_, c)| (d + c.done, f + c.failed, t + c.total()));
     // This run's attempts: those that started after it began.
-    let this_run = db.run_totals(run.started_at, args.workers).await?;
+    let this_run = db.run_totals(run.started_at, layout.workers).await?;
     let (finished_this_run, attempts, warned) = (this_run.finished, this_run.attempts(), this_run.warned);
     let secs = took.as_secs_f64().max(0.001);
     // Handlers killed for memory fail their attempt with outcome 'memory' (whoever
@@ -39,15 +42,15 @@ pub async fn build(
 
     let mut out = String::new();
     out.push_str("== shardfleet run summary ==\n");
-    let workers = if partial { format!("{ids} of {}", args.workers) } else { args.workers.to_string() };
+    let workers = if partial { format!("{ids} of {}", layout.workers) } else { layout.workers.to_string() };
     out.push_str(&format!(
         "mode: batch (--exit-when-done) · workers: {workers} · concurrency: {} per worker · handler: {}\n",
-        args.job.concurrency, run.handler
+        config.job.concurrency, run.handler
     ));
     out.push_str(&format!(
         "memory limit: {} per worker, enforced by {}\n",
-        args.mem_limit,
-        crate::status::enforce_words(&run.mem_enforce)
+        config.mem_limit,
+        MemoryMode::enforced_by_word(&run.mem_enforce)
     ));
     out.push_str(&format!("total time: {:.1}s\n", secs));
     let of = if partial { format!(" (shards {ids})") } else { String::new() };

@@ -3,37 +3,14 @@
 //! on PostgreSQL); two live ones must never run the same id, and a dead one must never
 //! keep its ids from being run.
 //!
-//! Whether a live-looking run is alive is known two ways. On this host, by its
-//! supervisor's pid (gone means dead, at once). On another host the pid means nothing
-//! here, so by its heartbeat, stamped every second by the database's clock: older than
-//! [`STALE_AFTER_MS`] means dead. A supervisor that is in fact alive but was cut off that
-//! long finds at its next heartbeat that it was taken over, and stops its workers
-//! (their finishes are fenced meanwhile, so nothing is recorded twice).
+//! Whether a run is alive is `liveness.rs`'s to say. A supervisor that is in fact alive
+//! but was cut off longer than `liveness::STALE_AFTER_MS` finds at its next heartbeat that it was
+//! taken over, and stops its workers (their finishes are fenced meanwhile, so nothing is
+//! recorded twice).
 
 use shared::storage::FleetRun;
 
-use crate::procfs;
-
-/// How often a running supervisor stamps its run record.
-pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// A run on another host whose heartbeat is this old is taken for dead (ms): ten beats
-/// missed, so a database that is slow for a few seconds does not end a live run.
-pub const STALE_AFTER_MS: i64 = 10_000;
-
-/// Whether `prev` (a live-looking run) still has a supervisor driving it, at the
-/// database's `db_now`.
-pub fn is_alive(prev: &FleetRun, db_now: i64) -> bool {
-    if shared::host::is_this_host(prev.host.as_deref()) {
-        return procfs::is_running(prev.supervisor_pid, "supervisor");
-    }
-    match prev.heartbeat_at {
-        Some(seen) => db_now - seen < STALE_AFTER_MS,
-        // A supervisor from before heartbeats (a host not yet upgraded) never beats:
-        // alive as far as anyone can tell, since it will not stop for a takeover.
-        None => true,
-    }
-}
+use crate::liveness::{describe, is_alive};
 
 /// Why a run must not start: a live run in its way.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,21 +62,12 @@ pub fn decide(run: &FleetRun, live: &[FleetRun], db_now: i64) -> Result<Vec<i64>
     Ok(taken)
 }
 
-/// "supervisor pid 123 on host b" or, on this host, "supervisor pid 123".
-pub fn describe(run: &FleetRun) -> String {
-    match run.host.as_deref() {
-        Some(host) if !shared::host::is_this_host(Some(host)) => {
-            format!("supervisor pid {} on host {host}", run.supervisor_pid)
-        }
-        _ => format!("supervisor pid {}", run.supervisor_pid),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use shared::storage::RunState;
 
     use super::*;
+    use crate::liveness::STALE_AFTER_MS;
 
     const NOW: i64 = 1_700_000_000_000;
 

@@ -10,8 +10,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
+use shared::process::kill_group;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
@@ -201,11 +201,6 @@ impl Drop for GroupGuard {
         kill_group(self.0);
         LIVE_GROUPS.lock().unwrap_or_else(|e| e.into_inner()).retain(|&g| g != self.0);
     }
-}
-
-fn kill_group(pgid: u32) {
-    // ESRCH (nothing left in the group) is the common, harmless answer.
-    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
 }
 
 /// Reads up to `limit` bytes; returns them and whether more was written. Keeps draining

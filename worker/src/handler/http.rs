@@ -14,6 +14,7 @@ use reqwest::header::RETRY_AFTER;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use shared::backoff::Doubling;
 use shared::tls::TrustedRoots;
 
 use super::{Job, JobResult, Pacer, STDOUT_LIMIT};
@@ -125,8 +126,9 @@ impl HttpHandler {
             // This call is not sent again before the server said; without a word from
             // it, after a backoff that doubles per try. The pacer spreads the waits and
             // spaces the call from the other jobs' calls on top of this.
+            let backoff = Doubling { first: FIRST_BACKOFF, max: MAX_RETRY_AFTER };
             let wait =
-                self.pacer.retry_wait(retry_after.unwrap_or(FIRST_BACKOFF * 2u32.pow(tries - 1)).min(MAX_RETRY_AFTER));
+                self.pacer.retry_wait(retry_after.map_or_else(|| backoff.after(tries - 1), |r| r.min(MAX_RETRY_AFTER)));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = cancel.cancelled() => return JobResult::Cancelled,
@@ -160,7 +162,7 @@ fn tls_failure(e: &reqwest::Error) -> Option<&rustls::Error> {
 fn tls_message(url: &reqwest::Url, e: &reqwest::Error) -> String {
     use rustls::CertificateError as C;
     let host = url.host_str().unwrap_or_default();
-    let at = |unix_secs: u64| shared::units::format_utc_ms((unix_secs as i64).saturating_mul(1000));
+    let at = |unix_secs: u64| shared::time_fmt::timestamp_ms((unix_secs as i64).saturating_mul(1000));
     let problem = match tls_failure(e) {
         Some(rustls::Error::InvalidCertificate(cert)) => match cert {
             C::UnknownIssuer => "its certificate is from an unknown issuer, a CA that is not trusted here \

@@ -16,24 +16,7 @@ use anyhow::{Context, bail};
 use shared::cgroup::{self, MemoryCgroup, Version};
 
 use crate::cli::MemEnforce;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    CgroupV2,
-    CgroupV1,
-    Sample,
-}
-
-impl Mode {
-    /// The name kept in the run record and shown by `supervisor status`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::CgroupV2 => "cgroup-v2",
-            Mode::CgroupV1 => "cgroup-v1",
-            Mode::Sample => "sample",
-        }
-    }
-}
+use crate::memory_mode::MemoryMode as Mode;
 
 /// The enforcement in force for a run.
 #[derive(Debug)]

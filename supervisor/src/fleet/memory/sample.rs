@@ -5,15 +5,15 @@
 
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use shared::storage::now_ms;
 use shared::units::{ByteSize, human_bytes};
 
-use super::{Memory, Mode};
+use super::Memory;
 use crate::fleet::exit_cause::ExitCause;
+use crate::fleet::probe;
 use crate::fleet::records::Incident;
-use crate::fleet::{Fleet, probe};
+use crate::fleet::state::Fleet;
+use crate::memory_mode::MemoryMode as Mode;
 use crate::procfs::{self, TreeUsage};
 
 /// How long the worker has to take note of a handler's memory kill before it happens.
@@ -67,7 +67,7 @@ impl Fleet {
             match self.memory.verdict(&usage) {
                 None => {}
                 Some(Victim::Handler { pgid, rss, total }) => {
-                    let reason = handler_reason(rss, total, self.args.mem_limit);
+                    let reason = handler_reason(rss, total, self.config.mem_limit);
                     // Tell the worker first, so the attempt is recorded with this reason.
                     let port = self.slots[i].port;
                     let told =
@@ -76,17 +76,17 @@ impl Fleet {
                     if let Err(e) = &told {
                         tracing::warn!("worker {k}: could not tell it about the memory kill: {e}");
                     }
-                    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
+                    shared::process::kill_group(pgid);
                     self.slots[i].count_memory_kill();
                     tracing::warn!("worker {k}: handler (process group {pgid}) {reason}");
                     self.list(Incident::handler_memory_kill(now_ms(), k, reason));
                 }
                 Some(Victim::Worker { total }) => {
-                    let reason = ExitCause::SampledOverLimit { tree: total, limit: self.args.mem_limit };
+                    let reason = ExitCause::SampledOverLimit { tree: total, limit: self.config.mem_limit };
                     tracing::warn!("worker {k}: {reason}; killing it");
                     self.slots[i].count_memory_kill();
                     if let Some(pid) = self.slots[i].kill(reason) {
-                        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                        shared::process::kill_group(pid);
                     }
                 }
             }
@@ -105,7 +105,6 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::memory::Mode;
 
     fn sampler(limit: u64) -> Memory {
         Memory { mode: Mode::Sample, limit, root: None, why: String::new() }
