@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 use std::io::{self, Write};
-use std::time::{Duration, UNIX_EPOCH};
 
 use shared::status::RecentError;
 use tokio::sync::mpsc;
@@ -112,7 +111,7 @@ fn error_line(worker_id: u32, e: &RecentError) -> String {
 }
 
 fn timestamp(ms: i64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)).to_string()
+    shared::time_fmt::timestamp_ms(ms)
 }
 
 /// `--once`: the snapshot and the latest errors.
@@ -198,7 +197,7 @@ mod tests {
         let text = snapshot(&fleet);
         let totals = text.lines().next().unwrap();
         assert!(totals.contains("running 1  pending 10  rate --  eta --  workers 0/1 up"), "{totals}");
-        assert!(totals.ends_with("(no worker up: figures last seen 12s ago, at 2027-01-15T08:00:10Z)"), "{totals}");
+        assert!(totals.ends_with("(no worker up: figures last seen 12s ago, at 2027-01-15T08:00:10.000Z)"), "{totals}");
     }
 
     #[tokio::test]

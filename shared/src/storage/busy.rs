@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rand::RngExt;
 
+use crate::backoff::Doubling;
 use crate::error::DbError;
 
 /// Busy errors retried since the process started (for `/metrics`).
@@ -28,14 +29,15 @@ pub static BUSY_RETRIES: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug)]
 pub struct BusyRetry {
     tries: u32,
-    delay: Duration,
 }
 
 impl BusyRetry {
     const MAX_TRIES: u32 = 200;
+    /// 1 ms, doubling to 100 ms: a lock is usually free again within a commit or two.
+    const DELAYS: Doubling = Doubling { first: Duration::from_millis(1), max: Duration::from_millis(100) };
 
     pub fn new() -> BusyRetry {
-        BusyRetry { tries: 0, delay: Duration::from_millis(1) }
+        BusyRetry { tries: 0 }
     }
 
     /// Sleeps a jittered, growing interval if `e` is "database is locked" and tries are
@@ -50,8 +52,7 @@ impl BusyRetry {
         }
         BUSY_RETRIES.fetch_add(1, Ordering::Relaxed);
         let jitter = rand::rng().random_range(0.5..1.5);
-        tokio::time::sleep(self.delay.mul_f64(jitter)).await;
-        self.delay = (self.delay * 2).min(Duration::from_millis(100));
+        tokio::time::sleep(Self::DELAYS.after(self.tries - 1).mul_f64(jitter)).await;
         Ok(())
     }
 }
