@@ -145,8 +145,23 @@ impl PgStore {
 /// may pass (exit 1); a malformed URL, a rejected login, no such database or a server
 /// that cannot be verified are for the user to fix (exit 2).
 fn connect_error(url: &str, e: sqlx::Error) -> DbError {
+    use std::io::ErrorKind::*;
     let passing = match &e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        // Not a certificate that does not verify (InvalidData): that stays as it is.
+        sqlx::Error::Io(io) => matches!(
+            io.kind(),
+            ConnectionRefused
+                | ConnectionReset
+                | ConnectionAborted
+                | NotConnected
+                | TimedOut
+                | UnexpectedEof
+                | BrokenPipe
+                | HostUnreachable
+                | NetworkUnreachable
+                | AddrNotAvailable
+        ),
+        sqlx::Error::PoolTimedOut => true,
         sqlx::Error::Database(d) => {
             d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53300")
         }
