@@ -161,9 +161,14 @@ pub(crate) fn rows<R: sqlx::Row>(rs: Vec<R>, val: fn(&R, usize) -> Val) -> Vec<R
     rs.iter().map(|r| Row { names: names.clone(), vals: (0..r.len()).map(|i| val(r, i)).collect() }).collect()
 }
 
-/// Column `i`'s raw value and the name of its type, or None for NULL (or a column
-/// that cannot be read): what a backend's `val` decodes from.
-pub(crate) fn typed<R: sqlx::Row>(r: &R, i: usize) -> Option<(<R::Database as sqlx::Database>::ValueRef<'_>, String)>
+/// Column `i`'s raw value and its kind, as `kind` reads the name of its type (no copy
+/// of the name: this runs for every value of every row), or None for NULL (or a
+/// column that cannot be read): what a backend's `val` decodes from.
+pub(crate) fn typed<R: sqlx::Row, K>(
+    r: &R,
+    i: usize,
+    kind: fn(&str) -> K,
+) -> Option<(<R::Database as sqlx::Database>::ValueRef<'_>, K)>
 where
     usize: sqlx::ColumnIndex<R>,
 {
@@ -172,8 +177,8 @@ where
     if raw.is_null() {
         return None;
     }
-    let kind = raw.type_info().name().to_string();
-    Some((raw, kind))
+    let k = kind(raw.type_info().name());
+    Some((raw, k))
 }
 
 /// A statement with `args` bound by the backend's `bind`.

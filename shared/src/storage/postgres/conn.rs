@@ -30,16 +30,36 @@ fn bind<'q>(q: Query<'q, Postgres>, arg: &Arg<'_>) -> Query<'q, Postgres> {
 
 /// Reads every column by its declared type.
 fn val(r: &PgRow, i: usize) -> Val {
-    let Some((raw, kind)) = typed(r, i) else { return Val::Null };
-    match kind.as_str() {
-        "INT8" => <i64 as Decode<Postgres>>::decode(raw).map_or(Val::Null, Val::Int),
-        "INT4" => <i32 as Decode<Postgres>>::decode(raw).map_or(Val::Null, |v| Val::Int(v.into())),
-        "INT2" => <i16 as Decode<Postgres>>::decode(raw).map_or(Val::Null, |v| Val::Int(v.into())),
-        "BOOL" => <bool as Decode<Postgres>>::decode(raw).map_or(Val::Null, |v| Val::Int(v.into())),
-        "FLOAT8" => <f64 as Decode<Postgres>>::decode(raw).map_or(Val::Null, Val::Real),
-        "FLOAT4" => <f32 as Decode<Postgres>>::decode(raw).map_or(Val::Null, |v| Val::Real(v.into())),
-        "BYTEA" => <Vec<u8> as Decode<Postgres>>::decode(raw).map_or(Val::Null, Val::Bytes),
-        _ => <String as Decode<Postgres>>::decode(raw).map_or(Val::Null, Val::Text),
+    enum Kind {
+        Int8,
+        Int4,
+        Int2,
+        Bool,
+        Float8,
+        Float4,
+        Bytea,
+        Text,
+    }
+    let kind = |name: &str| match name {
+        "INT8" => Kind::Int8,
+        "INT4" => Kind::Int4,
+        "INT2" => Kind::Int2,
+        "BOOL" => Kind::Bool,
+        "FLOAT8" => Kind::Float8,
+        "FLOAT4" => Kind::Float4,
+        "BYTEA" => Kind::Bytea,
+        _ => Kind::Text,
+    };
+    let Some((raw, kind)) = typed(r, i, kind) else { return Val::Null };
+    match kind {
+        Kind::Int8 => <i64 as Decode<Postgres>>::decode(raw).map_or(Val::Null, Val::Int),
+        Kind::Int4 => <i32 as Decode<Postgres>>::decode(raw).map_or(Val::Null, |v| Val::Int(v.into())),
+        Kind::Int2 => <i16 as Decode<Postgres>>::decode(raw).map_or(Val::Null, |v| Val::Int(v.into())),
+        Kind::Bool => <bool as Decode<Postgres>>::decode(raw).map_or(Val::Null, |v| Val::Int(v.into())),
+        Kind::Float8 => <f64 as Decode<Postgres>>::decode(raw).map_or(Val::Null, Val::Real),
+        Kind::Float4 => <f32 as Decode<Postgres>>::decode(raw).map_or(Val::Null, |v| Val::Real(v.into())),
+        Kind::Bytea => <Vec<u8> as Decode<Postgres>>::decode(raw).map_or(Val::Null, Val::Bytes),
+        Kind::Text => <String as Decode<Postgres>>::decode(raw).map_or(Val::Null, Val::Text),
     }
 }
 

@@ -43,12 +43,24 @@ fn bind<'q>(q: Query<'q, Sqlite>, arg: &Arg<'_>) -> Query<'q, Sqlite> {
 
 /// Reads every column as the type its value has (SQLite types values, not columns).
 fn val(r: &SqliteRow, i: usize) -> Val {
-    let Some((raw, kind)) = typed(r, i) else { return Val::Null };
-    match kind.as_str() {
-        "INTEGER" | "BOOLEAN" => <i64 as Decode<Sqlite>>::decode(raw).map_or(Val::Null, Val::Int),
-        "REAL" => <f64 as Decode<Sqlite>>::decode(raw).map_or(Val::Null, Val::Real),
-        "BLOB" => <Vec<u8> as Decode<Sqlite>>::decode(raw).map_or(Val::Null, Val::Bytes),
-        _ => match <&[u8] as Decode<Sqlite>>::decode(raw) {
+    enum Kind {
+        Int,
+        Real,
+        Blob,
+        Text,
+    }
+    let kind = |name: &str| match name {
+        "INTEGER" | "BOOLEAN" => Kind::Int,
+        "REAL" => Kind::Real,
+        "BLOB" => Kind::Blob,
+        _ => Kind::Text,
+    };
+    let Some((raw, kind)) = typed(r, i, kind) else { return Val::Null };
+    match kind {
+        Kind::Int => <i64 as Decode<Sqlite>>::decode(raw).map_or(Val::Null, Val::Int),
+        Kind::Real => <f64 as Decode<Sqlite>>::decode(raw).map_or(Val::Null, Val::Real),
+        Kind::Blob => <Vec<u8> as Decode<Sqlite>>::decode(raw).map_or(Val::Null, Val::Bytes),
+        Kind::Text => match <&[u8] as Decode<Sqlite>>::decode(raw) {
             Ok(bytes) => match std::str::from_utf8(bytes) {
                 Ok(s) => Val::Text(s.to_string()),
                 Err(_) => Val::Bytes(bytes.to_vec()),
