@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::status::DbState;
+
 /// A flag or config value that could not be understood.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseError {
@@ -89,6 +91,19 @@ impl DbError {
 
     /// SQLITE_CORRUPT (11, and its extended codes) or SQLITE_NOTADB (26): the file is
     /// damaged. Nothing a retry or a restart can mend.
+    /// Whether this is the database being away or full for a while, which a running
+    /// process waits out (issue: a blip costs no work), and which way: a refused, reset
+    /// or timed-out connection, a server shutting down or out of connections, a lock
+    /// held past every retry (unreachable); a disk that is full (full). A damaged file,
+    /// a rejected login, no such database: none, as before.
+    pub fn outage(&self) -> Option<DbState> {
+        match self {
+            DbError::Unreachable { .. } | DbError::Busy { .. } => Some(DbState::Unreachable),
+            DbError::Sql(e) | DbError::Migration { source: e, .. } => outage(e),
+            _ => None,
+        }
+    }
+
     pub fn is_corrupt(&self) -> bool {
         match self {
             DbError::Sql(e) | DbError::Migration { source: e, .. } => is_corrupt(e),
@@ -124,6 +139,49 @@ pub fn is_corrupt(e: &sqlx::Error) -> bool {
 /// Whether an sqlx error is the database refusing for now what it will take later:
 /// SQLite's "database is locked" (and a stale snapshot), PostgreSQL's serialization
 /// failure, deadlock (one side is rolled back) and lock not available.
+/// The outage an sqlx error says, if any ([`DbError::outage`]).
+pub fn outage(e: &sqlx::Error) -> Option<DbState> {
+    use std::io::ErrorKind::*;
+    match e {
+        // Not a certificate that does not verify (InvalidData): that is for the user.
+        sqlx::Error::Io(io) => matches!(
+            io.kind(),
+            ConnectionRefused
+                | ConnectionReset
+                | ConnectionAborted
+                | NotConnected
+                | TimedOut
+                | UnexpectedEof
+                | BrokenPipe
+                | HostUnreachable
+                | NetworkUnreachable
+                | AddrNotAvailable
+                | StorageFull
+        )
+        .then(|| if io.kind() == StorageFull { DbState::Full } else { DbState::Unreachable }),
+        sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => Some(DbState::Unreachable),
+        sqlx::Error::Database(db) => {
+            let code = db.code()?;
+            match code.as_ref() {
+                // PostgreSQL: disk full; SQLite: SQLITE_FULL (13).
+                "53100" | "13" => Some(DbState::Full),
+                // PostgreSQL: shutting down (admin, crash, cannot connect now), a lost
+                // connection (class 08), too many connections.
+                "57P01" | "57P02" | "57P03" | "53300" => Some(DbState::Unreachable),
+                c if c.starts_with("08") => Some(DbState::Unreachable),
+                // SQLite: SQLITE_IOERR (10) and its extended codes, SQLITE_BUSY (5) and
+                // its own (locked past every retry).
+                c => c.parse::<i32>().ok().and_then(|n| match n & 0xff {
+                    10 | 5 => Some(DbState::Unreachable),
+                    13 => Some(DbState::Full),
+                    _ => None,
+                }),
+            }
+        }
+        _ => None,
+    }
+}
+
 pub fn is_busy(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => {

@@ -99,6 +99,39 @@ impl std::ops::AddAssign for ShardCounts {
     }
 }
 
+words! {
+    /// Whether a process's database answers (`/status`, `/health`, the dashboards). An
+    /// outage is waited out, never a reason to exit: see `DbError::outage`.
+    DbState("database state") {
+        /// It answers.
+        Ok => "ok",
+        /// It cannot be reached, or refuses for now (shutting down, locked, no free
+        /// connection).
+        Unreachable => "unreachable",
+        /// Its disk is full: reads go on, writes wait.
+        Full => "full",
+    }
+}
+
+/// The database as a process last found it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Database {
+    pub state: DbState,
+    /// Unix milliseconds: since when it is in this state (absent while `ok` since the
+    /// start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<i64>,
+    /// The last error it gave, kept after it answers again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl Default for Database {
+    fn default() -> Database {
+        Database { state: DbState::Ok, since: None, last_error: None }
+    }
+}
+
 /// What a worker is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -199,6 +232,9 @@ pub struct WorkerStatus {
     /// Videos this process took from other shards, by shard.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub took_from: BTreeMap<u32, u64>,
+    /// Whether the worker's database answers; `ok` from workers older than the field.
+    #[serde(default)]
+    pub database: Database,
 }
 
 /// The pace of an `--http` handler's calls, learnt from the server's push-back under the
@@ -223,6 +259,10 @@ pub struct Health {
     pub state: WorkerState,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
+    /// The database as the worker's loop last found it: an outage is waited out, so it
+    /// does not make the worker unhealthy.
+    #[serde(default)]
+    pub database: Database,
 }
 
 #[cfg(test)]

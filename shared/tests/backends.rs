@@ -155,7 +155,7 @@ async fn a_released_video_gets_its_attempt_back_and_a_crashed_one_does_not(db: S
     let mut b = db.open_shard(ShardSpec::new(2, 1)).await.unwrap();
     claim(&mut a, 1, now_ms(), Duration::from_secs(10)).await;
     claim(&mut b, 1, now_ms(), Duration::from_secs(10)).await;
-    assert_eq!(a.hand_back(now_ms(), "stopping", &policy(3)).await.unwrap(), [2]);
+    assert_eq!(a.hand_back(&[], now_ms(), "stopping", &policy(3)).await.unwrap(), [2]);
     // Worker 1 of this very process "died": its claims go back as a crash.
     let pid = std::process::id();
     let back = db.release_process(1, pid, Outcome::Crashed, "worker died", now_ms(), &policy(1)).await.unwrap();
@@ -215,7 +215,7 @@ async fn the_kept_counts_equal_a_full_count_through_import_claim_finish_retry_re
 
     let more = shard.finish_and_claim(&[], 4, now_ms(), lease).await.unwrap().claimed;
     assert_eq!(more.len(), 4);
-    assert_eq!(shard.hand_back(now_ms(), "stopping", &policy(3)).await.unwrap().len(), 4);
+    assert_eq!(shard.hand_back(&[], now_ms(), "stopping", &policy(3)).await.unwrap().len(), 4);
     assert_exact(&db, 3, "after a release").await;
     drop((shard, someone_else));
 
@@ -716,7 +716,7 @@ async fn a_helper_sweeps_the_lapsed_leases_of_the_shard_it_helps(db: Store) {
     assert_eq!(claim(&mut gone, 2, now, Duration::from_secs(1)).await.len(), 2);
     let mut helper = db.open_shard(ShardSpec::new(2, 0)).await.unwrap();
     assert!(helper.reclaim_expired(now + 5_000, &policy(3)).await.unwrap().is_empty(), "its own shard holds none");
-    let mut swept = helper.reclaim_expired_in(1, now + 5_000, &policy(3)).await.unwrap();
+    let mut swept = helper.reclaim_expired_in(1, (now + 5_000, None), &policy(3)).await.unwrap();
     swept.sort_unstable_by_key(|s| s.0);
     assert_eq!(swept, [(1, VideoStatus::Pending), (3, VideoStatus::Pending)]);
 }

@@ -16,6 +16,7 @@ pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod orphan;
+pub mod outage;
 pub mod pool;
 pub mod runner;
 pub mod steal;
@@ -23,7 +24,6 @@ pub mod steal;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use shared::storage::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -53,7 +53,6 @@ pub async fn run(
     let memory = Arc::new(memory::MemoryKills::detect(config.mem_limit.map(|b| b.bytes())));
     let handler =
         Arc::new(Handler::from_args(&config.handler, &config.job, memory.clone()).map_err(anyhow::Error::msg)?);
-    let db = Store::open(&config.db, 4).await.context("cannot use the database")?;
     let local = listener.local_addr()?;
     let port = local.port();
     if !local.ip().is_loopback() {
@@ -83,16 +82,38 @@ pub async fn run(
     let config = Arc::new(config);
 
     let stop_serving = CancellationToken::new();
+    let opened = Arc::new(std::sync::OnceLock::new());
     let app = http::router(http::AppState {
         live: live.clone(),
         metrics: metrics.clone(),
-        db: db.clone(),
+        db: opened.clone(),
         control_token,
         memory,
         drain: shutdown.clone(),
     });
     let server = tokio::spawn(http::serve(listener, app, config.header_timeout, stop_serving.clone()));
     let sampler = tokio::spawn(sample_rss(live.clone(), stop_serving.clone()));
+    // The database, the shard's session and its counted layout, waited for while the
+    // database is away (as it is waited out later), until a stop.
+    let started = patiently(&shutdown, &live, &metrics, || async {
+        let db = Store::open(&config.db, 4).await?;
+        let runner = Runner::new(config.clone(), &db, handler.clone(), live.clone(), metrics.clone()).await?;
+        Ok((db, runner))
+    })
+    .await;
+    let (db, mut runner, waited) = match started {
+        Ok(Some(((db, runner), waited))) => (db, runner, waited),
+        stopped_or_failed => {
+            stop_serving.cancel();
+            let _ = sampler.await;
+            let _ = server.await;
+            return match stopped_or_failed {
+                Err(e) => Err(anyhow::Error::new(e).context("cannot use the database")),
+                _ => Ok(RunEnd::Stopped),
+            };
+        }
+    };
+    let _ = opened.set(db.clone());
     if let Some(pacer) = handler.pacer() {
         tokio::spawn(feed_work_share(db.clone(), config.worker_id, config.workers, pacer, stop_serving.clone()));
     }
@@ -105,7 +126,9 @@ pub async fn run(
         concurrency = config.job.concurrency,
         "worker started"
     );
-    let runner = Runner::new(config.clone(), &db, handler, live.clone(), metrics).await?;
+    if let Some(last_error) = waited {
+        runner = runner.waited_for_database(Some(last_error));
+    }
     let end = runner.run(shutdown, hurry).await;
 
     stop_serving.cancel();
@@ -115,6 +138,51 @@ pub async fn run(
     }
     db.close().await;
     end
+}
+
+/// Runs `start` until it succeeds, waiting out an outage (`DbError::outage`) on the same
+/// capped backoff as a running worker and showing it on `/status`. Returns None when
+/// `shutdown` fires first; with what it got, the last outage's error if it had to wait.
+async fn patiently<T, F, Fut>(
+    shutdown: &CancellationToken,
+    live: &Live,
+    metrics: &Metrics,
+    mut start: F,
+) -> Result<Option<(T, Option<String>)>, shared::DbError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, shared::DbError>>,
+{
+    let mut outage = outage::Outage::new();
+    loop {
+        match start().await {
+            Ok(v) => {
+                let waited = outage.is_out().then(|| outage.shown().last_error.clone()).flatten();
+                if waited.is_some() {
+                    tracing::info!("the database answers; starting");
+                    metrics.database_up.set(1);
+                    live.set_database(shared::status::Database::default());
+                }
+                return Ok(Some((v, waited)));
+            }
+            Err(e) => {
+                let Some((kind, began)) = outage.failed(&e, tokio::time::Instant::now(), shared::storage::now_ms())
+                else {
+                    return Err(e);
+                };
+                if began {
+                    tracing::warn!("the database is {kind} ({e}); waiting for it before starting");
+                }
+                metrics.database_up.set(0);
+                live.set_database(outage.shown().clone());
+            }
+        }
+        let retry_at = outage.retry_at().unwrap_or_else(tokio::time::Instant::now);
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep_until(retry_at) => {}
+        }
+    }
 }
 
 /// Once a second, tells the HTTP handler's pacer this worker's share of the fleet's

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shared::status::{InFlight, Pacing, RecentError, ShardCounts, Steal, VideoStatus, WorkerState, WorkerStatus};
+use shared::status::{
+    Database, InFlight, Pacing, RecentError, ShardCounts, Steal, VideoStatus, WorkerState, WorkerStatus,
+};
 
 use crate::handler::Pacer;
 use tokio::sync::Notify;
@@ -61,6 +63,10 @@ struct Inner {
     helping: Vec<u32>,
     /// Videos claimed from other shards, by shard.
     took_from: BTreeMap<u32, u64>,
+    /// The database as the runner last found it.
+    database: Database,
+    /// When the runner's loop last turned: `/health` fails once it stops turning.
+    last_turn: Option<Instant>,
 }
 
 impl Live {
@@ -82,6 +88,8 @@ impl Live {
                 rss_bytes: 0,
                 helping: Vec::new(),
                 took_from: BTreeMap::new(),
+                database: Database::default(),
+                last_turn: None,
             }),
             wake: Notify::new(),
             pacer: None,
@@ -182,6 +190,24 @@ impl Live {
         }
     }
 
+    pub fn set_database(&self, database: Database) {
+        self.lock().database = database;
+    }
+
+    pub fn database(&self) -> Database {
+        self.lock().database.clone()
+    }
+
+    /// The runner's loop turned.
+    pub fn turned(&self) {
+        self.lock().last_turn = Some(Instant::now());
+    }
+
+    /// How long since the runner's loop last turned; None before it first turned.
+    pub fn since_turn(&self) -> Option<Duration> {
+        self.lock().last_turn.map(|t| t.elapsed())
+    }
+
     pub fn snapshot(&self) -> WorkerStatus {
         let elapsed = self.started.elapsed();
         let g = self.lock();
@@ -214,6 +240,7 @@ impl Live {
             steal: Some(self.id.steal),
             helping: g.helping.clone(),
             took_from: g.took_from.clone(),
+            database: g.database.clone(),
         }
     }
 }

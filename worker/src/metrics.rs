@@ -45,6 +45,8 @@ pub struct Metrics {
     lock_waits: Counter,
     shard: Family<StatusLabel, Gauge>,
     rss: Gauge,
+    /// 1 while the database answers, 0 while the worker waits it out.
+    pub database_up: Gauge,
     /// The http handler's pace and push-back, mirrored from its pacer at each render;
     /// registered only for an http handler.
     pace: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -76,6 +78,7 @@ impl Metrics {
             lock_waits: Counter::default(),
             shard: Family::default(),
             rss: Gauge::default(),
+            database_up: Gauge::default(),
             pace: Gauge::default(),
             push_backs: Counter::default(),
             slowdowns: Counter::default(),
@@ -110,6 +113,12 @@ impl Metrics {
         );
         registry.register("shard_videos", "Videos of this worker's shard by status", m.shard.clone());
         registry.register("rss_bytes", "Resident memory of the worker process", m.rss.clone());
+        registry.register(
+            "database_up",
+            "Whether the worker's database answers (1), or the worker is waiting it out (0)",
+            m.database_up.clone(),
+        );
+        m.database_up.set(1);
         registry.register("http_requests", "HTTP requests served, by endpoint", m.http_requests.clone());
         if paced {
             registry.register(

@@ -5,10 +5,11 @@
 //! batch naturally: the outcomes that arrived while the last write ran are written
 //! together with the next claim (`Shard::finish_and_claim`).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use shared::DbError;
 use shared::retry::{Ending, RetryPolicy};
 use shared::status::{InFlight, Outcome, RecentError, ShardCounts, VideoStatus, WorkerState};
 use shared::storage::{Claimed, Finish, Shard, ShardSpec, Store, now_ms};
@@ -21,6 +22,7 @@ use crate::handler::{Handler, JobResult};
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
+use crate::outage::Outage;
 use crate::pool::{Ended, Pool};
 use crate::steal::Helper;
 
@@ -68,6 +70,18 @@ pub struct Runner {
     /// With `--exit-when-done`, when to look again whether shards without a live worker
     /// still hold work (so a finished worker waiting on them does not spin).
     next_exit_look: Instant,
+    /// The database as this loop last found it: while it is away, every step waits for
+    /// its next try, claims pause, and the jobs run on (`outage.rs`).
+    outage: Outage,
+    /// The claim token of every video this worker holds (in flight, or ended and not yet
+    /// written), by video: after a lost connection, a claim of ours that is not here went
+    /// through without our hearing it, and is handed back uncounted.
+    held: HashMap<i64, i64>,
+    /// A claim round failed on a lost connection: its COMMIT may have landed unheard.
+    unheard_claims: bool,
+    /// Videos whose endings were in such a round: they may be written already, so a
+    /// retry that changes nothing is no sign of a lease taken over.
+    maybe_written: HashSet<i64>,
 }
 
 impl Runner {
@@ -77,11 +91,11 @@ impl Runner {
         handler: Arc<Handler>,
         live: Arc<Live>,
         metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Runner> {
+    ) -> Result<Runner, DbError> {
         let spec = ShardSpec::new(cfg.workers, cfg.worker_id)
             .with_limits(cfg.job.max_source_bytes.bytes(), cfg.job.max_payload_bytes.bytes());
-        let shard = db.open_shard(spec).await.context("cannot create the shard index")?;
-        db.ensure_count_layout(cfg.workers).await.context("cannot count the videos by shard")?;
+        let shard = db.open_shard(spec).await?;
+        db.ensure_count_layout(cfg.workers).await?;
         let policy = cfg.job.retry_policy();
         let helper = Helper::new(cfg.job.steal, cfg.workers, cfg.worker_id, now_ms(), cfg.job.lease.as_millis() as i64);
         let (ended_tx, ended) = mpsc::unbounded_channel();
@@ -105,7 +119,77 @@ impl Runner {
             next_claim_at: Instant::now(),
             helper,
             next_exit_look: Instant::now(),
+            outage: Outage::new(),
+            held: HashMap::new(),
+            unheard_claims: false,
+            maybe_written: HashSet::new(),
         })
+    }
+
+    /// A start that had to wait for the database: nothing is judged by clocks for one
+    /// lease, as after any outage.
+    pub fn waited_for_database(mut self, last_error: Option<String>) -> Runner {
+        self.outage.waited_at_start(Instant::now(), self.cfg.job.lease, last_error);
+        self
+    }
+
+    /// What a database step's answer means for the run. An outage (`DbError::outage`) is
+    /// recorded and waited out: `Ok(None)`, and the step is tried again later. Any other
+    /// error ends the run, as `what` says.
+    fn answer<T>(&mut self, r: Result<T, DbError>, what: &'static str) -> anyhow::Result<Option<T>> {
+        let (now, wall) = (Instant::now(), now_ms());
+        match r {
+            Ok(v) => {
+                if let Some(away) = self.outage.answered(now, wall, self.cfg.job.lease) {
+                    tracing::info!(
+                        away = ?Duration::from_millis(away.as_millis() as u64),
+                        "the database answers again; renewing leases first, sweeping none for one lease"
+                    );
+                    self.metrics.database_up.set(1);
+                    self.live.set_database(self.outage.shown().clone());
+                }
+                Ok(Some(v))
+            }
+            Err(e) => match self.outage.failed(&e, now, wall) {
+                Some((kind, began)) => {
+                    if began {
+                        tracing::warn!(
+                            in_flight = self.in_flight,
+                            "{what}: the database is {kind} ({e}); jobs run on, their endings are kept, claims pause until it answers"
+                        );
+                    }
+                    self.metrics.database_up.set(0);
+                    self.live.set_database(self.outage.shown().clone());
+                    Ok(None)
+                }
+                None => Err(anyhow::Error::new(e).context(what)),
+            },
+        }
+    }
+
+    /// Whether a database step may run now: not while the database is away and its
+    /// next try is not yet due.
+    fn may_try(&self) -> bool {
+        self.outage.may_try(Instant::now())
+    }
+
+    /// Once the database is back: renew the own leases and beat before anything else,
+    /// hand back claims that went through unheard, and read the counts anew.
+    async fn after_outage(&mut self) -> anyhow::Result<()> {
+        self.beat().await?;
+        self.renew().await?;
+        if self.unheard_claims && !self.outage.is_out() {
+            let keep: Vec<i64> = self.held.values().copied().collect();
+            let why = "the database connection was lost as this video was claimed; it did not run";
+            let r = self.shard.hand_back(&keep, now_ms(), why, &self.policy).await;
+            if let Some(back) = self.answer(r, "cannot hand back claims made as the connection was lost")? {
+                self.unheard_claims = false;
+                if !back.is_empty() {
+                    tracing::info!(videos = ?back, "handed back claims whose COMMIT went through unheard; their attempts do not count");
+                }
+            }
+        }
+        self.resync().await
     }
 
     /// Runs until `shutdown` fires (or, with `--exit-when-done`, the shard is finished).
@@ -129,10 +213,14 @@ impl Runner {
         let mut draining: Option<Instant> = None;
         let mut buf = Vec::new();
         let end = loop {
+            if self.outage.take_back() {
+                self.after_outage().await?;
+            }
             // A leaving worker (its supervisor died, `crate::orphan`) starts nothing new.
             let claim_now = draining.is_none()
                 && !self.live.paused()
                 && !crate::handler::leaving()
+                && !self.outage.is_out()
                 && Instant::now() >= self.next_claim_at;
             let want = if claim_now { self.cfg.job.concurrency as usize - self.in_flight } else { 0 };
             let (claimed, short) = self.write_and_claim(want).await?;
@@ -143,12 +231,14 @@ impl Runner {
             self.start_jobs(claimed);
             self.update_state(draining.is_some(), short, got);
             self.notify.tick(self.live.state(), self.live.counts());
+            self.live.turned();
 
             if draining.is_some() && self.in_flight == 0 {
                 break RunEnd::Stopped;
             }
             if self.cfg.exit_when_done
                 && draining.is_none()
+                && !self.outage.is_out()
                 && self.in_flight == 0
                 && self.live.counts().finished()
                 && Instant::now() >= self.next_exit_look
@@ -167,8 +257,11 @@ impl Runner {
 
             let claim_wait = self.next_claim_at;
             let ping_due = self.notify.ping_due();
-            let can_claim =
-                draining.is_none() && !self.live.paused() && self.in_flight < self.cfg.job.concurrency as usize;
+            let can_claim = draining.is_none()
+                && !self.live.paused()
+                && !self.outage.is_out()
+                && self.in_flight < self.cfg.job.concurrency as usize;
+            let retry_at = self.outage.retry_at();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if draining.is_none() => {
@@ -203,10 +296,13 @@ impl Runner {
                     self.reclaim().await?;
                 }
                 _ = resync.tick() => self.resync().await?,
+                // While the database is away: its next try. A beat is the cheapest write,
+                // and a write is what a full disk refuses.
+                _ = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => self.beat().await?,
                 _ = sleep_until(claim_wait), if can_claim && claim_wait > Instant::now() => {}
                 _ = self.live.wake.notified() => self.next_claim_at = Instant::now(),
                 // Rejected videos were failed without running: write them now.
-                _ = std::future::ready(()), if !self.unwritten.is_empty() => {}
+                _ = std::future::ready(()), if !self.unwritten.is_empty() && !self.outage.is_out() => {}
             }
         };
         self.finish_run().await?;
@@ -225,19 +321,29 @@ impl Runner {
 
     /// Writes every outcome received so far and claims up to `want` videos, in one
     /// write. Returns the claimed videos and whether the shard ran short (fewer were due
-    /// than asked for). The storage retries "database is locked"; other errors end the run.
+    /// than asked for). The storage retries "database is locked"; an outage keeps the
+    /// endings for the next try; other errors end the run.
     async fn write_and_claim(&mut self, want: usize) -> anyhow::Result<(Vec<Claimed>, bool)> {
-        if self.unwritten.is_empty() && want == 0 {
+        if (self.unwritten.is_empty() && want == 0) || !self.may_try() {
             return Ok((Vec::new(), false));
         }
         let finishes: Vec<Finish> = self.unwritten.iter().map(|e| self.to_finish(e)).collect();
-        let round = self
+        let r = self
             .shard
             .finish_and_claim_helping(&finishes, want, self.helper.targets(), now_ms(), self.cfg.job.lease)
-            .await
-            .context("cannot write to the database")?;
+            .await;
+        let Some(round) = self.answer(r, "cannot write to the database")? else {
+            // Its COMMIT may have gone through unheard: settled when the database is back.
+            self.unheard_claims |= want > 0;
+            self.maybe_written.extend(finishes.iter().map(|f| f.video_id));
+            return Ok((Vec::new(), false));
+        };
         let (applied, claimed, short) = (round.applied, round.claimed, round.short);
         self.account_finished(&finishes, &applied);
+        for f in &finishes {
+            self.held.remove(&f.video_id);
+        }
+        self.maybe_written.clear();
         self.unwritten.clear();
         if !claimed.is_empty() {
             self.metrics.claims.inc();
@@ -283,6 +389,13 @@ impl Runner {
         let mut ended_videos = 0;
         let mut job_ms = Vec::with_capacity(finishes.len());
         for (f, e) in finishes.iter().zip(&self.unwritten) {
+            if !applied_ids.contains(&f.video_id) && self.maybe_written.contains(&f.video_id) {
+                tracing::info!(
+                    video_id = f.video_id,
+                    "this ending was written before the connection was lost (or its lease was taken over meanwhile)"
+                );
+                continue;
+            }
             if !applied_ids.contains(&f.video_id) {
                 self.metrics.fenced.inc();
                 tracing::warn!(
@@ -325,6 +438,7 @@ impl Runner {
             return;
         }
         let now = now_ms();
+        self.held.extend(claimed.iter().map(|c| (c.video_id, c.token)));
         // A row above the limits was claimed without its contents: it fails now, for
         // good, and never reaches a handler.
         let (rejected, claimed): (Vec<Claimed>, Vec<Claimed>) = claimed.into_iter().partition(|c| c.rejected.is_some());
@@ -370,24 +484,27 @@ impl Runner {
 
     /// Extends the leases of every video this worker holds.
     async fn renew(&mut self) -> anyhow::Result<()> {
-        if self.in_flight == 0 {
+        if self.held.is_empty() || !self.may_try() {
             return Ok(());
         }
         let expires = now_ms() + self.cfg.job.lease.as_millis() as i64;
-        self.shard.renew(expires).await.context("cannot renew leases")?;
+        let r = self.shard.renew(expires).await;
+        self.answer(r, "cannot renew leases")?;
         Ok(())
     }
 
     /// Takes back videos whose lease lapsed (their worker died): of this shard, and of
     /// the orphaned shards this worker helps, which have no owner to do it.
     async fn reclaim(&mut self) -> anyhow::Result<()> {
+        // Leases lapse while the database is away, renewed or not: judged only once every
+        // live worker has had a lease to renew its own.
+        if !self.may_try() || !self.outage.may_judge(Instant::now()) {
+            return Ok(());
+        }
         let (_, own) = self.shard.spec();
         for shard in std::iter::once(own).chain(self.helper.orphaned()) {
-            let taken = self
-                .shard
-                .reclaim_expired_in(shard, now_ms(), &self.policy)
-                .await
-                .context("cannot reclaim expired leases")?;
+            let r = self.shard.reclaim_expired_in(shard, (now_ms(), self.outage.last_away()), &self.policy).await;
+            let Some(taken) = self.answer(r, "cannot reclaim expired leases")? else { return Ok(()) };
             if taken.is_empty() {
                 continue;
             }
@@ -405,19 +522,26 @@ impl Runner {
 
     /// Says this worker is alive (`worker_beats`): its shard is not orphaned.
     async fn beat(&mut self) -> anyhow::Result<()> {
+        if !self.may_try() {
+            return Ok(());
+        }
         let lease = self.cfg.job.lease.as_millis() as i64;
-        self.shard.beat(now_ms(), lease).await.context("cannot write the worker's heartbeat")?;
+        let r = self.shard.beat(now_ms(), lease).await;
+        self.answer(r, "cannot write the worker's heartbeat")?;
         Ok(())
     }
 
     /// Looks again at which shards to help: the workers' heartbeats and each shard's
     /// counts (two small reads, once a sweep).
     async fn look(&mut self) -> anyhow::Result<()> {
-        if !self.helper.enabled() {
+        // Beats go stale while the database is away: no shard is orphaned by it.
+        if !self.helper.enabled() || !self.may_try() || !self.outage.may_judge(Instant::now()) {
             return Ok(());
         }
-        let beats = self.shard.beats().await.context("cannot read the workers' heartbeats")?;
-        let counts = self.shard.all_counts().await.context("cannot count the videos by shard")?;
+        let r = self.shard.beats().await;
+        let Some(beats) = self.answer(r, "cannot read the workers' heartbeats")? else { return Ok(()) };
+        let r = self.shard.all_counts().await;
+        let Some(counts) = self.answer(r, "cannot count the videos by shard")? else { return Ok(()) };
         let before = self.helper.targets().to_vec();
         self.helper.look(&beats, counts, now_ms());
         let helping = self.helper.targets();
@@ -434,7 +558,11 @@ impl Runner {
 
     /// Re-reads the shard's counts (others may have imported or requeued videos).
     async fn resync(&mut self) -> anyhow::Result<()> {
-        let counts = self.shard.counts().await.context("cannot count the shard's videos")?;
+        if !self.may_try() {
+            return Ok(());
+        }
+        let r = self.shard.counts().await;
+        let Some(counts) = self.answer(r, "cannot count the shard's videos")? else { return Ok(()) };
         if counts.pending > self.live.counts().pending {
             self.next_claim_at = Instant::now();
         }
@@ -446,11 +574,28 @@ impl Runner {
     /// of the grace period), without counting those attempts.
     async fn finish_run(mut self) -> anyhow::Result<()> {
         self.write_and_claim(0).await?;
-        let released = self
-            .shard
-            .hand_back(now_ms(), "the worker stopped before the job finished", &self.policy)
-            .await
-            .context("cannot hand back claimed videos")?;
+        if self.outage.is_out() {
+            // One last try, then the stop goes on: a SIGTERM ends the run within its
+            // grace even while the database is away. What is not written is dropped;
+            // the leases lapse and are swept, counting no attempt (`lease.rs`).
+            self.outage = Outage::new();
+            self.write_and_claim(0).await?;
+            if self.outage.is_out() {
+                tracing::warn!(
+                    endings = self.unwritten.len(),
+                    held = self.held.len(),
+                    "stopping while the database is away: endings not written are dropped, and their videos run again"
+                );
+                self.pool.close().await;
+                return Ok(());
+            }
+        }
+        let r = self.shard.hand_back(&[], now_ms(), "the worker stopped before the job finished", &self.policy).await;
+        let Some(released) = self.answer(r, "cannot hand back claimed videos")? else {
+            tracing::warn!("stopping while the database is away: the videos still held run again once their leases lapse");
+            self.pool.close().await;
+            return Ok(());
+        };
         if !released.is_empty() {
             tracing::info!(videos = released.len(), "handed back unfinished videos; their attempts do not count");
             let own = released.iter().filter(|&&id| self.helper.foreign(id).is_none()).count();

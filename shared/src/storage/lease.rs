@@ -31,7 +31,7 @@ impl Store {
     ) -> Result<Vec<(i64, VideoStatus)>, DbError> {
         let pattern = owner_pattern(worker_id, pid);
         let why = (Ending::WorkerGone, outcome);
-        run!(self, |c| release_matching(c, &pattern, now, why, error, policy).await)
+        run!(self, |c| release_matching(c, (&pattern, &[]), now, why, error, policy).await)
     }
 }
 
@@ -45,7 +45,7 @@ pub(crate) async fn renew_owner(conn: &mut dyn Conn, owner: &str, expires_at: i6
     .await
 }
 
-const HELD_COLUMNS: &str = "SELECT video_id, lease_token, attempts, lease_owner, started_at FROM videos";
+const HELD_COLUMNS: &str = "SELECT video_id, lease_token, attempts, lease_owner, started_at, lease_expires_at FROM videos";
 
 /// Rows written by other tools may hold anything: what does not decode reads as absent
 /// rather than panicking (the write is fenced on what was read, so nothing is lost).
@@ -57,6 +57,7 @@ fn held(rows: Vec<Row>) -> Vec<Held> {
             attempts: r.int(2),
             owner: r.opt_text(3),
             started_at: r.opt_int(4),
+            expires_at: r.opt_int(5),
         })
         .collect()
 }
@@ -67,11 +68,15 @@ fn held(rows: Vec<Row>) -> Vec<Held> {
 /// `policy` decides as for a lost worker. The modulus is bound here: the sweep reads
 /// the small set of running rows, not the pending index. Returns each video taken back
 /// with its new status.
+///
+/// A lease that lapsed within `away` (when the sweeper saw the database gone, as Unix
+/// milliseconds from and to) lapsed because nobody could renew it: its attempt is handed
+/// back uncounted, as for a worker stopped while the database was away.
 pub(crate) async fn reclaim_expired(
     conn: &mut dyn Conn,
     (workers, shard): (u32, u32),
     own: &str,
-    now: i64,
+    (now, away): (i64, Option<(i64, i64)>),
     policy: &RetryPolicy,
 ) -> Result<Vec<(i64, VideoStatus)>, DbError> {
     let sql = format!(
@@ -81,8 +86,14 @@ pub(crate) async fn reclaim_expired(
     let settles: Vec<Settle> = held(rows)
         .into_iter()
         .map(|h| {
-            let error = format!("lease expired: {} stopped renewing it", h.owner.as_deref().unwrap_or("?"));
-            Settle::of(&h, policy, Ending::WorkerGone, Outcome::Expired, error, now, Some(now))
+            let owner = h.owner.as_deref().unwrap_or("?");
+            let lapsed_away = away.zip(h.expires_at).is_some_and(|((from, to), at)| (from..=to).contains(&at));
+            let (ending, error) = if lapsed_away {
+                (Ending::HandedBack, format!("lease expired while the database was away: {owner} could not renew it"))
+            } else {
+                (Ending::WorkerGone, format!("lease expired: {owner} stopped renewing it"))
+            };
+            Settle::of(&h, policy, ending, Outcome::Expired, error, now, Some(now))
         })
         .collect();
     settle(conn, &settles).await
@@ -90,11 +101,12 @@ pub(crate) async fn reclaim_expired(
 
 /// Hands back every running video whose owner matches `owner_like` (a LIKE pattern such
 /// as `worker-1/4242:%`, the owner names of one process; an owner name is its own
-/// pattern), recording `outcome` and `error`. `ending` says why: a worker stopping on
-/// request hands back its attempts, a dead one's count; `policy` decides the rest.
+/// pattern), but those claimed under a token in `keep`, recording `outcome` and `error`.
+/// `ending` says why: a worker stopping on request hands back its attempts, a dead
+/// one's count; `policy` decides the rest.
 pub(crate) async fn release_matching(
     conn: &mut dyn Conn,
-    owner_like: &str,
+    (owner_like, keep): (&str, &[i64]),
     now: i64,
     (ending, outcome): (Ending, Outcome),
     error: &str,
@@ -102,8 +114,11 @@ pub(crate) async fn release_matching(
 ) -> Result<Vec<(i64, VideoStatus)>, DbError> {
     let sql = format!("{HELD_COLUMNS} WHERE status = 'running' AND lease_owner LIKE $1");
     let rows = conn.fetch(&sql, args![owner_like]).await?;
-    let settles: Vec<Settle> =
-        held(rows).iter().map(|h| Settle::of(h, policy, ending, outcome, error.to_string(), now, None)).collect();
+    let settles: Vec<Settle> = held(rows)
+        .iter()
+        .filter(|h| h.token.is_none_or(|t| !keep.contains(&t)))
+        .map(|h| Settle::of(h, policy, ending, outcome, error.to_string(), now, None))
+        .collect();
     settle(conn, &settles).await
 }
 
@@ -185,6 +200,7 @@ pub(crate) struct Held {
     pub attempts: i64,
     pub owner: Option<String>,
     pub started_at: Option<i64>,
+    pub expires_at: Option<i64>,
 }
 
 /// A claim settled without its worker, ready to be written.

@@ -64,8 +64,27 @@ pub struct ClaimRound {
 /// A worker's own connection to its shard, with its lease owner name (unique to the
 /// process) and the claim statements for its shard.
 pub struct Shard {
-    conn: Box<dyn Conn>,
+    /// None after an outage broke it (`DbError::outage`): the next call takes a fresh
+    /// one from `store`, so the session outlives a database restart.
+    conn: Option<Box<dyn Conn>>,
+    store: Store,
     claimer: Claimer,
+}
+
+/// [`retrying`] on the shard's own connection, taking a fresh one first if an outage
+/// broke the last.
+macro_rules! session {
+    ($shard:expr, |$c:ident| $body:expr) => {{
+        if $shard.conn.is_none() {
+            $shard.conn = Some($shard.store.conn().await?);
+        }
+        let conn = &mut **$shard.conn.as_mut().expect("taken just above");
+        let result = retrying!(conn, |$c| $body);
+        if result.as_ref().is_err_and(|e: &DbError| e.outage().is_some()) {
+            $shard.conn = None;
+        }
+        result
+    }};
 }
 
 impl std::fmt::Debug for Shard {
@@ -84,7 +103,7 @@ impl Store {
         let backend = conn.backend();
         let claimer = Claimer::new(backend, spec.workers, spec.worker_id, owner, spec.max_source, spec.max_payload);
         claimer.ensure_index(&mut *conn).await?;
-        Ok(Shard { conn, claimer })
+        Ok(Shard { conn: Some(conn), store: self.clone(), claimer })
     }
 }
 
@@ -126,7 +145,7 @@ impl Shard {
             return Ok(ClaimRound::default());
         }
         let claimer = &self.claimer;
-        retrying!(self.conn, |c| {
+        session!(self, |c| {
             let mut tx = c.begin(Begin::Write).await?;
             let applied = finish::finish_batch(&mut *tx, finishes).await?;
             // Batches are powers of two: fill `want` with a few of them (7 = 4+2+1),
@@ -158,7 +177,7 @@ impl Shard {
     /// Extends every lease this session holds to `expires_at`; returns how many.
     pub async fn renew(&mut self, expires_at: i64) -> Result<u64, DbError> {
         let owner = &self.claimer.owner;
-        retrying!(self.conn, |c| lease::renew_owner(c, owner, expires_at).await)
+        session!(self, |c| lease::renew_owner(c, owner, expires_at).await)
     }
 
     /// Takes back the shard's videos whose lease lapsed before `now`, except this
@@ -171,51 +190,61 @@ impl Shard {
         policy: &RetryPolicy,
     ) -> Result<Vec<(i64, VideoStatus)>, DbError> {
         let own = self.claimer.worker_id;
-        self.reclaim_expired_in(own, now, policy).await
+        self.reclaim_expired_in(own, (now, None), policy).await
     }
 
     /// As [`Shard::reclaim_expired`], in shard `shard` of the same fleet: a worker that
-    /// helps an orphaned shard also sweeps its lapsed leases, since no owner will.
+    /// helps an orphaned shard also sweeps its lapsed leases, since no owner will. A
+    /// lease that lapsed within `away` (the last time this process saw the database gone,
+    /// Unix ms from and to) counts no attempt.
     pub async fn reclaim_expired_in(
         &mut self,
         shard: u32,
-        now: i64,
+        now: (i64, Option<(i64, i64)>),
         policy: &RetryPolicy,
     ) -> Result<Vec<(i64, VideoStatus)>, DbError> {
         let (workers, owner) = (self.claimer.workers, &self.claimer.owner);
-        retrying!(self.conn, |c| lease::reclaim_expired(c, (workers, shard), owner, now, policy).await)
+        session!(self, |c| lease::reclaim_expired(c, (workers, shard), owner, now, policy).await)
     }
 
     /// The videos of every shard of the fleet by status, indexed by shard.
     pub async fn all_counts(&mut self) -> Result<Vec<ShardCounts>, DbError> {
         let workers = self.claimer.workers;
-        retrying!(self.conn, |c| counts::by_shard(c, workers).await)
+        session!(self, |c| counts::by_shard(c, workers).await)
     }
 
     /// The shard's videos by status: the kept counts, or a count of the shard's rows
     /// where they are not kept for this number of shards.
     pub async fn counts(&mut self) -> Result<ShardCounts, DbError> {
         let (workers, worker_id) = self.spec();
-        retrying!(self.conn, |c| counts::shard_counts(c, workers, worker_id).await)
+        session!(self, |c| counts::shard_counts(c, workers, worker_id).await)
     }
 
     /// Writes this worker's heartbeat: alive at `now`, with a lease of `lease_ms`.
     pub async fn beat(&mut self, now: i64, lease_ms: i64) -> Result<(), DbError> {
         let (spec, owner) = (self.spec(), &self.claimer.owner);
-        retrying!(self.conn, |c| beats::beat(c, spec, owner, now, lease_ms).await)
+        session!(self, |c| beats::beat(c, spec, owner, now, lease_ms).await)
     }
 
     /// The last heartbeat of each worker of this fleet size that ever beat.
     pub async fn beats(&mut self) -> Result<Vec<Beat>, DbError> {
         let workers = self.claimer.workers;
-        retrying!(self.conn, |c| beats::beats(c, workers).await)
+        session!(self, |c| beats::beats(c, workers).await)
     }
 
-    /// Hands back every video this session still holds (jobs the worker stopped on its
-    /// way out), as `policy` decides for a handed-back attempt; returns the ids.
-    pub async fn hand_back(&mut self, now: i64, error: &str, policy: &RetryPolicy) -> Result<Vec<i64>, DbError> {
-        let (owner, why) = (&self.claimer.owner, (Ending::HandedBack, Outcome::Released));
-        let back = retrying!(self.conn, |c| lease::release_matching(c, owner, now, why, error, policy).await)?;
+    /// Hands back every video this session still holds but those claimed under a token
+    /// in `keep` (on its way out: the jobs the worker stopped; after a lost connection:
+    /// claims whose COMMIT went through unheard), as `policy` decides for a handed-back
+    /// attempt, which does not count; returns the ids.
+    pub async fn hand_back(
+        &mut self,
+        keep: &[i64],
+        now: i64,
+        error: &str,
+        policy: &RetryPolicy,
+    ) -> Result<Vec<i64>, DbError> {
+        let (owner, why) = ((self.claimer.owner.as_str(), keep), (Ending::HandedBack, Outcome::Released));
+        let back = session!(self, |c| lease::release_matching(c, owner, now, why, error, policy).await)?;
         Ok(back.into_iter().map(|(id, _)| id).collect())
     }
 }
