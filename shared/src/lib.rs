@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod cgroup;
 pub mod config;
+pub mod disk;
 pub mod error;
 pub mod exit;
 pub mod host;

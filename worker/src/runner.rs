@@ -497,8 +497,9 @@ impl Runner {
     /// the orphaned shards this worker helps, which have no owner to do it.
     async fn reclaim(&mut self) -> anyhow::Result<()> {
         // Leases lapse while the database is away, renewed or not: judged only once every
-        // live worker has had a lease to renew its own.
-        if !self.may_try() || !self.outage.may_judge(Instant::now()) {
+        // live worker has had a lease to renew its own. (Never as the first statement
+        // after an outage either: that one is a beat or a write.)
+        if self.outage.is_out() || !self.outage.may_judge(Instant::now()) {
             return Ok(());
         }
         let (_, own) = self.shard.spec();
@@ -535,13 +536,16 @@ impl Runner {
     /// counts (two small reads, once a sweep).
     async fn look(&mut self) -> anyhow::Result<()> {
         // Beats go stale while the database is away: no shard is orphaned by it.
-        if !self.helper.enabled() || !self.may_try() || !self.outage.may_judge(Instant::now()) {
+        if !self.helper.enabled() || self.outage.is_out() || !self.outage.may_judge(Instant::now()) {
             return Ok(());
         }
         let r = self.shard.beats().await;
         let Some(beats) = self.answer(r, "cannot read the workers' heartbeats")? else { return Ok(()) };
         let r = self.shard.all_counts().await;
         let Some(counts) = self.answer(r, "cannot count the videos by shard")? else { return Ok(()) };
+        if !self.outage.may_judge(Instant::now()) {
+            return Ok(()); // the database went away and came back between the reads
+        }
         let before = self.helper.targets().to_vec();
         self.helper.look(&beats, counts, now_ms());
         let helping = self.helper.targets();

@@ -141,7 +141,13 @@ impl Fleet {
     }
 
     async fn check_done(&mut self) -> anyhow::Result<()> {
+        // While the database is away the heartbeat tries it each second, in a task of its
+        // own: a done check here would hold this loop (signals, health) for each try.
+        if self.watch.is_away() {
+            return Ok(());
+        }
         let totals = match self.own_totals().await {
+            Err(e) if self.watch.failed(&e) => return Ok(()),
             Err(e) if e.is_corrupt() => {
                 tracing::error!("the done check found the database damaged ({e}); ending the run");
                 self.end(Ending::Damaged(shared::storage::corrupt_advice(&self.db_path)));

@@ -5,6 +5,7 @@
 use shared::storage::{RunOrder, Store};
 use tokio::sync::mpsc;
 
+use super::db_watch::DbWatch;
 use crate::liveness::HEARTBEAT_EVERY;
 
 /// What the database asks of the run, as the loop hears it. Only news: a beat that
@@ -53,8 +54,14 @@ impl Told {
 
 /// Stamps run `run_id` alive until aborted (at the run's end, after its drain: a
 /// draining run is alive) and sends the loop its orders; after a takeover it ends. A
-/// beat that fails is tried again at the next.
-pub fn beat(db: Store, run_id: i64, orders: mpsc::UnboundedSender<Order>) -> tokio::task::JoinHandle<()> {
+/// beat that fails is tried again at the next: while the database is away, each beat is
+/// the run's try at it (`watch` hears the answer).
+pub fn beat(
+    db: Store,
+    run_id: i64,
+    orders: mpsc::UnboundedSender<Order>,
+    watch: DbWatch,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(HEARTBEAT_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -63,6 +70,7 @@ pub fn beat(db: Store, run_id: i64, orders: mpsc::UnboundedSender<Order>) -> tok
             every.tick().await;
             match db.heartbeat(run_id).await {
                 Ok(answer) => {
+                    watch.answered();
                     if let Some(order) = told.news(answer) {
                         let last = order == Order::TakenOver;
                         let _ = orders.send(order);
@@ -71,6 +79,7 @@ pub fn beat(db: Store, run_id: i64, orders: mpsc::UnboundedSender<Order>) -> tok
                         }
                     }
                 }
+                Err(e) if watch.failed(&e) => {}
                 Err(e) => tracing::warn!("could not stamp the run record alive: {e}"),
             }
         }

@@ -9,10 +9,12 @@
 //! `memory/` (cgroups, sampling), `restart.rs` (a worker's end: restart, backoff, crash
 //! loop; `exit_cause.rs` says why it ended), `recover.rs` (handing back claims, a dead
 //! run), `rescale.rs` (`supervisor scale`), `takeover.rs` (who may start), `slot.rs`
-//! (one worker's state), `records.rs` (bookkeeping writes), `summary.rs`.
+//! (one worker's state), `records.rs` (bookkeeping writes), `db_watch.rs` (riding out a database
+//! outage), `summary.rs`.
 
 mod config;
 mod crashes;
+mod db_watch;
 mod end;
 mod event_loop;
 mod exit_cause;

@@ -3,6 +3,7 @@
 //! that samples memory and checks health. Updates of one slot that pile up while the
 //! database is busy collapse into the latest.
 
+use super::db_watch::DbWatch;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -66,18 +67,28 @@ impl fmt::Display for Incident {
     }
 }
 
-/// Writes the latest record of each worker slot.
-async fn write_workers(db: &Store, latest: BTreeMap<i64, FleetWorker>) {
+/// Writes the latest record of each worker slot. While the database is away the records
+/// wait: each is a latest state, and the next one written replaces it.
+async fn write_workers(db: &Store, latest: BTreeMap<i64, FleetWorker>, watch: &DbWatch) {
     for w in latest.values() {
-        if let Err(e) = db.update_worker(w).await {
-            tracing::warn!("could not record worker {}: {e}", w.worker_id);
+        if watch.is_away() {
+            return;
+        }
+        match db.update_worker(w).await {
+            Ok(()) => watch.answered(),
+            Err(e) if watch.failed(&e) => {}
+            Err(e) => tracing::warn!("could not record worker {}: {e}", w.worker_id),
         }
     }
 }
 
 /// Starts the writer for run `run_id`; it ends when every sender is dropped, after
 /// writing what it was sent.
-pub fn start(db: Store, run_id: i64) -> (mpsc::UnboundedSender<Record>, tokio::task::JoinHandle<()>) {
+pub fn start(
+    db: Store,
+    run_id: i64,
+    watch: DbWatch,
+) -> (mpsc::UnboundedSender<Record>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Record>();
     let task = tokio::spawn(async move {
         let mut batch = Vec::new();
@@ -92,7 +103,7 @@ pub fn start(db: Store, run_id: i64) -> (mpsc::UnboundedSender<Record>, tokio::t
                     Record::Event { worker, kind, reason } => db.add_event(run_id, worker, kind, &reason).await,
                     Record::RunState { state, stopped } => db.set_run_state(run_id, state, stopped).await,
                     Record::Layout(run) => {
-                        write_workers(&db, std::mem::take(&mut latest)).await;
+                        write_workers(&db, std::mem::take(&mut latest), &watch).await;
                         // Tried until it lands: the heartbeat passes a scale request on
                         // once, and a run whose record kept the old size would mislead
                         // status, takeovers and the waiting `supervisor scale`.
@@ -109,11 +120,13 @@ pub fn start(db: Store, run_id: i64) -> (mpsc::UnboundedSender<Record>, tokio::t
                         }
                     }
                 };
-                if let Err(e) = written {
-                    tracing::warn!("could not record the fleet's state: {e}");
+                match written {
+                    Ok(_) => watch.answered(),
+                    Err(e) if watch.failed(&e) => {}
+                    Err(e) => tracing::warn!("could not record the fleet's state: {e}"),
                 }
             }
-            write_workers(&db, latest).await;
+            write_workers(&db, latest, &watch).await;
         }
     });
     (tx, task)

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing_appender::non_blocking::NonBlocking;
 
 use super::config::{FleetConfig, Layout};
+use super::db_watch::DbWatch;
 use super::health_rounds::HealthRounds;
 use super::memory::Memory;
 use super::phase::Phase;
@@ -111,7 +112,8 @@ impl Fleet {
         // another host could take this run for dead.
         let (orders_tx, orders) = mpsc::unbounded_channel();
         let beat_db = Store::open(&db_path, 1).await.context("cannot use the database")?;
-        let heartbeat = heartbeat::beat(beat_db, run.run_id, orders_tx);
+        let watch = DbWatch::new(&db_path);
+        let heartbeat = heartbeat::beat(beat_db, run.run_id, orders_tx, watch.clone());
         for prev in taken {
             recover::recover_previous(&db, &prev, &config.job.retry_policy()).await?;
         }
@@ -120,7 +122,7 @@ impl Fleet {
         db.ensure_count_layout(layout.workers).await.context("cannot count the videos by shard")?;
         let (logs, logger) =
             output::start(log_dir, &layout.ids, config.log_max_size.bytes(), config.log_keep, config.log_format, out)?;
-        let (records, recorder) = records::start(db.clone(), run.run_id);
+        let (records, recorder) = records::start(db.clone(), run.run_id, watch.clone());
         let (events_tx, events) = mpsc::unbounded_channel();
         // Only this host's ids get a slot; the others' workers are another supervisor's.
         let slots = layout.ids.iter().map(|k| Slot::new(k, config.port(k))).collect();
@@ -132,6 +134,7 @@ impl Fleet {
             db,
             reader,
             db_path,
+            watch,
             run,
             memory,
             slots,

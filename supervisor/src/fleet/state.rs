@@ -11,6 +11,7 @@ use shared::storage::{DbLocation, FleetRun, RunState, Store};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
+use super::db_watch::DbWatch;
 use super::config::{FleetConfig, Layout};
 use super::exit_cause::ExitCause;
 use super::health_rounds::HealthRounds;
@@ -54,6 +55,9 @@ pub struct Fleet {
     /// The database, a SQLite path made absolute: workers get it as --db, and the
     /// advice about a damaged database names it.
     pub(super) db_path: DbLocation,
+    /// Whether the database is away now: the heartbeat, the records writer and the done
+    /// check ride an outage out together, and it is said once (`db_watch.rs`).
+    pub(super) watch: DbWatch,
     /// This run's record; its id tags every bookkeeping write.
     pub(super) run: FleetRun,
     pub(super) memory: Memory,

@@ -1,0 +1,126 @@
+//! A database that blips under a running fleet costs no job: PostgreSQL restarted, or
+//! stopped for 30 s, on a server of the test's own (`testkit::pg_server`), under a fleet
+//! of long jobs. Each video ends done with exactly one attempt, none is `crashed` or
+//! `expired`, and no worker is restarted.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shared::storage::{ImportRow, NewVideo, Store};
+use testkit::pg_server::PgServer;
+use testkit::{bin, free_ports};
+
+fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql").args([url, "-Atqc", sql]).output().expect("psql runs");
+    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn count(url: &str, sql: &str) -> i64 {
+    psql(url, sql).parse().unwrap_or(-1)
+}
+
+async fn seed(url: &str, n: i64) {
+    let db = Store::open(url.parse::<shared::storage::DbLocation>().unwrap(), 1).await.unwrap();
+    let mut import = db.begin_import().await.unwrap();
+    let rows = (1..=n)
+        .map(|id| ImportRow { line: id as u64, video: NewVideo { video_id: id, source: format!("v{id}"), payload: None } })
+        .collect();
+    assert!(import.add(rows).await.unwrap().is_empty());
+    import.commit().await.unwrap();
+    db.close().await;
+}
+
+/// `supervisor start --exit-when-done` on `url`: 2 workers of 2 slots, jobs of `job`.
+fn fleet(dir: &Path, url: &str, job: &str) -> Child {
+    let base = free_ports(2);
+    Command::new(bin("supervisor"))
+        .current_dir(dir)
+        .env("FLEET_WORKER_BIN", bin("worker"))
+        .env("RUST_LOG", shared::storage::DEFAULT_LOG_FILTER)
+        .env_remove("FLEET_DB")
+        .env_remove("DATABASE_URL")
+        .args(["start", "--workers", "2", "--concurrency", "2", "--mem-limit", "250M", "--exit-when-done"])
+        .args(["--base-port", &base.to_string(), "--db", url, "--sleep", job])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("supervisor starts")
+}
+
+/// Waits for `child` to exit within `limit`; kills it and fails otherwise. Returns its
+/// exit code and everything it printed.
+fn finish(mut child: Child, limit: Duration) -> (Option<i32>, String) {
+    let end = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > end {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the fleet did not end within {limit:?}:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code(), text)
+}
+
+/// Polls until `n` videos are running, so the blip lands on jobs in flight.
+fn until_running(url: &str, n: i64) {
+    let end = Instant::now() + Duration::from_secs(30);
+    while count(url, "SELECT count(*) FROM videos WHERE status = 'running'") < n {
+        assert!(Instant::now() < end, "{n} videos never ran at once");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every video done once, with one attempt that was not cut short, and no restart.
+fn assert_no_job_was_lost(url: &str, videos: i64, out: &str) {
+    let done = count(url, "SELECT count(*) FROM videos WHERE status = 'done' AND attempts = 1");
+    assert_eq!(done, videos, "each video done with exactly one attempt\n{out}");
+    let history = psql(url, "SELECT outcome, count(*) FROM attempts GROUP BY outcome ORDER BY 1");
+    assert_eq!(history, format!("done|{videos}"), "no attempt crashed, expired or was released\n{out}");
+    let restarts = count(url, "SELECT coalesce(sum(restarts), 0) FROM fleet_workers");
+    assert_eq!(restarts, 0, "no worker was restarted\n{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_restart_under_a_fleet_of_long_jobs_costs_no_job() {
+    let Some(server) = PgServer::start() else { return };
+    seed(&server.url, 8).await;
+    let dir = tempfile::tempdir().unwrap();
+    let child = fleet(dir.path(), &server.url, "6s");
+    until_running(&server.url, 4);
+    std::thread::sleep(Duration::from_secs(1));
+    server.restart();
+    let (code, out) = finish(child, Duration::from_secs(90));
+    assert_eq!(code, Some(0), "the run ends as if nothing happened:\n{out}");
+    assert_no_job_was_lost(&server.url, 8, &out);
+    assert!(out.contains("the database answers again"), "the return is said once:\n{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_stopped_for_30s_under_a_fleet_of_long_jobs_costs_no_job() {
+    let Some(server) = PgServer::start() else { return };
+    seed(&server.url, 8).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Jobs of 8 s: the first four end while the server is away, and every 15 s lease
+    // lapses before it is back.
+    let child = fleet(dir.path(), &server.url, "8s");
+    until_running(&server.url, 4);
+    std::thread::sleep(Duration::from_secs(1));
+    server.stop();
+    std::thread::sleep(Duration::from_secs(30));
+    server.start_again();
+    let (code, out) = finish(child, Duration::from_secs(120));
+    eprintln!("{out}");
+    assert_eq!(code, Some(0), "the run rides out the outage and ends 0:\n{out}");
+    assert_no_job_was_lost(&server.url, 8, &out);
+    let away = out.matches("the database is unreachable").count();
+    assert!(away <= 3, "one line when the database goes away per process, not one per try ({away}):\n{out}");
+}
