@@ -118,7 +118,7 @@ async fn run_command(
             fleet::check_ports(&config, &layout)?;
 
             fleet::check_batch_has_videos(&config).await.map_err(Failure::usage)?;
-            let fleet = fleet::Fleet::prepare(config, layout, out).await?;
+            let fleet = fleet::Fleet::prepare(config, layout, out, &shutdown).await?;
             let (end, summary) = fleet.run(shutdown, hurry).await?;
             Ok(Done { code: end.exit_code(), summary })
         }
@@ -128,7 +128,8 @@ async fn run_command(
         }
         Command::Status(a) => {
             let db = Store::open_read_only(&a.db.db).await?;
-            let view = status::load(&db).await?;
+            let mut view = status::load(&db).await?;
+            view.disk_full = status::full_disk(&a.db.db);
             if a.json {
                 say(serde_json::to_string_pretty(&view)?)?;
             } else {

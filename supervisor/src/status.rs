@@ -11,6 +11,18 @@ use shared::units::human_bytes;
 use crate::liveness;
 use crate::memory_mode::MemoryMode;
 
+/// One sentence when the disk holding SQLite file `db` is full, naming the filesystem
+/// and what is free on it.
+pub fn full_disk(db: &shared::location::DbLocation) -> Option<String> {
+    let disk = shared::disk::Disk::of(db.path()?)?;
+    disk.is_full().then(|| {
+        format!(
+            "the disk holding {db} is full: {}; the workers wait, and carry on by themselves once space is freed",
+            disk.describe()
+        )
+    })
+}
+
 /// `supervisor status --json`.
 #[derive(Debug, Serialize)]
 pub struct FleetView {
@@ -33,6 +45,10 @@ pub struct FleetView {
     /// The database's clock when this was read, which heartbeats are stamped by.
     #[serde(skip)]
     pub db_now: i64,
+    /// For a SQLite file whose disk is full: which filesystem and what is free. The
+    /// workers wait until space is freed, then carry on by themselves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_full: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,6 +87,7 @@ pub async fn load(db: &Store) -> anyhow::Result<FleetView> {
             events: Vec::new(),
             unowned_ids: None,
             db_now: now_ms(),
+            disk_full: None,
         });
     };
     let db_now = db.clock().await?;
@@ -115,7 +132,17 @@ pub async fn load(db: &Store) -> anyhow::Result<FleetView> {
         .then(|| unowned.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(",").parse::<WorkerIds>())
         .and_then(Result::ok)
         .map(|ids| ids.to_string());
-    Ok(FleetView { run: Some(latest), supervisor_alive, runs, workers, totals, events, unowned_ids, db_now })
+    Ok(FleetView {
+        run: Some(latest),
+        supervisor_alive,
+        runs,
+        workers,
+        totals,
+        events,
+        unowned_ids,
+        db_now,
+        disk_full: None,
+    })
 }
 
 /// A host as it goes before `:port`: an IPv6 address in brackets.
@@ -126,6 +153,9 @@ fn connect_host(host: &str) -> String {
 /// The human table.
 pub fn render(v: &FleetView) -> String {
     let mut out = String::new();
+    if let Some(full) = &v.disk_full {
+        out.push_str(&format!("{full}\n"));
+    }
     let t = &v.totals;
     if v.runs.is_empty() {
         out.push_str("no fleet has been started on this database\n");

@@ -25,7 +25,10 @@ async fn seed(url: &str, n: i64) {
     let db = Store::open(url.parse::<shared::storage::DbLocation>().unwrap(), 1).await.unwrap();
     let mut import = db.begin_import().await.unwrap();
     let rows = (1..=n)
-        .map(|id| ImportRow { line: id as u64, video: NewVideo { video_id: id, source: format!("v{id}"), payload: None } })
+        .map(|id| ImportRow {
+            line: id as u64,
+            video: NewVideo { video_id: id, source: format!("v{id}"), payload: None },
+        })
         .collect();
     assert!(import.add(rows).await.unwrap().is_empty());
     import.commit().await.unwrap();
@@ -123,4 +126,116 @@ async fn postgres_stopped_for_30s_under_a_fleet_of_long_jobs_costs_no_job() {
     assert_no_job_was_lost(&server.url, 8, &out);
     let away = out.matches("the database is unreachable").count();
     assert!(away <= 3, "one line when the database goes away per process, not one per try ({away}):\n{out}");
+}
+
+/// A small tmpfs of the test's own, unmounted when dropped (lazily: a process that
+/// still holds a file in it must not fail the unmount).
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    /// Mounts one of `size` (as `mount -o size=` takes it), or says why not.
+    fn mount(size: &str) -> Option<Tmpfs> {
+        if !nix::unistd::geteuid().is_root() {
+            testkit::skip("tmpfs", "mounting a tmpfs needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs(dir)),
+            Ok(o) => {
+                testkit::skip(
+                    "tmpfs",
+                    format_args!("mount -t tmpfs failed: {}", String::from_utf8_lossy(&o.stderr).trim()),
+                );
+                None
+            }
+            Err(e) => {
+                testkit::skip("tmpfs", format_args!("no mount command: {e}"));
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    /// Grows (or shrinks) it in place, as an operator frees space.
+    fn resize(&self, size: &str) {
+        let out =
+            Command::new("mount").args(["-o", &format!("remount,size={size}")]).arg(self.path()).output().unwrap();
+        assert!(out.status.success(), "remount: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).output();
+    }
+}
+
+/// Fills the filesystem at `dir` to the last byte with one file.
+fn fill(dir: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let block = vec![7u8; 64 * 1024];
+    while f.write_all(&block).is_ok() {}
+    let small = [7u8; 512];
+    while f.write_all(&small).is_ok() {}
+    let _ = f.sync_all();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_under_sqlite_is_waited_out_and_the_same_run_ends_0() {
+    let Some(disk) = Tmpfs::mount("16m") else { return };
+    let db_path = disk.path().join("fleet.db");
+    let db = Store::open(&db_path, 1).await.unwrap();
+    let mut import = db.begin_import().await.unwrap();
+    let rows = (1..=400)
+        .map(|id| ImportRow {
+            line: id as u64,
+            video: NewVideo { video_id: id, source: format!("v{id}"), payload: None },
+        })
+        .collect();
+    assert!(import.add(rows).await.unwrap().is_empty());
+    import.commit().await.unwrap();
+    db.close().await;
+    let url = db_path.to_str().unwrap().to_string();
+    let child = fleet(disk.path(), &url, "100ms");
+    let sqlite = |sql: &str| -> String {
+        let out = Command::new("sqlite3").arg(&db_path).arg(sql).output().expect("sqlite3 runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let until = |what: &str, check: &dyn Fn() -> bool| {
+        let end = Instant::now() + Duration::from_secs(60);
+        while !check() {
+            assert!(Instant::now() < end, "{what} never happened");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    until("some videos done", &|| {
+        sqlite("SELECT count(*) FROM videos WHERE status = 'done'").parse::<i64>().unwrap_or(0) >= 40
+    });
+    fill(disk.path());
+    let done_when_full: i64 = sqlite("SELECT count(*) FROM videos WHERE status = 'done'").parse().unwrap_or(0);
+    // Full for a while: the run stalls, and says why.
+    std::thread::sleep(Duration::from_secs(4));
+    let status = Command::new(bin("supervisor")).args(["status", "--db", &url]).output().unwrap();
+    let said = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(said.contains("is full") && said.contains("free of"), "status names the full disk:\n{said}");
+    let done_later: i64 = sqlite("SELECT count(*) FROM videos WHERE status = 'done'").parse().unwrap_or(0);
+    assert!(done_later < 400, "the run stalled while the disk was full ({done_when_full} then {done_later})");
+    disk.resize("64m");
+    let (code, out) = finish(child, Duration::from_secs(120));
+    eprintln!("{out}");
+    assert_eq!(code, Some(0), "the same run carries on once space is freed, and ends 0:\n{out}");
+    assert!(out.contains("full"), "the supervisor or a worker said the disk was full:\n{out}");
+    assert_eq!(sqlite("SELECT count(*) FROM videos WHERE status = 'done'"), "400", "{out}");
+    assert_eq!(sqlite("SELECT count(*) FROM videos WHERE status = 'failed'"), "0", "no video failed for it\n{out}");
+    assert_eq!(sqlite("SELECT coalesce(sum(restarts), 0) FROM fleet_workers"), "0", "no worker restarted\n{out}");
+    assert_eq!(sqlite("PRAGMA integrity_check"), "ok");
 }

@@ -596,7 +596,9 @@ impl Runner {
         }
         let r = self.shard.hand_back(&[], now_ms(), "the worker stopped before the job finished", &self.policy).await;
         let Some(released) = self.answer(r, "cannot hand back claimed videos")? else {
-            tracing::warn!("stopping while the database is away: the videos still held run again once their leases lapse");
+            tracing::warn!(
+                "stopping while the database is away: the videos still held run again once their leases lapse"
+            );
             self.pool.close().await;
             return Ok(());
         };

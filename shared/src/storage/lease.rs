@@ -45,7 +45,8 @@ pub(crate) async fn renew_owner(conn: &mut dyn Conn, owner: &str, expires_at: i6
     .await
 }
 
-const HELD_COLUMNS: &str = "SELECT video_id, lease_token, attempts, lease_owner, started_at, lease_expires_at FROM videos";
+const HELD_COLUMNS: &str =
+    "SELECT video_id, lease_token, attempts, lease_owner, started_at, lease_expires_at FROM videos";
 
 /// Rows written by other tools may hold anything: what does not decode reads as absent
 /// rather than panicking (the write is fenced on what was read, so nothing is lost).

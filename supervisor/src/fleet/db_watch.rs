@@ -10,6 +10,7 @@ use shared::DbError;
 use shared::disk::Disk;
 use shared::location::DbLocation;
 use shared::status::DbState;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
 pub struct DbWatch {
@@ -30,7 +31,9 @@ impl DbWatch {
         let mut away = self.away.lock().unwrap_or_else(|p| p.into_inner());
         if away.is_none_or(|(was, _)| was != kind) {
             let disk = match (kind, &*self.db) {
-                (DbState::Full, DbLocation::Sqlite(path)) => Disk::of(path).map(|d| format!(": {} is full", d.describe())),
+                (DbState::Full, DbLocation::Sqlite(path)) => {
+                    Disk::of(path).map(|d| format!(": {} is full", d.describe()))
+                }
                 _ => None,
             };
             tracing::warn!(
@@ -53,6 +56,41 @@ impl DbWatch {
         let mut away = self.away.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, since)) = away.take() {
             tracing::info!("the database answers again, after {:.1}s", since.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// Runs `open` until the database answers, waiting out an outage on a try a second (said
+/// once), until `shutdown`. Returns what `open` gave and whether it had to wait; an
+/// error that is not an outage, at once.
+pub async fn patiently<T, F, Fut>(shutdown: &CancellationToken, mut open: F) -> anyhow::Result<(T, bool)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DbError>>,
+{
+    let mut waited = false;
+    loop {
+        match open().await {
+            Ok(v) => {
+                if waited {
+                    tracing::info!("the database answers; starting");
+                }
+                return Ok((v, waited));
+            }
+            Err(e) if e.outage().is_some() => {
+                if !waited {
+                    tracing::warn!(
+                        "the database is {} ({e}); waiting for it to start the run (Ctrl-C gives up)",
+                        e.outage().unwrap_or(DbState::Unreachable)
+                    );
+                }
+                waited = true;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("cannot use the database")),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => anyhow::bail!("stopped while waiting for the database"),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
         }
     }
 }

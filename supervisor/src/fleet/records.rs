@@ -84,11 +84,7 @@ async fn write_workers(db: &Store, latest: BTreeMap<i64, FleetWorker>, watch: &D
 
 /// Starts the writer for run `run_id`; it ends when every sender is dropped, after
 /// writing what it was sent.
-pub fn start(
-    db: Store,
-    run_id: i64,
-    watch: DbWatch,
-) -> (mpsc::UnboundedSender<Record>, tokio::task::JoinHandle<()>) {
+pub fn start(db: Store, run_id: i64, watch: DbWatch) -> (mpsc::UnboundedSender<Record>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Record>();
     let task = tokio::spawn(async move {
         let mut batch = Vec::new();
@@ -98,7 +94,7 @@ pub fn start(
                 let written = match record {
                     Record::Worker(w) => {
                         latest.insert(w.worker_id, w);
-                        Ok(())
+                        continue;
                     }
                     Record::Event { worker, kind, reason } => db.add_event(run_id, worker, kind, &reason).await,
                     Record::RunState { state, stopped } => db.set_run_state(run_id, state, stopped).await,

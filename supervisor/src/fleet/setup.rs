@@ -9,11 +9,12 @@ use anyhow::Context;
 use shared::storage::{FleetRun, RunState, Store, now_ms};
 use shared::units::human_bytes;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing_appender::non_blocking::NonBlocking;
 
 use super::config::{FleetConfig, Layout};
-use super::db_watch::DbWatch;
+use super::db_watch::{self, DbWatch};
 use super::health_rounds::HealthRounds;
 use super::memory::Memory;
 use super::phase::Phase;
@@ -53,11 +54,26 @@ fn warn_if_too_big(config: &FleetConfig, layout: &Layout) {
 impl Fleet {
     /// Opens the database, sets up memory enforcement and records the run. Nothing is
     /// spawned yet.
-    pub async fn prepare(config: FleetConfig, layout: Layout, out: NonBlocking) -> anyhow::Result<Fleet> {
+    pub async fn prepare(
+        config: FleetConfig,
+        layout: Layout,
+        out: NonBlocking,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Fleet> {
         let exe = launch::worker_exe()?;
         let db_path = config.db.absolute().context("cannot resolve --db")?;
-        // One connection: every write of ours comes from this one loop, in turn.
-        let db = Store::open(&db_path, 1).await.context("cannot use the database")?;
+        // One connection: every write of ours comes from this one loop, in turn. A
+        // database that is away is waited for, as a running fleet waits it out.
+        let (db, waited) = db_watch::patiently(shutdown, || Store::open(&db_path, 1)).await?;
+        if waited {
+            // Every heartbeat went stale while nobody could write one: give the runs that
+            // are alive one staleness limit to beat again before any is judged dead.
+            tracing::info!("waiting {STALE_AFTER_MS} ms for live runs to beat again before judging any dead");
+            tokio::select! {
+                _ = shutdown.cancelled() => anyhow::bail!("stopped while waiting for the database"),
+                _ = tokio::time::sleep(Duration::from_millis(STALE_AFTER_MS as u64)) => {}
+            }
+        }
         let reader = Store::open_read_only(&db_path).await.context("cannot read the database")?;
         if !reader.has_videos().await? {
             tracing::warn!(

@@ -11,8 +11,8 @@ use shared::storage::{DbLocation, FleetRun, RunState, Store};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
-use super::db_watch::DbWatch;
 use super::config::{FleetConfig, Layout};
+use super::db_watch::DbWatch;
 use super::exit_cause::ExitCause;
 use super::health_rounds::HealthRounds;
 use super::heartbeat::Order;
