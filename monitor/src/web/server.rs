@@ -37,6 +37,7 @@ pub async fn run(
     if let Some(r) = &records {
         fleet = fleet.with_records(r.slots(), r.mem_limit_bytes());
     }
+    let reader = records.as_ref().map(|r| r.store());
     let poller = Poller::new(client.clone(), targets, records);
 
     let (rounds_tx, rounds) = mpsc::channel(1);
@@ -64,6 +65,7 @@ pub async fn run(
         flag_token: config.control_token.as_deref().map(Arc::from),
         poll_now,
         store: Arc::new(OnceCell::new()),
+        reader,
     };
     if !local.ip().is_loopback() {
         eprintln!(
