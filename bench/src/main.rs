@@ -156,6 +156,17 @@ enum What {
         #[arg(long, default_value_t = 300)]
         seconds: u64,
     },
+    /// The page's reads at scale: `GET /`, the fragment, the first and a middle page of
+    /// failed videos, and a substring search, from `monitor --db` over `videos` videos
+    /// (one in ten failed), on SQLite and, with `--postgres`, on PostgreSQL.
+    WebReads {
+        #[arg(long, default_value_t = 10_000_000)]
+        videos: i64,
+        /// A PostgreSQL server (`postgres://user@127.0.0.1:port/db`) to create a fresh
+        /// database on.
+        #[arg(long)]
+        postgres: Option<String>,
+    },
     /// Many workers on one SQLite file: throughput and CPU per video as the fleet
     /// grows past the point where the write lock is the bottleneck.
     Contention {
@@ -249,6 +260,18 @@ async fn main() -> anyhow::Result<()> {
             let report = web_bench::bench_web(&dir, &opts).await;
             let _ = std::fs::remove_dir_all(&dir);
             write_section(&cli.out, "web", &command, &report?)?;
+        }
+        What::WebReads { videos, postgres } => {
+            let dir = tempfile_dir()?;
+            let sqlite = web_bench::bench_web_reads(dir.join("reads.db").into(), videos, "SQLite").await;
+            let _ = std::fs::remove_dir_all(&dir);
+            let mut report = sqlite?;
+            if let Some(server) = postgres {
+                let db = testing::create_postgres_database(&server).await?;
+                report += "\n";
+                report += &web_bench::bench_web_reads(db, videos, "PostgreSQL").await?;
+            }
+            write_section(&cli.out, "web-reads", &command, &report)?;
         }
         What::Contention { videos, workers, job, concurrency } => {
             let dir = tempfile_dir()?;

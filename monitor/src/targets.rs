@@ -179,6 +179,11 @@ impl Records {
             .collect()
     }
 
+    /// The monitor's one read-only handle on the fleet database, shared with the page.
+    pub fn store(&self) -> Store {
+        self.db.clone()
+    }
+
     pub fn slots(&self) -> &[FleetWorker] {
         &self.workers
     }

@@ -48,6 +48,9 @@ words! {
         /// Crashed too often; resting for the cooldown.
         Errored => "errored",
         Stopped => "stopped",
+        /// Drained on request (`POST /drain`): exited 0, and not started again until
+        /// resumed.
+        Drained => "drained",
     }
 }
 
@@ -200,7 +203,7 @@ mod tests {
         let expected = ["running", "stopping", "stopped", "done", "failed", "errored", "crashed", "damaged"];
         assert_eq!(runs, words(&expected));
         let slots: Vec<String> = SlotStatus::ALL.iter().map(ToString::to_string).collect();
-        assert_eq!(slots, words(&["starting", "not-ready", "running", "backoff", "errored", "stopped"]));
+        assert_eq!(slots, words(&["starting", "not-ready", "running", "backoff", "errored", "stopped", "drained"]));
         let kinds: Vec<String> = EventKind::ALL.iter().map(ToString::to_string).collect();
         assert_eq!(kinds, words(&["restart", "errored", "crash", "kill", "memory_kill"]));
     }

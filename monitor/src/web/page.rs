@@ -9,8 +9,8 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use maud::{DOCTYPE, Markup, html};
-use shared::status::WorkerState;
-use shared::storage::SlotStatus;
+use shared::status::{VideoStatus, WorkerState};
+use shared::storage::{CUT_CHARS, FailedPage, SlotStatus, VideoHistory};
 
 use super::feed::{BUCKET_MS, BUCKETS, Snapshot};
 use super::routes::Settings;
@@ -37,6 +37,13 @@ fn timestamp(ms: i64) -> String {
 /// The whole page.
 pub fn page(snap: &Snapshot, settings: &Settings, now_ms: i64) -> Markup {
     let refresh_ms = settings.refresh.as_millis().max(1000);
+    let sub = html! { "Live fleet · refreshes every " (text::duration_short((refresh_ms / 1000) as u64)) };
+    shell(settings, "shardfleet", sub, live(snap, settings, now_ms))
+}
+
+/// A document of the site: head, header, `main` and the control token's form.
+fn shell(settings: &Settings, title: &str, sub: Markup, main: Markup) -> Markup {
+    let refresh_ms = settings.refresh.as_millis().max(1000);
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -44,18 +51,18 @@ pub fn page(snap: &Snapshot, settings: &Settings, now_ms: i64) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="color-scheme" content="light dark";
-                title { "shardfleet" }
+                title { (title) }
                 link rel="icon" href=(settings.path("/favicon.ico"));
                 link rel="stylesheet" href=(settings.path("/assets/app.css"));
                 script src=(settings.path("/assets/app.js")) defer {}
             }
             body data-base=(settings.prefix) data-refresh-ms=(refresh_ms) {
                 header {
-                    h1 { "shardfleet" }
-                    p.sub { "Live fleet · refreshes every " (text::duration_short((refresh_ms / 1000) as u64)) }
+                    h1 { a href=(settings.path("/")) { "shardfleet" } }
+                    p.sub { (sub) }
                 }
                 main {
-                    (live(snap, settings, now_ms))
+                    (main)
                     @if !settings.read_only {
                         form #token-form hidden {
                             label for="token-input" { "Control token" }
@@ -72,6 +79,117 @@ pub fn page(snap: &Snapshot, settings: &Settings, now_ms: i64) -> Markup {
             }
         }
     }
+}
+
+/// `/failed`: a page of failed videos, the search form, and keyset links to the pages
+/// on either side (the cursor is an id; the search is percent-encoded).
+pub fn failed(settings: &Settings, search: &str, page: &FailedPage, failed: u64) -> Markup {
+    let retry = !settings.read_only;
+    let query = if search.is_empty() { String::new() } else { format!("&q={}", encode(search)) };
+    let link = |dir: &str, id: i64| format!("{}?{dir}={id}{query}", settings.path("/failed"));
+    let sub = html! { (failed) " failed videos in all" };
+    let main = html! {
+        section aria-label="failed videos" {
+            h2 { "Failed videos" }
+            form.search method="get" action=(settings.path("/failed")) role="search" {
+                label for="q" { "Video id or part of its source" }
+                input #q name="q" type="search" value=(search) maxlength="200";
+                button type="submit" { "Search" }
+            }
+            @if retry && failed > 0 {
+                p { button.control type="button" data-action="retry-failed" { "Retry all " (failed) " failed" } }
+            }
+            @if page.rows.is_empty() {
+                p.note { @if search.is_empty() { "No failed videos here." } @else { "No failed video matches." } }
+            } @else {
+                div.scroll {
+                    table.errors {
+                        thead { tr {
+                            th { "video" } th { "source" } th { "attempts" } th { "last error" } th { "finished" }
+                            @if retry { th {} }
+                        } }
+                        tbody {
+                            @for v in &page.rows {
+                                tr data-testid="failed-row" data-video-id=(v.video_id) {
+                                    td { a href=(settings.path(&format!("/videos/{}", v.video_id))) { (v.video_id) } }
+                                    td.source { (cut_db(v.source.as_deref())) }
+                                    td { (v.attempts) }
+                                    td.error { (cut_db(v.last_error.as_deref())) }
+                                    td { @if let Some(at) = v.finished_at { time datetime=(timestamp(at)) { (timestamp(at)) } } }
+                                    @if retry {
+                                        td { button.control type="button" data-action="retry" data-video-id=(v.video_id) { "Retry" } }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            nav.pages aria-label="pages" {
+                @if let (true, Some(first)) = (page.earlier, page.rows.first()) {
+                    a rel="prev" href=(link("before", first.video_id)) { "← previous" }
+                }
+                " "
+                @if let (true, Some(last)) = (page.later, page.rows.last()) {
+                    a rel="next" href=(link("after", last.video_id)) { "next →" }
+                }
+            }
+        }
+    };
+    shell(settings, "shardfleet · failed videos", sub, main)
+}
+
+/// `/videos/{id}`: a video and each of its attempts.
+pub fn history(settings: &Settings, h: &VideoHistory, now_ms: i64) -> Markup {
+    let sub = html! { "video " (h.video_id) " · " (h.status.as_str()) " · " (h.attempts) " attempts" };
+    let main = html! {
+        section aria-label="video" {
+            h2 { "Video " (h.video_id) }
+            p.source { "Source: " (cut_db(h.source.as_deref())) }
+            @if let Some(e) = &h.last_error { p.error { "Last error: " (cut_db(Some(e))) } }
+            @if !settings.read_only && h.status == VideoStatus::Failed {
+                p { button.control type="button" data-action="retry" data-video-id=(h.video_id) { "Retry" } }
+            }
+            h2 { "Attempts" }
+            @if h.history.is_empty() {
+                p.note { "No attempt has ended yet." }
+            } @else {
+                div.scroll {
+                    table.errors {
+                        thead { tr { th { "#" } th { "worker" } th { "started" } th { "took" } th { "outcome" } th { "error" } th { "warnings" } } }
+                        tbody {
+                            @for a in &h.history {
+                                tr data-testid="attempt-row" {
+                                    td { (a.attempt) }
+                                    td { (cut_db(a.worker.as_deref())) }
+                                    td { @if let Some(at) = a.started_at { time datetime=(timestamp(at)) { (text::ago(now_ms, at)) } } }
+                                    td { @if let Some(ms) = a.duration_ms { (text::elapsed_ms(ms)) } }
+                                    td { (cut(&a.outcome, 20)) }
+                                    td.error { (cut_db(a.error.as_deref())) }
+                                    td.error { (cut_db(a.warnings.as_deref())) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            p { a href=(settings.path("/failed")) { "← failed videos" } }
+        }
+    };
+    shell(settings, &format!("shardfleet · video {}", h.video_id), sub, main)
+}
+
+/// Text the database cut at `CUT_CHARS`: on one line, with an ellipsis when it was cut.
+fn cut_db(s: Option<&str>) -> String {
+    let s = s.unwrap_or("");
+    let cut_there = s.chars().count() as i64 >= CUT_CHARS;
+    let line = text::one_line(s);
+    if cut_there { format!("{line}…") } else { line }
+}
+
+/// `s` percent-encoded for a query string: every byte but letters and digits.
+fn encode(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
 /// The live part of the page: banners, totals, chart, workers, recent errors.
@@ -100,8 +218,13 @@ pub fn live(snap: &Snapshot, settings: &Settings, now_ms: i64) -> Markup {
                 (run_line(snap, now_ms))
                 @if settings.db.is_none() {
                     p.note { "Failed videos, their history and retry need the fleet's database: start the monitor with --db." }
-                } @else if controls && t.failed > 0 {
-                    p { button.control type="button" data-action="retry-failed" { "Retry all " (t.failed) " failed" } }
+                } @else {
+                    p {
+                        a href=(settings.path("/failed")) { "Failed videos (" (t.failed) "): search, history" }
+                        @if controls && t.failed > 0 {
+                            " " button.control type="button" data-action="retry-failed" { "Retry all " (t.failed) " failed" }
+                        }
+                    }
                 }
                 @if settings.read_only { p.note { "Read-only: this monitor was started with --read-only; it has no controls." } }
             }
@@ -246,11 +369,12 @@ fn workers(snap: &Snapshot, controls: bool, now_ms: i64) -> Markup {
 }
 
 /// The state word: the worker's own when it answers; `errored` when the supervisor gave
-/// up on it; else `down`.
+/// up on it, `drained` when it was drained and waits for a resume; else `down`.
 fn state_word(w: &WorkerReport) -> &'static str {
     match (w.health, &w.status, w.supervisor_state) {
         (WorkerHealth::Up, Some(s), _) => s.state.as_str(),
         (_, _, Some(SlotStatus::Errored)) => "errored",
+        (_, _, Some(SlotStatus::Drained)) => "drained",
         (WorkerHealth::Error, _, _) => "error",
         _ => "down",
     }
@@ -315,6 +439,9 @@ fn worker_row(fleet: &Fleet, w: &WorkerReport, controls: bool, now_ms: i64) -> M
                         button.control type="button" data-action="pause" data-worker-id=(id) { "Pause" }
                     }
                     @if up && paused {
+                        button.control type="button" data-action="resume" data-worker-id=(id) { "Resume" }
+                    }
+                    @if word == "drained" {
                         button.control type="button" data-action="resume" data-worker-id=(id) { "Resume" }
                     }
                     @if up && s.is_some_and(|s| s.state != WorkerState::Draining) {

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use reqwest::Client;
 use serde_json::json;
-use shared::storage::{DbLocation, RequeueOutcome, Store};
+use shared::storage::{DbLocation, Page, RequeueOutcome, Store};
 use tokio::sync::{Notify, OnceCell, watch};
 
 use super::feed::Snapshot;
@@ -23,7 +23,7 @@ use crate::control::{Command, Control};
 const BODY_LIMIT: usize = 16 * 1024;
 
 /// What never changes while the server runs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// `""` or `/fleet`: every route and link hangs below it.
     pub prefix: String,
@@ -59,6 +59,9 @@ pub struct WebState {
     /// The fleet database for retries, opened writable on the first retry only: a page
     /// nobody retries from never writes.
     pub store: Arc<OnceCell<Store>>,
+    /// With --db: the poll loop's read-only handle, for the failed list and histories,
+    /// read per request (one indexed page each), never per refresh.
+    pub reader: Option<Store>,
 }
 
 impl WebState {
@@ -109,6 +112,8 @@ pub fn app(state: WebState) -> Router {
         .route(&s.path("/"), get(index))
         .route(&s.path("/fragment"), get(fragment))
         .route(&s.path("/api/fleet"), get(api_fleet))
+        .route(&s.path("/failed"), get(failed))
+        .route(&s.path("/videos/{id}"), get(history))
         .route(&s.path("/favicon.ico"), get(assets::favicon))
         .route(&s.path("/assets/app.css"), get(assets::css))
         .route(&s.path("/assets/app.js"), get(assets::js));
@@ -148,6 +153,51 @@ async fn fragment(State(s): State<WebState>) -> Html<String> {
     Html(page::live(&s.snapshot(), &s.settings, shared::storage::now_ms()).into_string())
 }
 
+/// The failed list's query: a search, and a keyset cursor (ids only).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct FailedQuery {
+    pub q: Option<String>,
+    pub after: Option<i64>,
+    pub before: Option<i64>,
+}
+
+/// Failed videos per page: small, so a page is one short index read.
+pub const FAILED_PER_PAGE: u32 = 50;
+/// A search longer than this is cut: a source substring needs no more.
+const SEARCH_CUT: usize = 200;
+
+async fn failed(State(s): State<WebState>, Query(query): Query<FailedQuery>) -> Result<Html<String>, ApiError> {
+    let reader = reader(&s)?;
+    let q: Option<String> = query.q.as_deref().map(|q| q.trim().chars().take(SEARCH_CUT).collect());
+    let cursor = match (query.after, query.before) {
+        (Some(id), _) => Page::After(id),
+        (None, Some(id)) => Page::Before(id),
+        (None, None) => Page::First,
+    };
+    let page = reader.failed_page(q.as_deref(), cursor, FAILED_PER_PAGE).await.map_err(|e| db_error("read", e))?;
+    let failed = s.snapshot().report.totals.failed;
+    Ok(Html(page::failed(&s.settings, q.as_deref().unwrap_or(""), &page, failed).into_string()))
+}
+
+async fn history(State(s): State<WebState>, Path(id): Path<String>) -> Result<Html<String>, ApiError> {
+    let reader = reader(&s)?;
+    let id: i64 = id.parse().map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "video ids are numbers"))?;
+    match reader.video_history(id).await.map_err(|e| db_error("read", e))? {
+        Some(h) => Ok(Html(page::history(&s.settings, &h, shared::storage::now_ms()).into_string())),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("there is no video {id}"))),
+    }
+}
+
+/// The read-only handle, or a 404 saying why there is none.
+fn reader(s: &WebState) -> Result<&Store, ApiError> {
+    s.reader.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "failed videos and their history need the fleet's database: start the monitor with --db",
+        )
+    })
+}
+
 async fn api_fleet(State(s): State<WebState>) -> Response {
     Json(&s.snapshot().report).into_response()
 }
@@ -168,6 +218,16 @@ async fn worker_command(
     let snap = s.snapshot();
     security::authorize(&headers, &s.known_tokens(&snap))?;
     let id: u32 = id.parse().map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "worker ids are numbers"))?;
+    // A drained worker's process is gone: its resume goes to its supervisor, on
+    // whatever host, as a request on the live run's slot (see supervisor/fleet/resume.rs).
+    if command == Command::Resume && s.settings.db.is_some() {
+        let asked = store(&s).await?.request_resume(id).await.map_err(|e| db_error("resume", e))?;
+        if asked {
+            s.poll_now.notify_one();
+            let said = format!("worker {id} was drained; its supervisor starts it again within a few seconds");
+            return Ok(Json(json!({ "message": said })).into_response());
+        }
+    }
     // The page names workers by their own id, which with --targets need not be their
     // place in the list: find the target through the report, which is in target order.
     let place = snap.report.workers.iter().position(|w| w.worker_id() == id);

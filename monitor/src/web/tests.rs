@@ -84,6 +84,7 @@ fn state(setup: Setup, snapshot: Snapshot) -> WebState {
         flag_token: setup.flag_token.map(Arc::from),
         poll_now: Arc::new(Notify::new()),
         store: Arc::new(OnceCell::new()),
+        reader: None,
     }
 }
 
@@ -320,4 +321,124 @@ async fn with_db_a_worker_the_supervisor_gave_up_on_reads_errored_and_failed_att
     assert!(html.contains(r#"data-action="retry" data-video-id="4""#), "retry of the failed attempt's video");
     assert!(html.contains(r#"data-action="retry-failed""#));
     assert!(!html.contains("need the fleet's database"));
+}
+
+/// A fresh SQLite fleet database with videos 1..=120, whose sources start with hostile
+/// markup; every even one failed with a hostile error. The state reads and writes it.
+async fn with_failed_videos(dir: &std::path::Path, setup: Setup) -> (WebState, shared::storage::Store) {
+    use shared::storage::{Store, testing};
+    let path = dir.join("fleet.db");
+    let db = Store::open(path.clone(), 2).await.unwrap();
+    testing::seed_numbered(&db, 1..=120, ("<img src=x onerror=alert(1)>/", ".mp4"), false).await.unwrap();
+    for id in (2..=120).step_by(2) {
+        testing::mark_failed(&db, id, 3, HOSTILE_ERROR).await.unwrap();
+    }
+    let mut state = state(setup, snapshot(Some("page-token-1234")));
+    state.settings = Arc::new(Settings { db: Some(path.into()), ..(*state.settings).clone() });
+    state.reader = Some(db.clone());
+    (state, db)
+}
+
+#[tokio::test]
+async fn with_db_the_failed_list_pages_by_id_and_shows_hostile_text_as_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, _db) = with_failed_videos(dir.path(), Setup::default()).await;
+    let (r, html) = send(state.clone(), get("/failed")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(html.matches(r#"data-testid="failed-row""#).count(), 50);
+    assert!(html.contains(r#"data-testid="failed-row" data-video-id="2""#));
+    assert!(html.contains(r#"href="/videos/2""#), "each row links to its history by id");
+    assert!(html.contains(r#"href="/failed?after=100""#), "the next page starts after the last id: {html}");
+    assert!(!html.contains("rel=\"prev\""), "the first page has no previous one");
+    assert!(!html.contains("<img src=x") && !html.contains("<script>alert"), "hostile text became markup");
+    assert!(html.contains("&lt;img src=x onerror=alert(1)&gt;"));
+    assert!(!html.contains("style="), "the CSP forbids inline style");
+    assert!(html.contains(r#"data-action="retry-failed""#));
+
+    let (_, html) = send(state.clone(), get("/failed?after=100")).await;
+    assert_eq!(html.matches(r#"data-testid="failed-row""#).count(), 10);
+    assert!(html.contains(r#"href="/failed?before=102""#) && !html.contains("rel=\"next\""), "{html}");
+
+    // The search travels percent-encoded in the paging links, never as markup.
+    let (_, html) = send(state.clone(), get("/failed?q=%2F11")).await;
+    let rows: Vec<&str> =
+        html.split(r#"data-testid="failed-row" data-video-id=""#).skip(1).filter_map(|s| s.split('"').next()).collect();
+    assert_eq!(rows, ["110", "112", "114", "116", "118"]);
+    let (_, html) = send(state.clone(), get("/failed?q=42")).await;
+    assert!(html.contains(r#"data-video-id="42""#) && html.contains(r#"value="42""#));
+    let (r, _) = send(state, get("/failed?after=abc")).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "a cursor is an id");
+}
+
+#[tokio::test]
+async fn with_db_a_video_history_lists_its_attempts_and_unknown_or_odd_ids_are_404() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, db) = with_failed_videos(dir.path(), Setup::default()).await;
+    shared::storage::testing::execute(
+        &db,
+        "INSERT INTO attempts (video_id, attempt, worker, started_at, finished_at, duration_ms, outcome, error) \
+         VALUES (4, 1, '<b>w0</b>', 1000, 2500, 1500, 'timeout', '<script>alert(3)</script>')",
+    )
+    .await
+    .unwrap();
+    let (r, html) = send(state.clone(), get("/videos/4")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(html.matches(r#"data-testid="attempt-row""#).count(), 1);
+    assert!(html.contains("&lt;b&gt;w0&lt;/b&gt;") && html.contains("&lt;script&gt;alert(3)"), "{html}");
+    assert!(!html.contains("<script>alert"));
+    assert!(html.contains(r#"data-action="retry" data-video-id="4""#), "a failed video offers a retry");
+    for path in ["/videos/9999", "/videos/abc", "/videos/1%20OR%201"] {
+        let (r, _) = send(state.clone(), get(path)).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn without_db_the_failed_list_and_history_are_404_and_say_why() {
+    for path in ["/failed", "/videos/1"] {
+        let (r, body) = send(state(Setup::default(), snapshot(None)), get(path)).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+        assert!(body.contains("start the monitor with --db"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn resuming_a_drained_worker_asks_its_supervisor_through_the_database() {
+    use shared::storage::{FleetRun, RunState, SlotStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let (state, db) = with_failed_videos(dir.path(), Setup::default()).await;
+    let run = FleetRun {
+        run_id: 0,
+        supervisor_pid: 1,
+        host: None,
+        started_at: 0,
+        stopped_at: None,
+        state: RunState::Running,
+        workers: 2,
+        base_port: 1,
+        bind: "127.0.0.1".into(),
+        mem_limit_bytes: None,
+        mem_enforce: "none".into(),
+        handler: "sleep".into(),
+        concurrency: 1,
+        log_dir: None,
+        control_token: None,
+        worker_ids: None,
+        heartbeat_at: None,
+        stop_requested_at: None,
+        advertise: None,
+    };
+    let run_id = db.insert_run(&run).await.unwrap();
+    let mut slot = db.run_workers(run_id).await.unwrap().remove(1);
+    slot.state = SlotStatus::Drained;
+    db.update_worker(&slot).await.unwrap();
+    let req = Request::post("/api/workers/1/resume")
+        .header(header::HOST, "127.0.0.1:8080")
+        .header(header::AUTHORIZATION, "Bearer page-token-1234")
+        .body(Body::empty())
+        .unwrap();
+    let (r, body) = send(state, req).await;
+    assert_eq!(r.status(), StatusCode::OK, "{body}");
+    assert!(body.contains("was drained"), "{body}");
+    assert_eq!(db.take_resumes(run_id).await.unwrap(), [1]);
 }

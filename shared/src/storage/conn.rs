@@ -341,4 +341,6 @@ pub(crate) struct Sql {
     pub import_begin: &'static [&'static str],
     /// The database cannot store the NUL character in text (PostgreSQL).
     pub rejects_nul: bool,
+    /// Whether `source` contains `$5`, literally and case-sensitively (`LIKE` is neither).
+    pub contains: &'static str,
 }

@@ -303,6 +303,27 @@ impl Store {
         rows.iter().map(FleetWorker::from_row).collect()
     }
 
+    /// Asks the supervisor of the live run whose slot `worker_id` is drained to start it
+    /// again (it sees it within a second); false if no live run has it drained.
+    pub async fn request_resume(&self, worker_id: u32) -> Result<bool, DbError> {
+        let sql = format!(
+            "UPDATE fleet_workers SET resume_requested_at = $1 WHERE worker_id = $2 AND state = $3 \
+             AND run_id IN (SELECT run_id FROM fleet_runs WHERE {})",
+            live_states()
+        );
+        let drained = SlotStatus::Drained.as_str();
+        Ok(run!(self, |c| c.execute(&sql, args![now_ms(), worker_id, drained]).await)? > 0)
+    }
+
+    /// The slots of run `run_id` someone asked to resume since the last call: each
+    /// request is handed out once.
+    pub async fn take_resumes(&self, run_id: i64) -> Result<Vec<u32>, DbError> {
+        let sql = "UPDATE fleet_workers SET resume_requested_at = NULL \
+                   WHERE run_id = $1 AND resume_requested_at IS NOT NULL RETURNING worker_id";
+        let rows = run!(self, |c| c.fetch(sql, args![run_id]).await)?;
+        Ok(rows.iter().map(|r| r.int(0) as u32).collect())
+    }
+
     /// The events of run `run_id`, oldest first.
     pub async fn run_events(&self, run_id: i64) -> Result<Vec<FleetEvent>, DbError> {
         let sql = "SELECT run_id, worker_id, at, kind, reason FROM fleet_events WHERE run_id = $1 ORDER BY id";

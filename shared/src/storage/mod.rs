@@ -17,6 +17,7 @@ mod fleet;
 mod import;
 mod lease;
 pub(crate) mod postgres;
+mod reads;
 mod requeue;
 mod schema;
 mod shard;
@@ -37,6 +38,7 @@ pub use fleet::{
 };
 pub use import::{EXISTING_NAMED, IMPORT_BATCH, Import, ImportReport, ImportRow, NewVideo, Repeat};
 pub use lease::owner_of;
+pub use reads::{AttemptRecord, CUT_CHARS, FailedPage, FailedVideo, Page, VideoHistory};
 pub use requeue::RequeueOutcome;
 pub use shard::{ClaimRound, STEAL_BATCH, Shard, ShardSpec};
 pub use sqlite::LOCK_WAITS;

@@ -55,11 +55,15 @@ impl Fleet {
                 Some(ev) = self.events.recv() => match ev {
                     Event::Health { slot, pid, ok } => self.on_health(slot, pid, ok),
                     Event::Exited { slot, pid, status } => self.on_exit(slot, pid, status),
+                    Event::Resume { slot } => self.on_resume(slot),
                 },
                 _ = sample.tick(), if self.memory.mode == MemoryMode::Sample => self.sample().await,
                 _ = health.tick() => self.check_health(false),
                 _ = readiness.tick(), if self.slots.iter().any(|s| s.state() == SlotState::Starting) => self.check_health(true),
-                _ = records.tick() => self.write_records(),
+                _ = records.tick() => {
+                    self.write_records();
+                    self.ask_resumes();
+                }
                 _ = done_check.tick(), if self.config.exit_when_done && self.phase.is_running() => {
                     if let Err(e) = self.check_done().await {
                         tracing::warn!("could not check whether the work is done ({e:#}); trying again");

@@ -30,6 +30,7 @@ mod records;
 mod recover;
 mod rescale;
 mod restart;
+mod resume;
 mod setup;
 mod signals;
 mod slot;

@@ -68,9 +68,21 @@ impl Fleet {
                 self.list(Incident::exit(now_ms(), slot, kind, &cause));
             }
             self.write_record(slot);
+        } else if cause == ExitCause::Code(0) {
+            self.drained(slot);
         } else {
             self.crashed(slot, cause);
         }
+    }
+
+    /// Worker `k` exited 0 while the run runs. The supervisor never gives its workers
+    /// `--exit-when-done` (it decides the run's end itself), so a worker of its own
+    /// exits 0 only when told to stop: `POST /drain`, or a SIGTERM from outside. Either
+    /// way someone wanted it down, and it stays down until resumed (`resume.rs`).
+    fn drained(&mut self, k: u32) {
+        tracing::info!("worker {k} drained (it exited 0 on request); not restarting it until it is resumed");
+        self.slot_mut(k).drained();
+        self.write_record(k);
     }
 
     /// Worker `k` ended unexpectedly, or could not start: it comes back after a backoff,

@@ -25,6 +25,9 @@ pub enum SlotState {
     Errored(Instant),
     /// Not to be started again (the fleet is stopping).
     Stopped,
+    /// Exited 0 while the run runs: drained on request (`POST /drain`, or a SIGTERM
+    /// from outside). Not started again until resumed.
+    Drained,
 }
 
 impl SlotState {
@@ -36,6 +39,7 @@ impl SlotState {
             SlotState::Backoff(_) => SlotStatus::Backoff,
             SlotState::Errored(_) => SlotStatus::Errored,
             SlotState::Stopped => SlotStatus::Stopped,
+            SlotState::Drained => SlotStatus::Drained,
         }
     }
 }
@@ -226,6 +230,23 @@ impl Slot {
         self.state = SlotState::Stopped;
     }
 
+    /// The process exited 0 on its own while the run runs: it was drained, and stays
+    /// down until `resume`.
+    pub fn drained(&mut self) {
+        self.process = None;
+        self.state = SlotState::Drained;
+    }
+
+    /// Someone asked for a drained slot back: it starts at once. False, and nothing
+    /// changes, if it is not drained.
+    pub fn resume(&mut self, now: Instant) -> bool {
+        let drained = self.state == SlotState::Drained;
+        if drained {
+            self.state = SlotState::Backoff(now);
+        }
+        drained
+    }
+
     /// The process exited unexpectedly (or could not start) for `reason`: it is gone,
     /// and the slot waits for its comeback (see `restart.rs`).
     pub fn crashed(&mut self, reason: ExitCause, now: Instant, now_ms: i64, policy: &RestartPolicy) -> Comeback {
@@ -364,6 +385,19 @@ mod tests {
         assert_eq!(record.last_reason.as_deref(), Some("exit code 1"));
         assert_eq!((record.started_at, record.last_restart_at), (Some(1_000), Some(2_000)));
         assert_eq!((record.worker_id, record.port, record.rss_bytes), (2, 3003, Some(22)));
+    }
+
+    #[test]
+    fn a_drained_slot_waits_without_a_due_time_until_resumed_and_then_is_due_at_once() {
+        let mut slot = Slot::new(1, 3002);
+        let t0 = Instant::now();
+        assert!(!slot.resume(t0), "only a drained slot resumes");
+        slot.spawned(42, t0, 0);
+        slot.drained();
+        assert_eq!((slot.state(), slot.due(), slot.pid(), slot.restarts()), (SlotState::Drained, None, None, 0));
+        assert_eq!(slot.record(1, t0, Duration::from_secs(30)).state, SlotStatus::Drained);
+        assert!(slot.resume(t0));
+        assert_eq!(slot.due(), Some(t0));
     }
 
     #[test]

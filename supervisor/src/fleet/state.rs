@@ -25,8 +25,20 @@ use super::slot::Slot;
 /// Something that happened to a worker, reported by the tasks watching it.
 #[derive(Debug)]
 pub(super) enum Event {
-    Exited { slot: u32, pid: u32, status: std::io::Result<ExitStatus> },
-    Health { slot: u32, pid: u32, ok: bool },
+    Exited {
+        slot: u32,
+        pid: u32,
+        status: std::io::Result<ExitStatus>,
+    },
+    Health {
+        slot: u32,
+        pid: u32,
+        ok: bool,
+    },
+    /// Someone asked, through the database, for drained slot `slot` back.
+    Resume {
+        slot: u32,
+    },
 }
 
 /// The first starts of the current layout's slots (with --stagger they go one by one).

@@ -16,6 +16,7 @@
     clearTimeout(timer);
     timer = null;
     if (document.hidden) return; // resumed by visibilitychange
+    if (!document.getElementById("live")) return; // a page without live figures
     // Errors back off, doubling up to a minute, so a stopped monitor is not hammered.
     const wait = failures === 0 ? every : Math.min(every * 2 ** failures, MAX_BACKOFF);
     timer = setTimeout(refresh, wait);
@@ -91,7 +92,8 @@
       if (!r.ok) { say(answer.error || ("refused: HTTP " + r.status), true); return; }
       say(answer.message || "done");
       failures = 0;
-      refresh();
+      // The failed list and a history are read per request: reload them.
+      if (document.getElementById("live")) refresh(); else window.location.reload();
     } catch (e) {
       say("The monitor does not answer: " + e.message, true);
     } finally {

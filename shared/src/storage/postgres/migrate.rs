@@ -22,6 +22,7 @@ pub static PG_MIGRATIONS: &[PgMigration] = &[
     PgMigration { name: "0002_hosts.sql", sql: include_str!("../../../../migrations/postgres/0002_hosts.sql") },
     PgMigration { name: "0003_beats.sql", sql: include_str!("../../../../migrations/postgres/0003_beats.sql") },
     PgMigration { name: "0004_layouts.sql", sql: include_str!("../../../../migrations/postgres/0004_layouts.sql") },
+    PgMigration { name: "0005_reads.sql", sql: include_str!("../../../../migrations/postgres/0005_reads.sql") },
 ];
 
 /// The table that records applied migrations.

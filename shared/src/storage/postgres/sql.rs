@@ -82,4 +82,5 @@ pub(crate) static SQL: Sql = Sql {
         "CREATE TEMP TABLE import_seen (video_id BIGINT PRIMARY KEY, line BIGINT NOT NULL) ON COMMIT DROP",
     ],
     rejects_nul: true,
+    contains: "strpos(source, $5) > 0",
 };

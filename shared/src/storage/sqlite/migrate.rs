@@ -33,6 +33,7 @@ pub static MIGRATIONS: &[Migration] = &[
     Migration { name: "0006_checks.sql", sql: include_str!("../../../../migrations/0006_checks.sql") },
     Migration { name: "0007_beats.sql", sql: include_str!("../../../../migrations/0007_beats.sql") },
     Migration { name: "0008_layouts.sql", sql: include_str!("../../../../migrations/0008_layouts.sql") },
+    Migration { name: "0009_reads.sql", sql: include_str!("../../../../migrations/0009_reads.sql") },
 ];
 
 /// wrangler's bookkeeping table, created with the same definition it uses.

@@ -68,6 +68,7 @@ pub(crate) static SQL: Sql = Sql {
     ],
     import_begin: &["BEGIN IMMEDIATE"],
     rejects_nul: false,
+    contains: "instr(source, $5) > 0",
 };
 
 #[cfg(test)]
