@@ -640,6 +640,7 @@ pub(crate) mod tests {
             steal: None,
             helping: vec![],
             took_from: Default::default(),
+            database: Default::default(),
         }
     }
 

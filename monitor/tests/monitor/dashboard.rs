@@ -43,6 +43,7 @@ fn status(id: u32, done: u64, failed: u64) -> WorkerStatus {
         steal: None,
         helping: vec![],
         took_from: Default::default(),
+        database: Default::default(),
     }
 }
 
