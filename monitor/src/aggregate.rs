@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
-use shared::status::{InFlight, RecentError, ShardCounts, WorkerStatus};
+use shared::status::{Database, DbState, InFlight, RecentError, ShardCounts, WorkerStatus};
 use shared::storage::{FleetWorker, SlotStatus};
 
 use crate::poll::{Answer, Round};
@@ -154,6 +154,10 @@ pub struct Totals {
     /// null while nothing is known.
     #[serde(default)]
     pub as_of: Option<i64>,
+    /// The database when it does not answer: as the monitor found it (with --db), or as a
+    /// worker that answers reports it. Absent while it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<Database>,
 }
 
 impl Totals {
@@ -258,6 +262,8 @@ pub struct Fleet {
     last_increase: (u64, u64),
     at_ms: i64,
     rounds: u64,
+    /// With --db, the database as the monitor last found it.
+    database: Option<Database>,
 }
 
 impl Fleet {
@@ -275,6 +281,7 @@ impl Fleet {
             last_increase: (0, 0),
             at_ms: 0,
             rounds: 0,
+            database: None,
         }
     }
 
@@ -326,6 +333,11 @@ impl Fleet {
             }
             self.apply_slots(&refresh.slots);
         }
+        // The monitor's own view first: kept from its first failure, so `since` holds.
+        self.database = match (round.database, self.database.take()) {
+            (Some(now), Some(was)) if now.state == was.state => Some(Database { last_error: now.last_error, ..was }),
+            (now, _) => now,
+        };
         if round.db_shards.is_some() {
             self.db_shards = round.db_shards;
             self.db_shards_at = Some(round.at_ms);
@@ -528,6 +540,10 @@ impl Fleet {
         }
         let rate = self.rate();
         let (stale, as_of) = self.freshness();
+        let answering = self.workers.iter().filter(|w| w.health == WorkerHealth::Up);
+        let database = self.database.clone().filter(|d| d.state != DbState::Ok).or_else(|| {
+            answering.filter_map(|w| w.status.as_ref()).map(|s| s.database.clone()).find(|d| d.state != DbState::Ok)
+        });
         Totals {
             pending: counts.pending,
             running: counts.running,
@@ -539,6 +555,7 @@ impl Fleet {
             complete,
             stale,
             as_of,
+            database,
             ..t
         }
     }

@@ -178,6 +178,10 @@ fn draw_overall(frame: &mut Frame, area: Rect, fleet: &Fleet, ui: &Ui, now_ms: i
     if !t.complete {
         line.push(Span::styled("   counts incomplete", Style::new().fg(Color::Yellow)));
     }
+    if let Some(db) = &t.database {
+        let since = db.since.map(|s| format!(" since {}", text::ago(now_ms, s))).unwrap_or_default();
+        line.push(Span::styled(format!("   database {}{since}", db.state), Style::new().fg(Color::Red).bold()));
+    }
 
     frame.render_widget(Paragraph::new(Line::from(line)), stats);
 

@@ -40,6 +40,11 @@ pub fn snapshot(fleet: &Fleet) -> String {
             None => String::new(),
         },
     );
+    if let Some(db) = &t.database {
+        let since = db.since.map(|at| format!(" since {}", text::ago(fleet.at_ms(), at))).unwrap_or_default();
+        let why = db.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+        s.push_str(&format!("database {}{since}{why}\n", db.state));
+    }
     for w in fleet.workers() {
         s.push_str(&worker_line(fleet, w));
         s.push('\n');

@@ -13,6 +13,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::targets::{Records, Refresh, Target};
+use shared::status::{Database, DbState};
 
 /// A `/status` answer is a few KiB; anything far larger is not a worker talking.
 const MAX_BODY: usize = 1 << 20;
@@ -45,6 +46,8 @@ pub struct Round {
     pub records: Option<Refresh>,
     /// With --db, when some worker did not answer: every shard's counts from the table.
     pub db_shards: Option<Vec<ShardCounts>>,
+    /// With --db, the database as the monitor found it this round.
+    pub database: Option<Database>,
 }
 
 /// Polls the fleet. One HTTP client for every request, so connections are kept alive
@@ -85,19 +88,28 @@ impl Poller {
     pub async fn round(&mut self) -> Round {
         let at_ms = shared::storage::now_ms();
         let mut records = None;
+        let mut database = None;
         if let Some(r) = self.records.as_mut() {
             // A database that is busy or gone for a moment costs this round's records,
             // not the poll: the workers are still asked.
-            if let Ok(refresh) = r.refresh().await {
-                if let Some(run) = &refresh.new_run {
-                    self.targets = run.targets.clone();
+            match r.refresh().await {
+                Ok(refresh) => {
+                    if let Some(run) = &refresh.new_run {
+                        self.targets = run.targets.clone();
+                    }
+                    records = Some(refresh);
+                    database = Some(Database::default());
                 }
-                records = Some(refresh);
+                Err(e) => {
+                    let state = e.outage().unwrap_or(DbState::Unreachable);
+                    database = Some(Database { state, since: Some(at_ms), last_error: Some(e.to_string()) });
+                }
             }
         }
         let answers = join_all(self.targets.iter().map(|t| ask(&self.client, t))).await;
-        let db_shards = self.db_counts().await;
-        Round { at_ms, answers, records, db_shards }
+        let db_shards =
+            if database.as_ref().is_some_and(|d| d.state == DbState::Ok) { self.db_counts().await } else { None };
+        Round { at_ms, answers, records, db_shards, database }
     }
 
     async fn db_counts(&mut self) -> Option<Vec<ShardCounts>> {

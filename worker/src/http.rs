@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
-use shared::status::{Health, VideoStatus};
+use shared::status::{DbState, Health, VideoStatus};
 use shared::storage::{RequeueOutcome, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -163,14 +163,23 @@ impl IntoResponse for ApiError {
 const LOOP_SILENCE: Duration = Duration::from_secs(30);
 
 async fn health(State(s): State<AppState>) -> Response {
-    let silent = s.live.since_turn().filter(|d| *d > LOOP_SILENCE);
+    let database = s.live.database();
+    let error = if let Some(d) = s.live.since_turn().filter(|d| *d > LOOP_SILENCE) {
+        Some(format!("the worker's loop has not turned for {}s", d.as_secs()))
+    } else if s.db.get().is_none() && database.state == DbState::Ok {
+        // Ready means the database answered too; a start that waits out an outage is
+        // healthy meanwhile, as a running worker is.
+        Some("starting: opening the database".to_string())
+    } else {
+        None
+    };
     let health = Health {
-        ok: silent.is_none(),
+        ok: error.is_none(),
         worker_id: s.live.id.worker_id,
         pid: std::process::id(),
         state: s.live.state(),
-        error: silent.map(|d| format!("the worker's loop has not turned for {}s", d.as_secs())),
-        database: s.live.database(),
+        error,
+        database,
     };
     let code = if health.ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(health)).into_response()

@@ -255,6 +255,14 @@ fn banners(snap: &Snapshot, now_ms: i64) -> Markup {
                 @if let Some(at) = t.as_of { "Last current " (text::ago(now_ms, at)) " (" (timestamp(at)) ")." }
             }
         }
+        @if let Some(db) = &t.database {
+            p.banner.down data-testid="database-down" role="alert" {
+                "The database is " (db.state)
+                @if let Some(since) = db.since { " since " (text::ago(now_ms, since)) }
+                ": the workers keep their jobs running and write their results when it answers again."
+                @if let Some(e) = &db.last_error { " Last error: " (cut(e, 200)) }
+            }
+        }
         @if snap.polled() && !down.is_empty() {
             p.banner.down data-testid="workers-down" role="alert" {
                 (down.len()) " of " (t.workers) " workers down or not answering: " (down.join(", "))
