@@ -198,7 +198,9 @@ impl Cli {
             if workers == 0 {
                 return Err("--workers must be at least 1".into());
             }
-            if base == 0 || u32::from(base) + workers - 1 > u32::from(u16::MAX) {
+            // Port 0 is no port a worker listens on; the rest of the range is the
+            // fleet's rule, decided in `shared::ports`.
+            if base == 0 || shared::ports::last_port(base, workers).is_none() {
                 return Err(format!(
                     "--base-port {base} with --workers {workers} does not fit: ports must lie between 1 and 65535"
                 ));

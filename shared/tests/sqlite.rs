@@ -246,7 +246,11 @@ async fn a_write_that_waits_for_the_lock_is_counted_and_writers_take_turns_besid
         let db = db.clone();
         async move { testing::mark_failed(&db, 1, 3, "x").await }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Polled, not slept on: the busy handler counts the write's wait as it starts it.
+    testkit::wait_for(std::time::Duration::from_secs(20), "the write waiting for the lock", || async {
+        shared::storage::LOCK_WAITS.load(Ordering::Relaxed) > before
+    })
+    .await;
     assert!(!waiting.is_finished(), "the write waits while the lock is held");
     other.execute("COMMIT").await.unwrap();
     waiting.await.unwrap().unwrap();

@@ -8,9 +8,10 @@ pub mod tls;
 pub use shared::storage::testing::{AttemptRow, VideoRow};
 
 use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -237,104 +238,168 @@ pub fn free_ports(n: u16) -> u16 {
     panic!("no {n} consecutive free ports");
 }
 
-/// Starts worker `k` of `n` on a free port with `args` added, and waits until it
-/// listens.
-pub fn spawn_worker(db: &Path, k: u32, n: u32, args: &[&str]) -> WorkerProc {
-    spawn_worker_on(db, k, n, 0, args).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Starts worker `k` of `n` on `port` (0: any free port) with `args` added, and waits
-/// until it listens; an error carries its logs.
-pub fn spawn_worker_on(db: &Path, k: u32, n: u32, port: u16, args: &[&str]) -> Result<WorkerProc, String> {
-    spawn_worker_with_env(db, k, n, port, args, &[])
-}
-
-/// Starts worker `k` of `n` on `port` (0: any free port) with `args` added and these
-/// environment variables set, and waits until it listens; an error carries its logs.
-pub fn spawn_worker_with_env(
-    db: &Path,
-    k: u32,
-    n: u32,
+/// A `worker` process to start, with named settings instead of positional ones: worker
+/// 0 of 1, on any free port, run in its database's directory, unless told otherwise.
+///
+/// ```ignore
+/// let w = WorkerBuilder::new(&t).id(1).workers(2).sleep("50ms").concurrency(4).args(["--steal", "idle"]).spawn();
+/// ```
+#[derive(Clone, Debug)]
+pub struct WorkerBuilder {
+    /// `--db`: a SQLite path or a PostgreSQL URL.
+    db: OsString,
+    /// The working directory; None: the SQLite file's directory.
+    cwd: Option<PathBuf>,
+    id: u32,
+    workers: u32,
+    /// 0: any free port, read back from the worker's "listening on" line.
     port: u16,
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> Result<WorkerProc, String> {
-    spawn_worker_at(db.as_os_str(), db.parent().unwrap(), k, n, port, args, env)
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
 }
 
-/// Starts worker `k` of `n` on `db` (a SQLite path or a PostgreSQL URL) with `cwd` as its
-/// working directory, on `port` (0: any free port) with `args` and `env` added, and
-/// waits until it listens; an error carries its logs.
-pub fn spawn_worker_at(
-    db: &std::ffi::OsStr,
-    cwd: &Path,
-    k: u32,
-    n: u32,
-    port: u16,
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> Result<WorkerProc, String> {
-    let mut child = Command::new(worker_bin())
-        .args(["--worker-id", &k.to_string(), "--workers", &n.to_string(), "--port", &port.to_string(), "--db"])
-        .arg(db)
-        .args(args)
-        .env("RUST_LOG", shared::storage::DEFAULT_LOG_FILTER)
-        .env_remove("WORKER_CONCURRENCY")
-        .env_remove("FLEET_CONTROL_TOKEN")
-        .env_remove("FLEET_CA_CERT")
-        // A test run under a service manager must not have its workers talk to it.
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("WATCHDOG_PID")
-        .env_remove("FLEET_LOG_FORMAT")
-        .env_remove("FLEET_STEAL")
-        .envs(env.iter().copied())
-        .current_dir(cwd)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the worker binary starts");
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let (port_tx, port_rx) = std::sync::mpsc::channel();
-    for stream in [
-        Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stdout.take().unwrap()),
-    ] {
-        let (logs, port_tx) = (logs.clone(), port_tx.clone());
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                // The port is the digits after the address, whatever follows them (the
-                // closing quote of a JSON log line).
-                if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
-                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                    let _ = port_tx.send(digits.parse::<u16>().unwrap());
+impl WorkerBuilder {
+    /// Worker 0 of 1 on `db` (a [`TestDb`], a SQLite path or a PostgreSQL URL).
+    pub fn new(db: impl AsRef<OsStr>) -> WorkerBuilder {
+        let db = db.as_ref().to_os_string();
+        WorkerBuilder { db, cwd: None, id: 0, workers: 1, port: 0, args: Vec::new(), env: Vec::new() }
+    }
+
+    /// `--worker-id`.
+    pub fn id(mut self, k: u32) -> Self {
+        self.id = k;
+        self
+    }
+
+    /// `--workers`: the number of shards.
+    pub fn workers(mut self, n: u32) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// `--port` (0, the default: any free port).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// The directory it runs in; a database given as a URL has none of its own.
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    /// `--sleep`: the handler that only sleeps this long (`50ms`, or a range `0..2ms`).
+    pub fn sleep(self, time: &str) -> Self {
+        self.args(["--sleep", time])
+    }
+
+    /// `--exec`: the handler command.
+    pub fn exec(self, command: &str) -> Self {
+        self.args(["--exec", command])
+    }
+
+    /// `--concurrency`: jobs at once.
+    pub fn concurrency(self, jobs: u32) -> Self {
+        self.args(["--concurrency", &jobs.to_string()])
+    }
+
+    /// Any other flags, added in order.
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
+        self
+    }
+
+    /// An environment variable set for the worker (the builder clears those a user's
+    /// shell may set, such as `NOTIFY_SOCKET`).
+    pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
+        self.env.push((key.into(), value.as_ref().to_os_string()));
+        self
+    }
+
+    /// Starts the worker and waits until it listens; panics with its logs if it does not.
+    pub fn spawn(&self) -> WorkerProc {
+        self.try_spawn().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts the worker and waits until it listens; an error carries its logs.
+    pub fn try_spawn(&self) -> Result<WorkerProc, String> {
+        let (k, n) = (self.id, self.workers);
+        let cwd = match &self.cwd {
+            Some(dir) => dir.clone(),
+            None => Path::new(&self.db).parent().expect("a SQLite file's directory, or cwd() for a URL").into(),
+        };
+        let mut child = Command::new(worker_bin())
+            .args(["--worker-id", &k.to_string(), "--workers", &n.to_string(), "--port", &self.port.to_string()])
+            .arg("--db")
+            .arg(&self.db)
+            .args(&self.args)
+            .env("RUST_LOG", shared::storage::DEFAULT_LOG_FILTER)
+            .env_remove("WORKER_CONCURRENCY")
+            .env_remove("FLEET_CONTROL_TOKEN")
+            .env_remove("FLEET_CA_CERT")
+            // A test run under a service manager must not have its workers talk to it.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env_remove("FLEET_LOG_FORMAT")
+            .env_remove("FLEET_STEAL")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(cwd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the worker binary starts");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let (logs, port_tx) = (logs.clone(), port_tx.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    // The port is the digits after the address, whatever follows them (the
+                    // closing quote of a JSON log line).
+                    if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
+                        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                        let _ = port_tx.send(digits.parse::<u16>().unwrap());
+                    }
+                    logs.lock().unwrap().push(line);
                 }
-                logs.lock().unwrap().push(line);
-            }
-        });
-    }
-    drop(port_tx);
-    match port_rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(port) => Ok(WorkerProc { child, port, logs }),
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            Err(format!("worker {k} did not start listening; logs:\n{}", logs.lock().unwrap().join("\n")))
+            });
         }
+        drop(port_tx);
+        match port_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(port) => Ok(WorkerProc { child, port, logs }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(format!("worker {k} did not start listening; logs:\n{}", logs.lock().unwrap().join("\n")))
+            }
+        }
+    }
+
+    /// A fleet of `n` workers so configured, on consecutive ports (as `--base-port` and
+    /// the supervisor lay them out); returns them and the base port. Retries elsewhere if
+    /// another process takes a port.
+    pub fn spawn_fleet(&self, n: u32) -> (Vec<WorkerProc>, u16) {
+        for _ in 0..10 {
+            let base = free_ports(n as u16);
+            let started: Result<Vec<_>, _> =
+                (0..n).map(|k| self.clone().id(k).workers(n).port(base + k as u16).try_spawn()).collect();
+            if let Ok(workers) = started {
+                return (workers, base);
+            }
+        }
+        panic!("could not start {n} workers on consecutive ports");
     }
 }
 
-/// `n` workers on consecutive ports (as `--base-port` and the supervisor lay them out);
-/// returns them and the base port. Retries elsewhere if another process takes a port.
-pub fn spawn_fleet(db: &Path, n: u32, args: &[&str]) -> (Vec<WorkerProc>, u16) {
-    for _ in 0..10 {
-        let base = free_ports(n as u16);
-        let started: Result<Vec<_>, _> = (0..n).map(|k| spawn_worker_on(db, k, n, base + k as u16, args)).collect();
-        if let Ok(workers) = started {
-            return (workers, base);
-        }
+impl AsRef<OsStr> for TestDb {
+    fn as_ref(&self) -> &OsStr {
+        self.path.as_os_str()
     }
-    panic!("could not start {n} workers on consecutive ports");
 }
 
 /// A port nothing listens on.
@@ -398,6 +463,24 @@ where
     }
 }
 
+/// Checks `check` again and again for `period`, and panics with `what` the first time
+/// it fails: for what must not happen, where a sleep and one look at its end would miss
+/// a change made and undone in between.
+pub async fn holds_for<F, Fut>(period: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = Instant::now() + period;
+    loop {
+        assert!(check().await, "no longer true: {what}");
+        if Instant::now() >= end {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25).min(end.saturating_duration_since(Instant::now()))).await;
+    }
+}
+
 /// Runs the worker binary to completion with `args` and returns (exit code, stderr
 /// followed by stdout).
 pub fn run_worker_to_end(args: &[&str], cwd: &Path) -> (i32, String) {
@@ -410,6 +493,68 @@ pub fn run_worker_to_end(args: &[&str], cwd: &Path) -> (i32, String) {
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
     (out.status.code().unwrap_or(-1), text)
+}
+
+/// The `supervisor` binary run in `dir`, handing its fleets this build's `worker`.
+/// Variables a user's shell may set (a fleet size, a database, a token, a CA) are not
+/// inherited: a test says everything it means on the command line.
+pub fn supervisor(dir: &Path) -> Command {
+    let mut cmd = Command::new(bin("supervisor"));
+    cmd.current_dir(dir).env("FLEET_WORKER_BIN", bin("worker")).env("RUST_LOG", shared::storage::DEFAULT_LOG_FILTER);
+    for var in [
+        "FLEET_DB",
+        "DATABASE_URL",
+        "FLEET_WORKER_IDS",
+        "WORKER_CONCURRENCY",
+        "FLEET_WORKERS",
+        "FLEET_CONTROL_TOKEN",
+        "FLEET_CA_CERT",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// What a finished command printed: stdout, then stderr.
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Whether process `pid` is alive. A zombie is dead for our purposes: it runs nothing
+/// and holds no memory.
+pub fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+}
+
+/// Polls until every process of `pids` is dead, for at most `within`; says whether
+/// they all are.
+pub fn all_dead(pids: &[i64], within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pids.iter().all(|&p| !alive(p))
+}
+
+/// Waits for `child` to exit; panics after `within`.
+pub fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "pid {} did not exit within {within:?}", child.id());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs one statement on the PostgreSQL database `url` with psql and returns its
+/// unaligned output: for what no command shows, such as the attempts history.
+pub fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql").args([url, "-Atqc", sql]).output().expect("psql runs");
+    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A process (a supervisor) started in the background, stopped (SIGTERM, then SIGKILL) if the test

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use testkit::{TestDb, run_worker_to_end, spawn_worker_with_env, wait_for};
+use testkit::{TestDb, WorkerBuilder, run_worker_to_end, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -65,15 +65,12 @@ async fn under_systemd_a_worker_says_ready_reports_progress_pings_its_watchdog_a
     t.seed(40).await;
     let notify = NotifySocket::bind();
     // The handler fails if it can see the worker's socket or watchdog: they are not its own.
-    let mut w = spawn_worker_with_env(
-        &t.path,
-        0,
-        1,
-        0,
-        &["--exec", "sh -c 'sleep 0.02; test -z \"$NOTIFY_SOCKET$WATCHDOG_USEC$WATCHDOG_PID\"'", "--concurrency", "2"],
-        &[("NOTIFY_SOCKET", &notify.path), ("WATCHDOG_USEC", "500000")],
-    )
-    .unwrap();
+    let mut w = WorkerBuilder::new(&t)
+        .exec("sh -c 'sleep 0.02; test -z \"$NOTIFY_SOCKET$WATCHDOG_USEC$WATCHDOG_PID\"'")
+        .concurrency(2)
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("WATCHDOG_USEC", "500000")
+        .spawn();
 
     wait_for(LONG, "READY=1", || async { notify.has("READY=1") }).await;
     let health = testkit::http().get(w.url("/health")).send().await.unwrap();
@@ -88,7 +85,11 @@ async fn under_systemd_a_worker_says_ready_reports_progress_pings_its_watchdog_a
     assert!(status_lines < 20, "progress is sent at most about once a second, not per video: {status_lines} lines");
 
     // Idle now: the pings go on at half the watchdog's interval, never missing one.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let idle = Instant::now();
+    wait_for(LONG, "1.5 s of idle pings", || async {
+        notify.pings().last().is_some_and(|&at| at >= idle + Duration::from_millis(1500))
+    })
+    .await;
     let pings = notify.pings();
     assert!(pings.len() >= 4, "pings every 250ms: {} in all", pings.len());
     assert!(longest_gap(&pings) < Duration::from_millis(500), "a gap of {:?} would trip systemd", longest_gap(&pings));
@@ -110,15 +111,12 @@ async fn a_worker_whose_loop_is_held_up_stops_pinging_its_watchdog_until_the_loo
     let t = TestDb::new().await;
     t.seed(2000).await;
     let notify = NotifySocket::bind();
-    let _w = spawn_worker_with_env(
-        &t.path,
-        0,
-        1,
-        0,
-        &["--sleep", "5ms", "--concurrency", "4"],
-        &[("NOTIFY_SOCKET", &notify.path), ("WATCHDOG_USEC", "400000")],
-    )
-    .unwrap();
+    let _w = WorkerBuilder::new(&t)
+        .sleep("5ms")
+        .concurrency(4)
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("WATCHDOG_USEC", "400000")
+        .spawn();
     wait_for(LONG, "the first pings", || async { notify.pings().len() >= 2 }).await;
 
     // Another program takes the write lock: the worker's next write waits for it, and
@@ -278,7 +276,7 @@ async fn a_real_prometheus_scraping_every_second_gets_the_fleets_attempts_back()
     t.seed(30).await;
     // Every third video fails for good, so two outcomes are counted.
     let args = ["--exec", "sh -c 'test $(({video_id} % 3)) -ne 0'", "--max-attempts", "1"];
-    let (workers, _) = testkit::spawn_fleet(&t.path, 2, &args);
+    let (workers, _) = WorkerBuilder::new(&t).args(args).spawn_fleet(2);
     wait_for(LONG, "every video finished", || async { t.counts().await.finished() }).await;
 
     let dir = tempfile::tempdir().unwrap();

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use shared::status::VideoStatus;
-use testkit::{TestDb, VideoRow, run_worker_to_end, spawn_worker, wait_for};
+use testkit::{TestDb, VideoRow, WorkerBuilder, run_worker_to_end, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -20,8 +20,8 @@ async fn two_workers_process_a_thousand_videos_each_once_and_only_in_its_own_sha
     let t = TestDb::new().await;
     t.seed(1000).await;
     let args = ["--sleep", "0..2ms", "--concurrency", "16", "--exit-when-done"];
-    let mut w0 = spawn_worker(&t.path, 0, 2, &args);
-    let mut w1 = spawn_worker(&t.path, 1, 2, &args);
+    let mut w0 = WorkerBuilder::new(&t).workers(2).args(args).spawn();
+    let mut w1 = WorkerBuilder::new(&t).id(1).workers(2).args(args).spawn();
     assert!(w0.wait_exit(LONG).success(), "{}", w0.log_text());
     assert!(w1.wait_exit(LONG).success(), "{}", w1.log_text());
 
@@ -37,7 +37,7 @@ async fn a_worker_killed_mid_job_loses_no_video_and_completes_each_once() {
     let t = TestDb::new().await;
     t.seed(40).await;
     let slow = ["--exec", "sleep 0.2", "--concurrency", "4", "--lease", "1s", "--backoff", "10ms"];
-    let w = spawn_worker(&t.path, 0, 1, &slow);
+    let w = WorkerBuilder::new(&t).args(slow).spawn();
     wait_for(LONG, "some videos done and others running", || async {
         let s = t.by_status().await;
         s.get("done").copied().unwrap_or(0) >= 4 && s.get("running").copied().unwrap_or(0) > 0
@@ -48,7 +48,7 @@ async fn a_worker_killed_mid_job_loses_no_video_and_completes_each_once() {
     let interrupted = t.counts().await.running as usize;
     assert!(interrupted > 0);
 
-    let mut again = spawn_worker(&t.path, 0, 1, &["--sleep", "1ms", "--lease", "1s", "--exit-when-done"]);
+    let mut again = WorkerBuilder::new(&t).sleep("1ms").args(["--lease", "1s", "--exit-when-done"]).spawn();
     assert!(again.wait_exit(LONG).success(), "{}", again.log_text());
     assert_eq!(t.by_status().await.get("done"), Some(&40));
     assert_eq!(t.attempts_ending("expired").await, interrupted);
@@ -163,14 +163,6 @@ async fn the_payload_goes_to_stdin_and_stdout_becomes_the_result() {
     assert_eq!(t.video(2).await.result.as_deref(), Some("{\"n\":2}"));
 }
 
-fn alive(pid: i32) -> bool {
-    // A zombie is dead for our purposes: it runs nothing and holds no memory.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
-        Err(_) => false,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_timeout_kills_the_handler_and_the_grandchild_it_left_sleeping() {
     let t = TestDb::new().await;
@@ -184,19 +176,16 @@ async fn a_job_timeout_kills_the_handler_and_the_grandchild_it_left_sleeping() {
     assert_eq!(status, VideoStatus::Failed);
     assert!(error.unwrap().contains("timed out after 300ms"));
     assert_eq!(t.history(1).await, [(1, "timeout".into())]);
-    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while alive(pid) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(!alive(pid), "the grandchild {pid} survived the timeout");
+    let pid: i64 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    assert!(testkit::all_dead(&[pid], Duration::from_secs(5)), "the grandchild {pid} survived the timeout");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_status_and_metrics_have_their_shapes() {
     let t = TestDb::new().await;
     t.seed(10).await;
-    let w = spawn_worker(&t.path, 1, 2, &["--exec", "sleep 30", "--concurrency", "2", "--mem-limit", "250M"]);
+    let w =
+        WorkerBuilder::new(&t).id(1).workers(2).exec("sleep 30").concurrency(2).args(["--mem-limit", "250M"]).spawn();
     wait_for(LONG, "two jobs in flight", || async { w.status().await["in_flight"].as_array().unwrap().len() == 2 })
         .await;
 
@@ -250,7 +239,7 @@ async fn health_status_and_metrics_have_their_shapes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_served_as_openmetrics_with_the_memory_limit_and_a_count_of_requests() {
     let t = TestDb::new().await;
-    let w = spawn_worker(&t.path, 0, 1, &["--sleep", "0", "--mem-limit", "250M"]);
+    let w = WorkerBuilder::new(&t).sleep("0").args(["--mem-limit", "250M"]).spawn();
     let client = testkit::http();
     for _ in 0..3 {
         client.get(w.url("/status")).send().await.unwrap();
@@ -266,7 +255,7 @@ async fn metrics_are_served_as_openmetrics_with_the_memory_limit_and_a_count_of_
     // The test's three and any its spawn helper made; never fewer than three.
     assert!(line[statuses.len()..].parse::<u64>().unwrap() >= 3, "{line}");
 
-    let unlimited = spawn_worker(&t.path, 0, 1, &["--sleep", "0"]);
+    let unlimited = WorkerBuilder::new(&t).sleep("0").spawn();
     let body = client.get(unlimited.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(!body.contains("memory_limit_bytes"), "no limit, no series (a 0 would read as exceeded):\n{body}");
 }
@@ -275,8 +264,7 @@ async fn metrics_are_served_as_openmetrics_with_the_memory_limit_and_a_count_of_
 async fn drain_stops_claiming_finishes_what_the_worker_holds_and_exits_zero() {
     let t = TestDb::new().await;
     t.seed(10).await;
-    let mut w =
-        spawn_worker(&t.path, 0, 1, &["--sleep", "1500ms", "--concurrency", "2", "--control-token", "s3cret-token"]);
+    let mut w = WorkerBuilder::new(&t).sleep("1500ms").concurrency(2).args(["--control-token", "s3cret-token"]).spawn();
     wait_for(LONG, "two jobs in flight", || async { w.status().await["in_flight"].as_array().unwrap().len() == 2 })
         .await;
     let client = testkit::http();
@@ -295,12 +283,12 @@ async fn control_endpoints_are_refused_without_the_token_and_work_with_it() {
     t.seed(4).await;
     let client = testkit::http();
 
-    let open = spawn_worker(&t.path, 0, 1, &["--sleep", "10s", "--concurrency", "1"]);
+    let open = WorkerBuilder::new(&t).sleep("10s").concurrency(1).spawn();
     let r = client.post(open.url("/pause")).bearer_auth("anything").send().await.unwrap();
     assert_eq!(r.status(), 403, "no token configured: control is off");
     drop(open);
 
-    let w = spawn_worker(&t.path, 0, 1, &["--sleep", "10s", "--concurrency", "1", "--control-token", "s3cret-token"]);
+    let w = WorkerBuilder::new(&t).sleep("10s").concurrency(1).args(["--control-token", "s3cret-token"]).spawn();
     assert_eq!(client.post(w.url("/pause")).send().await.unwrap().status(), 401);
     assert_eq!(client.post(w.url("/pause")).bearer_auth("wrong-token!").send().await.unwrap().status(), 401);
     let ok = client.post(w.url("/pause")).bearer_auth("s3cret-token").send().await.unwrap();
@@ -329,7 +317,7 @@ async fn a_failed_video_can_be_retried_over_http() {
     let t = TestDb::new().await;
     t.seed(1).await;
     t.mark_failed(1, 3, "x").await;
-    let w = spawn_worker(&t.path, 0, 1, &["--sleep", "0", "--control-token", "s3cret-token"]);
+    let w = WorkerBuilder::new(&t).sleep("0").args(["--control-token", "s3cret-token"]).spawn();
     let r = testkit::http().post(w.url("/videos/1/retry")).bearer_auth("s3cret-token").send().await.unwrap();
     assert_eq!(r.status(), 200);
     wait_for(LONG, "the retried video done", || async { t.video(1).await.status == VideoStatus::Done }).await;
@@ -340,7 +328,7 @@ async fn a_failed_video_can_be_retried_over_http() {
 async fn sigterm_mid_run_exits_zero_hands_back_claims_and_a_restart_finishes() {
     let t = TestDb::new().await;
     t.seed(8).await;
-    let mut w = spawn_worker(&t.path, 0, 1, &["--exec", "sleep 30", "--concurrency", "4", "--grace", "200ms"]);
+    let mut w = WorkerBuilder::new(&t).exec("sleep 30").concurrency(4).args(["--grace", "200ms"]).spawn();
     wait_for(LONG, "four jobs running", || async { t.by_status().await.get("running") == Some(&4) }).await;
     w.signal(Signal::SIGTERM);
     let status = w.wait_exit(Duration::from_secs(10));
@@ -350,7 +338,7 @@ async fn sigterm_mid_run_exits_zero_hands_back_claims_and_a_restart_finishes() {
     assert_eq!(most, Some(0), "handed-back attempts do not count");
     assert_eq!(t.attempts_ending("released").await, 4);
 
-    let mut again = spawn_worker(&t.path, 0, 1, &["--sleep", "0", "--exit-when-done"]);
+    let mut again = WorkerBuilder::new(&t).sleep("0").args(["--exit-when-done"]).spawn();
     assert!(again.wait_exit(LONG).success());
     assert_eq!(t.by_status().await.get("done"), Some(&8));
 }
@@ -359,7 +347,7 @@ async fn sigterm_mid_run_exits_zero_hands_back_claims_and_a_restart_finishes() {
 async fn jobs_that_finish_within_the_grace_period_are_recorded_done() {
     let t = TestDb::new().await;
     t.seed(2).await;
-    let mut w = spawn_worker(&t.path, 0, 1, &["--exec", "sleep 0.5", "--concurrency", "2", "--grace", "10s"]);
+    let mut w = WorkerBuilder::new(&t).exec("sleep 0.5").concurrency(2).args(["--grace", "10s"]).spawn();
     wait_for(LONG, "two jobs running", || async { t.by_status().await.get("running") == Some(&2) }).await;
     w.signal(Signal::SIGTERM);
     assert!(w.wait_exit(Duration::from_secs(10)).success());
@@ -496,7 +484,7 @@ async fn the_http_handler_retries_push_back_within_the_attempt_and_fails_on_clie
     t.seed(4).await;
     let (port, seen) = flaky_api().await;
     let url = format!("http://127.0.0.1:{port}/analyse");
-    let mut w = spawn_worker(&t.path, 0, 1, &["--http", &url, "--max-attempts", "1", "--exit-when-done"]);
+    let mut w = WorkerBuilder::new(&t).args(["--http", &url, "--max-attempts", "1", "--exit-when-done"]).spawn();
     assert!(w.wait_exit(LONG).success(), "{}", w.log_text());
     let VideoRow { status, attempts, result, .. } = t.video(2).await;
     assert_eq!((status.as_str(), attempts), ("done", 1), "a 503 is push-back, not a failed attempt");
@@ -517,7 +505,7 @@ async fn status_and_metrics_show_the_http_handlers_pace_and_push_backs() {
     let (port, _) = flaky_api().await;
     // Every video's first call is pushed back (503), but video 3's, which fails on a 400.
     let url = format!("http://127.0.0.1:{port}/analyse");
-    let w = spawn_worker(&t.path, 0, 1, &["--http", &url, "--max-attempts", "1", "--rate", "50/s"]);
+    let w = WorkerBuilder::new(&t).args(["--http", &url, "--max-attempts", "1", "--rate", "50/s"]).spawn();
     wait_for(LONG, "all six videos finished", || async {
         let c = t.counts().await;
         c.done + c.failed == 6
@@ -535,7 +523,7 @@ async fn status_and_metrics_show_the_http_handlers_pace_and_push_backs() {
 
     // Other handlers have no pace to show.
     let t2 = TestDb::new().await;
-    let sleeper = spawn_worker(&t2.path, 0, 1, &["--sleep", "1ms"]);
+    let sleeper = WorkerBuilder::new(&t2).sleep("1ms").spawn();
     assert_eq!(sleeper.worker_status().await.pacing, None);
     let metrics = reqwest::get(sleeper.url("/metrics")).await.unwrap().text().await.unwrap();
     assert!(!metrics.contains("http_pace"), "{metrics}");
@@ -547,7 +535,7 @@ async fn a_draining_worker_hands_back_the_http_jobs_waiting_out_a_retry_after_at
     t.seed(4).await;
     let (port, _) = flaky_api().await;
     let url = format!("http://127.0.0.1:{port}/busy");
-    let mut w = spawn_worker(&t.path, 0, 1, &["--http", &url, "--grace", "30s"]);
+    let mut w = WorkerBuilder::new(&t).args(["--http", &url, "--grace", "30s"]).spawn();
     wait_for(LONG, "every job pushed back and waiting", || async {
         w.worker_status().await.pacing.is_some_and(|p| p.push_backs >= 4)
     })
@@ -570,7 +558,7 @@ async fn the_http_handler_keeps_to_its_rate() {
     let url = format!("http://127.0.0.1:{port}/ok");
     let started = std::time::Instant::now();
     let mut w =
-        spawn_worker(&t.path, 0, 1, &["--http", &url, "--rate", "20/s", "--concurrency", "8", "--exit-when-done"]);
+        WorkerBuilder::new(&t).concurrency(8).args(["--http", &url, "--rate", "20/s", "--exit-when-done"]).spawn();
     assert!(w.wait_exit(LONG).success(), "{}", w.log_text());
     // 6 calls at 20/s: the last starts 250 ms after the first.
     assert_eq!(seen.lock().unwrap().len(), 6);
@@ -626,12 +614,10 @@ async fn handlers_ended_because_the_supervisor_died_are_never_recorded_as_failed
     drop(stderr_w);
     // What the kernel sends a worker whose supervisor died.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(w.0.id() as i32), Signal::SIGUSR2).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while std::time::Instant::now() < deadline {
-        let recorded = t.attempts().await.len();
-        assert_eq!(recorded, 0, "a job the worker killed was recorded: {:?}", [t.history(1).await, t.history(2).await]);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    testkit::holds_for(Duration::from_secs(2), "no job the worker killed is recorded", || async {
+        t.attempts().await.is_empty()
+    })
+    .await;
     let drain = std::thread::spawn(move || {
         let mut out = String::new();
         let _ = std::io::Read::read_to_string(&mut stderr, &mut out);
@@ -681,7 +667,7 @@ fn closed_after(port: u16, bytes: &[u8], patience: Duration) -> Option<Duration>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_that_send_half_a_request_are_closed_after_the_header_timeout() {
     let t = TestDb::new().await;
-    let w = spawn_worker(&t.path, 0, 1, &["--sleep", "0", "--header-timeout", "1s"]);
+    let w = WorkerBuilder::new(&t).sleep("0").args(["--header-timeout", "1s"]).spawn();
     let port = w.port;
     let patience = Duration::from_secs(5);
     let (half_line, half_headers, silent) = tokio::task::spawn_blocking(move || {

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::helper::{TestDb, monitor_bin, spawn_fleet};
+use crate::helper::{TestDb, WorkerBuilder, monitor_bin};
 
 /// Every video is slow enough that the page sees `total-done` grow; every fifth fails
 /// with its (hostile) source as the error.
@@ -47,7 +47,8 @@ async fn in_chromium_the_page_refreshes_shows_hostile_text_as_text_and_pauses_a_
     };
     let t = TestDb::new().await;
     t.seed_sources((1..=400).map(|id| (id, format!("{HOSTILE} #{id}"))).collect()).await;
-    let (workers, base) = spawn_fleet(&t.path, 2, &["--exec", EXEC, "--max-attempts", "1", "--control-token", TOKEN]);
+    let (workers, base) =
+        WorkerBuilder::new(&t).exec(EXEC).args(["--max-attempts", "1", "--control-token", TOKEN]).spawn_fleet(2);
     let port = testkit::free_ports(1);
     let mut monitor = testkit::Running(
         Command::new(monitor_bin())

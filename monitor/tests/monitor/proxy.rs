@@ -4,7 +4,7 @@
 
 use std::process::{Command, Stdio};
 
-use crate::helper::{LONG, TestDb, monitor_bin, spawn_fleet, wait_for};
+use crate::helper::{LONG, TestDb, WorkerBuilder, monitor_bin, wait_for};
 
 const TOKEN: &str = "proxy-test-token";
 
@@ -16,7 +16,7 @@ async fn behind_nginx_at_fleet_the_page_its_assets_and_a_control_post_go_through
     };
     let t = TestDb::new().await;
     t.seed(20).await;
-    let (workers, base) = spawn_fleet(&t.path, 1, &["--sleep", "5s", "--control-token", TOKEN]);
+    let (workers, base) = WorkerBuilder::new(&t).sleep("5s").args(["--control-token", TOKEN]).spawn_fleet(1);
     let monitor_port = testkit::free_ports(1);
     let _monitor = testkit::Running(
         Command::new(monitor_bin())

@@ -9,7 +9,7 @@ use shared::status::WorkerState;
 use shared::storage::FleetRun;
 
 use crate::helper::pty::PtyMonitor;
-use crate::helper::{LONG, TestDb, closed_port, fleet_run, spawn_fleet, wait_for};
+use crate::helper::{LONG, TestDb, WorkerBuilder, closed_port, fleet_run, wait_for};
 
 const ENTER_ALTERNATE_SCREEN: &str = "\x1b[?1049h";
 const LEAVE_ALTERNATE_SCREEN: &str = "\x1b[?1049l";
@@ -73,7 +73,8 @@ async fn p_and_r_pause_and_resume_the_selected_worker_with_the_runs_token() {
     let t = TestDb::new().await;
     t.seed(40).await;
     let token = "a-token-only-the-run-knows";
-    let (workers, base) = spawn_fleet(&t.path, 2, &["--sleep", "60s", "--concurrency", "1", "--control-token", token]);
+    let (workers, base) =
+        WorkerBuilder::new(&t).sleep("60s").concurrency(1).args(["--control-token", token]).spawn_fleet(2);
     let run = FleetRun {
         bind: "127.0.0.1".into(),
         handler: "sleep: 60s".into(),

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 
 use shared::storage::FleetRun;
 
-use crate::helper::{LONG, TestDb, WorkerProc, fleet_run, monitor_bin, run_monitor, spawn_fleet, wait_for};
+use crate::helper::{LONG, TestDb, WorkerBuilder, WorkerProc, fleet_run, monitor_bin, run_monitor, wait_for};
 
 /// Fails every video whose id is a multiple of 5, with its source (hostile) as the error.
 const FAILING_EXEC: &str = r#"sh -c 'if test $(($1 % 5)) -eq 0; then echo "$0" >&2; exit 1; fi' {source} {video_id}"#;
@@ -84,7 +84,7 @@ fn targets(workers: &[WorkerProc]) -> String {
 async fn the_page_of_a_real_fleet_counts_what_the_database_holds_and_shows_hostile_errors_as_text() {
     let t = TestDb::new().await;
     t.seed_sources((1..=20).map(|id| (id, format!("{HOSTILE} #{id}"))).collect()).await;
-    let (workers, _) = spawn_fleet(&t.path, 2, &["--exec", FAILING_EXEC, "--max-attempts", "1"]);
+    let (workers, _) = WorkerBuilder::new(&t).exec(FAILING_EXEC).args(["--max-attempts", "1"]).spawn_fleet(2);
     let page = Page::start(&["--targets", &targets(&workers)]);
     assert!(!page.said.contains("warning"), "loopback draws no warning: {}", page.said);
     wait_for(LONG, "every video finished and the page showing it", || async {
@@ -111,7 +111,7 @@ async fn the_page_of_a_real_fleet_counts_what_the_database_holds_and_shows_hosti
 async fn the_pause_control_reaches_a_real_worker_only_with_the_token_and_from_the_same_origin() {
     let t = TestDb::new().await;
     t.seed(40).await;
-    let (workers, _) = spawn_fleet(&t.path, 2, &["--sleep", "5s", "--control-token", "s3cret-token"]);
+    let (workers, _) = WorkerBuilder::new(&t).sleep("5s").args(["--control-token", "s3cret-token"]).spawn_fleet(2);
     // Listed out of order: the page names workers by their own ids, not their places.
     let listed = format!("{},{}", workers[1].url(""), workers[0].url(""));
     let page = Page::start(&["--targets", &listed, "--control-token", "s3cret-token"]);
@@ -153,7 +153,7 @@ async fn with_db_the_runs_token_is_accepted_and_sent_on_and_failed_videos_can_be
     t.seed(10).await;
     t.mark_failed(9, 3, "gave up").await;
     t.mark_failed(10, 3, "gave up").await;
-    let (workers, base) = spawn_fleet(&t.path, 1, &["--sleep", "5s", "--control-token", "run-token"]);
+    let (workers, base) = WorkerBuilder::new(&t).sleep("5s").args(["--control-token", "run-token"]).spawn_fleet(1);
     let run = FleetRun { bind: "127.0.0.1".into(), control_token: Some("run-token".into()), ..fleet_run(1, base) };
     t.db.insert_run(&run).await.unwrap();
     let db = t.path.to_str().unwrap();
@@ -180,7 +180,7 @@ async fn with_db_the_runs_token_is_accepted_and_sent_on_and_failed_videos_can_be
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_controls_answer_403_and_under_read_only_they_do_not_exist() {
     let t = TestDb::new().await;
-    let (workers, base) = spawn_fleet(&t.path, 1, &["--sleep", "0", "--control-token", "s3cret-token"]);
+    let (workers, base) = WorkerBuilder::new(&t).sleep("0").args(["--control-token", "s3cret-token"]).spawn_fleet(1);
     let client = testkit::http();
     let tokenless = Page::start(&["--workers", "1", "--base-port", &base.to_string()]);
     let r = client.post(tokenless.url("/api/workers/0/pause")).bearer_auth("s3cret-token").send().await.unwrap();
@@ -209,7 +209,7 @@ async fn drain_from_the_page_makes_a_real_worker_finish_and_exit_zero() {
     let t = TestDb::new().await;
     t.seed(10).await;
     let (mut workers, base) =
-        spawn_fleet(&t.path, 1, &["--sleep", "1s", "--concurrency", "2", "--control-token", "s3cret-token"]);
+        WorkerBuilder::new(&t).sleep("1s").concurrency(2).args(["--control-token", "s3cret-token"]).spawn_fleet(1);
     wait_for(LONG, "two jobs in flight", || async { t.counts().await.running == 2 }).await;
     let page = Page::start(&["--workers", "1", "--base-port", &base.to_string(), "--control-token", "s3cret-token"]);
     let r = testkit::http().post(page.url("/api/workers/0/drain")).bearer_auth("s3cret-token").send().await.unwrap();

@@ -8,8 +8,8 @@ use monitor::aggregate::WorkerHealth;
 use shared::storage::{FleetRun, FleetWorker, SlotStatus};
 
 use crate::helper::{
-    LONG, TestDb, WorkerProc, closed_port, fleet_run, monitor_json, run_monitor, spawn_fleet, spawn_monitor_lines,
-    spawn_worker, wait_for, wait_line,
+    LONG, TestDb, WorkerBuilder, WorkerProc, closed_port, fleet_run, monitor_json, run_monitor, spawn_monitor_lines,
+    wait_for, wait_line,
 };
 
 /// Waits until the database has nothing pending or running and every worker's own
@@ -37,7 +37,10 @@ async fn json_totals_match_the_database_for_two_real_workers() {
     t.seed(60).await;
     // Every seventh video fails, once and for all.
     let args = ["--exec", "sh -c 'test $(({video_id} % 7)) -ne 0'", "--max-attempts", "1", "--concurrency", "4"];
-    let workers = vec![spawn_worker(&t.path, 0, 2, 0, &args).unwrap(), spawn_worker(&t.path, 1, 2, 0, &args).unwrap()];
+    let workers = vec![
+        WorkerBuilder::new(&t).workers(2).args(args).spawn(),
+        WorkerBuilder::new(&t).id(1).workers(2).args(args).spawn(),
+    ];
     wait_settled(&t, &workers).await;
 
     let targets = format!("{},127.0.0.1:{}", workers[0].url(""), workers[1].port);
@@ -68,7 +71,7 @@ async fn json_totals_match_the_database_for_two_real_workers() {
 async fn once_prints_one_snapshot_of_a_busy_fleet_whose_totals_match_the_database() {
     let t = TestDb::new().await;
     t.seed(20).await;
-    let (workers, base) = spawn_fleet(&t.path, 2, &["--sleep", "60s", "--concurrency", "3"]);
+    let (workers, base) = WorkerBuilder::new(&t).sleep("60s").concurrency(3).spawn_fleet(2);
     wait_for(LONG, "three videos running on each worker", || async {
         let mut ok = t.counts().await.running == 6;
         for w in &workers {
@@ -106,7 +109,8 @@ async fn once_prints_one_snapshot_of_a_busy_fleet_whose_totals_match_the_databas
 async fn with_db_the_monitor_finds_the_fleet_in_the_supervisors_records_and_counts_a_down_shard_from_the_table() {
     let t = TestDb::new().await;
     t.seed(30).await;
-    let (mut workers, base) = spawn_fleet(&t.path, 2, &["--sleep", "0", "--control-token", "token-for-tests"]);
+    let (mut workers, base) =
+        WorkerBuilder::new(&t).sleep("0").args(["--control-token", "token-for-tests"]).spawn_fleet(2);
     let run = FleetRun {
         bind: "127.0.0.1".into(),
         mem_limit_bytes: Some(256 << 20),
@@ -160,14 +164,14 @@ async fn with_db_the_monitor_finds_the_fleet_in_the_supervisors_records_and_coun
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_db_a_new_run_replaces_the_old_fleet_in_a_running_monitor() {
     let t = TestDb::new().await;
-    let (_first, first_base) = spawn_fleet(&t.path, 1, &["--sleep", "0"]);
+    let (_first, first_base) = WorkerBuilder::new(&t).sleep("0").spawn_fleet(1);
     t.db.insert_run(&fleet_run(1, first_base)).await.unwrap();
     let (mut monitor, rx) = spawn_monitor_lines(&["--db", t.path.to_str().unwrap(), "--interval", "200ms"]);
     let wait_line = |wanted: &str| wait_line(&rx, wanted);
     let line = wait_line(&format!("  worker 0  :{first_base}"));
     assert!(line.contains(" up "), "a wildcard bind is reached on loopback: {line}");
 
-    let (_second, second_base) = spawn_fleet(&t.path, 2, &["--sleep", "0"]);
+    let (_second, second_base) = WorkerBuilder::new(&t).sleep("0").spawn_fleet(2);
     t.db.insert_run(&fleet_run(2, second_base)).await.unwrap();
     let line = wait_line(&format!("  worker 1  :{}", second_base + 1));
     assert!(line.contains(" up "), "{line}");
@@ -179,7 +183,7 @@ async fn with_db_a_new_run_replaces_the_old_fleet_in_a_running_monitor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_db_a_running_monitor_follows_a_fleet_re_partitioned_by_supervisor_scale() {
     let t = TestDb::new().await;
-    let (_fleet, base) = spawn_fleet(&t.path, 2, &["--sleep", "0"]);
+    let (_fleet, base) = WorkerBuilder::new(&t).sleep("0").spawn_fleet(2);
     let mut run = fleet_run(1, base);
     run.run_id = t.db.insert_run(&run).await.unwrap();
     let (mut monitor, rx) = spawn_monitor_lines(&["--db", t.path.to_str().unwrap(), "--interval", "200ms"]);
@@ -216,7 +220,7 @@ fn impostor() -> u16 {
 async fn a_down_worker_and_an_impostor_are_reported_and_the_real_worker_still_counts() {
     let t = TestDb::new().await;
     t.seed(10).await;
-    let worker = spawn_worker(&t.path, 0, 1, 0, &["--sleep", "0"]).unwrap();
+    let worker = WorkerBuilder::new(&t).sleep("0").spawn();
     wait_settled(&t, std::slice::from_ref(&worker)).await;
     let targets = format!("127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}", worker.port, closed_port(), impostor());
 
@@ -248,7 +252,7 @@ fn once_with_json_prints_the_json_report() {
 async fn without_a_terminal_it_prints_a_snapshot_every_interval_until_interrupted() {
     let t = TestDb::new().await;
     t.seed(5).await;
-    let worker = spawn_worker(&t.path, 0, 1, 0, &["--sleep", "0"]).unwrap();
+    let worker = WorkerBuilder::new(&t).sleep("0").spawn();
     let (mut monitor, rx) = spawn_monitor_lines(&["--targets", &worker.url(""), "--interval", "200ms"]);
     let start = Instant::now();
     let mut snapshots = 0;

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::busy::run;
 use super::conn::{Backend, Conn, ConnExt};
 use super::postgres::PgStore;
-use super::sqlite::SqliteStore;
+use super::sqlite::{Access, SqliteStore};
 use crate::error::DbError;
 use crate::location::DbLocation;
 
@@ -29,7 +29,7 @@ impl Store {
     /// that it can be written. `max_connections` bounds the pool.
     pub async fn open(db: impl Into<DbLocation>, max_connections: u32) -> Result<Store, DbError> {
         Ok(Store(match db.into() {
-            DbLocation::Sqlite(path) => Pool::Sqlite(SqliteStore::open(&path, max_connections).await?),
+            DbLocation::Sqlite(path) => Pool::Sqlite(SqliteStore::open(&path, Access::Create, max_connections).await?),
             DbLocation::Postgres(url) => Pool::Postgres(PgStore::open(&url, max_connections).await?),
         }))
     }
@@ -39,7 +39,9 @@ impl Store {
     /// neither leaves an empty database behind nor adds our tables to someone else's.
     pub async fn open_existing(db: impl Into<DbLocation>, max_connections: u32) -> Result<Store, DbError> {
         Ok(Store(match db.into() {
-            DbLocation::Sqlite(path) => Pool::Sqlite(SqliteStore::open_existing(&path, max_connections).await?),
+            DbLocation::Sqlite(path) => {
+                Pool::Sqlite(SqliteStore::open(&path, Access::Existing, max_connections).await?)
+            }
             DbLocation::Postgres(url) => Pool::Postgres(PgStore::open_existing(&url, max_connections).await?),
         }))
     }
@@ -48,7 +50,7 @@ impl Store {
     /// `export`, `stop`, `logs` and the monitor, which only read.
     pub async fn open_read_only(db: impl Into<DbLocation>) -> Result<Store, DbError> {
         Ok(Store(match db.into() {
-            DbLocation::Sqlite(path) => Pool::Sqlite(SqliteStore::open_read_only(&path).await?),
+            DbLocation::Sqlite(path) => Pool::Sqlite(SqliteStore::open(&path, Access::ReadOnly, 1).await?),
             DbLocation::Postgres(url) => Pool::Postgres(PgStore::open_read_only(&url).await?),
         }))
     }

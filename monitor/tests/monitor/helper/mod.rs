@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use shared::storage::{FleetRun, RunState};
 
-pub use testkit::{TestDb, WorkerProc, closed_port, spawn_fleet, spawn_worker_on as spawn_worker, wait_for};
+pub use testkit::{TestDb, WorkerBuilder, WorkerProc, closed_port, wait_for};
 
 pub const LONG: Duration = Duration::from_secs(60);
 

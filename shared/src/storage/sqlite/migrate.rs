@@ -44,17 +44,20 @@ const D1_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS d1_migrations(
 )";
 
 pub(crate) async fn run(db: &SqliteStore) -> Result<(), DbError> {
+    let mut conn: Box<dyn Conn> = Box::new(Link(db.pool().acquire().await?, None));
     // The common case, an up-to-date database, is answered by a read: no write lock.
-    if pending(db).await?.is_empty() {
+    let known = recorded(&mut *conn).await?;
+    for r in known.iter().filter(|r| !MIGRATIONS.iter().any(|m| m.name == r.as_str())) {
+        tracing::warn!(migration = %r, "database records a migration this build does not know; leaving it alone");
+    }
+    if MIGRATIONS.iter().all(|m| known.iter().any(|r| r == m.name)) {
         return Ok(());
     }
-    let mut conn: Box<dyn Conn> = Box::new(Link(db.pool().acquire().await?, None));
     retrying!(conn, |c| {
         let mut tx = c.begin(Begin::Write).await?;
         tx.script(D1_MIGRATIONS_TABLE).await?;
-        let recorded: Vec<String> =
-            tx.fetch("SELECT name FROM d1_migrations", &[]).await?.iter().map(|r| r.text(0)).collect();
-        for m in MIGRATIONS.iter().filter(|m| !recorded.iter().any(|r| r == m.name)) {
+        let applied = recorded(&mut *tx).await?;
+        for m in MIGRATIONS.iter().filter(|m| !applied.iter().any(|r| r == m.name)) {
             let adds = additions(m.sql);
             let mut present = Vec::new();
             for name in &adds.objects {
@@ -91,23 +94,13 @@ pub(crate) async fn run(db: &SqliteStore) -> Result<(), DbError> {
     })
 }
 
-/// Names of our migrations not yet recorded in `d1_migrations`.
-async fn pending(db: &SqliteStore) -> Result<Vec<&'static str>, DbError> {
-    let has_table: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'd1_migrations'")
-            .fetch_one(db.pool())
-            .await?;
-    let recorded: Vec<String> = if has_table > 0 {
-        sqlx::query_scalar("SELECT name FROM d1_migrations").fetch_all(db.pool()).await?
-    } else {
-        Vec::new()
-    };
-    for r in &recorded {
-        if !MIGRATIONS.iter().any(|m| m.name == r) {
-            tracing::warn!(migration = %r, "database records a migration this build does not know; leaving it alone");
-        }
+/// The migrations `d1_migrations` records: none before wrangler's table exists.
+async fn recorded<C: Conn + ?Sized>(c: &mut C) -> Result<Vec<String>, DbError> {
+    let exists = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'd1_migrations'";
+    if c.scalar(exists, &[]).await?.int() == Some(0) {
+        return Ok(Vec::new());
     }
-    Ok(MIGRATIONS.iter().filter(|m| !recorded.iter().any(|r| r == m.name)).map(|m| m.name).collect())
+    Ok(c.fetch("SELECT name FROM d1_migrations", &[]).await?.iter().map(|r| r.text(0)).collect())
 }
 
 /// What a migration adds to a schema: what shows, in a database that does not record

@@ -3,7 +3,6 @@
 //! and a pool whose connections all wait for locks with the polling busy handler.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,19 +29,45 @@ pub struct SqliteStore {
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
+/// What an open may do to the file, and so which checks it makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Creates the file if it is new, migrates it, and checks that it can be written:
+    /// `import`, `start` and the workers.
+    Create,
+    /// Changes rows of a file that must already be a fleet's (`retry`), migrating it. A
+    /// typo in `--db` neither leaves an empty database behind nor adds our tables to
+    /// someone else's file.
+    Existing,
+    /// Only reads a fleet's file, without migrating it, over one read-only connection:
+    /// `status`, `export`, `stop`, `logs` and the monitor.
+    ReadOnly,
+}
+
 impl SqliteStore {
-    /// Opens the database at `path`, creating and migrating it if it is new, and checks
-    /// that it can be written. `max_connections` bounds the pool.
-    pub(crate) async fn open(path: &Path, max_connections: u32) -> Result<SqliteStore, DbError> {
+    /// Opens the database at `path` for `access`. `max_connections` bounds a writer's
+    /// pool.
+    pub(crate) async fn open(path: &Path, access: Access, max_connections: u32) -> Result<SqliteStore, DbError> {
+        if access != Access::Create && !std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+            let reason = "no such database (run `supervisor import` or `supervisor start` first)";
+            return Err(DbError::Open { db: shown(path), reason: reason.into() });
+        }
         let is_new = inspect(path)?;
         if is_new {
             create_private(path)?;
         }
-        let mut options = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(|e| DbError::Open { db: shown(path), reason: e.to_string() })?
+        let writer = access != Access::ReadOnly;
+        // Long reads (an export of millions of rows) are expected; sqlx's "slow
+        // statement" warnings would only alarm the user.
+        let mut options = SqliteConnectOptions::new()
             .filename(path)
-            .create_if_missing(true)
-            .busy_timeout(Duration::from_secs(5));
+            .read_only(!writer)
+            .create_if_missing(writer)
+            .busy_timeout(Duration::from_secs(5))
+            .disable_statement_logging();
+        if writer {
+            options = options.synchronous(SqliteSynchronous::Full);
+        }
         // Creating the file is the one moment the journal mode is chosen: WAL lets
         // readers (status, monitor) run beside the writers. Later opens keep whatever the
         // file has, so a wrangler-made database is not switched under wrangler's feet.
@@ -50,88 +75,47 @@ impl SqliteStore {
             options = options.journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
         }
         let pool = SqlitePoolOptions::new()
-            .max_connections(max_connections.max(1))
+            .max_connections(if writer { max_connections.max(1) } else { 1 })
             .min_connections(0)
-            .after_connect(|conn, _| {
+            .after_connect(move |conn, _| {
                 Box::pin(async move {
                     busy::install(conn).await?;
                     // NORMAL is durable across crashes in WAL mode (only a power loss can
                     // undo the last commits); in rollback mode keep SQLite's FULL.
                     let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut *conn).await?;
-                    if mode.eq_ignore_ascii_case("wal") {
+                    if writer && mode.eq_ignore_ascii_case("wal") {
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
                     }
                     Ok(())
                 })
             })
-            .connect_with(options.synchronous(SqliteSynchronous::Full).disable_statement_logging())
-            .await
-            .map_err(|e| open_error(path, e))?;
-        let turns = Some(Arc::new(Turns::of(path)));
-        let db = SqliteStore { path: path.to_path_buf(), pool, turns };
-        if let Err(e) = refuse_foreign(&db).await {
-            db.close().await;
-            return Err(e);
-        }
-        migrate::run(&db).await?;
-        db.check_writable().await?;
-        Ok(db)
-    }
-
-    /// Opens an existing fleet database for commands that change rows (`retry`); refuses
-    /// to create one, and refuses a SQLite file that is not a fleet's, so a typo in
-    /// `--db` neither leaves an empty database behind nor adds our tables to someone
-    /// else's file.
-    pub(crate) async fn open_existing(path: &Path, max_connections: u32) -> Result<SqliteStore, DbError> {
-        SqliteStore::open_read_only(path).await?.close().await;
-        SqliteStore::open(path, max_connections).await
-    }
-
-    /// Opens an existing fleet database read-only, without migrating it: for `status`,
-    /// `export`, `stop`, `logs` and the monitor, which only read.
-    pub(crate) async fn open_read_only(path: &Path) -> Result<SqliteStore, DbError> {
-        let missing = || DbError::Open {
-            db: shown(path),
-            reason: "no such database (run `supervisor import` or `supervisor start` first)".into(),
-        };
-        match std::fs::metadata(path) {
-            Ok(m) if m.len() > 0 => {}
-            _ => return Err(missing()),
-        }
-        if inspect(path)? {
-            return Err(missing());
-        }
-        // Long reads (an export of millions of rows) are expected here; sqlx's "slow
-        // statement" warnings would only alarm the user.
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .read_only(true)
-            .busy_timeout(Duration::from_secs(5))
-            .disable_statement_logging();
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .after_connect(|conn, _| Box::pin(async move { busy::install(conn).await }))
             .connect_with(options)
             .await
-            .map_err(|e| open_error(path, e))?;
-        let db = SqliteStore { path: path.to_path_buf(), pool, turns: None };
-        let read_only = |e: sqlx::Error| match &e {
-            // A WAL database needs its -shm file, which a reader creates next to the file.
-            sqlx::Error::Database(d) if is_read_only_code(d.code().as_deref()) => DbError::Open {
-                db: shown(path),
-                reason: "it is in WAL mode and its directory cannot be written (readers need its -shm file)".into(),
-            },
-            _ => DbError::Sql(e),
-        };
-        let tables: Vec<String> = sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
-            .fetch_all(&db.pool)
-            .await
-            .map_err(read_only)?;
-        if let Err(e) = schema::judge(&shown(path), &tables, true) {
+            .map_err(|e| open_error(path, !writer, e))?;
+        let turns = writer.then(|| Arc::new(Turns::of(path)));
+        let db = SqliteStore { path: path.to_path_buf(), pool, turns };
+        if let Err(e) = db.prepare(access).await {
             db.close().await;
             return Err(e);
         }
         Ok(db)
+    }
+
+    /// Refuses a file that holds another application's tables (or, unless it is being
+    /// created, not a fleet's), so a `--db` pointing at the wrong file never gets our
+    /// schema added to it; then a writer's is migrated and checked to be writable.
+    async fn prepare(&self, access: Access) -> Result<(), DbError> {
+        let tables: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| open_error(&self.path, access == Access::ReadOnly, e))?;
+        schema::judge(&shown(&self.path), &tables, access != Access::Create)?;
+        if access != Access::ReadOnly {
+            migrate::run(self).await?;
+            self.check_writable().await?;
+        }
+        Ok(())
     }
 
     /// The turns its writers take, for the seam's connections.
@@ -180,16 +164,6 @@ fn create_private(path: &Path) -> Result<(), DbError> {
     }
 }
 
-/// Refuses a SQLite file that holds another application's tables and none of ours, so
-/// a `--db` pointing at the wrong file never gets our schema added to it.
-async fn refuse_foreign(db: &SqliteStore) -> Result<(), DbError> {
-    let tables: Vec<String> = sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-        .fetch_all(&db.pool)
-        .await
-        .map_err(|e| open_error(&db.path, e))?;
-    schema::judge(&shown(&db.path), &tables, false)
-}
-
 /// How a path is named in messages.
 fn shown(path: &Path) -> String {
     path.display().to_string()
@@ -233,11 +207,14 @@ fn is_read_only_code(code: Option<&str>) -> bool {
 
 /// SQLITE_NOTADB (26) is left as it is: `inspect` has seen SQLite's header by now, so
 /// it means a damaged file, which `DbError::is_corrupt` recognises.
-fn open_error(path: &Path, e: sqlx::Error) -> DbError {
-    match &e {
-        sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("8") | Some("14")) => {
-            DbError::Open { db: shown(path), reason: db.message().to_string() }
+fn open_error(path: &Path, reading: bool, e: sqlx::Error) -> DbError {
+    let reason = match &e {
+        // A WAL database needs its -shm file, which a reader creates next to the file.
+        sqlx::Error::Database(d) if reading && is_read_only_code(d.code().as_deref()) => {
+            "it is in WAL mode and its directory cannot be written (readers need its -shm file)".to_string()
         }
-        _ => DbError::Sql(e),
-    }
+        sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("8") | Some("14")) => d.message().to_string(),
+        _ => return DbError::Sql(e),
+    };
+    DbError::Open { db: shown(path), reason }
 }

@@ -5,27 +5,19 @@
 //! tests use the server in FLEET_TEST_POSTGRES_URL and say why they skip without one.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use testkit::{Running, TestDb, bin, free_ports, wait_for};
+use testkit::{Running, TestDb, bin, free_ports, holds_for, psql, text, wait_exit, wait_for};
 
-const LONG: Duration = Duration::from_secs(90);
+use crate::helper::{LONG, pg_done_twice, spawn};
 
+/// `supervisor` as host `host` runs it.
 fn supervisor(dir: &Path, host: &str) -> Command {
-    let mut cmd = Command::new(bin("supervisor"));
-    cmd.current_dir(dir)
-        .env("FLEET_WORKER_BIN", bin("worker"))
-        .env("FLEET_HOST", host)
-        .env("RUST_LOG", shared::storage::DEFAULT_LOG_FILTER)
-        .env_remove("FLEET_DB")
-        .env_remove("DATABASE_URL")
-        .env_remove("FLEET_WORKER_IDS")
-        .env_remove("WORKER_CONCURRENCY")
-        .env_remove("FLEET_WORKERS")
-        .env_remove("FLEET_CONTROL_TOKEN");
+    let mut cmd = testkit::supervisor(dir);
+    cmd.env("FLEET_HOST", host);
     cmd
 }
 
@@ -40,10 +32,6 @@ fn start(dir: &Path, host: &str, db: &str, base: u16, ids: &str, args: &[&str]) 
     cmd
 }
 
-fn spawn_quiet(mut cmd: Command) -> Running {
-    Running(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap())
-}
-
 /// The rest of what `child`, which has exited, wrote to stderr.
 fn stderr_of(child: &mut Child) -> String {
     use std::io::Read;
@@ -52,10 +40,6 @@ fn stderr_of(child: &mut Child) -> String {
         let _ = err.read_to_string(&mut text);
     }
     text
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 fn status_json(dir: &Path, db: &str) -> serde_json::Value {
@@ -80,25 +64,14 @@ fn done(dir: &Path, db: &str) -> u64 {
     status_json(dir, db)["totals"]["done"].as_u64().unwrap()
 }
 
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "pid {} did not exit within {within:?}", child.id());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_supervisors_with_disjoint_worker_ids_run_one_fleet_and_one_that_overlaps_is_refused() {
     let t = TestDb::new().await;
     t.seed(400).await;
     let (dir, db) = (t.dir.path(), t.path.to_str().unwrap().to_string());
     let base = free_ports(4);
-    let mut low = spawn_quiet(start(dir, "h", &db, base, "0-1", &["--sleep", "10ms"]));
-    let mut high = spawn_quiet(start(dir, "h", &db, base, "2-3", &["--sleep", "10ms"]));
+    let mut low = spawn(start(dir, "h", &db, base, "0-1", &["--sleep", "10ms"]));
+    let mut high = spawn(start(dir, "h", &db, base, "2-3", &["--sleep", "10ms"]));
     wait_for(LONG, "all four workers running", || async { running(dir, &db).len() == 4 }).await;
 
     // Ids 1 and 2 are taken, one by each: refused, naming them; nothing is started.
@@ -152,25 +125,12 @@ async fn a_worker_id_outside_the_fleet_is_refused_before_anything_is_written() {
     assert!(status_json(dir, &db)["run"].is_null(), "no run was recorded");
 }
 
-fn psql(url: &str, sql: &str) -> String {
-    let out = Command::new("psql").args([url, "-Atqc", sql]).output().expect("psql runs");
-    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn import(dir: &Path, url: &str, n: u32) {
     let csv = dir.join("videos.csv");
     std::fs::write(&csv, (1..=n).fold("video_id,source\n".to_string(), |acc, i| acc + &format!("{i},src-{i}\n")))
         .unwrap();
     let out = supervisor(dir, "a").args(["import", csv.to_str().unwrap(), "--db", url]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
-}
-
-fn done_twice(url: &str) -> String {
-    psql(
-        url,
-        "SELECT count(*) FROM (SELECT video_id FROM attempts WHERE outcome = 'done' GROUP BY 1 HAVING count(*) > 1) t",
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,8 +140,8 @@ async fn two_hosts_share_a_postgres_fleet_and_one_stop_from_a_third_stops_both_t
     let dir = dir.path();
     import(dir, &url, 400);
     let (base_a, base_b) = (free_ports(4), free_ports(4));
-    let mut a = spawn_quiet(start(dir, "host-a", &url, base_a, "0-1", &["--sleep", "10ms"]));
-    let mut b = spawn_quiet(start(dir, "host-b", &url, base_b, "2-3", &["--sleep", "10ms"]));
+    let mut a = spawn(start(dir, "host-a", &url, base_a, "0-1", &["--sleep", "10ms"]));
+    let mut b = spawn(start(dir, "host-b", &url, base_b, "2-3", &["--sleep", "10ms"]));
     wait_for(LONG, "all four workers running", || async { running(dir, &url).len() == 4 }).await;
     let hosts: Vec<(i64, String)> = running(dir, &url);
     assert_eq!(
@@ -213,7 +173,7 @@ async fn two_hosts_share_a_postgres_fleet_and_one_stop_from_a_third_stops_both_t
     assert!(wait_exit(&mut a, LONG).success());
     assert!(wait_exit(&mut b, LONG).success());
     assert_eq!(psql(&url, "SELECT string_agg(state, ',' ORDER BY run_id) FROM fleet_runs"), "stopped,stopped");
-    assert_eq!(done_twice(&url), "0");
+    assert_eq!(pg_done_twice(&url), "0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,7 +182,7 @@ async fn a_host_whose_supervisor_was_killed_is_taken_over_once_its_heartbeat_sto
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     import(dir, &url, 300);
-    let mut b = spawn_quiet(start(dir, "host-b", &url, free_ports(4), "", &["--sleep", "20ms"]));
+    let mut b = spawn(start(dir, "host-b", &url, free_ports(4), "", &["--sleep", "20ms"]));
     wait_for(LONG, "host-b's workers running and 20 videos done", || async {
         running(dir, &url).len() == 4 && done(dir, &url) >= 20
     })
@@ -245,7 +205,7 @@ async fn a_host_whose_supervisor_was_killed_is_taken_over_once_its_heartbeat_sto
         "host-b:crashed,host-a:done"
     );
     assert_eq!(psql(&url, "SELECT count(*) FROM videos WHERE status = 'done'"), "300");
-    assert_eq!(done_twice(&url), "0");
+    assert_eq!(pg_done_twice(&url), "0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,7 +248,7 @@ async fn a_supervisor_stopped_through_the_database_keeps_beating_while_it_drains
     t.seed(8).await;
     let (dir, db) = (t.dir.path(), t.path.to_str().unwrap().to_string());
     // Jobs of 13 s: the drain outlasts the 10 s after which a silent run counts as dead.
-    let mut sup = spawn_quiet(start(dir, "h1", &db, free_ports(4), "0-1", &["--sleep", "13s", "--grace", "60s"]));
+    let mut sup = spawn(start(dir, "h1", &db, free_ports(4), "0-1", &["--sleep", "13s", "--grace", "60s"]));
     wait_for(LONG, "both workers busy", || async {
         let v = status_json(dir, &db);
         v["workers"].as_array().unwrap().iter().filter(|w| w["state"] == "running").count() == 2
@@ -298,10 +258,15 @@ async fn a_supervisor_stopped_through_the_database_keeps_beating_while_it_drains
     // From another host name: no signal can reach it, only the database's request.
     let began = Instant::now();
     let stop = supervisor(dir, "h2").args(["stop", "--db", &db]).stdout(Stdio::piped()).spawn().unwrap();
-    tokio::time::sleep(Duration::from_secs(11)).await;
-    let v = status_json(dir, &db);
-    assert_eq!(v["runs"][0]["alive"], true, "still beating 11 s into its drain: {v}");
-    assert_eq!(v["runs"][0]["state"], "stopping", "{v}");
+    let stopping = || {
+        let v = status_json(dir, &db);
+        v["runs"][0]["state"] == "stopping" && v["runs"][0]["alive"] == true
+    };
+    wait_for(LONG, "the run stopping", || async { stopping() }).await;
+    // Looked at all along, not once at the end: alive and stopping until 11 s into its
+    // drain, past the 10 s after which a silent run counts as dead.
+    let rest = (began + Duration::from_secs(11)).saturating_duration_since(Instant::now());
+    holds_for(rest, "a run still beating and stopping, 11 s into its drain", || async { stopping() }).await;
     let said = String::from_utf8_lossy(&stop.wait_with_output().unwrap().stdout).to_string();
     assert!(said.contains("fleet stopped: worker ids 0-1"), "{said}");
     assert!(began.elapsed() >= Duration::from_secs(11), "stop waited for the drain");
@@ -344,8 +309,8 @@ async fn two_hosts_finish_a_postgres_fleet_together_when_one_is_sigkilled_and_re
     let dir = dir.path();
     import(dir, &url, 600);
     let batch = ["--sleep", "20ms", "--concurrency", "4", "--exit-when-done"];
-    let mut a = spawn_quiet(start(dir, "host-a", &url, free_ports(4), "0-1", &batch));
-    let mut b = spawn_quiet(start(dir, "host-b", &url, free_ports(4), "2-3", &batch));
+    let mut a = spawn(start(dir, "host-a", &url, free_ports(4), "0-1", &batch));
+    let mut b = spawn(start(dir, "host-b", &url, free_ports(4), "2-3", &batch));
     wait_for(LONG, "all four workers running and 100 videos done", || async {
         running(dir, &url).len() == 4 && done(dir, &url) >= 100
     })
@@ -372,7 +337,7 @@ async fn two_hosts_finish_a_postgres_fleet_together_when_one_is_sigkilled_and_re
     assert!(wait_exit(&mut a, LONG).success());
 
     assert_eq!(psql(&url, "SELECT count(*) FROM videos WHERE status = 'done'"), "600");
-    assert_eq!(done_twice(&url), "0", "no video was completed twice");
+    assert_eq!(pg_done_twice(&url), "0", "no video was completed twice");
     assert_eq!(
         psql(&url, "SELECT string_agg(host || ':' || state, ',' ORDER BY host, run_id) FROM fleet_runs"),
         "host-a:done,host-b:crashed,host-b:done"

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use testkit::{bin, free_ports};
+use testkit::free_ports;
 
 fn wrangler() -> Option<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -70,16 +70,8 @@ fn a_database_wrangler_migrated_runs_the_fleet_and_wrangler_then_has_nothing_to_
     let csv = dir.path().join("videos.csv");
     std::fs::write(&csv, (1..=20).fold("video_id,source\n".to_string(), |acc, i| acc + &format!("{i},src-{i}\n")))
         .unwrap();
-    let supervisor = |args: &[&str]| -> Output {
-        Command::new(bin("supervisor"))
-            .args(args)
-            .arg("--db")
-            .arg(&db)
-            .current_dir(dir.path())
-            .env("FLEET_WORKER_BIN", bin("worker"))
-            .output()
-            .unwrap()
-    };
+    let supervisor =
+        |args: &[&str]| -> Output { testkit::supervisor(dir.path()).args(args).arg("--db").arg(&db).output().unwrap() };
     let out = supervisor(&["import", csv.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let base = free_ports(2).to_string();

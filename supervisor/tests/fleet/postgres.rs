@@ -4,46 +4,21 @@
 //! process is killed, and do the commands read the same database.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use shared::storage::{ImportRow, NewVideo, Store};
-use testkit::{bin, free_ports, wait_for};
+use testkit::{all_dead, free_ports, psql, supervisor, text, wait_for};
 
-const LONG: Duration = Duration::from_secs(90);
-
-/// Runs one statement with psql (the test reads what no command shows, such as the
-/// attempts history) and returns its unaligned output.
-fn psql(url: &str, sql: &str) -> String {
-    let out = Command::new("psql").args([url, "-Atqc", sql]).output().expect("psql runs");
-    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn supervisor(dir: &Path) -> Command {
-    let mut cmd = Command::new(bin("supervisor"));
-    cmd.current_dir(dir)
-        .env("FLEET_WORKER_BIN", bin("worker"))
-        .env("RUST_LOG", shared::storage::DEFAULT_LOG_FILTER)
-        .env_remove("FLEET_DB")
-        .env_remove("DATABASE_URL")
-        .env_remove("WORKER_CONCURRENCY")
-        .env_remove("FLEET_WORKERS")
-        .env_remove("FLEET_CONTROL_TOKEN");
-    cmd
-}
+use crate::helper::{LONG, pg_done_twice, spawn};
 
 fn start(dir: &Path, url: &str, base: u16, args: &[&str]) -> Command {
     let mut cmd = supervisor(dir);
     cmd.args(["start", "--workers", "2", "--mem-limit", "250M", "--base-port", &base.to_string(), "--db", url])
         .args(args);
     cmd
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 async fn seed(url: &str, n: i64) {
@@ -64,11 +39,6 @@ fn done(url: &str) -> i64 {
     psql(url, "SELECT count(*) FROM videos WHERE status = 'done'").parse().unwrap()
 }
 
-fn alive(pid: i64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
-}
-
 fn worker_pids(url: &str) -> Vec<i64> {
     psql(
         url,
@@ -85,11 +55,7 @@ async fn a_postgres_fleet_loses_nothing_when_a_worker_and_then_its_supervisor_ar
     let Some(url) = testkit::fresh_postgres_url().await else { return };
     let dir = tempfile::tempdir().unwrap();
     seed(&url, 300).await;
-    let mut first = start(dir.path(), &url, free_ports(2), &["--sleep", "20ms", "--concurrency", "4"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = spawn(start(dir.path(), &url, free_ports(2), &["--sleep", "20ms", "--concurrency", "4"]));
 
     wait_for(LONG, "30 videos done", || async { done(&url) >= 30 }).await;
     let pids = worker_pids(&url);
@@ -106,22 +72,14 @@ async fn a_postgres_fleet_loses_nothing_when_a_worker_and_then_its_supervisor_ar
     let pids = worker_pids(&url);
     first.kill().unwrap();
     first.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(pids.iter().all(|&p| !alive(p)), "workers outlived their supervisor: {pids:?}");
+    assert!(all_dead(&pids, Duration::from_secs(5)), "workers outlived their supervisor: {pids:?}");
 
     let out = start(dir.path(), &url, free_ports(2), &["--sleep", "1ms", "--concurrency", "8", "--exit-when-done"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(done(&url), 300);
-    let twice = psql(
-        &url,
-        "SELECT count(*) FROM (SELECT video_id FROM attempts WHERE outcome = 'done' GROUP BY 1 HAVING count(*) > 1) t",
-    );
-    assert_eq!(twice, "0", "no video was completed twice");
+    assert_eq!(pg_done_twice(&url), "0", "no video was completed twice");
     assert_eq!(psql(&url, "SELECT state FROM fleet_runs ORDER BY run_id LIMIT 1"), "crashed");
     let kept = psql(&url, "SELECT sum(videos) FROM video_counts WHERE status = 'done'");
     assert_eq!(kept, "300", "the kept counts agree with the rows");
@@ -245,13 +203,12 @@ async fn scale_splits_the_new_size_among_the_supervisors_of_a_postgres_fleet_and
     seed(&url, 200).await;
     let base = free_ports(4);
     let part = |ids: &str| {
-        let mut cmd = start(
+        spawn(start(
             dir.path(),
             &url,
             base,
             &["--sleep", "50ms", "--concurrency", "1", "--exit-when-done", "--worker-ids", ids],
-        );
-        testkit::Running(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap())
+        ))
     };
     let (mut a, mut b) = (part("0"), part("1"));
     wait_for(LONG, "10 videos done", || async { done(&url) >= 10 }).await;
@@ -273,11 +230,7 @@ async fn scale_splits_the_new_size_among_the_supervisors_of_a_postgres_fleet_and
     assert!(b.wait().unwrap().success());
 
     assert_eq!(done(&url), 200);
-    let twice = psql(
-        &url,
-        "SELECT count(*) FROM (SELECT video_id FROM attempts WHERE outcome = 'done' GROUP BY 1 HAVING count(*) > 1) t",
-    );
-    assert_eq!(twice, "0", "no video was completed twice");
+    assert_eq!(pg_done_twice(&url), "0", "no video was completed twice");
     assert_eq!(
         psql(&url, "SELECT string_agg(workers::text, ',' ORDER BY layout_id) FROM fleet_layouts"),
         "2,2,4,4,2,2"

@@ -3,14 +3,10 @@
 //! a refused file changes nothing.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use shared::status::VideoStatus;
-use testkit::{TestDb, bin};
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
+use testkit::{TestDb, supervisor, text};
 
 /// A test database holding videos 1 and 2, and the import file `name` written next to it.
 struct Case {
@@ -47,16 +43,26 @@ impl Case {
 }
 
 fn import(dir: &Path, file: &Path, db: &Path, extra: &[&str]) -> Output {
-    Command::new(bin("supervisor"))
-        .current_dir(dir)
-        .arg("import")
-        .arg(file)
-        .arg("--db")
-        .arg(db)
-        .args(extra)
-        .env("RUST_LOG", shared::storage::DEFAULT_LOG_FILTER)
-        .output()
-        .expect("supervisor runs")
+    supervisor(dir).arg("import").arg(file).arg("--db").arg(db).args(extra).output().expect("supervisor runs")
+}
+
+#[tokio::test]
+async fn an_import_with_a_bad_line_seven_imports_nothing() {
+    let t = TestDb::new().await;
+    t.seed(2).await;
+    let file = t.dir.path().join("videos.csv");
+    let mut csv = String::from("video_id,source\n");
+    for i in 10..15 {
+        csv.push_str(&format!("{i},src-{i}\n"));
+    }
+    csv.push_str("oops,src\n"); // line 7
+    std::fs::write(&file, csv).unwrap();
+    let out = supervisor(t.dir.path()).args(["import"]).arg(&file).arg("--db").arg(&t.path).output().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("has 1 bad line; nothing was imported"), "{all}");
+    assert!(all.contains("line 7: video_id \"oops\" is not an integer"), "{all}");
+    assert_eq!(t.db.count_videos().await.unwrap(), 2, "the database is unchanged");
 }
 
 #[tokio::test]
@@ -228,8 +234,7 @@ async fn a_large_file_is_imported_in_flat_memory() {
     }
     std::io::Write::flush(&mut csv).unwrap();
     drop(csv);
-    let mut child = Command::new(bin("supervisor"))
-        .current_dir(t.dir.path())
+    let mut child = supervisor(t.dir.path())
         .arg("import")
         .arg(&file)
         .arg("--db")
