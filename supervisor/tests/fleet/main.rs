@@ -5,12 +5,14 @@
 
 mod commands;
 mod config;
+mod drain;
 mod database;
 mod helper;
 mod hosts;
 mod import;
 mod kill;
 mod memory;
+mod outage;
 mod postgres;
 mod restart;
 mod run;

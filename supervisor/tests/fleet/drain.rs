@@ -2,27 +2,14 @@
 //! its slot `drained` and leaves it down, until a resume request in the database (what
 //! the monitor's page writes) brings it back.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use shared::storage::{FleetWorker, SlotStatus};
-use testkit::{Running, TestDb, bin, free_ports, wait_for};
+use testkit::{Running, TestDb, free_ports, supervisor, wait_for};
 
 const LONG: Duration = Duration::from_secs(90);
 const TOKEN: &str = "drain-test-token-1234";
-
-fn supervisor(dir: &Path) -> Command {
-    let mut cmd = Command::new(bin("supervisor"));
-    cmd.current_dir(dir)
-        .env("FLEET_WORKER_BIN", bin("worker"))
-        .env("RUST_LOG", shared::storage::DEFAULT_LOG_FILTER)
-        .env_remove("WORKER_CONCURRENCY")
-        .env_remove("FLEET_WORKERS")
-        .env_remove("FLEET_CONTROL_TOKEN")
-        .env_remove("FLEET_CA_CERT");
-    cmd
-}
 
 async fn slot(t: &TestDb, k: usize) -> Option<FleetWorker> {
     t.slots().await.into_iter().nth(k)

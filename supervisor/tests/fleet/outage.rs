@@ -9,13 +9,7 @@ use std::time::{Duration, Instant};
 
 use shared::storage::{ImportRow, NewVideo, Store};
 use testkit::pg_server::PgServer;
-use testkit::{bin, free_ports};
-
-fn psql(url: &str, sql: &str) -> String {
-    let out = Command::new("psql").args([url, "-Atqc", sql]).output().expect("psql runs");
-    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+use testkit::{bin, free_ports, psql, supervisor};
 
 fn count(url: &str, sql: &str) -> i64 {
     psql(url, sql).parse().unwrap_or(-1)
@@ -38,12 +32,7 @@ async fn seed(url: &str, n: i64) {
 /// `supervisor start --exit-when-done` on `url`: 2 workers of 2 slots, jobs of `job`.
 fn fleet(dir: &Path, url: &str, job: &str) -> Child {
     let base = free_ports(2);
-    Command::new(bin("supervisor"))
-        .current_dir(dir)
-        .env("FLEET_WORKER_BIN", bin("worker"))
-        .env("RUST_LOG", shared::storage::DEFAULT_LOG_FILTER)
-        .env_remove("FLEET_DB")
-        .env_remove("DATABASE_URL")
+    supervisor(dir)
         .args(["start", "--workers", "2", "--concurrency", "2", "--mem-limit", "250M", "--exit-when-done"])
         .args(["--base-port", &base.to_string(), "--db", url, "--sleep", job])
         .stdout(Stdio::piped())
