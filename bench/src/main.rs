@@ -7,6 +7,7 @@
 //! build them in the same profile.
 
 mod contention_bench;
+mod outage_bench;
 mod import_bench;
 mod pacing_bench;
 mod postgres_bench;
@@ -183,6 +184,22 @@ enum What {
         #[arg(long, default_value_t = 4)]
         concurrency: u32,
     },
+    /// How soon work resumes after the database returns from an outage: a fleet on a
+    /// PostgreSQL server of its own, the server stopped for `--outage` seconds.
+    Outage {
+        #[arg(long, default_value_t = 2_000)]
+        videos: i64,
+        #[arg(long, default_value_t = 2)]
+        workers: u32,
+        #[arg(long, default_value_t = 4)]
+        concurrency: u32,
+        /// Each job's time, in milliseconds.
+        #[arg(long, default_value_t = 1_000)]
+        job_ms: u64,
+        /// How long the server stays down, in seconds.
+        #[arg(long, default_value_t = 30)]
+        outage: u64,
+    },
     /// Wall time and peak RSS of `supervisor import` on a generated CSV file.
     Import {
         /// Lines of the CSV file.
@@ -279,6 +296,19 @@ async fn main() -> anyhow::Result<()> {
             let report = contention_bench::bench_contention(&dir, cli.runs, &opts).await;
             let _ = std::fs::remove_dir_all(&dir);
             write_section(&cli.out, "contention", &command, &report?)?;
+        }
+        What::Outage { videos, workers, concurrency, job_ms, outage } => {
+            let dir = tempfile_dir()?;
+            let opts = outage_bench::Options {
+                videos,
+                workers,
+                concurrency,
+                job: Duration::from_millis(job_ms),
+                outage: Duration::from_secs(outage),
+            };
+            let report = outage_bench::bench_outage(&dir, cli.runs, &opts).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            write_section(&cli.out, "outage", &command, &report?)?;
         }
         What::Import { lines, baseline } => {
             let dir = tempfile_dir()?;

@@ -170,7 +170,9 @@ pub fn outage(e: &sqlx::Error) -> Option<DbState> {
                 "57P01" | "57P02" | "57P03" | "53300" => Some(DbState::Unreachable),
                 c if c.starts_with("08") => Some(DbState::Unreachable),
                 // SQLite: SQLITE_IOERR (10) and its extended codes, SQLITE_BUSY (5) and
-                // its own (locked past every retry).
+                // its own (locked past every retry). SQLite's codes have at most four
+                // digits; a SQLSTATE always has five.
+                c if c.len() >= 5 => None,
                 c => c.parse::<i32>().ok().and_then(|n| match n & 0xff {
                     10 | 5 => Some(DbState::Unreachable),
                     13 => Some(DbState::Full),
@@ -192,5 +194,80 @@ pub fn is_busy(e: &sqlx::Error) -> bool {
             )
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+
+    /// A database error with only a code, as a server or SQLite gives one.
+    #[derive(Debug)]
+    struct Coded(&'static str);
+
+    impl std::fmt::Display for Coded {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "code {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Coded {}
+
+    impl sqlx::error::DatabaseError for Coded {
+        fn message(&self) -> &str {
+            "coded"
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn coded(code: &'static str) -> Option<DbState> {
+        DbError::Sql(sqlx::Error::Database(Box::new(Coded(code)))).outage()
+    }
+
+    fn io(kind: std::io::ErrorKind) -> Option<DbState> {
+        DbError::Sql(sqlx::Error::Io(kind.into())).outage()
+    }
+
+    #[test]
+    fn a_database_that_is_away_or_full_is_an_outage_and_a_mistake_is_not() {
+        use std::io::ErrorKind::*;
+        // PostgreSQL: shutting down, a lost connection, too many clients, disk full.
+        for code in ["57P01", "57P02", "57P03", "08006", "08001", "53300"] {
+            assert_eq!(coded(code), Some(DbState::Unreachable), "{code}");
+        }
+        assert_eq!(coded("53100"), Some(DbState::Full));
+        // SQLite: FULL, IOERR (and an extended code of it), BUSY past every retry.
+        assert_eq!(coded("13"), Some(DbState::Full));
+        assert_eq!(coded("10"), Some(DbState::Unreachable));
+        assert_eq!(coded("3338"), Some(DbState::Unreachable), "SQLITE_IOERR_FSYNC");
+        assert_eq!(coded("5"), Some(DbState::Unreachable));
+        assert_eq!(io(ConnectionRefused), Some(DbState::Unreachable));
+        assert_eq!(io(StorageFull), Some(DbState::Full));
+        assert_eq!(DbError::Busy { attempts: 200 }.outage(), Some(DbState::Unreachable));
+        // Not waited out: a damaged file, a rejected login, no such database, a bad
+        // statement, a certificate that does not verify.
+        assert_eq!(coded("11"), None, "SQLITE_CORRUPT");
+        assert_eq!(coded("28P01"), None, "invalid password");
+        assert_eq!(coded("3D000"), None, "no such database");
+        assert_eq!(coded("42601"), None, "syntax error");
+        assert_eq!(coded("10250"), None, "five digits are a SQLSTATE, never a SQLite code (10250 & 0xff = 10)");
+        assert_eq!(io(InvalidData), None);
+        assert_eq!(DbError::Open { db: "x".into(), reason: "no such database".into() }.outage(), None);
     }
 }

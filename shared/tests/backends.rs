@@ -738,3 +738,42 @@ async fn heartbeats_are_kept_per_fleet_size_and_worker_and_overwritten_by_the_ne
     let counts = w0.all_counts().await.unwrap();
     assert_eq!(counts.len(), 2);
 }
+
+on_both_backends!(claims_heard_of_are_kept_and_the_rest_are_handed_back_uncounted_after_a_lost_connection);
+async fn claims_heard_of_are_kept_and_the_rest_are_handed_back_uncounted_after_a_lost_connection(db: Store) {
+    seed(&db, 1..=3).await;
+    let mut shard = db.open_shard(ShardSpec::new(1, 0)).await.unwrap();
+    let claimed = claim(&mut shard, 3, now_ms(), Duration::from_secs(30)).await;
+    // The worker heard of the claim of video 1 only; the others' COMMIT went unheard.
+    let heard = claimed.iter().find(|c| c.video_id == 1).unwrap();
+    let mut back = shard.hand_back(&[heard.token], now_ms(), "lost as claimed", &policy(3)).await.unwrap();
+    back.sort_unstable();
+    assert_eq!(back, [2, 3]);
+    let rows: Vec<(i64, VideoStatus, i64)> =
+        testing::videos(&db).await.unwrap().into_iter().map(|v| (v.video_id, v.status, v.attempts)).collect();
+    assert_eq!(
+        rows,
+        [(1, VideoStatus::Running, 1), (2, VideoStatus::Pending, 0), (3, VideoStatus::Pending, 0)],
+        "the unheard claims count no attempt; the one in hand runs on"
+    );
+}
+
+on_both_backends!(a_lease_that_lapsed_while_the_database_was_away_is_swept_without_counting_the_attempt);
+async fn a_lease_that_lapsed_while_the_database_was_away_is_swept_without_counting_the_attempt(db: Store) {
+    seed(&db, 1..=2).await;
+    let mut gone = db.open_shard(ShardSpec::new(2, 0)).await.unwrap();
+    let mut also_gone = db.open_shard(ShardSpec::new(2, 1)).await.unwrap();
+    let mut sweeper = db.open_shard(ShardSpec::new(2, 0)).await.unwrap();
+    let now = now_ms();
+    claim(&mut gone, 1, now, Duration::from_secs(1)).await; // video 2, lapses at now + 1 s
+    claim(&mut also_gone, 1, now - 60_000, Duration::from_secs(1)).await; // video 1, lapsed long before
+    // The sweeper saw the database away from now to now + 30 s.
+    let away = Some((now, now + 30_000));
+    let swept = sweeper.reclaim_expired_in(0, (now + 45_000, away), &policy(1)).await.unwrap();
+    assert_eq!(swept, [(2, VideoStatus::Pending)], "one attempt of one, yet it runs again: it was not its fault");
+    let other = sweeper.reclaim_expired_in(1, (now + 45_000, away), &policy(1)).await.unwrap();
+    assert_eq!(other, [(1, VideoStatus::Failed)], "a lease that lapsed before the outage counts as ever");
+    let row = testing::video(&db, 2).await.unwrap().unwrap();
+    assert_eq!(row.attempts, 0);
+    assert!(row.last_error.unwrap().contains("while the database was away"));
+}

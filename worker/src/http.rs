@@ -277,8 +277,20 @@ async fn retry(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<Str
             ));
         }
     }
-    let Some(db) = s.db.get() else {
-        return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, "the worker has not reached its database yet".into()));
+    // A request that comes as the worker starts waits for its database a moment, as it
+    // did when the server started only after the database answered.
+    let opening = tokio::time::Instant::now() + Duration::from_secs(5);
+    let db = loop {
+        match s.db.get() {
+            Some(db) => break db,
+            None if tokio::time::Instant::now() < opening => tokio::time::sleep(Duration::from_millis(20)).await,
+            None => {
+                return Err(ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the worker has not reached its database yet".into(),
+                ));
+            }
+        }
     };
     let outcome = db.requeue_video(id).await.map_err(|e| {
         tracing::error!("retry of video {id} failed: {e}");

@@ -29,9 +29,9 @@ async fn seed(url: &str, n: i64) {
     db.close().await;
 }
 
-/// `supervisor start --exit-when-done` on `url`: 2 workers of 2 slots, jobs of `job`.
-fn fleet(dir: &Path, url: &str, job: &str) -> Child {
-    let base = free_ports(2);
+/// `supervisor start --exit-when-done` on `url`: 2 workers of 2 slots, jobs of `job`,
+/// on ports `base` and `base + 1`.
+fn fleet_on(dir: &Path, url: &str, job: &str, base: u16) -> Child {
     supervisor(dir)
         .args(["start", "--workers", "2", "--concurrency", "2", "--mem-limit", "250M", "--exit-when-done"])
         .args(["--base-port", &base.to_string(), "--db", url, "--sleep", job])
@@ -39,6 +39,10 @@ fn fleet(dir: &Path, url: &str, job: &str) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("supervisor starts")
+}
+
+fn fleet(dir: &Path, url: &str, job: &str) -> Child {
+    fleet_on(dir, url, job, free_ports(2))
 }
 
 /// Waits for `child` to exit within `limit`; kills it and fails otherwise. Returns its
@@ -103,16 +107,38 @@ async fn postgres_stopped_for_30s_under_a_fleet_of_long_jobs_costs_no_job() {
     let dir = tempfile::tempdir().unwrap();
     // Jobs of 8 s: the first four end while the server is away, and every 15 s lease
     // lapses before it is back.
-    let child = fleet(dir.path(), &server.url, "8s");
+    let base = free_ports(2);
+    let child = fleet_on(dir.path(), &server.url, "8s", base);
     until_running(&server.url, 4);
     std::thread::sleep(Duration::from_secs(1));
     server.stop();
-    std::thread::sleep(Duration::from_secs(30));
+    // While it is away, the worker is healthy and says what it waits for.
+    let url = |path: &str| format!("http://127.0.0.1:{base}{path}");
+    let http = testkit::http();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let s: serde_json::Value = http.get(url("/status")).send().await.unwrap().json().await.unwrap();
+        if s["database"]["state"] == "unreachable" {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the worker never said its database was away: {s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(status["database"]["since"].is_i64() && status["database"]["last_error"].is_string(), "{status}");
+    assert_eq!(status["in_flight"].as_array().map(Vec::len), Some(2), "its jobs run on: {status}");
+    let health = http.get(url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "an outage is waited out, not a sick worker");
+    let health: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(health["database"]["state"], "unreachable", "{health}");
+    let metrics = http.get(url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("shardfleet_database_up{worker=\"0\"} 0"), "{metrics}");
+    std::thread::sleep(Duration::from_secs(27));
     server.start_again();
     let (code, out) = finish(child, Duration::from_secs(120));
     eprintln!("{out}");
     assert_eq!(code, Some(0), "the run rides out the outage and ends 0:\n{out}");
     assert_no_job_was_lost(&server.url, 8, &out);
+    assert_eq!(out.matches("the database answers again").count(), 3, "each process says the return once:\n{out}");
     let away = out.matches("the database is unreachable").count();
     assert!(away <= 3, "one line when the database goes away per process, not one per try ({away}):\n{out}");
 }
