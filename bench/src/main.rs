@@ -7,8 +7,8 @@
 //! build them in the same profile.
 
 mod contention_bench;
-mod outage_bench;
 mod import_bench;
+mod outage_bench;
 mod pacing_bench;
 mod postgres_bench;
 mod scale_bench;

@@ -141,8 +141,7 @@ pub(crate) async fn bench_outage(dir: &Path, runs: usize, opts: &Options) -> any
     let written = median(measured.iter().map(|m| m.first_written).collect());
     let new = median(measured.iter().map(|m| m.first_new).collect());
     let job = opts.job.as_secs_f64();
-    let each: Vec<String> =
-        measured.iter().map(|m| format!("{:.2} / {:.2}", m.first_written, m.first_new)).collect();
+    let each: Vec<String> = measured.iter().map(|m| format!("{:.2} / {:.2}", m.first_written, m.first_new)).collect();
     Ok(format!(
         "{} workers x {} slots, `--sleep {}ms`, on a PostgreSQL server of the bench's own (`.ci/postgres`), stopped \
          with `pg_ctl stop -m fast` once every slot was busy, for {} s, then started again. Timed from the moment \

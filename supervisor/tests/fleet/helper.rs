@@ -79,3 +79,19 @@ pub fn pg_done_twice(url: &str) -> String {
         "SELECT count(*) FROM (SELECT video_id FROM attempts WHERE outcome = 'done' GROUP BY 1 HAVING count(*) > 1) t";
     testkit::psql(url, sql)
 }
+
+/// Imports videos 1..=`n` (sources `v1`, `v2`, ...) into the database at `db` (a path or
+/// a URL), creating its schema if need be.
+pub async fn seed(db: &str, n: i64) {
+    let db = shared::storage::Store::open(db.parse::<shared::storage::DbLocation>().unwrap(), 1).await.unwrap();
+    let mut import = db.begin_import().await.unwrap();
+    let rows = (1..=n)
+        .map(|id| shared::storage::ImportRow {
+            line: id as u64,
+            video: shared::storage::NewVideo { video_id: id, source: format!("v{id}"), payload: None },
+        })
+        .collect();
+    assert!(import.add(rows).await.unwrap().is_empty());
+    import.commit().await.unwrap();
+    db.close().await;
+}

@@ -5,8 +5,8 @@
 
 mod commands;
 mod config;
-mod drain;
 mod database;
+mod drain;
 mod helper;
 mod hosts;
 mod import;

@@ -7,26 +7,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shared::storage::{ImportRow, NewVideo, Store};
+use crate::helper::seed;
 use testkit::pg_server::PgServer;
 use testkit::{bin, free_ports, psql, supervisor};
 
 fn count(url: &str, sql: &str) -> i64 {
     psql(url, sql).parse().unwrap_or(-1)
-}
-
-async fn seed(url: &str, n: i64) {
-    let db = Store::open(url.parse::<shared::storage::DbLocation>().unwrap(), 1).await.unwrap();
-    let mut import = db.begin_import().await.unwrap();
-    let rows = (1..=n)
-        .map(|id| ImportRow {
-            line: id as u64,
-            video: NewVideo { video_id: id, source: format!("v{id}"), payload: None },
-        })
-        .collect();
-    assert!(import.add(rows).await.unwrap().is_empty());
-    import.commit().await.unwrap();
-    db.close().await;
 }
 
 /// `supervisor start --exit-when-done` on `url`: 2 workers of 2 slots, jobs of `job`,
@@ -208,18 +194,8 @@ fn fill(dir: &Path) {
 async fn a_full_disk_under_sqlite_is_waited_out_and_the_same_run_ends_0() {
     let Some(disk) = Tmpfs::mount("16m") else { return };
     let db_path = disk.path().join("fleet.db");
-    let db = Store::open(&db_path, 1).await.unwrap();
-    let mut import = db.begin_import().await.unwrap();
-    let rows = (1..=400)
-        .map(|id| ImportRow {
-            line: id as u64,
-            video: NewVideo { video_id: id, source: format!("v{id}"), payload: None },
-        })
-        .collect();
-    assert!(import.add(rows).await.unwrap().is_empty());
-    import.commit().await.unwrap();
-    db.close().await;
     let url = db_path.to_str().unwrap().to_string();
+    seed(&url, 400).await;
     let child = fleet(disk.path(), &url, "100ms");
     let sqlite = |sql: &str| -> String {
         let out = Command::new("sqlite3").arg(&db_path).arg(sql).output().expect("sqlite3 runs");

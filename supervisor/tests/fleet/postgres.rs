@@ -7,9 +7,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::helper::seed;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use shared::storage::{ImportRow, NewVideo, Store};
 use testkit::{all_dead, free_ports, psql, supervisor, text, wait_for};
 
 use crate::helper::{LONG, pg_done_twice, spawn};
@@ -19,20 +19,6 @@ fn start(dir: &Path, url: &str, base: u16, args: &[&str]) -> Command {
     cmd.args(["start", "--workers", "2", "--mem-limit", "250M", "--base-port", &base.to_string(), "--db", url])
         .args(args);
     cmd
-}
-
-async fn seed(url: &str, n: i64) {
-    let db = Store::open(url.parse::<shared::storage::DbLocation>().unwrap(), 1).await.unwrap();
-    let mut import = db.begin_import().await.unwrap();
-    let rows = (1..=n)
-        .map(|id| ImportRow {
-            line: id as u64,
-            video: NewVideo { video_id: id, source: format!("v{id}"), payload: None },
-        })
-        .collect();
-    assert!(import.add(rows).await.unwrap().is_empty());
-    import.commit().await.unwrap();
-    db.close().await;
 }
 
 fn done(url: &str) -> i64 {
