@@ -2,7 +2,8 @@
 //! PostgreSQL server of the bench's own (`.ci/postgres`); the server is stopped (`pg_ctl
 //! stop -m fast`) for `outage` and started again, and the bench times, from the moment
 //! the server accepts connections again:
-//! - the first completion written: an ending the workers kept through the outage;
+//! - the first completion written: an ending the workers kept through the outage (a
+//!   job that ended after the server had stopped);
 //! - the first completion of a video claimed after the return (less its job time, that
 //!   is how soon claims resume).
 
@@ -108,8 +109,9 @@ pub(crate) async fn bench_outage(dir: &Path, runs: usize, opts: &Options) -> any
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let before = psql_int(&server.url, "SELECT count(*) FROM attempts").unwrap_or(0);
         pg("stop", &server.dir)?;
+        // Jobs that end from now on can only be written once the server is back.
+        let stopped_ms = now_ms();
         std::thread::sleep(opts.outage);
         pg("start", &server.dir)?;
         let back = Instant::now();
@@ -118,9 +120,8 @@ pub(crate) async fn bench_outage(dir: &Path, runs: usize, opts: &Options) -> any
         let limit = back + Duration::from_secs(60);
         let first_new = loop {
             let now = back.elapsed().as_secs_f64();
-            if first_written.is_none()
-                && psql_int(&server.url, "SELECT count(*) FROM attempts").is_some_and(|n| n > before)
-            {
+            let kept = format!("SELECT count(*) FROM attempts WHERE finished_at >= {stopped_ms}");
+            if first_written.is_none() && psql_int(&server.url, &kept).is_some_and(|n| n > 0) {
                 first_written = Some(now);
             }
             let new = format!("SELECT min(finished_at) FROM attempts WHERE started_at >= {back_ms}");
