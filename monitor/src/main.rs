@@ -32,6 +32,12 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         let discovery = match monitor::discover(&config).await {
             Ok(d) => d,
+            // A database that cannot be reached now is a runtime failure (1), as for every
+            // command; a --db that names no usable database is the user's to fix (2).
+            Err(e) if e.chain().any(|c| c.downcast_ref::<shared::DbError>().is_some_and(|d| !d.is_usage())) => {
+                eprintln!("monitor: {e:#}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
             Err(e) => {
                 eprintln!("monitor: {e:#}");
                 return ExitCode::from(EXIT_USAGE);

@@ -37,3 +37,30 @@ async fn a_database_without_a_fleet_run_says_how_to_start_one() {
     let first = refused(&["--db", t.path.to_str().unwrap()], t.dir.path());
     assert!(first.contains("has no fleet run recorded: start one with `supervisor start`"), "{first}");
 }
+
+/// A database that cannot be reached now is a runtime failure: `--once` and `--json`
+/// answer with one sentence and exit 1, and never hang, whether the server refuses the
+/// connection or answers the handshake and then says nothing.
+#[test]
+fn a_database_that_cannot_be_reached_is_one_sentence_and_exit_1_from_once_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let refusing = testkit::closed_port();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    for port in [refusing, silent_port] {
+        let db = format!("postgres://postgres@127.0.0.1:{port}/fleet");
+        for mode in ["--once", "--json"] {
+            let began = std::time::Instant::now();
+            let out = run_monitor(&[mode, "--db", &db], dir.path());
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert_eq!(out.status.code(), Some(1), "monitor {mode} --db {db}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "one sentence: {stderr}");
+            assert!(stderr.contains("cannot reach database"), "{stderr}");
+            assert!(out.stdout.is_empty());
+            // The bound is the connect limit plus room for a loaded machine; the limit
+            // itself is the 5 s in storage/postgres/open.rs.
+            assert!(began.elapsed() < std::time::Duration::from_secs(15), "monitor {mode} answered without hanging");
+        }
+    }
+    drop(silent);
+}
