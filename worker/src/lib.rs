@@ -53,7 +53,9 @@ pub async fn run(
     let memory = Arc::new(memory::MemoryKills::detect(config.mem_limit.map(|b| b.bytes())));
     let handler =
         Arc::new(Handler::from_args(&config.handler, &config.job, memory.clone()).map_err(anyhow::Error::msg)?);
-    let db = Store::open(&config.db, 4).await.context("cannot use the database")?;
+    // On PostgreSQL, the budget (2 unless the URL says `connections=N`): the claims keep
+    // one, renewals, beats and `/health` share the rest. A SQLite file has no server.
+    let db = Store::open(&config.db, config.db.connections().unwrap_or(4)).await.context("cannot use the database")?;
     let local = listener.local_addr()?;
     let port = local.port();
     if !local.ip().is_loopback() {

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::busy::run;
 use super::conn::{Backend, Conn, ConnExt};
-use super::postgres::PgStore;
+use super::postgres::{Access, PgStore};
 use super::sqlite::SqliteStore;
 use crate::error::DbError;
 use crate::location::DbLocation;
@@ -30,7 +30,7 @@ impl Store {
     pub async fn open(db: impl Into<DbLocation>, max_connections: u32) -> Result<Store, DbError> {
         Ok(Store(match db.into() {
             DbLocation::Sqlite(path) => Pool::Sqlite(SqliteStore::open(&path, max_connections).await?),
-            DbLocation::Postgres(url) => Pool::Postgres(PgStore::open(&url, max_connections).await?),
+            DbLocation::Postgres(url) => Pool::Postgres(PgStore::open(&url, Access::Create, max_connections).await?),
         }))
     }
 
@@ -40,7 +40,7 @@ impl Store {
     pub async fn open_existing(db: impl Into<DbLocation>, max_connections: u32) -> Result<Store, DbError> {
         Ok(Store(match db.into() {
             DbLocation::Sqlite(path) => Pool::Sqlite(SqliteStore::open_existing(&path, max_connections).await?),
-            DbLocation::Postgres(url) => Pool::Postgres(PgStore::open_existing(&url, max_connections).await?),
+            DbLocation::Postgres(url) => Pool::Postgres(PgStore::open(&url, Access::Existing, max_connections).await?),
         }))
     }
 
@@ -49,7 +49,7 @@ impl Store {
     pub async fn open_read_only(db: impl Into<DbLocation>) -> Result<Store, DbError> {
         Ok(Store(match db.into() {
             DbLocation::Sqlite(path) => Pool::Sqlite(SqliteStore::open_read_only(&path).await?),
-            DbLocation::Postgres(url) => Pool::Postgres(PgStore::open_read_only(&url).await?),
+            DbLocation::Postgres(url) => Pool::Postgres(PgStore::open(&url, Access::ReadOnly, 1).await?),
         }))
     }
 
@@ -89,7 +89,7 @@ impl Store {
     pub(crate) async fn conn(&self) -> Result<Box<dyn Conn>, DbError> {
         Ok(match &self.0 {
             Pool::Sqlite(s) => Box::new(super::sqlite::Link(s.pool().acquire().await?, s.turns())),
-            Pool::Postgres(s) => Box::new(super::postgres::Link(s.pool().acquire().await?)),
+            Pool::Postgres(s) => Box::new(super::postgres::Link::new(s.pool().acquire().await?, s.route())),
         })
     }
 
@@ -97,7 +97,9 @@ impl Store {
     pub(crate) async fn detached_conn(&self) -> Result<Box<dyn Conn>, DbError> {
         Ok(match &self.0 {
             Pool::Sqlite(s) => Box::new(super::sqlite::Link(Box::new(s.pool().acquire().await?.detach()), s.turns())),
-            Pool::Postgres(s) => Box::new(super::postgres::Link(Box::new(s.pool().acquire().await?.detach()))),
+            Pool::Postgres(s) => {
+                Box::new(super::postgres::Link::new(Box::new(s.pool().acquire().await?.detach()), s.route()))
+            }
         })
     }
 }

@@ -55,9 +55,16 @@ impl Fleet {
     pub async fn prepare(config: FleetConfig, layout: Layout, out: NonBlocking) -> anyhow::Result<Fleet> {
         let exe = launch::worker_exe()?;
         let db_path = config.db.absolute().context("cannot resolve --db")?;
-        // One connection: every write of ours comes from this one loop, in turn.
-        let db = Store::open(&db_path, 1).await.context("cannot use the database")?;
-        let reader = Store::open_read_only(&db_path).await.context("cannot read the database")?;
+        // One connection: every write of ours comes from this one loop, in turn. On
+        // PostgreSQL, the budget less the heartbeat's (2 - 1 unless the URL says
+        // `connections=N`), and the reads share it: a server's connections are few.
+        let writers = db_path.connections().map_or(1, |n| n - 1);
+        let db = Store::open(&db_path, writers).await.context("cannot use the database")?;
+        let reader = if db_path.is_postgres() {
+            db.clone()
+        } else {
+            Store::open_read_only(&db_path).await.context("cannot read the database")?
+        };
         if !reader.has_videos().await? {
             tracing::warn!(
                 "{db_path} holds no videos yet; the workers wait for some: add them with `supervisor import FILE`"

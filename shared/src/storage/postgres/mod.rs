@@ -22,5 +22,5 @@ pub(crate) use conn::Link;
 pub(crate) use migrate::MIGRATE_LOCK;
 #[cfg(feature = "testing")]
 pub use migrate::PG_MIGRATIONS;
-pub(crate) use open::PgStore;
+pub(crate) use open::{Access, PgStore};
 pub(crate) use sql::SQL;
