@@ -2,6 +2,7 @@
 //! (`worker`, `supervisor`, `monitor`) on free ports, waits that poll for an outcome
 //! instead of sleeping a guessed time, and (`tls`) a CA and an HTTPS API of the test's own.
 
+pub mod pgbouncer;
 pub mod tls;
 
 pub use shared::storage::testing::{AttemptRow, VideoRow};
