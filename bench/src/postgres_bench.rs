@@ -630,7 +630,8 @@ impl Bouncer {
     fn up(dir: &Path, server: &str) -> anyhow::Result<Bouncer> {
         let script = find_script("pgbouncer")?;
         let _ = std::fs::remove_dir_all(dir);
-        let bouncer = Bouncer { script, dir: dir.to_path_buf(), url: String::new() };
+        // Made before the script runs, so a PgBouncer it started before failing is stopped.
+        let mut bouncer = Bouncer { script, dir: dir.to_path_buf(), url: String::new() };
         eprintln!("starting PgBouncer: {} up {} transaction", bouncer.script.display(), dir.display());
         let out = Command::new(&bouncer.script).arg("up").arg(dir).args(["transaction", server]).output()?;
         if !out.status.success() {
@@ -638,7 +639,8 @@ impl Bouncer {
         }
         let stdout = String::from_utf8_lossy(&out.stdout);
         let url = stdout.lines().find_map(|l| l.strip_prefix("PGBOUNCER_URL=")).context("no PGBOUNCER_URL")?;
-        Ok(Bouncer { url: url.to_string(), ..bouncer })
+        bouncer.url = url.to_string();
+        Ok(bouncer)
     }
 
     /// Database `name` through this PgBouncer.
