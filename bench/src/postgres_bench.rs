@@ -10,7 +10,9 @@
 //! - Fleet: the real `supervisor start --workers N --mem-limit 250M --sleep 0
 //!   --exit-when-done`, timed from spawn to exit, on a fresh database of the same
 //!   videos, then checked (every video done, one done attempt each). The same fleet on
-//!   a SQLite file beside it.
+//!   a SQLite file beside it, and the same PostgreSQL fleet through PgBouncer in
+//!   transaction pooling (`.ci/pgbouncer`, from `deploy/pgbouncer/pgbouncer.ini`, with
+//!   `pool_mode=transaction` in the URL).
 //!
 //! Where the time goes is read from outside the processes: CPU of the server's
 //! processes (the postmaster and every backend it reaped) and of the fleet (the
@@ -49,10 +51,12 @@ pub struct Options {
     pub timeout: Duration,
 }
 
-/// The two backends a fleet row runs on.
+/// The databases a fleet row runs on.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Backend {
     Postgres,
+    /// The same server through PgBouncer in transaction pooling.
+    PgBouncer,
     Sqlite,
 }
 
@@ -60,6 +64,7 @@ impl Backend {
     fn name(self) -> &'static str {
         match self {
             Backend::Postgres => "PostgreSQL",
+            Backend::PgBouncer => "PostgreSQL via PgBouncer (transaction pooling)",
             Backend::Sqlite => "SQLite",
         }
     }
@@ -116,12 +121,14 @@ pub async fn bench_postgres(dir: &Path, runs: usize, opts: &Options) -> anyhow::
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load = load.split_whitespace().next().unwrap_or("?").to_string();
     let server = Server::up(&dir.join("pg"))?;
+    let bouncer = Bouncer::up(&dir.join("pgbouncer"), &server.url)?;
     // An interrupted benchmark must still stop its server (the guard's drop) and fleet.
     let outcome = tokio::select! {
-        r = measure(dir, runs, opts, &server, &supervisor, &worker) => r,
+        r = measure(dir, runs, opts, (&server, &bouncer), &supervisor, &worker) => r,
         _ = interrupted() => Err(anyhow!("interrupted")),
     };
     let version = server.version().await;
+    drop(bouncer);
     drop(server);
     Ok(report(opts, runs, &outcome?, &version, &load))
 }
@@ -150,7 +157,7 @@ async fn measure(
     dir: &Path,
     runs: usize,
     opts: &Options,
-    server: &Server,
+    (server, bouncer): (&Server, &Bouncer),
     supervisor: &Path,
     worker: &Path,
 ) -> anyhow::Result<Results> {
@@ -159,7 +166,7 @@ async fn measure(
     write_csv(&csv, n)?;
     let mut setups = Vec::new();
     for &concurrency in &opts.concurrency {
-        for backend in [Backend::Postgres, Backend::Sqlite] {
+        for backend in [Backend::Postgres, Backend::PgBouncer, Backend::Sqlite] {
             for &workers in &opts.workers {
                 setups.push(Setup { backend, workers, concurrency });
             }
@@ -184,11 +191,15 @@ async fn measure(
         for (setup, out) in &mut fleets {
             eprintln!("run {run}/{runs}: {} on {}", setup.command(), setup.backend.name());
             let r = match setup.backend {
-                Backend::Postgres => {
+                Backend::Postgres | Backend::PgBouncer => {
                     let db = server.fresh_database().await?;
                     import(supervisor, dir, &csv, &db.location)?;
                     let on = Some((server, db.name.as_str()));
-                    let r = fleet_run(dir, supervisor, worker, &db.location, setup, on, opts).await;
+                    let reached = match setup.backend {
+                        Backend::PgBouncer => bouncer.url(&db.name),
+                        _ => db.location.clone(),
+                    };
+                    let r = fleet_run(dir, supervisor, worker, &reached, setup, on, opts).await;
                     let r = match r {
                         Ok(r) => check_done(&db.location, n).await.map(|()| r),
                         Err(e) => Err(e),
@@ -515,7 +526,7 @@ struct Database {
 
 impl Server {
     fn up(dir: &Path) -> anyhow::Result<Server> {
-        let script = find_script()?;
+        let script = find_script("postgres")?;
         let _ = std::fs::remove_dir_all(dir);
         // Made before the script runs, so a server it started before failing is stopped.
         let mut server = Server { script, dir: dir.to_path_buf(), url: String::new() };
@@ -606,6 +617,45 @@ impl Server {
     }
 }
 
+/// A PgBouncer in transaction pooling in front of the server, from the shipped
+/// `deploy/pgbouncer/pgbouncer.ini` (`.ci/pgbouncer`); stopped when dropped.
+struct Bouncer {
+    script: PathBuf,
+    dir: PathBuf,
+    /// `postgres://postgres@127.0.0.1:PORT`, without a database.
+    url: String,
+}
+
+impl Bouncer {
+    fn up(dir: &Path, server: &str) -> anyhow::Result<Bouncer> {
+        let script = find_script("pgbouncer")?;
+        let _ = std::fs::remove_dir_all(dir);
+        // Made before the script runs, so a PgBouncer it started before failing is stopped.
+        let mut bouncer = Bouncer { script, dir: dir.to_path_buf(), url: String::new() };
+        eprintln!("starting PgBouncer: {} up {} transaction", bouncer.script.display(), dir.display());
+        let out = Command::new(&bouncer.script).arg("up").arg(dir).args(["transaction", server]).output()?;
+        if !out.status.success() {
+            bail!(".ci/pgbouncer up failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let url = stdout.lines().find_map(|l| l.strip_prefix("PGBOUNCER_URL=")).context("no PGBOUNCER_URL")?;
+        bouncer.url = url.to_string();
+        Ok(bouncer)
+    }
+
+    /// Database `name` through this PgBouncer.
+    fn url(&self, name: &str) -> DbLocation {
+        DbLocation::Postgres(format!("{}/{name}?pool_mode=transaction", self.url))
+    }
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.script).arg("down").arg(&self.dir).stdin(Stdio::null()).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 impl Database {
     async fn drop_database(&self) -> anyhow::Result<()> {
         let mut admin = PgConnection::connect(&self.server_url).await?;
@@ -628,19 +678,19 @@ impl Drop for Server {
     }
 }
 
-/// `.ci/postgres` of the repository: from the working directory (the documented way to
+/// `.ci/<name>` of the repository: from the working directory (the documented way to
 /// run the benchmark is from the repository's root), else above the executable
 /// (target/release/fleet-bench).
-fn find_script() -> anyhow::Result<PathBuf> {
-    let here = PathBuf::from(".ci/postgres");
+fn find_script(name: &str) -> anyhow::Result<PathBuf> {
+    let here = PathBuf::from(".ci").join(name);
     if here.is_file() {
         return Ok(std::path::absolute(here)?);
     }
     let exe = std::env::current_exe()?;
     exe.ancestors()
-        .map(|d| d.join(".ci/postgres"))
+        .map(|d| d.join(".ci").join(name))
         .find(|p| p.is_file())
-        .context("cannot find .ci/postgres: run fleet-bench from the repository's root")
+        .with_context(|| format!("cannot find .ci/{name}: run fleet-bench from the repository's root"))
 }
 
 /// (utime + stime, cutime + cstime, parent pid) of a process, in clock ticks, from
@@ -689,7 +739,9 @@ fn report(opts: &Options, runs: usize, results: &Results, version: &str, load: &
          `--concurrency`; a worker claims at most its free slots, so `--concurrency {RAW_BATCH}` is the fleet that \
          claims {RAW_BATCH} at a time as the raw loop does, and the goal is judged on its 2-worker PostgreSQL row. \
          No `--concurrency` is the worker's default, 4: four videos a transaction, so the fleet measures \
-         PostgreSQL's cost per transaction more than per video.\n\
+         PostgreSQL's cost per transaction more than per video. The PgBouncer rows: the same PostgreSQL fleet \
+         through PgBouncer in transaction pooling (`.ci/pgbouncer`, the shipped `deploy/pgbouncer/pgbouncer.ini`), \
+         its URL with `pool_mode=transaction`; the import and the checks go straight to the server.\n\
          - **CPU**: server = the postmaster, the backends it reaped and those still alive (/proc); fleet = the \
          supervisor and the workers it reaped (`getrusage(RUSAGE_CHILDREN)`). The machine has {cores} cores, so \
          a run can use at most {cores} × its wall time. Transactions: `pg_stat_database.xact_commit` of the \
@@ -747,7 +799,7 @@ fn report(opts: &Options, runs: usize, results: &Results, version: &str, load: &
             }
             _ => format!("{ratio:.2}"),
         };
-        let autovacuum = if setup.backend == Backend::Postgres { analyzed(ms) } else { String::new() };
+        let autovacuum = if setup.backend == Backend::Sqlite { String::new() } else { analyzed(ms) };
         out.push_str(&format!(
             "| {} `{}` | {r:.0} | {ratio_text} | {:.2} s | {} | {} | {autovacuum} |\n",
             setup.backend.name(),

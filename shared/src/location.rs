@@ -36,6 +36,14 @@ impl DbLocation {
         })
     }
 
+    /// The server connections a worker or a supervisor may hold: the URL's
+    /// `connections=N`, else [`DEFAULT_CONNECTIONS`]; None for a SQLite file, which has
+    /// no server to spare.
+    pub fn connections(&self) -> Option<u32> {
+        let DbLocation::Postgres(url) = self else { return None };
+        Some(pg_params(url).ok().and_then(|(_, p)| p.connections).unwrap_or(DEFAULT_CONNECTIONS))
+    }
+
     /// The text a child process is given as `--db`: the path or the whole URL.
     pub fn as_arg(&self) -> std::ffi::OsString {
         match self {
@@ -81,9 +89,9 @@ impl FromStr for DbLocation {
         }
         match scheme.to_ascii_lowercase().as_str() {
             "postgres" | "postgresql" => {
-                let redacted = redact(s);
-                sqlx::postgres::PgConnectOptions::from_str(s)
-                    .map_err(|e| LocationError::BadUrl { url: redacted, reason: e.to_string() })?;
+                let bad = |reason: String| LocationError::BadUrl { url: redact(s), reason };
+                let (url, _) = pg_params(s).map_err(bad)?;
+                sqlx::postgres::PgConnectOptions::from_str(&url).map_err(|e| bad(e.to_string()))?;
                 Ok(DbLocation::Postgres(s.to_string()))
             }
             "sqlite" | "file" => Ok(DbLocation::Sqlite(PathBuf::from(&s[scheme.len() + 3..]))),
@@ -124,6 +132,45 @@ impl From<&DbLocation> for DbLocation {
     fn from(l: &DbLocation) -> DbLocation {
         l.clone()
     }
+}
+
+/// The server connections a worker or a supervisor holds at most unless the URL says
+/// `connections=N`: a worker's claims keep one, everything else shares the other (a
+/// supervisor: its heartbeat one, its records and reads the other). The monitor holds 1.
+pub const DEFAULT_CONNECTIONS: u32 = 2;
+
+/// What a PostgreSQL URL's parameters of ours (not the driver's) ask for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PgParams {
+    /// `pool_mode=transaction`: a pooler (PgBouncer) in front hands each transaction to
+    /// any server connection, so no statement, setting or lock may outlive its
+    /// transaction. (`pool_mode=session` is accepted and changes nothing.)
+    pub transaction_pooling: bool,
+    /// `connections=N` (at least 2): the server connections a worker or supervisor holds.
+    pub connections: Option<u32>,
+}
+
+/// `url` without the parameters of ours, which the driver would warn about, and what
+/// they say.
+pub fn pg_params(url: &str) -> Result<(String, PgParams), String> {
+    let Some((base, query)) = url.split_once('?') else { return Ok((url.to_string(), PgParams::default())) };
+    let mut params = PgParams::default();
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("pool_mode", "transaction") => params.transaction_pooling = true,
+            ("pool_mode", "session") => {}
+            ("pool_mode", other) => {
+                return Err(format!("pool_mode={other}: give transaction or session (PgBouncer's pool_mode)"));
+            }
+            ("connections", n) => match n.parse::<u32>() {
+                Ok(n) if n >= DEFAULT_CONNECTIONS => params.connections = Some(n),
+                _ => return Err(format!("connections={n}: give a number of at least {DEFAULT_CONNECTIONS}")),
+            },
+            _ => kept.push(pair),
+        }
+    }
+    Ok((if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) }, params))
 }
 
 /// The URL with the password of its user part (and a `password=` parameter) replaced.
@@ -171,6 +218,22 @@ mod tests {
         assert_eq!("sqlite://x/fleet.db".parse(), Ok(DbLocation::Sqlite("x/fleet.db".into())));
         for url in ["postgres://u@h/db", "POSTGRESQL://u@h:5433/db", "postgres:///db?host=/tmp"] {
             assert_eq!(url.parse(), Ok(DbLocation::Postgres(url.into())), "{url}");
+        }
+    }
+
+    #[test]
+    fn the_parameters_of_ours_are_taken_off_the_url_and_read() {
+        let (url, p) = pg_params("postgres://u@h/db?sslmode=require&pool_mode=transaction&connections=3").unwrap();
+        assert_eq!(url, "postgres://u@h/db?sslmode=require");
+        assert_eq!(p, PgParams { transaction_pooling: true, connections: Some(3) });
+        assert_eq!(pg_params("postgres://u@h/db?pool_mode=session").unwrap().0, "postgres://u@h/db");
+        let at = |u: &str| u.parse::<DbLocation>().unwrap().connections();
+        assert_eq!(at("postgres://u@h/db"), Some(DEFAULT_CONNECTIONS));
+        assert_eq!(at("postgres://u@h/db?connections=5"), Some(5));
+        assert_eq!(at("fleet.db"), None);
+        for bad in ["pool_mode=statement", "connections=1", "connections=x"] {
+            let e = format!("postgres://u@h/db?{bad}").parse::<DbLocation>().unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
         }
     }
 

@@ -3,6 +3,7 @@
 //! instead of sleeping a guessed time, and (`tls`) a CA and an HTTPS API of the test's own.
 
 pub mod pg_server;
+pub mod pgbouncer;
 pub mod tls;
 
 pub use shared::storage::testing::{AttemptRow, VideoRow};

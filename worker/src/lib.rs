@@ -96,7 +96,10 @@ pub async fn run(
     // The database, the shard's session and its counted layout, waited for while the
     // database is away (as it is waited out later), until a stop.
     let started = patiently(&shutdown, &live, &metrics, || async {
-        let db = Store::open(&config.db, 4).await?;
+        // On PostgreSQL, the budget (2 unless the URL says `connections=N`): the claims
+        // keep one, renewals, beats and `/health` share the rest. A SQLite file has no
+        // server.
+        let db = Store::open(&config.db, config.db.connections().unwrap_or(4)).await?;
         let runner = Runner::new(config.clone(), &db, handler.clone(), live.clone(), metrics.clone()).await?;
         Ok((db, runner))
     })

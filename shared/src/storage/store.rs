@@ -7,9 +7,25 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::busy::run;
 use super::conn::{Backend, Conn, ConnExt};
 use super::postgres::PgStore;
-use super::sqlite::{Access, SqliteStore};
+use super::sqlite::SqliteStore;
 use crate::error::DbError;
 use crate::location::DbLocation;
+
+/// What an open may do to the database, and so which checks it makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Created if it is new and migrated, and checked to be writable; refused if it
+    /// holds another application's tables, so a `--db` naming the wrong database never
+    /// gets our schema added to it: `import`, `start` and the workers.
+    Create,
+    /// Changes rows of a database that must already be a fleet's (`retry`), migrating
+    /// it: a typo in `--db` neither leaves an empty database behind nor adds our tables.
+    Existing,
+    /// Only reads a fleet's database, never migrating it, every transaction read-only,
+    /// so a reader can change nothing whatever it runs: `status`, `export`, `stop`,
+    /// `logs` and the monitor.
+    ReadOnly,
+}
 
 /// An open, migrated (or, read-only, recognised) fleet database. Cheap to clone: clones
 /// share the connections. Which backend it is stays inside `storage`.
@@ -30,7 +46,7 @@ impl Store {
     pub async fn open(db: impl Into<DbLocation>, max_connections: u32) -> Result<Store, DbError> {
         Ok(Store(match db.into() {
             DbLocation::Sqlite(path) => Pool::Sqlite(SqliteStore::open(&path, Access::Create, max_connections).await?),
-            DbLocation::Postgres(url) => Pool::Postgres(PgStore::open(&url, max_connections).await?),
+            DbLocation::Postgres(url) => Pool::Postgres(PgStore::open(&url, Access::Create, max_connections).await?),
         }))
     }
 
@@ -42,7 +58,7 @@ impl Store {
             DbLocation::Sqlite(path) => {
                 Pool::Sqlite(SqliteStore::open(&path, Access::Existing, max_connections).await?)
             }
-            DbLocation::Postgres(url) => Pool::Postgres(PgStore::open_existing(&url, max_connections).await?),
+            DbLocation::Postgres(url) => Pool::Postgres(PgStore::open(&url, Access::Existing, max_connections).await?),
         }))
     }
 
@@ -51,7 +67,7 @@ impl Store {
     pub async fn open_read_only(db: impl Into<DbLocation>) -> Result<Store, DbError> {
         Ok(Store(match db.into() {
             DbLocation::Sqlite(path) => Pool::Sqlite(SqliteStore::open(&path, Access::ReadOnly, 1).await?),
-            DbLocation::Postgres(url) => Pool::Postgres(PgStore::open_read_only(&url).await?),
+            DbLocation::Postgres(url) => Pool::Postgres(PgStore::open(&url, Access::ReadOnly, 1).await?),
         }))
     }
 
@@ -91,7 +107,7 @@ impl Store {
     pub(crate) async fn conn(&self) -> Result<Box<dyn Conn>, DbError> {
         Ok(match &self.0 {
             Pool::Sqlite(s) => Box::new(super::sqlite::Link(s.pool().acquire().await?, s.turns())),
-            Pool::Postgres(s) => Box::new(super::postgres::Link(s.pool().acquire().await?)),
+            Pool::Postgres(s) => Box::new(super::postgres::Link::new(s.pool().acquire().await?, s.route())),
         })
     }
 
@@ -99,7 +115,9 @@ impl Store {
     pub(crate) async fn detached_conn(&self) -> Result<Box<dyn Conn>, DbError> {
         Ok(match &self.0 {
             Pool::Sqlite(s) => Box::new(super::sqlite::Link(Box::new(s.pool().acquire().await?.detach()), s.turns())),
-            Pool::Postgres(s) => Box::new(super::postgres::Link(Box::new(s.pool().acquire().await?.detach()))),
+            Pool::Postgres(s) => {
+                Box::new(super::postgres::Link::new(Box::new(s.pool().acquire().await?.detach()), s.route()))
+            }
         })
     }
 }

@@ -62,9 +62,12 @@ impl Fleet {
     ) -> anyhow::Result<Fleet> {
         let exe = launch::worker_exe()?;
         let db_path = config.db.absolute().context("cannot resolve --db")?;
-        // One connection: every write of ours comes from this one loop, in turn. A
+        // One connection: every write of ours comes from this one loop, in turn. On
+        // PostgreSQL, the budget less the heartbeat's (2 - 1 unless the URL says
+        // `connections=N`), and the reads share it: a server's connections are few. A
         // database that is away is waited for, as a running fleet waits it out.
-        let (db, waited) = db_watch::patiently(shutdown, || Store::open(&db_path, 1)).await?;
+        let writers = db_path.connections().map_or(1, |n| n - 1);
+        let (db, waited) = db_watch::patiently(shutdown, || Store::open(&db_path, writers)).await?;
         if waited {
             // Every heartbeat went stale while nobody could write one: give the runs that
             // are alive one staleness limit to beat again before any is judged dead.
@@ -74,7 +77,11 @@ impl Fleet {
                 _ = tokio::time::sleep(Duration::from_millis(STALE_AFTER_MS as u64)) => {}
             }
         }
-        let reader = Store::open_read_only(&db_path).await.context("cannot read the database")?;
+        let reader = if db_path.is_postgres() {
+            db.clone()
+        } else {
+            Store::open_read_only(&db_path).await.context("cannot read the database")?
+        };
         if !reader.has_videos().await? {
             tracing::warn!(
                 "{db_path} holds no videos yet; the workers wait for some: add them with `supervisor import FILE`"

@@ -10,8 +10,33 @@ use crate::storage::conn::{
     Arg, Backend, BatchCols, Begin, Col, Conn, End, Fut, Query, Row, Tx, Val, query, rows, typed,
 };
 
-/// A PostgreSQL connection, pooled or borrowed, or a transaction on one.
-pub(crate) struct Link<C>(pub C);
+/// A PostgreSQL connection, pooled or borrowed, or a transaction on one; how its
+/// statements travel; and whether a transaction is open on it.
+pub(crate) struct Link<C> {
+    conn: C,
+    route: Route,
+    open: bool,
+}
+
+impl<C> Link<C> {
+    pub(crate) fn new(conn: C, route: Route) -> Self {
+        Link { conn, route, open: false }
+    }
+}
+
+/// How statements reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Straight, or through a session-mode pooler: named statements cached per
+    /// connection, and session settings (`open.rs`).
+    Direct,
+    /// Through a transaction-mode pooler (`pool_mode=transaction`): unnamed statements,
+    /// each inside a transaction, since sqlx sends Parse, Describe, Sync and then Bind,
+    /// Execute, Sync, and between the Syncs of a statement outside a transaction the
+    /// pooler may hand the Bind to a server connection whose unnamed statement is
+    /// another's. Read-only stores begin each transaction READ ONLY.
+    Pooled { read_only: bool },
+}
 
 /// Text PostgreSQL can store: it refuses the NUL character, which a handler's output may
 /// hold (SQLite keeps it). Replaced rather than failing the write, which would fail the
@@ -75,12 +100,31 @@ fn batch_statement(sql: &str, cols: BatchCols) -> String {
     sql.replace("{rows}", &format!("unnest({}) AS j({})", arrays.join(", "), names.join(", ")))
 }
 
+/// Runs `q` on `conn`: its rows, or (`rows` false) how many it changed.
+async fn run(q: Query<'_, Postgres>, conn: &mut PgConnection, rows: bool) -> Result<(Vec<PgRow>, u64), sqlx::Error> {
+    Ok(if rows { (q.fetch_all(conn).await?, 0) } else { (Vec::new(), q.execute(conn).await?.rows_affected()) })
+}
+
+impl<C: DerefMut<Target = PgConnection> + End> Link<C> {
+    /// Runs `q` as the route needs ([`Route::Pooled`]: outside a transaction, in one).
+    async fn send(&mut self, q: Query<'_, Postgres>, rows: bool) -> Result<(Vec<PgRow>, u64), sqlx::Error> {
+        let Route::Pooled { read_only } = self.route else { return run(q, &mut self.conn, rows).await };
+        if self.open {
+            return run(q, &mut self.conn, rows).await;
+        }
+        let mut tx = self.conn.begin_with(if read_only { "BEGIN READ ONLY" } else { "BEGIN" }).await?;
+        let out = run(q, &mut tx, rows).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+}
+
 impl<C: DerefMut<Target = PgConnection> + End> Conn for Link<C> {
     fn close<'a>(self: Box<Self>) -> Fut<'a, ()>
     where
         Self: 'a,
     {
-        Box::pin(async move { Ok(self.0.end().await?) })
+        Box::pin(async move { Ok(self.conn.end().await?) })
     }
 
     fn backend(&self) -> Backend {
@@ -88,11 +132,21 @@ impl<C: DerefMut<Target = PgConnection> + End> Conn for Link<C> {
     }
 
     fn fetch<'a>(&'a mut self, sql: &'a str, args: &'a [Arg<'a>]) -> Fut<'a, Vec<Row>> {
-        Box::pin(async move { Ok(rows(query(sql.to_owned(), args, bind).fetch_all(&mut *self.0).await?, val)) })
+        Box::pin(async move { Ok(rows(self.send(query(sql.to_owned(), args, bind), true).await?.0, val)) })
     }
 
     fn execute<'a>(&'a mut self, sql: &'a str, args: &'a [Arg<'a>]) -> Fut<'a, u64> {
-        Box::pin(async move { Ok(query(sql.to_owned(), args, bind).execute(&mut *self.0).await?.rows_affected()) })
+        Box::pin(async move {
+            // An import holds its transaction across calls with a bare BEGIN ... COMMIT:
+            // each sent whole, as one simple query, and remembered, so the statements
+            // between are not put in transactions of their own.
+            if matches!(sql, "BEGIN" | "COMMIT" | "ROLLBACK") {
+                sqlx::raw_sql(AssertSqlSafe(sql.to_owned())).execute(&mut *self.conn).await?;
+                self.open = sql == "BEGIN";
+                return Ok(0);
+            }
+            Ok(self.send(query(sql.to_owned(), args, bind), false).await?.1)
+        })
     }
 
     fn batch<'a>(&'a mut self, sql: &'a str, cols: BatchCols, batch: &'a [Vec<Arg<'a>>]) -> Fut<'a, Vec<Row>> {
@@ -123,26 +177,29 @@ impl<C: DerefMut<Target = PgConnection> + End> Conn for Link<C> {
                     ),
                 };
             }
-            Ok(rows(q.fetch_all(&mut *self.0).await?, val))
+            Ok(rows(self.send(q, true).await?.0, val))
         })
     }
 
     fn script<'a>(&'a mut self, sql: &'a str) -> Fut<'a, ()> {
         Box::pin(async move {
-            sqlx::raw_sql(AssertSqlSafe(sql.to_owned())).execute(&mut *self.0).await?;
+            sqlx::raw_sql(AssertSqlSafe(sql.to_owned())).execute(&mut *self.conn).await?;
             Ok(())
         })
     }
 
     fn begin(&mut self, how: Begin) -> Fut<'_, Box<dyn Tx + '_>> {
         Box::pin(async move {
-            let tx = match how {
-                Begin::Write => self.0.begin().await?,
+            let read_only = self.route == Route::Pooled { read_only: true };
+            let conn = match (how, read_only) {
+                (Begin::Write, false) => self.conn.begin().await?,
+                (Begin::Write, true) => self.conn.begin_with("BEGIN READ ONLY").await?,
                 // The rows a decision reads must be read after its lock is granted, not
                 // from a snapshot taken while waiting for it.
-                Begin::Decide => self.0.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED").await?,
+                (Begin::Decide, false) => self.conn.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED").await?,
+                (Begin::Decide, true) => self.conn.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY").await?,
             };
-            Ok(Box::new(Link(tx)) as Box<dyn Tx + '_>)
+            Ok(Box::new(Link { conn, route: self.route, open: true }) as Box<dyn Tx + '_>)
         })
     }
 }
@@ -152,6 +209,6 @@ impl<'c> Tx for Link<sqlx::Transaction<'c, Postgres>> {
     where
         Self: 'a,
     {
-        Box::pin(async move { Ok(self.0.commit().await?) })
+        Box::pin(async move { Ok(self.conn.commit().await?) })
     }
 }

@@ -34,8 +34,8 @@ pub(crate) const MIGRATE_LOCK: i64 = 0x5346_4d49_4752_4154;
 pub(super) async fn run(db: &PgStore) -> Result<(), DbError> {
     // The common case, an up-to-date database, is answered by a read: no lock.
     if db.tables().await?.iter().any(|t| t == RECORD_TABLE) {
-        let recorded: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM fleet_migrations").fetch_all(db.pool()).await?;
+        let mut tx = db.pool().begin().await?;
+        let recorded: Vec<String> = sqlx::query_scalar("SELECT name FROM fleet_migrations").fetch_all(&mut *tx).await?;
         if PG_MIGRATIONS.iter().all(|m| recorded.iter().any(|r| r == m.name)) {
             return check_known(db, &recorded);
         }

@@ -7,32 +7,40 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Executor};
 
+use super::conn::Route;
 use super::migrate;
 use crate::error::DbError;
-use crate::location::redact;
+use crate::storage::store::Access;
+use crate::location::{pg_params, redact};
 use crate::storage::schema;
 
-/// An open PostgreSQL fleet database: its URL (shown redacted) and a pool.
+/// An open PostgreSQL fleet database: its URL (shown redacted), a pool, and how its
+/// statements travel.
 #[derive(Clone, Debug)]
 pub struct PgStore {
     url: String,
     pool: PgPool,
+    route: Route,
 }
 
 /// How long a command waits for a connection before saying the server cannot be
 /// reached: long enough for a server that is starting, short enough for a typo.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A connection unused this long goes back to the server: the budget is a ceiling, and
+/// a fleet that waits holds less.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl PgStore {
-    /// Connects, refuses another application's database, applies what migrations are
-    /// missing and returns the store.
-    pub(crate) async fn open(url: &str, max_connections: u32) -> Result<PgStore, DbError> {
-        let db = PgStore::connect(url, max_connections, false).await?;
+    /// Connects with at most `max_connections`, judges the database's tables for
+    /// `access`, applies what migrations are missing (not read-only) and returns it.
+    pub(crate) async fn open(url: &str, access: Access, max_connections: u32) -> Result<PgStore, DbError> {
+        let db = PgStore::connect(url, access, max_connections).await?;
         // The check first and the migrations only if it passes: `check.and(migrate)`
         // would run the migrations before looking at the check's answer.
         let checked_then_migrated = async {
-            db.refuse_foreign().await?;
-            migrate::run(&db).await
+            schema::judge(&db.url, &db.tables().await?, access != Access::Create)?;
+            if access == Access::ReadOnly { Ok(()) } else { migrate::run(&db).await }
         };
         if let Err(e) = checked_then_migrated.await {
             db.close().await;
@@ -41,38 +49,20 @@ impl PgStore {
         Ok(db)
     }
 
-    /// Connects to a database that must already be a fleet's, and migrates it.
-    pub(crate) async fn open_existing(url: &str, max_connections: u32) -> Result<PgStore, DbError> {
-        let db = PgStore::connect(url, max_connections, false).await?;
-        let checked_then_migrated = async {
-            db.require_fleet().await?;
-            migrate::run(&db).await
-        };
-        if let Err(e) = checked_then_migrated.await {
-            db.close().await;
-            return Err(e);
-        }
-        Ok(db)
-    }
-
-    /// Connects to a fleet database for reading: every transaction is read-only, so a
-    /// reader can change nothing whatever it runs.
-    pub(crate) async fn open_read_only(url: &str) -> Result<PgStore, DbError> {
-        let db = PgStore::connect(url, 2, true).await?;
-        if let Err(e) = db.require_fleet().await {
-            db.close().await;
-            return Err(e);
-        }
-        Ok(db)
-    }
-
-    async fn connect(url: &str, max_connections: u32, read_only: bool) -> Result<PgStore, DbError> {
+    async fn connect(url: &str, access: Access, max_connections: u32) -> Result<PgStore, DbError> {
         let shown = redact(url);
         let bad = |e: sqlx::Error| connect_error(&shown, e);
-        let mut options = PgConnectOptions::from_str(url).map_err(bad)?.disable_statement_logging();
+        let (url, params) = pg_params(url).map_err(|reason| DbError::Open { db: shown.clone(), reason })?;
+        let read_only = access == Access::ReadOnly;
+        let route = if params.transaction_pooling { Route::Pooled { read_only } } else { Route::Direct };
+        let mut options = PgConnectOptions::from_str(&url).map_err(bad)?.disable_statement_logging();
         options = options.application_name("shardfleet");
-        if read_only {
-            options = options.options([("default_transaction_read_only", "on")]);
+        if route != Route::Direct {
+            // A pooler in transaction mode hands each transaction to any server
+            // connection: a named statement prepared on one is missing, or already
+            // there, on the next (`prepared statement "sqlx_s_1" already exists`).
+            // Unnamed statements, each kept inside a transaction (`Link`), are not.
+            options = options.statement_cache_capacity(0);
         }
         // One connection first, so a server that is not there, or a database that does
         // not exist, is reported as the server put it, at once: the pool would retry
@@ -84,26 +74,41 @@ impl PgStore {
                 let _ = sqlx::Connection::close(conn).await;
             }
         }
-        let pool = PgPoolOptions::new()
+        let mut pool = PgPoolOptions::new();
+        if route == Route::Direct {
             // Plan each statement for the values it is run with. A prepared claim's
             // generic plan cannot see that `run_after <= $4` keeps nearly every row, and
             // chose a bitmap scan of the whole pending shard and a sort over the ordered
             // index scan that stops after the batch: 20 ms a claim instead of 0.1
-            // (fleet-bench postgres). Planning anew costs far less. A SET once per
-            // connection, not a start-up option, which poolers such as PgBouncer refuse.
-            .after_connect(|conn, _| {
+            // (fleet-bench postgres). Planning anew costs far less. SETs once per
+            // connection, not start-up options, which PgBouncer refuses. Through a
+            // transaction-mode pooler there is no session to set: the statements are
+            // unnamed, and PostgreSQL plans an unnamed statement for its values; and
+            // `Link` begins every transaction READ ONLY.
+            pool = pool.after_connect(move |conn, _| {
                 Box::pin(async move {
                     conn.execute("SET plan_cache_mode = force_custom_plan").await?;
+                    if read_only {
+                        conn.execute("SET default_transaction_read_only = on").await?;
+                    }
                     Ok(())
                 })
-            })
+            });
+        }
+        let pool = pool
             .max_connections(max_connections.max(1))
             .min_connections(0)
+            .idle_timeout(IDLE_TIMEOUT)
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(options)
             .await
             .map_err(bad)?;
-        Ok(PgStore { url: shown, pool })
+        Ok(PgStore { url: shown, pool, route })
+    }
+
+    /// How the seam's connections send their statements.
+    pub(crate) fn route(&self) -> Route {
+        self.route
     }
 
     /// The pool, for the seam's connections.
@@ -120,24 +125,16 @@ impl PgStore {
         self.pool.close().await;
     }
 
-    /// The tables of the schema the connection works in (`search_path`'s first).
+    /// The tables of the schema the connection works in (`search_path`'s first). In a
+    /// transaction, as every statement through a transaction-mode pooler must be.
     pub(super) async fn tables(&self) -> Result<Vec<String>, DbError> {
+        let mut tx = self.pool.begin().await?;
         Ok(sqlx::query_scalar(
             "SELECT table_name::text FROM information_schema.tables \
              WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY 1",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?)
-    }
-
-    async fn require_fleet(&self) -> Result<(), DbError> {
-        schema::judge(&self.url, &self.tables().await?, true)
-    }
-
-    /// Refuses a database that holds other tables and none of ours, so a `--db` naming
-    /// the wrong database never gets our schema added to it.
-    async fn refuse_foreign(&self) -> Result<(), DbError> {
-        schema::judge(&self.url, &self.tables().await?, false)
     }
 }
 

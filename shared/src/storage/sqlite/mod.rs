@@ -14,5 +14,5 @@ pub use busy::LOCK_WAITS;
 pub(crate) use conn::Link;
 #[cfg(feature = "testing")]
 pub use migrate::{MIGRATIONS, Migration};
-pub(crate) use open::{Access, SqliteStore};
+pub(crate) use open::SqliteStore;
 pub(crate) use sql::SQL;

@@ -13,6 +13,7 @@ use super::Link;
 use super::turns::Turns;
 use super::{busy, migrate};
 use crate::error::DbError;
+use crate::storage::store::Access;
 use crate::storage::busy::retrying;
 use crate::storage::conn::{Begin, Conn};
 use crate::storage::schema;
@@ -28,21 +29,6 @@ pub struct SqliteStore {
 }
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
-
-/// What an open may do to the file, and so which checks it makes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Access {
-    /// Creates the file if it is new, migrates it, and checks that it can be written:
-    /// `import`, `start` and the workers.
-    Create,
-    /// Changes rows of a file that must already be a fleet's (`retry`), migrating it. A
-    /// typo in `--db` neither leaves an empty database behind nor adds our tables to
-    /// someone else's file.
-    Existing,
-    /// Only reads a fleet's file, without migrating it, over one read-only connection:
-    /// `status`, `export`, `stop`, `logs` and the monitor.
-    ReadOnly,
-}
 
 impl SqliteStore {
     /// Opens the database at `path` for `access`. `max_connections` bounds a writer's
