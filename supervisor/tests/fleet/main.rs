@@ -13,6 +13,7 @@ mod import;
 mod kill;
 mod memory;
 mod outage;
+mod pgbouncer;
 mod postgres;
 mod restart;
 mod run;

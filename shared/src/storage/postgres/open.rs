@@ -10,9 +10,9 @@ use sqlx::{ConnectOptions, Executor};
 use super::conn::Route;
 use super::migrate;
 use crate::error::DbError;
-use crate::storage::store::Access;
 use crate::location::{pg_params, redact};
 use crate::storage::schema;
+use crate::storage::store::Access;
 
 /// An open PostgreSQL fleet database: its URL (shown redacted), a pool, and how its
 /// statements travel.
@@ -24,8 +24,9 @@ pub struct PgStore {
 }
 
 /// How long a command waits for a connection before saying the server cannot be
-/// reached: long enough for a server that is starting, short enough for a typo.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// reached: long enough for a server that is starting, short enough for a typo, and
+/// under the 5 s in which `status` and `monitor --once` promise an answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// A connection unused this long goes back to the server: the budget is a ceiling, and
 /// a fleet that waits holds less.
@@ -142,28 +143,9 @@ impl PgStore {
 /// may pass (exit 1); a malformed URL, a rejected login, no such database or a server
 /// that cannot be verified are for the user to fix (exit 2).
 fn connect_error(url: &str, e: sqlx::Error) -> DbError {
-    use std::io::ErrorKind::*;
-    let passing = match &e {
-        // Not a certificate that does not verify (InvalidData): that stays as it is.
-        sqlx::Error::Io(io) => matches!(
-            io.kind(),
-            ConnectionRefused
-                | ConnectionReset
-                | ConnectionAborted
-                | NotConnected
-                | TimedOut
-                | UnexpectedEof
-                | BrokenPipe
-                | HostUnreachable
-                | NetworkUnreachable
-                | AddrNotAvailable
-        ),
-        sqlx::Error::PoolTimedOut => true,
-        sqlx::Error::Database(d) => {
-            d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53300")
-        }
-        _ => false,
-    };
+    // The same errors a running process waits out (`crate::error::outage`), a disk full
+    // on the server among them; the rest are for the user.
+    let passing = crate::error::outage(&e).is_some();
     let reason = connect_reason(e);
     if passing { DbError::Unreachable { db: url.into(), reason } } else { DbError::Open { db: url.into(), reason } }
 }

@@ -13,10 +13,10 @@ use super::Link;
 use super::turns::Turns;
 use super::{busy, migrate};
 use crate::error::DbError;
-use crate::storage::store::Access;
 use crate::storage::busy::retrying;
 use crate::storage::conn::{Begin, Conn};
 use crate::storage::schema;
+use crate::storage::store::Access;
 
 /// An open SQLite fleet database: its file and a pool whose connections all wait for
 /// locks with the polling busy handler.

@@ -5,34 +5,14 @@
 //! names `postgres` or `pgbouncer`).
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use shared::storage::{DbLocation, Store};
 use testkit::pgbouncer::PgBouncer;
-use testkit::{bin, free_ports, wait_for};
+use testkit::{free_ports, psql, supervisor, wait_for};
 
 const LONG: Duration = Duration::from_secs(120);
-
-/// One statement with psql, straight to the server; its unaligned output.
-fn psql(url: &str, sql: &str) -> String {
-    let out = Command::new("psql").args([url, "-Atqc", sql]).output().expect("psql runs");
-    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn supervisor(dir: &Path) -> Command {
-    let mut cmd = Command::new(bin("supervisor"));
-    cmd.current_dir(dir)
-        .env("FLEET_WORKER_BIN", bin("worker"))
-        .env("RUST_LOG", shared::storage::DEFAULT_LOG_FILTER)
-        .env_remove("FLEET_DB")
-        .env_remove("DATABASE_URL")
-        .env_remove("WORKER_CONCURRENCY")
-        .env_remove("FLEET_WORKERS")
-        .env_remove("FLEET_CONTROL_TOKEN");
-    cmd
-}
 
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
