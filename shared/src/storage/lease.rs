@@ -19,7 +19,9 @@ impl Store {
     /// Hands back every video worker `worker_id` held while it ran as process `pid`. It
     /// is gone, so each attempt counts and `policy` decides what becomes of the video;
     /// `outcome` (crashed, or memory when the memory limit ended it) and `error` are
-    /// recorded. Returns each video handed back with its new status.
+    /// recorded. `released` is the exception: a worker known to have stopped on request
+    /// (during a database outage, when it could not say so), whose attempts do not
+    /// count. Returns each video handed back with its new status.
     pub async fn release_process(
         &self,
         worker_id: u32,
@@ -30,7 +32,7 @@ impl Store {
         policy: &RetryPolicy,
     ) -> Result<Vec<(i64, VideoStatus)>, DbError> {
         let pattern = owner_pattern(worker_id, pid);
-        let why = (Ending::WorkerGone, outcome);
+        let why = (if outcome == Outcome::Released { Ending::HandedBack } else { Ending::WorkerGone }, outcome);
         run!(self, |c| release_matching(c, (&pattern, &[]), now, why, error, policy).await)
     }
 }

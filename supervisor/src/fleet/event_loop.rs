@@ -219,6 +219,19 @@ impl Fleet {
         self.releases.wait().await;
         drop(self.records);
         let _ = self.recorder.await;
+        // The end could not be recorded: the database is away. The workers stopped on
+        // request and gave their claims back as far as they could; say so where the next
+        // start on this host looks, so it hands those claims back uncounted rather than
+        // as a crash's.
+        if self.watch.is_away()
+            && matches!(ending, Ending::Ended(_))
+            && let Some(dir) = &self.run.log_dir
+        {
+            let marker = super::recover::outage_marker(std::path::Path::new(dir), self.run.run_id);
+            if let Err(e) = std::fs::write(&marker, "stopped while the database was away\n") {
+                tracing::warn!("could not leave {}: {e}", marker.display());
+            }
+        }
         drop(self.logs);
         let _ = self.logger.await;
         let end = match ending {
@@ -237,7 +250,10 @@ impl Fleet {
                 );
             }
         };
-        let summary = if end != RunEnd::Stopped || self.config.exit_when_done {
+        let summary = if self.watch.is_away() {
+            tracing::warn!("the database is away: no summary of this run (`supervisor status` shows it later)");
+            None
+        } else if end != RunEnd::Stopped || self.config.exit_when_done {
             let took = self.began.elapsed();
             let text =
                 summary::build(&self.db, &self.run, &self.config, &self.layout, took, &self.history, end).await?;

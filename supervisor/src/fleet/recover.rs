@@ -2,6 +2,7 @@
 //! waits for its leases to lapse), and a previous run whose supervisor was killed (its
 //! workers died with it; the next start waits for them to go and hands back their claims).
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use shared::retry::RetryPolicy;
@@ -66,18 +67,42 @@ impl Fleet {
     }
 }
 
+/// The file a run stopped during a database outage leaves in its log folder: the next
+/// start on this host reads it as "these claims were handed back, not crashed".
+pub(super) fn outage_marker(log_dir: &Path, run_id: i64) -> PathBuf {
+    log_dir.join(format!("run-{run_id}-stopped-during-outage"))
+}
+
 /// A previous run whose supervisor died (taken over by this start, `takeover.rs`) left
 /// claims behind: its workers died with it (parent-death signal), so whatever they held
 /// is handed back now. On another host that may not be known; its workers' finishes
 /// are fenced either way.
+///
+/// A run stopped on request while its database was away could not record the stop; it
+/// left a marker in its log folder instead (`stopped_during_outage`), and then its
+/// workers' claims are handed back uncounted, as a stop hands them back.
 pub(super) async fn recover_previous(db: &Store, prev: &FleetRun, policy: &RetryPolicy) -> anyhow::Result<()> {
+    let marker = prev.log_dir.as_deref().map(|dir| outage_marker(Path::new(dir), prev.run_id));
+    let stopped = marker.as_deref().is_some_and(Path::exists);
     let mut handed_back = 0;
     for w in db.run_workers(prev.run_id).await? {
         if let Some(pid) = w.pid {
             let k = w.worker_id as u32;
-            let error = format!("worker {k} died: the supervisor of run {} died", prev.run_id);
-            handed_back += db.release_process(k, pid as u32, Outcome::Crashed, &error, now_ms(), policy).await?.len();
+            let (outcome, error) = if stopped {
+                (Outcome::Released, format!("run {} was stopped while its database was away", prev.run_id))
+            } else {
+                (Outcome::Crashed, format!("worker {k} died: the supervisor of run {} died", prev.run_id))
+            };
+            handed_back += db.release_process(k, pid as u32, outcome, &error, now_ms(), policy).await?.len();
         }
+    }
+    if let Some(marker) = marker.filter(|_| stopped) {
+        tracing::info!(
+            "run {} was stopped while its database was away: handed back {handed_back} videos its workers held, counting no attempt",
+            prev.run_id
+        );
+        let _ = std::fs::remove_file(marker);
+        return Ok(());
     }
     tracing::warn!(
         "run {} ({}) ended without stopping; took over its worker ids {} and handed back {handed_back} videos its workers held",

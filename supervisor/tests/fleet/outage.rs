@@ -230,3 +230,32 @@ async fn a_full_disk_under_sqlite_is_waited_out_and_the_same_run_ends_0() {
     assert_eq!(sqlite("SELECT coalesce(sum(restarts), 0) FROM fleet_workers"), "0", "no worker restarted\n{out}");
     assert_eq!(sqlite("PRAGMA integrity_check"), "ok");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_during_an_outage_ends_within_the_grace_and_the_next_start_counts_no_attempt() {
+    let Some(server) = PgServer::start() else { return };
+    seed(&server.url, 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_ports(2).to_string();
+    let child = supervisor(dir.path())
+        .args(["start", "--workers", "2", "--concurrency", "2", "--mem-limit", "250M", "--grace", "2s"])
+        .args(["--base-port", &base, "--db", &server.url, "--sleep", "60s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    until_running(&server.url, 4);
+    server.stop();
+    std::thread::sleep(Duration::from_secs(1));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    // The grace (2 s), a worker's last try (at most 4 s), and the supervisor's own.
+    let (code, out) = finish(child, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "SIGTERM ends the run while the database is away:\n{out}");
+    server.start_again();
+    let (code, out) = finish(fleet(dir.path(), &server.url, "100ms"), Duration::from_secs(90));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("counting no attempt"), "the next start knew the stop for a stop:\n{out}");
+    let done = count(&server.url, "SELECT count(*) FROM videos WHERE status = 'done' AND attempts = 1");
+    assert_eq!(done, 4, "the stopped attempts did not count\n{out}");
+    assert_eq!(count(&server.url, "SELECT count(*) FROM attempts WHERE outcome = 'crashed'"), 0, "{out}");
+}
