@@ -53,6 +53,20 @@ impl Conn {
     }
 }
 
+/// A connection to the monitor at `addr` once it listens (within `within`) and has
+/// polled a few times, so the page has figures and a chart to draw.
+async fn serving(addr: &str, within: Duration) -> anyhow::Result<Conn> {
+    let deadline = Instant::now() + within;
+    while TcpStream::connect(addr).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("the monitor did not start serving on {addr}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    Conn::open(addr).await
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -104,16 +118,7 @@ async fn measure(base: u16, opts: &Options) -> anyhow::Result<String> {
         .spawn()?;
     let pid = monitor.id();
     let outcome = async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&addr).await.is_err() {
-            if Instant::now() > deadline {
-                bail!("the monitor did not start serving on {addr}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // A few polls first, so the page has figures and a chart to draw.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let mut conn = Conn::open(&addr).await?;
+        let mut conn = serving(&addr, Duration::from_secs(30)).await?;
         let mut quiet = Vec::new();
         for route in ["/", "/fragment", "/api/fleet"] {
             let mut times = Vec::new();
@@ -249,15 +254,7 @@ pub async fn bench_web_reads(db: shared::storage::DbLocation, videos: i64, label
         .stderr(std::fs::File::create(&log_path)?)
         .spawn()?;
     let timed = async {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(&addr).await.is_err() {
-            if Instant::now() > deadline {
-                bail!("the monitor did not start serving on {addr}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let mut conn = Conn::open(&addr).await?;
+        let mut conn = serving(&addr, Duration::from_secs(60)).await?;
         let mut rows = Vec::new();
         for (route, samples) in [
             ("/", 100),
