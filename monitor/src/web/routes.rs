@@ -174,7 +174,8 @@ async fn failed(State(s): State<WebState>, Query(query): Query<FailedQuery>) -> 
         (None, Some(id)) => Page::Before(id),
         (None, None) => Page::First,
     };
-    let page = reader.failed_page(q.as_deref(), cursor, FAILED_PER_PAGE).await.map_err(|e| db_error("read", e))?;
+    let searching = q.as_deref().is_some_and(|q| !q.is_empty());
+    let page = reader.failed_page(q.as_deref(), cursor, FAILED_PER_PAGE).await.map_err(|e| read_error(e, searching))?;
     let failed = s.snapshot().report.totals.failed;
     Ok(Html(page::failed(&s.settings, q.as_deref().unwrap_or(""), &page, failed).into_string()))
 }
@@ -182,7 +183,7 @@ async fn failed(State(s): State<WebState>, Query(query): Query<FailedQuery>) -> 
 async fn history(State(s): State<WebState>, Path(id): Path<String>) -> Result<Html<String>, ApiError> {
     let reader = reader(&s)?;
     let id: i64 = id.parse().map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "video ids are numbers"))?;
-    match reader.video_history(id).await.map_err(|e| db_error("read", e))? {
+    match reader.video_history(id).await.map_err(|e| read_error(e, false))? {
         Some(h) => Ok(Html(page::history(&s.settings, &h, shared::storage::now_ms()).into_string())),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("there is no video {id}"))),
     }
@@ -282,6 +283,20 @@ async fn retry_failed(State(s): State<WebState>, headers: HeaderMap) -> Result<R
 async fn store(s: &WebState) -> Result<&Store, ApiError> {
     let db = s.settings.db.as_ref().ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such page"))?;
     s.store.get_or_try_init(|| Store::open_existing(db.clone(), 1)).await.map_err(|e| db_error("open", e))
+}
+
+/// A read that failed: logged in full, shown as one sentence. No statement limit cuts a
+/// read; what ends one early is the wait for the monitor's one read-only connection
+/// (30 s on SQLite, 5 s on PostgreSQL), which a long search holds.
+fn read_error(e: shared::DbError, searching: bool) -> ApiError {
+    eprintln!("monitor: read failed: {e}");
+    let why = if searching {
+        "the search did not finish: it reads the source of every failed video and the database did not answer in \
+         time; try again, or search by video id"
+    } else {
+        "the database did not answer the read; see the monitor's log"
+    };
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why)
 }
 
 /// A database error: logged in full, shown as one sentence.

@@ -394,6 +394,22 @@ async fn with_db_a_video_history_lists_its_attempts_and_unknown_or_odd_ids_are_4
 }
 
 #[tokio::test]
+async fn a_read_the_database_does_not_answer_is_503_and_a_search_says_it_did_not_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, db) = with_failed_videos(dir.path(), Setup::default()).await;
+    // A closed handle fails every read at once, as one that waited too long would.
+    db.close().await;
+    let (r, body) = send(state.clone(), get("/failed?q=mp4")).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("the search did not finish"), "{body}");
+    for path in ["/failed", "/videos/2"] {
+        let (r, body) = send(state.clone(), get(path)).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert!(body.contains("did not answer the read") && !body.contains("change"), "{path}: {body}");
+    }
+}
+
+#[tokio::test]
 async fn without_db_the_failed_list_and_history_are_404_and_say_why() {
     for path in ["/failed", "/videos/1"] {
         let (r, body) = send(state(Setup::default(), snapshot(None)), get(path)).await;

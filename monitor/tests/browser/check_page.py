@@ -174,6 +174,47 @@ def check(driver, url, workers, token, hostile, shots):
         fail("the stale banner stayed after the figures could be fetched again")
     print("ok: the stale banner shows only while the figures cannot be fetched")
 
+    check_failed_list(driver, url, hostile, shots)
+
+
+def check_failed_list(driver, url, hostile, shots):
+    """The failed list (the monitor runs with --db): every fifth video failed, with its
+    hostile source as the error; both show as text, and nothing overflows at 375px."""
+    driver.get_log("browser")  # what the blocked fragment left in the console
+    deadline = time.monotonic() + WAIT
+    while True:
+        driver.get(url + "failed")
+        rows = driver.execute_script(
+            "return [...document.querySelectorAll('[data-testid=\"failed-row\"]')].map(r => r.dataset.videoId)"
+        )
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if not rows:
+        fail(f"no failed-row on {url}failed within {WAIT}s")
+    odd = [v for v in rows if int(v) % 5 != 0]
+    if odd:
+        fail(f"videos {odd} are listed as failed, but only every fifth fails")
+    sources = driver.execute_script(
+        "return [...document.querySelectorAll('[data-testid=\"failed-row\"] td.source')].map(e => e.textContent)"
+    )
+    if not all(hostile in s for s in sources):
+        fail(f"a hostile source is not shown as text: {sources[:2]!r}")
+    injected = driver.execute_script("return document.querySelectorAll('img[src=\"x\"], main script').length")
+    if injected:
+        fail(f"{injected} element(s) came from hostile text on the failed list")
+    print(f"failed-row ids: {','.join(rows)}")
+    print(f"ok: the failed list shows {len(rows)} failed videos, their hostile sources as text")
+
+    overflow = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+    if overflow > 0:
+        fail(f"at 375px the failed list is {overflow}px wider than the window")
+    driver.save_screenshot(os.path.join(shots, "failed-375.png"))
+    console = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+    if console:
+        fail(f"console on the failed list: {json.dumps(console)[:600]}")
+    print("ok: at 375px the failed list overflows nothing, and the console is quiet")
+
 
 if __name__ == "__main__":
     main()

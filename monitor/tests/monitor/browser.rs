@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::helper::{TestDb, WorkerBuilder, monitor_bin};
+use shared::storage::FleetRun;
+
+use crate::helper::{TestDb, WorkerBuilder, fleet_run, monitor_bin};
 
 /// Every video is slow enough that the page sees `total-done` grow; every fifth fails
 /// with its (hostile) source as the error.
@@ -40,7 +42,7 @@ fn selenium_python() -> Result<PathBuf, String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_chromium_the_page_refreshes_shows_hostile_text_as_text_and_pauses_a_worker_with_the_token() {
+async fn in_chromium_the_page_refreshes_shows_hostile_text_as_text_pauses_a_worker_and_lists_failed_videos() {
     let python = match selenium_python() {
         Ok(p) => p,
         Err(why) => return testkit::skip("chromium", why),
@@ -49,11 +51,15 @@ async fn in_chromium_the_page_refreshes_shows_hostile_text_as_text_and_pauses_a_
     t.seed_sources((1..=400).map(|id| (id, format!("{HOSTILE} #{id}"))).collect()).await;
     let (workers, base) =
         WorkerBuilder::new(&t).exec(EXEC).args(["--max-attempts", "1", "--control-token", TOKEN]).spawn_fleet(2);
+    // The monitor finds the workers through the fleet's database, as beside a
+    // supervisor, and so can list the failed videos too.
+    let run = FleetRun { bind: "127.0.0.1".into(), control_token: Some(TOKEN.into()), ..fleet_run(2, base) };
+    t.db.insert_run(&run).await.unwrap();
     let port = testkit::free_ports(1);
     let mut monitor = testkit::Running(
         Command::new(monitor_bin())
-            .args(["--workers", "2", "--base-port", &base.to_string(), "--serve", &format!("127.0.0.1:{port}")])
-            .args(["--control-token", TOKEN, "--interval", "500ms"])
+            .args(["--db", t.path.to_str().unwrap(), "--serve", &format!("127.0.0.1:{port}")])
+            .args(["--interval", "500ms"])
             .env_remove("FLEET_CONTROL_TOKEN")
             .spawn()
             .unwrap(),
@@ -77,11 +83,19 @@ async fn in_chromium_the_page_refreshes_shows_hostile_text_as_text_and_pauses_a_
     let _ = monitor.0.kill();
     assert!(out.status.success(), "the browser check failed:\n{said}");
     eprintln!("{said}");
-    // The failed list (failed-row) comes with the storage reads of issue 18; until then
-    // the page lists recent failed attempts, which the script checked instead.
+    let listed: Vec<i64> = said
+        .lines()
+        .find_map(|l| l.strip_prefix("failed-row ids: "))
+        .expect("the script names the failed videos it saw")
+        .split(',')
+        .map(|id| id.parse().unwrap())
+        .collect();
+    for id in listed {
+        assert_eq!(t.video(id).await.status, shared::status::VideoStatus::Failed, "video {id} is listed as failed");
+    }
     assert_eq!(workers[0].status().await["state"], "paused", "the click reached the worker");
     assert_ne!(workers[1].status().await["state"], "paused");
-    for shot in ["web-1280.png", "web-375.png"] {
+    for shot in ["web-1280.png", "web-375.png", "failed-375.png"] {
         assert!(shots.join(shot).metadata().is_ok_and(|m| m.len() > 1000), "no screenshot {shot}");
     }
 }
