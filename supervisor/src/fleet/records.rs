@@ -82,21 +82,42 @@ async fn write_workers(db: &Store, latest: BTreeMap<i64, FleetWorker>, watch: &D
     }
 }
 
+/// Most events kept through an outage; past it, the newest are dropped.
+const HELD_EVENTS: usize = 1000;
+
 /// Starts the writer for run `run_id`; it ends when every sender is dropped, after
 /// writing what it was sent.
 pub fn start(db: Store, run_id: i64, watch: DbWatch) -> (mpsc::UnboundedSender<Record>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Record>();
     let task = tokio::spawn(async move {
         let mut batch = Vec::new();
+        // Events an outage kept from being written, oldest first: tried again before the
+        // next batch (a worker's record needs no such care: the loop sends it anew each
+        // second).
+        let mut held: Vec<Record> = Vec::new();
         while rx.recv_many(&mut batch, 256).await > 0 {
             let mut latest: BTreeMap<i64, FleetWorker> = BTreeMap::new();
-            for record in batch.drain(..) {
+            let records: Vec<Record> = std::mem::take(&mut held).into_iter().chain(batch.drain(..)).collect();
+            for record in records {
                 let written = match record {
                     Record::Worker(w) => {
                         latest.insert(w.worker_id, w);
                         continue;
                     }
-                    Record::Event { worker, kind, reason } => db.add_event(run_id, worker, kind, &reason).await,
+                    Record::Event { worker, kind, reason } if watch.is_away() => {
+                        // Each try would wait out the connect limit: the heartbeat tries.
+                        if held.len() < HELD_EVENTS {
+                            held.push(Record::Event { worker, kind, reason });
+                        }
+                        continue;
+                    }
+                    Record::Event { worker, kind, reason } => {
+                        let written = db.add_event(run_id, worker, kind, &reason).await;
+                        if written.as_ref().is_err_and(|e| e.outage().is_some()) && held.len() < HELD_EVENTS {
+                            held.push(Record::Event { worker, kind, reason });
+                        }
+                        written
+                    }
                     Record::RunState { state, stopped } => db.set_run_state(run_id, state, stopped).await,
                     Record::Layout(run) => {
                         write_workers(&db, std::mem::take(&mut latest), &watch).await;
