@@ -127,6 +127,27 @@ pub fn chain_is_corrupt(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// Whether an sqlx error is SQLite saying the file is damaged or not a database.
+/// Whether an error chain holds PostgreSQL refusing a named statement of ours as
+/// already there (42P05, `sqlx_s_N`): a transaction-mode pooler handed our connection's
+/// statements to another client's server connection. The URL lacks `pool_mode=transaction`.
+pub fn chain_is_pooler_clash(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        let sql = c.downcast_ref::<sqlx::Error>().or_else(|| match c.downcast_ref::<DbError>() {
+            Some(DbError::Sql(s)) => Some(s),
+            _ => None,
+        });
+        if let Some(sqlx::Error::Database(db)) = sql
+            && db.code().as_deref() == Some("42P05")
+            && db.message().contains("\"sqlx_s_")
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 pub fn is_corrupt(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => {
@@ -203,9 +224,9 @@ mod tests {
 
     use super::*;
 
-    /// A database error with only a code, as a server or SQLite gives one.
+    /// A database error with a code, as a server or SQLite gives one.
     #[derive(Debug)]
-    struct Coded(&'static str);
+    struct Coded(&'static str, &'static str);
 
     impl std::fmt::Display for Coded {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -217,7 +238,7 @@ mod tests {
 
     impl sqlx::error::DatabaseError for Coded {
         fn message(&self) -> &str {
-            "coded"
+            self.1
         }
         fn code(&self) -> Option<Cow<'_, str>> {
             Some(self.0.into())
@@ -237,11 +258,20 @@ mod tests {
     }
 
     fn coded(code: &'static str) -> Option<DbState> {
-        DbError::Sql(sqlx::Error::Database(Box::new(Coded(code)))).outage()
+        DbError::Sql(sqlx::Error::Database(Box::new(Coded(code, "coded")))).outage()
     }
 
     fn io(kind: std::io::ErrorKind) -> Option<DbState> {
         DbError::Sql(sqlx::Error::Io(kind.into())).outage()
+    }
+
+    #[test]
+    fn our_named_statement_refused_as_already_there_is_a_pooler_in_transaction_mode() {
+        let clash =
+            |code, message| chain_is_pooler_clash(&DbError::Sql(sqlx::Error::Database(Box::new(Coded(code, message)))));
+        assert!(clash("42P05", "prepared statement \"sqlx_s_1\" already exists"));
+        assert!(!clash("42P05", "prepared statement \"theirs\" already exists"), "not ours: not a pooler's doing");
+        assert!(!clash("42P07", "relation \"sqlx_s_1\" already exists"));
     }
 
     #[test]

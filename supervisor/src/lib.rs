@@ -90,6 +90,13 @@ fn classify(f: Failure, db: &shared::storage::DbLocation) -> Failure {
     if shared::error::chain_is_corrupt(f.error.as_ref()) {
         return Failure { code: exit::FAILURE, error: anyhow::anyhow!(shared::storage::corrupt_advice(db)) };
     }
+    if shared::error::chain_is_pooler_clash(f.error.as_ref()) {
+        let error = anyhow::anyhow!(
+            "{:#}; a pooler in transaction mode (PgBouncer's pool_mode = transaction) stands in front of {db}: add pool_mode=transaction to the URL (README, \"Behind PgBouncer\")",
+            f.error
+        );
+        return Failure { code: exit::USAGE, error };
+    }
     match f.error.chain().find_map(|c| c.downcast_ref::<DbError>()) {
         Some(e) => Failure { code: if e.is_usage() { exit::USAGE } else { exit::FAILURE }, ..f },
         None => f,

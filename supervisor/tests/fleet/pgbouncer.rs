@@ -135,3 +135,23 @@ async fn a_fleet_given_the_connections_parameter_stays_within_it_and_fewer_than_
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
     assert!(text(&refused).contains("connections=1"), "{}", text(&refused));
 }
+
+/// Behind a transaction-mode pooler, a URL without `pool_mode=transaction` cannot start
+/// a fleet (our named statements meet on another client's server connection): the
+/// refusal says what is in front and which parameter to add, and exits 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_pooler_without_its_url_parameter_is_named_with_the_fix() {
+    let Some(direct) = testkit::fresh_postgres_url().await else { return };
+    let Some(bouncer) = PgBouncer::start("transaction") else { return };
+    let url = bouncer.url(&direct);
+    let bare = url.split_once('?').map_or(url.as_str(), |(u, _)| u).to_string();
+    let dir = tempfile::tempdir().unwrap();
+    import(dir.path(), &url, 10);
+    let out = supervisor(dir.path())
+        .args(["start", "--workers", "2", "--mem-limit", "250M", "--base-port", &free_ports(2).to_string()])
+        .args(["--sleep", "10ms", "--exit-when-done", "--db", &bare])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("add pool_mode=transaction to the URL"), "{}", text(&out));
+}
