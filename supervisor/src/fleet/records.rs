@@ -67,16 +67,14 @@ impl fmt::Display for Incident {
     }
 }
 
-/// Writes the latest record of each worker slot. While the database is away the records
-/// wait: each is a latest state, and the next one written replaces it.
+/// Writes the latest record of each worker slot. While the database is away the first
+/// record is the writer's try at it (in this task, so the loop never waits on it), and
+/// the rest wait: each is a latest state, and the next one written replaces it.
 async fn write_workers(db: &Store, latest: BTreeMap<i64, FleetWorker>, watch: &DbWatch) {
     for w in latest.values() {
-        if watch.is_away() {
-            return;
-        }
         match db.update_worker(w).await {
             Ok(()) => watch.answered(),
-            Err(e) if watch.failed(&e) => {}
+            Err(e) if watch.failed(&e) => return,
             Err(e) => tracing::warn!("could not record worker {}: {e}", w.worker_id),
         }
     }
