@@ -7,6 +7,7 @@
 //! schema accepts. What is particular to one backend is in `sqlite.rs` and
 //! `postgres.rs`.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -23,26 +24,6 @@ use shared::storage::{
 /// Room for two shard sessions and the test's own reads.
 async fn open(db: DbLocation) -> Store {
     Store::open(db, 4).await.unwrap()
-}
-
-/// `on_both_backends!(name);` above `async fn name(db: Store)` makes two tests of it,
-/// `name::sqlite` and `name::postgres`, each given a fresh database of its own.
-macro_rules! on_both_backends {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test]
-            async fn sqlite() {
-                let dir = tempfile::tempdir().unwrap();
-                super::$name(super::open(dir.path().join("fleet.db").into()).await).await;
-            }
-
-            #[tokio::test]
-            async fn postgres() {
-                let Some(url) = testkit::fresh_postgres().await else { return };
-                super::$name(super::open(url).await).await;
-            }
-        }
-    };
 }
 
 /// The ids of `claimed`, in id order: neither backend's `UPDATE ... RETURNING` promises

@@ -3,26 +3,11 @@
 //! server): the failed list's keyset pages and search, a video's history, and a
 //! drained worker's resume request.
 
+#[macro_use]
+mod common;
+
 use shared::storage::testing;
 use shared::storage::{CUT_CHARS, DbLocation, FleetRun, Page, RunState, SlotStatus, Store, now_ms};
-
-macro_rules! on_both_backends {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test]
-            async fn sqlite() {
-                let dir = tempfile::tempdir().unwrap();
-                super::$name(super::open(dir.path().join("fleet.db").into()).await).await;
-            }
-
-            #[tokio::test]
-            async fn postgres() {
-                let Some(url) = testkit::fresh_postgres().await else { return };
-                super::$name(super::open(url).await).await;
-            }
-        }
-    };
-}
 
 async fn open(db: DbLocation) -> Store {
     Store::open(db, 2).await.unwrap()

@@ -4,6 +4,28 @@
 // Each test file uses some of these.
 #![allow(dead_code)]
 
+/// `on_both_backends!(name);` above `async fn name(db: Store)` makes two tests of it,
+/// `name::sqlite` and `name::postgres`, each given a fresh database of its own, opened by
+/// the test file's own `open`.
+#[allow(unused_macros)] // sqlite.rs and postgres.rs test one backend each
+macro_rules! on_both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().unwrap();
+                super::$name(super::open(dir.path().join("fleet.db").into()).await).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                let Some(url) = testkit::fresh_postgres().await else { return };
+                super::$name(super::open(url).await).await;
+            }
+        }
+    };
+}
+
 use std::time::Duration;
 
 use shared::retry::RetryPolicy;
