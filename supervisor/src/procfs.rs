@@ -56,15 +56,39 @@ pub fn rss(pid: i32) -> Option<u64> {
 }
 
 /// The direct children of `pid`, from every one of its threads.
+///
+/// Listing `/proc/<pid>/task` is not atomic. A thread that exits just as it is listed
+/// ends that read early, and the kernel resumes the listing by position, so the live
+/// thread after it is skipped, and its children with it. The test harness lost a child
+/// this way in CI; a worker's tokio threads come and go the same way. So a listing
+/// that read fewer threads than the process counts afterwards is read again, and the
+/// readings are merged.
 pub fn children(pid: i32) -> Vec<i32> {
+    let mut read_tids = std::collections::HashSet::new();
     let mut out = Vec::new();
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return out };
-    for t in tasks.flatten() {
-        if let Ok(list) = fs::read_to_string(t.path().join("children")) {
-            out.extend(list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+    for _ in 0..4 {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { break };
+        let mut read_now = 0;
+        for t in tasks.flatten() {
+            let Ok(list) = fs::read_to_string(t.path().join("children")) else { continue };
+            read_now += 1;
+            if read_tids.insert(t.file_name()) {
+                out.extend(list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+        if read_now >= thread_count(pid).unwrap_or(0) {
+            break;
         }
     }
+    out.sort_unstable();
+    out.dedup();
     out
+}
+
+/// The `Threads:` line of `/proc/<pid>/status`.
+fn thread_count(pid: i32) -> Option<usize> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Threads:"))?.trim().parse().ok()
 }
 
 /// A process and its descendants.
@@ -117,6 +141,35 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(!is_running(child.id() as i64, "sleep"));
+    }
+
+    #[test]
+    fn a_child_is_found_while_other_threads_of_its_parent_come_and_go() {
+        // Threads that exit while /proc/<pid>/task is being listed shift the listing, and
+        // a live thread listed after them (here, the child's parent) could be skipped.
+        // Tokio's blocking pool and the test harness both churn threads like this.
+        use std::sync::mpsc;
+        // Threads listed before the parent, exiting one by one while it is listed.
+        let churn: Vec<_> = (0..200u64)
+            .map(|i| std::thread::spawn(move || std::thread::sleep(std::time::Duration::from_micros(100 + i * 2000))))
+            .collect();
+        // The parent thread is created after the churning ones, so it is listed after them.
+        let (pid_tx, pid_rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let parent = std::thread::spawn(move || {
+            let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+            pid_tx.send(child.id() as i32).unwrap();
+            let _ = done_rx.recv();
+            child.kill().unwrap();
+            child.wait().unwrap();
+        });
+        let child = pid_rx.recv().unwrap();
+        let me = std::process::id() as i32;
+        let missed = (0..3000).filter(|_| !children(me).contains(&child)).count();
+        churn.into_iter().for_each(|t| t.join().unwrap());
+        done_tx.send(()).unwrap();
+        parent.join().unwrap();
+        assert_eq!(missed, 0, "the child was missed in {missed} of 3000 listings");
     }
 
     #[test]
