@@ -343,4 +343,6 @@ pub(crate) struct Sql {
     pub rejects_nul: bool,
     /// Whether `source` contains `$5`, literally and case-sensitively (`LIKE` is neither).
     pub contains: &'static str,
+    /// The migrations and their record (`migrate.rs`).
+    pub ledger: super::migrate::Ledger,
 }

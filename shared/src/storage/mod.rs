@@ -16,6 +16,7 @@ mod finish;
 mod fleet;
 mod import;
 mod lease;
+mod migrate;
 pub(crate) mod postgres;
 mod reads;
 mod requeue;

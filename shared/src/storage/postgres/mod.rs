@@ -7,20 +7,19 @@
 //! - Finishes and settlements bind arrays (`unnest`), fenced on the claim's token
 //!   (`finish.rs`, `lease.rs`); the history and counts triggers are per statement, over
 //!   transition tables (`migrations/postgres/`).
-//! - Migrations run in one transaction under an advisory lock (`migrate.rs`), so hosts
+//! - Migrations run in one transaction under an advisory lock (`../migrate.rs`), so hosts
 //!   that start at the same moment apply them once.
 //! - What PostgreSQL refuses for now (a deadlock, a serialization failure) is retried
 //!   like SQLite's "database is locked" (`crate::error::is_busy`).
 
 mod conn;
-mod migrate;
 mod open;
 mod sql;
 
 pub(crate) use conn::Link;
-#[cfg(feature = "testing")]
-pub(crate) use migrate::MIGRATE_LOCK;
-#[cfg(feature = "testing")]
-pub use migrate::PG_MIGRATIONS;
 pub(crate) use open::PgStore;
+#[cfg(feature = "testing")]
+pub(crate) use sql::MIGRATE_LOCK;
+#[cfg(feature = "testing")]
+pub use sql::PG_MIGRATIONS;
 pub(crate) use sql::SQL;

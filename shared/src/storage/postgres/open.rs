@@ -7,8 +7,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Executor};
 
-use super::conn::Route;
-use super::migrate;
+use super::conn::{Link, Route};
 use crate::error::DbError;
 use crate::location::{pg_params, redact};
 use crate::storage::schema;
@@ -41,7 +40,10 @@ impl PgStore {
         // would run the migrations before looking at the check's answer.
         let checked_then_migrated = async {
             schema::judge(&db.url, &db.tables().await?, access != Access::Create)?;
-            if access == Access::ReadOnly { Ok(()) } else { migrate::run(&db).await }
+            if access == Access::ReadOnly {
+                return Ok(());
+            }
+            crate::storage::migrate::run(&mut Link::new(db.pool.acquire().await?, db.route), &db.url).await
         };
         if let Err(e) = checked_then_migrated.await {
             db.close().await;
@@ -115,11 +117,6 @@ impl PgStore {
     /// The pool, for the seam's connections.
     pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
-    }
-
-    /// The URL, password redacted.
-    pub fn url(&self) -> &str {
-        &self.url
     }
 
     pub(crate) async fn close(&self) {

@@ -1,6 +1,22 @@
 //! The statements whose PostgreSQL text differs from SQLite's, and why.
 
 use crate::storage::conn::Sql;
+use crate::storage::migrate::{Additions, Ledger, Migration, migrations};
+use crate::storage::schema::OUR_TABLES;
+
+/// The migrations, in order: `migrations/postgres/`.
+pub static PG_MIGRATIONS: &[Migration] = migrations!(
+    "postgres/",
+    "0001_schema.sql",
+    "0002_hosts.sql",
+    "0003_beats.sql",
+    "0004_layouts.sql",
+    "0005_reads.sql",
+);
+
+/// The advisory lock key every migrating process takes ("SFMIGRAT" in a number), as
+/// the ledger's lock statement writes it.
+pub(crate) const MIGRATE_LOCK: i64 = 0x5346_4d49_4752_4154;
 
 pub(crate) static SQL: Sql = Sql {
     // ```sql
@@ -83,4 +99,32 @@ pub(crate) static SQL: Sql = Sql {
     ],
     rejects_nul: true,
     contains: "strpos(source, $5) > 0",
+    // Hosts that start at the same moment take turns on MIGRATE_LOCK, so each file is
+    // applied once and neither sees half a schema. A schema made by hand from the first
+    // file (psql -f) shows by its tables.
+    ledger: Ledger {
+        files: PG_MIGRATIONS,
+        table: "fleet_migrations",
+        create: "CREATE TABLE IF NOT EXISTS fleet_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        record: "INSERT INTO fleet_migrations (name, applied_at) \
+                 VALUES ($1, (extract(epoch from clock_timestamp()) * 1000)::BIGINT)",
+        lock: &["SELECT pg_advisory_xact_lock(6000568530642288980)"],
+        object_exists: "SELECT count(*)::INT FROM information_schema.tables \
+                        WHERE table_schema = current_schema() AND table_name = $1",
+        evidence: |m| Additions {
+            objects: if m.name == "0001_schema.sql" {
+                OUR_TABLES.iter().map(|t| t.to_string()).collect()
+            } else {
+                Vec::new()
+            },
+            columns: Vec::new(),
+        },
+        strict: true,
+    },
 };
+
+#[cfg(test)]
+#[test]
+fn the_migrations_lock_statement_takes_the_key_tests_hold() {
+    assert_eq!(SQL.ledger.lock, [format!("SELECT pg_advisory_xact_lock({MIGRATE_LOCK})")]);
+}

@@ -5,14 +5,13 @@
 
 mod busy;
 mod conn;
-mod migrate;
 mod open;
 mod sql;
 mod turns;
 
 pub use busy::LOCK_WAITS;
 pub(crate) use conn::Link;
-#[cfg(feature = "testing")]
-pub use migrate::{MIGRATIONS, Migration};
 pub(crate) use open::SqliteStore;
+#[cfg(feature = "testing")]
+pub use sql::MIGRATIONS;
 pub(crate) use sql::SQL;

@@ -10,8 +10,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteSy
 use sqlx::{ConnectOptions, Executor};
 
 use super::Link;
+use super::busy;
 use super::turns::Turns;
-use super::{busy, migrate};
 use crate::error::DbError;
 use crate::storage::busy::retrying;
 use crate::storage::conn::{Begin, Conn};
@@ -98,8 +98,9 @@ impl SqliteStore {
                 .map_err(|e| open_error(&self.path, access == Access::ReadOnly, e))?;
         schema::judge(&shown(&self.path), &tables, access != Access::Create)?;
         if access != Access::ReadOnly {
-            migrate::run(self).await?;
-            self.check_writable().await?;
+            let mut conn: Box<dyn Conn> = Box::new(Link(self.pool.acquire().await?, None));
+            crate::storage::migrate::run(&mut *conn, &shown(&self.path)).await?;
+            self.check_writable(conn).await?;
         }
         Ok(())
     }
@@ -114,14 +115,9 @@ impl SqliteStore {
         &self.pool
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Takes the write lock and lets it go, so an unwritable database is reported at
     /// start, not as a failure of the first video.
-    async fn check_writable(&self) -> Result<(), DbError> {
-        let mut conn: Box<dyn Conn> = Box::new(Link(self.pool.acquire().await?, None));
+    async fn check_writable(&self, mut conn: Box<dyn Conn>) -> Result<(), DbError> {
         // Begun and dropped: the write lock taken and let go (the drop rolls back).
         let result = retrying!(conn, |c| c.begin(Begin::Write).await.map(drop));
         match result {

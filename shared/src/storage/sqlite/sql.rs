@@ -1,6 +1,21 @@
 //! The statements whose SQLite text differs from PostgreSQL's, and why.
 
 use crate::storage::conn::Sql;
+use crate::storage::migrate::{Ledger, Migration, additions, migrations};
+
+/// The migrations, in order: `migrations/`, which wrangler applies too.
+pub static MIGRATIONS: &[Migration] = migrations!(
+    "",
+    "0001_videos.sql",
+    "0002_fleet.sql",
+    "0003_counts.sql",
+    "0004_warnings.sql",
+    "0005_hosts.sql",
+    "0006_checks.sql",
+    "0007_beats.sql",
+    "0008_layouts.sql",
+    "0009_reads.sql",
+);
 
 pub(crate) static SQL: Sql = Sql {
     // `UPDATE ... WHERE video_id IN (SELECT ... LIMIT n) RETURNING ...`, never a read
@@ -69,6 +84,23 @@ pub(crate) static SQL: Sql = Sql {
     import_begin: &["BEGIN IMMEDIATE"],
     rejects_nul: false,
     contains: "instr(source, $5) > 0",
+    // wrangler's bookkeeping table, with the definition it uses, so either tool
+    // recognises what the other applied. The write lock, taken at BEGIN IMMEDIATE, is the
+    // lock. Any object a file adds is evidence, whatever its type.
+    ledger: Ledger {
+        files: MIGRATIONS,
+        table: "d1_migrations",
+        create: "CREATE TABLE IF NOT EXISTS d1_migrations(
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    name       TEXT UNIQUE,
+    applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL
+)",
+        record: "INSERT INTO d1_migrations (name) VALUES ($1)",
+        lock: &[],
+        object_exists: "SELECT count(*) FROM sqlite_master WHERE name = $1",
+        evidence: |m| additions(m.sql),
+        strict: false,
+    },
 };
 
 #[cfg(test)]

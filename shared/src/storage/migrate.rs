@@ -1,74 +1,92 @@
-//! Applying `migrations/` the way Cloudflare's wrangler does, so that either tool can
-//! set up a database and the other recognises it.
+//! Applying a backend's migrations, written once for both: every pending file in one
+//! transaction, under the backend's lock, each recorded in the backend's own table, so a
+//! failure leaves the database as it was and two hosts that start at the same moment
+//! apply each file once.
 //!
-//! Applied migrations are recorded in wrangler's own `d1_migrations` table. A migration
-//! that is not recorded but whose additions all exist (someone ran the files with
-//! `sqlite3`) is adopted: recorded, never run twice. Its additions are the tables,
-//! indexes, triggers and views it creates and the columns it adds; an object it drops
-//! and creates again (a trigger it replaces) existed before it ran, so it tells nothing.
-//! One whose additions exist only in part is refused, since that schema is neither ours
-//! nor empty. Every pending migration runs inside one write transaction, so a failure
-//! leaves the database as it was.
+//! SQLite records them in wrangler's `d1_migrations`, so that either tool can set up a
+//! database and the other recognises it; PostgreSQL in `fleet_migrations`, under an
+//! advisory lock. A migration that is not recorded but whose additions all exist
+//! (someone ran the files with `sqlite3` or `psql -f`) is adopted: recorded, never run
+//! twice. On SQLite its additions are the tables, indexes, triggers and views it creates
+//! and the columns it adds; an object it drops and creates again (a trigger it replaces)
+//! existed before it ran, so it tells nothing. On PostgreSQL the first file's tables are
+//! the evidence. One whose additions exist only in part is refused, since that schema
+//! is neither ours nor empty.
 
-use super::Link;
-use super::open::SqliteStore;
+use super::busy::retrying;
+use super::conn::{Begin, Conn, ConnExt, args};
 use crate::error::DbError;
-use crate::storage::busy::retrying;
-use crate::storage::conn::{Begin, Conn, ConnExt, args};
 
-/// One file of `migrations/`, embedded at build time.
+/// One migration file, embedded at build time.
 #[derive(Debug)]
 pub struct Migration {
-    /// The file name, as wrangler records it in `d1_migrations.name`.
+    /// The file name, as the record table keeps it.
     pub name: &'static str,
     pub sql: &'static str,
 }
 
-pub static MIGRATIONS: &[Migration] = &[
-    Migration { name: "0001_videos.sql", sql: include_str!("../../../../migrations/0001_videos.sql") },
-    Migration { name: "0002_fleet.sql", sql: include_str!("../../../../migrations/0002_fleet.sql") },
-    Migration { name: "0003_counts.sql", sql: include_str!("../../../../migrations/0003_counts.sql") },
-    Migration { name: "0004_warnings.sql", sql: include_str!("../../../../migrations/0004_warnings.sql") },
-    Migration { name: "0005_hosts.sql", sql: include_str!("../../../../migrations/0005_hosts.sql") },
-    Migration { name: "0006_checks.sql", sql: include_str!("../../../../migrations/0006_checks.sql") },
-    Migration { name: "0007_beats.sql", sql: include_str!("../../../../migrations/0007_beats.sql") },
-    Migration { name: "0008_layouts.sql", sql: include_str!("../../../../migrations/0008_layouts.sql") },
-    Migration { name: "0009_reads.sql", sql: include_str!("../../../../migrations/0009_reads.sql") },
-];
+/// The migrations of `migrations/$dir`, in order: `migrations!("postgres/", "0001_schema.sql", ...)`.
+macro_rules! migrations {
+    ($dir:literal, $($name:literal),+ $(,)?) => {
+        &[$($crate::storage::migrate::Migration {
+            name: $name,
+            sql: include_str!(concat!("../../../../migrations/", $dir, $name)),
+        }),+]
+    };
+}
+pub(crate) use migrations;
 
-/// wrangler's bookkeeping table, created with the same definition it uses.
-const D1_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS d1_migrations(
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    name       TEXT UNIQUE,
-    applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL
-)";
+/// A backend's migrations and how it records them.
+#[derive(Debug)]
+pub(crate) struct Ledger {
+    pub files: &'static [Migration],
+    /// The record table's name, and its definition (created if missing).
+    pub table: &'static str,
+    pub create: &'static str,
+    /// Records `$1` as applied.
+    pub record: &'static str,
+    /// Run first in the transaction that migrates.
+    pub lock: &'static [&'static str],
+    /// A count of the objects named `$1`: evidence of a file applied by hand.
+    pub object_exists: &'static str,
+    /// What a file applied by hand leaves to be seen.
+    pub evidence: fn(&Migration) -> Additions,
+    /// Whether a recorded migration this build does not know is refused (else only
+    /// warned about).
+    pub strict: bool,
+}
 
-pub(crate) async fn run(db: &SqliteStore) -> Result<(), DbError> {
-    let mut conn: Box<dyn Conn> = Box::new(Link(db.pool().acquire().await?, None));
-    // The common case, an up-to-date database, is answered by a read: no write lock.
-    let known = recorded(&mut *conn).await?;
-    for r in known.iter().filter(|r| !MIGRATIONS.iter().any(|m| m.name == r.as_str())) {
-        tracing::warn!(migration = %r, "database records a migration this build does not know; leaving it alone");
-    }
-    if MIGRATIONS.iter().all(|m| known.iter().any(|r| r == m.name)) {
+/// Applies what the ledger of `conn`'s backend has not recorded on the database shown
+/// as `db`.
+pub(crate) async fn run(conn: &mut dyn Conn, db: &str) -> Result<(), DbError> {
+    let sql = conn.backend().sql();
+    let ledger = &sql.ledger;
+    // The common case, an up-to-date database, is answered by a read: no lock.
+    let known = recorded(conn).await?;
+    check_known(ledger, &known, db)?;
+    if ledger.files.iter().all(|m| known.iter().any(|r| r == m.name)) {
         return Ok(());
     }
     retrying!(conn, |c| {
         let mut tx = c.begin(Begin::Write).await?;
-        tx.script(D1_MIGRATIONS_TABLE).await?;
+        for lock in ledger.lock {
+            tx.execute(lock, &[]).await?;
+        }
+        tx.script(ledger.create).await?;
         let applied = recorded(&mut *tx).await?;
-        for m in MIGRATIONS.iter().filter(|m| !applied.iter().any(|r| r == m.name)) {
-            let adds = additions(m.sql);
+        if ledger.strict {
+            check_known(ledger, &applied, db)?;
+        }
+        for m in ledger.files.iter().filter(|m| !applied.iter().any(|r| r == m.name)) {
+            let adds = (ledger.evidence)(m);
             let mut present = Vec::new();
             for name in &adds.objects {
-                let sql = "SELECT count(*) FROM sqlite_master WHERE name = $1";
-                if tx.scalar(sql, args![name.as_str()]).await?.int() > Some(0) {
+                if tx.scalar(ledger.object_exists, args![name.as_str()]).await?.int() > Some(0) {
                     present.push(name.clone());
                 }
             }
             for (table, column) in &adds.columns {
-                let sql = "SELECT count(*) FROM pragma_table_info($1) WHERE name = $2";
-                if tx.scalar(sql, args![table.as_str(), column.as_str()]).await?.int() > Some(0) {
+                if tx.scalar(sql.column_exists, args![table.as_str(), column.as_str()]).await?.int() > Some(0) {
                     present.push(format!("{table}.{column}"));
                 }
             }
@@ -80,7 +98,7 @@ pub(crate) async fn run(db: &SqliteStore) -> Result<(), DbError> {
                 tracing::info!(migration = m.name, "applied migration");
             } else if present.len() < adds.len() {
                 return Err(DbError::PartialSchema {
-                    db: db.path().display().to_string(),
+                    db: db.into(),
                     migration: m.name.into(),
                     adds: adds.names().join(", "),
                     found: present.join(", "),
@@ -88,29 +106,43 @@ pub(crate) async fn run(db: &SqliteStore) -> Result<(), DbError> {
             } else {
                 tracing::info!(migration = m.name, "schema already present; recording it as applied");
             }
-            tx.execute("INSERT INTO d1_migrations (name) VALUES ($1)", args![m.name]).await?;
+            tx.execute(ledger.record, args![m.name]).await?;
         }
         tx.commit().await
     })
 }
 
-/// The migrations `d1_migrations` records: none before wrangler's table exists.
-async fn recorded<C: Conn + ?Sized>(c: &mut C) -> Result<Vec<String>, DbError> {
-    let exists = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'd1_migrations'";
-    if c.scalar(exists, &[]).await?.int() == Some(0) {
+/// The migrations the record table holds: none before it exists.
+async fn recorded(c: &mut dyn Conn) -> Result<Vec<String>, DbError> {
+    let sql = c.backend().sql();
+    if c.scalar(sql.table_exists, args![sql.ledger.table]).await?.int() == Some(0) {
         return Ok(Vec::new());
     }
-    Ok(c.fetch("SELECT name FROM d1_migrations", &[]).await?.iter().map(|r| r.text(0)).collect())
+    let names = format!("SELECT name FROM {}", sql.ledger.table);
+    Ok(c.fetch(&names, &[]).await?.iter().map(|r| r.text(0)).collect())
+}
+
+/// A recorded migration this build does not know: a newer build's. SQLite leaves it
+/// alone (wrangler users may keep their own files in `d1_migrations`); PostgreSQL,
+/// whose record is ours alone, refuses a schema it cannot vouch for.
+fn check_known(ledger: &Ledger, recorded: &[String], db: &str) -> Result<(), DbError> {
+    for r in recorded.iter().filter(|r| !ledger.files.iter().any(|m| m.name == r.as_str())) {
+        if ledger.strict {
+            return Err(DbError::UnknownMigration { db: db.into(), migration: r.clone() });
+        }
+        tracing::warn!(migration = %r, "database records a migration this build does not know; leaving it alone");
+    }
+    Ok(())
 }
 
 /// What a migration adds to a schema: what shows, in a database that does not record
 /// it, whether it was applied.
 #[derive(Debug, Default, PartialEq)]
-struct Additions {
+pub(crate) struct Additions {
     /// Tables, indexes, triggers and views it creates, except those it drops first.
-    objects: Vec<String>,
+    pub objects: Vec<String>,
     /// Columns it adds with `ALTER TABLE t ADD [COLUMN] c`, as (table, column).
-    columns: Vec<(String, String)>,
+    pub columns: Vec<(String, String)>,
 }
 
 impl Additions {
@@ -126,7 +158,7 @@ impl Additions {
 }
 
 /// Reads a migration file's additions from its statements (comments skipped).
-fn additions(sql: &str) -> Additions {
+pub(crate) fn additions(sql: &str) -> Additions {
     let words: Vec<String> = sql
         .lines()
         .map(|l| l.split("--").next().unwrap_or(""))
@@ -172,6 +204,7 @@ fn additions(sql: &str) -> Additions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::sqlite::MIGRATIONS;
 
     #[test]
     fn the_first_migration_creates_the_tables_indexes_and_trigger() {
