@@ -98,10 +98,7 @@ impl Claimer {
         }
         let create = (sql.shard_index)(&name, self.workers);
         retrying!(conn, |c| {
-            let mut tx = c.begin(super::conn::Begin::Write).await?;
-            for lock in sql.index_lock {
-                tx.execute(lock, &[]).await?;
-            }
+            let mut tx = c.begin_under(super::conn::Begin::Write, sql.index_lock).await?;
             // Another worker may have built it while this one waited for the lock.
             if tx.scalar(sql.index_exists, args![name.as_str()]).await?.int() != Some(1) {
                 tx.execute(&create, &[]).await?;

@@ -282,8 +282,21 @@ pub(crate) trait Tx: Conn {
         Self: 'a;
 }
 
-/// Convenience reads over [`Conn`].
+/// Convenience over [`Conn`].
 pub(crate) trait ConnExt: Conn {
+    /// Begins a transaction and runs `locks` first in it: the backend's lock for a
+    /// decision made once however many processes make it at the same moment
+    /// (`Sql::decide_lock`, `Sql::index_lock`, ...).
+    fn begin_under<'a>(&'a mut self, how: Begin, locks: &'a [&'a str]) -> Fut<'a, Box<dyn Tx + 'a>> {
+        Box::pin(async move {
+            let mut tx = self.begin(how).await?;
+            for lock in locks {
+                tx.execute(lock, &[]).await?;
+            }
+            Ok(tx)
+        })
+    }
+
     /// The first row, if any.
     fn fetch_optional<'a>(&'a mut self, sql: &'a str, args: &'a [Arg<'a>]) -> Fut<'a, Option<Row>> {
         Box::pin(async move { Ok(self.fetch(sql, args).await?.into_iter().next()) })

@@ -163,10 +163,7 @@ pub(crate) async fn ensure_count_layout(conn: &mut dyn Conn, workers: u32) -> Re
     }
     let sql = conn.backend().sql();
     let recounted = retrying!(conn, |c| {
-        let mut tx = c.begin(Begin::Write).await?;
-        for lock in sql.recount_lock {
-            tx.execute(lock, &[]).await?;
-        }
+        let mut tx = c.begin_under(Begin::Write, sql.recount_lock).await?;
         if kept_layout(&mut *tx).await? == Some(workers) {
             return Ok(false);
         }

@@ -98,12 +98,9 @@ impl Store {
     ) -> Result<Result<Begun, E>, DbError> {
         run!(self, |c| {
             let sql = c.backend().sql();
-            let mut tx = c.begin(Begin::Decide).await?;
             // Row locks cannot stop a second supervisor inserting beside the first, so
             // every start takes one lock for the decision; heartbeats do not need it.
-            for lock in sql.decide_lock {
-                tx.execute(lock, &[]).await?;
-            }
+            let mut tx = c.begin_under(Begin::Decide, sql.decide_lock).await?;
             let live = live_runs(&mut *tx).await?;
             let now = clock(&mut *tx).await?;
             let taken = match decide(&live, now) {

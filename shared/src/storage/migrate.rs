@@ -68,10 +68,7 @@ pub(crate) async fn run(conn: &mut dyn Conn, db: &str) -> Result<(), DbError> {
         return Ok(());
     }
     retrying!(conn, |c| {
-        let mut tx = c.begin(Begin::Write).await?;
-        for lock in ledger.lock {
-            tx.execute(lock, &[]).await?;
-        }
+        let mut tx = c.begin_under(Begin::Write, ledger.lock).await?;
         tx.script(ledger.create).await?;
         let applied = recorded(&mut *tx).await?;
         if ledger.strict {

@@ -44,30 +44,26 @@ impl Store {
     /// Opens the database at `path`, creating and migrating it if it is new, and checks
     /// that it can be written. `max_connections` bounds the pool.
     pub async fn open(db: impl Into<DbLocation>, max_connections: u32) -> Result<Store, DbError> {
-        Ok(Store(match db.into() {
-            DbLocation::Sqlite(path) => Pool::Sqlite(SqliteStore::open(&path, Access::Create, max_connections).await?),
-            DbLocation::Postgres(url) => Pool::Postgres(PgStore::open(&url, Access::Create, max_connections).await?),
-        }))
+        Store::open_for(db.into(), Access::Create, max_connections).await
     }
 
     /// Opens an existing fleet database for commands that change rows (`retry`); refuses
     /// to create one, and refuses a database that is not a fleet's, so a typo in `--db`
     /// neither leaves an empty database behind nor adds our tables to someone else's.
     pub async fn open_existing(db: impl Into<DbLocation>, max_connections: u32) -> Result<Store, DbError> {
-        Ok(Store(match db.into() {
-            DbLocation::Sqlite(path) => {
-                Pool::Sqlite(SqliteStore::open(&path, Access::Existing, max_connections).await?)
-            }
-            DbLocation::Postgres(url) => Pool::Postgres(PgStore::open(&url, Access::Existing, max_connections).await?),
-        }))
+        Store::open_for(db.into(), Access::Existing, max_connections).await
     }
 
     /// Opens an existing fleet database read-only, without migrating it: for `status`,
     /// `export`, `stop`, `logs` and the monitor, which only read.
     pub async fn open_read_only(db: impl Into<DbLocation>) -> Result<Store, DbError> {
-        Ok(Store(match db.into() {
-            DbLocation::Sqlite(path) => Pool::Sqlite(SqliteStore::open(&path, Access::ReadOnly, 1).await?),
-            DbLocation::Postgres(url) => Pool::Postgres(PgStore::open(&url, Access::ReadOnly, 1).await?),
+        Store::open_for(db.into(), Access::ReadOnly, 1).await
+    }
+
+    async fn open_for(db: DbLocation, access: Access, max_connections: u32) -> Result<Store, DbError> {
+        Ok(Store(match db {
+            DbLocation::Sqlite(path) => Pool::Sqlite(SqliteStore::open(&path, access, max_connections).await?),
+            DbLocation::Postgres(url) => Pool::Postgres(PgStore::open(&url, access, max_connections).await?),
         }))
     }
 
