@@ -1,9 +1,8 @@
 //! The page's stylesheet, script and icon, compiled into the binary: no CDN, no build
 //! step, nothing to install beside the monitor.
 
-use axum::response::Response;
-
-use super::routes::asset;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 
 const CSS: &str = include_str!("assets/app.css");
 const JS: &str = include_str!("assets/app.js");
@@ -20,4 +19,10 @@ pub async fn js() -> Response {
 
 pub async fn favicon() -> Response {
     asset("image/x-icon", FAVICON)
+}
+
+/// Answers a static asset with its type; the asset may be cached (it changes only with
+/// the binary) but must be revalidated so that an upgrade shows at once.
+fn asset(content_type: &'static str, body: &'static [u8]) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }

@@ -3,7 +3,8 @@
 //!
 //! Where things are: starting and stopping it all: `server.rs`; the one poll loop and
 //! what it publishes: `feed.rs`; the router and its thin handlers: `routes.rs`; the
-//! HTML: `page.rs`; host, origin, headers and token checks: `security.rs`; the embedded
+//! HTML: `page.rs`; host, origin, headers and token checks: `security.rs`; the settings, the shared state
+//! and the error answer they all use: `state.rs`; the embedded
 //! stylesheet, script and icon: `assets.rs`.
 
 pub mod assets;
@@ -12,6 +13,7 @@ pub mod page;
 pub mod routes;
 pub mod security;
 pub mod server;
+pub mod state;
 #[cfg(test)]
 mod tests;
 

@@ -13,7 +13,7 @@ use shared::status::{VideoStatus, WorkerState};
 use shared::storage::{CUT_CHARS, FailedPage, SlotStatus, VideoHistory};
 
 use super::feed::{BUCKET_MS, BUCKETS, Snapshot};
-use super::routes::Settings;
+use super::state::Settings;
 use crate::aggregate::{Fleet, WorkerHealth, WorkerReport};
 use crate::text;
 

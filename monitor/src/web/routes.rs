@@ -1,107 +1,20 @@
 //! The web server's routes: `app` builds the router from the shared state, and each
 //! handler is thin: read the latest snapshot, render or forward.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use reqwest::Client;
 use serde_json::json;
-use shared::storage::{DbLocation, Page, RequeueOutcome, Store};
-use tokio::sync::{Notify, OnceCell, watch};
+use shared::storage::{Page, RequeueOutcome, Store};
 
-use super::feed::Snapshot;
-use super::security::{self, Hosts};
-use super::{assets, page};
+pub use super::state::{ApiError, Settings, WebState};
+use super::{assets, page, security};
 use crate::control::{Command, Control};
 
 /// Requests carry no body worth more; a bigger one is refused before any handler runs.
 const BODY_LIMIT: usize = 16 * 1024;
-
-/// What never changes while the server runs.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// `""` or `/fleet`: every route and link hangs below it.
-    pub prefix: String,
-    pub hosts: Hosts,
-    /// No control routes at all.
-    pub read_only: bool,
-    /// How often the page's script asks for new figures: the poll interval, at least 1s.
-    pub refresh: Duration,
-    /// With --db: where retries are written. Without, the failed list and retries do
-    /// not exist and the page says so.
-    pub db: Option<DbLocation>,
-}
-
-impl Settings {
-    /// `path` (starting with `/`) under the prefix.
-    pub fn path(&self, path: &str) -> String {
-        format!("{}{path}", self.prefix)
-    }
-}
-
-/// Everything a handler may touch. Cloned per request; every field is shared.
-#[derive(Clone)]
-pub struct WebState {
-    pub settings: Arc<Settings>,
-    /// The latest snapshot of the one poll loop.
-    pub feed: watch::Receiver<Arc<Snapshot>>,
-    /// Sends commands to workers; with `--read-only` no route uses it.
-    pub client: Client,
-    /// `--control-token`, if given.
-    pub flag_token: Option<Arc<str>>,
-    /// Asks the poll loop for a round now, so that a command's effect shows at once.
-    pub poll_now: Arc<Notify>,
-    /// The fleet database for retries, opened writable on the first retry only: a page
-    /// nobody retries from never writes.
-    pub store: Arc<OnceCell<Store>>,
-    /// With --db: the poll loop's read-only handle, for the failed list and histories,
-    /// read per request (one indexed page each), never per refresh.
-    pub reader: Option<Store>,
-}
-
-impl WebState {
-    fn snapshot(&self) -> Arc<Snapshot> {
-        self.feed.borrow().clone()
-    }
-
-    /// The tokens a caller may present: the flag's and every live run's.
-    fn known_tokens<'a>(&'a self, snap: &'a Snapshot) -> Vec<&'a str> {
-        let mut known: Vec<&str> = self.flag_token.as_deref().into_iter().collect();
-        known.extend(snap.targets.iter().filter_map(|t| t.token.as_deref()));
-        known.retain(|t| !t.is_empty());
-        known.dedup();
-        known
-    }
-}
-
-/// An error answer: a status and one sentence, as JSON. Causes are kept out of it.
-#[derive(Debug)]
-pub struct ApiError(StatusCode, String);
-
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError(status, message.into())
-    }
-
-    pub fn status(&self) -> StatusCode {
-        self.0
-    }
-
-    pub fn message(&self) -> &str {
-        &self.1
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
-    }
-}
 
 /// The whole server: page, fragment, assets, API and controls, behind the host check,
 /// the same-origin rule and the security headers.
@@ -303,10 +216,4 @@ fn read_error(e: shared::DbError, searching: bool) -> ApiError {
 fn db_error(what: &str, e: shared::DbError) -> ApiError {
     eprintln!("monitor: {what} failed: {e}");
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the database refused the change; see the monitor's log")
-}
-
-/// Answers a static asset with its type; the asset may be cached (it changes only with
-/// the binary) but must be revalidated so that an upgrade shows at once.
-pub fn asset(content_type: &'static str, body: &'static [u8]) -> Response {
-    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }

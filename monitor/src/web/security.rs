@@ -2,53 +2,18 @@
 //! rebinding), the same-origin rule for POSTs (against cross-site requests), the
 //! security headers on every answer, and the control token.
 
-use std::net::SocketAddr;
-
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
-use super::routes::{ApiError, WebState};
+use super::state::{ApiError, WebState};
 
 /// No inline script or style: the page's own script and stylesheet only. A value that
 /// slipped through escaping still could not run.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                        connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
-
-/// The names a request's Host may carry.
-#[derive(Debug, Clone)]
-pub struct Hosts {
-    names: Vec<String>,
-}
-
-impl Hosts {
-    /// The bound address, localhost and the loopback addresses, and `extra`
-    /// (`--allow-host`, lowercased). Loopback literals are safe to answer: a rebinding
-    /// attack needs a name of the attacker's, which is what the check refuses.
-    pub fn new(bound: SocketAddr, extra: &[String]) -> Hosts {
-        let ip = match bound {
-            SocketAddr::V4(a) => a.ip().to_string(),
-            SocketAddr::V6(a) => format!("[{}]", a.ip()),
-        };
-        let mut names: Vec<String> = vec![ip, "localhost".into(), "127.0.0.1".into(), "[::1]".into()];
-        names.extend(extra.iter().cloned());
-        Hosts { names }
-    }
-
-    /// Whether `host` (a Host header: a name or address, maybe with a port) is served.
-    pub fn allows(&self, host: &str) -> bool {
-        let host = host.trim().to_ascii_lowercase();
-        let name = match host.rfind(':') {
-            // `[::1]:8080` or `name:8080`; a bare `[::1]` has its last colon inside.
-            Some(i) if !host[i..].contains(']') => &host[..i],
-            _ => &host[..],
-        };
-        let name = name.strip_suffix('.').unwrap_or(name);
-        self.names.iter().any(|n| n == name)
-    }
-}
 
 /// Refuses requests for a Host this server does not answer to, except `/healthz`, which
 /// probes reach under any name and which tells nothing about the fleet.
@@ -59,7 +24,7 @@ pub async fn check_host(State(s): State<WebState>, req: Request, next: Next) -> 
     }
     let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
     if !s.settings.hosts.allows(host) {
-        let shown = super::page::cut(host, 80);
+        let shown = crate::text::fit(&crate::text::one_line(host), 80);
         return (
             StatusCode::FORBIDDEN,
             format!(
@@ -142,6 +107,7 @@ pub fn authorize(headers: &HeaderMap, known: &[&str]) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::web::state::Hosts;
 
     #[test]
     fn the_host_check_takes_the_bound_address_localhost_and_allowed_names_with_any_port() {

@@ -12,7 +12,6 @@ use tokio_util::task::TaskTracker;
 
 use super::feed::{self, Snapshot};
 use super::routes::{Settings, WebState, app};
-use super::security;
 use crate::aggregate::Fleet;
 use crate::cli::{Config, Source};
 use crate::poll::{self, Poller};
@@ -50,7 +49,7 @@ pub async fn run(
     let local = listener.local_addr().context("cannot read the address the page listens on")?;
     let settings = Settings {
         prefix: serve.prefix.clone(),
-        hosts: security::Hosts::new(local, &serve.allow_hosts),
+        hosts: super::state::Hosts::new(local, &serve.allow_hosts),
         read_only: serve.read_only,
         refresh: config.interval.max(MIN_REFRESH),
         db: match &config.source {

@@ -14,7 +14,8 @@ use tower::ServiceExt;
 
 use super::feed::{self, Snapshot};
 use super::routes::{Settings, WebState, app};
-use super::security::{CSP, Hosts};
+use super::security::CSP;
+use super::state::Hosts;
 use crate::aggregate::Fleet;
 use crate::aggregate::tests::status;
 use crate::poll::{Answer, Round};

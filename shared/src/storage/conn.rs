@@ -25,7 +25,7 @@ pub(crate) enum Backend {
 
 impl Backend {
     /// The statements that differ between the dialects.
-    pub(crate) fn sql(self) -> &'static Sql {
+    pub(crate) fn sql(self) -> &'static super::dialect::Sql {
         match self {
             Backend::Sqlite => &super::sqlite::SQL,
             Backend::Postgres => &super::postgres::SQL,
@@ -312,50 +312,3 @@ pub(crate) trait ConnExt: Conn {
 }
 
 impl<C: Conn + ?Sized> ConnExt for C {}
-
-/// The statements whose text differs between the backends, with why beside each in the
-/// backend's own module. Everything else is written once, in `$n` placeholders, which
-/// the SQLite backend reads as `?n`.
-#[derive(Debug)]
-pub(crate) struct Sql {
-    /// A claim of up to `limit` due, pending videos of shard `shard` of `workers`,
-    /// binding `$1` owner, `$2` token, `$3` lease expiry, `$4` now; returning
-    /// `video_id, source (or NULL past max_source), payload (or NULL past max_payload),
-    /// attempts, octet_length(source), octet_length(payload), typeof(source),
-    /// typeof(payload)`.
-    pub claim: fn(workers: u32, shard: u32, limit: usize, max_source: u64, max_payload: u64) -> String,
-    /// Creates the pending-shard index `name` for a fleet of `workers`.
-    pub shard_index: fn(name: &str, workers: u32) -> String,
-    /// 1 if the index `$1` exists.
-    pub index_exists: &'static str,
-    /// Run first in the transaction that builds a shard index.
-    pub index_lock: &'static [&'static str],
-    /// Run after a bulk change so the planner sees it (empty: nothing to run).
-    pub analyze: &'static str,
-    /// 1 if the table `$1` exists.
-    pub table_exists: &'static str,
-    /// Run first in the transaction that recounts the kept counts.
-    pub recount_lock: &'static [&'static str],
-    /// The recount of the kept counts for `$1` shards, after the lock and the check.
-    pub recount: &'static [&'static str],
-    /// The database's clock in milliseconds since the epoch, as an expression.
-    pub now_ms: &'static str,
-    /// Run first in the transaction that decides whether a run may start.
-    pub decide_lock: &'static [&'static str],
-    /// Appended to a read of rows a transaction will change: ` FOR UPDATE` where the
-    /// database locks rows (SQLite's write lock already covers the whole file).
-    pub lock_rows: &'static str,
-    /// 1 if the table `$1` has the column `$2`.
-    pub column_exists: &'static str,
-    /// Run on an import's own connection before its transaction.
-    pub import_setup: &'static [&'static str],
-    /// Begin an import's transaction and what lives in it (`import_seen`, the ids met
-    /// so far, with the first line of each). Retried whole while refused for now.
-    pub import_begin: &'static [&'static str],
-    /// The database cannot store the NUL character in text (PostgreSQL).
-    pub rejects_nul: bool,
-    /// Whether `source` contains `$5`, literally and case-sensitively (`LIKE` is neither).
-    pub contains: &'static str,
-    /// The migrations and their record (`migrate.rs`).
-    pub ledger: super::migrate::Ledger,
-}

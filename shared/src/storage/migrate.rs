@@ -15,46 +15,19 @@
 
 use super::busy::retrying;
 use super::conn::{Begin, Conn, ConnExt, args};
+use super::dialect::{Additions, Ledger};
 use crate::error::DbError;
-
-/// One migration file, embedded at build time.
-#[derive(Debug)]
-pub struct Migration {
-    /// The file name, as the record table keeps it.
-    pub name: &'static str,
-    pub sql: &'static str,
-}
 
 /// The migrations of `migrations/$dir`, in order: `migrations!("postgres/", "0001_schema.sql", ...)`.
 macro_rules! migrations {
     ($dir:literal, $($name:literal),+ $(,)?) => {
-        &[$($crate::storage::migrate::Migration {
+        &[$($crate::storage::dialect::Migration {
             name: $name,
             sql: include_str!(concat!("../../../../migrations/", $dir, $name)),
         }),+]
     };
 }
 pub(crate) use migrations;
-
-/// A backend's migrations and how it records them.
-#[derive(Debug)]
-pub(crate) struct Ledger {
-    pub files: &'static [Migration],
-    /// The record table's name, and its definition (created if missing).
-    pub table: &'static str,
-    pub create: &'static str,
-    /// Records `$1` as applied.
-    pub record: &'static str,
-    /// Run first in the transaction that migrates.
-    pub lock: &'static [&'static str],
-    /// A count of the objects named `$1`: evidence of a file applied by hand.
-    pub object_exists: &'static str,
-    /// What a file applied by hand leaves to be seen.
-    pub evidence: fn(&Migration) -> Additions,
-    /// Whether a recorded migration this build does not know is refused (else only
-    /// warned about).
-    pub strict: bool,
-}
 
 /// Applies what the ledger of `conn`'s backend has not recorded on the database shown
 /// as `db`.
@@ -130,28 +103,6 @@ fn check_known(ledger: &Ledger, recorded: &[String], db: &str) -> Result<(), DbE
         tracing::warn!(migration = %r, "database records a migration this build does not know; leaving it alone");
     }
     Ok(())
-}
-
-/// What a migration adds to a schema: what shows, in a database that does not record
-/// it, whether it was applied.
-#[derive(Debug, Default, PartialEq)]
-pub(crate) struct Additions {
-    /// Tables, indexes, triggers and views it creates, except those it drops first.
-    pub objects: Vec<String>,
-    /// Columns it adds with `ALTER TABLE t ADD [COLUMN] c`, as (table, column).
-    pub columns: Vec<(String, String)>,
-}
-
-impl Additions {
-    fn len(&self) -> usize {
-        self.objects.len() + self.columns.len()
-    }
-
-    /// Every addition by name, columns as `table.column`.
-    fn names(&self) -> Vec<String> {
-        let columns = self.columns.iter().map(|(t, c)| format!("{t}.{c}"));
-        self.objects.iter().cloned().chain(columns).collect()
-    }
 }
 
 /// Reads a migration file's additions from its statements (comments skipped).

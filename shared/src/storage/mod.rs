@@ -11,6 +11,7 @@ mod busy;
 mod claim;
 mod conn;
 mod counts;
+mod dialect;
 mod export;
 mod finish;
 mod fleet;

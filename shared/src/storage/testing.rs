@@ -291,7 +291,7 @@ pub fn postgres_claim_sql(workers: u32, worker_id: u32, want: usize) -> String {
     super::claim::postgres_claim_statement(workers, worker_id, want)
 }
 
-pub use super::migrate::Migration;
+pub use super::dialect::Migration;
 /// The migrations of each backend, in order, as this build applies them.
 pub use super::postgres::PG_MIGRATIONS as POSTGRES_MIGRATIONS;
 pub use super::sqlite::MIGRATIONS as SQLITE_MIGRATIONS;

@@ -1,7 +1,7 @@
 //! The statements whose PostgreSQL text differs from SQLite's, and why.
 
-use crate::storage::conn::Sql;
-use crate::storage::migrate::{Additions, Ledger, Migration, migrations};
+use crate::storage::dialect::{Additions, Ledger, Migration, Sql};
+use crate::storage::migrate::migrations;
 use crate::storage::schema::OUR_TABLES;
 
 /// The migrations, in order: `migrations/postgres/`.
@@ -15,7 +15,8 @@ pub static PG_MIGRATIONS: &[Migration] = migrations!(
 );
 
 /// The advisory lock key every migrating process takes ("SFMIGRAT" in a number), as
-/// the ledger's lock statement writes it.
+/// the ledger's lock statement writes it (a test holds the lock by this number).
+#[cfg(any(test, feature = "testing"))]
 pub(crate) const MIGRATE_LOCK: i64 = 0x5346_4d49_4752_4154;
 
 pub(crate) static SQL: Sql = Sql {

@@ -1,7 +1,7 @@
 //! The statements whose SQLite text differs from PostgreSQL's, and why.
 
-use crate::storage::conn::Sql;
-use crate::storage::migrate::{Ledger, Migration, additions, migrations};
+use crate::storage::dialect::{Ledger, Migration, Sql};
+use crate::storage::migrate::{additions, migrations};
 
 /// The migrations, in order: `migrations/`, which wrangler applies too.
 pub static MIGRATIONS: &[Migration] = migrations!(
