@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rand::RngExt;
 
+use super::conn::Conn;
 use crate::backoff::Doubling;
 use crate::error::DbError;
 
@@ -92,9 +93,68 @@ macro_rules! run {
     ($store:expr, |$c:ident| $body:expr) => {
         async {
             let mut conn = $store.conn().await?;
-            $crate::storage::busy::retrying!(conn, |$c| $body)
+            let result = $crate::storage::busy::retrying!(conn, |$c| $body);
+            $crate::storage::busy::discard_if_broken(&mut *conn, &result);
+            result
         }
         .await
     };
 }
 pub(crate) use run;
+
+/// Whether `result` says the database went away under `conn` (`DbError::outage`); if
+/// so, `conn` is closed when dropped rather than handed back to its pool. A PostgreSQL
+/// connection is then likely dead, and a SQLite one whose read came back short (a full
+/// disk) may go on failing where a fresh one would not.
+pub(crate) fn discard_if_broken<T>(conn: &mut dyn Conn, result: &Result<T, DbError>) -> bool {
+    let broken = result.as_ref().is_err_and(|e| e.outage().is_some());
+    if broken {
+        conn.discard();
+    }
+    broken
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::storage::Store;
+    use crate::storage::conn::ConnExt;
+
+    /// The pool's connections, open or lent, once the count settles (a connection
+    /// closed on drop closes in a task of its own).
+    async fn settled_size(store: &Store, want: u32) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.pool_size() != want && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        store.pool_size()
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_database_went_away_under_is_closed_and_not_pooled_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("fleet.db"), 4).await.unwrap();
+        run!(store, |c| c.scalar("SELECT 1", &[]).await).unwrap();
+        let open = store.pool_size();
+        assert!(open >= 1);
+
+        let gone = || DbError::Sql(sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into()));
+        let away: Result<(), DbError> = run!(store, |c| {
+            c.scalar("SELECT 1", &[]).await?;
+            Err(gone())
+        });
+        assert!(away.unwrap_err().outage().is_some());
+        assert_eq!(settled_size(&store, open - 1).await, open - 1, "the connection that saw it is closed");
+
+        // Any other error hands the connection back as good as it was.
+        let before = store.pool_size();
+        let refused: Result<u64, DbError> =
+            run!(store, |c| c.execute("INSERT INTO videos (video_id, source) VALUES (1, 'a'), (1, 'b')", &[]).await);
+        assert!(refused.unwrap_err().outage().is_none());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(store.pool_size(), before.max(1), "a constraint's refusal keeps its connection");
+        store.close().await;
+    }
+}

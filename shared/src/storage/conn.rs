@@ -243,6 +243,10 @@ pub(crate) trait Conn: Send {
     /// Begins a transaction; it rolls back unless committed.
     fn begin(&mut self, how: Begin) -> Fut<'_, Box<dyn Tx + '_>>;
 
+    /// Closes a pooled connection when it is dropped instead of handing it back to its
+    /// pool (`busy::discard_if_broken`); nothing for any other.
+    fn discard(&mut self) {}
+
     /// Ends the connection: one taken out of its pool is closed (on SQLite the last to
     /// close checkpoints the WAL into the file), a pooled one goes back to its pool, a
     /// transaction rolls back.
@@ -251,15 +255,20 @@ pub(crate) trait Conn: Send {
         Self: 'a;
 }
 
-/// How each kind of connection a backend's `Link` wraps ends ([`Conn::close`]).
+/// How each kind of connection a backend's `Link` wraps ends ([`Conn::close`]), and is
+/// kept from going back to a pool ([`Conn::discard`]).
 pub(crate) trait End: Send {
     fn end(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+    fn discard(&mut self) {}
 }
 
 impl<DB: sqlx::Database> End for sqlx::pool::PoolConnection<DB> {
     async fn end(self) -> Result<(), sqlx::Error> {
         drop(self);
         Ok(())
+    }
+    fn discard(&mut self) {
+        self.close_on_drop();
     }
 }
 

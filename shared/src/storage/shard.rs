@@ -64,8 +64,9 @@ pub struct ClaimRound {
 /// A worker's own connection to its shard, with its lease owner name (unique to the
 /// process) and the claim statements for its shard.
 pub struct Shard {
-    /// None after an outage broke it (`DbError::outage`): the next call takes a fresh
-    /// one from `store`, so the session outlives a database restart.
+    /// None after an outage broke it (`DbError::outage`; it is closed, not pooled
+    /// again): the next call takes a fresh one from `store`, so the session outlives a
+    /// database restart.
     conn: Option<Box<dyn Conn>>,
     store: Store,
     claimer: Claimer,
@@ -80,7 +81,7 @@ macro_rules! session {
         }
         let conn = &mut **$shard.conn.as_mut().expect("taken just above");
         let result = retrying!(conn, |$c| $body);
-        if result.as_ref().is_err_and(|e: &DbError| e.outage().is_some()) {
+        if super::busy::discard_if_broken(conn, &result) {
             $shard.conn = None;
         }
         result

@@ -99,6 +99,15 @@ impl Store {
         }
     }
 
+    /// How many connections the pool holds, open or lent.
+    #[cfg(test)]
+    pub(crate) fn pool_size(&self) -> u32 {
+        match &self.0 {
+            Pool::Sqlite(s) => s.pool().size(),
+            Pool::Postgres(s) => s.pool().size(),
+        }
+    }
+
     /// A connection from the pool, for one verb.
     pub(crate) async fn conn(&self) -> Result<Box<dyn Conn>, DbError> {
         Ok(match &self.0 {

@@ -131,6 +131,10 @@ impl<C: DerefMut<Target = PgConnection> + End> Conn for Link<C> {
         Backend::Postgres
     }
 
+    fn discard(&mut self) {
+        self.conn.discard();
+    }
+
     fn fetch<'a>(&'a mut self, sql: &'a str, args: &'a [Arg<'a>]) -> Fut<'a, Vec<Row>> {
         Box::pin(async move { Ok(rows(self.send(query(sql.to_owned(), args, bind), true).await?.0, val)) })
     }

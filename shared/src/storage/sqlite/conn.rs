@@ -98,6 +98,10 @@ impl<C: DerefMut<Target = SqliteConnection> + End> Conn for Link<C> {
         Backend::Sqlite
     }
 
+    fn discard(&mut self) {
+        self.0.discard();
+    }
+
     fn fetch<'a>(&'a mut self, sql: &'a str, args: &'a [Arg<'a>]) -> Fut<'a, Vec<Row>> {
         Box::pin(async move { Ok(rows(query(numbered(sql), args, bind).fetch_all(&mut *self.0).await?, val)) })
     }
