@@ -24,6 +24,8 @@ pub(crate) struct Sql {
     pub analyze: &'static str,
     /// 1 if the table `$1` exists.
     pub table_exists: &'static str,
+    /// The names of the tables of the schema the connection works in.
+    pub tables: &'static str,
     /// Run first in the transaction that recounts the kept counts.
     pub recount_lock: &'static [&'static str],
     /// The recount of the kept counts for `$1` shards, after the lock and the check.

@@ -2,6 +2,9 @@
 //! that may become a fleet's (empty, or holding only a tool's bookkeeping), or another
 //! application's, which is refused and left as it is.
 
+use super::conn::Conn;
+use super::migrate;
+use super::store::Access;
 use crate::error::DbError;
 
 /// Tables our migrations create.
@@ -36,6 +39,18 @@ pub(crate) fn judge(db: &str, tables: &[String], need_fleet: bool) -> Result<(),
         return Err(DbError::Foreign { db: db.into(), tables: names.join(", ") });
     }
     if need_fleet { Err(DbError::NotFleet { db: db.into() }) } else { Ok(()) }
+}
+
+/// Opens the database `db` (as shown) for `access` on `conn`: refuses it by its tables
+/// ([`judge`]), then migrates it unless it is only read. The check comes first and the
+/// migrations only if it passes, so another application's database is left as it was.
+pub(crate) async fn prepare(conn: &mut dyn Conn, db: &str, access: Access) -> Result<(), DbError> {
+    let tables: Vec<String> = conn.fetch(conn.backend().sql().tables, &[]).await?.iter().map(|r| r.text(0)).collect();
+    judge(db, &tables, access != Access::Create)?;
+    if access != Access::ReadOnly {
+        migrate::run(conn, db).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -36,16 +36,9 @@ impl PgStore {
     /// `access`, applies what migrations are missing (not read-only) and returns it.
     pub(crate) async fn open(url: &str, access: Access, max_connections: u32) -> Result<PgStore, DbError> {
         let db = PgStore::connect(url, access, max_connections).await?;
-        // The check first and the migrations only if it passes: `check.and(migrate)`
-        // would run the migrations before looking at the check's answer.
-        let checked_then_migrated = async {
-            schema::judge(&db.url, &db.tables().await?, access != Access::Create)?;
-            if access == Access::ReadOnly {
-                return Ok(());
-            }
-            crate::storage::migrate::run(&mut Link::new(db.pool.acquire().await?, db.route), &db.url).await
-        };
-        if let Err(e) = checked_then_migrated.await {
+        let prepared =
+            async { schema::prepare(&mut Link::new(db.pool.acquire().await?, db.route), &db.url, access).await };
+        if let Err(e) = prepared.await {
             db.close().await;
             return Err(e);
         }
@@ -121,18 +114,6 @@ impl PgStore {
 
     pub(crate) async fn close(&self) {
         self.pool.close().await;
-    }
-
-    /// The tables of the schema the connection works in (`search_path`'s first). In a
-    /// transaction, as every statement through a transaction-mode pooler must be.
-    pub(super) async fn tables(&self) -> Result<Vec<String>, DbError> {
-        let mut tx = self.pool.begin().await?;
-        Ok(sqlx::query_scalar(
-            "SELECT table_name::text FROM information_schema.tables \
-             WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY 1",
-        )
-        .fetch_all(&mut *tx)
-        .await?)
     }
 }
 

@@ -67,6 +67,9 @@ pub(crate) static SQL: Sql = Sql {
     analyze: "ANALYZE videos",
     table_exists: "SELECT count(*)::INT FROM information_schema.tables \
                    WHERE table_schema = current_schema() AND table_name = $1",
+    // `search_path`'s first schema: the one the fleet's tables are made in.
+    tables: "SELECT table_name::text FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY 1",
     // The SHARE ROW EXCLUSIVE lock on `videos` waits for writers in flight and holds off
     // new ones until the counts are in, so the recount is exact; it conflicts with
     // itself, so two starters never both recount.

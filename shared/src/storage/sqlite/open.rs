@@ -87,22 +87,16 @@ impl SqliteStore {
         Ok(db)
     }
 
-    /// Refuses a file that holds another application's tables (or, unless it is being
-    /// created, not a fleet's), so a `--db` pointing at the wrong file never gets our
-    /// schema added to it; then a writer's is migrated and checked to be writable.
+    /// Judges and migrates the file (`schema::prepare`), then checks that a writer can
+    /// write it.
     async fn prepare(&self, access: Access) -> Result<(), DbError> {
-        let tables: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| open_error(&self.path, access == Access::ReadOnly, e))?;
-        schema::judge(&shown(&self.path), &tables, access != Access::Create)?;
-        if access != Access::ReadOnly {
-            let mut conn: Box<dyn Conn> = Box::new(Link(self.pool.acquire().await?, None));
-            crate::storage::migrate::run(&mut *conn, &shown(&self.path)).await?;
-            self.check_writable(conn).await?;
-        }
-        Ok(())
+        let mut conn: Box<dyn Conn> = Box::new(Link(self.pool.acquire().await?, None));
+        let reading = access == Access::ReadOnly;
+        schema::prepare(&mut *conn, &shown(&self.path), access).await.map_err(|e| match e {
+            DbError::Sql(e) => open_error(&self.path, reading, e),
+            other => other,
+        })?;
+        if reading { Ok(()) } else { self.check_writable(conn).await }
     }
 
     /// The turns its writers take, for the seam's connections.

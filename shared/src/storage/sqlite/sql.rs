@@ -49,6 +49,7 @@ pub(crate) static SQL: Sql = Sql {
     // SQLite's planner needs no statistics for the index: the claim names it.
     analyze: "",
     table_exists: "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = $1",
+    tables: "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
     recount_lock: &[],
     // Every slot of the layout exists (the triggers only update), numbered as the
     // triggers number them: shard * 4 + the status's place. A rowid seek measured a third
