@@ -294,3 +294,30 @@ async fn an_import_is_in_the_file_itself_once_the_store_is_closed() {
     assert_eq!(copied.count_videos().await.unwrap(), 50);
     copied.close().await;
 }
+
+#[tokio::test]
+async fn a_status_word_this_build_does_not_know_is_counted_nowhere_and_named_by_retry() {
+    // Only a tool that switches off the CHECK on `status` can write one.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet.db");
+    let db = Store::open(&path, 1).await.unwrap();
+    testing::execute(
+        &db,
+        "INSERT INTO videos (video_id, source, status) VALUES (1, 'a', 'failed'), (2, 'b', 'pending')",
+    )
+    .await
+    .unwrap();
+    testing::execute_foreign(
+        &path,
+        "PRAGMA ignore_check_constraints = ON; INSERT INTO videos (video_id, source, status) VALUES (3, 'c', 'paused')",
+    )
+    .await
+    .unwrap();
+    assert_eq!(db.totals().await.unwrap(), ShardCounts { pending: 1, running: 0, done: 0, failed: 1 });
+    assert_eq!(db.shard_progress(3).await.unwrap()[0], ShardCounts::default(), "not as pending either");
+    let err = db.requeue_video(3).await.unwrap_err().to_string();
+    assert!(err.contains("paused"), "named, not read as pending: {err}");
+    let err = db.requeue_ids(&[1, 3]).await.unwrap_err().to_string();
+    assert!(err.contains("paused"), "{err}");
+    assert_eq!(testing::video(&db, 1).await.unwrap().unwrap().status, VideoStatus::Failed, "nothing requeued");
+}

@@ -3,7 +3,7 @@
 
 use super::Store;
 use super::busy::run;
-use super::conn::{Begin, ConnExt, args};
+use super::conn::{Begin, ConnExt, args, word};
 use crate::error::DbError;
 use crate::status::VideoStatus;
 
@@ -18,11 +18,6 @@ pub enum RequeueOutcome {
 const REQUEUE: &str = "UPDATE videos SET status = 'pending', attempts = 0, run_after = 0, last_error = NULL, \
                        last_outcome = NULL WHERE status = 'failed'";
 
-/// A status as the table holds it; a word this build does not know reads as pending.
-fn status(word: &str) -> VideoStatus {
-    word.parse().unwrap_or(VideoStatus::Pending)
-}
-
 impl Store {
     /// Puts a failed video back to pending with a fresh set of attempts, due at once.
     pub async fn requeue_video(&self, video_id: i64) -> Result<RequeueOutcome, DbError> {
@@ -34,7 +29,7 @@ impl Store {
             let found = c.fetch_optional("SELECT status FROM videos WHERE video_id = $1", args![video_id]).await?;
             Ok(match found {
                 None => RequeueOutcome::Missing,
-                Some(r) => RequeueOutcome::NotFailed(status(&r.text(0))),
+                Some(r) => RequeueOutcome::NotFailed(word(r.text(0))?),
             })
         })
     }
@@ -55,7 +50,7 @@ impl Store {
             let mut tx = c.begin(Begin::Write).await?;
             let mut bad = Vec::new();
             for &id in ids {
-                match tx.fetch_optional(&check, args![id]).await?.map(|r| status(&r.text(0))) {
+                match tx.fetch_optional(&check, args![id]).await?.map(|r| word(r.text(0))).transpose()? {
                     Some(VideoStatus::Failed) => {}
                     other => bad.push((id, other)),
                 }

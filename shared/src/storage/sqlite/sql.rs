@@ -15,6 +15,7 @@ pub static MIGRATIONS: &[Migration] = migrations!(
     "0007_beats.sql",
     "0008_layouts.sql",
     "0009_reads.sql",
+    "0010_counts_unknown.sql",
 );
 
 pub(crate) static SQL: Sql = Sql {
@@ -116,16 +117,23 @@ mod tests {
 
     #[test]
     fn the_kept_counts_slot_order_of_the_sql_is_the_rust_status_order() {
-        // The triggers of migration 0003 cannot change (wrangler records applied files
-        // by name), so this holds them to the Rust order instead.
-        let triggers = include_str!("../../../../migrations/0003_counts.sql");
+        // The triggers of migrations 0003 and 0010 cannot change (wrangler records
+        // applied files by name), so this holds them to the Rust order instead. 0003's
+        // last status is its ELSE; 0010, which replaces them, names every status.
+        let (first, now) = (
+            include_str!("../../../../migrations/0003_counts.sql"),
+            include_str!("../../../../migrations/0010_counts_unknown.sql"),
+        );
         let last = places().len() - 1;
         let case: Vec<String> = places()
             .iter()
             .map(|&(i, s)| if i == last { format!("ELSE {i} END") } else { format!("WHEN '{s}' THEN {i}") })
             .collect();
-        assert_eq!(triggers.matches(&case.join(" ")).count(), 4, "every trigger numbers the slots as Rust does");
-        assert_eq!(triggers.matches("CASE").count(), 4, "and no other way");
+        assert_eq!(first.matches(&case.join(" ")).count(), 4, "every trigger numbers the slots as Rust does");
+        assert_eq!(first.matches("CASE").count(), 4, "and no other way");
+        let named: Vec<String> = places().iter().map(|&(i, s)| format!("WHEN '{s}' THEN {i}")).collect();
+        assert_eq!(now.matches(&format!("{} END", named.join(" "))).count(), 4, "0010 names each status");
+        assert_eq!(now.matches("CASE").count(), 4, "and has no ELSE");
         let values: Vec<String> = places().iter().map(|(i, s)| format!("({i}, '{s}')")).collect();
         assert!(SQL.recount.iter().any(|s| s.contains(&values.join(", "))), "the recount numbers them so too");
     }
