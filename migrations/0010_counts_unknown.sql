@@ -2,8 +2,9 @@
 -- switched off the CHECK on `status` can write one) is counted under no status, as a
 -- recount counts it and as PostgreSQL's triggers do. The triggers of 0003 took every
 -- word past 'done' for 'failed', and so counted such a row as failed. The same triggers
--- otherwise, on the same slots. A row with such a word that is already counted stays so
--- until the next recount (a fleet of another size).
+-- otherwise, on the same slots; and the counts of the recorded layout are counted again
+-- at the end, so a row already counted so is counted no more (one read of the table,
+-- as migration 0003 made).
 
 DROP TRIGGER IF EXISTS video_counts_insert;
 CREATE TRIGGER video_counts_insert
@@ -35,3 +36,9 @@ BEGIN
     WHERE slot = (OLD.video_id % (SELECT workers FROM video_counts_layout)) * 4
                + CASE OLD.status WHEN 'pending' THEN 0 WHEN 'running' THEN 1 WHEN 'done' THEN 2 WHEN 'failed' THEN 3 END;
 END;
+
+UPDATE video_counts SET videos = 0;
+UPDATE video_counts SET videos = c.n
+FROM (SELECT video_id % (SELECT workers FROM video_counts_layout) AS shard, status, count(*) AS n
+      FROM videos GROUP BY 1, 2) AS c
+WHERE video_counts.shard = c.shard AND video_counts.status = c.status;

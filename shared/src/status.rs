@@ -12,8 +12,8 @@ pub use crate::config::Steal;
 
 words! {
     /// Where a video is in its life. The order is the kept counts' slot order
-    /// (`shard * 4 + place`), which the SQLite triggers of migration 0003 also spell:
-    /// `storage::testing` holds them to it.
+    /// (`shard * 4 + place`), which the SQLite triggers of migrations 0003 and 0010 also
+    /// spell: a test in `storage/sqlite/sql.rs` holds them to it.
     VideoStatus("video status") {
         Pending => "pending",
         Running => "running",

@@ -59,36 +59,29 @@ pub fn rss(pid: i32) -> Option<u64> {
 ///
 /// Listing `/proc/<pid>/task` is not atomic. A thread that exits just as it is listed
 /// ends that read early, and the kernel resumes the listing by position, so the live
-/// thread after it is skipped, and its children with it. The test harness lost a child
-/// this way in CI; a worker's tokio threads come and go the same way. So a listing
-/// that read fewer threads than the process counts afterwards is read again, and the
-/// readings are merged.
+/// thread after it is skipped, and its children with it; and the children of a thread
+/// that exits go to another thread, perhaps one already read. The test harness lost a
+/// child this way in CI; a worker's tokio threads come and go the same way. So the
+/// threads are read until a reading finds no thread and no child the earlier ones did
+/// not (at least twice, at most five times), and the readings are merged.
 pub fn children(pid: i32) -> Vec<i32> {
-    let mut read_tids = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    for _ in 0..4 {
+    let mut tids = std::collections::HashSet::new();
+    let mut out = std::collections::BTreeSet::new();
+    for pass in 0..5 {
         let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { break };
-        let mut read_now = 0;
+        let mut new = false;
         for t in tasks.flatten() {
             let Ok(list) = fs::read_to_string(t.path().join("children")) else { continue };
-            read_now += 1;
-            if read_tids.insert(t.file_name()) {
-                out.extend(list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            new |= tids.insert(t.file_name());
+            for child in list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                new |= out.insert(child);
             }
         }
-        if read_now >= thread_count(pid).unwrap_or(0) {
+        if pass > 0 && !new {
             break;
         }
     }
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
-/// The `Threads:` line of `/proc/<pid>/status`.
-fn thread_count(pid: i32) -> Option<usize> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Threads:"))?.trim().parse().ok()
+    out.into_iter().collect()
 }
 
 /// A process and its descendants.
@@ -149,9 +142,11 @@ mod tests {
         // a live thread listed after them (here, the child's parent) could be skipped.
         // Tokio's blocking pool and the test harness both churn threads like this.
         use std::sync::mpsc;
-        // Threads listed before the parent, exiting one by one while it is listed.
-        let churn: Vec<_> = (0..200u64)
-            .map(|i| std::thread::spawn(move || std::thread::sleep(std::time::Duration::from_micros(100 + i * 2000))))
+        // Threads listed before the parent, exiting while it is listed: one at a time,
+        // and in bursts of twenty, as an idle blocking pool's threads leave.
+        let churn: Vec<_> = (0..400u64)
+            .map(|i| if i < 200 { 100 + i * 2000 } else { 100 + (i % 10) * 40_000 })
+            .map(|us| std::thread::spawn(move || std::thread::sleep(std::time::Duration::from_micros(us))))
             .collect();
         // The parent thread is created after the churning ones, so it is listed after them.
         let (pid_tx, pid_rx) = mpsc::channel();

@@ -105,9 +105,10 @@ pub(crate) use run;
 /// Whether `result` says the database went away under `conn` (`DbError::outage`); if
 /// so, `conn` is closed when dropped rather than handed back to its pool. A PostgreSQL
 /// connection is then likely dead, and a SQLite one whose read came back short (a full
-/// disk) may go on failing where a fresh one would not.
+/// disk) may go on failing where a fresh one would not. A lock that stayed taken (busy,
+/// a serialization failure) says nothing against the connection, which is kept.
 pub(crate) fn discard_if_broken<T>(conn: &mut dyn Conn, result: &Result<T, DbError>) -> bool {
-    let broken = result.as_ref().is_err_and(|e| e.outage().is_some());
+    let broken = result.as_ref().is_err_and(|e| e.outage().is_some() && !e.is_busy());
     if broken {
         conn.discard();
     }

@@ -1,6 +1,6 @@
 //! Counting videos by shard and status without counting the table.
 //!
-//! `video_counts` (SQLite migration 0003, PostgreSQL 0001) holds the number of videos
+//! `video_counts` (SQLite migrations 0003 and 0010, PostgreSQL 0001) holds the number of videos
 //! per `(shard, status)` for one recorded layout, `shard = video_id % workers`, and
 //! triggers on `videos` keep it exact in the same statement as every insert, status
 //! change, id change and delete, whoever writes (the fleet, `wrangler d1 execute`, an

@@ -6,12 +6,13 @@
 //! SQLite records them in wrangler's `d1_migrations`, so that either tool can set up a
 //! database and the other recognises it; PostgreSQL in `fleet_migrations`, under an
 //! advisory lock. A migration that is not recorded but whose additions all exist
-//! (someone ran the files with `sqlite3` or `psql -f`) is adopted: recorded, never run
-//! twice. On SQLite its additions are the tables, indexes, triggers and views it creates
-//! and the columns it adds; an object it drops and creates again (a trigger it replaces)
-//! existed before it ran, so it tells nothing. On PostgreSQL the first file's tables are
-//! the evidence. One whose additions exist only in part is refused, since that schema
-//! is neither ours nor empty.
+//! (someone ran the files with `sqlite3`) is adopted: recorded, never run twice. On
+//! SQLite its additions are the tables, indexes, triggers and views it creates and the
+//! columns it adds; an object it drops and creates again (a trigger it replaces) existed
+//! before it ran, so it tells nothing. On PostgreSQL only the first file is adopted so
+//! (`psql -f 0001_schema.sql`), by its tables; a later file run by hand fails when it
+//! is applied again. One whose additions exist only in part is refused, since that
+//! schema is neither ours nor empty.
 
 use super::busy::retrying;
 use super::conn::{Begin, Conn, ConnExt, args};

@@ -3,16 +3,18 @@
 
 use super::Store;
 use super::busy::run;
-use super::conn::{Begin, ConnExt, args, word};
+use super::conn::{Begin, ConnExt, args};
 use crate::error::DbError;
 use crate::status::VideoStatus;
 
 /// What `requeue_video` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequeueOutcome {
     Requeued,
     Missing,
-    NotFailed(VideoStatus),
+    /// Its status word as the table holds it: a refusal names it, even a word this
+    /// build does not know (a row another tool wrote).
+    NotFailed(String),
 }
 
 const REQUEUE: &str = "UPDATE videos SET status = 'pending', attempts = 0, run_after = 0, last_error = NULL, \
@@ -29,7 +31,7 @@ impl Store {
             let found = c.fetch_optional("SELECT status FROM videos WHERE video_id = $1", args![video_id]).await?;
             Ok(match found {
                 None => RequeueOutcome::Missing,
-                Some(r) => RequeueOutcome::NotFailed(word(r.text(0))?),
+                Some(r) => RequeueOutcome::NotFailed(r.text(0)),
             })
         })
     }
@@ -43,15 +45,15 @@ impl Store {
     /// failed, nothing changes and the offenders are returned with their status. The
     /// rows are checked and requeued in one write transaction (on PostgreSQL, locked
     /// while they are checked), so none can change between the check and the requeue.
-    pub async fn requeue_ids(&self, ids: &[i64]) -> Result<Result<u64, Vec<(i64, Option<VideoStatus>)>>, DbError> {
+    pub async fn requeue_ids(&self, ids: &[i64]) -> Result<Result<u64, Vec<(i64, Option<String>)>>, DbError> {
         let requeue = format!("{REQUEUE} AND video_id = $1");
         run!(self, |c| {
             let check = format!("SELECT status FROM videos WHERE video_id = $1{}", c.backend().sql().lock_rows);
             let mut tx = c.begin(Begin::Write).await?;
             let mut bad = Vec::new();
             for &id in ids {
-                match tx.fetch_optional(&check, args![id]).await?.map(|r| word(r.text(0))).transpose()? {
-                    Some(VideoStatus::Failed) => {}
+                match tx.fetch_optional(&check, args![id]).await?.map(|r| r.text(0)) {
+                    Some(s) if s == VideoStatus::Failed.as_str() => {}
                     other => bad.push((id, other)),
                 }
             }

@@ -93,6 +93,11 @@ impl SqliteStore {
         let mut conn: Box<dyn Conn> = Box::new(Link(self.pool.acquire().await?, None));
         let reading = access == Access::ReadOnly;
         schema::prepare(&mut *conn, &shown(&self.path), access).await.map_err(|e| match e {
+            // A migration of a file this process may not write: said as the writable
+            // check says it.
+            DbError::Sql(sqlx::Error::Database(d)) if !reading && is_read_only_code(d.code().as_deref()) => {
+                DbError::ReadOnly { db: shown(&self.path) }
+            }
             DbError::Sql(e) => open_error(&self.path, reading, e),
             other => other,
         })?;
