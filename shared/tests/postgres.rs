@@ -123,6 +123,37 @@ async fn two_opens_racing_on_a_fresh_database_both_succeed_and_apply_the_migrati
 }
 
 #[tokio::test]
+async fn a_schema_made_by_hand_from_the_first_file_is_adopted_and_the_later_files_are_applied() {
+    let Some(db) = testkit::fresh_postgres().await else { return };
+    // As `psql -f migrations/postgres/0001_schema.sql` leaves it: no record of it.
+    let mut psql = PgConnection::connect(url(&db)).await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(PG_MIGRATIONS[0].sql)).execute(&mut psql).await.unwrap();
+    let store = Store::open(db.clone(), 1).await.expect("adopted, not applied again (its CREATE TABLE would fail)");
+    let recorded: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM fleet_migrations ORDER BY name").fetch_all(&mut psql).await.unwrap();
+    assert_eq!(recorded, PG_MIGRATIONS.iter().map(|m| m.name).collect::<Vec<_>>());
+    import(&store, 1..=2).await;
+    assert_eq!(store.count_videos().await.unwrap(), 2);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_database_a_newer_build_migrated_is_refused_and_left_unchanged() {
+    let Some(db) = testkit::fresh_postgres().await else { return };
+    Store::open(db.clone(), 1).await.unwrap().close().await;
+    let mut newer = PgConnection::connect(url(&db)).await.unwrap();
+    sqlx::raw_sql("INSERT INTO fleet_migrations (name, applied_at) VALUES ('0099_future.sql', 1)")
+        .execute(&mut newer)
+        .await
+        .unwrap();
+    let err = Store::open(db.clone(), 1).await.unwrap_err();
+    assert!(err.is_usage() && err.to_string().contains("0099_future.sql"), "{err}");
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM fleet_migrations").fetch_one(&mut newer).await.unwrap();
+    assert_eq!(recorded, PG_MIGRATIONS.len() as i64 + 1, "nothing recorded or undone");
+}
+
+#[tokio::test]
 async fn a_database_holding_another_applications_table_is_refused_and_left_unchanged() {
     let Some(db) = testkit::fresh_postgres().await else { return };
     let mut app = PgConnection::connect(url(&db)).await.unwrap();
