@@ -132,25 +132,11 @@ pub async fn bench_scale(dir: &Path, runs: usize, s: &Sizes) -> anyhow::Result<S
 async fn record_run(path: &Path) -> anyhow::Result<f64> {
     let db = Store::open(path, 1).await?;
     let run = FleetRun {
-        run_id: 0,
         supervisor_pid: i32::MAX as i64,
-        host: None,
-        started_at: storage::now_ms(),
         stopped_at: Some(storage::now_ms()),
         state: RunState::Stopped,
-        workers: WORKERS as i64,
-        base_port: 3001,
-        bind: "127.0.0.1".into(),
-        mem_limit_bytes: None,
-        mem_enforce: "none".into(),
         handler: "--sleep 0".into(),
-        concurrency: 1,
-        log_dir: None,
-        control_token: None,
-        worker_ids: None,
-        heartbeat_at: None,
-        stop_requested_at: None,
-        advertise: None,
+        ..FleetRun::example(WORKERS as i64, 3001)
     };
     if db.latest_run().await?.is_none() {
         db.insert_run(&run).await?;

@@ -219,27 +219,7 @@ pub async fn bench_web_reads(db: shared::storage::DbLocation, videos: i64, label
          WHERE video_id % 10 = 0",
     )
     .await?;
-    let run = FleetRun {
-        run_id: 0,
-        supervisor_pid: 1,
-        host: None,
-        started_at: shared::storage::now_ms(),
-        stopped_at: None,
-        state: RunState::Stopped,
-        workers: 4,
-        base_port: super::free_port()? as i64,
-        bind: "127.0.0.1".into(),
-        mem_limit_bytes: None,
-        mem_enforce: "none".into(),
-        handler: "sleep".into(),
-        concurrency: 1,
-        log_dir: None,
-        control_token: None,
-        worker_ids: None,
-        heartbeat_at: None,
-        stop_requested_at: None,
-        advertise: None,
-    };
+    let run = FleetRun { state: RunState::Stopped, ..FleetRun::example(4, super::free_port()? as i64) };
     store.insert_run(&run).await?;
     store.close().await;
     let fill_secs = filled.elapsed().as_secs_f64();

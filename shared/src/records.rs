@@ -101,6 +101,34 @@ pub struct FleetRun {
 }
 
 impl FleetRun {
+    /// A running run of `workers` slots from `base_port`, bound to 127.0.0.1, with no
+    /// limits, token or host: what tests and benchmarks record and then change a field
+    /// or two of.
+    #[cfg(feature = "testing")]
+    pub fn example(workers: i64, base_port: i64) -> FleetRun {
+        FleetRun {
+            run_id: 0,
+            supervisor_pid: 1,
+            host: None,
+            started_at: crate::storage::now_ms(),
+            stopped_at: None,
+            state: RunState::Running,
+            workers,
+            base_port,
+            bind: "127.0.0.1".into(),
+            mem_limit_bytes: None,
+            mem_enforce: "none".into(),
+            handler: "sleep".into(),
+            concurrency: 1,
+            log_dir: None,
+            control_token: None,
+            worker_ids: None,
+            heartbeat_at: None,
+            stop_requested_at: None,
+            advertise: None,
+        }
+    }
+
     /// The worker ids this run starts.
     pub fn ids(&self) -> crate::ids::WorkerIds {
         self.worker_ids

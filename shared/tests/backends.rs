@@ -466,25 +466,14 @@ async fn an_import_is_seen_all_at_once_at_commit_and_not_at_all_after_a_roll_bac
 /// A run as `supervisor start` records it, of `workers` slots from port `base_port`.
 fn new_run(workers: i64, base_port: i64) -> FleetRun {
     FleetRun {
-        run_id: 0,
         supervisor_pid: i64::from(std::process::id()),
         host: Some("test-host".into()),
-        started_at: now_ms(),
-        stopped_at: None,
-        state: RunState::Running,
-        workers,
-        base_port,
-        bind: "127.0.0.1".into(),
         mem_limit_bytes: Some(250 << 20),
         mem_enforce: "sample".into(),
         handler: "sleep 20ms".into(),
         concurrency: 4,
-        log_dir: None,
         control_token: Some("secret".into()),
-        worker_ids: None,
-        heartbeat_at: None,
-        stop_requested_at: None,
-        advertise: None,
+        ..FleetRun::example(workers, base_port)
     }
 }
 

@@ -7,7 +7,7 @@
 mod common;
 
 use shared::storage::testing;
-use shared::storage::{CUT_CHARS, DbLocation, FleetRun, Page, RunState, SlotStatus, Store, now_ms};
+use shared::storage::{CUT_CHARS, DbLocation, FleetRun, Page, RunState, SlotStatus, Store};
 
 async fn open(db: DbLocation) -> Store {
     Store::open(db, 2).await.unwrap()
@@ -92,27 +92,7 @@ async fn a_history_lists_every_attempt_latest_first(db: Store) {
 
 on_both_backends!(a_resume_request_reaches_only_a_drained_slot_of_a_live_run_once);
 async fn a_resume_request_reaches_only_a_drained_slot_of_a_live_run_once(db: Store) {
-    let run = FleetRun {
-        run_id: 0,
-        supervisor_pid: 1,
-        host: None,
-        started_at: now_ms(),
-        stopped_at: None,
-        state: RunState::Running,
-        workers: 2,
-        base_port: 3001,
-        bind: "127.0.0.1".into(),
-        mem_limit_bytes: None,
-        mem_enforce: "none".into(),
-        handler: "sleep".into(),
-        concurrency: 1,
-        log_dir: None,
-        control_token: None,
-        worker_ids: None,
-        heartbeat_at: None,
-        stop_requested_at: None,
-        advertise: None,
-    };
+    let run = FleetRun::example(2, 3001);
     let run_id = db.insert_run(&run).await.unwrap();
     let mut slot = db.run_workers(run_id).await.unwrap().remove(1);
     assert!(!db.request_resume(1).await.unwrap(), "a starting slot is no drained one");

@@ -421,30 +421,10 @@ async fn without_db_the_failed_list_and_history_are_404_and_say_why() {
 
 #[tokio::test]
 async fn resuming_a_drained_worker_asks_its_supervisor_through_the_database() {
-    use shared::storage::{FleetRun, RunState, SlotStatus};
+    use shared::storage::{FleetRun, SlotStatus};
     let dir = tempfile::tempdir().unwrap();
     let (state, db) = with_failed_videos(dir.path(), Setup::default()).await;
-    let run = FleetRun {
-        run_id: 0,
-        supervisor_pid: 1,
-        host: None,
-        started_at: 0,
-        stopped_at: None,
-        state: RunState::Running,
-        workers: 2,
-        base_port: 1,
-        bind: "127.0.0.1".into(),
-        mem_limit_bytes: None,
-        mem_enforce: "none".into(),
-        handler: "sleep".into(),
-        concurrency: 1,
-        log_dir: None,
-        control_token: None,
-        worker_ids: None,
-        heartbeat_at: None,
-        stop_requested_at: None,
-        advertise: None,
-    };
+    let run = FleetRun { started_at: 0, ..FleetRun::example(2, 1) };
     let run_id = db.insert_run(&run).await.unwrap();
     let mut slot = db.run_workers(run_id).await.unwrap().remove(1);
     slot.state = SlotStatus::Drained;

@@ -80,10 +80,6 @@ async fn p_and_r_pause_and_resume_the_selected_worker_with_the_runs_token() {
         handler: "sleep: 60s".into(),
         concurrency: 1,
         control_token: Some(token.into()),
-        worker_ids: None,
-        heartbeat_at: None,
-        stop_requested_at: None,
-        advertise: None,
         ..fleet_run(2, base)
     };
     t.db.insert_run(&run).await.unwrap();

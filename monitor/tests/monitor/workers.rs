@@ -116,10 +116,6 @@ async fn with_db_the_monitor_finds_the_fleet_in_the_supervisors_records_and_coun
         mem_limit_bytes: Some(256 << 20),
         mem_enforce: "sample".into(),
         control_token: Some("token-for-tests".into()),
-        worker_ids: None,
-        heartbeat_at: None,
-        stop_requested_at: None,
-        advertise: None,
         ..fleet_run(2, base)
     };
     let run_id = t.db.insert_run(&run).await.unwrap();

@@ -108,25 +108,12 @@ async fn status_and_logs_end_quietly_when_their_reader_goes_away() {
     t.seed(10).await;
     // Enough workers and log lines that the output passes a pipe buffer.
     let run = FleetRun {
-        run_id: 0,
-        supervisor_pid: 1,
-        host: None,
         started_at: 0,
-        stopped_at: None,
         state: RunState::Stopped,
-        workers: 3000,
-        base_port: 3001,
-        bind: "127.0.0.1".into(),
-        mem_limit_bytes: None,
         mem_enforce: "sample".into(),
         handler: "sleep: 1ms".into(),
-        concurrency: 1,
         log_dir: Some(t.dir.path().join("logs").display().to_string()),
-        control_token: None,
-        worker_ids: None,
-        heartbeat_at: None,
-        stop_requested_at: None,
-        advertise: None,
+        ..FleetRun::example(3000, 3001)
     };
     t.db.insert_run(&run).await.unwrap();
     std::fs::create_dir(t.dir.path().join("logs")).unwrap();

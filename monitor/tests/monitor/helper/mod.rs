@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use shared::storage::{FleetRun, RunState};
+use shared::storage::FleetRun;
 
 pub use testkit::{TestDb, WorkerBuilder, WorkerProc, closed_port, wait_for};
 
@@ -45,25 +45,11 @@ pub fn monitor_json(args: &[&str], cwd: &Path) -> monitor::Report {
 /// A run record as `supervisor start` writes it, for `n` workers from `base_port`.
 pub fn fleet_run(workers: i64, base_port: u16) -> FleetRun {
     FleetRun {
-        run_id: 0,
         supervisor_pid: std::process::id() as i64,
-        host: None,
-        started_at: shared::storage::now_ms(),
-        stopped_at: None,
-        state: RunState::Running,
-        workers,
-        base_port: base_port as i64,
         bind: "0.0.0.0".into(),
-        mem_limit_bytes: None,
-        mem_enforce: "none".into(),
         handler: "sleep: 0s".into(),
         concurrency: 4,
-        log_dir: None,
-        control_token: None,
-        worker_ids: None,
-        heartbeat_at: None,
-        stop_requested_at: None,
-        advertise: None,
+        ..FleetRun::example(workers, base_port as i64)
     }
 }
 
