@@ -111,7 +111,7 @@ impl Store {
     /// A connection from the pool, for one verb.
     pub(crate) async fn conn(&self) -> Result<Box<dyn Conn>, DbError> {
         Ok(match &self.0 {
-            Pool::Sqlite(s) => Box::new(super::sqlite::Link(s.pool().acquire().await?, s.turns())),
+            Pool::Sqlite(s) => Box::new(super::sqlite::Link::new(s.pool().acquire().await?, s.turns())),
             Pool::Postgres(s) => Box::new(super::postgres::Link::new(s.pool().acquire().await?, s.route())),
         })
     }
@@ -119,7 +119,9 @@ impl Store {
     /// A connection of the pool's, taken out of it: closed, not returned, when dropped.
     pub(crate) async fn detached_conn(&self) -> Result<Box<dyn Conn>, DbError> {
         Ok(match &self.0 {
-            Pool::Sqlite(s) => Box::new(super::sqlite::Link(Box::new(s.pool().acquire().await?.detach()), s.turns())),
+            Pool::Sqlite(s) => {
+                Box::new(super::sqlite::Link::new(Box::new(s.pool().acquire().await?.detach()), s.turns()))
+            }
             Pool::Postgres(s) => {
                 Box::new(super::postgres::Link::new(Box::new(s.pool().acquire().await?.detach()), s.route()))
             }

@@ -12,8 +12,19 @@ use super::turns::{Turn, Turns};
 use crate::storage::conn::{Arg, Backend, BatchCols, Begin, Conn, End, Fut, Query, Row, Tx, Val, query, rows, typed};
 
 /// A SQLite connection, pooled or borrowed, or a transaction on one; with the
-/// database's writer turns, if its writes take them.
-pub(crate) struct Link<C>(pub C, pub Option<Arc<Turns>>);
+/// database's writer turns, if its writes take them, and for a transaction the turn it
+/// holds until it ends.
+pub(crate) struct Link<C> {
+    conn: C,
+    turns: Option<Arc<Turns>>,
+    turn: Option<Turn>,
+}
+
+impl<C> Link<C> {
+    pub(crate) fn new(conn: C, turns: Option<Arc<Turns>>) -> Self {
+        Link { conn, turns, turn: None }
+    }
+}
 
 /// Rows per batch statement: powers of four up to 256 (a handful of statement variants
 /// stay in the connection's cache; 10 parameters a row stay far below SQLite's 32,766).
@@ -91,7 +102,7 @@ impl<C: DerefMut<Target = SqliteConnection> + End> Conn for Link<C> {
     where
         Self: 'a,
     {
-        Box::pin(async move { Ok(self.0.end().await?) })
+        Box::pin(async move { Ok(self.conn.end().await?) })
     }
 
     fn backend(&self) -> Backend {
@@ -99,15 +110,15 @@ impl<C: DerefMut<Target = SqliteConnection> + End> Conn for Link<C> {
     }
 
     fn discard(&mut self) {
-        self.0.discard();
+        self.conn.discard();
     }
 
     fn fetch<'a>(&'a mut self, sql: &'a str, args: &'a [Arg<'a>]) -> Fut<'a, Vec<Row>> {
-        Box::pin(async move { Ok(rows(query(numbered(sql), args, bind).fetch_all(&mut *self.0).await?, val)) })
+        Box::pin(async move { Ok(rows(query(numbered(sql), args, bind).fetch_all(&mut *self.conn).await?, val)) })
     }
 
     fn execute<'a>(&'a mut self, sql: &'a str, args: &'a [Arg<'a>]) -> Fut<'a, u64> {
-        Box::pin(async move { Ok(query(numbered(sql), args, bind).execute(&mut *self.0).await?.rows_affected()) })
+        Box::pin(async move { Ok(query(numbered(sql), args, bind).execute(&mut *self.conn).await?.rows_affected()) })
     }
 
     fn batch<'a>(&'a mut self, sql: &'a str, cols: BatchCols, batch: &'a [Vec<Arg<'a>>]) -> Fut<'a, Vec<Row>> {
@@ -135,7 +146,7 @@ impl<C: DerefMut<Target = SqliteConnection> + End> Conn for Link<C> {
                 for _ in 0..(size - chunk.len()) * cols.0.len() {
                     q = q.bind(None::<i64>);
                 }
-                out.extend(rows(q.fetch_all(&mut *self.0).await?, val));
+                out.extend(rows(q.fetch_all(&mut *self.conn).await?, val));
                 rest = tail;
             }
             Ok(out)
@@ -144,7 +155,7 @@ impl<C: DerefMut<Target = SqliteConnection> + End> Conn for Link<C> {
 
     fn script<'a>(&'a mut self, sql: &'a str) -> Fut<'a, ()> {
         Box::pin(async move {
-            sqlx::raw_sql(AssertSqlSafe(sql.to_owned())).execute(&mut *self.0).await?;
+            sqlx::raw_sql(AssertSqlSafe(sql.to_owned())).execute(&mut *self.conn).await?;
             Ok(())
         })
     }
@@ -153,55 +164,55 @@ impl<C: DerefMut<Target = SqliteConnection> + End> Conn for Link<C> {
         Box::pin(async move {
             // Every transaction here writes or decides: its turn first (`turns.rs`),
             // then the write lock, taken at BEGIN.
-            let turn = match &self.1 {
+            let turn = match &self.turns {
                 Some(turns) => turns.take().await,
                 None => None,
             };
-            let tx = self.0.begin_with("BEGIN IMMEDIATE").await?;
-            Ok(Box::new(SqliteTx { tx: Link(tx, None), _turn: turn }) as Box<dyn Tx + '_>)
+            let tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
+            Ok(Box::new(Link { conn: tx, turns: None, turn }) as Box<dyn Tx + '_>)
         })
     }
 }
 
-/// A transaction, holding its writer's turn until it ends.
-struct SqliteTx<'c> {
-    tx: Link<sqlx::Transaction<'c, Sqlite>>,
-    _turn: Option<Turn>,
-}
-
-impl Conn for SqliteTx<'_> {
-    fn backend(&self) -> Backend {
-        Backend::Sqlite
-    }
-    fn fetch<'a>(&'a mut self, sql: &'a str, args: &'a [Arg<'a>]) -> Fut<'a, Vec<Row>> {
-        self.tx.fetch(sql, args)
-    }
-    fn execute<'a>(&'a mut self, sql: &'a str, args: &'a [Arg<'a>]) -> Fut<'a, u64> {
-        self.tx.execute(sql, args)
-    }
-    fn batch<'a>(&'a mut self, sql: &'a str, cols: BatchCols, rows: &'a [Vec<Arg<'a>>]) -> Fut<'a, Vec<Row>> {
-        self.tx.batch(sql, cols, rows)
-    }
-    fn script<'a>(&'a mut self, sql: &'a str) -> Fut<'a, ()> {
-        self.tx.script(sql)
-    }
-    fn begin(&mut self, how: Begin) -> Fut<'_, Box<dyn Tx + '_>> {
-        self.tx.begin(how)
-    }
-    fn close<'a>(self: Box<Self>) -> Fut<'a, ()>
-    where
-        Self: 'a,
-    {
-        Box::new(self.tx).close()
-    }
-}
-
-impl<'c> Tx for SqliteTx<'c> {
+impl<'c> Tx for Link<sqlx::Transaction<'c, Sqlite>> {
     fn commit<'a>(self: Box<Self>) -> Fut<'a, ()>
     where
         Self: 'a,
     {
-        // The turn goes when the commit is done, with the rest of `self`.
-        Box::pin(async move { Ok(self.tx.0.commit().await?) })
+        Box::pin(async move {
+            let Link { conn, turn, .. } = *self;
+            conn.commit().await?;
+            // The turn goes once the commit is done.
+            drop(turn);
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::fcntl::{Flock, FlockArg};
+
+    use crate::storage::Store;
+    use crate::storage::conn::Begin;
+
+    /// Whether another writer could take its turn on `store`'s database now.
+    fn turn_free(path: &std::path::Path) -> bool {
+        let file = std::fs::File::open(path.with_extension("db-writers")).unwrap();
+        Flock::lock(file, FlockArg::LockExclusiveNonblock).is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_transaction_holds_its_writers_turn_until_it_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("fleet.db"), 2).await.unwrap();
+        let mut conn = store.conn().await.unwrap();
+        let mut tx = conn.begin(Begin::Write).await.unwrap();
+        tx.execute("INSERT INTO videos (video_id, source) VALUES (1, 'a')", &[]).await.unwrap();
+        assert!(!turn_free(&dir.path().join("fleet.db")), "the turn is held while the transaction writes");
+        tx.commit().await.unwrap();
+        assert!(turn_free(&dir.path().join("fleet.db")), "and let go once it committed");
+        drop(conn);
+        store.close().await;
     }
 }

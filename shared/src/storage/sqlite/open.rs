@@ -90,7 +90,7 @@ impl SqliteStore {
     /// Judges and migrates the file (`schema::prepare`), then checks that a writer can
     /// write it.
     async fn prepare(&self, access: Access) -> Result<(), DbError> {
-        let mut conn: Box<dyn Conn> = Box::new(Link(self.pool.acquire().await?, None));
+        let mut conn: Box<dyn Conn> = Box::new(Link::new(self.pool.acquire().await?, None));
         let reading = access == Access::ReadOnly;
         schema::prepare(&mut *conn, &shown(&self.path), access).await.map_err(|e| match e {
             // A migration of a file this process may not write: said as the writable
