@@ -257,6 +257,39 @@ async fn a_claim_passes_over_rows_another_transaction_holds_instead_of_waiting()
     assert_eq!(rest.iter().map(|c| c.video_id).collect::<Vec<_>>(), [1, 2, 3, 4, 5], "released, they are claimed");
 }
 
+#[tokio::test]
+async fn a_shard_session_whose_connection_the_server_ended_answers_again_on_a_fresh_one() {
+    let Some(url) = testkit::fresh_postgres().await else { return };
+    let db = Store::open(&url, 4).await.unwrap();
+    common::seed(&db, 1..=10).await;
+    let mut shard = db.open_shard(ShardSpec::new(2, 0)).await.unwrap();
+    assert_eq!(shard.counts().await.unwrap().pending, 5);
+
+    // The server ends every connection to the database but the test's own (a restart,
+    // a failover, an administrator), and they are gone.
+    let pool = pg(&url).await;
+    let mut admin = pool.acquire().await.unwrap();
+    let others = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()";
+    let ended: Vec<i32> =
+        sqlx::query_scalar(AssertSqlSafe(format!("SELECT pg_terminate_backend(pid)::INT FROM ({others}) o")))
+            .fetch_all(&mut *admin)
+            .await
+            .unwrap();
+    assert!(!ended.is_empty(), "the session's connection was among them");
+    wait_until("the ended connections are gone", async || {
+        sqlx::query_scalar::<_, i32>(AssertSqlSafe(others.to_string())).fetch_all(&mut *admin).await.unwrap().is_empty()
+    })
+    .await;
+
+    // The session's next call meets its dead connection and says the database went
+    // away; the session then leaves that connection, so the call after it answers.
+    let err = shard.counts().await.unwrap_err();
+    assert!(err.outage().is_some(), "{err}");
+    assert_eq!(shard.counts().await.unwrap().pending, 5, "a fresh connection answers");
+    let round = claim(&mut shard, 8, now_ms(), Duration::from_secs(10)).await;
+    assert_eq!(round.iter().map(|c| c.video_id).collect::<Vec<_>>(), [2, 4, 6, 8, 10]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sessions_of_one_shard_claiming_at_once_never_get_the_same_video() {
     let Some(url) = testkit::fresh_postgres().await else { return };
