@@ -11,6 +11,8 @@ pub mod disk;
 pub mod error;
 pub mod exit;
 pub mod host;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod ids;
 pub mod location;
 pub mod logging;

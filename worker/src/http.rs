@@ -11,14 +11,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use shared::status::{DbState, Health, VideoStatus};
 use shared::storage::{RequeueOutcome, Store};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::live::Live;
 use crate::memory::MemoryKills;
@@ -77,72 +73,6 @@ async fn count_request(State(s): State<AppState>, req: Request, next: Next) -> R
     let endpoint = req.extensions().get::<MatchedPath>().map_or("other", |p| p.as_str()).to_string();
     s.metrics.http_request(&endpoint);
     next.run(req).await
-}
-
-/// Serves `app` on `listener` until `stop` fires, then stops accepting, lets requests in
-/// progress finish, and returns once every connection has closed.
-///
-/// A client gets `header_timeout` to send a request's headers, counted from when the
-/// connection opens or its previous answer went out; then the connection is closed. So
-/// half-sent requests and idle sockets cannot pile up until the worker runs out of file
-/// descriptors. (`axum::serve` has no such timeout, hence this loop.)
-pub async fn serve(listener: TcpListener, app: Router, header_timeout: Duration, stop: CancellationToken) {
-    let connections = TaskTracker::new();
-    loop {
-        let stream = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    wait_after_accept_error(e, &stop).await;
-                    continue;
-                }
-            },
-        };
-        let service = TowerToHyperService::new(app.clone());
-        let stop = stop.clone();
-        connections.spawn(async move {
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
-            let conn = http.serve_connection(TokioIo::new(stream), service);
-            let mut conn = std::pin::pin!(conn);
-            let ended = tokio::select! {
-                ended = conn.as_mut() => ended,
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            // A header timeout or a client that went away: the client's business.
-            if let Err(e) = ended {
-                tracing::debug!("http connection ended: {e}");
-            }
-        });
-    }
-    drop(listener);
-    connections.close();
-    // A client that keeps a request open (a body that never arrives) must not keep the
-    // worker from exiting: its connection is dropped after a short wait.
-    if tokio::time::timeout(SHUTDOWN_WAIT, connections.wait()).await.is_err() {
-        tracing::debug!("closed http connections still open {SHUTDOWN_WAIT:?} after the stop");
-    }
-}
-
-/// How long a stopping worker waits for its open HTTP connections.
-const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
-
-/// After a failed accept: a connection that failed before we took it is nothing, but
-/// running out of descriptors would spin, so wait a second (as `axum::serve` does).
-async fn wait_after_accept_error(e: std::io::Error, stop: &CancellationToken) {
-    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-    if matches!(e.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset) {
-        return;
-    }
-    tracing::error!("cannot accept http connections: {e}; trying again in 1s");
-    tokio::select! {
-        _ = stop.cancelled() => {}
-        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-    }
 }
 
 /// An error answer: a status and one sentence, as JSON. Internal causes are logged,

@@ -91,7 +91,9 @@ pub async fn run(
         memory,
         drain: shutdown.clone(),
     });
-    let server = tokio::spawn(http::serve(listener, app, config.header_timeout, stop_serving.clone()));
+    let server = tokio::spawn(shared::http::serve(listener, app, config.header_timeout, stop_serving.clone(), |e| {
+        tracing::error!("cannot accept http connections: {e}; trying again in 1s")
+    }));
     let sampler = tokio::spawn(sample_rss(live.clone(), stop_serving.clone()));
     // The database, the shard's session and its counted layout, waited for while the
     // database is away (as it is waited out later), until a stop.

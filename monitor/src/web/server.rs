@@ -73,7 +73,8 @@ pub async fn run(
         );
     }
     eprintln!("monitor: serving the fleet on http://{local}{}/", serve.prefix);
-    self::serve(listener, app(state), HEADER_TIMEOUT, cancel.clone()).await;
+    let report = |e: &std::io::Error| eprintln!("monitor: cannot accept a connection: {e}; trying again in 1s");
+    shared::http::serve(listener, app(state), HEADER_TIMEOUT, cancel.clone(), report).await;
     cancel.cancel();
     tasks.close();
     tasks.wait().await;
@@ -83,72 +84,3 @@ pub async fn run(
 /// How long a client has to send a request's headers: a client that trickles them
 /// (slowloris) must not hold a connection, and a task, for ever.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a stopping server waits for connections still open.
-const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
-
-/// Serves `app` on `listener` until `stop` fires, each connection with a header-read
-/// timeout (which `axum::serve` cannot set); then waits a little for open connections.
-pub async fn serve(listener: TcpListener, app: axum::Router, header_timeout: Duration, stop: CancellationToken) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    let connections = TaskTracker::new();
-    loop {
-        let stream = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of descriptors would spin: wait a moment, as axum::serve does.
-                    eprintln!("monitor: cannot accept a connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            },
-        };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let stop = stop.clone();
-        connections.spawn(async move {
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
-            let conn = http.serve_connection(TokioIo::new(stream), service);
-            let mut conn = std::pin::pin!(conn);
-            // A header timeout or a client that went away is the client's business.
-            let _ = tokio::select! {
-                ended = conn.as_mut() => ended,
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-        });
-    }
-    drop(listener);
-    connections.close();
-    let _ = tokio::time::timeout(SHUTDOWN_WAIT, connections.wait()).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Instant;
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    use super::*;
-
-    #[tokio::test]
-    async fn a_client_that_trickles_its_headers_is_cut_off_after_the_header_timeout() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
-        let server = tokio::spawn(serve(listener, app, Duration::from_millis(300), stop.clone()));
-        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
-        slow.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n").await.unwrap();
-        let began = Instant::now();
-        let mut rest = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
-        assert!(read.is_ok(), "the connection was not closed");
-        assert!(began.elapsed() < Duration::from_secs(3));
-        stop.cancel();
-        server.await.unwrap();
-    }
-}
