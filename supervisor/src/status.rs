@@ -306,25 +306,10 @@ mod tests {
         testing::seed_numbered(&db, 1..=10, ("v", ""), false).await.unwrap();
         db.ensure_count_layout(2).await.unwrap();
         let run = FleetRun {
-            run_id: 0,
             supervisor_pid: i32::MAX as i64,
-            host: None,
-            started_at: now_ms(),
-            stopped_at: None,
             state: RunState::Stopped,
-            workers: 2,
-            base_port: 3001,
-            bind: "127.0.0.1".into(),
-            mem_limit_bytes: None,
-            mem_enforce: "none".into(),
             handler: "--sleep 0".into(),
-            concurrency: 1,
-            log_dir: None,
-            control_token: None,
-            worker_ids: None,
-            heartbeat_at: None,
-            stop_requested_at: None,
-            advertise: None,
+            ..FleetRun::example(2, 3001)
         };
         db.insert_run(&run).await.unwrap();
         db.close().await;

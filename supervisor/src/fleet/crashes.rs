@@ -20,6 +20,21 @@ pub struct RestartPolicy {
     pub cooldown: Duration,
 }
 
+impl RestartPolicy {
+    /// 100 ms doubling to 1 s, stable after 30 s, 5 crashes a minute make a crash loop,
+    /// a minute's cooldown: what the unit tests of restarts start from.
+    #[cfg(test)]
+    pub(crate) fn example() -> RestartPolicy {
+        RestartPolicy {
+            delay: Duration::from_millis(100),
+            delay_max: Duration::from_secs(1),
+            stable_after: Duration::from_secs(30),
+            crash_loop: CrashLoop { restarts: 5, window: Duration::from_secs(60) },
+            cooldown: Duration::from_secs(60),
+        }
+    }
+}
+
 /// When a crashed slot may start again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Comeback {
@@ -66,19 +81,12 @@ impl Crashes {
 mod tests {
     use super::*;
 
-    fn policy() -> RestartPolicy {
-        RestartPolicy {
-            delay: Duration::from_millis(100),
-            delay_max: Duration::from_secs(1),
-            stable_after: Duration::from_secs(30),
-            crash_loop: CrashLoop { restarts: 5, window: Duration::from_secs(60) },
-            cooldown: Duration::from_secs(60),
-        }
-    }
-
     #[test]
     fn restart_delays_double_up_to_the_cap() {
-        let p = RestartPolicy { crash_loop: CrashLoop { restarts: 100, window: Duration::from_secs(60) }, ..policy() };
+        let p = RestartPolicy {
+            crash_loop: CrashLoop { restarts: 100, window: Duration::from_secs(60) },
+            ..RestartPolicy::example()
+        };
         let mut crashes = Crashes::default();
         let t0 = Instant::now();
         let mut delays = Vec::new();
@@ -94,7 +102,7 @@ mod tests {
 
     #[test]
     fn a_stable_run_resets_the_delay() {
-        let p = policy();
+        let p = RestartPolicy::example();
         let mut crashes = Crashes::default();
         let t0 = Instant::now();
         crashes.crashed(Duration::ZERO, t0, &p);
@@ -108,7 +116,7 @@ mod tests {
 
     #[test]
     fn a_crash_loop_marks_the_slot_errored_for_the_cooldown() {
-        let p = policy();
+        let p = RestartPolicy::example();
         let mut crashes = Crashes::default();
         let t0 = Instant::now();
         let comebacks: Vec<Comeback> =
@@ -122,7 +130,7 @@ mod tests {
 
     #[test]
     fn crashes_spread_wider_than_the_window_are_not_a_loop() {
-        let p = policy();
+        let p = RestartPolicy::example();
         let mut crashes = Crashes::default();
         let t0 = Instant::now();
         for i in 0..10 {

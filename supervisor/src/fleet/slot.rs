@@ -297,17 +297,6 @@ impl Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::CrashLoop;
-
-    fn policy() -> RestartPolicy {
-        RestartPolicy {
-            delay: Duration::from_millis(100),
-            delay_max: Duration::from_secs(1),
-            stable_after: Duration::from_secs(30),
-            crash_loop: CrashLoop { restarts: 5, window: Duration::from_secs(60) },
-            cooldown: Duration::from_secs(60),
-        }
-    }
 
     const LIMIT: ByteSize = ByteSize(250 << 20);
 
@@ -378,7 +367,7 @@ mod tests {
         slot.spawned(42, t0, 1_000);
         slot.measured(Some(&TreeUsage { root: 10, children: vec![(50, 5), (51, 7)] }));
         assert_eq!(slot.take_orphans(), [50, 51]);
-        slot.crashed(ExitCause::Code(1), t0 + Duration::from_secs(1), 2_000, &policy());
+        slot.crashed(ExitCause::Code(1), t0 + Duration::from_secs(1), 2_000, &RestartPolicy::example());
         assert_eq!((slot.pid(), slot.started(), slot.restarts()), (None, None, 1));
         let record = slot.record(7, t0 + Duration::from_secs(1), Duration::from_secs(30));
         assert_eq!(record.state, SlotStatus::Backoff);
@@ -414,7 +403,7 @@ mod tests {
 
     #[test]
     fn a_slot_in_a_crash_loop_waits_as_errored_until_the_cooldown() {
-        let p = policy();
+        let p = RestartPolicy::example();
         let mut slot = Slot::new(1, 3002);
         let t0 = Instant::now();
         for i in 0..5 {

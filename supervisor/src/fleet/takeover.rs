@@ -64,8 +64,6 @@ pub fn decide(run: &FleetRun, live: &[FleetRun], db_now: i64) -> Result<Vec<i64>
 
 #[cfg(test)]
 mod tests {
-    use shared::storage::RunState;
-
     use super::*;
     use crate::liveness::STALE_AFTER_MS;
 
@@ -77,21 +75,9 @@ mod tests {
             supervisor_pid: pid,
             host: Some(host.into()),
             started_at: NOW - 60_000,
-            stopped_at: None,
-            state: RunState::Running,
-            workers,
-            base_port: 3001,
-            bind: "127.0.0.1".into(),
-            mem_limit_bytes: None,
-            mem_enforce: "none".into(),
-            handler: "sleep".into(),
-            concurrency: 1,
-            log_dir: None,
-            control_token: None,
             worker_ids: ids.map(Into::into),
             heartbeat_at,
-            stop_requested_at: None,
-            advertise: None,
+            ..FleetRun::example(workers, 3001)
         }
     }
 
