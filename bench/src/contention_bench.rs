@@ -5,9 +5,8 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
 use shared::storage::DbLocation;
 
 use crate::pacing_bench::fleet_command;
@@ -107,21 +106,6 @@ async fn fleet_run(
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("supervisor.err"))?);
     let cpu_before = children_cpu();
-    let start = Instant::now();
-    let mut fleet = Running(Some(cmd.spawn().context("cannot start the supervisor")?));
-    let status = loop {
-        if let Some(status) = fleet.child().try_wait()? {
-            break status;
-        }
-        if start.elapsed() > Duration::from_secs(600) {
-            bail!("the fleet of {workers} was still running after 600 s; stopped");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    let secs = start.elapsed().as_secs_f64();
-    fleet.0 = None;
-    if !status.success() {
-        bail!("supervisor start exited with {status}");
-    }
+    let secs = Running::to_end(&mut cmd, Duration::from_secs(600), &dir.join("supervisor.err")).await?;
     Ok(Measured { secs, cpu: children_cpu() - cpu_before })
 }

@@ -410,27 +410,9 @@ async fn fleet_run(
     let server_before = server.and_then(Server::cpu_secs);
     let client_before = children_cpu();
     let started_epoch = epoch_secs();
-    let start = Instant::now();
-    let mut fleet = Running(Some(cmd.spawn().context("cannot start the supervisor")?));
-    let status = loop {
-        if let Some(status) = fleet.child().try_wait()? {
-            break status;
-        }
-        if start.elapsed() > opts.timeout {
-            bail!("the fleet was still running after {} s; stopped", opts.timeout.as_secs());
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
-    let secs = start.elapsed().as_secs_f64();
-    fleet.0 = None;
+    let secs = Running::to_end(&mut cmd, opts.timeout, &dir.join("supervisor.err")).await?;
     let client_cpu = children_cpu() - client_before;
     let server_cpu = server.and_then(Server::cpu_secs).zip(server_before).map(|(b, a)| b - a);
-    if !status.success() {
-        let err = std::fs::read_to_string(dir.join("supervisor.err")).unwrap_or_default();
-        let tail: String =
-            err.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-        bail!("supervisor start exited with {status}: {tail}");
-    }
     let commits = match (server, name, commits_before) {
         (Some(s), Some(name), Some(before)) => Some(s.commits_after(name, before).await?),
         _ => None,
@@ -468,6 +450,33 @@ pub(crate) struct Running(pub(crate) Option<Child>);
 impl Running {
     pub(crate) fn child(&mut self) -> &mut Child {
         self.0.as_mut().expect("a running fleet")
+    }
+
+    /// Starts `cmd` (a `supervisor start ... --exit-when-done` whose stderr goes to
+    /// `err`) and waits for its exit, at most `limit`; returns its wall-clock seconds. An
+    /// unsuccessful exit fails with the last lines of `err`; past `limit` the fleet is
+    /// stopped and the run fails.
+    pub(crate) async fn to_end(cmd: &mut Command, limit: Duration, err: &Path) -> anyhow::Result<f64> {
+        let start = Instant::now();
+        let mut fleet = Running(Some(cmd.spawn().context("cannot start the supervisor")?));
+        let status = loop {
+            if let Some(status) = fleet.child().try_wait()? {
+                break status;
+            }
+            if start.elapsed() > limit {
+                bail!("the fleet was still running after {} s; stopped", limit.as_secs());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        let secs = start.elapsed().as_secs_f64();
+        fleet.0 = None;
+        if !status.success() {
+            let text = std::fs::read_to_string(err).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!("supervisor start exited with {status}: {}", tail.join("\n"));
+        }
+        Ok(secs)
     }
 }
 

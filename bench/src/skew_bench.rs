@@ -11,9 +11,9 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use shared::storage::{DbLocation, NewVideo, Store, testing};
 
 use crate::pacing_bench::fleet_command;
@@ -99,23 +99,7 @@ async fn one_run(dir: &Path, supervisor: &Path, worker: &Path, opts: &Options, m
         .env("FLEET_WORKER_BIN", worker)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("supervisor.err"))?);
-    let start = Instant::now();
-    let mut fleet = Running(Some(cmd.spawn().context("cannot start the supervisor")?));
-    let status = loop {
-        if let Some(status) = fleet.child().try_wait()? {
-            break status;
-        }
-        if start.elapsed() > Duration::from_secs(600) {
-            bail!("the fleet was still running after 600 s; stopped");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    let wall = start.elapsed().as_secs_f64();
-    fleet.0 = None;
-    if !status.success() {
-        let err = std::fs::read_to_string(dir.join("supervisor.err")).unwrap_or_default();
-        bail!("supervisor start exited with {status}: {}", err.lines().last().unwrap_or(""));
-    }
+    let wall = Running::to_end(&mut cmd, Duration::from_secs(600), &dir.join("supervisor.err")).await?;
     let location = DbLocation::Sqlite(path.clone());
     check_done(&location, opts.videos).await?;
 
