@@ -215,108 +215,69 @@ enum What {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
-    match cli.what {
-        What::Supervisor => {
-            let dir = tempfile_dir()?;
-            let report = supervisor_bench::bench_supervisor(&dir, cli.runs).await?;
-            write_section(&cli.out, "supervisor", &command, &report)?;
-        }
+    // Every benchmark's files go in one directory, removed once it succeeded; a failed
+    // run's files (nginx's logs, the fleet's) stay for a look.
+    let dir = tempfile_dir()?;
+    let (section, report) = match cli.what {
+        What::Supervisor => ("supervisor", supervisor_bench::bench_supervisor(&dir, cli.runs).await),
         What::Worker { videos, exec_videos, concurrency, exec_concurrency } => {
-            let report = bench_worker(cli.runs, videos, exec_videos, concurrency, exec_concurrency).await?;
-            write_section(&cli.out, "worker", &command, &report)?;
+            ("worker", bench_worker(cli.runs, videos, exec_videos, concurrency, exec_concurrency).await)
         }
         What::Scale { small, large, claimed, insert_rows, floor } => {
             let sizes = scale_bench::Sizes { small, large, claimed, insert_rows, floor };
-            let report = scale_bench::bench_scale(&tempfile_dir()?, cli.runs, &sizes).await?;
-            write_section(&cli.out, "scale", &command, &report)?;
+            ("scale", scale_bench::bench_scale(&dir, cli.runs, &sizes).await)
         }
-        What::Monitor { workers, seconds } => {
-            let report = bench_monitor(cli.runs, workers, seconds).await?;
-            write_section(&cli.out, "monitor", &command, &report)?;
-        }
+        What::Monitor { workers, seconds } => ("monitor", bench_monitor(cli.runs, workers, seconds).await),
         What::Pacing { workers, videos, concurrency, timeout, worker_rate } => {
-            let dir = tempfile_dir()?;
-            let opts = pacing_bench::Options {
-                workers,
-                videos,
-                concurrency,
-                timeout: Duration::from_secs(timeout),
-                worker_rate,
-            };
-            let report = pacing_bench::bench_pacing(&dir, cli.runs, &opts).await;
-            // A failed run's files (nginx's logs, the fleet's) stay for a look.
-            if report.is_ok() {
-                let _ = std::fs::remove_dir_all(&dir);
-            }
-            write_section(&cli.out, "pacing", &command, &report?)?;
+            let timeout = Duration::from_secs(timeout);
+            let opts = pacing_bench::Options { workers, videos, concurrency, timeout, worker_rate };
+            ("pacing", pacing_bench::bench_pacing(&dir, cli.runs, &opts).await)
         }
         What::Postgres { videos, workers, concurrency, timeout } => {
-            let dir = tempfile_dir()?;
             let opts = postgres_bench::Options { videos, workers, concurrency, timeout: Duration::from_secs(timeout) };
-            let report = postgres_bench::bench_postgres(&dir, cli.runs, &opts).await;
-            let _ = std::fs::remove_dir_all(&dir);
-            write_section(&cli.out, "postgres", &command, &report?)?;
+            ("postgres", postgres_bench::bench_postgres(&dir, cli.runs, &opts).await)
         }
         What::Skew { workers, concurrency, videos, short_ms, factor, modes } => {
-            let dir = tempfile_dir()?;
-            let opts = skew_bench::Options {
-                workers,
-                concurrency,
-                videos,
-                short: Duration::from_millis(short_ms),
-                factor,
-                modes,
-            };
-            let report = skew_bench::bench_skew(&dir, cli.runs, &opts).await;
-            let _ = std::fs::remove_dir_all(&dir);
-            write_section(&cli.out, "skew", &command, &report?)?;
+            let short = Duration::from_millis(short_ms);
+            let opts = skew_bench::Options { workers, concurrency, videos, short, factor, modes };
+            ("skew", skew_bench::bench_skew(&dir, cli.runs, &opts).await)
         }
         What::Web { workers, videos, clients, seconds } => {
-            let dir = tempfile_dir()?;
             let opts = web_bench::Options { workers, videos, clients, seconds };
-            let report = web_bench::bench_web(&dir, &opts).await;
-            let _ = std::fs::remove_dir_all(&dir);
-            write_section(&cli.out, "web", &command, &report?)?;
+            ("web", web_bench::bench_web(&dir, &opts).await)
         }
         What::WebReads { videos, postgres } => {
-            let dir = tempfile_dir()?;
-            let sqlite = web_bench::bench_web_reads(dir.join("reads.db").into(), videos, "SQLite").await;
-            let _ = std::fs::remove_dir_all(&dir);
-            let mut report = sqlite?;
-            if let Some(server) = postgres {
-                let db = testing::create_postgres_database(&server).await?;
-                report += "\n";
-                report += &web_bench::bench_web_reads(db, videos, "PostgreSQL").await?;
-            }
-            write_section(&cli.out, "web-reads", &command, &report)?;
+            let report = async {
+                let mut report = web_bench::bench_web_reads(dir.join("reads.db").into(), videos, "SQLite").await?;
+                if let Some(server) = postgres {
+                    let db = testing::create_postgres_database(&server).await?;
+                    report += "\n";
+                    report += &web_bench::bench_web_reads(db, videos, "PostgreSQL").await?;
+                }
+                Ok(report)
+            };
+            ("web-reads", report.await)
         }
         What::Contention { videos, workers, job, concurrency } => {
-            let dir = tempfile_dir()?;
             let opts = contention_bench::Options { videos, workers, job, concurrency };
-            let report = contention_bench::bench_contention(&dir, cli.runs, &opts).await;
-            let _ = std::fs::remove_dir_all(&dir);
-            write_section(&cli.out, "contention", &command, &report?)?;
+            ("contention", contention_bench::bench_contention(&dir, cli.runs, &opts).await)
         }
         What::Outage { videos, workers, concurrency, job_ms, outage } => {
-            let dir = tempfile_dir()?;
-            let opts = outage_bench::Options {
-                videos,
-                workers,
-                concurrency,
-                job: Duration::from_millis(job_ms),
-                outage: Duration::from_secs(outage),
-            };
-            let report = outage_bench::bench_outage(&dir, cli.runs, &opts).await;
-            let _ = std::fs::remove_dir_all(&dir);
-            write_section(&cli.out, "outage", &command, &report?)?;
+            let (job, outage) = (Duration::from_millis(job_ms), Duration::from_secs(outage));
+            let opts = outage_bench::Options { videos, workers, concurrency, job, outage };
+            ("outage", outage_bench::bench_outage(&dir, cli.runs, &opts).await)
         }
         What::Import { lines, baseline } => {
-            let dir = tempfile_dir()?;
-            let report = import_bench::bench_import(&dir, cli.runs, lines, baseline).await;
-            let _ = std::fs::remove_dir_all(&dir);
-            write_section(&cli.out, "import", &command, &report?)?;
+            ("import", import_bench::bench_import(&dir, cli.runs, lines, baseline).await)
         }
+    };
+    match &report {
+        Ok(_) => {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        Err(_) => eprintln!("the benchmark's files are kept in {}", dir.display()),
     }
+    write_section(&cli.out, section, &command, &report?)?;
     Ok(())
 }
 
