@@ -27,7 +27,6 @@ pub mod scale;
 pub mod status;
 pub mod stop;
 
-use anyhow::Context;
 use shared::storage::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -180,20 +179,17 @@ async fn run_command(
                     })?
                 }
             };
-            let workers: Vec<u32> = match a.worker {
-                Some(k) => vec![k],
-                None => {
-                    let mut ks: Vec<u32> = std::fs::read_dir(&dir)
-                        .with_context(|| format!("cannot read the log directory {}", dir.display()))?
-                        .flatten()
-                        .filter_map(|e| {
-                            let name = e.file_name().to_string_lossy().into_owned();
-                            name.strip_prefix("worker-")?.strip_suffix(".log")?.parse().ok()
-                        })
-                        .collect();
-                    ks.sort();
-                    ks
+            let logged = logs::logged_workers(&dir)
+                .map_err(|e| Failure::usage(anyhow::anyhow!("cannot read the log directory {}: {e}", dir.display())))?;
+            let workers = match a.worker {
+                None => logged,
+                Some(k) if logged.contains(&k) => vec![k],
+                // A worker not started yet may still write its log: followed, it is waited for.
+                Some(k) if a.follow => {
+                    eprintln!("supervisor: no log of worker {k} in {} yet; waiting for one", dir.display());
+                    vec![k]
                 }
+                Some(k) => return Err(Failure::usage(anyhow::anyhow!(logs::no_log(&dir, k, &logged)))),
             };
             for line in logs::tail(&dir, &workers, a.lines)? {
                 say(line)?;

@@ -56,6 +56,29 @@ impl LogFile {
     }
 }
 
+/// The workers that have a log in `dir`, by id.
+pub fn logged_workers(dir: &Path) -> std::io::Result<Vec<u32>> {
+    let mut ks: Vec<u32> = fs::read_dir(dir)?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("worker-")?.strip_suffix(".log")?.parse().ok())
+        .collect();
+    ks.sort_unstable();
+    Ok(ks)
+}
+
+/// Why `supervisor logs --worker K` has nothing to show: the workers it could show.
+pub fn no_log(dir: &Path, worker: u32, logged: &[u32]) -> String {
+    let there = match logged {
+        [] => "it holds no worker's log".to_string(),
+        [k] => format!("it holds worker {k}'s"),
+        _ => {
+            let ks: Vec<String> = logged.iter().map(u32::to_string).collect();
+            format!("it holds the logs of workers {}", ks.join(", "))
+        }
+    };
+    format!("no log of worker {worker} in {}: {there}", dir.display())
+}
+
 /// The last `n` lines of the given workers' logs, merged in time order (each line starts
 /// with its timestamp) and prefixed `[worker-K]`.
 pub fn tail(dir: &Path, workers: &[u32], n: usize) -> std::io::Result<Vec<String>> {

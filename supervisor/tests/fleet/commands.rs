@@ -129,3 +129,29 @@ async fn status_and_logs_end_quietly_when_their_reader_goes_away() {
         assert!(!text(&out).contains("panicked"), "{cmd}: {}", text(&out));
     }
 }
+
+#[tokio::test]
+async fn logs_of_a_worker_without_a_log_name_the_workers_that_have_one() {
+    let t = TestDb::new().await;
+    let logs = t.dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    for k in [0, 1] {
+        std::fs::write(logs.join(format!("worker-{k}.log")), format!("2026-01-01T00:00:0{k}.000Z line of {k}\n"))
+            .unwrap();
+    }
+    let logs_of = |args: &[&str]| supervisor(t.dir.path()).arg("logs").args(args).arg("--log-dir").arg(&logs).output();
+
+    let out = logs_of(&["--worker", "9"]).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(out.stdout.is_empty());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("no log of worker 9 in") && said.contains("the logs of workers 0, 1"), "{said}");
+
+    let out = logs_of(&["--worker", "1"]).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2026-01-01T00:00:01.000Z [worker-1] line of 1\n");
+
+    let out = supervisor(t.dir.path()).args(["logs", "--log-dir"]).arg(t.dir.path().join("none")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the log directory"), "{}", text(&out));
+}
