@@ -111,13 +111,13 @@ pub fn failed(settings: &Settings, search: &str, page: &FailedPage, failed: u64)
                         tbody {
                             @for v in &page.rows {
                                 tr data-testid="failed-row" data-video-id=(v.video_id) {
-                                    td { a href=(settings.path(&format!("/videos/{}", v.video_id))) { (v.video_id) } }
-                                    td.source { (cut_db(v.source.as_deref())) }
-                                    td { (v.attempts) }
-                                    td.error { (cut_db(v.last_error.as_deref())) }
-                                    td { @if let Some(at) = v.finished_at { time datetime=(timestamp(at)) { (timestamp(at)) } } }
+                                    td data-label="video" { a href=(settings.path(&format!("/videos/{}", v.video_id))) { (v.video_id) } }
+                                    td.source data-label="source" { (cut_db(v.source.as_deref())) }
+                                    td data-label="attempts" { (v.attempts) }
+                                    td.error data-label="last error" { (cut_db(v.last_error.as_deref())) }
+                                    td data-label="finished" { @if let Some(at) = v.finished_at { time datetime=(timestamp(at)) { (timestamp(at)) } } }
                                     @if retry {
-                                        td { button.control type="button" data-action="retry" data-video-id=(v.video_id) { "Retry" } }
+                                        td data-label="" { button.control type="button" data-action="retry" data-video-id=(v.video_id) { "Retry" } }
                                     }
                                 }
                             }
@@ -160,13 +160,13 @@ pub fn history(settings: &Settings, h: &VideoHistory, now_ms: i64) -> Markup {
                         tbody {
                             @for a in &h.history {
                                 tr data-testid="attempt-row" {
-                                    td { (a.attempt) }
-                                    td { (cut_db(a.worker.as_deref())) }
-                                    td { @if let Some(at) = a.started_at { time datetime=(timestamp(at)) { (text::ago(now_ms, at)) } } }
-                                    td { @if let Some(ms) = a.duration_ms { (text::elapsed_ms(ms)) } }
-                                    td { (cut(&a.outcome, 20)) }
-                                    td.error { (cut_db(a.error.as_deref())) }
-                                    td.error { (cut_db(a.warnings.as_deref())) }
+                                    td data-label="#" { (a.attempt) }
+                                    td data-label="worker" { (cut_db(a.worker.as_deref())) }
+                                    td data-label="started" { @if let Some(at) = a.started_at { time datetime=(timestamp(at)) { (text::ago(now_ms, at)) } } }
+                                    td data-label="took" { @if let Some(ms) = a.duration_ms { (text::elapsed_ms(ms)) } }
+                                    td data-label="outcome" { (cut(&a.outcome, 20)) }
+                                    td.error data-label="error" { (cut_db(a.error.as_deref())) }
+                                    td.error data-label="warnings" { (cut_db(a.warnings.as_deref())) }
                                 }
                             }
                         }
@@ -478,14 +478,14 @@ fn recent_errors(snap: &Snapshot, settings: &Settings, now_ms: i64) -> Markup {
                         tbody {
                             @for (worker, e) in &snap.recent_errors {
                                 tr data-testid="error-row" data-video-id=(e.video_id) {
-                                    td { (e.video_id) }
-                                    td { (worker) }
-                                    td { (e.attempt) }
-                                    td { (e.outcome.as_str()) }
-                                    td { time datetime=(timestamp(e.at)) { (text::ago(now_ms, e.at)) } }
-                                    td.error { (cut(&e.error, TEXT_CUT)) }
+                                    td data-label="video" { (e.video_id) }
+                                    td data-label="worker" { (worker) }
+                                    td data-label="attempt" { (e.attempt) }
+                                    td data-label="outcome" { (e.outcome.as_str()) }
+                                    td data-label="when" { time datetime=(timestamp(e.at)) { (text::ago(now_ms, e.at)) } }
+                                    td.error data-label="error" { (cut(&e.error, TEXT_CUT)) }
                                     @if retry {
-                                        td { button.control type="button" data-action="retry" data-video-id=(e.video_id) { "Retry" } }
+                                        td data-label="" { button.control type="button" data-action="retry" data-video-id=(e.video_id) { "Retry" } }
                                     }
                                 }
                             }

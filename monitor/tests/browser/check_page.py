@@ -209,11 +209,24 @@ def check_failed_list(driver, url, hostile, shots):
     overflow = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
     if overflow > 0:
         fail(f"at 375px the failed list is {overflow}px wider than the window")
+    # Each failed video is a card of labelled values: nothing to scroll sideways to.
+    sideways = driver.execute_script(
+        "const box = document.querySelector('table.errors').closest('.scroll');"
+        " return box.scrollWidth - box.clientWidth"
+    )
+    if sideways > 0:
+        fail(f"at 375px the failed list scrolls {sideways}px sideways inside its box")
+    labels = driver.execute_script(
+        "const td = document.querySelector('[data-testid=\"failed-row\"] td.error');"
+        " return getComputedStyle(td, '::before').content"
+    )
+    if "last error" not in labels:
+        fail(f"at 375px a failed video's error is not labelled: {labels!r}")
     driver.save_screenshot(os.path.join(shots, "failed-375.png"))
     console = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
     if console:
         fail(f"console on the failed list: {json.dumps(console)[:600]}")
-    print("ok: at 375px the failed list overflows nothing, and the console is quiet")
+    print("ok: at 375px the failed list is one labelled card a video, overflows nothing, and the console is quiet")
 
 
 if __name__ == "__main__":
