@@ -38,6 +38,10 @@ impl std::fmt::Display for LogFormat {
     }
 }
 
+/// The binaries' default log filter: info, with the database driver's own chatter (every
+/// statement at debug, any slower than a second at warn) kept to its warnings.
+pub const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn";
+
 /// The environment variable that stands for `--log-format`.
 pub const LOG_FORMAT_ENV: &str = "FLEET_LOG_FORMAT";
 
@@ -62,7 +66,7 @@ where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| crate::storage::DEFAULT_LOG_FILTER.into());
+        .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_target(options.target);
     match format {
         LogFormat::Text => {

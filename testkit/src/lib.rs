@@ -335,7 +335,7 @@ impl WorkerBuilder {
             .arg("--db")
             .arg(&self.db)
             .args(&self.args)
-            .env("RUST_LOG", shared::storage::DEFAULT_LOG_FILTER)
+            .env("RUST_LOG", shared::logging::DEFAULT_LOG_FILTER)
             .env_remove("WORKER_CONCURRENCY")
             .env_remove("FLEET_CONTROL_TOKEN")
             .env_remove("FLEET_CA_CERT")
@@ -501,7 +501,7 @@ pub fn run_worker_to_end(args: &[&str], cwd: &Path) -> (i32, String) {
 /// inherited: a test says everything it means on the command line.
 pub fn supervisor(dir: &Path) -> Command {
     let mut cmd = Command::new(bin("supervisor"));
-    cmd.current_dir(dir).env("FLEET_WORKER_BIN", bin("worker")).env("RUST_LOG", shared::storage::DEFAULT_LOG_FILTER);
+    cmd.current_dir(dir).env("FLEET_WORKER_BIN", bin("worker")).env("RUST_LOG", shared::logging::DEFAULT_LOG_FILTER);
     for var in [
         "FLEET_DB",
         "DATABASE_URL",

@@ -599,7 +599,7 @@ async fn handlers_ended_because_the_supervisor_died_are_never_recorded_as_failed
         .arg(&t.path)
         .args(["--exec", "sleep 30", "--concurrency", "2"])
         .env("FLEET_SUPERVISOR_PID", std::process::id().to_string())
-        .env("RUST_LOG", shared::storage::DEFAULT_LOG_FILTER)
+        .env("RUST_LOG", shared::logging::DEFAULT_LOG_FILTER)
         .env_remove("FLEET_CONTROL_TOKEN")
         .stdout(std::process::Stdio::null())
         .stderr(stderr_w.try_clone().unwrap())

@@ -44,5 +44,5 @@ pub use reads::{AttemptRecord, CUT_CHARS, FailedPage, FailedVideo, Page, VideoHi
 pub use requeue::RequeueOutcome;
 pub use shard::{ClaimRound, STEAL_BATCH, Shard, ShardSpec};
 pub use sqlite::LOCK_WAITS;
-pub use store::{DEFAULT_LOG_FILTER, Store, corrupt_advice, now_ms};
+pub use store::{Store, corrupt_advice, now_ms};
 pub use summary::{RunTotals, ShardAttempts};

@@ -129,10 +129,6 @@ impl Store {
     }
 }
 
-/// The binaries' default log filter: info, with the database driver's own chatter (every
-/// statement at debug, any slower than a second at warn) kept to its warnings.
-pub const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn";
-
 /// Milliseconds since the Unix epoch: the clock every time column uses.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)

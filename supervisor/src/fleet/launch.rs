@@ -63,7 +63,7 @@ fn worker_env(restarts: u32, last_reason: Option<&ExitCause>) -> Vec<(String, St
         ("FLEET_RESTARTS".to_string(), restarts.to_string()),
         ("FLEET_LOG_NO_TIME".into(), "1".into()),
         ("FLEET_SUPERVISOR_PID".into(), std::process::id().to_string()),
-        ("RUST_LOG".into(), std::env::var("RUST_LOG").unwrap_or_else(|_| shared::storage::DEFAULT_LOG_FILTER.into())),
+        ("RUST_LOG".into(), std::env::var("RUST_LOG").unwrap_or_else(|_| shared::logging::DEFAULT_LOG_FILTER.into())),
     ];
     if let Some(r) = last_reason {
         env.push(("FLEET_LAST_RESTART_REASON".into(), r.to_string()));
