@@ -221,13 +221,13 @@ async fn main() -> anyhow::Result<()> {
     let (section, report) = match cli.what {
         What::Supervisor => ("supervisor", supervisor_bench::bench_supervisor(&dir, cli.runs).await),
         What::Worker { videos, exec_videos, concurrency, exec_concurrency } => {
-            ("worker", bench_worker(cli.runs, videos, exec_videos, concurrency, exec_concurrency).await)
+            ("worker", bench_worker(&dir, cli.runs, videos, exec_videos, concurrency, exec_concurrency).await)
         }
         What::Scale { small, large, claimed, insert_rows, floor } => {
             let sizes = scale_bench::Sizes { small, large, claimed, insert_rows, floor };
             ("scale", scale_bench::bench_scale(&dir, cli.runs, &sizes).await)
         }
-        What::Monitor { workers, seconds } => ("monitor", bench_monitor(cli.runs, workers, seconds).await),
+        What::Monitor { workers, seconds } => ("monitor", bench_monitor(&dir, cli.runs, workers, seconds).await),
         What::Pacing { workers, videos, concurrency, timeout, worker_rate } => {
             let timeout = Duration::from_secs(timeout);
             let opts = pacing_bench::Options { workers, videos, concurrency, timeout, worker_rate };
@@ -446,8 +446,14 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
 }
 
-async fn bench_worker(runs: usize, n: i64, exec_n: i64, concurrency: u32, exec_c: u32) -> anyhow::Result<String> {
-    let dir = tempfile_dir()?;
+async fn bench_worker(
+    dir: &Path,
+    runs: usize,
+    n: i64,
+    exec_n: i64,
+    concurrency: u32,
+    exec_c: u32,
+) -> anyhow::Result<String> {
     let c = concurrency.to_string();
     let mut raw = Vec::new();
     let mut one = Vec::new();
@@ -455,10 +461,10 @@ async fn bench_worker(runs: usize, n: i64, exec_n: i64, concurrency: u32, exec_c
     let mut peak_sleep = 0;
     for run in 0..runs {
         eprintln!("run {}/{runs}: raw floor, 1 worker, 2 workers over {n} videos", run + 1);
-        let path = make_db(&dir, n).await?;
+        let path = make_db(dir, n).await?;
         raw.push(raw_floor(&path, n).await?);
         for (workers, out) in [(1u32, &mut one), (2, &mut two)] {
-            let path = make_db(&dir, n).await?;
+            let path = make_db(dir, n).await?;
             let r = run_fleet(&path, workers, &["--sleep", "0", "--concurrency", &c])?;
             let (done, history) = count_done(&path).await?;
             if done != n || history != n {
@@ -476,7 +482,7 @@ async fn bench_worker(runs: usize, n: i64, exec_n: i64, concurrency: u32, exec_c
     let mut peak_exec = 0;
     for run in 0..runs {
         eprintln!("run {}/{runs}: --exec /bin/true vs xargs -P {exec_c} over {exec_n}", run + 1);
-        let path = make_db(&dir, exec_n).await?;
+        let path = make_db(dir, exec_n).await?;
         let r = run_fleet(&path, 1, &["--exec", "/bin/true", "--concurrency", &ec])?;
         fleet_true.push(exec_n as f64 / r.secs);
         peak_exec = peak_exec.max(r.peak_rss);
@@ -485,12 +491,12 @@ async fn bench_worker(runs: usize, n: i64, exec_n: i64, concurrency: u32, exec_c
     let (fleet_true, xargs) = (median(fleet_true), median(xargs));
 
     eprintln!("idle memory");
-    let idle = idle_rss(&dir).await?;
+    let idle = idle_rss(dir).await?;
 
     eprintln!("/status under load");
     let mut status_rates = Vec::new();
     for _ in 0..runs {
-        status_rates.push(status_load(&dir).await?);
+        status_rates.push(status_load(dir).await?);
     }
     let status_rate = median(status_rates);
 
@@ -619,9 +625,8 @@ async fn idle_rss(dir: &Path) -> anyhow::Result<u64> {
 
 /// The monitor polling `workers` idle workers (an empty database) once a second for
 /// `secs` seconds, stdout a pipe (plain text): its CPU time and peak RSS.
-async fn bench_monitor(runs: usize, workers: u32, secs: u64) -> anyhow::Result<String> {
-    let dir = tempfile_dir()?;
-    let path = make_db(&dir, 0).await?;
+async fn bench_monitor(dir: &Path, runs: usize, workers: u32, secs: u64) -> anyhow::Result<String> {
+    let path = make_db(dir, 0).await?;
     let mut cpu = Vec::new();
     let mut peak = 0;
     let mut snapshots = Vec::new();
@@ -771,7 +776,9 @@ fn cpu_time(pid: u32) -> Option<f64> {
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("fleet-bench-{}", std::process::id()));
+    // The time tells apart runs of a process that reused a pid.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let dir = std::env::temp_dir().join(format!("fleet-bench-{}-{nanos:x}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }

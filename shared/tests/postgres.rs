@@ -269,7 +269,8 @@ async fn a_shard_session_whose_connection_the_server_ended_answers_again_on_a_fr
     // a failover, an administrator), and they are gone.
     let pool = pg(&url).await;
     let mut admin = pool.acquire().await.unwrap();
-    let others = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()";
+    let others = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                  AND backend_type = 'client backend' AND usename = current_user";
     let ended: Vec<i32> =
         sqlx::query_scalar(AssertSqlSafe(format!("SELECT pg_terminate_backend(pid)::INT FROM ({others}) o")))
             .fetch_all(&mut *admin)

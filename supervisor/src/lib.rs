@@ -169,18 +169,30 @@ async fn run_command(
             Ok(exit::DONE.into())
         }
         Command::Logs(a) => {
-            let dir = match a.log_dir {
-                Some(d) => d,
+            let (dir, recorded) = match a.log_dir {
+                Some(d) => (d, false),
                 None => {
                     let db = Store::open_read_only(&a.db.db).await?;
                     let run = db.latest_run().await?;
-                    run.and_then(|r| r.log_dir).map(Into::into).ok_or_else(|| {
+                    let dir = run.and_then(|r| r.log_dir).map(std::path::PathBuf::from).ok_or_else(|| {
                         Failure::usage(anyhow::anyhow!("no fleet has been started on this database; pass --log-dir"))
-                    })?
+                    })?;
+                    (dir, true)
                 }
             };
-            let logged = logs::logged_workers(&dir)
-                .map_err(|e| Failure::usage(anyhow::anyhow!("cannot read the log directory {}: {e}", dir.display())))?;
+            let whose = if recorded { " (the latest run's; another can be named with --log-dir)" } else { "" };
+            let logged = match logs::logged_workers(&dir) {
+                Ok(ks) => ks,
+                // A fleet about to start may still make it: followed, it is waited for.
+                Err(e) if a.follow && e.kind() == std::io::ErrorKind::NotFound => {
+                    eprintln!("supervisor: no log directory {}{whose} yet; waiting for it", dir.display());
+                    Vec::new()
+                }
+                Err(e) => {
+                    let why = format!("cannot read the log directory {}{whose}: {e}", dir.display());
+                    return Err(Failure::usage(anyhow::anyhow!(why)));
+                }
+            };
             let workers = match a.worker {
                 None => logged,
                 Some(k) if logged.contains(&k) => vec![k],

@@ -56,13 +56,19 @@ impl LogFile {
     }
 }
 
-/// The workers that have a log in `dir`, by id.
+/// The workers that have a log in `dir`, current or rotated (`worker-K.log.N`), by id.
 pub fn logged_workers(dir: &Path) -> std::io::Result<Vec<u32>> {
     let mut ks: Vec<u32> = fs::read_dir(dir)?
         .flatten()
-        .filter_map(|e| e.file_name().to_str()?.strip_prefix("worker-")?.strip_suffix(".log")?.parse().ok())
+        .filter_map(|e| {
+            let name = e.file_name();
+            let (k, rest) = name.to_str()?.strip_prefix("worker-")?.split_once(".log")?;
+            let rotated = rest.strip_prefix('.').is_some_and(|n| n.parse::<u32>().is_ok());
+            (rest.is_empty() || rotated).then(|| k.parse().ok())?
+        })
         .collect();
     ks.sort_unstable();
+    ks.dedup();
     Ok(ks)
 }
 
@@ -167,6 +173,19 @@ mod tests {
         assert!(dir.path().join("worker-0.log.1").exists());
         assert!(dir.path().join("worker-0.log.2").exists());
         assert!(!dir.path().join("worker-0.log.3").exists());
+    }
+
+    #[test]
+    fn workers_with_a_log_are_found_by_their_current_or_rotated_file_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["worker-0.log", "worker-0.log.1", "worker-2.log.3", "worker-5.logx", "worker-x.log", "notes.log"] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        assert_eq!(logged_workers(dir.path()).unwrap(), [0, 2]);
+        assert_eq!(
+            no_log(dir.path(), 9, &[0, 2]),
+            format!("no log of worker 9 in {}: it holds the logs of workers 0, 2", dir.path().display())
+        );
     }
 
     #[test]

@@ -118,7 +118,7 @@ pub struct WorkerConfig {
     pub control_token: Option<String>,
     pub exit_when_done: bool,
     pub poll: Duration,
-    /// See `Cli::header_timeout`; `http::serve` closes connections that exceed it.
+    /// See `Cli::header_timeout`; `shared::http::serve` closes connections that exceed it.
     pub header_timeout: Duration,
     pub mem_limit: Option<ByteSize>,
     pub restarts: u32,

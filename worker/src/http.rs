@@ -1,6 +1,6 @@
 //! The worker's HTTP surface: health, status and metrics for anyone on the bind
-//! address; pause, resume, drain and retry only for callers with the control token; and
-//! the server loop that serves them.
+//! address; pause, resume, drain and retry only for callers with the control token.
+//! `shared::http::serve` serves it.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

@@ -122,7 +122,9 @@ impl Fleet {
             mem_enforce: memory.mode.to_string(),
             handler: config.handler.describe(),
             concurrency: config.job.concurrency as i64,
-            log_dir: Some(log_dir.display().to_string()),
+            // Absolute: `supervisor logs` and the next start's recovery read it from
+            // wherever they run.
+            log_dir: Some(std::path::absolute(&log_dir).unwrap_or_else(|_| log_dir.clone()).display().to_string()),
             control_token: Some(token.clone()),
             worker_ids: layout.recorded_ids(),
             heartbeat_at: None,

@@ -155,3 +155,25 @@ async fn logs_of_a_worker_without_a_log_name_the_workers_that_have_one() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the log directory"), "{}", text(&out));
 }
+
+#[tokio::test]
+async fn logs_of_a_fleet_started_with_a_relative_log_directory_are_found_from_any_directory() {
+    let t = TestDb::new().await;
+    t.seed(4).await;
+    let name = t.path.file_name().unwrap().to_str().unwrap().to_string();
+    let base = testkit::free_ports(1).to_string();
+    let args = ["start", "--workers", "1", "--base-port", &base, "--mem-limit", "250M", "--sleep", "1ms"];
+    let out = supervisor(t.dir.path())
+        .args(args)
+        .args(["--exit-when-done", "--log-dir", "logs", "--db", &name])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let recorded = t.db.latest_run().await.unwrap().unwrap().log_dir.unwrap();
+    assert!(std::path::Path::new(&recorded).is_absolute(), "{recorded}");
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = supervisor(elsewhere.path()).args(["logs", "--worker", "0", "--db"]).arg(&t.path).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[worker-0]"), "{}", text(&out));
+}
