@@ -628,37 +628,11 @@ fn drain_ms(s: &WorkerStatus, now_ms: i64, job_ms: f64) -> f64 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use shared::status::{InFlight, WorkerState};
+    use shared::status::InFlight;
 
     /// A plausible status of worker `id` of `n`.
     pub(crate) fn status(id: u32, n: u32) -> WorkerStatus {
-        WorkerStatus {
-            worker_id: id,
-            workers: n,
-            pid: 1000 + id,
-            port: 3001 + id as u16,
-            state: WorkerState::Running,
-            handler: "sleep: 100ms".into(),
-            concurrency: 4,
-            shard: ShardCounts { pending: 10, running: 2, done: 5, failed: 1 },
-            in_flight: vec![],
-            processed: 6,
-            throughput_per_sec: 1.5,
-            avg_job_ms: Some(100.0),
-            rss_bytes: 8 << 20,
-            mem_limit_bytes: Some(250 << 20),
-            uptime_seconds: 10.0,
-            started_at: 0,
-            restarts: 0,
-            last_restart_reason: None,
-            recent_errors: vec![],
-            version: "0.1.0".into(),
-            pacing: None,
-            steal: None,
-            helping: vec![],
-            took_from: Default::default(),
-            database: Default::default(),
-        }
+        WorkerStatus::example(id, n)
     }
 
     fn targets(n: u32) -> Vec<Target> {

@@ -237,6 +237,42 @@ pub struct WorkerStatus {
     pub database: Database,
 }
 
+impl WorkerStatus {
+    /// A plausible running worker `worker_id` of `workers` (a `sleep` handler, a shard
+    /// part done, 8 MiB of 250 MiB, up ten seconds): what tests of the monitor draw, and
+    /// change a field or two of.
+    #[cfg(feature = "testing")]
+    pub fn example(worker_id: u32, workers: u32) -> WorkerStatus {
+        WorkerStatus {
+            worker_id,
+            workers,
+            pid: 1000 + worker_id,
+            port: 3001 + worker_id as u16,
+            state: WorkerState::Running,
+            handler: "sleep: 100ms".into(),
+            concurrency: 4,
+            shard: ShardCounts { pending: 10, running: 2, done: 5, failed: 1 },
+            in_flight: vec![],
+            processed: 6,
+            throughput_per_sec: 1.5,
+            avg_job_ms: Some(100.0),
+            rss_bytes: 8 << 20,
+            mem_limit_bytes: Some(250 << 20),
+            uptime_seconds: 10.0,
+            started_at: 0,
+            restarts: 0,
+            last_restart_reason: None,
+            recent_errors: vec![],
+            version: "0.1.0".into(),
+            pacing: None,
+            steal: None,
+            helping: vec![],
+            took_from: BTreeMap::new(),
+            database: Database::default(),
+        }
+    }
+}
+
 /// The pace of an `--http` handler's calls, learnt from the server's push-back under the
 /// `--rate` and `--min-delay` caps.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

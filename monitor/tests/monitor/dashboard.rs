@@ -19,31 +19,16 @@ const MIB: u64 = 1 << 20;
 
 fn status(id: u32, done: u64, failed: u64) -> WorkerStatus {
     WorkerStatus {
-        worker_id: id,
-        workers: 5,
         pid: 4100 + id,
-        port: 3001 + id as u16,
-        state: WorkerState::Running,
         handler: "exec: ./analyse.sh {video_id} {source}".into(),
-        concurrency: 4,
         shard: ShardCounts { pending: 100 - done - failed - 2, running: 2, done, failed },
-        in_flight: vec![],
         processed: done + failed,
         throughput_per_sec: 2.5,
         avg_job_ms: Some(412.0),
         rss_bytes: 40 * MIB,
-        mem_limit_bytes: Some(250 * MIB),
         uptime_seconds: 754.0,
         started_at: NOW - 754_000,
-        restarts: 0,
-        last_restart_reason: None,
-        recent_errors: vec![],
-        version: "0.1.0".into(),
-        pacing: None,
-        steal: None,
-        helping: vec![],
-        took_from: Default::default(),
-        database: Default::default(),
+        ..WorkerStatus::example(id, 5)
     }
 }
 
