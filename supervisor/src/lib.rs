@@ -30,7 +30,7 @@ pub mod stop;
 use shared::storage::Store;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Command, RetryArgs};
+use crate::cli::{Command, LogsArgs, RetryArgs};
 pub use crate::fleet::exit;
 
 /// A command that succeeded: its exit code and, for a batch run, the summary to print
@@ -168,53 +168,57 @@ async fn run_command(
             }
             Ok(exit::DONE.into())
         }
-        Command::Logs(a) => {
-            let (dir, recorded) = match a.log_dir {
-                Some(d) => (d, false),
-                None => {
-                    let db = Store::open_read_only(&a.db.db).await?;
-                    let run = db.latest_run().await?;
-                    let dir = run.and_then(|r| r.log_dir).map(std::path::PathBuf::from).ok_or_else(|| {
-                        Failure::usage(anyhow::anyhow!("no fleet has been started on this database; pass --log-dir"))
-                    })?;
-                    (dir, true)
-                }
-            };
-            let whose = if recorded { " (the latest run's; another can be named with --log-dir)" } else { "" };
-            let logged = match logs::logged_workers(&dir) {
-                Ok(ks) => ks,
-                // A fleet about to start may still make it: followed, it is waited for.
-                Err(e) if a.follow && e.kind() == std::io::ErrorKind::NotFound => {
-                    eprintln!("supervisor: no log directory {}{whose} yet; waiting for it", dir.display());
-                    Vec::new()
-                }
-                Err(e) => {
-                    let why = format!("cannot read the log directory {}{whose}: {e}", dir.display());
-                    return Err(Failure::usage(anyhow::anyhow!(why)));
-                }
-            };
-            let workers = match a.worker {
-                None => logged,
-                Some(k) if logged.contains(&k) => vec![k],
-                // A worker not started yet may still write its log: followed, it is waited for.
-                Some(k) if a.follow => {
-                    eprintln!("supervisor: no log of worker {k} in {} yet; waiting for one", dir.display());
-                    vec![k]
-                }
-                Some(k) => return Err(Failure::usage(anyhow::anyhow!(logs::no_log(&dir, k, &logged)))),
-            };
-            for line in logs::tail(&dir, &workers, a.lines)? {
-                say(line)?;
-            }
-            if a.follow {
-                tokio::select! {
-                    r = logs::follow(&dir, &workers) => r?,
-                    _ = shutdown.cancelled() => {}
-                }
-            }
-            Ok(exit::DONE.into())
+        Command::Logs(a) => logs_command(a, shutdown).await.map(Done::from),
+    }
+}
+
+/// `supervisor logs`: the latest run's (or `--log-dir`'s) worker logs, tailed, and
+/// followed with `--follow` until the shutdown.
+async fn logs_command(a: LogsArgs, shutdown: CancellationToken) -> Result<u8, Failure> {
+    let (dir, recorded) = match a.log_dir {
+        Some(d) => (d, false),
+        None => {
+            let db = Store::open_read_only(&a.db.db).await?;
+            let run = db.latest_run().await?;
+            let dir = run.and_then(|r| r.log_dir).map(std::path::PathBuf::from).ok_or_else(|| {
+                Failure::usage(anyhow::anyhow!("no fleet has been started on this database; pass --log-dir"))
+            })?;
+            (dir, true)
+        }
+    };
+    let whose = if recorded { " (the latest run's; another can be named with --log-dir)" } else { "" };
+    let logged = match logs::logged_workers(&dir) {
+        Ok(ks) => ks,
+        // A fleet about to start may still make it: followed, it is waited for.
+        Err(e) if a.follow && e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("supervisor: no log directory {}{whose} yet; waiting for it", dir.display());
+            Vec::new()
+        }
+        Err(e) => {
+            let why = format!("cannot read the log directory {}{whose}: {e}", dir.display());
+            return Err(Failure::usage(anyhow::anyhow!(why)));
+        }
+    };
+    let workers = match a.worker {
+        None => logged,
+        Some(k) if logged.contains(&k) => vec![k],
+        // A worker not started yet may still write its log: followed, it is waited for.
+        Some(k) if a.follow => {
+            eprintln!("supervisor: no log of worker {k} in {} yet; waiting for one", dir.display());
+            vec![k]
+        }
+        Some(k) => return Err(Failure::usage(anyhow::anyhow!(logs::no_log(&dir, k, &logged)))),
+    };
+    for line in logs::tail(&dir, &workers, a.lines)? {
+        say(line)?;
+    }
+    if a.follow {
+        tokio::select! {
+            r = logs::follow(&dir, &workers) => r?,
+            _ = shutdown.cancelled() => {}
         }
     }
+    Ok(exit::DONE.into())
 }
 
 async fn retry(a: RetryArgs) -> Result<u8, Failure> {
