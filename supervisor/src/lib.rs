@@ -218,7 +218,7 @@ async fn logs_command(a: LogsArgs, shutdown: CancellationToken) -> Result<u8, Fa
             _ = shutdown.cancelled() => {}
         }
     }
-    Ok(exit::DONE.into())
+    Ok(exit::DONE)
 }
 
 async fn retry(a: RetryArgs) -> Result<u8, Failure> {
